@@ -1,0 +1,386 @@
+"""Configuration: frozen dataclasses loaded from one TOML file, every key validated.
+
+The schema *is* the dataclasses below: each field's type and default is the reference.
+``load_config`` walks the TOML tables against them, so an unknown key, a wrong type or a
+value outside its choices is a :class:`~node.errors.ConfigError` naming the key, e.g.
+``receive.port: expected an integer, got 'abc'``.
+
+Relative paths are resolved against ``node.base_dir``, which itself is resolved against the
+directory holding the config file (default: that directory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from node.errors import ConfigError
+from node.uids import DEFAULT_ROOT, validate_root
+
+
+def _ae(value: str, key: str) -> str:
+    if (
+        not value
+        or len(value) > 16
+        or "\\" in value
+        or not value.isprintable()
+        or not value.strip()
+    ):
+        raise ConfigError(f"{key}: {value!r} is not a valid AE title (1-16 printable characters)")
+    return value
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    """``[node]``: identity and housekeeping of this node."""
+
+    base_dir: Path = Path(".")
+    state_dir: Path = Path("var/state")
+    ae_title: str = "DICOMNODE"
+    uid_root: str = DEFAULT_ROOT
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True)
+class IngestSection:
+    """``[ingest]``: the drop folder and image -> DICOM conversion."""
+
+    enabled: bool = True
+    inbox: Path = Path("var/inbox")
+    work: Path = Path("var/work")
+    done: Path = Path("var/done")
+    quarantine: Path = Path("var/quarantine")
+    outgoing: Path = Path("var/outgoing")
+    sop_class: Literal["sc", "nsc", "vlp"] = "sc"
+    conversion_type: str = "DI"
+    keep_appn: bool = False
+    strict: bool = False
+    max_pixels: int = 200_000_000
+    stable_seconds: float = 2.0
+    rescan_seconds: float = 10.0
+    after_delivery: Literal["move", "delete"] = "move"
+    filename_pattern: str = ""
+    destinations: list[str] = field(default_factory=list)
+    defaults: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueSection:
+    """``[queue]``: the durable job store and the retry policy."""
+
+    lease_seconds: float = 300.0
+    retry_initial_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
+    retry_multiplier: float = 2.0
+    retry_jitter: float = 0.2
+    max_attempts: int = 0
+    max_age_seconds: float = 7 * 24 * 3600.0
+    workers_per_destination: int = 1
+    batch_size: int = 200
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """TLS for one destination or for the SCP's TLS port."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify_peer: bool = True
+    check_hostname: bool = False
+
+
+@dataclass(frozen=True)
+class Destination:
+    """``[[destinations]]``: a PACS (or any C-STORE SCP) to deliver to."""
+
+    name: str
+    host: str
+    port: int
+    called_ae: str = "ANY-SCP"
+    calling_ae: str = ""
+    max_pdu: int = 262_144
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    transfer_syntaxes: list[str] = field(default_factory=list)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+
+
+@dataclass(frozen=True)
+class ForwardRule:
+    """``[[receive.forward]]``: deliver received studies to a destination."""
+
+    destination: str
+    calling_ae: str = ""
+    modality: str = ""
+
+
+@dataclass(frozen=True)
+class ReceiveSection:
+    """``[receive]``: the C-STORE SCP."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 11112
+    ae_title: str = "DICOMNODE"
+    archive: Path = Path("var/archive")
+    allowed_calling_aes: list[str] = field(default_factory=list)
+    allowed_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8"])
+    require_called_ae: bool = True
+    duplicates: Literal["keep", "overwrite"] = "keep"
+    min_free_bytes: int = 1_000_000_000
+    chunk_threshold_bytes: int = 64 * 1024 * 1024
+    max_associations: int = 16
+    max_pdu: int = 262_144
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    study_quiet_seconds: float = 30.0
+    tls_port: int = 0
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    forward: list[ForwardRule] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    """``[export]``: PNG and PDF rendering of received objects."""
+
+    enabled: bool = True
+    dir: Path = Path("var/export")
+    png: bool = True
+    pdf: Literal["series", "study", "none"] = "series"
+    pdf_layout: Literal["page", "contact"] = "page"
+    bits: Literal[8, 16] = 8
+    deidentify: bool = False
+    allow_patient_identifiers: bool = False
+    date_shift_days: int = 0
+    max_pixels: int = 200_000_000
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """``[metrics]``: optional Prometheus endpoint (loopback only by default)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole node configuration."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    ingest: IngestSection = field(default_factory=IngestSection)
+    queue: QueueSection = field(default_factory=QueueSection)
+    destinations: list[Destination] = field(default_factory=list)
+    receive: ReceiveSection = field(default_factory=ReceiveSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    source: Path | None = None
+
+    def destination(self, name: str) -> Destination:
+        """The destination called ``name``; ConfigError listing the known ones otherwise."""
+        for dest in self.destinations:
+            if dest.name == name:
+                return dest
+        known = ", ".join(d.name for d in self.destinations) or "none configured"
+        raise ConfigError(f"unknown destination {name!r} (known: {known})")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return {str(k): _scalar_str(v, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a path string, got {value!r}")
+        return Path(value)
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _scalar_str(value: Any, key: str) -> str:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}: expected a string or number, got {value!r}")
+
+
+def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        where = prefix or "top level"
+        known = ", ".join(sorted(names))
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known keys: {known})")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{prefix}.{f.name}: required key is missing")
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        kwargs[f.name] = _coerce(table[f.name], hints[f.name], key)
+    return cls(**kwargs)
+
+
+def _resolve_paths(obj: Any, base: Path) -> Any:
+    """Return ``obj`` with every relative Path field made absolute under ``base``."""
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in ("base_dir", "source"):
+            continue
+        if isinstance(value, Path):
+            changes[f.name] = value if value.is_absolute() else (base / value)
+        elif isinstance(value, list):
+            changes[f.name] = [_resolve_paths(v, base) for v in value]
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = _resolve_paths(value, base)
+    return dataclasses.replace(obj, **changes)
+
+
+def _validate(cfg: Config) -> None:
+    validate_root(cfg.node.uid_root)
+    _ae(cfg.node.ae_title, "node.ae_title")
+    _ae(cfg.receive.ae_title, "receive.ae_title")
+    names: set[str] = set()
+    for i, dest in enumerate(cfg.destinations):
+        key = f"destinations[{i}]"
+        if not dest.name or dest.name in names:
+            raise ConfigError(f"{key}.name: {dest.name!r} is empty or used twice")
+        names.add(dest.name)
+        _ae(dest.called_ae, f"{key}.called_ae")
+        if dest.calling_ae:
+            _ae(dest.calling_ae, f"{key}.calling_ae")
+        if not 0 < dest.port < 65536:
+            raise ConfigError(f"{key}.port: {dest.port} is not a TCP port (1-65535)")
+        if dest.max_pdu and not 4096 <= dest.max_pdu <= 2**32 - 1:
+            raise ConfigError(f"{key}.max_pdu: {dest.max_pdu} out of range (0 or 4096..)")
+    for name in cfg.ingest.destinations:
+        if name not in names:
+            raise ConfigError(f"ingest.destinations: unknown destination {name!r}")
+    for i, rule in enumerate(cfg.receive.forward):
+        if rule.destination not in names:
+            raise ConfigError(f"receive.forward[{i}].destination: unknown {rule.destination!r}")
+    for i, net in enumerate(cfg.receive.allowed_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"receive.allowed_networks[{i}]: {exc}") from None
+    for key, port in (("receive.port", cfg.receive.port), ("metrics.port", cfg.metrics.port)):
+        if not 0 <= port < 65536:
+            raise ConfigError(f"{key}: {port} is not a TCP port (0-65535)")
+    if cfg.ingest.filename_pattern:
+        import re
+
+        try:
+            re.compile(cfg.ingest.filename_pattern)
+        except re.error as exc:
+            raise ConfigError(f"ingest.filename_pattern: not a valid regex: {exc}") from None
+    if cfg.ingest.max_pixels <= 0 or cfg.export.max_pixels <= 0:
+        raise ConfigError("ingest.max_pixels / export.max_pixels: must be positive")
+
+
+def config_from_dict(table: dict[str, Any], base: Path, source: Path | None = None) -> Config:
+    """Build and validate a Config from an already-parsed TOML table."""
+    cfg = _build(Config, table, "")
+    node_base = cfg.node.base_dir if cfg.node.base_dir.is_absolute() else base / cfg.node.base_dir
+    node_base = node_base.resolve()
+    cfg = _resolve_paths(cfg, node_base)
+    cfg = dataclasses.replace(
+        cfg, node=dataclasses.replace(cfg.node, base_dir=node_base), source=source
+    )
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: Path | str | None) -> Config:
+    """Load ``path`` (TOML). ``None`` gives the built-in defaults rooted at the cwd."""
+    if path is None:
+        return config_from_dict({}, Path.cwd())
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return config_from_dict(table, path.resolve().parent, source=path.resolve())
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain data (for ``check-config``)."""
+
+    def conv(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return v
+
+    out = conv(cfg)
+    out.pop("source", None)
+    return typing.cast(dict[str, Any], out)

@@ -1,0 +1,69 @@
+"""Logging set-up: human text or JSON lines, one line per event.
+
+Each record may carry structured fields passed with ``extra={"fields": {...}}`` (file,
+SOP Instance UID, destination, outcome ...); both formats print them. pynetdicom's logger
+only has a NullHandler by default, so its warnings (e.g. a dropped C-STORE response) are
+silent unless a real handler is attached: ``setup_logging`` attaches ours to it too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update({k: v for k, v in fields.items() if k not in out})
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """Classic text lines with ``key=value`` structured fields appended."""
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return line
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) -> None:
+    """Configure the root logger (and pynetdicom's) for the CLI and the service."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # pynetdicom is chatty at INFO/DEBUG; keep its warnings and errors visible.
+    pnd = logging.getLogger("pynetdicom")
+    pnd.setLevel(logging.WARNING if root.level <= logging.WARNING else root.level)
+
+
+def fields(**kwargs: Any) -> dict[str, Any]:
+    """``extra=`` helper: ``log.info("stored", extra=fields(sop=uid, path=p))``."""
+    return {"fields": {k: v for k, v in kwargs.items() if v is not None}}

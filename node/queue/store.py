@@ -1,0 +1,466 @@
+"""The SQLite job table: enqueue, claim with a lease, ack, retry, dead, requeue.
+
+One row is one unit of work ("deliver this file to that destination", "export this
+series"). States::
+
+    queued ──claim──> claimed ──ack──> done
+      ▲                 │ ├──retry──> retry ──(next_attempt_at reached)──> claimable
+      │                 │ └──dead───> dead  ──rearm──> queued
+      └──── release / requeue_claimed (restart) / expired lease (crashed worker)
+
+Enqueue is idempotent on ``(kind, dedup_key, destination)``: enqueuing the same SOP
+Instance UID for the same destination twice yields the same job. Every state change is
+committed (WAL, ``synchronous=FULL``) before the method returns, so whatever a caller
+reports as accepted survives a crash or power loss.
+
+The same database holds two small side tables used by ``dicom-node status``: monotonically
+increasing ``counters`` and component ``heartbeats``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from node.errors import QueueError
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "queue.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind            TEXT    NOT NULL,
+    dedup_key       TEXT,
+    destination     TEXT    NOT NULL DEFAULT '',
+    payload         TEXT    NOT NULL DEFAULT '{}',
+    state           TEXT    NOT NULL DEFAULT 'queued',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL DEFAULT 0,
+    lease_owner     TEXT,
+    lease_expires   REAL,
+    last_error      TEXT,
+    created_at      REAL    NOT NULL,
+    updated_at      REAL    NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_dedup ON jobs(kind, dedup_key, destination)
+    WHERE dedup_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(kind, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    component TEXT PRIMARY KEY, pid INTEGER, seen_at REAL NOT NULL, detail TEXT
+);
+"""
+
+
+class JobState(StrEnum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    RETRY = "retry"
+    DONE = "done"
+    DEAD = "dead"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the job table."""
+
+    id: int
+    kind: str
+    dedup_key: str | None
+    destination: str
+    payload: dict[str, Any]
+    state: JobState
+    attempts: int
+    next_attempt_at: float
+    lease_owner: str | None
+    lease_expires: float | None
+    last_error: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(
+            id=row["id"],
+            kind=row["kind"],
+            dedup_key=row["dedup_key"],
+            destination=row["destination"],
+            payload=json.loads(row["payload"]),
+            state=JobState(row["state"]),
+            attempts=row["attempts"],
+            next_attempt_at=row["next_attempt_at"],
+            lease_owner=row["lease_owner"],
+            lease_expires=row["lease_expires"],
+            last_error=row["last_error"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json`` output."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "dedup_key": self.dedup_key,
+            "destination": self.destination,
+            "payload": self.payload,
+            "state": str(self.state),
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "lease_owner": self.lease_owner,
+            "lease_expires": self.lease_expires,
+            "last_error": self.last_error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class JobStore:
+    """The durable job table in ``state_dir/queue.sqlite3``; safe across threads and processes.
+
+    One connection per instance, serialised by a lock; other processes (the CLI's ``queue``
+    and ``status`` commands) open their own and SQLite's file locking does the rest.
+    """
+
+    def __init__(self, state_dir: Path | str, *, durable: bool = True) -> None:
+        self.path = Path(state_dir) / DB_NAME
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise QueueError(f"cannot open job store {self.path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self._tx() as db:
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def enqueue(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        destination: str = "",
+        dedup_key: str | None = None,
+        replace: bool = False,
+        not_before: float = 0.0,
+    ) -> int:
+        """Add a job and return its id; with a ``dedup_key`` an existing job is reused.
+
+        ``replace=True`` re-arms an existing job (new payload, state queued, attempts 0):
+        used for "export this series again, more instances arrived".
+        """
+        return self.enqueue_many(
+            kind,
+            [(payload, destination, dedup_key)],
+            replace=replace,
+            not_before=not_before,
+        )[0]
+
+    def enqueue_many(
+        self,
+        kind: str,
+        items: Sequence[tuple[dict[str, Any], str, str | None]],
+        *,
+        replace: bool = False,
+        not_before: float = 0.0,
+    ) -> list[int]:
+        """Enqueue ``(payload, destination, dedup_key)`` items in one transaction."""
+        now = time.time()
+        ids: list[int] = []
+        with self._tx() as db:
+            for payload, destination, dedup_key in items:
+                data = json.dumps(payload, sort_keys=True)
+                row = None
+                if dedup_key is not None:
+                    row = db.execute(
+                        "SELECT id, state FROM jobs WHERE kind=? AND dedup_key=? AND destination=?",
+                        (kind, dedup_key, destination),
+                    ).fetchone()
+                if row is None:
+                    cur = db.execute(
+                        "INSERT INTO jobs(kind, dedup_key, destination, payload, state,"
+                        " next_attempt_at, created_at, updated_at)"
+                        " VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                        (kind, dedup_key, destination, data, not_before, now, now),
+                    )
+                    ids.append(int(cur.lastrowid or 0))
+                    continue
+                ids.append(int(row["id"]))
+                if replace and row["state"] != JobState.CLAIMED:
+                    db.execute(
+                        "UPDATE jobs SET payload=?, state='queued', attempts=0,"
+                        " next_attempt_at=?, last_error=NULL, lease_owner=NULL,"
+                        " lease_expires=NULL, updated_at=? WHERE id=?",
+                        (data, not_before, now, row["id"]),
+                    )
+                elif replace:
+                    # Being worked on right now: run it once more after this attempt.
+                    db.execute(
+                        "UPDATE jobs SET payload=?, updated_at=? WHERE id=?",
+                        (data, now, row["id"]),
+                    )
+        return ids
+
+    def claim(
+        self,
+        owner: str,
+        *,
+        kinds: Iterable[str] | None = None,
+        destination: str | None = None,
+        limit: int = 1,
+        lease_seconds: float = 300.0,
+    ) -> list[Job]:
+        """Atomically lease up to ``limit`` ready jobs (queued, due retries, expired leases)."""
+        now = time.time()
+        where = [
+            "((state IN ('queued','retry') AND next_attempt_at <= ?)"
+            " OR (state='claimed' AND lease_expires < ?))"
+        ]
+        args: list[Any] = [now, now]
+        if kinds is not None:
+            kind_list = list(kinds)
+            where.append(f"kind IN ({','.join('?' * len(kind_list))})")
+            args.extend(kind_list)
+        if destination is not None:
+            where.append("destination = ?")
+            args.append(destination)
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT id FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            if not ids:
+                return []
+            marks = ",".join("?" * len(ids))
+            db.execute(
+                "UPDATE jobs SET state='claimed', lease_owner=?, lease_expires=?,"
+                f" attempts=attempts+1, updated_at=? WHERE id IN ({marks})",
+                (owner, now + lease_seconds, now, *ids),
+            )
+            claimed = db.execute(
+                f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY id", ids
+            ).fetchall()
+        return [Job.from_row(r) for r in claimed]
+
+    def ack(self, job_ids: Iterable[int], *, note: str | None = None) -> None:
+        """Mark jobs done (``note`` keeps e.g. a warning status the peer returned)."""
+        self._set_state(job_ids, JobState.DONE, error=note)
+
+    def retry(self, job_id: int, at: float, error: str) -> None:
+        """Schedule another attempt at ``at`` (epoch seconds), recording why."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state='retry', next_attempt_at=?, last_error=?,"
+                " lease_owner=NULL, lease_expires=NULL, updated_at=? WHERE id=?",
+                (at, error, now, job_id),
+            )
+
+    def dead(self, job_id: int, reason: str) -> None:
+        """Give up on a job: it stays visible in state ``dead`` with the reason."""
+        self._set_state([job_id], JobState.DEAD, error=reason)
+
+    def release(self, job_ids: Iterable[int]) -> None:
+        """Give claimed jobs back untouched (graceful shutdown): the attempt is not counted."""
+        ids = list(job_ids)
+        if not ids:
+            return
+        now = time.time()
+        marks = ",".join("?" * len(ids))
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), lease_owner=NULL,"
+                f" lease_expires=NULL, updated_at=? WHERE state='claimed' AND id IN ({marks})",
+                (now, *ids),
+            )
+
+    def requeue_claimed(self, owner_prefix: str | None = None) -> int:
+        """On start-up: every claimed job (of a dead process) goes back to queued."""
+        now = time.time()
+        with self._tx() as db:
+            if owner_prefix is None:
+                cur = db.execute(
+                    "UPDATE jobs SET state='queued', lease_owner=NULL, lease_expires=NULL,"
+                    " updated_at=? WHERE state='claimed'",
+                    (now,),
+                )
+            else:
+                cur = db.execute(
+                    "UPDATE jobs SET state='queued', lease_owner=NULL, lease_expires=NULL,"
+                    " updated_at=? WHERE state='claimed' AND lease_owner LIKE ?",
+                    (now, owner_prefix + "%"),
+                )
+        return cur.rowcount
+
+    def rearm(self, job_ids: Iterable[int] | None = None, *, state: JobState | None = None) -> int:
+        """Put dead (or ``state``) jobs back to queued with attempts reset."""
+        now = time.time()
+        with self._tx() as db:
+            if job_ids is not None:
+                ids = list(job_ids)
+                marks = ",".join("?" * len(ids)) or "NULL"
+                cur = db.execute(
+                    "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=0,"
+                    f" updated_at=? WHERE state != 'claimed' AND id IN ({marks})",
+                    (now, *ids),
+                )
+            else:
+                cur = db.execute(
+                    "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=0,"
+                    " updated_at=? WHERE state=?",
+                    (now, str(state or JobState.DEAD)),
+                )
+        return cur.rowcount
+
+    def purge(self, state: JobState) -> int:
+        """Delete every job in ``state`` (done or dead); claimed jobs cannot be purged."""
+        if state == JobState.CLAIMED:
+            raise QueueError("claimed jobs are being worked on and cannot be purged")
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM jobs WHERE state=?", (str(state),))
+        return cur.rowcount
+
+    def _set_state(self, job_ids: Iterable[int], state: JobState, error: str | None) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        now = time.time()
+        marks = ",".join("?" * len(ids))
+        with self._tx() as db:
+            db.execute(
+                f"UPDATE jobs SET state=?, last_error=COALESCE(?, last_error), lease_owner=NULL,"
+                f" lease_expires=NULL, updated_at=? WHERE id IN ({marks})",
+                (str(state), error, now, *ids),
+            )
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, job_id: int) -> Job | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def find(self, kind: str, dedup_key: str, destination: str = "") -> Job | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM jobs WHERE kind=? AND dedup_key=? AND destination=?",
+                (kind, dedup_key, destination),
+            ).fetchone()
+        return Job.from_row(row) if row else None
+
+    def select(
+        self,
+        *,
+        state: JobState | None = None,
+        kind: str | None = None,
+        destination: str | None = None,
+        limit: int = 1000,
+    ) -> list[Job]:
+        where, args = ["1=1"], []
+        for col, val in (("state", state), ("kind", kind), ("destination", destination)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(str(val))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def counts(self) -> list[tuple[str, str, str, int]]:
+        """``(kind, destination, state, count)`` for every non-empty group."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, destination, state, COUNT(*) AS n FROM jobs"
+                " GROUP BY kind, destination, state ORDER BY kind, destination, state"
+            ).fetchall()
+        return [(r["kind"], r["destination"], r["state"], r["n"]) for r in rows]
+
+    def pending(self, kind: str | None = None) -> int:
+        """Jobs not yet done or dead (queued, claimed, retry)."""
+        sql = "SELECT COUNT(*) FROM jobs WHERE state IN ('queued','claimed','retry')"
+        args: tuple[Any, ...] = ()
+        if kind is not None:
+            sql += " AND kind=?"
+            args = (kind,)
+        with self._lock:
+            return int(self._db.execute(sql, args).fetchone()[0])
+
+    # ------------------------------------------------------------------ status side tables
+
+    def bump(self, name: str, by: int = 1) -> None:
+        """Add ``by`` to counter ``name`` (ingested, delivered, quarantined, ...)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO counters(name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, by),
+            )
+
+    def counters(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
+        return {r["name"]: r["value"] for r in rows}
+
+    def heartbeat(self, component: str, detail: str = "") -> None:
+        """Record that ``component`` of this process is alive now."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO heartbeats(component, pid, seen_at, detail) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(component) DO UPDATE SET pid=excluded.pid,"
+                " seen_at=excluded.seen_at, detail=excluded.detail",
+                (component, os.getpid(), time.time(), detail),
+            )
+
+    def heartbeats(self) -> dict[str, tuple[int, float, str]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM heartbeats ORDER BY component").fetchall()
+        return {r["component"]: (r["pid"], r["seen_at"], r["detail"] or "") for r in rows}

@@ -1,0 +1,59 @@
+"""UIDs: the organisation root, our implementation UID, and deterministic UIDs.
+
+By default UIDs live under ``2.25`` (PS3.5 B.2: a UUID written as a decimal integer), which
+needs no registration. With a registered ``uid_root`` the suffix is derived from the same
+hash and truncated so that the whole UID stays within 64 characters.
+
+Deterministic UIDs make re-delivery idempotent: converting the same file in the same
+study/series context always yields the same SOP Instance UID, so a PACS sees a duplicate,
+not a second object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+from node import __version__
+from node.errors import ConfigError
+
+DEFAULT_ROOT = "2.25"
+#: Implementation Class UID of dicom-node (2.25 form, fixed for all versions).
+IMPLEMENTATION_CLASS_UID = "2.25.245786319764920577254962932873934185947"
+IMPLEMENTATION_VERSION_NAME = f"DICOMNODE_{__version__}"[:16]
+
+
+def validate_root(root: str) -> str:
+    """Check a UID root: digits and dots, no empty or zero-padded component, short enough."""
+    parts = root.split(".")
+    if not root or any(not p.isdigit() or (len(p) > 1 and p[0] == "0") for p in parts):
+        raise ConfigError(
+            f"uid_root {root!r} is not a valid UID root: use digits separated by dots, "
+            "no component with a leading zero (e.g. 1.2.826.0.1.3680043.10.123)"
+        )
+    if len(root) > 40:
+        raise ConfigError(f"uid_root {root!r} is too long ({len(root)} > 40 characters)")
+    return root
+
+
+def _from_int(root: str, value: int) -> str:
+    if root == DEFAULT_ROOT:
+        return f"2.25.{value % (1 << 128)}"
+    room = 64 - len(root) - 1
+    digits = str(value)[:room].lstrip("0") or "0"
+    return f"{root}.{digits}"
+
+
+def uid_from_seed(root: str, *seed: str | bytes) -> str:
+    """A UID derived deterministically from ``seed`` (strings or bytes) under ``root``."""
+    h = hashlib.sha256()
+    for part in seed:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return _from_int(root, int.from_bytes(h.digest()[:16], "big"))
+
+
+def new_uid(root: str = DEFAULT_ROOT) -> str:
+    """A fresh random UID under ``root``."""
+    return _from_int(root, uuid.uuid4().int)

@@ -1,0 +1,141 @@
+"""Foundation: config validation, atomic writes, safe paths, UIDs, the job store."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from node import cli
+from node.config import config_from_dict, load_config
+from node.errors import ConfigError, UnsafePath
+from node.fsutil import atomic_write, clean_temp_files, is_valid_uid, safe_join
+from node.queue import JobState, JobStore
+from node.uids import new_uid, uid_from_seed, validate_root
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_default_config_loads_and_points_at_own_scp() -> None:
+    cfg = load_config(REPO / "config" / "node.toml")
+    assert cfg.node.base_dir == REPO
+    assert cfg.receive.archive == REPO / "var" / "archive"
+    (dest,) = cfg.destinations
+    assert (dest.host, dest.port, dest.called_ae) == ("127.0.0.1", 11112, cfg.receive.ae_title)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"receive": {"port": "x"}}, "receive.port: expected an integer"),
+        ({"receive": {"prot": 1}}, "receive: unknown key 'prot'"),
+        ({"bogus": {}}, "top level: unknown key 'bogus'"),
+        ({"ingest": {"sop_class": "ct"}}, "ingest.sop_class: 'ct' is not one of"),
+        ({"destinations": [{"name": "a", "host": "h"}]}, "destinations[0].port: required"),
+        ({"node": {"uid_root": "1.02.3"}}, "uid_root '1.02.3' is not a valid UID root"),
+        ({"receive": {"allowed_networks": ["300.1.1.1/8"]}}, "receive.allowed_networks[0]"),
+        ({"ingest": {"destinations": ["nope"]}}, "unknown destination 'nope'"),
+    ],
+)
+def test_bad_config_names_the_key(table: dict, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(table, tmp_path)
+    assert message in str(info.value)
+
+
+def test_check_config_command_prints_resolved_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check-config", "-c", str(REPO / "config" / "node.toml")]) == 0
+    assert str(REPO / "var" / "inbox") in capsys.readouterr().out
+
+
+def test_atomic_write_leaves_no_temp_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b.bin"
+    atomic_write(target, b"x")
+    assert target.read_bytes() == b"x"
+    with pytest.raises(FileExistsError):
+        atomic_write(target, b"y", overwrite=False)
+    assert target.read_bytes() == b"x"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["b.bin"]
+    (target.parent / ".tmp-leftover").write_bytes(b"")
+    assert clean_temp_files(tmp_path) == 1
+
+
+@pytest.mark.parametrize("bad", ["..", "../x", "1.2/../../etc", ".hidden", "", "a\x00b"])
+def test_safe_join_refuses_escape(tmp_path: Path, bad: str) -> None:
+    with pytest.raises(UnsafePath):
+        safe_join(tmp_path, "1.2", bad)
+
+
+@pytest.mark.parametrize(
+    ("uid", "ok"),
+    [
+        ("1.2.3", True),
+        ("1", True),
+        ("1.2.", False),
+        (".1.2", False),
+        ("1..2", False),
+        ("1.2.a", False),
+        ("../../x", False),
+        ("1" * 65, False),
+    ],
+)
+def test_uid_validation(uid: str, ok: bool) -> None:
+    assert is_valid_uid(uid) is ok
+
+
+def test_uids_deterministic_and_valid() -> None:
+    a = uid_from_seed("2.25", b"pixels", "study")
+    assert a == uid_from_seed("2.25", b"pixels", "study")
+    assert a != uid_from_seed("2.25", b"pixels", "other")
+    long_root = "1.2.826.0.1.3680043.10.999999"
+    b = uid_from_seed(validate_root(long_root), "x")
+    for uid in (a, b, new_uid(), new_uid(long_root)):
+        assert is_valid_uid(uid)
+        assert all(p == "0" or not p.startswith("0") for p in uid.split("."))
+
+
+def test_job_store_lifecycle(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    first = store.enqueue("deliver", {"path": "a.dcm"}, destination="pacs", dedup_key="1.2.3")
+    again = store.enqueue("deliver", {"path": "a.dcm"}, destination="pacs", dedup_key="1.2.3")
+    other = store.enqueue("deliver", {"path": "a.dcm"}, destination="pacs2", dedup_key="1.2.3")
+    assert first == again != other
+    (job,) = store.claim("w1", destination="pacs", lease_seconds=60)
+    assert job.state == JobState.CLAIMED and job.attempts == 1
+    assert store.claim("w2", destination="pacs") == []
+    store.retry(job.id, time.time() - 1, "0xA700 out of resources")
+    (job,) = store.claim("w1", destination="pacs")
+    assert job.attempts == 2
+    store.dead(job.id, "0xC000")
+    assert store.get(job.id).state == JobState.DEAD  # type: ignore[union-attr]
+    assert store.rearm(state=JobState.DEAD) == 1
+    (job,) = store.claim("w1", destination="pacs")
+    store.ack([job.id], note="0xB000 warning")
+    assert store.get(job.id).last_error == "0xB000 warning"  # type: ignore[union-attr]
+    assert store.purge(JobState.DONE) == 1
+
+
+def test_job_store_reclaims_expired_lease_and_requeues_on_restart(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    store.enqueue("deliver", {}, destination="d", dedup_key="1")
+    store.enqueue("deliver", {}, destination="d", dedup_key="2")
+    a, b = store.claim("crashed", limit=2, lease_seconds=-1)
+    (again,) = store.claim("w", limit=1)
+    assert again.id == a.id and again.attempts == 2
+    store.close()
+    restarted = JobStore(tmp_path)  # a restart: claimed jobs of dead workers come back
+    assert restarted.requeue_claimed() == 2
+    assert {j.state for j in restarted.select()} == {JobState.QUEUED}
+
+
+def test_job_store_survives_other_process_view(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    store.enqueue("deliver", {}, destination="d", dedup_key="x")
+    store.bump("ingested", 3)
+    store.heartbeat("watcher")
+    view = JobStore(tmp_path)
+    assert view.pending() == 1
+    assert view.counters() == {"ingested": 3}
+    assert view.heartbeats()["watcher"][0] == os.getpid()
