@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from typing import Any
 
 from node.config import Config, config_to_dict, load_config
@@ -28,6 +27,15 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="queue depth, last errors, counters and liveness, read from the state DB",
+        description="Works from another shell while the node runs (reads node.state_dir).",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
         "check-config",
         parents=[common],
         help="validate the config and print it resolved (paths absolute, defaults filled)",
@@ -36,15 +44,33 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from node.service import NodeService
+
     cfg = load_from_args(args)
-    print(
-        "dicom-node run: the node service is not yet available in this version.\n"
-        f"It will watch {cfg.ingest.inbox}, deliver to "
-        f"{', '.join(d.name for d in cfg.destinations) or 'no destination'}, and receive on "
-        f"{cfg.receive.host}:{cfg.receive.port} into {cfg.receive.archive}.",
-        file=sys.stderr,
+    _apply_log_settings(args, cfg)
+    return NodeService(cfg).run_forever()
+
+
+def _apply_log_settings(args: argparse.Namespace, cfg: Config) -> None:
+    """Command-line log options win over the config's ``[node]`` ones."""
+    from node.logs import setup_logging
+
+    setup_logging(
+        getattr(args, "log_level", None) or cfg.node.log_level,
+        getattr(args, "log_format", None) or cfg.node.log_format,
     )
-    return 3
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from node.status import collect_status, format_status
+
+    cfg = load_from_args(args)
+    report = collect_status(cfg)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_status(report))
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -1,0 +1,328 @@
+"""From a complete inbox entry to queued deliveries: claim, convert, enqueue, finish.
+
+Every input ends in exactly one visible state, and the file system plus the job store are
+the whole record (a SIGKILL at any point loses nothing)::
+
+    inbox/NAME ──rename──> work/ID/src/NAME            claimed (ID.claim.json absent)
+       convert / validate ──> outgoing/ID/*.dcm         written atomically
+       enqueue "deliver" jobs (one transaction) ──> work/ID/claim.json    queued
+       every destination acknowledged ──> done/ID/ (source + DICOM), or deleted
+       cannot be converted ──> quarantine/NAME + quarantine/NAME.error.txt
+
+A claim without ``claim.json`` after a restart is processed again: conversion is
+deterministic (same content, same context → same SOP Instance UID) and enqueueing is
+idempotent per (SOP Instance UID, destination), so nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.config import Config
+from node.errors import ConversionError, NodeError
+from node.fsutil import atomic_write
+from node.ingest.convert import ConvertOptions, SeriesContext, convert_file, sidecar_for
+from node.ingest.dicom_inputs import DicomInputError, dicom_files_in, is_dicom_file
+from node.ingest.watcher import input_files
+from node.logs import fields
+from node.queue import JobState, JobStore
+from node.send.worker import enqueue_delivery
+
+log = logging.getLogger(__name__)
+
+CLAIM_FILE = "claim.json"
+SRC = "src"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One converted (or validated) object of a claim, and where it is delivered from."""
+
+    source: str
+    output: str
+    sop_instance_uid: str
+
+
+class IngestPipeline:
+    """Claims inbox entries and carries them to the queue, done/ or quarantine/."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: JobStore,
+        *,
+        on_converted: Callable[[float], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.ing = cfg.ingest
+        self.store = store
+        self.options = ConvertOptions.from_config(cfg)
+        self.destinations = list(self.ing.destinations) or [d.name for d in cfg.destinations]
+        self.pattern = re.compile(self.ing.filename_pattern) if self.ing.filename_pattern else None
+        self.on_converted = on_converted
+        self._lock = threading.Lock()
+        for folder in (self.ing.work, self.ing.done, self.ing.quarantine, self.ing.outgoing):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ claiming
+
+    def claim(self, path: Path) -> Path | None:
+        """Move ``path`` (and its sidecar) into a fresh work folder; None if it vanished."""
+        claim_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        claim_dir = self.ing.work / claim_id
+        (claim_dir / SRC).mkdir(parents=True)
+        sidecar = None if path.is_dir() else sidecar_for(path)
+        try:
+            path.rename(claim_dir / SRC / path.name)
+        except FileNotFoundError:
+            shutil.rmtree(claim_dir, ignore_errors=True)
+            return None
+        if sidecar is not None:
+            with contextlib.suppress(FileNotFoundError):
+                sidecar.rename(claim_dir / SRC / sidecar.name)
+        log.info("claimed %s", path.name, extra=fields(claim=claim_id))
+        return claim_dir
+
+    def take(self, path: Path) -> None:
+        """The watcher's callback: claim, then process."""
+        claim_dir = self.claim(path)
+        if claim_dir is not None:
+            self.process(claim_dir)
+
+    # ------------------------------------------------------------------ processing
+
+    def process(self, claim_dir: Path) -> None:
+        """Convert or validate every input of a claim, enqueue deliveries, record the claim."""
+        claim_id = claim_dir.name
+        src_root = claim_dir / SRC
+        entries = sorted(src_root.iterdir()) if src_root.exists() else []
+        inputs = [e for e in entries if not (e.is_file() and e.suffix.lower() == ".json")]
+        items: list[Claimed] = []
+        for entry in inputs:
+            if entry.is_dir():
+                items += self._process_folder(claim_id, entry)
+            else:
+                item = self._process_one(
+                    claim_id,
+                    entry,
+                    SeriesContext.for_group("file:" + _content_key(entry), self.options.uid_root),
+                    1,
+                )
+                if item is not None:
+                    items.append(item)
+        record = {
+            "claim": claim_id,
+            "destinations": self.destinations,
+            "items": [item.__dict__ for item in items],
+            "created": time.time(),
+        }
+        if items and self.destinations:
+            with self._lock:
+                for item in items:
+                    enqueue_delivery(
+                        self.store,
+                        Path(item.output),
+                        self.destinations,
+                        source="ingest",
+                        extra={"claim": claim_id},
+                    )
+        atomic_write(claim_dir / CLAIM_FILE, json.dumps(record, indent=1).encode())
+        self.finish_if_delivered(claim_dir)
+
+    def _process_folder(self, claim_id: str, folder: Path) -> list[Claimed]:
+        """A dropped folder: a DICOM file-set/series as it is, or images as one series."""
+        try:
+            dicoms = dicom_files_in(folder)
+        except DicomInputError as exc:
+            self.quarantine(folder, str(exc))
+            return []
+        items: list[Claimed] = []
+        if dicoms is not None:
+            for path in dicoms:
+                items += self._accept_dicom(path)
+            return items
+        series = SeriesContext.for_group(
+            "dir:" + folder.name + ":" + _folder_key(folder), self.options.uid_root
+        )
+        for number, path in enumerate(input_files(folder), start=1):
+            item = self._process_one(claim_id, path, series, number)
+            if item is not None:
+                items.append(item)
+        return items
+
+    def _process_one(
+        self, claim_id: str, path: Path, series: SeriesContext, number: int
+    ) -> Claimed | None:
+        try:
+            if is_dicom_file(path):
+                accepted = self._accept_dicom(path)
+                return accepted[0] if accepted else None
+            out_dir = self.ing.outgoing / claim_id
+            rel = path.relative_to(self.ing.work / claim_id / SRC)
+            output = out_dir / (rel.as_posix().replace("/", "_") + ".dcm")
+            started = time.monotonic()
+            result = convert_file(
+                path, output, self.options, series, number, overrides=self._from_name(path)
+            )
+            if self.on_converted is not None:
+                self.on_converted(time.monotonic() - started)
+        except (ConversionError, DicomInputError) as exc:
+            self.quarantine(path, str(exc))
+            return None
+        except (NodeError, OSError, ValueError) as exc:
+            self.quarantine(path, f"{type(exc).__name__}: {exc}")
+            return None
+        self.store.bump("ingested")
+        log.info(
+            "converted %s",
+            path.name,
+            extra=fields(claim=claim_id, sop=result.sop_instance_uid, out=result.output.name),
+        )
+        return Claimed(str(path), str(result.output), result.sop_instance_uid)
+
+    def _accept_dicom(self, path: Path) -> list[Claimed]:
+        from node.ingest.dicom_inputs import validate_dicom
+
+        try:
+            sop_uid = validate_dicom(path)
+        except DicomInputError as exc:
+            self.quarantine(path, str(exc))
+            return []
+        self.store.bump("ingested")
+        log.info("accepted DICOM %s as it is", path.name, extra=fields(sop=sop_uid))
+        return [Claimed(str(path), str(path), sop_uid)]
+
+    def _from_name(self, path: Path) -> Mapping[str, str]:
+        """Values from the configured file-name pattern (named groups = DICOM keywords)."""
+        if self.pattern is None:
+            return {}
+        match = self.pattern.fullmatch(path.name) or self.pattern.search(path.name)
+        if match is None:
+            return {}
+        return {k: v for k, v in match.groupdict().items() if v is not None}
+
+    # ------------------------------------------------------------------ endings
+
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move ``path`` (and its sidecar) to quarantine/ with ``NAME.error.txt``."""
+        self.ing.quarantine.mkdir(parents=True, exist_ok=True)
+        target = self.ing.quarantine / path.name
+        if target.exists() or (self.ing.quarantine / f"{path.name}.error.txt").exists():
+            target = self.ing.quarantine / f"{path.stem}-{uuid.uuid4().hex[:6]}{path.suffix}"
+        sidecar = None if path.is_dir() else sidecar_for(path)
+        note = (
+            f"file: {path.name}\nreason: {reason}\n"
+            f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
+            "fix the cause and drop the file into the inbox again\n"
+        )
+        atomic_write(target.with_name(target.name + ".error.txt"), note.encode())
+        path.rename(target)
+        if sidecar is not None:
+            with contextlib.suppress(OSError):
+                sidecar.rename(target.with_name(target.name + ".json"))
+        self.store.bump("quarantined")
+        log.warning("quarantined %s: %s", path.name, reason, extra=fields(to=str(target)))
+        return target
+
+    def finish_if_delivered(self, claim_dir: Path) -> bool:
+        """If every object of the claim is acknowledged by every destination, finish it."""
+        record_path = claim_dir / CLAIM_FILE
+        try:
+            record: dict[str, Any] = json.loads(record_path.read_bytes())
+        except FileNotFoundError:
+            return False
+        for item in record["items"]:
+            for dest in record["destinations"]:
+                job = self.store.find("deliver", item["sop_instance_uid"], dest)
+                if job is None or job.state != JobState.DONE:
+                    return False
+        self._finish(claim_dir, record)
+        return True
+
+    def _finish(self, claim_dir: Path, record: Mapping[str, Any]) -> None:
+        claim_id = claim_dir.name
+        outgoing = self.ing.outgoing / claim_id
+        if not record["items"]:  # everything was quarantined: nothing left to keep
+            shutil.rmtree(outgoing, ignore_errors=True)
+            shutil.rmtree(claim_dir, ignore_errors=True)
+            return
+        if self.ing.after_delivery == "delete":
+            shutil.rmtree(outgoing, ignore_errors=True)
+            shutil.rmtree(claim_dir, ignore_errors=True)
+        else:
+            done = self.ing.done / claim_id
+            done.mkdir(parents=True, exist_ok=True)
+            if outgoing.exists():
+                outgoing.rename(done / "dicom")
+            src = claim_dir / SRC
+            if src.exists() and any(src.iterdir()):
+                src.rename(done / "source")
+            (claim_dir / CLAIM_FILE).rename(done / CLAIM_FILE)
+            shutil.rmtree(claim_dir, ignore_errors=True)
+        log.info(
+            "delivered everywhere, claim finished",
+            extra=fields(
+                claim=claim_id, objects=len(record["items"]), mode=self.ing.after_delivery
+            ),
+        )
+
+    def on_delivered(self, payload: Mapping[str, Any]) -> None:
+        """Delivery worker callback: finish the claim this object came from, if complete."""
+        claim_id = payload.get("claim")
+        if not isinstance(claim_id, str) or "/" in claim_id or claim_id.startswith("."):
+            return
+        with self._lock:
+            claim_dir = self.ing.work / claim_id
+            if claim_dir.exists():
+                self.finish_if_delivered(claim_dir)
+
+    def recover(self) -> None:
+        """At start-up: redo claims cut short by a crash, finish delivered ones."""
+        if not self.ing.work.exists():
+            return
+        for claim_dir in sorted(self.ing.work.iterdir()):
+            if not claim_dir.is_dir():
+                continue
+            if (claim_dir / CLAIM_FILE).exists():
+                self.finish_if_delivered(claim_dir)
+            else:
+                log.info("resuming interrupted claim", extra=fields(claim=claim_dir.name))
+                shutil.rmtree(self.ing.outgoing / claim_dir.name, ignore_errors=True)
+                self.process(claim_dir)
+
+    def sweep(self) -> None:
+        """Finish every claim whose deliveries are all done (periodic safety net)."""
+        if not self.ing.work.exists():
+            return
+        for claim_dir in sorted(self.ing.work.iterdir()):
+            if (claim_dir / CLAIM_FILE).exists():
+                with self._lock:
+                    self.finish_if_delivered(claim_dir)
+
+
+def _content_key(path: Path) -> str:
+    """A key for a single dropped file: its name and content hash (re-drop → same UIDs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return f"{path.name}:{h.hexdigest()}"
+
+
+def _folder_key(folder: Path) -> str:
+    """A key for a dropped folder: the names and sizes of its inputs."""
+    parts = [f"{p.relative_to(folder).as_posix()}:{p.stat().st_size}" for p in input_files(folder)]
+    return "|".join(parts)

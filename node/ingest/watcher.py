@@ -1,0 +1,224 @@
+"""The drop-folder watcher: watchdog events as hints, a periodic full rescan as the truth.
+
+Events are lost on network shares, on inotify overflow and when an observer thread dies, so
+the watcher never relies on them: an event only wakes the scan loop early. Every scan lists
+the inbox and hands over the entries that are *complete*:
+
+- not ignored (hidden files, rsync's ``.name.XXXXXX``, ``*.part``, ``*.tmp``,
+  ``*.crdownload``, ``~*``, our own ``*.error.txt``; sidecar ``.json`` files travel with
+  their image and are never inputs on their own);
+- the size and mtime (for a folder: of every file inside it) unchanged for
+  ``ingest.stable_seconds``;
+- the file opens, and a JPEG ends with an EOI marker.
+
+A top-level file is one input; a top-level folder is one input (one series, or a DICOM
+file-set). Claiming (the atomic rename into the work folder) is the pipeline's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from node.config import IngestSection
+
+log = logging.getLogger(__name__)
+
+IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload", ".error.txt", ".partial", ".swp")
+SIDECAR_SUFFIX = ".json"
+
+Signature = tuple[object, ...]
+
+
+def is_ignored(name: str) -> bool:
+    """True for names that are never inputs (temporary, hidden, partial downloads)."""
+    lower = name.lower()
+    return name.startswith((".", "~")) or lower.endswith(IGNORED_SUFFIXES)
+
+
+def is_sidecar(path: Path) -> bool:
+    """True for ``NAME.json`` / ``NAME.jpg.json`` beside an image: it travels with it."""
+    return path.suffix.lower() == SIDECAR_SUFFIX
+
+
+def input_files(folder: Path) -> list[Path]:
+    """The input files inside a dropped folder, recursively, in name order."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not is_ignored(d))
+        for name in files:
+            if not is_ignored(name) and not is_sidecar(Path(name)):
+                out.append(Path(root) / name)
+    return sorted(out, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def signature(path: Path) -> Signature | None:
+    """What must stay unchanged for ``path`` to count as complete; None if it vanished."""
+    try:
+        st = path.stat()
+        if not path.is_dir():
+            return (st.st_size, st.st_mtime_ns)
+        parts: list[object] = []
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                fst = os.stat(os.path.join(root, name))
+                parts.append((os.path.relpath(os.path.join(root, name), path), fst.st_size))
+                parts.append(fst.st_mtime_ns)
+        return tuple(parts)
+    except OSError:
+        return None
+
+
+def jpeg_complete(path: Path) -> bool:
+    """A JPEG is complete when its last marker is EOI (trailing padding tolerated)."""
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+        if head != b"\xff\xd8":
+            return True  # not a JPEG: nothing more to check here
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - 4096))
+        tail = fh.read().rstrip(b"\x00\r\n ")
+    return tail.endswith(b"\xff\xd9")
+
+
+def looks_complete(path: Path) -> bool:
+    """The entry opens, and every JPEG in it has its EOI marker."""
+    try:
+        files = input_files(path) if path.is_dir() else [path]
+        return all(jpeg_complete(f) for f in files)
+    except OSError:
+        return False
+
+
+@dataclass
+class StabilityTracker:
+    """Remember each candidate's signature and since when it has been unchanged."""
+
+    stable_seconds: float
+    clock: Callable[[], float] = time.monotonic
+    _seen: dict[str, tuple[Signature, float]] = field(default_factory=dict)
+
+    def observe(self, key: str, sig: Signature) -> bool:
+        """Record ``sig`` for ``key``; True once it has not changed for ``stable_seconds``."""
+        now = self.clock()
+        previous = self._seen.get(key)
+        if previous is None or previous[0] != sig:
+            self._seen[key] = (sig, now)
+            return self.stable_seconds <= 0 and previous is not None
+        return now - previous[1] >= self.stable_seconds
+
+    def forget(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._seen.pop(key, None)
+
+    def keep_only(self, keys: set[str]) -> None:
+        self.forget([k for k in self._seen if k not in keys])
+
+    @property
+    def pending(self) -> int:
+        return len(self._seen)
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self._event.set()
+
+
+class DropFolderWatcher:
+    """Finds complete inputs in the inbox and hands each to ``on_ready`` once."""
+
+    def __init__(
+        self,
+        cfg: IngestSection,
+        on_ready: Callable[[Path], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.inbox = cfg.inbox
+        self.on_ready = on_ready
+        self.tracker = StabilityTracker(cfg.stable_seconds, clock)
+        self._wake = threading.Event()
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+
+    def start_observer(self) -> None:
+        """Start watchdog (hints only); failure to start is logged, rescans still run."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        try:
+            observer = Observer()
+            observer.schedule(_Wake(self._wake), str(self.inbox), recursive=True)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        except OSError as exc:
+            log.warning("file-system events unavailable (%s); relying on rescans", exc)
+
+    def stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(5)
+            self._observer = None
+
+    def scan(self) -> list[Path]:
+        """One pass over the inbox; returns (and hands over) the entries now complete."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        present: set[str] = set()
+        ready: list[Path] = []
+        try:
+            entries = sorted(os.scandir(self.inbox), key=lambda e: e.name)
+        except OSError as exc:
+            log.error("cannot list inbox %s: %s", self.inbox, exc)
+            return []
+        for entry in entries:
+            path = Path(entry.path)
+            if is_ignored(entry.name) or (entry.is_file() and is_sidecar(path)):
+                continue
+            sig = signature(path)
+            if sig is None:
+                continue
+            if path.is_dir() and not sig:
+                continue  # an empty folder: nothing to do (yet)
+            present.add(entry.name)
+            if self.tracker.observe(entry.name, sig) and looks_complete(path):
+                ready.append(path)
+        self.tracker.keep_only(present)
+        for path in ready:
+            self.tracker.forget([path.name])
+            try:
+                self.on_ready(path)
+            except Exception:  # one bad input never stops the watcher
+                log.exception("could not take %s", path)
+        return ready
+
+    def run(self, stop: threading.Event, heartbeat: Callable[[], None] | None = None) -> None:
+        """Scan until ``stop`` is set: on events, on a short tick while something is
+        settling, and every ``rescan_seconds`` regardless."""
+        self.start_observer()
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                self.scan()
+                if heartbeat is not None:
+                    heartbeat()
+                settle = max(0.05, self.cfg.stable_seconds / 2)
+                timeout = settle if self.tracker.pending else self.cfg.rescan_seconds
+                deadline = time.monotonic() + timeout
+                while not stop.is_set() and time.monotonic() < deadline:
+                    if self._wake.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+                        # Coalesce bursts of events, then scan again.
+                        stop.wait(0.05)
+                        break
+        finally:
+            self.stop_observer()

@@ -1,0 +1,108 @@
+"""A generic job runner: claim jobs of some kinds, run a handler, ack / retry / dead.
+
+Used for the node's own work (export of received instances, study-complete handling);
+deliveries have their own worker in :mod:`node.send.worker`, which batches associations.
+
+A handler returns normally on success. :class:`PermanentJobError` (or any
+:class:`~node.errors.ExportError`/:class:`~node.errors.ConversionError`) sends the job to
+``dead`` with the message; any other exception is retried with the queue's backoff policy
+until it gives up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+from node.config import QueueSection
+from node.errors import ConversionError, ExportError
+from node.logs import fields
+from node.queue import Job, JobStore
+from node.queue.retry import give_up_reason, next_attempt
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Job], None]
+
+
+class PermanentJobError(Exception):
+    """The job can never succeed as it is: it goes to ``dead`` with this message."""
+
+
+PERMANENT = (PermanentJobError, ExportError, ConversionError)
+
+
+class JobRunner:
+    """Runs handlers for jobs of the given kinds until stopped."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        handlers: Mapping[str, Handler],
+        policy: QueueSection,
+        *,
+        name: str = "jobs",
+        idle_seconds: float = 0.5,
+        batch: int = 8,
+    ) -> None:
+        self.store = store
+        self.handlers = dict(handlers)
+        self.policy = policy
+        self.owner = f"{name}:{os.getpid()}:{threading.get_ident()}"
+        self.idle_seconds = idle_seconds
+        self.batch = batch
+
+    def run_once(self) -> int:
+        """Claim and run one batch; returns how many jobs were handled."""
+        jobs = self.store.claim(
+            self.owner,
+            kinds=list(self.handlers),
+            limit=self.batch,
+            lease_seconds=self.policy.lease_seconds,
+        )
+        for index, job in enumerate(jobs):
+            try:
+                self._run(job)
+            except BaseException:
+                self.store.release(j.id for j in jobs[index + 1 :])
+                raise
+        return len(jobs)
+
+    def _run(self, job: Job) -> None:
+        try:
+            self.handlers[job.kind](job)
+        except PERMANENT as exc:
+            log.error("%s job failed for good: %s", job.kind, exc, extra=fields(job=job.id))
+            self.store.dead(job.id, str(exc))
+            return
+        except Exception as exc:  # retried: anything else may be transient
+            now = time.time()
+            at = next_attempt(job.attempts, job.created_at, now, self.policy)
+            reason = f"{type(exc).__name__}: {exc}"
+            if at is None:
+                reason = (
+                    f"{reason}; {give_up_reason(job.attempts, job.created_at, now, self.policy)}"
+                )
+                log.error("%s job dead: %s", job.kind, reason, extra=fields(job=job.id))
+                self.store.dead(job.id, reason)
+            else:
+                log.warning(
+                    "%s job will be retried: %s", job.kind, reason, extra=fields(job=job.id)
+                )
+                self.store.retry(job.id, at, reason)
+            return
+        self.store.ack([job.id])
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop`` is set; a claimed job always finishes before stopping."""
+        while not stop.is_set():
+            try:
+                handled = self.run_once()
+            except Exception:
+                log.exception("job runner %s failed; continuing", self.owner)
+                handled = 0
+            if not handled:
+                stop.wait(self.idle_seconds)

@@ -1,0 +1,95 @@
+"""Optional Prometheus endpoint (``[metrics]``, 127.0.0.1 by default).
+
+Counters and the queue-depth gauge are read from the state database at scrape time, so
+they agree with ``dicom-node status`` and survive restarts; latency histograms are observed
+in-process (conversion time, delivery latency from enqueue to acknowledgement).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from node.config import MetricsSection
+from node.queue import JobStore
+
+log = logging.getLogger(__name__)
+
+COUNTERS = ("ingested", "delivered", "delivery_failed", "quarantined", "received", "exported")
+
+
+class Metrics:
+    """Prometheus registry for one node process; a no-op when disabled."""
+
+    def __init__(self, cfg: MetricsSection, store: JobStore) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.enabled = cfg.enabled
+        self._server: Any = None
+        self.conversion_seconds: Any = None
+        self.delivery_seconds: Any = None
+        if not self.enabled:
+            return
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.registry = CollectorRegistry()
+        self.registry.register(_StoreCollector(store))
+        self.conversion_seconds = Histogram(
+            "dicom_node_conversion_seconds",
+            "Time to convert one dropped image into DICOM",
+            registry=self.registry,
+        )
+        self.delivery_seconds = Histogram(
+            "dicom_node_delivery_latency_seconds",
+            "Time from enqueue to the PACS acknowledging the object",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=self.registry,
+        )
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        from prometheus_client import start_http_server
+
+        self._server, _thread = start_http_server(
+            self.cfg.port, addr=self.cfg.host, registry=self.registry
+        )
+        log.info("metrics on http://%s:%d/metrics", self.cfg.host, self.cfg.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def observe_conversion(self, seconds: float) -> None:
+        if self.conversion_seconds is not None:
+            self.conversion_seconds.observe(seconds)
+
+    def observe_delivery(self, seconds: float) -> None:
+        if self.delivery_seconds is not None:
+            self.delivery_seconds.observe(seconds)
+
+
+class _StoreCollector:
+    """Exposes the state DB's counters and queue depth at scrape time."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        values = self.store.counters()
+        for name in COUNTERS:
+            family = CounterMetricFamily(f"dicom_node_{name}", f"Objects {name.replace('_', ' ')}")
+            family.add_metric([], float(values.get(name, 0)))
+            yield family
+        depth = GaugeMetricFamily(
+            "dicom_node_queue_depth",
+            "Jobs by kind, destination and state",
+            labels=["kind", "destination", "state"],
+        )
+        for kind, dest, state, count in self.store.counts():
+            depth.add_metric([kind, dest, state], float(count))
+        yield depth

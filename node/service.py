@@ -1,0 +1,226 @@
+"""The node service: builds every stage from the config, starts them, stops them gracefully.
+
+::
+
+    watcher ──> ingest pipeline ──> queue ("deliver") ──> delivery workers ──> PACS
+    SCP ──> archive ──> queue ("export_instance", "study_complete") ──> export runner
+                                                   └──> forward rules ──> "deliver"
+
+Each stage is a thread over the shared job store; SIGTERM/SIGINT set one stop event, every
+loop finishes what it holds (an in-flight C-STORE, a claimed job) and releases the rest.
+A SIGKILL loses nothing: claimed jobs are requeued at the next start, interrupted claims in
+``ingest.work`` are processed again, and the SCP removes leftover temporary files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from node.config import Config, ForwardRule
+from node.jobs import JobRunner, PermanentJobError
+from node.logs import fields
+from node.metrics import Metrics
+from node.queue import Job, JobStore
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0
+SWEEP_SECONDS = 5.0
+
+
+class NodeService:
+    """All stages of one node process."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.store = JobStore(cfg.node.state_dir)
+        self.metrics = Metrics(cfg.metrics, self.store)
+        self.threads: list[threading.Thread] = []
+        self.scp: Any = None
+        self.pipeline: Any = None
+        self.exporter: Any = None
+
+    # ------------------------------------------------------------------ building
+
+    def _thread(self, name: str, target: Callable[[], None]) -> None:
+        def guarded() -> None:
+            try:
+                target()
+            except Exception:
+                log.exception("stage %s crashed", name)
+            finally:
+                log.debug("stage %s stopped", name)
+
+        thread = threading.Thread(target=guarded, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def start(self) -> None:
+        """Recover from any previous crash, then start every enabled stage."""
+        cfg = self.cfg
+        requeued = self.store.requeue_claimed()
+        if requeued:
+            log.info("requeued %d jobs claimed by a previous run", requeued)
+        self.metrics.start()
+
+        if cfg.export.enabled:
+            from node.export.exporter import Exporter
+
+            self.exporter = Exporter(cfg.export)
+
+        if cfg.receive.enabled:
+            from node.receive.scp import StorageSCP
+
+            self.scp = StorageSCP(cfg, self.store)
+            self.scp.start()
+            log.info(
+                "SCP %s listening on %s:%d", cfg.receive.ae_title, cfg.receive.host, self.scp.port
+            )
+
+        from node.send.worker import DeliveryWorker
+
+        for dest in cfg.destinations:
+            for n in range(max(1, cfg.queue.workers_per_destination)):
+                worker = DeliveryWorker(
+                    cfg,
+                    dest,
+                    self.store,
+                    owner=f"deliver:{dest.name}:{os.getpid()}:{n}",
+                    on_delivered=self._delivered,
+                )
+                self._thread(f"deliver-{dest.name}-{n}", lambda w=worker: w.run(self.stop_event))
+
+        runner = JobRunner(
+            self.store,
+            {"export_instance": self._export_instance, "study_complete": self._study_complete},
+            cfg.queue,
+            name="export",
+        )
+        for n in range(max(1, cfg.export.workers)):
+            self._thread(f"export-{n}", lambda: runner.run(self.stop_event))
+
+        if cfg.ingest.enabled:
+            from node.ingest.pipeline import IngestPipeline
+            from node.ingest.watcher import DropFolderWatcher
+
+            self.pipeline = IngestPipeline(
+                cfg, self.store, on_converted=self.metrics.observe_conversion
+            )
+            self.pipeline.recover()
+            watcher = DropFolderWatcher(cfg.ingest, self.pipeline.take)
+            self._thread(
+                "watcher",
+                lambda: watcher.run(self.stop_event, lambda: self.store.heartbeat("watcher")),
+            )
+            log.info("watching %s", cfg.ingest.inbox)
+
+        self._thread("housekeeping", self._housekeeping)
+
+    # ------------------------------------------------------------------ job handlers
+
+    def _delivered(self, job: Job) -> None:
+        self.metrics.observe_delivery(time.time() - job.created_at)
+        if self.pipeline is not None and job.payload.get("source") == "ingest":
+            self.pipeline.on_delivered(job.payload)
+
+    def _export_instance(self, job: Job) -> None:
+        if self.exporter is None or not self.cfg.export.png:
+            return
+        path = Path(job.payload["path"])
+        if not path.exists():
+            raise PermanentJobError(f"{path}: archived object is gone; nothing to export")
+        outputs = self.exporter.export_instance(path)
+        self.store.bump("exported", len(outputs))
+        log.info("exported", extra=fields(sop=job.payload.get("sop_instance_uid"), n=len(outputs)))
+
+    def _study_complete(self, job: Job) -> None:
+        payload = job.payload
+        study_dir = Path(payload["archive_dir"])
+        if not study_dir.is_dir():
+            raise PermanentJobError(f"study folder {study_dir} is gone")
+        if self.exporter is not None and self.cfg.export.pdf != "none":
+            outputs = self.exporter.export_study(study_dir)
+            self.store.bump("exported", len(outputs))
+            log.info("study exported", extra=fields(study=payload.get("study_uid"), n=len(outputs)))
+        for rule in self.cfg.receive.forward:
+            if _rule_matches(rule, payload, study_dir):
+                self._forward(rule, study_dir)
+
+    def _forward(self, rule: ForwardRule, study_dir: Path) -> None:
+        from node.send.worker import enqueue_delivery
+
+        files = sorted(study_dir.rglob("*.dcm"))
+        for path in files:
+            enqueue_delivery(self.store, path, [rule.destination], source="forward")
+        log.info("forwarded study", extra=fields(to=rule.destination, objects=len(files)))
+
+    # ------------------------------------------------------------------ life cycle
+
+    def _housekeeping(self) -> None:
+        last_sweep = 0.0
+        while not self.stop_event.is_set():
+            self.store.heartbeat("node", f"pid {os.getpid()}")
+            if self.scp is not None:
+                self.store.heartbeat("scp", f"port {self.scp.port}")
+            if self.pipeline is not None and time.monotonic() - last_sweep > SWEEP_SECONDS:
+                self.pipeline.sweep()
+                last_sweep = time.monotonic()
+            self.stop_event.wait(HEARTBEAT_SECONDS)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop: the SCP first (no new work), then every loop."""
+        self.stop_event.set()
+        if self.scp is not None:
+            self.scp.stop()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        self.metrics.stop()
+        self.store.close()
+
+    def run_forever(self) -> int:
+        """Start, wait for SIGTERM/SIGINT, stop. Returns the exit status."""
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        log.info("dicom-node running (pid %d)", os.getpid())
+        while not self.stop_event.wait(1.0):
+            pass
+        self.stop()
+        log.info("dicom-node stopped")
+        return 0
+
+
+def _rule_matches(rule: ForwardRule, payload: dict[str, Any], study_dir: Path) -> bool:
+    if rule.calling_ae and payload.get("calling_ae") != rule.calling_ae:
+        return False
+    if rule.modality:
+        modalities = payload.get("modalities") or _study_modalities(study_dir)
+        return rule.modality in modalities
+    return True
+
+
+def _study_modalities(study_dir: Path) -> set[str]:
+    """Modality (0008,0060) of every series of an archived study (one header per series)."""
+    import pydicom
+
+    found: set[str] = set()
+    for series_dir in study_dir.iterdir():
+        first = next(iter(sorted(series_dir.glob("*.dcm"))), None)
+        if first is not None:
+            ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["Modality"])
+            found.add(str(ds.get("Modality", "")))
+    return found

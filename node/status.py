@@ -1,0 +1,100 @@
+"""``dicom-node status``: what the node holds and whether it is alive, from the state DB.
+
+Everything comes from ``node.state_dir/queue.sqlite3`` (jobs, counters, heartbeats), so it
+works from another shell, while the node runs or after it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from node.config import Config
+from node.queue import JobState, JobStore
+
+#: A component is alive if it wrote a heartbeat within this many seconds.
+ALIVE_SECONDS = 10.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def collect_status(cfg: Config) -> dict[str, Any]:
+    """Queue depth per kind/destination/state, recent errors, counters, liveness."""
+    with JobStore(cfg.node.state_dir) as store:
+        now = time.time()
+        queue: dict[str, dict[str, dict[str, int]]] = {}
+        for kind, dest, state, count in store.counts():
+            queue.setdefault(kind, {}).setdefault(dest or "-", {})[state] = count
+        errors = [
+            {
+                "id": job.id,
+                "kind": job.kind,
+                "destination": job.destination,
+                "state": str(job.state),
+                "attempts": job.attempts,
+                "error": job.last_error,
+            }
+            for state in (JobState.DEAD, JobState.RETRY)
+            for job in store.select(state=state, limit=5)
+        ]
+        components = {
+            name: {
+                "pid": pid,
+                "seconds_ago": round(now - seen, 1),
+                "alive": now - seen < ALIVE_SECONDS and _pid_alive(pid),
+                "detail": detail,
+            }
+            for name, (pid, seen, detail) in store.heartbeats().items()
+        }
+        return {
+            "state_db": str(store.path),
+            "pending": store.pending(),
+            "queue": queue,
+            "counters": store.counters(),
+            "components": components,
+            "recent_errors": errors,
+        }
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """Human-readable rendering of :func:`collect_status`."""
+    lines = [f"state: {report['state_db']}", f"pending jobs: {report['pending']}", ""]
+    lines.append("components:")
+    if not report["components"]:
+        lines.append("  (none has run yet)")
+    for name, comp in sorted(report["components"].items()):
+        state = "alive" if comp["alive"] else "NOT RUNNING"
+        lines.append(
+            f"  {name:<10} {state:<12} pid {comp['pid']}, seen {comp['seconds_ago']} s ago"
+            f"  {comp['detail']}"
+        )
+    lines.append("")
+    lines.append("queue (kind / destination: state=count):")
+    if not report["queue"]:
+        lines.append("  (empty)")
+    for kind, dests in sorted(report["queue"].items()):
+        for dest, states in sorted(dests.items()):
+            counts = ", ".join(f"{s}={n}" for s, n in sorted(states.items()))
+            lines.append(f"  {kind:<16} {dest:<12} {counts}")
+    lines.append("")
+    lines.append("counters:")
+    for name, value in sorted(report["counters"].items()) or [("(none)", 0)]:
+        lines.append(f"  {name:<16} {value}")
+    if report["recent_errors"]:
+        lines.append("")
+        lines.append("recent errors:")
+        for err in report["recent_errors"]:
+            lines.append(
+                f"  #{err['id']} {err['kind']} -> {err['destination'] or '-'} [{err['state']}, "
+                f"{err['attempts']} attempts]: {err['error']}"
+            )
+    return "\n".join(lines)
