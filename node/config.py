@@ -64,6 +64,7 @@ class IngestSection:
     strict: bool = False
     max_pixels: int = 200_000_000
     stable_seconds: float = 2.0
+    incomplete_seconds: float = 60.0
     rescan_seconds: float = 10.0
     after_delivery: Literal["move", "delete"] = "move"
     filename_pattern: str = ""

@@ -139,3 +139,10 @@ def test_job_store_survives_other_process_view(tmp_path: Path) -> None:
     assert view.pending() == 1
     assert view.counters() == {"ingested": 3}
     assert view.heartbeats()["watcher"][0] == os.getpid()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "config").glob("*.toml")))
+def test_shipped_configs_are_valid(name: str) -> None:
+    cfg = load_config(REPO / "config" / name)
+    for dest in cfg.destinations:
+        assert dest.host == "127.0.0.1"  # defaults and examples stay on loopback

@@ -9,7 +9,9 @@ the inbox and hands over the entries that are *complete*:
   their image and are never inputs on their own);
 - the size and mtime (for a folder: of every file inside it) unchanged for
   ``ingest.stable_seconds``;
-- the file opens, and a JPEG ends with an EOI marker.
+- the file opens, and a JPEG ends with an EOI marker. A file that stays unchanged but
+  incomplete for ``ingest.incomplete_seconds`` is handed over anyway, so that it ends in
+  quarantine with a reason rather than sitting in the inbox forever.
 
 A top-level file is one input; a top-level folder is one input (one series, or a DICOM
 file-set). Claiming (the atomic rename into the work folder) is the pipeline's business.
@@ -116,6 +118,11 @@ class StabilityTracker:
             return self.stable_seconds <= 0 and previous is not None
         return now - previous[1] >= self.stable_seconds
 
+    def unchanged_for(self, key: str) -> float:
+        """Seconds since ``key``'s signature last changed (0 if unknown)."""
+        seen = self._seen.get(key)
+        return self.clock() - seen[1] if seen else 0.0
+
     def forget(self, keys: Iterable[str]) -> None:
         for key in keys:
             self._seen.pop(key, None)
@@ -191,7 +198,18 @@ class DropFolderWatcher:
             if path.is_dir() and not sig:
                 continue  # an empty folder: nothing to do (yet)
             present.add(entry.name)
-            if self.tracker.observe(entry.name, sig) and looks_complete(path):
+            if not self.tracker.observe(entry.name, sig):
+                continue
+            if looks_complete(path):
+                ready.append(path)
+            elif self.tracker.unchanged_for(entry.name) >= self.cfg.incomplete_seconds:
+                # Unchanged for long and still no EOI: truncated for good. Hand it over so
+                # that it ends in quarantine with a reason instead of sitting in the inbox.
+                log.warning(
+                    "%s has not changed for %.0f s and is incomplete",
+                    path.name,
+                    self.tracker.unchanged_for(entry.name),
+                )
                 ready.append(path)
         self.tracker.keep_only(present)
         for path in ready:
