@@ -1,0 +1,315 @@
+"""The whole node as a subprocess, Orthanc as the PACS, DCMTK as the modality.
+
+Every input must end in exactly one visible state: delivered (Orthanc has it, the source is
+in done/), quarantined with a reason, or still queued.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.peers import LOOPBACK, Orthanc, free_port, peer_env, tool, wait_echo
+
+REPO = Path(__file__).resolve().parents[2]
+DICOM_NODE = str(Path(sys.executable).with_name("dicom-node"))
+
+pytestmark = pytest.mark.slow
+
+
+def jpeg(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def write_config(tmp: Path, orthanc: Orthanc | None, scp_port: int, **extra: str) -> Path:
+    dest = ""
+    if orthanc is not None:
+        dest = f"""
+[[destinations]]
+name = "orthanc"
+host = "{LOOPBACK}"
+port = {orthanc.dicom_port}
+called_ae = "{orthanc.aet}"
+calling_ae = "DICOMNODE"
+"""
+    text = f"""
+[node]
+base_dir = "{tmp}"
+state_dir = "state"
+
+[ingest]
+stable_seconds = 0.5
+incomplete_seconds = 3.0
+rescan_seconds = 1.0
+{extra.get("ingest", "")}
+
+[ingest.defaults]
+ImageLaterality = "U"
+
+[queue]
+retry_initial_seconds = 0.5
+retry_max_seconds = 2.0
+
+{dest}
+
+[receive]
+port = {scp_port}
+study_quiet_seconds = 2.0
+min_free_bytes = 1000000
+{extra.get("receive", "")}
+
+[export]
+{extra.get("export", "")}
+"""
+    path = tmp / "node.toml"
+    path.write_text(text)
+    return path
+
+
+class NodeProcess:
+    """``dicom-node run`` as a real subprocess."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [DICOM_NODE, "run", "-c", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def status(self) -> dict:
+        out = subprocess.run(
+            [DICOM_NODE, "status", "--json", "-c", str(self.config)],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        return json.loads(out.stdout)
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[[Path], NodeProcess]]:
+    nodes: list[NodeProcess] = []
+
+    def make(config: Path) -> NodeProcess:
+        node = NodeProcess(config, tmp_path / "node.log")
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+
+
+def drop_batch(inbox: Path, start: int, count: int, corrupt_at: int | None = None) -> list[str]:
+    """Drop images the ways users do: plain, slow chunked copies, rsync temp names, sidecars.
+
+    Returns the PatientIDs expected in the PACS.
+    """
+    expected = []
+    for i in range(start, start + count):
+        name = f"img{i:03d}.jpg"
+        data = jpeg(i)
+        if i == corrupt_at:
+            (inbox / name).write_bytes(data[: len(data) // 2])  # truncated for good
+            continue
+        pid = f"P{i % 7}"
+        expected.append(pid)
+        sidecar = {"PatientID": pid, "PatientName": f"Doe^Pat{i % 7}"}
+        (inbox / f"{name}.json").write_text(json.dumps(sidecar))
+        kind = i % 3
+        if kind == 0:
+            (inbox / name).write_bytes(data)
+        elif kind == 1:  # rsync style: hidden temp name, then rename
+            tmp = inbox / f".{name}.Xa{i:04d}"
+            tmp.write_bytes(data)
+            os.rename(tmp, inbox / name)
+        else:  # slow copy in chunks
+            with open(inbox / name, "wb") as fh:
+                for offset in range(0, len(data), 1024):
+                    fh.write(data[offset : offset + 1024])
+                    fh.flush()
+                    time.sleep(0.005)
+    return expected
+
+
+def patient_ids(orthanc: Orthanc) -> list[str]:
+    return sorted(
+        orthanc.get(f"/instances/{oid}/simplified-tags")["PatientID"] for oid in orthanc.instances()
+    )
+
+
+@pytest.mark.orthanc
+def test_drop_100_with_kill_and_restart_delivers_exactly_99(
+    tmp_path: Path, orthanc: Orthanc, node_factory: Callable[[Path], NodeProcess]
+) -> None:
+    config = write_config(tmp_path, orthanc, free_port(), receive="enabled = false")
+    inbox = tmp_path / "var" / "inbox"
+    inbox.mkdir(parents=True)
+    node = node_factory(config)
+    node.start()
+    expected = drop_batch(inbox, 0, 50, corrupt_at=17)
+    wait_for("some deliveries", lambda: len(orthanc.instances()) >= 10)
+    node.kill()  # SIGKILL in the middle of the batch
+    expected += drop_batch(inbox, 50, 50)
+    node = node_factory(config)
+    node.start()
+    wait_for("99 instances in Orthanc", lambda: len(orthanc.instances()) >= 99, timeout=180)
+    wait_for("an empty inbox", lambda: not any(inbox.iterdir()), timeout=60)
+    quarantine = tmp_path / "var" / "quarantine"
+    wait_for("the corrupt file in quarantine", lambda: (quarantine / "img017.jpg").exists())
+    time.sleep(1.0)
+    assert len(orthanc.instances()) == 99
+    assert patient_ids(orthanc) == sorted(expected)
+    reason = (quarantine / "img017.jpg.error.txt").read_text()
+    assert "img017.jpg" in reason and "reason:" in reason
+    wait_for("every claim finished", lambda: not any((tmp_path / "var" / "work").iterdir()))
+    status = node.status()
+    assert status["pending"] == 0
+    assert status["counters"]["quarantined"] == 1
+    assert node.stop() == 0
+
+
+@pytest.mark.orthanc
+def test_pacs_outage_keeps_everything_queued_then_delivers(
+    tmp_path: Path, orthanc: Orthanc, node_factory: Callable[[Path], NodeProcess]
+) -> None:
+    config = write_config(tmp_path, orthanc, free_port(), receive="enabled = false")
+    inbox = tmp_path / "var" / "inbox"
+    inbox.mkdir(parents=True)
+    node = node_factory(config)
+    node.start()
+    drop_batch(inbox, 0, 10)
+    wait_for("the first deliveries", lambda: len(orthanc.instances()) >= 10)
+    orthanc.stop()
+    outage_started = time.monotonic()
+    drop_batch(inbox, 10, 20)
+    wait_for("the backlog in status", lambda: node.status()["pending"] >= 20, timeout=60)
+    backlog = node.status()
+    assert (
+        backlog["queue"]["deliver"]["orthanc"].get("retry", 0)
+        + backlog["queue"]["deliver"]["orthanc"].get("queued", 0)
+        >= 1
+    )
+    time.sleep(max(0.0, 30.0 - (time.monotonic() - outage_started)))  # a 30 s outage
+    orthanc.start()
+    wait_for("all 30 delivered", lambda: len(orthanc.instances()) == 30, timeout=120)
+    wait_for("an empty queue", lambda: node.status()["pending"] == 0, timeout=60)
+    assert node.stop() == 0
+
+
+@pytest.mark.dcmtk
+def test_modality_series_is_archived_and_exported(
+    tmp_path: Path, node_factory: Callable[[Path], NodeProcess]
+) -> None:
+    from tests.node.series import write_ct_series
+
+    scp_port = free_port()
+    config = write_config(tmp_path, None, scp_port, ingest="enabled = false")
+    node = node_factory(config)
+    node.start()
+    wait_echo(scp_port, "DICOMNODE", timeout=60)
+    series_dir = tmp_path / "ct"
+    files = write_ct_series(series_dir, count=5)
+    sent = subprocess.run(
+        [tool("storescu"), "-aet", "CT01", "-aec", "DICOMNODE", LOOPBACK, str(scp_port)]
+        + [str(f) for f in files],
+        env=peer_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    archive = tmp_path / "var" / "archive"
+    export = tmp_path / "var" / "export"
+    wait_for("5 archived objects", lambda: len(list(archive.rglob("*.dcm"))) == 5)
+    wait_for("5 PNGs", lambda: len(list(export.rglob("*.png"))) == 5, timeout=60)
+    wait_for("a series PDF", lambda: len(list(export.rglob("*.pdf"))) == 1, timeout=60)
+    manifests = list(export.rglob("*.jsonl"))
+    assert manifests
+    lines = [json.loads(line) for m in manifests for line in m.read_text().splitlines()]
+    outputs = {Path(entry["output"]).name for entry in lines}
+    for produced in list(export.rglob("*.png")) + list(export.rglob("*.pdf")):
+        assert produced.name in outputs
+    assert all(len(entry["sha256"]) == 64 for entry in lines)
+    assert node.stop() == 0
+
+
+def test_scripts_run_embedded_default_loop(tmp_path: Path) -> None:
+    """scripts/run in a copy of the repository: JPEG in, DICOM + PNG + PDF out."""
+    copy = tmp_path / "repo"
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in listed:
+        if (REPO / rel).is_file():
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, copy / rel)
+    (copy / ".venv").symlink_to(REPO / ".venv")  # installed already; scripts/run reuses it
+    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([str(copy / "scripts" / "run")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        inbox = copy / "var" / "inbox"
+        wait_for("the inbox", inbox.exists, timeout=120)
+        wait_echo(11112, "DICOMNODE", timeout=60)
+        (inbox / "photo.jpg").write_bytes(jpeg(1, (320, 240)))
+        var = copy / "var"
+        wait_for("a DICOM in the archive", lambda: any((var / "archive").rglob("*.dcm")))
+        wait_for("a PNG in export", lambda: any((var / "export").rglob("*.png")), timeout=60)
+        wait_for("a PDF in export", lambda: any((var / "export").rglob("*.pdf")), timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        finally:
+            log.close()
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
