@@ -1,0 +1,171 @@
+"""Shared bench plumbing: timing subprocesses, peak RSS, peers, and the results table.
+
+A workload module exposes ``run(workdir: Path, repeats: int) -> list[dict]``; each row is
+one tool on one workload: ``{"workload", "tool", "seconds": [per repeat], "items",
+"unit", "bytes", "peak_rss"}`` (``files``/``instances``/``images`` are accepted for
+``items``). Tools whose name starts with ``dicom-node`` are ours; the ratio column is our
+rate over each peer's rate, from the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv" / "bin"
+DICOM_NODE = str(VENV_BIN / "dicom-node")
+LOOPBACK = "127.0.0.1"
+
+
+def peer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def dcmtk(name: str) -> str:
+    path = f"/usr/bin/{name}"
+    if not os.access(path, os.X_OK):
+        raise SystemExit(f"{name} missing: apt-get install dcmtk (scripts/test does it)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((LOOPBACK, port), 0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {LOOPBACK}:{port}")
+
+
+def timed(cmd: Sequence[str], **kwargs: Any) -> float:
+    """Run ``cmd`` to completion (must exit 0); return wall-clock seconds."""
+    start = time.perf_counter()
+    res = subprocess.run(list(cmd), capture_output=True, **kwargs)
+    elapsed = time.perf_counter() - start
+    if res.returncode != 0:
+        out = (res.stdout or b"")[-1500:] + (res.stderr or b"")[-1500:]
+        raise RuntimeError(f"{cmd[0]} exited {res.returncode}: {out.decode(errors='replace')}")
+    return elapsed
+
+
+def child_peak_rss() -> int:
+    """Largest resident set of any waited-for child so far, in bytes."""
+    return int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
+
+
+def proc_rss(pid: int) -> int:
+    """Current (VmHWM: peak) resident set of a running process, in bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def items_of(row: dict[str, Any]) -> int:
+    for key in ("items", "files", "instances", "images"):
+        if key in row:
+            return int(row[key])
+    return 0
+
+
+def unit_of(row: dict[str, Any]) -> str:
+    if "unit" in row:
+        return str(row["unit"])
+    for key in ("files", "instances", "images"):
+        if key in row:
+            return key
+    return "items"
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
+
+
+def versions() -> str:
+    import pydicom
+    import pynetdicom
+
+    parts = [
+        f"Python {platform.python_version()}",
+        f"pydicom {pydicom.__version__}",
+        f"pynetdicom {pynetdicom.__version__}",
+    ]
+    try:
+        out = subprocess.run([dcmtk("storescu"), "--version"], capture_output=True, text=True)
+        first = out.stdout.splitlines()[0] if out.stdout else ""
+        parts.append(first.replace("$", "").strip() or "DCMTK")
+    except (OSError, SystemExit):
+        pass
+    orthanc = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    if os.access(orthanc, os.X_OK):
+        out = subprocess.run([orthanc, "--version"], capture_output=True, text=True)
+        parts.append(out.stdout.splitlines()[0] if out.stdout else "Orthanc")
+    return ", ".join(parts)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The markdown results table, ratios computed within each workload."""
+    head = (
+        "| workload | tool | median s | min–max s | rate (/s) | MB/s | ratio ours/peer "
+        "| peak RSS MB |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    by_workload: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_workload.setdefault(row["workload"], []).append(row)
+    for workload, group in by_workload.items():
+        ours = [r for r in group if str(r["tool"]).startswith("dicom-node")]
+        our_rate = items_of(ours[0]) / statistics.median(ours[0]["seconds"]) if ours else None
+        for row in group:
+            secs = row["seconds"]
+            if not secs:
+                continue
+            med = statistics.median(secs)
+            rate = items_of(row) / med if med else 0.0
+            mbs = row.get("bytes", 0) / med / 1e6 if med else 0.0
+            is_ours = str(row["tool"]).startswith("dicom-node")
+            ratio = "—" if is_ours or not our_rate or not rate else f"{our_rate / rate:.2f}×"
+            rss = row.get("peak_rss")
+            rss_text = f"{rss / 1e6:.0f}" if rss else "—"
+            lines.append(
+                f"| {workload} | {row['tool']} | {med:.3f} | {min(secs):.3f}–{max(secs):.3f} "
+                f"| {rate:.1f} {unit_of(row)}/s | {mbs:.1f} | {ratio} | {rss_text} |"
+                + (f" {row['note']}" if row.get("note") else "")
+            )
+    return head + "\n".join(lines) + "\n"
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    sys.stdout.write(table(rows))
