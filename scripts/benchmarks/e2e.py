@@ -30,6 +30,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     from camera import camera_jpegs
+
     from tests.peers import run_orthanc
 
     files = int(os.environ.get("E2E_FILES", "500"))
