@@ -1,0 +1,260 @@
+"""``dicom-node convert``: images -> DICOM files, one process, many files (like img2dcm -k)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from node.config import Config
+from node.errors import ConfigError, ConversionError, NodeError
+from node.ingest import metadata
+from node.ingest.convert import ConvertOptions, SeriesContext, convert_file
+from node.ingest.iods import SOP_KINDS
+from node.service_commands import load_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="convert JPEG/PNG/BMP/TIFF images into DICOM files (SC, MF SC, VL Photographic)",
+        description=(
+            "Convert images into DICOM. Baseline/extended JPEG is encapsulated unchanged "
+            "(no decode); other inputs become native pixels. Metadata precedence, lowest "
+            "first: built-in defaults, [ingest.defaults], template (--dataset-from/"
+            "--study-from/--series-from), sidecar NAME.json or NAME.jpg.json, EXIF, --key."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or directories")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTPUT",
+        help="output directory (created), or a .dcm file name for a single input",
+    )
+    g = p.add_argument_group("object")
+    g.add_argument(
+        "--sop-class",
+        choices=SOP_KINDS,
+        default=None,
+        help="sc: Secondary Capture; nsc: multi-frame SC family (picked from the pixels); "
+        "vlp: VL Photographic, Modality XC (default: ingest.sop_class, sc)",
+    )
+    g.add_argument(
+        "--conversion-type",
+        default=None,
+        metavar="CODE",
+        help="(0008,0064) ConversionType for SC: DI camera, WSD workstation, SD scanned "
+        "document, SI scanned image, DV video, DF film, SYN synthetic (default: DI)",
+    )
+    g.add_argument(
+        "--keep-appn",
+        action="store_true",
+        default=None,
+        help="keep every JPEG APPn/COM segment byte for byte (default: remove EXIF, XMP, "
+        "COM and other metadata segments; JFIF, ICC and Adobe stay)",
+    )
+    g.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="refuse objects without PatientID, PatientName, StudyDate and a laterality "
+        "statement (default: off)",
+    )
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels (default: ingest.max_pixels, 200000000)",
+    )
+    m = p.add_argument_group("metadata")
+    m.add_argument(
+        "-k",
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an attribute, keyword or (gggg,eeee); repeatable; applied last",
+    )
+    t = m.add_mutually_exclusive_group()
+    t.add_argument("--dataset-from", metavar="F", help="take all attributes from DICOM file F")
+    t.add_argument("--study-from", metavar="F", help="take patient and study attributes from F")
+    t.add_argument(
+        "--series-from", metavar="F", help="take patient, study and series attributes from F"
+    )
+    p.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="do not fsync each output (faster; a power loss may lose recent files)",
+    )
+    p.set_defaults(func=cmd_convert)
+
+
+def options_from_args(args: argparse.Namespace, cfg: Config) -> ConvertOptions:
+    base = ConvertOptions.from_config(cfg)
+    template = None
+    for scope in ("dataset", "study", "series"):
+        path = getattr(args, f"{scope}_from", None)
+        if path:
+            template = metadata.load_template(Path(path), scope)  # type: ignore[arg-type]
+    keys = tuple(metadata.parse_key(k) for k in args.key)
+    for name, _ in keys:
+        metadata.resolve_tag(name, "--key")
+    options = ConvertOptions(
+        sop_class=args.sop_class or base.sop_class,
+        conversion_type=args.conversion_type or base.conversion_type,
+        keep_appn=bool(args.keep_appn) or base.keep_appn,
+        strict=bool(args.strict) or base.strict,
+        max_pixels=args.max_pixels or base.max_pixels,
+        uid_root=base.uid_root,
+        defaults=base.defaults,
+        keys=keys,
+        template=template,
+        fsync=not args.no_fsync,
+    )
+    # Validate the user-supplied sources once, before touching any file.
+    options.defaults_dataset()
+    if options.keys:
+        options.keys_dataset()
+    return options
+
+
+@dataclass
+class Job:
+    source: Path
+    output: Path
+    group: Path
+    number: int = 0
+
+
+@dataclass
+class Summary:
+    converted: int = 0
+    refused: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _is_input(path: Path) -> bool:
+    return not path.name.startswith(".") and path.suffix.lower() != ".json"
+
+
+def collect(inputs: list[str], output: Path) -> list[Job]:
+    """Input files in order; outputs mirror each directory input's layout under OUTPUT."""
+    jobs: list[Job] = []
+    single = output.suffix.lower() == ".dcm"
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file() and _is_input(p)):
+                rel = f.relative_to(path)
+                jobs.append(Job(f, output / rel.parent / (rel.stem + ".dcm"), f.parent))
+        else:
+            jobs.append(Job(path, output if single else output / (path.stem + ".dcm"), path.parent))
+    if single and len(jobs) != 1:
+        raise ConfigError(
+            f"-o {output}: a .dcm file name needs exactly one input, got {len(jobs)}; "
+            "give a directory instead"
+        )
+    seen: dict[Path, int] = defaultdict(int)
+    for job in jobs:
+        seen[job.output] += 1
+    for job in jobs:
+        if seen[job.output] > 1:  # photo.jpg and photo.png: keep both
+            job.output = job.output.with_name(job.source.name + ".dcm")
+    return jobs
+
+
+def _group_contexts(jobs: list[Job], uid_root: str) -> dict[Path, SeriesContext]:
+    """One Study/Series per input directory, derived from its path and its files' content.
+
+    Converting the same files again gives the same UIDs; different files under the same
+    folder name never share a Study Instance UID.
+    """
+    members: dict[Path, list[Job]] = defaultdict(list)
+    for job in jobs:
+        members[job.group].append(job)
+    contexts = {}
+    for group, group_jobs in members.items():
+        h = hashlib.sha256(str(group.resolve()).encode())
+        for number, job in enumerate(group_jobs, start=1):
+            job.number = number
+            h.update(job.source.name.encode() + b"\x00")
+            try:
+                h.update(hashlib.sha256(job.source.read_bytes()).digest())
+            except OSError:
+                h.update(b"unreadable")
+        contexts[group] = SeriesContext.for_group(h.hexdigest(), uid_root)
+    return contexts
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.enabled = stream.isatty() and total > 1
+        self.last = 0.0
+
+    def update(self, done: int, refused: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done < self.total and now - self.last < 0.1:
+            return
+        self.last = now
+        width = 30
+        filled = width * done // max(self.total, 1)
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total}"
+            + (f" ({refused} refused)" if refused else "")
+        )
+        if done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    cfg = load_from_args(args)
+    options = options_from_args(args, cfg)
+    output = Path(args.output)
+    jobs = collect(args.inputs, output)
+    if not jobs:
+        raise ConfigError("no input files found in " + ", ".join(args.inputs))
+    contexts = _group_contexts(jobs, options.uid_root)
+    summary = Summary()
+    progress = Progress(len(jobs), sys.stderr)
+    started = time.monotonic()
+    for i, job in enumerate(jobs, start=1):
+        try:
+            convert_file(job.source, job.output, options, contexts[job.group], job.number)
+            summary.converted += 1
+        except ConversionError as exc:
+            summary.refused.append((job.source, str(exc)))
+            log.error("refused %s", exc)
+        except NodeError as exc:
+            summary.refused.append((job.source, str(exc)))
+            log.error("refused %s: %s", job.source, exc)
+        progress.update(i, len(summary.refused))
+    elapsed = time.monotonic() - started
+    rate = len(jobs) / elapsed if elapsed > 0 else 0.0
+    print(
+        f"converted {summary.converted}, refused {len(summary.refused)} "
+        f"of {len(jobs)} file(s) in {elapsed:.2f} s ({rate:.0f} files/s)",
+        file=sys.stderr,
+    )
+    for path, reason in summary.refused:
+        print(
+            f"  refused: {reason if str(path) in reason else f'{path}: {reason}'}", file=sys.stderr
+        )
+    return 0 if not summary.refused else 1

@@ -1,0 +1,458 @@
+"""Image -> DICOM conversion of one file: the library API the CLI and the watcher call.
+
+``convert_file`` reads the input once, decides by magic bytes what it is, and either
+encapsulates a baseline/extended JPEG unchanged (fast path: markers parsed, nothing
+decoded) or decodes it to native pixels (progressive, CMYK/YCCK, RGB-coded JPEG for VL
+Photographic, EXIF Orientation to apply, PNG/BMP/TIFF). Metadata is merged from every
+source (see :mod:`node.ingest.metadata`), the IOD is completed (:mod:`node.ingest.iods`),
+and the file is written atomically: a reader never sees a partial object, and a refused
+input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID
+
+from node.config import Config
+from node.errors import ConversionError, CorruptInput, MissingMetadata, UnsupportedInput
+from node.fsutil import atomic_write
+from node.ingest import exif as exif_mod
+from node.ingest import iods, metadata
+from node.ingest.images import (
+    Pixels,
+    apply_orientation,
+    check_pixel_cap,
+    decoded,
+    jpeg_passthrough,
+    lossy_ratio,
+    open_image,
+    refuse_reduced_depth,
+)
+from node.ingest.jpeg import JpegInfo, coded_image, parse_jpeg, strip_segments
+from node.ingest.metadata import sidecar_for
+from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, uid_from_seed
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ConvertOptions",
+    "ConvertResult",
+    "SeriesContext",
+    "convert_file",
+    "detect_format",
+    "is_supported_image",
+    "sidecar_for",
+]
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
+
+
+def detect_format(head: bytes) -> str | None:
+    """``jpeg``, ``png``, ``bmp``, ``tiff`` from the first bytes, or None."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def is_supported_image(path: Path) -> bool:
+    """True if ``path`` starts like an image we convert (magic bytes, not the extension)."""
+    try:
+        with open(path, "rb") as fh:
+            return detect_format(fh.read(16)) is not None
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to convert: built from ``[ingest]`` (``from_config``) or from CLI arguments."""
+
+    sop_class: str = "sc"
+    conversion_type: str = "DI"
+    keep_appn: bool = False
+    strict: bool = False
+    max_pixels: int = 200_000_000
+    uid_root: str = "2.25"
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    keys: Sequence[tuple[str, str]] = ()
+    template: Dataset | None = None
+    fsync: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ConvertOptions:
+        ing = cfg.ingest
+        return cls(
+            sop_class=ing.sop_class,
+            conversion_type=ing.conversion_type,
+            keep_appn=ing.keep_appn,
+            strict=ing.strict,
+            max_pixels=ing.max_pixels,
+            uid_root=cfg.node.uid_root,
+            defaults=dict(ing.defaults),
+        )
+
+    def defaults_dataset(self) -> Dataset:
+        return metadata.dataset_from_pairs(self.defaults.items(), "[ingest.defaults]")
+
+    def keys_dataset(self) -> Dataset:
+        return metadata.dataset_from_pairs(self.keys, "--key")
+
+
+@dataclass(frozen=True)
+class SeriesContext:
+    """Study and Series Instance UIDs shared by the inputs converted together."""
+
+    study_uid: str
+    series_uid: str
+
+    @classmethod
+    def for_group(cls, key: str, uid_root: str) -> SeriesContext:
+        """UIDs derived from ``key``: the same key always gives the same Study/Series.
+
+        Make the key specific to the content (e.g. the folder path plus the digests of its
+        files) so that two different patients dropped under the same folder name never
+        share a Study Instance UID.
+        """
+        return cls(
+            study_uid=uid_from_seed(uid_root, "study", key),
+            series_uid=uid_from_seed(uid_root, "series", key),
+        )
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What ``convert_file`` wrote."""
+
+    source: Path
+    output: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    notes: list[str]
+
+
+def _read(source: Path) -> bytes:
+    try:
+        with open(source, "rb") as fh:
+            return fh.read()
+    except IsADirectoryError:
+        raise UnsupportedInput(f"{source}: is a directory, not an image file") from None
+    except OSError as exc:
+        raise ConversionError(f"{source}: cannot read the file: {exc.strerror}") from None
+
+
+def convert_file(
+    source: Path,
+    output: Path,
+    options: ConvertOptions,
+    series: SeriesContext,
+    instance_number: int,
+    overrides: Mapping[str, str] | None = None,
+) -> ConvertResult:
+    """Convert ``source`` into the DICOM file ``output`` (written atomically).
+
+    ``overrides`` (keyword -> value, e.g. from a file-name pattern) rank just below the
+    ``-k`` keys. The sidecar (``NAME.json`` / ``NAME.jpg.json``) is read here. Raises a
+    :class:`~node.errors.ConversionError` subclass naming the file and the cause; on error
+    nothing is written.
+    """
+    source = Path(source)
+    data = _read(source)
+    name = str(source)
+    if not data:
+        raise CorruptInput(f"{name}: empty file (0 bytes)")
+    kind = detect_format(data[:16])
+    if kind is None:
+        hint = " (it looks like text)" if _looks_like_text(data[:512]) else ""
+        raise UnsupportedInput(
+            f"{name}: not a JPEG, PNG, BMP or TIFF image{hint}; the format is decided from the "
+            "file's content, not its extension"
+        )
+    notes: list[str] = []
+    if kind == "jpeg":
+        pixels, exif = _jpeg_pixels(data, name, options, notes)
+    else:
+        pixels, exif = _raster_pixels(data, name, options, notes)
+
+    sources = _sources(source, options, overrides, exif)
+    ds = sources.merged()
+    if options.strict:
+        _check_strict(ds, name)
+    if options.sop_class == "vlp":
+        _content_date_time(ds, source, notes)
+    study_uid = str(ds.get("StudyInstanceUID") or series.study_uid)
+    series_uid = str(ds.get("SeriesInstanceUID") or series.series_uid)
+    digest = hashlib.sha256(data).digest()
+    sop_uid = uid_from_seed(options.uid_root, "sop", study_uid, series_uid, digest)
+    ids = iods.InstanceIds(study_uid, series_uid, sop_uid, instance_number)
+    sop_class = iods.build(options.sop_class, ds, pixels, ids, options.conversion_type, name)
+    blob = encode(ds, sop_class, sop_uid, pixels.transfer_syntax)
+    atomic_write(Path(output), blob, fsync=options.fsync)
+    for note in pixels.notes:
+        log.log(
+            logging.WARNING if note.startswith("warning") else logging.INFO, "%s: %s", name, note
+        )
+    return ConvertResult(
+        source=source,
+        output=Path(output),
+        sop_instance_uid=sop_uid,
+        sop_class_uid=sop_class,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        transfer_syntax=pixels.transfer_syntax,
+        notes=list(pixels.notes),
+    )
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------- pixels
+
+
+def _jpeg_pixels(
+    data: bytes, name: str, options: ConvertOptions, notes: list[str]
+) -> tuple[Pixels, exif_mod.ExifValues]:
+    info = parse_jpeg(data, name)
+    check_pixel_cap(name, info.columns, info.rows, options.max_pixels)
+    _check_frame(info, name)
+    exif = exif_mod.read_exif(info.exif)
+    if exif.problem:
+        notes.append(f"warning: {exif.problem}")
+    colour = info.colour_space
+    reasons = []
+    if info.sof == 0xC2:
+        reasons.append("progressive JPEG (never wrapped in the retired syntax .4.55)")
+    if colour in ("CMYK", "YCCK"):
+        reasons.append(f"warning: {colour} JPEG converted to RGB (colours approximate)")
+    if colour == "RGB" and options.sop_class in ("vlp", "nsc"):
+        reasons.append(
+            f"RGB-coded JPEG: {options.sop_class} allows only YBR_FULL_422 with JPEG syntaxes"
+        )
+    if exif.orientation != 1:
+        reasons.append(f"EXIF Orientation {exif.orientation} must be applied")
+    if not reasons:
+        frame = data if options.keep_appn else strip_segments(data, info)
+        if not options.keep_appn and len(frame) != len(data):
+            notes.append(f"{len(info.metadata_segments)} metadata segment(s) removed")
+        photometric = {"GRAY": "MONOCHROME2", "YCbCr": "YBR_FULL_422", "RGB": "RGB"}[colour]
+        pixels = jpeg_passthrough(frame, info, photometric)
+        pixels.icc = info.icc
+        pixels.notes = notes
+        return pixels, exif
+    if info.precision != 8:
+        raise UnsupportedInput(
+            f"{name}: {info.precision}-bit {info.process} JPEG would have to be decoded "
+            f"({reasons[0]}), which is only supported for 8-bit JPEG"
+        )
+    for reason in reasons:
+        notes.append(f"decoded to native pixels: {reason}")
+    im = open_image(data, name, options.max_pixels)
+    if im.size != (info.columns, info.rows):
+        raise CorruptInput(
+            f"{name}: the frame header says {info.columns}x{info.rows} but the image "
+            f"decodes to {im.width}x{im.height}"
+        )
+    im = apply_orientation(im, exif.orientation, notes)
+    ratio = lossy_ratio(info.rows, info.columns, info.samples, 8, len(coded_image(data, info)))
+    pixels = decoded(
+        im,
+        name,
+        lossy=True,
+        ratio=ratio,
+        notes=notes,
+        icc=info.icc,
+        transformed=exif.orientation != 1,
+    )
+    return pixels, exif
+
+
+def _check_frame(info: JpegInfo, name: str) -> None:
+    """Refuse processes we do not carry, and frames the scan data cannot possibly fill."""
+    if info.sof not in (0xC0, 0xC1, 0xC2):
+        raise UnsupportedInput(
+            f"{name}: {info.process} JPEG is not supported (baseline, extended and "
+            "progressive Huffman JPEG are)"
+        )
+    if info.precision not in (8, 12) or (info.sof == 0xC0 and info.precision != 8):
+        raise CorruptInput(f"{name}: {info.process} with {info.precision}-bit samples is invalid")
+    if info.samples not in (1, 3, 4):
+        raise UnsupportedInput(f"{name}: JPEG with {info.samples} components is not supported")
+    for comp in info.components:
+        if not (1 <= comp.h <= 4 and 1 <= comp.v <= 4):
+            raise CorruptInput(f"{name}: invalid sampling factors in the frame header (SOF)")
+    if info.sof != 0xC2:
+        # Huffman-coded sequential data needs at least 2 bits per 8x8 block (DC + EOB).
+        hmax = max(c.h for c in info.components)
+        vmax = max(c.v for c in info.components)
+        blocks = sum(
+            -(-info.columns * c.h // (hmax * 8)) * -(-info.rows * c.v // (vmax * 8))
+            for c in info.components
+        )
+        if info.entropy_bytes * 4 < blocks:
+            raise CorruptInput(
+                f"{name}: the frame header says {info.columns}x{info.rows} but the scan data "
+                f"({info.entropy_bytes} bytes) is too short for {blocks} blocks"
+            )
+
+
+def _raster_pixels(
+    data: bytes, name: str, options: ConvertOptions, notes: list[str]
+) -> tuple[Pixels, exif_mod.ExifValues]:
+    im = open_image(data, name, options.max_pixels)
+    refuse_reduced_depth(data, im, name)
+    try:
+        raw = im.getexif()
+        exif = exif_mod.exif_values(dict(raw), dict(raw.get_ifd(0x8769)))
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError, IndexError) as exc:
+        exif = exif_mod.ExifValues(problem=f"EXIF unreadable ({exc})")
+        notes.append(f"warning: {exif.problem}")
+    im = apply_orientation(im, exif.orientation, notes)
+    compression = str(im.info.get("compression", ""))
+    lossy = "jpeg" in compression.lower()
+    ratio = None
+    if lossy:
+        ratio = lossy_ratio(im.height, im.width, len(im.getbands()), 8, len(data))
+        notes.append("TIFF with JPEG compression: marked lossy (LossyImageCompression 01)")
+    icc = im.info.get("icc_profile") or None
+    pixels = decoded(
+        im,
+        name,
+        lossy=lossy,
+        ratio=ratio,
+        notes=notes,
+        icc=icc,
+        transformed=exif.orientation != 1,
+    )
+    return pixels, exif
+
+
+# ----------------------------------------------------------------------- metadata
+
+
+def _sources(
+    source: Path,
+    options: ConvertOptions,
+    overrides: Mapping[str, str] | None,
+    exif: exif_mod.ExifValues,
+) -> metadata.MetadataSources:
+    sidecar_path = sidecar_for(source)
+    partial = metadata.MetadataSources(
+        defaults=options.defaults_dataset(),
+        template=options.template,
+        sidecar=metadata.load_sidecar(sidecar_path) if sidecar_path else None,
+        exif=None,
+        overrides=(
+            metadata.dataset_from_pairs(overrides.items(), "file-name pattern")
+            if overrides
+            else None
+        ),
+        keys=options.keys_dataset() if options.keys else None,
+    )
+    exif_ds = Dataset()
+    if exif.make:
+        exif_ds.Manufacturer = exif.make
+    if exif.model:
+        exif_ds.ManufacturerModelName = exif.model
+    if exif.datetime:
+        exif_ds.AcquisitionDateTime = exif.datetime
+        exif_ds.ContentDate = exif.date
+        exif_ds.ContentTime = exif.time
+        if not partial.supplied("StudyDate"):
+            exif_ds.StudyDate = exif.date
+            if not partial.supplied("StudyTime"):
+                exif_ds.StudyTime = exif.time
+    return metadata.MetadataSources(
+        defaults=partial.defaults,
+        template=partial.template,
+        sidecar=partial.sidecar,
+        exif=exif_ds,
+        overrides=partial.overrides,
+        keys=partial.keys,
+    )
+
+
+def _content_date_time(ds: Dataset, source: Path, notes: list[str]) -> None:
+    """VL Image needs ContentDate/ContentTime (Type 1C): EXIF, else the study's, else mtime."""
+    if str(ds.get("ContentTime", "") or "") and str(ds.get("ContentDate", "") or ""):
+        return
+    if str(ds.get("StudyDate", "") or "") and str(ds.get("StudyTime", "") or ""):
+        ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+        notes.append("ContentDate/ContentTime taken from StudyDate/StudyTime (no EXIF date)")
+        return
+    try:
+        stamp = time.localtime(source.stat().st_mtime)
+    except OSError:
+        stamp = time.localtime()
+    ds.ContentDate = time.strftime("%Y%m%d", stamp)
+    ds.ContentTime = time.strftime("%H%M%S", stamp)
+    notes.append("ContentDate/ContentTime taken from the file's modification time (no EXIF date)")
+
+
+_STRICT = (
+    ("PatientID", "the patient's ID"),
+    ("PatientName", "the patient's name, e.g. Doe^Jane"),
+    ("StudyDate", "the study date YYYYMMDD"),
+)
+
+
+def _check_strict(ds: Dataset, name: str) -> None:
+    missing = []
+    for keyword, what in _STRICT:
+        if not str(ds.get(keyword, "") or ""):
+            tag = metadata.resolve_tag(keyword, "strict")
+            missing.append(f"{metadata.describe(tag)} ({what}): --key {keyword}=...")
+    if not any(
+        str(ds.get(k, "") or "") for k in ("Laterality", "ImageLaterality", "BodyPartExamined")
+    ):
+        missing.append(
+            "laterality: (0020,0062) ImageLaterality R/L/B/U, (0020,0060) Laterality R/L or "
+            "(0018,0015) BodyPartExamined: --key ImageLaterality=U"
+        )
+    if missing:
+        raise MissingMetadata(
+            f"{name}: --strict: missing "
+            + "; ".join(missing)
+            + " (or put them in the sidecar NAME.json or [ingest.defaults])"
+        )
+
+
+# ----------------------------------------------------------------------- encoding
+
+
+def encode(ds: Dataset, sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
+    """The complete Part 10 file (preamble, file meta with our implementation UID, dataset)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ds.file_meta = meta
+    buf = io.BytesIO()
+    dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()

@@ -1,0 +1,236 @@
+"""Pixels for the DICOM Image Pixel module, from any input we accept.
+
+:class:`Pixels` is what an IOD builder needs: geometry, photometric interpretation, bit
+depth, the Pixel Data value (native bytes or one encapsulated JPEG frame), the transfer
+syntax, and the lossy history. Three producers:
+
+- ``jpeg_passthrough``: a baseline/extended JPEG kept as is (no decode);
+- ``decoded``: a Pillow image (PNG/BMP/TIFF, or a JPEG that had to be decoded because it is
+  progressive, CMYK/YCCK, RGB-coded for VL Photographic, or needs its EXIF Orientation
+  applied) written as native little-endian pixels, bit-exact to what Pillow decoded;
+- ``open_raster``: opens PNG/BMP/TIFF safely (pixel cap checked before decoding).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from node.errors import CorruptInput, InputTooLarge, UnsupportedInput
+from node.ingest.jpeg import JpegInfo
+
+log = logging.getLogger(__name__)
+
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_METHOD = "ISO_10918_1"
+
+#: EXIF Orientation -> the Pillow transpose that displays the image upright.
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+@dataclass
+class Pixels:
+    """Everything the Image Pixel module and the file meta need about the pixels."""
+
+    rows: int
+    columns: int
+    samples: int
+    photometric: str
+    bits_allocated: int
+    bits_stored: int
+    pixel_data: bytes
+    transfer_syntax: str
+    encapsulated: bool = False
+    lossy: bool = False
+    lossy_ratio: float | None = None
+    spatially_transformed: bool = False
+    icc: bytes | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def lossy_ratio(rows: int, columns: int, samples: int, bits: int, compressed: int) -> float:
+    """Uncompressed size / compressed size, as LossyImageCompressionRatio wants it."""
+    raw = rows * columns * samples * ((bits + 7) // 8)
+    return raw / max(compressed, 1)
+
+
+def encapsulate_frame(frame: bytes) -> bytes:
+    """One frame as encapsulated Pixel Data items: empty Basic Offset Table, one fragment.
+
+    The fragment is padded to even length with 0x00 after EOI (PS3.5 A.4).
+    """
+    pad = b"\x00" if len(frame) % 2 else b""
+    size = len(frame) + len(pad)
+    return b"".join(
+        (
+            b"\xfe\xff\x00\xe0\x00\x00\x00\x00\xfe\xff\x00\xe0",
+            size.to_bytes(4, "little"),
+            frame,
+            pad,
+        )
+    )
+
+
+def jpeg_passthrough(frame: bytes, info: JpegInfo, photometric: str) -> Pixels:
+    """A JPEG frame encapsulated unchanged (TS .4.50 for 8-bit SOF0, .4.51 otherwise)."""
+    ts = JPEG_BASELINE if info.sof == 0xC0 and info.precision == 8 else JPEG_EXTENDED
+    bits = info.precision
+    return Pixels(
+        rows=info.rows,
+        columns=info.columns,
+        samples=info.samples,
+        photometric=photometric,
+        bits_allocated=8 if bits == 8 else 16,
+        bits_stored=bits,
+        pixel_data=encapsulate_frame(frame),
+        transfer_syntax=ts,
+        encapsulated=True,
+        lossy=True,
+        lossy_ratio=lossy_ratio(info.rows, info.columns, info.samples, bits, len(frame)),
+    )
+
+
+# ----------------------------------------------------------------------- Pillow side
+
+
+def check_pixel_cap(name: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise InputTooLarge(
+            f"{name}: {width}x{height} = {width * height} pixels exceeds the cap of "
+            f"{max_pixels} (ingest.max_pixels); refusing a possible decompression bomb"
+        )
+
+
+def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Open ``data`` with Pillow and load it, checking the pixel cap before decoding."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            check_pixel_cap(name, im.width, im.height, max_pixels)
+            frames = int(getattr(im, "n_frames", 1))
+            if frames > 1:
+                raise UnsupportedInput(
+                    f"{name}: {frames} pages/frames in one file; split it into one image per file"
+                )
+            im.load()
+    except Image.DecompressionBombError as exc:
+        raise InputTooLarge(f"{name}: {exc}") from None
+    except UnidentifiedImageError:
+        raise UnsupportedInput(f"{name}: not an image format Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptInput(f"{name}: cannot decode the image: {exc}") from None
+    return im
+
+
+def apply_orientation(im: Image.Image, orientation: int, notes: list[str]) -> Image.Image:
+    """Turn ``im`` upright per EXIF Orientation (a lossless pixel permutation)."""
+    method = ORIENTATION_TRANSPOSE.get(orientation)
+    if method is None:
+        return im
+    notes.append(f"EXIF Orientation {orientation} applied (image turned upright)")
+    return im.transpose(method)
+
+
+def decoded(
+    im: Image.Image,
+    name: str,
+    *,
+    lossy: bool,
+    ratio: float | None,
+    notes: list[str],
+    icc: bytes | None = None,
+    transformed: bool = False,
+) -> Pixels:
+    """Native pixels from a loaded Pillow image; values are exactly Pillow's."""
+    mode = im.mode
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        notes.append(f"alpha channel dropped ({mode} -> {mode.rstrip('Aa') or 'RGB'})")
+    if mode == "1":
+        notes.append("bilevel image written as 8-bit MONOCHROME2 (0 and 255)")
+        im = im.convert("L")
+    elif mode in ("LA", "La"):
+        im = im.convert("L")
+    elif mode in ("P", "PA"):
+        notes.append("palette image expanded to RGB")
+        im = im.convert("RGB")
+    elif mode in ("CMYK", "YCbCr", "RGBA", "RGBa", "RGBX"):
+        if mode == "CMYK":
+            notes.append("warning: CMYK converted to RGB (colours approximate)")
+        im = im.convert("RGB")
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im)
+        if im.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 0xFFFF):
+            raise UnsupportedInput(f"{name}: 32-bit integer pixels outside 0..65535")
+        arr = arr.astype("<u2", copy=False)
+        return _native(arr, 1, "MONOCHROME2", 16, lossy, ratio, notes, icc, transformed)
+    if im.mode == "L":
+        return _native(np.asarray(im), 1, "MONOCHROME2", 8, lossy, ratio, notes, icc, transformed)
+    if im.mode == "RGB":
+        return _native(np.asarray(im), 3, "RGB", 8, lossy, ratio, notes, icc, transformed)
+    raise UnsupportedInput(f"{name}: Pillow image mode {im.mode!r} is not supported")
+
+
+def _native(
+    arr: np.ndarray,
+    samples: int,
+    photometric: str,
+    bits: int,
+    lossy: bool,
+    ratio: float | None,
+    notes: list[str],
+    icc: bytes | None,
+    transformed: bool,
+) -> Pixels:
+    data = np.ascontiguousarray(arr).tobytes()
+    if len(data) % 2:
+        data += b"\x00"
+    return Pixels(
+        rows=int(arr.shape[0]),
+        columns=int(arr.shape[1]),
+        samples=samples,
+        photometric=photometric,
+        bits_allocated=bits,
+        bits_stored=bits,
+        pixel_data=data,
+        transfer_syntax=EXPLICIT_VR_LE,
+        lossy=lossy,
+        lossy_ratio=ratio,
+        spatially_transformed=transformed,
+        icc=icc,
+        notes=notes,
+    )
+
+
+def refuse_reduced_depth(data: bytes, im: Image.Image, name: str) -> None:
+    """Refuse 16-bit colour, which Pillow would silently reduce to 8 bits."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 26:
+        depth, colour_type = data[24], data[25]
+        if depth == 16 and colour_type in (2, 6):
+            raise UnsupportedInput(
+                f"{name}: 16-bit colour PNG; Pillow would reduce it to 8 bits, so it is "
+                "refused rather than silently degraded (save it as 8-bit RGB or 16-bit grey)"
+            )
+    tags = getattr(im, "tag_v2", None)
+    if tags is not None:
+        bps = tags.get(258)
+        spp = tags.get(277, 1)
+        if isinstance(bps, tuple) and spp and int(spp) >= 3 and max(bps) > 8:
+            raise UnsupportedInput(
+                f"{name}: {max(bps)}-bit colour TIFF is not supported (it would lose bits)"
+            )

@@ -1,0 +1,328 @@
+"""Where the non-pixel attributes of a converted object come from, and their precedence.
+
+Lowest to highest: built-in defaults (written by the IOD builders) -> ``[ingest.defaults]``
+in the config -> template dataset (``--dataset-from``/``--study-from``/``--series-from``)
+-> sidecar JSON next to the image (``NAME.json`` or ``NAME.jpg.json``) -> EXIF-derived
+values -> file-name pattern overrides -> ``-k/--key``. Each source is a
+:class:`~pydicom.dataset.Dataset`; ``merge`` lays them over each other in that order.
+
+Attributes that describe the pixels or identify the instance (Image Pixel module, lossy
+compression history, SOP Class/Instance UID, the file meta group) are computed by the
+converter; templates never contribute them and the user-facing sources are refused with a
+message naming the tag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag, Tag
+
+from node.errors import ConversionError
+
+log = logging.getLogger(__name__)
+
+#: Computed by the converter from the image; no metadata source may set them.
+PROTECTED_KEYWORDS = frozenset(
+    {
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "PlanarConfiguration",
+        "NumberOfFrames",
+        "PixelData",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+        "ICCProfile",
+        "SpecificCharacterSet",
+    }
+)
+_PROTECTED_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in PROTECTED_KEYWORDS)
+
+#: Attributes ``--study-from`` copies (Patient, Patient Study and General Study modules).
+STUDY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "OtherPatientIDsSequence",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "EthnicGroup",
+    "PatientComments",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "StudyDescription",
+    "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy",
+    "ProcedureCodeSequence",
+    "AdmittingDiagnosesDescription",
+)
+#: ``--series-from`` copies these in addition (General Series module, without Modality).
+SERIES_KEYWORDS = (
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDate",
+    "SeriesTime",
+    "SeriesDescription",
+    "Laterality",
+    "BodyPartExamined",
+    "OperatorsName",
+    "PerformingPhysicianName",
+    "ProtocolName",
+    "PatientPosition",
+    "RequestAttributesSequence",
+)
+#: Per-instance attributes ``--dataset-from`` leaves behind (besides the protected ones).
+_INSTANCE_KEYWORDS = frozenset(
+    {
+        "InstanceNumber",
+        "InstanceCreationDate",
+        "InstanceCreationTime",
+        "ContentDate",
+        "ContentTime",
+        "AcquisitionDateTime",
+        "ImageType",
+        "SmallestImagePixelValue",
+        "LargestImagePixelValue",
+        "WindowCenter",
+        "WindowWidth",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "RescaleType",
+    }
+)
+_NUMERIC_VRS = {"US": int, "SS": int, "UL": int, "SL": int, "UV": int, "SV": int}
+_FLOAT_VRS = {"FL", "FD"}
+
+TemplateScope = Literal["dataset", "study", "series"]
+
+
+# ----------------------------------------------------------------------- key=value sources
+
+
+def resolve_tag(name: str, where: str) -> BaseTag:
+    """A tag from a keyword (``PatientName``) or ``(gggg,eeee)``/``gggg,eeee``/``ggggeeee``."""
+    text = name.strip()
+    tag = tag_for_keyword(text)
+    if tag is not None:
+        return Tag(tag)
+    hexpart = text.strip("()").replace(",", "")
+    if len(hexpart) == 8:
+        try:
+            return Tag(int(hexpart, 16))
+        except ValueError:
+            pass
+    raise ConversionError(
+        f"{where}: {name!r} is neither a DICOM keyword nor a (gggg,eeee) tag "
+        "(keywords are case-sensitive, e.g. PatientName)"
+    )
+
+
+def describe(tag: BaseTag) -> str:
+    """``(0010,0010) PatientName`` for messages."""
+    kw = keyword_for_tag(tag) or "private/unknown"
+    return f"({tag.group:04X},{tag.element:04X}) {kw}"
+
+
+def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
+    """A DataElement for ``tag`` with ``value`` (str, number, list or None) from ``where``."""
+    if int(tag) in _PROTECTED_TAGS or tag.group == 0x0002:
+        raise ConversionError(
+            f"{where}: {describe(tag)} is computed from the image and cannot be set; remove it"
+        )
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        raise ConversionError(
+            f"{where}: {describe(tag)} is not in the DICOM dictionary, so its VR is unknown; "
+            "private attributes cannot be set this way"
+        ) from None
+    if vr == "SQ":
+        raise ConversionError(
+            f"{where}: {describe(tag)} is a sequence; supply it in a DICOM JSON sidecar "
+            "or a template dataset"
+        )
+    if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN"):
+        raise ConversionError(f"{where}: {describe(tag)} has VR {vr}, not settable as text")
+    if " or " in vr:
+        vr = vr.split(" or ")[0]
+    if value is None or value == "":
+        return DataElement(tag, vr, None if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "")
+    items = value if isinstance(value, list) else str(value).split("\\")
+    try:
+        if vr in _NUMERIC_VRS:
+            conv: list[Any] = [int(str(v)) for v in items]
+        elif vr in _FLOAT_VRS:
+            conv = [float(str(v)) for v in items]
+        else:
+            conv = [str(v) for v in items]
+    except ValueError:
+        raise ConversionError(
+            f"{where}: {describe(tag)} (VR {vr}) needs numbers, got {value!r}"
+        ) from None
+    return DataElement(tag, vr, conv[0] if len(conv) == 1 else conv)
+
+
+def dataset_from_pairs(pairs: Iterable[tuple[str, Any]], where: str) -> Dataset:
+    """A Dataset from (keyword-or-tag, value) pairs; later pairs win."""
+    ds = Dataset()
+    for name, value in pairs:
+        tag = resolve_tag(name, where)
+        ds[tag] = element_from_value(tag, value, f"{where} {name}")
+    return ds
+
+
+def parse_key(text: str) -> tuple[str, str]:
+    """``KEYWORD=VALUE`` or ``(gggg,eeee)=VALUE`` from ``-k``; the value may be empty."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ConversionError(
+            f"--key {text!r}: expected KEYWORD=VALUE or (gggg,eeee)=VALUE, "
+            "e.g. --key PatientName=Doe^Jane"
+        )
+    return name.strip(), value
+
+
+# ----------------------------------------------------------------------- sidecar JSON
+
+
+def sidecar_for(source: Path) -> Path | None:
+    """The sidecar of ``source``: ``NAME.json`` or else ``NAME.jpg.json``, if it exists."""
+    for candidate in (source.with_suffix(".json"), source.with_name(source.name + ".json")):
+        if candidate != source and candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_dicom_json(table: Mapping[str, Any]) -> bool:
+    return bool(table) and all(
+        len(k) == 8 and all(c in "0123456789abcdefABCDEF" for c in k) and isinstance(v, dict)
+        for k, v in table.items()
+    )
+
+
+def load_sidecar(path: Path) -> Dataset:
+    """Read a sidecar: ``{keyword: value}`` or the DICOM JSON model (PS3.18 F.2)."""
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConversionError(f"sidecar {path}: cannot read it: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConversionError(f"sidecar {path}: not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(table, dict):
+        raise ConversionError(f"sidecar {path}: expected a JSON object of keyword -> value")
+    if _is_dicom_json(table):
+        try:
+            ds = Dataset.from_json(table)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConversionError(f"sidecar {path}: invalid DICOM JSON model: {exc}") from None
+        for elem in ds:
+            if int(elem.tag) in _PROTECTED_TAGS or elem.tag.group == 0x0002:
+                raise ConversionError(
+                    f"sidecar {path}: {describe(elem.tag)} is computed from the image; remove it"
+                )
+        return ds
+    for key, value in table.items():
+        if isinstance(value, dict) or (
+            isinstance(value, list) and any(isinstance(v, dict | list) for v in value)
+        ):
+            raise ConversionError(
+                f"sidecar {path}: {key}: nested values need the DICOM JSON model "
+                '({"ggggeeee": {"vr": ..., "Value": [...]}})'
+            )
+    return dataset_from_pairs(table.items(), f"sidecar {path}:")
+
+
+# ----------------------------------------------------------------------- template dataset
+
+
+def load_template(path: Path, scope: TemplateScope) -> Dataset:
+    """Attributes to take from a template DICOM file (never its SOP Instance UID)."""
+    try:
+        src = dcmread(path, stop_before_pixels=True)
+    except (OSError, InvalidDicomError) as exc:
+        raise ConversionError(f"template {path}: cannot read it as DICOM: {exc}") from None
+    src.decode()
+    out = Dataset()
+    if scope == "dataset":
+        for elem in src:
+            kw = elem.keyword
+            if (
+                int(elem.tag) in _PROTECTED_TAGS
+                or kw in _INSTANCE_KEYWORDS
+                or elem.tag.group in (0x0002, 0x0028)
+                or 0x6000 <= elem.tag.group <= 0x60FF
+                or elem.tag.is_private
+            ):
+                continue
+            out.add(elem)
+        return out
+    keywords = STUDY_KEYWORDS + (SERIES_KEYWORDS if scope == "series" else ())
+    for kw in keywords:
+        if kw in src:
+            out.add(src[kw])
+    return out
+
+
+# ----------------------------------------------------------------------- merging
+
+
+@dataclass(frozen=True)
+class MetadataSources:
+    """Every metadata source for one file, lowest precedence first."""
+
+    defaults: Dataset
+    template: Dataset | None
+    sidecar: Dataset | None
+    exif: Dataset | None
+    overrides: Dataset | None
+    keys: Dataset | None
+
+    def merged(self) -> Dataset:
+        out = Dataset()
+        for layer in (
+            self.defaults,
+            self.template,
+            self.sidecar,
+            self.exif,
+            self.overrides,
+            self.keys,
+        ):
+            if layer is not None:
+                for elem in layer:
+                    out[elem.tag] = elem
+        return out
+
+    def supplied(self, keyword: str) -> bool:
+        """True if any source other than EXIF gives ``keyword`` a non-empty value."""
+        for layer in (self.defaults, self.template, self.sidecar, self.overrides, self.keys):
+            if layer is not None and keyword in layer and layer[keyword].value not in (None, ""):
+                return True
+        return False
