@@ -19,6 +19,7 @@ increasing ``counters`` and component ``heartbeats``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -160,6 +161,11 @@ class JobStore:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._db.in_transaction:
+                # Nested inside transaction() on this thread (the lock is ours): join it,
+                # the outer block commits or rolls back everything at once.
+                yield self._db
+                return
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -167,6 +173,15 @@ class JobStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """Group several writes into one commit (one fsync): ``with store.transaction() as db``.
+
+        Store methods called inside the block (``enqueue``, ``bump`` ...) join it; ``db`` may
+        also run statements on side tables a room keeps in the same database. Everything is
+        committed when the block exits, or rolled back if it raises.
+        """
+        return self._tx()
 
     def close(self) -> None:
         with self._lock:

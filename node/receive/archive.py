@@ -1,0 +1,212 @@
+"""The on-disk archive: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+
+Every object is written to a hidden temporary file beside its final name, fsynced, and
+renamed into place (then the directory is fsynced), so neither a reader nor a crash ever
+sees a half-written object; a restart removes leftover temporaries (:meth:`Archive.clean`).
+Each UID is validated (digits and dots, 1-64 characters) before it becomes a path
+component, and the final path is checked to lie under the root.
+
+Objects received in chunks (larger than ``receive.chunk_threshold_bytes``) arrive as a
+spill file in ``<root>/.incoming/`` on the same file system, and are copied behind the
+file meta by the kernel (``os.sendfile``), never through Python memory.
+
+Below the free-space floor nothing is written (:class:`OutOfSpace`); nothing is ever
+deleted to make room.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Literal
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+from node.errors import ReceiveError, UnsafePath
+from node.fsutil import TMP_PREFIX, atomic_open, clean_temp_files, fsync_dir, is_valid_uid
+from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+log = logging.getLogger(__name__)
+
+INCOMING = ".incoming"
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+class OutOfSpace(ReceiveError):
+    """Storing would take the archive's file system below ``receive.min_free_bytes``."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where an object went, and whether an earlier copy was there."""
+
+    path: Path
+    size: int
+    existed: bool  # a file of that SOP Instance UID was already in place
+    written: bool  # False: the earlier copy was kept (duplicates = "keep")
+
+
+def check_uid(value: str, tag: str, keyword: str) -> str:
+    """``value`` if it is a UID safe to use as a path component, else :class:`UnsafePath`."""
+    if not is_valid_uid(value):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise UnsafePath(
+            f"{tag} {keyword} {shown!r} is not a valid UID (digits and dots, 1-64 characters,"
+            " no empty component): fix the sending system; nothing was stored"
+        )
+    return value
+
+
+def file_meta_bytes(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, calling_ae: str
+) -> bytes:
+    """Preamble, ``DICM`` and the encoded File Meta Information for a received object."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if calling_ae:
+        meta.SourceApplicationEntityTitle = calling_ae
+    buf = BytesIO()
+    buf.write(_PREAMBLE)
+    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+class Archive:
+    """The archive root, its duplicate policy and its free-space floor."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        duplicates: Literal["keep", "overwrite"] = "keep",
+        min_free_bytes: int = 0,
+        fsync: bool = True,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.duplicates = duplicates
+        self.min_free_bytes = min_free_bytes
+        self.fsync = fsync
+        self.incoming = self.root / INCOMING
+
+    def prepare(self) -> int:
+        """Create the root and the spill directory; remove leftover temporaries."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.incoming.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise ReceiveError(
+                f"receive.archive: cannot create {self.root}: {exc.strerror}"
+            ) from None
+        removed = clean_temp_files(self.root)
+        for spill in self.incoming.iterdir():
+            with contextlib.suppress(OSError):
+                spill.unlink()
+                removed += 1
+        if removed:
+            log.warning("removed %d partial object(s) left by an earlier run", removed)
+        return removed
+
+    clean = prepare
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """The final path of an object; :class:`UnsafePath` for any invalid UID."""
+        check_uid(study_uid, "(0020,000D)", "StudyInstanceUID")
+        check_uid(series_uid, "(0020,000E)", "SeriesInstanceUID")
+        check_uid(sop_instance_uid, "(0008,0018)", "SOPInstanceUID")
+        path = self.root / study_uid / series_uid / f"{sop_instance_uid}.dcm"
+        # Belt and braces: the UID check already excludes separators and dots-only parts.
+        if path.parent.parent.parent != self.root:
+            raise UnsafePath(f"path {path} lies outside {self.root}")
+        return path
+
+    def check_space(self, size: int) -> None:
+        """:class:`OutOfSpace` if writing ``size`` bytes would cross the floor."""
+        if self.min_free_bytes <= 0:
+            return
+        free = shutil.disk_usage(self.root).free
+        if free - size < self.min_free_bytes:
+            raise OutOfSpace(
+                f"only {free} bytes free under {self.root}, floor receive.min_free_bytes="
+                f"{self.min_free_bytes}: free some space or lower the floor"
+            )
+
+    def _mkdirs(self, directory: Path) -> None:
+        """Create the study and series directories, fsyncing each new entry's parent."""
+        for level in (directory.parent, directory):
+            try:
+                level.mkdir()
+            except FileExistsError:
+                continue
+            if self.fsync:
+                fsync_dir(level.parent)
+
+    def store(
+        self,
+        path: Path,
+        meta: bytes,
+        data: bytes | memoryview | Path,
+        *,
+        recorded: bool,
+    ) -> Stored:
+        """Write ``meta`` + ``data`` (bytes, or a spill file) atomically at ``path``.
+
+        ``recorded`` says whether the ledger already knows this SOP Instance UID: a file
+        in place without a ledger record is a leftover of a crash between rename and
+        commit, and is replaced whatever the duplicate policy.
+        """
+        size = len(meta) + (data.stat().st_size if isinstance(data, Path) else len(data))
+        existed = path.exists()
+        if existed and recorded and self.duplicates == "keep":
+            return Stored(path, size, existed=True, written=False)
+        self.check_space(size)
+        self._mkdirs(path.parent)
+        try:
+            with atomic_open(path, fsync=self.fsync, overwrite=True) as fh:
+                fh.write(meta)
+                if isinstance(data, Path):
+                    fh.flush()
+                    _copy_file(data, fh.fileno())
+                else:
+                    fh.write(data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutOfSpace(f"file system full while writing {path.name}") from exc
+            raise
+        return Stored(path, size, existed=existed, written=True)
+
+    def remove(self, path: Path) -> None:
+        """Take back an object whose record could not be committed."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        if self.fsync:
+            with contextlib.suppress(OSError):
+                fsync_dir(path.parent)
+
+    def is_temporary(self, path: Path) -> bool:
+        return path.name.startswith(TMP_PREFIX) or INCOMING in path.parts
+
+
+def _copy_file(src: Path, out_fd: int) -> None:
+    """Append ``src`` to the open file ``out_fd`` with in-kernel copies."""
+    with open(src, "rb") as fin:
+        remaining = os.fstat(fin.fileno()).st_size
+        offset = 0
+        while remaining > 0:
+            sent = os.sendfile(out_fd, fin.fileno(), offset, min(remaining, 1 << 30))
+            if sent == 0:
+                raise OSError(errno.EIO, f"short copy from {src}")
+            offset += sent
+            remaining -= sent

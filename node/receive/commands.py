@@ -1,0 +1,97 @@
+"""The ``dicom-node receive`` sub-command: run the Storage SCP alone, like ``storescp``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from node.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "receive",
+        parents=[common],
+        help="run the C-STORE SCP alone (like storescp) until SIGINT/SIGTERM",
+        description=(
+            "Receive DICOM objects into the archive (<archive>/<Study>/<Series>/<SOP>.dcm), "
+            "record them and queue their export jobs in node.state_dir. Stops gracefully on "
+            "SIGINT or SIGTERM."
+        ),
+    )
+    group = p.add_argument_group("receive options")
+    group.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="TCP port to listen on (default: the config's receive.port, 11112; 0 = any free)",
+    )
+    group.add_argument(
+        "--aet",
+        default=None,
+        metavar="AE",
+        help="our AE title (default: the config's receive.ae_title, DICOMNODE)",
+    )
+    group.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="archive directory (default: the config's receive.archive, var/archive)",
+    )
+    p.set_defaults(func=cmd_receive)
+
+
+def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    """The config with ``--port``, ``--aet`` and ``--archive`` applied."""
+    changes: dict[str, Any] = {}
+    if args.port is not None:
+        changes["port"] = args.port
+    if args.aet is not None:
+        changes["ae_title"] = args.aet
+    if args.archive is not None:
+        changes["archive"] = args.archive.resolve()
+    if not changes:
+        return cfg
+    from node.config import _ae
+
+    if "ae_title" in changes:
+        _ae(changes["ae_title"], "--aet")
+    return dataclasses.replace(cfg, receive=dataclasses.replace(cfg.receive, **changes))
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    from node.errors import ConfigError
+    from node.queue.store import JobStore
+    from node.receive.scp import StorageSCP
+    from node.service_commands import load_from_args
+
+    cfg = apply_overrides(load_from_args(args), args)
+    if not 0 <= cfg.receive.port < 65536:
+        raise ConfigError(f"--port: {cfg.receive.port} is not a TCP port (0-65535)")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with JobStore(cfg.node.state_dir) as store:
+        scp = StorageSCP(cfg, store)
+        scp.start()
+        # A line a supervisor (or a test) can wait for.
+        print(f"listening on {cfg.receive.host}:{scp.port}", flush=True)
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            scp.stop()
+    return 0

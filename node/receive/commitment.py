@@ -1,0 +1,156 @@
+"""Storage Commitment Push Model SCP (PS3.4 Annex J).
+
+A modality asks, with an N-ACTION (Action Type 1, Request Storage Commitment), whether
+the instances listed in (0008,1199) ReferencedSOPSequence are safely stored; it deletes
+its local copy only after a positive answer. We answer the N-ACTION at once (success)
+and send the result as an N-EVENT-REPORT (Event Type 1: all committed; 2: some failed)
+*on the same association*, from a helper thread once the N-ACTION response is out.
+
+The answer comes from durable state only: an instance is committed when the ledger
+(``received_instances``, committed before the C-STORE success) records it with the same
+SOP Class UID and its file is in the archive. Failure reasons (PS3.4 J.3.2.1.1):
+0x0112 no such object instance, 0x0119 class/instance conflict, 0x0110 processing failure.
+
+Limitation: the report is sent only on the association that carried the N-ACTION (PS3.4
+J.3.3 allows it while the association is open). The requester must keep the association
+open until the report arrives (pynetdicom: bind ``EVT_N_EVENT_REPORT`` on the requestor
+association and wait); a report that cannot be sent is logged, and the modality asks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+from node.fsutil import is_valid_uid
+from node.logs import fields
+from node.receive.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+#: The well-known SOP Instance UID of the Storage Commitment Push Model (PS3.4 J.3.5).
+WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
+
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+CLASS_INSTANCE_CONFLICT = 0x0119
+PROCESSING_FAILURE = 0x0110
+
+_NO_SUCH_ACTION_TYPE = 0x0123
+_INVALID_ARGUMENT = 0x0115
+_NO_SUCH_SOP_CLASS = 0x0118
+
+
+@dataclass(frozen=True)
+class CommitContext:
+    """What the N-ACTION handler needs, bound at registration."""
+
+    ledger: Ledger
+    report_timeout: float = 30.0
+
+
+def check(ledger: Ledger, sop_class_uid: str, sop_instance_uid: str) -> int | None:
+    """None if the instance is safely stored, else the PS3.4 failure reason."""
+    try:
+        found = ledger.lookup(sop_instance_uid)
+    except Exception as exc:
+        log.error("storage commitment: cannot read the ledger: %s", exc)
+        return PROCESSING_FAILURE
+    if found is None:
+        return NO_SUCH_OBJECT_INSTANCE
+    stored_class, path = found
+    if stored_class != sop_class_uid:
+        return CLASS_INSTANCE_CONFLICT
+    if not path.is_file():
+        return NO_SUCH_OBJECT_INSTANCE
+    return None
+
+
+def build_report(ledger: Ledger, transaction_uid: str, refs: list[tuple[str, str]]) -> Dataset:
+    """The Event Information of the N-EVENT-REPORT for ``refs`` ((class, instance) pairs)."""
+    report = Dataset()
+    report.TransactionUID = transaction_uid
+    ok = DicomSequence()
+    failed = DicomSequence()
+    for sop_class, sop_instance in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        reason = check(ledger, sop_class, sop_instance)
+        if reason is None:
+            ok.append(item)
+        else:
+            item.FailureReason = reason
+            failed.append(item)
+    if ok:
+        report.ReferencedSOPSequence = ok
+    if failed:
+        report.FailedSOPSequence = failed
+    return report
+
+
+def handle_n_action(event: Any, ctx: CommitContext) -> tuple[int, Dataset | None]:
+    """N-ACTION: validate the request, answer, and schedule the N-EVENT-REPORT."""
+    request = event.request
+    if str(request.RequestedSOPClassUID) != str(StorageCommitmentPushModel):
+        return _NO_SUCH_SOP_CLASS, None
+    if request.ActionTypeID != 1:
+        return _NO_SUCH_ACTION_TYPE, None
+    try:
+        info = event.action_information
+        transaction_uid = str(info.TransactionUID)
+        refs = [
+            (str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID))
+            for item in info.ReferencedSOPSequence
+        ]
+    except Exception as exc:
+        log.error("storage commitment request unreadable: %s", exc)
+        return _INVALID_ARGUMENT, None
+    if not is_valid_uid(transaction_uid) or not refs:
+        log.error("storage commitment request: bad (0008,1195) TransactionUID or empty refs")
+        return _INVALID_ARGUMENT, None
+
+    calling_ae = str(event.assoc.requestor.ae_title).strip()
+    report = build_report(ctx.ledger, transaction_uid, refs)
+    thread = threading.Thread(
+        target=_send_report,
+        args=(event.assoc, report, calling_ae),
+        name=f"commitment-{transaction_uid[-12:]}",
+        daemon=True,
+    )
+    thread.start()
+    return 0x0000, None
+
+
+def _send_report(assoc: Any, report: Dataset, calling_ae: str) -> None:
+    """Send the N-EVENT-REPORT on the association once its N-ACTION response is out."""
+    failed = len(report.get("FailedSOPSequence", []))
+    committed = len(report.get("ReferencedSOPSequence", []))
+    event_type = 2 if failed else 1
+    log_fields = fields(
+        transaction_uid=str(report.TransactionUID),
+        calling_ae=calling_ae,
+        committed=committed,
+        failed=failed,
+    )
+    try:
+        # send_n_event_report pauses the association's reactor, which happens only after
+        # the N-ACTION handler returned and its response was sent: the order is kept.
+        status = assoc.send_n_event_report(
+            report, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
+        )
+    except Exception as exc:
+        log.error("storage commitment report not sent: %s", exc, extra=log_fields)
+        return
+    code = getattr(status, "Status", None)
+    if code is None:
+        log.error("storage commitment report: no response from the peer", extra=log_fields)
+    elif code != 0:
+        log.warning("storage commitment report answered 0x%04X", code, extra=log_fields)
+    else:
+        log.info("storage commitment reported", extra=log_fields)

@@ -1,0 +1,173 @@
+"""Per-connection guards installed on each accepted association (no global patching).
+
+pynetdicom 3.0.4 reads a PDU by trusting the 4-byte length in its header: a peer that
+announces 4 GB and keeps sending makes it buffer everything it sends, in memory. Two
+guards are bound onto each association's own objects when the connection opens:
+
+* :func:`guard_recv` replaces that association socket's ``recv`` with one that refuses any
+  read longer than the PDU cap (the SCP's maximum PDU, at least 1 MiB for association
+  requests) -- the DUL sees a closed connection and drops the association -- and reads
+  into one pre-sized buffer (``recv_into``) instead of 4 KiB appends.
+* :func:`install_spill` makes every incoming DIMSE message collect its data set in a
+  :class:`SpillBuffer`: memory up to ``chunk_threshold_bytes``, then a temporary file in
+  the archive's ``.incoming`` directory (same file system as the archive, named so that a
+  restart removes it). pynetdicom's own ``STORE_RECV_CHUNKED_DATASET`` is all-or-nothing
+  for the whole process and writes to the system temp dir; this keeps small objects in
+  memory (fast path) and large ones on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pynetdicom.dimse_messages import DIMSEMessage
+
+from node.fsutil import TMP_PREFIX
+
+log = logging.getLogger(__name__)
+
+MIN_PDU_CAP = 1 << 20
+UNLIMITED_PDU_CAP = 64 << 20
+
+
+def pdu_cap(max_pdu: int) -> int:
+    """The longest PDU body accepted from a peer, for a configured maximum PDU."""
+    if max_pdu <= 0:
+        return UNLIMITED_PDU_CAP
+    return max(max_pdu, MIN_PDU_CAP)
+
+
+class PduTooLong(OSError):
+    """A peer announced a PDU longer than the cap."""
+
+
+def guard_recv(assoc_socket: Any, cap: int, peer: str) -> None:
+    """Bind a length-capped ``recv`` onto one pynetdicom ``AssociationSocket``."""
+
+    def recv(nr_bytes: int) -> bytearray:
+        if nr_bytes > cap:
+            log.warning(
+                "peer %s announced a PDU of %d bytes, over the limit of %d: dropping it",
+                peer,
+                nr_bytes,
+                cap,
+            )
+            raise PduTooLong(f"PDU length {nr_bytes} exceeds {cap}")
+        sock = assoc_socket.socket
+        if sock is None:
+            raise OSError("connection closed")
+        buf = bytearray(nr_bytes)
+        view = memoryview(buf)
+        got = 0
+        while got < nr_bytes:
+            n = sock.recv_into(view[got:], nr_bytes - got)
+            if n == 0:
+                del view
+                del buf[got:]
+                return buf
+            got += n
+        return buf
+
+    assoc_socket.recv = recv
+
+
+class SpillBuffer(BytesIO):
+    """A ``BytesIO`` that moves its content to a file once it grows past ``threshold``.
+
+    pynetdicom only calls ``write`` while receiving; the C-STORE handler then asks
+    :attr:`spilled` and uses :attr:`path` (a file holding the data set bytes) or the
+    in-memory buffer. :meth:`discard` removes the file; it is idempotent.
+    """
+
+    def __init__(
+        self, threshold: int, directory: Path, on_spill: Callable[[SpillBuffer], None]
+    ) -> None:
+        super().__init__()
+        self._threshold = threshold
+        self._dir = directory
+        self._on_spill = on_spill
+        self._file: Any = None
+        self.path: Path | None = None
+
+    @property
+    def spilled(self) -> bool:
+        return self.path is not None
+
+    def write(self, data: Any) -> int:
+        if self._file is not None:
+            self._file.write(data)
+            return len(data)
+        n = super().write(data)
+        if self.tell() > self._threshold:
+            self._spill()
+        return n
+
+    def _spill(self) -> None:
+        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "spill-", dir=self._dir)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.path = Path(name)
+        self._on_spill(self)
+        with super().getbuffer() as view:
+            self._file.write(view)
+        super().seek(0)
+        super().truncate()
+
+    def finish(self) -> Path:
+        """Flush the spill file and return its path (only when :attr:`spilled`)."""
+        assert self._file is not None and self.path is not None
+        self._file.flush()
+        return self.path
+
+    def getvalue(self) -> bytes:
+        if self.path is None:
+            return super().getvalue()
+        return self.finish().read_bytes()  # not used by our handler; kept for correctness
+
+    def discard(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+class SpillTracker:
+    """The spill buffers of one association, removed when its connection closes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buffers: list[SpillBuffer] = []
+
+    def add(self, buf: SpillBuffer) -> None:
+        with self._lock:
+            self._buffers.append(buf)
+
+    def discard_all(self) -> None:
+        with self._lock:
+            buffers, self._buffers = self._buffers, []
+        for buf in buffers:
+            buf.discard()
+
+
+def install_spill(assoc: Any, threshold: int, directory: Path, tracker: SpillTracker) -> None:
+    """Make each DIMSE message of ``assoc`` collect its data set in a :class:`SpillBuffer`."""
+    dimse = assoc.dimse
+    original = dimse.receive_primitive
+
+    def receive_primitive(primitive: Any) -> None:
+        if dimse.message is None:
+            message = DIMSEMessage()
+            message.data_set = SpillBuffer(threshold, directory, tracker.add)
+            dimse.message = message
+        original(primitive)
+
+    dimse.receive_primitive = receive_primitive

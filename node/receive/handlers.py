@@ -1,0 +1,210 @@
+"""Event handlers of the SCP: C-ECHO, C-STORE, connection open/close.
+
+The C-STORE handler is short on purpose: read the identifying elements without decoding
+the object (:mod:`node.receive.header`), write the encoded data set behind our File Meta
+Information atomically (:mod:`node.receive.archive`), record the instance and enqueue its
+jobs in one commit (:mod:`node.receive.ledger`), then answer. It never raises into the
+association: every failure is logged with the SOP Instance UID and answered with a named
+status. Dependencies are bound when the handlers are registered (``(evt, fn, [ctx])``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from enum import IntEnum
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from node.errors import UnsafePath
+from node.logs import fields
+from node.receive.archive import Archive, OutOfSpace, file_meta_bytes
+from node.receive.guard import SpillBuffer, SpillTracker, guard_recv, install_spill
+from node.receive.header import Header, HeaderError, read_header
+from node.receive.ledger import Instance, Ledger
+
+log = logging.getLogger(__name__)
+
+
+class StoreStatus(IntEnum):
+    """The C-STORE statuses this SCP answers (PS3.4 Table B.2-1, PS3.7 C.4)."""
+
+    SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What the C-STORE handler needs, bound at registration."""
+
+    archive: Archive
+    ledger: Ledger
+    chunk_threshold: int
+    pdu_cap: int
+
+
+def _failure(status: StoreStatus, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = int(status)
+    # (0000,0902) Error Comment is LO: at most 64 characters.
+    ds.ErrorComment = comment[:64]
+    return ds
+
+
+def handle_echo(event: Any) -> int:
+    """C-ECHO: always success."""
+    return 0x0000
+
+
+def handle_conn_open(event: Any, ctx: StoreContext) -> None:
+    """Install the per-connection guards (PDU cap, spill to disk)."""
+    assoc = event.assoc
+    peer = f"{event.address[0]}:{event.address[1]}"
+    guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
+    tracker = SpillTracker()
+    assoc._dicom_node_spills = tracker
+    install_spill(assoc, ctx.chunk_threshold, ctx.archive.incoming, tracker)
+
+
+def handle_conn_close(event: Any) -> None:
+    """Remove spill files of objects whose transfer never completed."""
+    tracker = getattr(event.assoc, "_dicom_node_spills", None)
+    if isinstance(tracker, SpillTracker):
+        tracker.discard_all()
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY: without it a DCMTK sender stalls ~45 ms per C-STORE (Nagle)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError as exc:  # pragma: no cover - not a TCP socket
+        log.debug("cannot set TCP_NODELAY: %s", exc)
+
+
+def handle_store(event: Any, ctx: StoreContext) -> int | Dataset:
+    """C-STORE: store the object as received, durably, then answer."""
+    request = event.request
+    command_sop = str(request.AffectedSOPInstanceUID or "").strip("\x00 ")
+    buf = request.DataSet
+    try:
+        return _store(event, ctx, buf, command_sop)
+    except Exception as exc:  # never raise into the association
+        log.exception(
+            "C-STORE failed unexpectedly: %s", exc, extra=fields(sop_instance_uid=command_sop)
+        )
+        return _failure(StoreStatus.PROCESSING_FAILURE, f"processing failure: {exc}")
+    finally:
+        if isinstance(buf, SpillBuffer):
+            buf.discard()
+
+
+def _store(event: Any, ctx: StoreContext, buf: Any, command_sop: str) -> int | Dataset:
+    request = event.request
+    ts = event.context.transfer_syntax
+    calling_ae = str(event.assoc.requestor.ae_title).strip()
+    command_class = str(request.AffectedSOPClassUID or "").strip("\x00 ")
+    log_fields = fields(sop_instance_uid=command_sop, calling_ae=calling_ae)
+
+    spill: Path | None = None
+    try:
+        if isinstance(buf, SpillBuffer) and buf.spilled:
+            spill = buf.finish()
+            with open(spill, "rb") as fp:
+                header = read_header(fp, ts.is_implicit_VR, ts.is_little_endian)
+        else:
+            assert isinstance(buf, BytesIO)
+            buf.seek(0)
+            header = read_header(buf, ts.is_implicit_VR, ts.is_little_endian)
+    except HeaderError as exc:
+        log.error("C-STORE refused: %s", exc, extra=log_fields)
+        return _failure(StoreStatus.CANNOT_UNDERSTAND, "cannot parse the data set")
+
+    problem = _check_identity(header, command_sop, command_class)
+    if problem is not None:
+        status, message = problem
+        log.error("C-STORE refused: %s", message, extra=log_fields)
+        return _failure(status, message)
+
+    try:
+        path = ctx.archive.path_for(header.study_uid, header.series_uid, header.sop_instance_uid)
+    except UnsafePath as exc:
+        log.error("C-STORE refused: %s", exc, extra=log_fields)
+        return _failure(StoreStatus.CANNOT_UNDERSTAND, "invalid UID in data set")
+
+    meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, str(ts), calling_ae)
+    recorded = ctx.ledger.known(header.sop_instance_uid)
+    data: memoryview | Path = spill if spill is not None else buf.getbuffer()
+    try:
+        stored = ctx.archive.store(path, meta, data, recorded=recorded)
+    except OutOfSpace as exc:
+        log.error("C-STORE refused: %s", exc, extra=log_fields)
+        return _failure(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk floor reached")
+    finally:
+        if isinstance(data, memoryview):
+            data.release()
+
+    if not stored.written:
+        log.info("duplicate SOP Instance UID: kept the first copy", extra=log_fields)
+        return StoreStatus.SUCCESS
+    if stored.existed and recorded:
+        log.info("duplicate SOP Instance UID: overwritten", extra=log_fields)
+
+    instance = Instance(
+        sop_instance_uid=header.sop_instance_uid,
+        sop_class_uid=header.sop_class_uid,
+        study_uid=header.study_uid,
+        series_uid=header.series_uid,
+        path=stored.path,
+        size=stored.size,
+        modality=header.modality,
+        calling_ae=calling_ae,
+        transfer_syntax=str(ts),
+        flags=list(header.flags),
+    )
+    try:
+        ctx.ledger.record(instance)
+    except Exception as exc:
+        # Not recorded means not safely stored: take the file back so the sender's retry
+        # is stored and exported, rather than kept as an unrecorded duplicate.
+        if not (stored.existed and recorded):
+            ctx.archive.remove(stored.path)
+        log.error("C-STORE failed: cannot record the instance: %s", exc, extra=log_fields)
+        return _failure(StoreStatus.OUT_OF_RESOURCES, "cannot record the instance")
+    if header.flags:
+        log.warning(
+            "stored with flags %s: Pixel Data length does not match Rows x Columns x ...",
+            ",".join(header.flags),
+            extra=log_fields,
+        )
+    log.debug("stored %s", stored.path, extra=log_fields)
+    return StoreStatus.SUCCESS
+
+
+def _check_identity(
+    header: Header, command_sop: str, command_class: str
+) -> tuple[StoreStatus, str] | None:
+    """The data set must identify itself, and agree with the C-STORE command."""
+    if not header.sop_instance_uid:
+        return StoreStatus.CANNOT_UNDERSTAND, "(0008,0018) SOPInstanceUID missing"
+    if not header.study_uid:
+        return StoreStatus.CANNOT_UNDERSTAND, "(0020,000D) StudyInstanceUID missing"
+    if not header.series_uid:
+        return StoreStatus.CANNOT_UNDERSTAND, "(0020,000E) SeriesInstanceUID missing"
+    if command_sop and header.sop_instance_uid != command_sop:
+        return (
+            StoreStatus.CANNOT_UNDERSTAND,
+            "(0008,0018) SOPInstanceUID differs from the command's",
+        )
+    if command_class and header.sop_class_uid and header.sop_class_uid != command_class:
+        return (
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "(0008,0016) SOPClassUID differs from the command's",
+        )
+    return None

@@ -1,0 +1,189 @@
+"""C-STORE from DCMTK: every object stored as sent, in the right place, with its jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from node.queue.store import JobState
+from tests.receive.helpers import (
+    archived,
+    dataset_bytes,
+    dcmsend,
+    echoscu,
+    image_dataset,
+    renamed_copy,
+    running_scp,
+    sample_files,
+)
+
+pytestmark = pytest.mark.dcmtk
+
+UNCOMPRESSED_OTHER = {ImplicitVRLittleEndian, ExplicitVRBigEndian}
+
+
+def _check_stored(root: Path, sources: list[Path]) -> None:
+    from pydicom import dcmread
+
+    stored = archived(root)
+    assert len(stored) == len(sources)
+    for src in sources:
+        ds = dcmread(src, stop_before_pixels=True)
+        target = root / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        assert target.is_file(), f"{src.name} not stored at {target}"
+        src_ts, src_data = dataset_bytes(src)
+        dst_ts, dst_data = dataset_bytes(target)
+        if dst_ts == src_ts:
+            assert dst_data == src_data, f"{src.name}: data set bytes differ"
+        else:
+            # The sender offered several syntaxes for the SOP class and we preferred
+            # Explicit VR LE (big endian and implicit last): DCMTK re-encoded, losslessly.
+            assert src_ts in UNCOMPRESSED_OTHER and dst_ts == ExplicitVRLittleEndian
+            got, sent = dcmread(target), dcmread(src)
+            if "PixelData" in sent:
+                assert (got.pixel_array == sent.pixel_array).all()
+                del got.PixelData, sent.PixelData
+            with warnings.catch_warnings():  # pydicom's sample data has odd UIDs
+                warnings.simplefilter("ignore")
+                assert got.to_json_dict() == sent.to_json_dict()
+        meta = dcmread(target, stop_before_pixels=True).file_meta
+        assert meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        assert meta.SourceApplicationEntityTitle == "MODALITY"
+
+
+def test_one_association_stores_every_sample_byte_identical(tmp_path: Path) -> None:
+    files = sample_files(tmp_path / "src")
+    with running_scp(tmp_path / "node") as (scp, store, cfg):
+        res = dcmsend(scp.port, files)
+        assert res.returncode == 0, res.stderr
+        _check_stored(scp.archive_root, files)
+        jobs = store.select(kind="export_instance")
+        assert len(jobs) == len(files)
+        job = jobs[0]
+        assert Path(job.payload["path"]).is_file()
+        assert job.payload["calling_ae"] == "MODALITY"
+        assert job.dedup_key == job.payload["sop_instance_uid"]
+        assert store.counters()["received"] == len(files)
+        assert echoscu(scp.port).returncode == 0
+    assert not list((tmp_path / "node").rglob(".tmp-*"))
+
+
+def test_concurrent_associations(tmp_path: Path) -> None:
+    files = sample_files(tmp_path / "src")
+    more = [renamed_copy(f, tmp_path / "src2" / f.name) for f in files]
+    all_files = files + more
+    groups = [all_files[i::4] for i in range(4)]
+    with running_scp(tmp_path / "node") as (scp, store, cfg):
+        procs = [
+            subprocess.Popen(
+                ["/usr/bin/dcmsend", "-aet", "MODALITY", "-aec", "DICOMNODE", "127.0.0.1"]
+                + [str(scp.port)]
+                + [str(f) for f in group],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+            )
+            for group in groups
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+        _check_stored(scp.archive_root, all_files)
+        assert len(store.select(kind="export_instance")) == len(all_files)
+
+
+def test_study_complete_job_waits_for_the_quiet_period(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    study = "1.2.826.0.1.3680043.8.498.1"
+    a = renamed_copy(Path(str(sample_path("CT_small.dcm"))), src / "a.dcm", study)
+    b = renamed_copy(Path(str(sample_path("MR_small.dcm"))), src / "b.dcm", study)
+    with running_scp(tmp_path / "node", study_quiet_seconds=30.0) as (scp, store, cfg):
+        before = time.time()
+        assert dcmsend(scp.port, [a, b]).returncode == 0
+        jobs = store.select(kind="study_complete")
+        assert len(jobs) == 1
+        job = jobs[0]
+        assert job.dedup_key == study
+        assert job.next_attempt_at >= before + 30.0
+        assert len(job.payload["series"]) == 2
+        assert job.payload["instances"] == 2
+        assert sorted(job.payload["modalities"]) == ["CT", "MR"]
+        assert job.payload["archive_dir"] == str(scp.archive_root / study)
+        # Not claimable during the quiet period ...
+        assert store.claim("test", kinds=["study_complete"]) == []
+    # ... and claimable once it has passed (quiet = 0: immediately).
+    with running_scp(tmp_path / "node2", study_quiet_seconds=0.0) as (scp, store, cfg):
+        assert dcmsend(scp.port, [a]).returncode == 0
+        claimed = store.claim("test", kinds=["study_complete"])
+        assert [j.dedup_key for j in claimed] == [study]
+        # A late instance re-arms the done job.
+        store.ack([claimed[0].id])
+        assert dcmsend(scp.port, [b]).returncode == 0
+        again = store.get(claimed[0].id)
+        assert again is not None and again.state == JobState.QUEUED
+        assert again.payload["instances"] == 2
+
+
+def sample_path(name: str) -> str:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    assert path is not None
+    return str(path)
+
+
+def test_pixel_length_mismatch_is_stored_and_flagged(tmp_path: Path) -> None:
+    ds = image_dataset(512, 512, b"\x00" * 100)
+    src = tmp_path / "bad.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    with running_scp(tmp_path / "node") as (scp, store, cfg):
+        res = dcmsend(scp.port, [src])
+        assert res.returncode == 0, res.stderr
+        stored = archived(scp.archive_root)
+        assert len(stored) == 1
+        assert dataset_bytes(stored[0])[1] == dataset_bytes(src)[1]
+        (job,) = store.select(kind="export_instance")
+        assert job.payload["flags"] == ["pixel_length_mismatch"]
+        with store.transaction() as db:
+            rows = db.execute("SELECT flags FROM received_instances").fetchall()
+        found = [json.loads(r[0]) for r in rows]
+        assert found == [["pixel_length_mismatch"]]
+
+
+@pytest.mark.parametrize("policy", ["keep", "overwrite"])
+def test_duplicate_policy(tmp_path: Path, policy: str) -> None:
+    from pydicom import dcmread
+
+    first = tmp_path / "first.dcm"
+    image_dataset(
+        2, 2, b"\x01\x02\x03\x04", sop="1.2.3.4.1", study="1.2.3", series="1.2.3.4"
+    ).save_as(first, enforce_file_format=True)
+    second = tmp_path / "second.dcm"
+    ds = dcmread(first)
+    ds.PixelData = b"\x09\x09\x09\x09"
+    ds.save_as(second, enforce_file_format=True)
+    with running_scp(tmp_path / "node", duplicates=policy) as (scp, store, cfg):
+        assert dcmsend(scp.port, [first]).returncode == 0
+        assert dcmsend(scp.port, [second]).returncode == 0
+        (stored,) = archived(scp.archive_root)
+        expected = first if policy == "keep" else second
+        assert dataset_bytes(stored)[1] == dataset_bytes(expected)[1]
+
+
+def test_large_object_received_in_chunks_to_disk(tmp_path: Path) -> None:
+    pixels = bytes(range(256)) * (3 * 1024 * 4)  # 3 MiB
+    ds = image_dataset(2048, 1536, pixels)
+    src = tmp_path / "big.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    with running_scp(tmp_path / "node", chunk_threshold_bytes=256 * 1024) as (scp, store, cfg):
+        res = dcmsend(scp.port, [src])
+        assert res.returncode == 0, res.stderr
+        (stored,) = archived(scp.archive_root)
+        assert dataset_bytes(stored)[1] == dataset_bytes(src)[1]
+        assert list((scp.archive_root / ".incoming").iterdir()) == []
