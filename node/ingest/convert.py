@@ -11,6 +11,7 @@ input leaves nothing behind.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -20,14 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
 from node.config import Config
 from node.errors import ConversionError, CorruptInput, MissingMetadata, UnsupportedInput
 from node.fsutil import atomic_write
+from node.ingest import encoder, iods, metadata, modules
 from node.ingest import exif as exif_mod
-from node.ingest import iods, metadata
+from node.ingest.elements import Elements
 from node.ingest.images import (
     Pixels,
     apply_orientation,
@@ -108,11 +111,20 @@ class ConvertOptions:
             defaults=dict(ing.defaults),
         )
 
-    def defaults_dataset(self) -> Dataset:
-        return metadata.dataset_from_pairs(self.defaults.items(), "[ingest.defaults]")
+    def __post_init__(self) -> None:
+        # Parsed once (and validated: a bad keyword fails here, before any file is read).
+        defaults = metadata.dataset_from_pairs(self.defaults.items(), "[ingest.defaults]")
+        keys = metadata.dataset_from_pairs(self.keys, "--key")
+        for kw in ("SOPInstanceUID",):
+            if kw in keys:
+                raise ConversionError(f"--key {kw}: derived from the content; it cannot be set")
+        object.__setattr__(self, "_defaults", Elements.from_dataset(defaults))
+        object.__setattr__(self, "_keys", Elements.from_dataset(keys))
+        object.__setattr__(self, "_template", Elements.from_dataset(self.template))
 
-    def keys_dataset(self) -> Dataset:
-        return metadata.dataset_from_pairs(self.keys, "--key")
+    def layer(self, name: str) -> Elements:
+        """``defaults``, ``keys`` or ``template`` as parsed once (shared: do not modify)."""
+        return getattr(self, "_" + name)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -199,8 +211,8 @@ def convert_file(
         _check_strict(ds, name)
     if options.sop_class == "vlp":
         _content_date_time(ds, source, notes)
-    study_uid = str(ds.get("StudyInstanceUID") or series.study_uid)
-    series_uid = str(ds.get("SeriesInstanceUID") or series.series_uid)
+    study_uid = ds.text("StudyInstanceUID") or series.study_uid
+    series_uid = ds.text("SeriesInstanceUID") or series.series_uid
     digest = hashlib.sha256(data).digest()
     sop_uid = uid_from_seed(options.uid_root, "sop", study_uid, series_uid, digest)
     ids = iods.InstanceIds(study_uid, series_uid, sop_uid, instance_number)
@@ -361,55 +373,49 @@ def _sources(
     exif: exif_mod.ExifValues,
 ) -> metadata.MetadataSources:
     sidecar_path = sidecar_for(source)
+    sidecar = metadata.load_sidecar(sidecar_path) if sidecar_path else None
+    over = (
+        metadata.dataset_from_pairs(overrides.items(), "file-name pattern") if overrides else None
+    )
     partial = metadata.MetadataSources(
-        defaults=options.defaults_dataset(),
-        template=options.template,
-        sidecar=metadata.load_sidecar(sidecar_path) if sidecar_path else None,
+        defaults=options.layer("defaults"),
+        template=options.layer("template"),
+        sidecar=Elements.from_dataset(sidecar),
         exif=None,
-        overrides=(
-            metadata.dataset_from_pairs(overrides.items(), "file-name pattern")
-            if overrides
-            else None
-        ),
-        keys=options.keys_dataset() if options.keys else None,
+        overrides=Elements.from_dataset(over),
+        keys=options.layer("keys"),
     )
-    exif_ds = Dataset()
+    exif_el = Elements()
     if exif.make:
-        exif_ds.Manufacturer = exif.make
+        exif_el.set("Manufacturer", exif.make)
     if exif.model:
-        exif_ds.ManufacturerModelName = exif.model
+        exif_el.set("ManufacturerModelName", exif.model)
     if exif.datetime:
-        exif_ds.AcquisitionDateTime = exif.datetime
-        exif_ds.ContentDate = exif.date
-        exif_ds.ContentTime = exif.time
+        exif_el.set("AcquisitionDateTime", exif.datetime)
+        exif_el.set("ContentDate", exif.date)
+        exif_el.set("ContentTime", exif.time)
         if not partial.supplied("StudyDate"):
-            exif_ds.StudyDate = exif.date
+            exif_el.set("StudyDate", exif.date)
             if not partial.supplied("StudyTime"):
-                exif_ds.StudyTime = exif.time
-    return metadata.MetadataSources(
-        defaults=partial.defaults,
-        template=partial.template,
-        sidecar=partial.sidecar,
-        exif=exif_ds,
-        overrides=partial.overrides,
-        keys=partial.keys,
-    )
+                exif_el.set("StudyTime", exif.time)
+    return dataclasses.replace(partial, exif=exif_el)
 
 
-def _content_date_time(ds: Dataset, source: Path, notes: list[str]) -> None:
+def _content_date_time(ds: Elements, source: Path, notes: list[str]) -> None:
     """VL Image needs ContentDate/ContentTime (Type 1C): EXIF, else the study's, else mtime."""
-    if str(ds.get("ContentTime", "") or "") and str(ds.get("ContentDate", "") or ""):
+    if ds.text("ContentTime") and ds.text("ContentDate"):
         return
-    if str(ds.get("StudyDate", "") or "") and str(ds.get("StudyTime", "") or ""):
-        ds.ContentDate, ds.ContentTime = ds.StudyDate, ds.StudyTime
+    if ds.text("StudyDate") and ds.text("StudyTime"):
+        ds.set("ContentDate", ds.text("StudyDate"))
+        ds.set("ContentTime", ds.text("StudyTime"))
         notes.append("ContentDate/ContentTime taken from StudyDate/StudyTime (no EXIF date)")
         return
     try:
         stamp = time.localtime(source.stat().st_mtime)
     except OSError:
         stamp = time.localtime()
-    ds.ContentDate = time.strftime("%Y%m%d", stamp)
-    ds.ContentTime = time.strftime("%H%M%S", stamp)
+    ds.set("ContentDate", time.strftime("%Y%m%d", stamp))
+    ds.set("ContentTime", time.strftime("%H%M%S", stamp))
     notes.append("ContentDate/ContentTime taken from the file's modification time (no EXIF date)")
 
 
@@ -420,15 +426,13 @@ _STRICT = (
 )
 
 
-def _check_strict(ds: Dataset, name: str) -> None:
+def _check_strict(ds: Elements, name: str) -> None:
     missing = []
     for keyword, what in _STRICT:
-        if not str(ds.get(keyword, "") or ""):
+        if not ds.text(keyword):
             tag = metadata.resolve_tag(keyword, "strict")
             missing.append(f"{metadata.describe(tag)} ({what}): --key {keyword}=...")
-    if not any(
-        str(ds.get(k, "") or "") for k in ("Laterality", "ImageLaterality", "BodyPartExamined")
-    ):
+    if not any(ds.text(k) for k in ("Laterality", "ImageLaterality", "BodyPartExamined")):
         missing.append(
             "laterality: (0020,0062) ImageLaterality R/L/B/U, (0020,0060) Laterality R/L or "
             "(0018,0015) BodyPartExamined: --key ImageLaterality=U"
@@ -444,8 +448,22 @@ def _check_strict(ds: Dataset, name: str) -> None:
 # ----------------------------------------------------------------------- encoding
 
 
-def encode(ds: Dataset, sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
+def encode(ds: Elements, sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
     """The complete Part 10 file (preamble, file meta with our implementation UID, dataset)."""
+    return encoder.encode_file(ds, sop_class, sop_uid, transfer_syntax)
+
+
+def encode_with_pydicom(
+    elements: Elements, sop_class: str, sop_uid: str, transfer_syntax: str
+) -> bytes:
+    """The same file written by pydicom's ``dcmwrite`` (reference for the fast encoder)."""
+    copy = Elements(elements)
+    pixel = copy.get(0x7FE00010)
+    if pixel is not None and isinstance(pixel[1], modules.EncapsulatedPixels):
+        copy[0x7FE00010] = ("OB", encapsulate(list(pixel[1].frames)))
+    ds = copy.to_dataset()
+    if pixel is not None and isinstance(pixel[1], modules.EncapsulatedPixels):
+        ds["PixelData"].is_undefined_length = True
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)

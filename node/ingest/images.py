@@ -53,7 +53,7 @@ class Pixels:
     photometric: str
     bits_allocated: int
     bits_stored: int
-    pixel_data: bytes
+    pixel_data: bytes  # native pixels, or the one JPEG frame when encapsulated
     transfer_syntax: str
     encapsulated: bool = False
     lossy: bool = False
@@ -69,23 +69,6 @@ def lossy_ratio(rows: int, columns: int, samples: int, bits: int, compressed: in
     return raw / max(compressed, 1)
 
 
-def encapsulate_frame(frame: bytes) -> bytes:
-    """One frame as encapsulated Pixel Data items: empty Basic Offset Table, one fragment.
-
-    The fragment is padded to even length with 0x00 after EOI (PS3.5 A.4).
-    """
-    pad = b"\x00" if len(frame) % 2 else b""
-    size = len(frame) + len(pad)
-    return b"".join(
-        (
-            b"\xfe\xff\x00\xe0\x00\x00\x00\x00\xfe\xff\x00\xe0",
-            size.to_bytes(4, "little"),
-            frame,
-            pad,
-        )
-    )
-
-
 def jpeg_passthrough(frame: bytes, info: JpegInfo, photometric: str) -> Pixels:
     """A JPEG frame encapsulated unchanged (TS .4.50 for 8-bit SOF0, .4.51 otherwise)."""
     ts = JPEG_BASELINE if info.sof == 0xC0 and info.precision == 8 else JPEG_EXTENDED
@@ -97,7 +80,7 @@ def jpeg_passthrough(frame: bytes, info: JpegInfo, photometric: str) -> Pixels:
         photometric=photometric,
         bits_allocated=8 if bits == 8 else 16,
         bits_stored=bits,
-        pixel_data=encapsulate_frame(frame),
+        pixel_data=frame,
         transfer_syntax=ts,
         encapsulated=True,
         lossy=True,

@@ -13,10 +13,9 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from pydicom.dataset import Dataset
-
 from node.errors import UnsupportedInput
 from node.ingest import modules
+from node.ingest.elements import Elements
 from node.ingest.images import Pixels
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def sop_class_for(kind: str, pixels: Pixels, name: str) -> str:
 
 def build(
     kind: str,
-    ds: Dataset,
+    ds: Elements,
     pixels: Pixels,
     ids: InstanceIds,
     conversion_type: str,
@@ -91,7 +90,7 @@ def build(
         modules.acquisition_context(ds)
     else:
         # General Series (Modality OT unless supplied), SC Equipment
-        modules.general_series(ds, ids.series_uid, "" if "Modality" in ds else "OT", notes)
+        modules.general_series(ds, ids.series_uid, "" if ds.has("Modality") else "OT", notes)
         modules.general_equipment(ds)
         modules.sc_equipment(ds, conversion_type)
         image_type = ("DERIVED", "SECONDARY")

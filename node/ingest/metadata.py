@@ -29,6 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
 
 from node.errors import ConversionError
+from node.ingest.elements import Elements
 
 log = logging.getLogger(__name__)
 
@@ -298,15 +299,15 @@ def load_template(path: Path, scope: TemplateScope) -> Dataset:
 class MetadataSources:
     """Every metadata source for one file, lowest precedence first."""
 
-    defaults: Dataset
-    template: Dataset | None
-    sidecar: Dataset | None
-    exif: Dataset | None
-    overrides: Dataset | None
-    keys: Dataset | None
+    defaults: Elements
+    template: Elements | None
+    sidecar: Elements | None
+    exif: Elements | None
+    overrides: Elements | None
+    keys: Elements | None
 
-    def merged(self) -> Dataset:
-        out = Dataset()
+    def merged(self) -> Elements:
+        out = Elements()
         for layer in (
             self.defaults,
             self.template,
@@ -315,14 +316,13 @@ class MetadataSources:
             self.overrides,
             self.keys,
         ):
-            if layer is not None:
-                for elem in layer:
-                    out[elem.tag] = elem
+            if layer:
+                out.update(layer)
         return out
 
     def supplied(self, keyword: str) -> bool:
         """True if any source other than EXIF gives ``keyword`` a non-empty value."""
         for layer in (self.defaults, self.template, self.sidecar, self.overrides, self.keys):
-            if layer is not None and keyword in layer and layer[keyword].value not in (None, ""):
+            if layer and layer.has_value(keyword):
                 return True
         return False

@@ -10,112 +10,79 @@ from __future__ import annotations
 
 import logging
 
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
-
 from node import __version__
+from node.ingest.elements import Elements
 from node.ingest.images import JPEG_METHOD, Pixels
 
 log = logging.getLogger(__name__)
 
-_VR = {
-    "PatientName": "PN",
-    "PatientID": "LO",
-    "PatientBirthDate": "DA",
-    "PatientSex": "CS",
-    "StudyDate": "DA",
-    "StudyTime": "TM",
-    "ReferringPhysicianName": "PN",
-    "StudyID": "SH",
-    "AccessionNumber": "SH",
-    "SeriesNumber": "IS",
-    "Laterality": "CS",
-    "Manufacturer": "LO",
-    "InstanceNumber": "IS",
-    "PatientOrientation": "CS",
-    "ContentDate": "DA",
-    "ContentTime": "TM",
-    "LossyImageCompression": "CS",
-}
-
-
-def _present(ds: Dataset, *keywords: str) -> None:
-    """Type 2: make each attribute present, empty if nobody gave a value."""
-    for kw in keywords:
-        if kw not in ds:
-            ds.add_new(kw, _VR[kw], None)
-
-
-def _has_value(ds: Dataset, keyword: str) -> bool:
-    return keyword in ds and ds[keyword].value not in (None, "", [])
-
 
 # Patient (C.7.1.1)
-def patient(ds: Dataset) -> None:
-    _present(ds, "PatientName", "PatientID", "PatientBirthDate", "PatientSex")
+def patient(ds: Elements) -> None:
+    ds.present("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
 
 
 # General Study (C.7.2.1)
-def general_study(ds: Dataset, study_uid: str) -> None:
-    if not _has_value(ds, "StudyInstanceUID"):
-        ds.StudyInstanceUID = study_uid
-    _present(ds, "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+def general_study(ds: Elements, study_uid: str) -> None:
+    if not ds.has_value("StudyInstanceUID"):
+        ds.set("StudyInstanceUID", study_uid)
+    ds.present("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 # General Series (C.7.3.1)
-def general_series(ds: Dataset, series_uid: str, modality: str, notes: list[str]) -> None:
+def general_series(ds: Elements, series_uid: str, modality: str, notes: list[str]) -> None:
     """Modality (forced for IODs that fix it), Series UID, SeriesNumber, Laterality (2C).
 
     Laterality is Type 2C (required for paired body parts). Without any laterality
     statement (Laterality, ImageLaterality or BodyPartExamined) it is written empty, which
     dciodvfy accepts with a warning; supplying one is the user's clinical claim.
     """
-    if not _has_value(ds, "SeriesInstanceUID"):
-        ds.SeriesInstanceUID = series_uid
-    current = ds.get("Modality", None)
+    if not ds.has_value("SeriesInstanceUID"):
+        ds.set("SeriesInstanceUID", series_uid)
+    current = ds.text("Modality")
     if modality and current != modality:
         if current:
             notes.append(
                 f"(0008,0060) Modality {current!r} replaced by {modality!r} (IOD fixes it)"
             )
-        ds.Modality = modality
-    elif "Modality" in ds and not current:
-        del ds.Modality  # present-but-empty is an error where it is Type 1 or 3
-    _present(ds, "SeriesNumber")
-    if not any(_has_value(ds, k) for k in ("Laterality", "ImageLaterality", "BodyPartExamined")):
-        _present(ds, "Laterality")
+        ds.set("Modality", modality)
+    elif ds.has("Modality") and not current:
+        ds.remove("Modality")  # present-but-empty is an error where it is Type 1 or 3
+    ds.present("SeriesNumber")
+    if not any(ds.has_value(k) for k in ("Laterality", "ImageLaterality", "BodyPartExamined")):
+        ds.present("Laterality")
 
 
 # General Equipment (C.7.5.1)
-def general_equipment(ds: Dataset) -> None:
-    _present(ds, "Manufacturer")
+def general_equipment(ds: Elements) -> None:
+    ds.present("Manufacturer")
 
 
 # SC Equipment (C.8.6.1)
-def sc_equipment(ds: Dataset, conversion_type: str) -> None:
-    if not _has_value(ds, "ConversionType"):
-        ds.ConversionType = conversion_type
-    ds.SecondaryCaptureDeviceManufacturer = "dicom-node"
-    ds.SecondaryCaptureDeviceManufacturerModelName = "dicom-node convert"
-    ds.SecondaryCaptureDeviceSoftwareVersions = __version__
+def sc_equipment(ds: Elements, conversion_type: str) -> None:
+    if not ds.has_value("ConversionType"):
+        ds.set("ConversionType", conversion_type)
+    ds.set("SecondaryCaptureDeviceManufacturer", "dicom-node")
+    ds.set("SecondaryCaptureDeviceManufacturerModelName", "dicom-node convert")
+    ds.set("SecondaryCaptureDeviceSoftwareVersions", __version__)
 
 
 # General Image (C.7.6.1) and the lossy compression history (C.7.6.1.1.5)
 def general_image(
-    ds: Dataset, instance_number: int, pixels: Pixels, image_type: tuple[str, ...]
+    ds: Elements, instance_number: int, pixels: Pixels, image_type: tuple[str, ...]
 ) -> None:
-    if not _has_value(ds, "InstanceNumber"):
-        ds.InstanceNumber = instance_number
-    _present(ds, "PatientOrientation", "ContentDate", "ContentTime")
-    if not _has_value(ds, "ImageType"):
-        ds.ImageType = list(image_type)
+    if not ds.has_value("InstanceNumber"):
+        ds.set("InstanceNumber", instance_number)
+    ds.present("PatientOrientation", "ContentDate", "ContentTime")
+    if not ds.has_value("ImageType"):
+        ds.set("ImageType", list(image_type))
     if pixels.lossy:
-        ds.LossyImageCompression = "01"
+        ds.set("LossyImageCompression", "01")
         if pixels.lossy_ratio is not None:
-            ds.LossyImageCompressionRatio = _ds_string(pixels.lossy_ratio)
-        ds.LossyImageCompressionMethod = JPEG_METHOD
+            ds.set("LossyImageCompressionRatio", _ds_string(pixels.lossy_ratio))
+        ds.set("LossyImageCompressionMethod", JPEG_METHOD)
     else:
-        ds.LossyImageCompression = "00"
+        ds.set("LossyImageCompression", "00")
 
 
 def _ds_string(value: float) -> str:
@@ -124,71 +91,87 @@ def _ds_string(value: float) -> str:
 
 
 # Image Pixel (C.7.6.3)
-def image_pixel(ds: Dataset, pixels: Pixels) -> None:
-    ds.SamplesPerPixel = pixels.samples
-    ds.PhotometricInterpretation = pixels.photometric
-    ds.Rows = pixels.rows
-    ds.Columns = pixels.columns
-    ds.BitsAllocated = pixels.bits_allocated
-    ds.BitsStored = pixels.bits_stored
-    ds.HighBit = pixels.bits_stored - 1
-    ds.PixelRepresentation = 0
+def image_pixel(ds: Elements, pixels: Pixels) -> None:
+    ds.set("SamplesPerPixel", pixels.samples)
+    ds.set("PhotometricInterpretation", pixels.photometric)
+    ds.set("Rows", pixels.rows)
+    ds.set("Columns", pixels.columns)
+    ds.set("BitsAllocated", pixels.bits_allocated)
+    ds.set("BitsStored", pixels.bits_stored)
+    ds.set("HighBit", pixels.bits_stored - 1)
+    ds.set("PixelRepresentation", 0)
     if pixels.samples > 1:
-        ds.PlanarConfiguration = 0
-    ds.PixelData = pixels.pixel_data
-    elem = ds["PixelData"]
-    if pixels.encapsulated:
-        elem.VR = "OB"
-        elem.is_undefined_length = True
-    else:
-        elem.VR = "OW" if pixels.bits_allocated > 8 else "OB"
+        ds.set("PlanarConfiguration", 0)
+    # Encapsulated: OB of undefined length (the encoder adds the sequence delimiter).
+    vr = "OW" if pixels.bits_allocated > 8 and not pixels.encapsulated else "OB"
+    ds[PIXEL_DATA] = (
+        vr,
+        EncapsulatedPixels(pixels.pixel_data) if pixels.encapsulated else pixels.pixel_data,
+    )
+
+
+class EncapsulatedPixels:
+    """Compressed frames, written as undefined-length Pixel Data: an empty Basic Offset
+    Table item, then one fragment per frame (padded with 0x00 after EOI to even length)."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, *frames: bytes) -> None:
+        self.frames = frames
+
+
+PIXEL_DATA = 0x7FE00010
 
 
 # Multi-frame (C.7.6.6), single frame
-def multi_frame(ds: Dataset) -> None:
-    ds.NumberOfFrames = 1
+def multi_frame(ds: Elements) -> None:
+    ds.set("NumberOfFrames", 1)
 
 
 # SC Multi-frame Image (C.8.6.3)
-def sc_multiframe_image(ds: Dataset, pixels: Pixels) -> None:
+def sc_multiframe_image(ds: Elements, pixels: Pixels) -> None:
     """BurnedInAnnotation (Type 1; default NO, override with -k) and the grey LUT attributes."""
-    if not _has_value(ds, "BurnedInAnnotation"):
-        ds.BurnedInAnnotation = "NO"
+    if not ds.has_value("BurnedInAnnotation"):
+        ds.set("BurnedInAnnotation", "NO")
     if pixels.samples == 1:
-        ds.PresentationLUTShape = "IDENTITY"
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        ds.RescaleType = "US"
+        ds.set("PresentationLUTShape", "IDENTITY")
+        ds.set("RescaleIntercept", "0")
+        ds.set("RescaleSlope", "1")
+        ds.set("RescaleType", "US")
 
 
 # Acquisition Context (C.7.6.14)
-def acquisition_context(ds: Dataset) -> None:
-    if "AcquisitionContextSequence" not in ds:
-        ds.AcquisitionContextSequence = Sequence()
+def acquisition_context(ds: Elements) -> None:
+    if not ds.has("AcquisitionContextSequence"):
+        ds.set("AcquisitionContextSequence", [])
 
 
 # ICC Profile (C.11.15)
-def icc_profile(ds: Dataset, pixels: Pixels) -> None:
+def icc_profile(ds: Elements, pixels: Pixels) -> None:
     if pixels.icc and pixels.samples == 3:
-        ds.ICCProfile = pixels.icc + (b"\x00" if len(pixels.icc) % 2 else b"")
+        ds.set("ICCProfile", pixels.icc + (b"\x00" if len(pixels.icc) % 2 else b""))
 
 
 # SOP Common (C.12.1)
-def sop_common(ds: Dataset, sop_class_uid: str, sop_instance_uid: str) -> None:
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = sop_instance_uid
+def sop_common(ds: Elements, sop_class_uid: str, sop_instance_uid: str) -> None:
+    ds.set("SOPClassUID", sop_class_uid)
+    ds.set("SOPInstanceUID", sop_instance_uid)
     if _needs_utf8(ds):
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    elif "SpecificCharacterSet" in ds:
-        del ds.SpecificCharacterSet
+        ds.set("SpecificCharacterSet", "ISO_IR 192")
+    else:
+        ds.remove("SpecificCharacterSet")
 
 
-def _needs_utf8(ds: Dataset) -> bool:
-    for elem in ds.iterall():
-        if (
-            elem.VR in ("PN", "LO", "SH", "ST", "LT", "UT", "UC")
-            and elem.value is not None
-            and not str(elem.value).isascii()
-        ):
+_TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+
+
+def _needs_utf8(ds: Elements) -> bool:
+    for vr, value in ds.values():
+        if vr in _TEXT_VRS and value is not None and not str(value).isascii():
             return True
+        if vr == "SQ" and value:
+            for item in value:
+                for elem in item.iterall():
+                    if elem.VR in _TEXT_VRS and not str(elem.value).isascii():
+                        return True
     return False

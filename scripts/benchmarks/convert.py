@@ -1,0 +1,115 @@
+"""Convert benchmark: ``dicom-node convert`` (one process) vs DCMTK ``img2dcm`` vs ``cp``.
+
+200+ camera-like 150-300 KB JPEGs (4:2:0, EXIF; see camera.py) are converted by:
+
+- ``dicom-node convert DIR -o OUT`` in one process (pass-through: markers parsed, no decode;
+  each output written atomically with fsync), and with ``--no-fsync``;
+- ``/usr/bin/img2dcm`` one process per file (how it is used in practice: it takes one file);
+- ``cp -r`` of the same directory, the floor for reading and writing the bytes.
+
+Runs are interleaved (tool A, B, C, A, B, C ...) so machine noise hits all alike.
+``run(workdir, repeats)`` returns the rows for scripts/bench; ``python convert.py`` prints
+files/s and the ratios on its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import camera  # noqa: E402
+import common  # noqa: E402
+
+FILES = 240
+
+
+def _img2dcm_all(paths: list[Path], out: Path) -> None:
+    img2dcm = common.dcmtk("img2dcm")
+    for i, path in enumerate(paths):
+        res = subprocess.run(
+            [img2dcm, str(path), str(out / f"{i:05d}.dcm")],
+            capture_output=True,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"img2dcm failed on {path}: {res.stderr.decode(errors='replace')}")
+
+
+def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / "jpegs"
+    paths = camera.camera_jpegs(src, FILES)
+    total = sum(p.stat().st_size for p in paths)
+    tools: dict[str, Any] = {
+        "dicom-node convert": lambda out: common.timed(
+            [common.DICOM_NODE, "convert", str(src), "-o", str(out), "--log-level", "WARNING"]
+        ),
+        "dicom-node convert --no-fsync": lambda out: common.timed(
+            [
+                common.DICOM_NODE,
+                "convert",
+                str(src),
+                "-o",
+                str(out),
+                "--no-fsync",
+                "--log-level",
+                "WARNING",
+            ]
+        ),
+        "img2dcm (1 process/file)": lambda out: _timed_call(_img2dcm_all, paths, out),
+        "cp -r": lambda out: common.timed(["cp", "-r", str(src), str(out)]),
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in tools}
+    for rep in range(repeats):
+        for name, fn in tools.items():
+            out = workdir / f"out-{rep}-{len(seconds[name])}-{abs(hash(name)) % 10000}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            if name == "cp -r":
+                out.rmdir()
+            seconds[name].append(fn(out))
+            shutil.rmtree(out, ignore_errors=True)
+    peak = common.child_peak_rss()
+    rows = []
+    for name, secs in seconds.items():
+        rows.append(
+            {
+                "workload": "convert JPEG pass-through",
+                "tool": name,
+                "seconds": secs,
+                "files": len(paths),
+                "bytes": total,
+                "peak_rss": peak if name.startswith("dicom-node") else None,
+            }
+        )
+    return rows
+
+
+def _timed_call(fn: Any, *args: Any) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    import tempfile
+
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
+        rows = run(Path(tmp), repeats)
+    common.print_rows(rows)
+    rates = {r["tool"]: r["files"] / statistics.median(r["seconds"]) for r in rows}
+    ours = rates["dicom-node convert"]
+    for tool, rate in rates.items():
+        print(f"{tool:32s} {rate:8.1f} files/s   ours/this = {ours / rate:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
