@@ -1,0 +1,332 @@
+"""A generated test corpus: every kind of image the converter must handle, small and fast.
+
+``good_cases()`` describes inputs that must convert (and how: pass-through or native, with
+which photometric interpretation); ``bad_cases()`` inputs that must be refused, with the
+exception class and a phrase the message must contain.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms
+
+from node.errors import ConversionError, CorruptInput, InputTooLarge, UnsupportedInput
+
+
+def picture(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Gradients plus noise, RGB uint8: compresses like a photograph."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            128 + 100 * np.sin(x / 9.0 + seed),
+            128 + 100 * np.cos(y / 7.0),
+            (x * 3 + y * 2) % 256,
+        ],
+        axis=-1,
+    )
+    noise = rng.normal(0, 6, (height, width, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def exif_block(
+    orientation: int = 1, make: str = "TestCam", model: str = "Model X", when: str = ""
+) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010F] = make
+    exif[0x0110] = model
+    if orientation != 1:
+        exif[0x0112] = orientation
+    if when:
+        exif[0x8769] = {0x9003: when}
+    return exif
+
+
+def jpeg(im: Image.Image, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kwargs)
+    return buf.getvalue()
+
+
+def remove_marker(data: bytes, marker: int) -> bytes:
+    """``data`` without its first segment with ``marker`` (e.g. 0xEE: Adobe APP14)."""
+    i = data.index(bytes([0xFF, marker]))
+    length = int.from_bytes(data[i + 2 : i + 4], "big")
+    return data[:i] + data[i + 2 + length :]
+
+
+def patch_sof_size(data: bytes, width: int, height: int) -> bytes:
+    i = data.index(b"\xff\xc0")
+    return data[: i + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[i + 9 :]
+
+
+@functools.cache
+def srgb_icc() -> bytes:
+    """An sRGB profile (cached: littleCMS stamps each new profile with the time)."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # type: ignore[no-any-return]
+
+
+def saved(im: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One input and what the converter must make of it."""
+
+    name: str
+    filename: str
+    make: Callable[[], bytes]
+    path: str  # "passthrough", "decoded-lossy" (JPEG decoded), "lossless"
+    photometric: str  # for sop class sc
+    bits: int = 8
+    samples: int = 3
+    vlp: bool = True  # VL Photographic accepts it
+    note: str = ""  # a phrase expected in the notes
+
+
+def rgb(w: int, h: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(picture(w, h, seed), "RGB")
+
+
+def grey(w: int, h: int, seed: int = 0) -> Image.Image:
+    return rgb(w, h, seed).convert("L")
+
+
+def good_cases() -> list[Case]:
+    when = "2023:04:05 06:07:08"
+    return [
+        Case(
+            "baseline-420-exif",
+            "camera.jpg",
+            lambda: jpeg(rgb(64, 48), quality=90, subsampling=2, exif=exif_block(when=when)),
+            "passthrough",
+            "YBR_FULL_422",
+            note="metadata segment",
+        ),
+        Case(
+            "baseline-grey",
+            "grey.jpg",
+            lambda: jpeg(grey(40, 30)),
+            "passthrough",
+            "MONOCHROME2",
+            samples=1,
+        ),
+        Case(
+            "baseline-444",
+            "s444.jpg",
+            lambda: jpeg(rgb(33, 17), subsampling=0),
+            "passthrough",
+            "YBR_FULL_422",
+        ),
+        Case(
+            "baseline-422",
+            "s422.jpg",
+            lambda: jpeg(rgb(31, 21), subsampling=1),
+            "passthrough",
+            "YBR_FULL_422",
+        ),
+        Case(
+            "restart-intervals",
+            "restart.jpg",
+            lambda: jpeg(rgb(64, 40), restart_marker_blocks=1),
+            "passthrough",
+            "YBR_FULL_422",
+        ),
+        Case("odd-size", "odd.jpg", lambda: jpeg(rgb(19, 7)), "passthrough", "YBR_FULL_422"),
+        Case("one-pixel", "one.jpg", lambda: jpeg(rgb(1, 1)), "passthrough", "YBR_FULL_422"),
+        Case(
+            "one-pixel-grey",
+            "one-grey.jpg",
+            lambda: jpeg(grey(1, 1)),
+            "passthrough",
+            "MONOCHROME2",
+            samples=1,
+        ),
+        Case(
+            "large",
+            "large.jpg",
+            lambda: jpeg(rgb(2400, 1600), quality=80),
+            "passthrough",
+            "YBR_FULL_422",
+        ),
+        Case(
+            "icc",
+            "icc.jpg",
+            lambda: jpeg(rgb(24, 16), icc_profile=srgb_icc()),
+            "passthrough",
+            "YBR_FULL_422",
+        ),
+        Case(
+            "rgb-adobe-transform-0",
+            "adobe-rgb.jpg",
+            lambda: jpeg(rgb(32, 24), keep_rgb=True),
+            "passthrough",
+            "RGB",
+        ),
+        Case(
+            "rgb-component-ids",
+            "ids-rgb.jpg",
+            lambda: remove_marker(jpeg(rgb(32, 24), keep_rgb=True), 0xEE),
+            "passthrough",
+            "RGB",
+        ),
+        Case(
+            "progressive",
+            "progressive.jpg",
+            lambda: jpeg(rgb(48, 32), progressive=True),
+            "decoded-lossy",
+            "RGB",
+            note="progressive",
+        ),
+        Case(
+            "cmyk",
+            "cmyk.jpg",
+            lambda: jpeg(rgb(24, 16).convert("CMYK")),
+            "decoded-lossy",
+            "RGB",
+            note="CMYK",
+        ),
+        Case(
+            "exif-orientation-6",
+            "rotated.jpg",
+            lambda: jpeg(rgb(40, 24), exif=exif_block(orientation=6, when=when)),
+            "decoded-lossy",
+            "RGB",
+            note="Orientation 6",
+        ),
+        Case("png-rgb", "rgb.png", lambda: saved(rgb(23, 11), "PNG"), "lossless", "RGB"),
+        Case(
+            "png-rgba",
+            "rgba.png",
+            lambda: saved(
+                Image.fromarray(np.dstack([picture(20, 10), np.full((10, 20), 77, np.uint8)])),
+                "PNG",
+            ),
+            "lossless",
+            "RGB",
+            note="alpha",
+        ),
+        Case(
+            "png-grey",
+            "grey.png",
+            lambda: saved(grey(21, 13), "PNG"),
+            "lossless",
+            "MONOCHROME2",
+            samples=1,
+        ),
+        Case(
+            "png-16bit",
+            "g16.png",
+            lambda: saved(
+                Image.fromarray((np.arange(30 * 20, dtype=np.uint16).reshape(20, 30) * 109)),
+                "PNG",
+            ),
+            "lossless",
+            "MONOCHROME2",
+            bits=16,
+            samples=1,
+            vlp=False,
+        ),
+        Case(
+            "png-palette",
+            "palette.png",
+            lambda: saved(rgb(25, 15).quantize(16), "PNG"),
+            "lossless",
+            "RGB",
+            note="palette",
+        ),
+        Case("bmp", "image.bmp", lambda: saved(rgb(27, 9), "BMP"), "lossless", "RGB"),
+        Case("tiff", "image.tif", lambda: saved(rgb(26, 14), "TIFF"), "lossless", "RGB"),
+        Case(
+            "tiff-16bit-grey",
+            "g16.tif",
+            lambda: saved(
+                Image.fromarray((np.arange(16 * 12, dtype=np.uint16).reshape(12, 16) * 300)),
+                "TIFF",
+            ),
+            "lossless",
+            "MONOCHROME2",
+            bits=16,
+            samples=1,
+            vlp=False,
+        ),
+    ]
+
+
+def _truncated() -> bytes:
+    data = jpeg(rgb(64, 48))
+    return data[: len(data) // 2]
+
+
+def _bomb() -> bytes:
+    return patch_sof_size(jpeg(grey(8, 8)), 60000, 60000)
+
+
+def bad_cases() -> list[tuple[str, str, Callable[[], bytes], type[ConversionError], str]]:
+    """(name, filename, make, exception, phrase in the message)."""
+    return [
+        ("empty", "empty.jpg", lambda: b"", CorruptInput, "empty file"),
+        ("truncated", "truncated.jpg", _truncated, CorruptInput, "truncated"),
+        ("no-eoi", "noeoi.jpg", lambda: jpeg(rgb(16, 16))[:-2], CorruptInput, "EOI"),
+        (
+            "text",
+            "notes.jpg",
+            lambda: b"Dear colleague,\nthis is not a picture.\n",
+            UnsupportedInput,
+            "text",
+        ),
+        ("gif", "anim.jpg", lambda: saved(rgb(8, 8), "GIF"), UnsupportedInput, "not a JPEG, PNG"),
+        ("bomb", "bomb.jpg", _bomb, InputTooLarge, "decompression bomb"),
+        (
+            "sof-disagrees",
+            "liar.jpg",
+            lambda: patch_sof_size(jpeg(rgb(16, 16)), 4000, 3000),
+            CorruptInput,
+            "too short",
+        ),
+        (
+            "png-16bit-colour",
+            "rgb48.png",
+            lambda: _png_rgb16(),
+            UnsupportedInput,
+            "16-bit colour",
+        ),
+    ]
+
+
+def _png_rgb16() -> bytes:
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    w, h = 4, 3
+    raw = b"".join(b"\x00" + bytes(range(w * 6)) for _ in range(h))
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def write(folder: Path, name: str, data: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(data)
+    return path
