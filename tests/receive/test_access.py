@@ -1,0 +1,183 @@
+"""Who may associate: AE titles, source networks, bind check, transfer syntaxes, TLS."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from node.errors import ReceiveError
+from node.queue.store import JobStore
+from node.receive.scp import StorageSCP, _tls_context, check_access_config
+from tests.peers import LOOPBACK, tool
+from tests.receive.helpers import AET, echoscu, make_config, running_scp
+
+pytestmark = pytest.mark.dcmtk
+
+
+def test_echo_from_dcmtk(tmp_path: Path) -> None:
+    with running_scp(tmp_path) as (scp, _, _):
+        res = echoscu(scp.port)
+        assert res.returncode == 0, res.stderr
+
+
+def test_unknown_calling_ae_is_rejected_with_reason_3(tmp_path: Path) -> None:
+    with running_scp(tmp_path, allowed_calling_aes=["MODALITY"]) as (scp, _, _):
+        assert echoscu(scp.port, aet="MODALITY").returncode == 0
+        res = echoscu(scp.port, aet="INTRUDER")
+        assert res.returncode != 0
+        assert "Calling AE Title Not Recognized" in res.stderr + res.stdout
+
+
+def test_wrong_called_ae_is_rejected_with_reason_7(tmp_path: Path) -> None:
+    with running_scp(tmp_path) as (scp, _, _):
+        res = echoscu(scp.port, aec="SOMEONE-ELSE")
+        assert res.returncode != 0
+        assert "Called AE Title Not Recognized" in res.stderr + res.stdout
+        assert echoscu(scp.port, aec=AET).returncode == 0
+
+
+def test_reject_reason_seen_by_pynetdicom(tmp_path: Path) -> None:
+    """The exact A-ASSOCIATE-RJ fields: rejected-permanent, service-user, reason 3."""
+    seen: list[tuple[int, int, int]] = []
+
+    def on_rejected(event: evt.Event) -> None:
+        prim = event.assoc.acceptor.primitive
+        seen.append((prim.result, prim.result_source, int(prim.diagnostic)))
+
+    with running_scp(tmp_path, allowed_calling_aes=["MODALITY"]) as (scp, _, _):
+        ae = AE(ae_title="INTRUDER")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(
+            LOOPBACK, scp.port, ae_title=AET, evt_handlers=[(evt.EVT_REJECTED, on_rejected)]
+        )
+        assert assoc.is_rejected
+    assert seen == [(0x01, 0x01, 0x03)]
+
+
+def test_source_address_outside_allowed_networks_is_refused(tmp_path: Path) -> None:
+    # Bound to loopback with an allow-list that excludes it: starting is fine, 127.0.0.1 is not
+    # admitted, and the connection is closed before any DICOM is read.
+    with running_scp(tmp_path, allowed_networks=["10.0.0.0/8"]) as (scp, _, _):
+        res = echoscu(scp.port)
+        assert res.returncode != 0
+        with socket.create_connection((LOOPBACK, scp.port), timeout=5) as sock:
+            sock.settimeout(5)
+            assert sock.recv(10) == b""  # closed by the SCP
+    with running_scp(tmp_path / "ok", allowed_networks=["127.0.0.0/8"]) as (scp, _, _):
+        assert echoscu(scp.port).returncode == 0
+
+
+def test_non_loopback_bind_without_allow_list_refuses_to_start(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, host="0.0.0.0", allowed_networks=[], allowed_calling_aes=[])
+    with pytest.raises(ReceiveError, match="allowed_networks"):
+        check_access_config(cfg.receive)
+    with JobStore(cfg.node.state_dir) as store, pytest.raises(ReceiveError):
+        StorageSCP(cfg, store).start()
+    # Loopback without lists, and non-loopback with a list, are accepted.
+    check_access_config(make_config(tmp_path, allowed_networks=[]).receive)
+    check_access_config(make_config(tmp_path, host="0.0.0.0").receive)
+
+
+def test_deflated_transfer_syntax_is_refused(tmp_path: Path) -> None:
+    with running_scp(tmp_path) as (scp, _, _):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1.99"])
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET)
+        try:
+            assert assoc.is_established
+            accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+            assert CTImageStorage not in accepted
+            assert Verification in accepted
+        finally:
+            assoc.release()
+
+
+def test_compressed_syntax_preferred_over_uncompressed(tmp_path: Path) -> None:
+    with running_scp(tmp_path) as (scp, _, _):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(
+            CTImageStorage,
+            [
+                "1.2.840.10008.1.2.2",
+                "1.2.840.10008.1.2",
+                "1.2.840.10008.1.2.1",
+                "1.2.840.10008.1.2.4.70",
+            ],
+        )
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET)
+        try:
+            (cx,) = assoc.accepted_contexts
+            assert cx.transfer_syntax[0] == "1.2.840.10008.1.2.4.70"
+        finally:
+            assoc.release()
+
+
+def _make_certs(d: Path) -> dict[str, Path]:
+    """A CA, a server and a client certificate (openssl CLI)."""
+    ossl = tool("openssl")
+
+    def run(*args: str) -> None:
+        subprocess.run([ossl, *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=test-ca")  # fmt: skip
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2")  # fmt: skip
+    return {n: d / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+def test_tls_port_with_client_certificate(tmp_path: Path) -> None:
+    certs = _make_certs(tmp_path)
+    tls = {
+        "enabled": True,
+        "cert_file": str(certs["server.pem"]),
+        "key_file": str(certs["server.key"]),
+        "ca_file": str(certs["ca.pem"]),
+        "verify_peer": True,
+    }
+    with running_scp(tmp_path / "node", tls_port=0, tls=tls) as (scp, _, _):
+        assert scp.tls_port is not None
+        # DCMTK echoscu over TLS with a client certificate signed by the CA.
+        res = echoscu(
+            scp.tls_port,
+            extra=[
+                "+tls",
+                str(certs["client.key"]),
+                str(certs["client.pem"]),
+                "+cf",
+                str(certs["ca.pem"]),
+            ],  # fmt: skip
+        )
+        assert res.returncode == 0, res.stderr
+        # Without a client certificate the handshake fails; the plain port still serves.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(str(certs["ca.pem"]))
+        ctx.check_hostname = False
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(LOOPBACK, scp.tls_port, ae_title=AET, tls_args=(ctx, None))
+        assert not assoc.is_established
+        # pynetdicom leaves the requestor's TLS socket open after a failed handshake.
+        if assoc.dul.socket is not None and assoc.dul.socket.socket is not None:
+            assoc.dul.socket.socket.close()
+        # TLS older than 1.2 is refused (the context says so; the system OpenSSL may not
+        # even let a client offer 1.1, so this is checked on the context itself).
+        server_ctx = _tls_context(scp.rcfg.tls)
+        assert server_ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+        assert echoscu(scp.port).returncode == 0
+
+
+def test_tls_config_without_certificate_refuses_to_start(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, tls={"enabled": True})
+    with JobStore(cfg.node.state_dir) as store, pytest.raises(ReceiveError, match="cert_file"):
+        StorageSCP(cfg, store).start()

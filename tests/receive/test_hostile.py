@@ -1,0 +1,149 @@
+"""Hostile and broken peers: path traversal, garbage, huge PDUs, full disk."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
+from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
+
+from tests.peers import LOOPBACK
+from tests.receive.helpers import (
+    AET,
+    archived,
+    dcmsend,
+    echoscu,
+    image_dataset,
+    quiet_build,
+    running_scp,
+)
+
+pytestmark = pytest.mark.dcmtk
+
+
+def _send(port: int, ds: object) -> int:
+    """C-STORE one dataset with pynetdicom; the returned status (-1: no response)."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(SecondaryCaptureImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate(LOOPBACK, port, ae_title=AET)
+    assert assoc.is_established
+    try:
+        status = quiet_build(assoc.send_c_store, ds)
+        return int(status.Status) if "Status" in status else -1
+    finally:
+        assoc.release()
+
+
+def _everything_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("study", "../../x"),
+        ("series", "1.2/../../etc"),
+        ("sop", "1.2/../../../passwd"),
+        ("study", ".."),
+        ("series", "1.2.840..1"),
+        ("study", "1" * 65),
+    ],
+)
+def test_traversal_uid_gets_failure_and_writes_nothing(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    ds = quiet_build(image_dataset, 2, 2, b"\x00" * 4, **{field: value})
+    with running_scp(tmp_path / "node") as (scp, store, cfg):
+        before = _everything_under(tmp_path)
+        status = _send(scp.port, ds)
+        assert status == 0xC000
+        assert archived(scp.archive_root) == []
+        # Nothing new anywhere under the test directory except the job store's files.
+        new = {p for p in _everything_under(tmp_path) - before if "state" not in p.parts}
+        assert new == set()
+        assert store.select(kind="export_instance") == []
+        assert echoscu(scp.port).returncode == 0
+
+
+def test_sop_instance_uid_must_match_the_command(tmp_path: Path) -> None:
+    ds = image_dataset(2, 2, b"\x00" * 4)
+    encoded = encode(ds, False, True)
+    assert encoded is not None
+    with running_scp(tmp_path) as (scp, _, _):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(SecondaryCaptureImageStorage, "1.2.840.10008.1.2.1")
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET)
+        try:
+            # The command names one instance, the data set carries another.
+            req = C_STORE()
+            req.MessageID = 1
+            req.AffectedSOPClassUID = ds.SOPClassUID
+            req.AffectedSOPInstanceUID = "1.2.3.999"
+            req.Priority = 2
+            req.DataSet = BytesIO(encoded)
+            cx = assoc.accepted_contexts[0]
+            assoc._reactor_checkpoint.clear()
+            assoc.dimse.send_msg(req, cx.context_id)
+            _, rsp = assoc.dimse.get_msg(block=True)
+            assoc._reactor_checkpoint.set()
+            assert rsp is not None and rsp.Status == 0xC000
+        finally:
+            assoc.release()
+        assert archived(scp.archive_root) == []
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_garbage_and_huge_pdu_abort_but_scp_keeps_serving(tmp_path: Path) -> None:
+    with running_scp(tmp_path) as (scp, _, _):
+        # Plain garbage: unknown PDU type -> the association is dropped.
+        with socket.create_connection((LOOPBACK, scp.port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 8)
+            sock.settimeout(10)
+            with pytest.raises((ConnectionResetError, TimeoutError)):
+                while sock.recv(65536):
+                    pass
+                raise ConnectionResetError  # orderly close is fine too
+        assert echoscu(scp.port).returncode == 0
+
+        # An A-ASSOCIATE-RQ announcing 4 GB, followed by 64 MiB of data: without a guard
+        # pynetdicom would buffer all of it. The SCP must drop the connection at the header.
+        rss_before = _rss_kib()
+        sent = 0
+        with socket.create_connection((LOOPBACK, scp.port), timeout=10) as sock:
+            sock.sendall(struct.pack(">BBL", 0x01, 0, 0xFFFFFFF0))
+            chunk = b"\x00" * (1 << 20)
+            try:
+                for _ in range(64):
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass  # reset by the SCP: what we want
+        assert sent < 64 * (1 << 20), "the SCP kept reading a 4 GB PDU"
+        time.sleep(0.2)
+        assert _rss_kib() - rss_before < 16 * 1024
+        assert echoscu(scp.port).returncode == 0
+
+
+def test_disk_floor_answers_a700_and_writes_nothing(tmp_path: Path) -> None:
+    ds = image_dataset(2, 2, b"\x00" * 4)
+    src = tmp_path / "one.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    with running_scp(tmp_path / "node", min_free_bytes=1 << 62) as (scp, store, _):
+        assert _send(scp.port, ds) == 0xA700
+        dcmsend(scp.port, [src])  # DCMTK's sender too: refused, nothing written
+        assert archived(scp.archive_root) == []
+        assert not list(scp.archive_root.rglob(".tmp-*"))
+        assert store.select(kind="export_instance") == []
