@@ -460,7 +460,7 @@ def encode_with_pydicom(
     copy = Elements(elements)
     pixel = copy.get(0x7FE00010)
     if pixel is not None and isinstance(pixel[1], modules.EncapsulatedPixels):
-        copy[0x7FE00010] = ("OB", encapsulate(list(pixel[1].frames)))
+        copy[0x7FE00010] = ("OB", encapsulate(list(pixel[1].frames), has_bot=False))
     ds = copy.to_dataset()
     if pixel is not None and isinstance(pixel[1], modules.EncapsulatedPixels):
         ds["PixelData"].is_undefined_length = True

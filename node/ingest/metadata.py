@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag, Tag
+from pydicom.valuerep import validate_value
 
 from node.errors import ConversionError
 from node.ingest.elements import Elements
@@ -184,9 +185,12 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
             conv = [float(str(v)) for v in items]
         else:
             conv = [str(v) for v in items]
-    except ValueError:
+            for v in conv:
+                validate_value(vr, v, config.RAISE)
+    except ValueError as exc:
+        what = "needs numbers" if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "invalid value"
         raise ConversionError(
-            f"{where}: {describe(tag)} (VR {vr}) needs numbers, got {value!r}"
+            f"{where}: {describe(tag)} (VR {vr}) {what}, got {value!r} ({str(exc).split('.')[0]})"
         ) from None
     return DataElement(tag, vr, conv[0] if len(conv) == 1 else conv)
 

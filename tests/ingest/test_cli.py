@@ -1,0 +1,163 @@
+"""``dicom-node convert`` end to end: batch mode, bad inputs, exit codes, no leftovers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.cli import main
+from node.errors import ConversionError
+from node.ingest import convert as cv
+from tests.ingest import corpus
+from tests.peers import dciodvfy
+
+BAD = {name: (fn, make, exc, phrase) for name, fn, make, exc, phrase in corpus.bad_cases()}
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_is_refused_with_a_reason_and_no_output(tmp_path: Path, name: str) -> None:
+    filename, make, exc, phrase = BAD[name]
+    src = corpus.write(tmp_path / "in", filename, make())
+    out = tmp_path / "out"
+    series = cv.SeriesContext.for_group("bad", "2.25")
+    with pytest.raises(exc) as err:
+        cv.convert_file(src, out / "x.dcm", cv.ConvertOptions(fsync=False), series, 1)
+    assert str(src) in str(err.value)
+    assert phrase in str(err.value)
+    assert _files(out) == [] if out.exists() else True
+
+
+def test_bomb_cap_for_png(tmp_path: Path) -> None:
+    src = corpus.write(tmp_path, "big.png", corpus.saved(corpus.rgb(300, 200), "PNG"))
+    options = cv.ConvertOptions(max_pixels=10_000, fsync=False)
+    series = cv.SeriesContext.for_group("bomb", "2.25")
+    with pytest.raises(ConversionError, match="ingest.max_pixels"):
+        cv.convert_file(src, tmp_path / "o.dcm", options, series, 1)
+    assert not (tmp_path / "o.dcm").exists()
+
+
+def test_unreadable_input(tmp_path: Path) -> None:
+    link = tmp_path / "gone.jpg"
+    link.symlink_to(tmp_path / "missing.jpg")
+    series = cv.SeriesContext.for_group("x", "2.25")
+    with pytest.raises(ConversionError, match="cannot read"):
+        cv.convert_file(link, tmp_path / "o.dcm", cv.ConvertOptions(fsync=False), series, 1)
+
+
+def test_batch_converts_good_files_refuses_bad_ones_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in"
+    for i in range(3):
+        corpus.write(src, f"img{i}.jpg", corpus.jpeg(corpus.rgb(16, 8, i)))
+    corpus.write(src / "sub", "deeper.png", corpus.saved(corpus.rgb(8, 8), "PNG"))
+    for name, (filename, make, _, _) in BAD.items():
+        corpus.write(src / "bad", filename, make())
+    (src / "img0.json").write_text(json.dumps({"PatientID": "SIDE"}))
+    out = tmp_path / "out"
+    code = main(["convert", str(src), "-o", str(out), "-k", "PatientName=Doe^Jane"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"converted 4, refused {len(BAD)} of {4 + len(BAD)}" in err
+    for filename, *_ in BAD.values():
+        assert filename in err
+    written = _files(out)
+    assert [p.relative_to(out).as_posix() for p in written] == [
+        "img0.dcm",
+        "img1.dcm",
+        "img2.dcm",
+        "sub/deeper.dcm",
+    ]
+    assert not [p for p in out.rglob(".tmp-*")]
+    dss = [pydicom.dcmread(p) for p in written]
+    assert dss[0].PatientID == "SIDE" and dss[1].PatientID == ""
+    assert all(ds.PatientName == "Doe^Jane" for ds in dss)
+    # One directory = one study and series; InstanceNumber follows file order.
+    top = dss[:3]
+    assert len({ds.StudyInstanceUID for ds in top}) == 1
+    assert len({ds.SeriesInstanceUID for ds in top}) == 1
+    assert [ds.InstanceNumber for ds in top] == [1, 2, 3]
+    assert dss[3].SeriesInstanceUID != top[0].SeriesInstanceUID
+    assert len({ds.SOPInstanceUID for ds in dss}) == 4
+
+
+def test_rerun_gives_identical_files(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    for i in range(2):
+        corpus.write(src, f"img{i}.jpg", corpus.jpeg(corpus.rgb(16, 8, i)))
+    assert main(["convert", str(src), "-o", str(tmp_path / "a")]) == 0
+    assert main(["convert", str(src), "-o", str(tmp_path / "b"), "--threads", "1"]) == 0
+    for a in _files(tmp_path / "a"):
+        assert a.read_bytes() == (tmp_path / "b" / a.name).read_bytes()
+
+
+@pytest.mark.dciodvfy
+def test_single_file_to_dcm_path_with_template_and_keys(tmp_path: Path) -> None:
+    src = corpus.write(tmp_path, "photo.jpg", corpus.jpeg(corpus.rgb(32, 16)))
+    template = tmp_path / "tpl.dcm"
+    ds = pydicom.Dataset()
+    ds.PatientName = "Tpl^Name"
+    ds.PatientID = "TPL"
+    ds.StudyInstanceUID = "1.2.3.44"
+    ds.SOPInstanceUID = "1.2.3.45"
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(template, enforce_file_format=True)
+    out = tmp_path / "result.dcm"
+    keys = ["-k", "StudyDate=20240101", "-k", "StudyTime=120000", "-k", "StudyID=1"]
+    keys += ["-k", "SeriesNumber=1", "-k", "(0020,0062)=U"]
+    args = ["convert", str(src), "-o", str(out), "--study-from", str(template), "--sop-class"]
+    assert main([*args, "vlp", *keys]) == 0
+    got = pydicom.dcmread(out)
+    assert got.PatientID == "TPL" and got.StudyInstanceUID == "1.2.3.44"
+    assert got.SOPInstanceUID != "1.2.3.45"
+    assert got.Modality == "XC"
+    report = dciodvfy(out)
+    assert report.errors == [] and report.warnings == [], report.output
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    corpus.write(src, "a.jpg", corpus.jpeg(corpus.rgb(8, 8)))
+    corpus.write(src, "b.jpg", corpus.jpeg(corpus.rgb(8, 8, 1)))
+    assert main(["convert", str(src), "-o", str(tmp_path / "x.dcm")]) == 2
+    assert "exactly one input" in capsys.readouterr().err
+    assert main(["convert", str(src), "-o", str(tmp_path / "o"), "-k", "Nonsense=1"]) == 2
+    assert "Nonsense" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_same_stem_different_formats_both_kept(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    corpus.write(src, "photo.jpg", corpus.jpeg(corpus.rgb(8, 8)))
+    corpus.write(src, "photo.png", corpus.saved(corpus.rgb(8, 8), "PNG"))
+    assert main(["convert", str(src), "-o", str(tmp_path / "o")]) == 0
+    assert [p.name for p in _files(tmp_path / "o")] == ["photo.jpg.dcm", "photo.png.dcm"]
+
+
+def test_console_script_progress_and_exit_status(tmp_path: Path) -> None:
+    """``python -m node convert`` as a user runs it (no TTY here: no progress bar)."""
+    src = tmp_path / "in"
+    for i in range(3):
+        corpus.write(src, f"{i}.jpg", corpus.jpeg(corpus.rgb(8, 8, i)))
+    res = subprocess.run(
+        [sys.executable, "-m", "node", "convert", str(src), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "converted 3, refused 0 of 3" in res.stderr
+    assert "\r[" not in res.stderr
