@@ -227,7 +227,7 @@ def good_cases() -> list[Case]:
             "png-16bit",
             "g16.png",
             lambda: saved(
-                Image.fromarray((np.arange(30 * 20, dtype=np.uint16).reshape(20, 30) * 109)),
+                Image.fromarray(np.arange(30 * 20, dtype=np.uint16).reshape(20, 30) * 109),
                 "PNG",
             ),
             "lossless",
@@ -250,7 +250,7 @@ def good_cases() -> list[Case]:
             "tiff-16bit-grey",
             "g16.tif",
             lambda: saved(
-                Image.fromarray((np.arange(16 * 12, dtype=np.uint16).reshape(12, 16) * 300)),
+                Image.fromarray(np.arange(16 * 12, dtype=np.uint16).reshape(12, 16) * 300),
                 "TIFF",
             ),
             "lossless",

@@ -61,7 +61,7 @@ def test_batch_converts_good_files_refuses_bad_ones_exit_1(
     for i in range(3):
         corpus.write(src, f"img{i}.jpg", corpus.jpeg(corpus.rgb(16, 8, i)))
     corpus.write(src / "sub", "deeper.png", corpus.saved(corpus.rgb(8, 8), "PNG"))
-    for name, (filename, make, _, _) in BAD.items():
+    for filename, make, _, _ in BAD.values():
         corpus.write(src / "bad", filename, make())
     (src / "img0.json").write_text(json.dumps({"PatientID": "SIDE"}))
     out = tmp_path / "out"
