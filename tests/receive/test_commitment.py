@@ -1,0 +1,128 @@
+"""Storage commitment round trip with a pynetdicom SCU (N-ACTION, then N-EVENT-REPORT)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+from node.receive.commitment import NO_SUCH_OBJECT_INSTANCE, WELL_KNOWN_INSTANCE
+from tests.peers import LOOPBACK
+from tests.receive.helpers import AET, dcmsend, image_dataset, running_scp
+
+pytestmark = pytest.mark.dcmtk
+
+
+def _request(transaction: str, refs: list[tuple[str, str]]) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = transaction
+    items = []
+    for cls, inst in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = cls
+        item.ReferencedSOPInstanceUID = inst
+        items.append(item)
+    ds.ReferencedSOPSequence = Sequence(items)
+    return ds
+
+
+def test_commitment_reports_stored_and_missing_instances(tmp_path: Path) -> None:
+    stored = image_dataset(2, 2, b"\x00" * 4)
+    src = tmp_path / "stored.dcm"
+    stored.save_as(src, enforce_file_format=True)
+    missing = generate_uid()
+    wrong_class = "1.2.840.10008.5.1.4.1.1.2"  # CT: the stored object is SC
+    transaction = generate_uid()
+
+    reports: list[tuple[int, Dataset, str]] = []
+    got_report = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.append(
+            (
+                event.request.EventTypeID,
+                event.event_information,
+                str(event.request.AffectedSOPInstanceUID),
+            )
+        )
+        got_report.set()
+        return 0x0000, None
+
+    with running_scp(tmp_path / "node") as (scp, _, _):
+        assert dcmsend(scp.port, [src]).returncode == 0
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(
+            LOOPBACK,
+            scp.port,
+            ae_title=AET,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+        )
+        assert assoc.is_established
+        try:
+            status, _ = assoc.send_n_action(
+                _request(
+                    transaction,
+                    [
+                        (stored.SOPClassUID, stored.SOPInstanceUID),
+                        (stored.SOPClassUID, missing),
+                        (wrong_class, stored.SOPInstanceUID),
+                    ],
+                ),
+                1,
+                StorageCommitmentPushModel,
+                WELL_KNOWN_INSTANCE,
+            )
+            assert status.Status == 0x0000
+            assert got_report.wait(20), "no N-EVENT-REPORT on the association"
+        finally:
+            assoc.release()
+
+    (event_type, info, instance) = reports[0]
+    assert event_type == 2  # some failed
+    assert instance == WELL_KNOWN_INSTANCE
+    assert info.TransactionUID == transaction
+    ok = [(i.ReferencedSOPClassUID, i.ReferencedSOPInstanceUID) for i in info.ReferencedSOPSequence]
+    assert ok == [(stored.SOPClassUID, stored.SOPInstanceUID)]
+    failed = {(i.ReferencedSOPInstanceUID, i.FailureReason) for i in info.FailedSOPSequence}
+    assert failed == {(missing, NO_SUCH_OBJECT_INSTANCE), (stored.SOPInstanceUID, 0x0119)}
+
+
+def test_commitment_all_stored_is_event_type_1(tmp_path: Path) -> None:
+    stored = image_dataset(2, 2, b"\x00" * 4)
+    src = tmp_path / "stored.dcm"
+    stored.save_as(src, enforce_file_format=True)
+    got: list[int] = []
+    done = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        got.append(event.request.EventTypeID)
+        done.set()
+        return 0, None
+
+    with running_scp(tmp_path / "node") as (scp, _, _):
+        assert dcmsend(scp.port, [src]).returncode == 0
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(
+            LOOPBACK, scp.port, ae_title=AET, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+        )
+        try:
+            status, _ = assoc.send_n_action(
+                _request(generate_uid(), [(stored.SOPClassUID, stored.SOPInstanceUID)]),
+                1,
+                StorageCommitmentPushModel,
+                WELL_KNOWN_INSTANCE,
+            )
+            assert status.Status == 0
+            assert done.wait(20)
+        finally:
+            assoc.release()
+    assert got == [1]
