@@ -179,10 +179,11 @@ def collect(inputs: list[str], output: Path) -> list[Job]:
 
 
 def _group_contexts(jobs: list[Job], uid_root: str) -> dict[Path, SeriesContext]:
-    """One Study/Series per input directory, derived from its path and its files' content.
+    """One Study/Series per input directory, derived from its path and its files.
 
-    Converting the same files again gives the same UIDs; different files under the same
-    folder name never share a Study Instance UID.
+    The key is the directory's path plus each file's name, size and modification time
+    (a stat, no read): converting the same files again gives the same UIDs, and other
+    files dropped later under the same folder name do not share a Study Instance UID.
     """
     members: dict[Path, list[Job]] = defaultdict(list)
     for job in jobs:
@@ -194,7 +195,8 @@ def _group_contexts(jobs: list[Job], uid_root: str) -> dict[Path, SeriesContext]
             job.number = number
             h.update(job.source.name.encode() + b"\x00")
             try:
-                h.update(hashlib.sha256(job.source.read_bytes()).digest())
+                st = job.source.stat()
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
             except OSError:
                 h.update(b"unreadable")
         contexts[group] = SeriesContext.for_group(h.hexdigest(), uid_root)

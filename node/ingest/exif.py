@@ -3,16 +3,15 @@
 Mapped: DateTimeOriginal (+ SubSecTimeOriginal, OffsetTimeOriginal) -> AcquisitionDateTime,
 ContentDate/ContentTime (and StudyDate/StudyTime when nobody supplied them); Make ->
 Manufacturer; Model -> ManufacturerModelName; Orientation is reported so the converter can
-apply it. Everything else (GPS, serial numbers, maker notes, thumbnails) is dropped.
+apply it (read by a small IFD parser: IFD0 and the EXIF sub-IFD only). Everything else (GPS, serial numbers, maker notes, thumbnails) is dropped.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import struct
 from dataclasses import dataclass
-
-from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +42,66 @@ def _text(value: object) -> str:
 
 
 def read_exif(raw: bytes | None) -> ExifValues:
-    """Parse a TIFF-structured EXIF block (the APP1 payload after ``Exif\\0\\0``)."""
+    """Parse a TIFF-structured EXIF block (the APP1 payload after ``Exif\\0\\0``).
+
+    Only IFD0 and the EXIF sub-IFD are read, and only the tags we map; a damaged block
+    yields ``problem`` and no values (never an exception).
+    """
     if not raw:
         return ExifValues()
-    exif = Image.Exif()
+    if raw.startswith(b"Exif\x00\x00"):
+        raw = raw[6:]
     try:
-        exif.load(b"Exif\x00\x00" + raw if not raw.startswith(b"Exif") else raw)
-        sub = exif.get_ifd(_EXIF_IFD)
-    except (SyntaxError, ValueError, TypeError, KeyError, OSError, IndexError) as exc:
+        ifd0, sub = _parse_tiff(raw)
+    except (struct.error, ValueError, IndexError) as exc:
         return ExifValues(problem=f"EXIF block unreadable ({exc}); no camera values taken")
-    return exif_values(dict(exif), dict(sub))
+    return exif_values(ifd0, sub)
+
+
+_WANTED_IFD0 = {_MAKE, _MODEL, _ORIENTATION, _EXIF_IFD}
+_WANTED_SUB = {_DATETIME_ORIGINAL, _OFFSET_ORIGINAL, _SUBSEC_ORIGINAL}
+
+
+def _parse_tiff(raw: bytes) -> tuple[dict[int, object], dict[int, object]]:
+    if raw[:2] == b"II":
+        end = "<"
+    elif raw[:2] == b"MM":
+        end = ">"
+    else:
+        raise ValueError("no TIFF byte-order mark")
+    (magic, offset) = struct.unpack_from(end + "HI", raw, 2)
+    if magic != 42:
+        raise ValueError("bad TIFF magic number")
+    ifd0 = _read_ifd(raw, offset, end, _WANTED_IFD0)
+    sub: dict[int, object] = {}
+    pointer = ifd0.get(_EXIF_IFD)
+    if isinstance(pointer, int) and 0 < pointer < len(raw):
+        sub = _read_ifd(raw, pointer, end, _WANTED_SUB)
+    return ifd0, sub
+
+
+def _read_ifd(raw: bytes, offset: int, end: str, wanted: set[int]) -> dict[int, object]:
+    """Entries of one IFD with types ASCII (2), SHORT (3) or LONG (4), count 1 for numbers."""
+    out: dict[int, object] = {}
+    (count,) = struct.unpack_from(end + "H", raw, offset)
+    for i in range(min(count, 512)):
+        tag, typ, n, value = struct.unpack_from(end + "HHI4s", raw, offset + 2 + 12 * i)
+        if tag not in wanted:
+            continue
+        if typ == 2:
+            data = value[:n] if n <= 4 else raw[_u32(value, end) : _u32(value, end) + n]
+            if n > 4 and len(data) != n:
+                raise ValueError(f"EXIF tag 0x{tag:04X} points outside the block")
+            out[tag] = data.split(b"\x00", 1)[0].decode("latin-1")
+        elif typ == 3:
+            out[tag] = struct.unpack_from(end + "H", value)[0]
+        elif typ == 4:
+            out[tag] = _u32(value, end)
+    return out
+
+
+def _u32(value: bytes, end: str) -> int:
+    return int(struct.unpack_from(end + "I", value)[0])
 
 
 def exif_values(ifd0: dict[int, object], sub: dict[int, object]) -> ExifValues:

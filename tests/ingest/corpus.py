@@ -247,6 +247,14 @@ def good_cases() -> list[Case]:
         Case("bmp", "image.bmp", lambda: saved(rgb(27, 9), "BMP"), "lossless", "RGB"),
         Case("tiff", "image.tif", lambda: saved(rgb(26, 14), "TIFF"), "lossless", "RGB"),
         Case(
+            "tiff-jpeg-compressed",
+            "jpeg.tif",
+            lambda: saved(rgb(32, 16), "TIFF", compression="jpeg"),
+            "decoded-lossy",
+            "RGB",
+            note="marked lossy",
+        ),
+        Case(
             "tiff-16bit-grey",
             "g16.tif",
             lambda: saved(

@@ -83,3 +83,31 @@ def test_nothing_to_strip_returns_the_same_bytes() -> None:
 def test_broken_streams(data: bytes, exc: type[Exception], phrase: str) -> None:
     with pytest.raises(exc, match=phrase):
         parse_jpeg(data, "x.jpg")
+
+
+def _tiff(order: str, entries: list[tuple[int, int, int, bytes]], sub_at: int = 0) -> bytes:
+    import struct
+
+    head = (b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, 8)
+    body = struct.pack(order + "H", len(entries))
+    for tag, typ, count, value in entries:
+        body += struct.pack(order + "HHI", tag, typ, count) + value.ljust(4, b"\x00")
+    return head + body + b"\x00\x00\x00\x00"
+
+
+def test_exif_parser_big_endian_and_damaged() -> None:
+    import struct
+
+    from node.ingest.exif import read_exif
+
+    make = b"Nikon\x00"
+    entries = [
+        (0x010F, 2, len(make), struct.pack(">I", 8 + 2 + 12 * 2 + 4)),
+        (0x0112, 3, 1, struct.pack(">H", 8)),
+    ]
+    raw = _tiff(">", entries) + make
+    values = read_exif(raw)
+    assert values.make == "Nikon" and values.orientation == 8 and not values.problem
+    broken = read_exif(b"MM\x00\x2a\x00\x00\xff\xff")
+    assert broken.problem and broken.orientation == 1
+    assert read_exif(b"garbage").problem
