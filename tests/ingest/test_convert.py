@@ -97,10 +97,11 @@ def _expected_pixels(path: Path, case: corpus.Case) -> np.ndarray:
     """What the stored pixels must be, decoded by Pillow (the converter's decoder)."""
     im = Image.open(path)
     im.load()
-    if case.path == "decoded-lossy":
-        im = ImageOps.exif_transpose(im)
+    im = ImageOps.exif_transpose(im)  # no-op without an EXIF Orientation
     if im.mode in ("RGBA", "P", "CMYK"):
         im = im.convert("RGB")
+    elif im.mode in ("1", "LA"):
+        im = im.convert("L")
     return np.asarray(im)
 
 
