@@ -1,0 +1,233 @@
+"""``dicom-node send`` and ``dicom-node echo``: the storescu/echoscu of the node.
+
+``send`` without ``--queue`` sends now (one association per batch), prints one line per
+file and a summary, and exits 0 only when every file was delivered. With ``--queue`` it
+records the files in the node's job store (``node.state_dir``) for the running node's
+delivery workers and returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from node.config import Config, Destination
+from node.errors import ConfigError, SendError
+from node.queue.store import JobStore
+from node.send.contexts import SendItem
+from node.send.scu import StoreSCU
+from node.send.status import Outcome
+from node.send.worker import enqueue_delivery, read_header
+from node.service_commands import load_from_args
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+BATCH = 1000
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "send",
+        parents=[common],
+        help="send DICOM files to a PACS (C-STORE), now or through the queue",
+        description="Send DICOM files (directories recursively) with C-STORE. "
+        "Exit status 0 only if every file was delivered.",
+    )
+    _target_options(p)
+    p.add_argument(
+        "--queue",
+        action="store_true",
+        help="enqueue for the node's delivery workers (needs a configured --dest NAME) "
+        "instead of sending now (default: send now)",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or directories")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser(
+        "echo",
+        parents=[common],
+        help="C-ECHO a PACS: exit 0 if it answers",
+        description="Verify a DICOM peer with C-ECHO.",
+    )
+    _target_options(p)
+    p.add_argument("target", nargs="?", metavar="HOST:PORT", help="peer address (or --dest)")
+    p.set_defaults(func=cmd_echo)
+
+
+def _target_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("peer")
+    g.add_argument(
+        "--dest",
+        metavar="NAME|HOST:PORT",
+        help="a destination from the config, or HOST:PORT (default: the only configured one)",
+    )
+    g.add_argument("--aet", metavar="AE", help="calling AE title (default: node.ae_title)")
+    g.add_argument("--aec", metavar="AE", help="called AE title (default: the destination's)")
+    g.add_argument(
+        "--max-pdu",
+        type=int,
+        metavar="BYTES",
+        help="maximum PDU size we receive (default: the destination's max_pdu, 262144)",
+    )
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    host, sep, port = text.rpartition(":")
+    if sep and host and port.isdigit() and 0 < int(port) < 65536:
+        return host, int(port)
+    return None
+
+
+def resolve_destination(cfg: Config, args: argparse.Namespace, target: str | None) -> Destination:
+    """The destination named by --dest / HOST:PORT, with --aet/--aec/--max-pdu applied."""
+    spec = args.dest or target
+    if spec is None:
+        if len(cfg.destinations) == 1:
+            dest = cfg.destinations[0]
+        else:
+            raise ConfigError(
+                "no peer given: use --dest NAME (a [[destinations]] entry) or --dest HOST:PORT"
+            )
+    elif any(d.name == spec for d in cfg.destinations):
+        dest = cfg.destination(spec)
+    elif (hp := _host_port(spec)) is not None:
+        dest = Destination(name=spec, host=hp[0], port=hp[1])
+    else:
+        dest = cfg.destination(spec)  # raises, listing the known names
+    changes: dict[str, Any] = {}
+    if args.aec:
+        changes["called_ae"] = args.aec
+    if args.aet:
+        changes["calling_ae"] = args.aet
+    if args.max_pdu:
+        changes["max_pdu"] = args.max_pdu
+    return dataclasses.replace(dest, **changes)
+
+
+def iter_files(paths: Sequence[str]) -> Iterator[Path]:
+    """Files named, and every file under the directories named (sorted, hidden ones skipped)."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if not name.startswith("."):
+                        yield Path(root) / name
+        elif path.is_file():
+            yield path
+        else:
+            raise SendError(f"{path}: no such file or directory")
+
+
+# --------------------------------------------------------------------------- send
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    cfg = load_from_args(args)
+    target = None
+    paths = list(args.paths)
+    if args.dest is None and paths and _host_port(paths[0]) and not Path(paths[0]).exists():
+        target = paths.pop(0)  # `dicom-node send HOST:PORT PATH...`
+    if not paths:
+        raise SendError("nothing to send: give at least one file or directory")
+    dest = resolve_destination(cfg, args, target)
+    if args.queue:
+        return _enqueue(cfg, dest, paths)
+    return _send_now(cfg, dest, paths)
+
+
+def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
+    if not any(d.name == dest.name for d in cfg.destinations):
+        raise ConfigError(
+            f"--queue needs a destination configured in [[destinations]] (got {dest.name!r}): "
+            "the node's workers deliver by destination name"
+        )
+    queued = bad = 0
+    with JobStore(cfg.node.state_dir) as store:
+        for path in iter_files(paths):
+            try:
+                enqueue_delivery(store, path, [dest.name], source="cli")
+                queued += 1
+            except SendError as exc:
+                bad += 1
+                print(f"skipped  {path}: {exc}")
+    print(f"queued {queued} file(s) for {dest.name} in {cfg.node.state_dir}; {bad} skipped")
+    return EXIT_OK if bad == 0 else EXIT_FAILED
+
+
+def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
+    scu = StoreSCU(dest, calling_ae=cfg.node.ae_title)
+    counts = {"delivered": 0, "warning": 0, "retry": 0, "dead": 0, "skipped": 0}
+    sizes = 0
+    started = time.perf_counter()
+
+    def report(item: SendItem, outcome: Outcome) -> None:
+        nonlocal sizes
+        if outcome.delivered:
+            counts["warning" if outcome.warning else "delivered"] += 1
+            sizes += item.path.stat().st_size
+        else:
+            counts[str(outcome.verdict)] += 1
+        print(f"{outcome.describe():<10} {item.path}", flush=False)
+        reported.add(item.key)
+
+    files = iter_files(paths)
+    total = 0
+    while True:
+        batch: list[SendItem] = []
+        for path in files:
+            try:
+                header = read_header(path)
+            except SendError as exc:
+                counts["skipped"] += 1
+                print(f"skipped    {path}: {exc}")
+                continue
+            batch.append(SendItem(path=path, key=total + len(batch), **header))
+            if len(batch) >= BATCH:
+                break
+        if not batch:
+            break
+        total += len(batch)
+        reported: set[int] = set()
+        scu.send(batch, report)
+        for item in batch:
+            if item.key not in reported:
+                counts["retry"] += 1
+                print(f"not sent   {item.path}: the association ended before its turn")
+    sys.stdout.flush()
+    elapsed = time.perf_counter() - started
+    ok = counts["delivered"] + counts["warning"]
+    print(
+        f"{ok} of {total + counts['skipped']} delivered to {scu.where} "
+        f"({counts['warning']} with warnings), {counts['retry']} failed transiently, "
+        f"{counts['dead']} failed permanently, {counts['skipped']} skipped; "
+        f"{elapsed:.2f} s, {ok / elapsed if elapsed else 0:.1f} files/s, "
+        f"{sizes / elapsed / 1e6 if elapsed else 0:.1f} MB/s"
+    )
+    return EXIT_OK if ok == total + counts["skipped"] and total > 0 else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- echo
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    cfg = load_from_args(args)
+    dest = resolve_destination(cfg, args, args.target)
+    scu = StoreSCU(dest, calling_ae=cfg.node.ae_title)
+    started = time.perf_counter()
+    outcome = scu.echo()
+    ms = 1000 * (time.perf_counter() - started)
+    if outcome.delivered:
+        print(f"C-ECHO {scu.where}: success ({ms:.0f} ms)")
+        return EXIT_OK
+    print(f"C-ECHO {scu.where}: FAILED: {outcome.reason}", file=sys.stderr)
+    return EXIT_FAILED

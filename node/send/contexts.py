@@ -1,0 +1,153 @@
+"""Presentation contexts to propose, how to send each file on what was accepted, transcoding.
+
+For every SOP class in a batch we propose one context per transfer syntax, each with a
+single syntax, so the peer answers for each one separately (a multi-syntax context lets
+the acceptor pick one and hide the others):
+
+* every transfer syntax the batch's files of that class are encoded in;
+* Explicit VR Little Endian and Implicit VR Little Endian as the fallback.
+
+A destination's ``transfer_syntaxes`` (when not empty) limits what is proposed to that
+list. A file then goes as it is (its bytes straight from disk) when its own syntax was
+accepted; otherwise it is decoded (pydicom with the pylibjpeg/Pillow plugins) and
+re-encoded in an accepted uncompressed syntax, keeping (0028,2110) LossyImageCompression
+and setting it to ``01`` when the source syntax was lossy and the element was missing
+(PS3.3 C.7.6.1.1.5: once lossy, always lossy). The SOP Instance UID does not change.
+
+At most 128 contexts fit in one association (PS3.8 9.3.2.2: odd IDs 1..255); the plan splits
+the SOP classes over as many associations as needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom.presentation import PresentationContext, build_context
+
+from node.errors import SendError
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXTS = 128
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+#: Transfer syntaxes that are always lossy -> (0028,2114) LossyImageCompressionMethod
+#: (PS3.3 C.7.6.1.1.5.1). JPEG 2000, JPEG-LS near-lossless and HTJ2K may be reversible, so for
+#: them an absent LossyImageCompression stays absent (we cannot know).
+LOSSY_METHODS: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline (Process 1)
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended (Process 2 & 4)
+    "1.2.840.10008.1.2.4.100": "ISO_13818_2",  # MPEG2 MP@ML
+    "1.2.840.10008.1.2.4.101": "ISO_13818_2",  # MPEG2 MP@HL
+    "1.2.840.10008.1.2.4.102": "ISO_14496_10",  # MPEG-4 AVC/H.264
+    "1.2.840.10008.1.2.4.103": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.104": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.105": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.106": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.107": "ISO_23008_2",  # HEVC/H.265
+    "1.2.840.10008.1.2.4.108": "ISO_23008_2",
+}
+
+
+@dataclass(frozen=True)
+class SendItem:
+    """One file to send: where it is and what its header says."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    key: int = 0  # the caller's handle (the job id in the worker)
+
+
+def proposed_syntaxes(own: Iterable[str], preferences: Sequence[str] = ()) -> list[str]:
+    """Transfer syntaxes to propose for one SOP class, each in its own context, in order."""
+    out: list[str] = []
+    for ts in [*own, *UNCOMPRESSED]:
+        if ts in out or (preferences and ts not in preferences):
+            continue
+        out.append(ts)
+    return out
+
+
+def plan_associations(
+    items: Sequence[SendItem], preferences: Sequence[str] = ()
+) -> list[tuple[list[PresentationContext], list[SendItem]]]:
+    """Split ``items`` into association-sized groups with the contexts each one proposes.
+
+    Items of one SOP class stay in one group; groups keep the items' original order.
+    """
+    by_class: dict[str, list[SendItem]] = {}
+    for item in items:
+        by_class.setdefault(item.sop_class_uid, []).append(item)
+    groups: list[tuple[list[PresentationContext], list[SendItem]]] = []
+    contexts: list[PresentationContext] = []
+    members: list[SendItem] = []
+    for sop_class, class_items in by_class.items():
+        syntaxes = proposed_syntaxes(
+            dict.fromkeys(i.transfer_syntax for i in class_items), preferences
+        )
+        if not syntaxes:
+            syntaxes = list(preferences)
+        new = [build_context(sop_class, ts) for ts in syntaxes[:MAX_CONTEXTS]]
+        if contexts and len(contexts) + len(new) > MAX_CONTEXTS:
+            groups.append((contexts, members))
+            contexts, members = [], []
+        contexts.extend(new)
+        members.extend(class_items)
+    if members:
+        groups.append((contexts, members))
+    return groups
+
+
+def choose_syntax(own: str, accepted: Iterable[str]) -> str | None:
+    """The syntax to send a file in: its own if accepted, else an uncompressed one, else None."""
+    accepted = list(accepted)
+    if own in accepted:
+        return own
+    for ts in UNCOMPRESSED:
+        if ts in accepted:
+            return ts
+    return None
+
+
+def transcode(path: Path, target: str) -> Dataset:
+    """Read ``path`` and return it ready to be encoded in ``target`` (an uncompressed syntax).
+
+    Compressed pixel data is decoded; big endian and deflated files are simply re-encoded.
+    Raises SendError naming the file when the pixel data cannot be decoded.
+    """
+    ds = dcmread(path)
+    source = UID(ds.file_meta.TransferSyntaxUID)
+    lossy_before = ds.get("LossyImageCompression")
+    if source.is_compressed and source != DeflatedExplicitVRLittleEndian:
+        if "PixelData" not in ds:
+            raise SendError(f"{path}: compressed transfer syntax {source.name} but no Pixel Data")
+        try:
+            ds.decompress(generate_instance_uid=False)
+        except Exception as exc:  # the decoders raise many types; name the file and the fix
+            raise SendError(
+                f"{path}: cannot decode (7FE0,0010) PixelData in {source.name} to send it "
+                f"uncompressed ({exc}); the destination accepts no compressed syntax for "
+                f"this SOP class: enable it on the PACS or install a decoder for it"
+            ) from exc
+        if lossy_before is not None:
+            ds.LossyImageCompression = lossy_before.value
+        elif source in LOSSY_METHODS:
+            ds.LossyImageCompression = "01"
+            if "LossyImageCompressionMethod" not in ds:
+                ds.LossyImageCompressionMethod = LOSSY_METHODS[source]
+    ds.file_meta.TransferSyntaxUID = UID(target)
+    ds.set_original_encoding(UID(target).is_implicit_VR, True, ds.original_character_set)
+    return ds

@@ -1,0 +1,267 @@
+"""The C-STORE SCU: associations to one destination, an :class:`Outcome` for every file.
+
+One association carries a whole batch (split only when it needs more than 128 presentation
+contexts). TCP_NODELAY is set on the socket as soon as it is connected: without it each
+C-STORE waits ~40 ms for the peer's delayed ACK (Nagle).
+
+Files whose transfer syntax was accepted are sent as they are on disk: pynetdicom's
+``STORE_SEND_CHUNKED_DATASET`` mode streams the bytes after the file meta straight into
+P-DATA PDUs, with no decode/re-encode. Other files are transcoded (see ``contexts``).
+
+An item is reported exactly once when it was attempted or decided; items left unreported
+were not started (a stop was requested, or the association died before their turn) and the
+caller gives them back to the queue untouched.
+
+The :class:`Sender` protocol is what the worker needs; tests inject a fake.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node.config import Destination
+from node.errors import SendError
+from node.send import status as st
+from node.send.contexts import SendItem, choose_syntax, plan_associations, transcode
+from node.send.status import Outcome
+from node.send.tls import client_context
+
+log = logging.getLogger(__name__)
+
+# Send files that need no conversion straight from disk (no dcmread + encode round trip).
+# A process-wide pynetdicom switch: it only changes send_c_store() called with a *path*.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+Report = Callable[[SendItem, Outcome], None]
+
+
+class Sender(Protocol):
+    """Sends a batch to one destination and reports an Outcome per attempted item."""
+
+    def send(
+        self, items: Sequence[SendItem], report: Report, stop: Callable[[], bool] | None = None
+    ) -> None: ...
+
+
+def _nodelay(event: Any) -> None:
+    """EVT_CONN_OPEN: switch Nagle off on the new connection."""
+    try:
+        sock = event.assoc.dul.socket.socket
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError) as exc:  # pragma: no cover - platform dependent
+        log.warning("cannot set TCP_NODELAY: %s", exc)
+
+
+@dataclass
+class _Negotiation:
+    """What we saw while associating (filled by event handlers)."""
+
+    connected: bool = False
+    reject: Any = None  # the A-ASSOCIATE-RJ primitive, when rejected
+    handlers: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.handlers = [(evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_ACSE_RECV, self._on_acse)]
+
+    def _on_open(self, event: Any) -> None:
+        self.connected = True
+        _nodelay(event)
+
+    def _on_acse(self, event: Any) -> None:
+        prim = event.primitive
+        if getattr(prim, "result", None) not in (None, 0x00) and hasattr(prim, "result_source"):
+            self.reject = prim
+
+
+class StoreSCU:
+    """The real Sender: pynetdicom associations to one :class:`Destination`."""
+
+    def __init__(
+        self,
+        destination: Destination,
+        *,
+        calling_ae: str,
+        reactor_delay: float | None = None,
+    ) -> None:
+        self.dest = destination
+        self.calling_ae = destination.calling_ae or calling_ae
+        self.where = f"{destination.called_ae}@{destination.host}:{destination.port}"
+        self._tls = None
+        if destination.tls.enabled:
+            self._tls = (
+                client_context(destination.tls, f"destinations.{destination.name}.tls"),
+                destination.host,
+            )
+        #: Poll interval of pynetdicom's DUL thread (its default is 1 ms).
+        self.reactor_delay = reactor_delay
+
+    # ------------------------------------------------------------------ associations
+
+    def _associate(self, contexts: list[PresentationContext]) -> tuple[Association | None, Outcome]:
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = self.dest.acse_timeout
+        ae.dimse_timeout = self.dest.dimse_timeout
+        ae.network_timeout = self.dest.network_timeout
+        ae.connection_timeout = self.dest.acse_timeout
+        ae.maximum_pdu_size = self.dest.max_pdu
+        ae.requested_contexts = contexts
+        neg = _Negotiation()
+        assoc = ae.associate(
+            self.dest.host,
+            self.dest.port,
+            ae_title=self.dest.called_ae,
+            max_pdu=self.dest.max_pdu,
+            evt_handlers=neg.handlers,
+            tls_args=self._tls,
+        )
+        if assoc.is_established:
+            if self.reactor_delay is not None:
+                assoc.dul._run_loop_delay = self.reactor_delay
+            return assoc, st.DELIVERED
+        if assoc.is_rejected and neg.reject is not None:
+            rj = neg.reject
+            text = (
+                f"association rejected by {self.where}: {rj.result_str} "
+                f"({rj.source_str}: {rj.reason_str})"
+            )
+            # PS3.8 7.1.1.9: result 1 = rejected-permanent, 2 = rejected-transient.
+            return None, st.retry(text) if rj.result == 0x02 else st.dead(text)
+        if not neg.connected:
+            return None, st.retry(
+                f"cannot connect to {self.dest.host}:{self.dest.port} "
+                "(connection refused, unreachable or timed out)"
+            )
+        return None, st.retry(
+            f"association with {self.where} failed (aborted or timed out during negotiation)"
+        )
+
+    def echo(self) -> Outcome:
+        """One C-ECHO on a fresh association."""
+        from pynetdicom.presentation import build_context
+
+        assoc, outcome = self._associate([build_context(Verification)])
+        if assoc is None:
+            return outcome
+        try:
+            rsp = assoc.send_c_echo()
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if "Status" not in rsp:
+            return st.retry(f"no C-ECHO response from {self.where}")
+        code = int(rsp.Status)
+        if code == 0x0000:
+            return st.DELIVERED
+        return st.dead(f"C-ECHO failed: {st.status_text(code, str(rsp.get('ErrorComment', '')))}")
+
+    # ------------------------------------------------------------------ sending
+
+    def send(
+        self, items: Sequence[SendItem], report: Report, stop: Callable[[], bool] | None = None
+    ) -> None:
+        for contexts, members in plan_associations(items, self.dest.transfer_syntaxes):
+            if stop is not None and stop():
+                return
+            assoc, outcome = self._associate(contexts)
+            if assoc is None:
+                for item in members:
+                    report(item, outcome)
+                continue
+            try:
+                self._send_on(assoc, members, report, stop)
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+
+    def _send_on(
+        self,
+        assoc: Association,
+        items: Sequence[SendItem],
+        report: Report,
+        stop: Callable[[], bool] | None,
+    ) -> None:
+        accepted: dict[str, list[str]] = {}
+        for cx in assoc.accepted_contexts:
+            accepted.setdefault(str(cx.abstract_syntax), []).extend(
+                str(ts) for ts in cx.transfer_syntax
+            )
+        msg_id = 0
+        for item in items:
+            if stop is not None and stop():
+                return
+            if not assoc.is_established:
+                log.warning(
+                    "association with %s ended; %d files left for later",
+                    self.where,
+                    len(items) - items.index(item),
+                )
+                return
+            syntaxes = accepted.get(item.sop_class_uid, [])
+            target = choose_syntax(item.transfer_syntax, syntaxes)
+            if target is None:
+                report(item, self._not_accepted(item, syntaxes))
+                continue
+            msg_id = msg_id % 65535 + 1
+            report(item, self._store(assoc, item, target, msg_id))
+
+    def _not_accepted(self, item: SendItem, syntaxes: list[str]) -> Outcome:
+        name = UID(item.sop_class_uid).name
+        if not syntaxes:
+            return st.dead(
+                f"SOP class {name} ({item.sop_class_uid}) not accepted by AE {self.where}"
+            )
+        got = ", ".join(UID(ts).name for ts in syntaxes)
+        return st.dead(
+            f"{name}: transfer syntax {UID(item.transfer_syntax).name} not accepted by AE "
+            f"{self.where} (accepted: {got}) and the file cannot be converted to it"
+        )
+
+    def _store(self, assoc: Association, item: SendItem, target: str, msg_id: int) -> Outcome:
+        payload: Dataset | str
+        if target == item.transfer_syntax:
+            payload = str(item.path)
+        else:
+            try:
+                payload = transcode(item.path, target)
+            except FileNotFoundError:
+                return st.dead(f"{item.path}: file is gone")
+            except (SendError, OSError) as exc:
+                return st.dead(str(exc))
+            except Exception as exc:  # an unreadable DICOM file: pydicom raises many types
+                return st.dead(f"{item.path}: cannot read as DICOM to transcode it: {exc}")
+        started = time.perf_counter()
+        try:
+            rsp = assoc.send_c_store(payload, msg_id=msg_id)
+        except FileNotFoundError:
+            return st.dead(f"{item.path}: file is gone")
+        except (AttributeError, ValueError) as exc:
+            return st.dead(f"{item.path}: cannot be sent: {exc}")
+        except OSError as exc:
+            return st.retry(f"{item.path}: read error while sending: {exc}")
+        except RuntimeError:
+            return st.retry(f"association with {self.where} ended before the C-STORE")
+        if "Status" not in rsp:
+            # Timeout, abort, or pynetdicom's dropped response (#875): NOT sent.
+            return st.retry(
+                f"no C-STORE response from {self.where} (DIMSE timeout, abort or lost response)"
+            )
+        outcome = st.classify_status(int(rsp.Status), str(rsp.get("ErrorComment", "") or ""))
+        log.debug(
+            "C-STORE %s -> %s in %.1f ms",
+            item.sop_instance_uid,
+            outcome.describe(),
+            1000 * (time.perf_counter() - started),
+        )
+        return outcome

@@ -1,0 +1,267 @@
+"""The delivery worker: claims "deliver" jobs for one destination and runs them in batches.
+
+Job contract (other rooms enqueue these with :func:`enqueue_delivery`): kind ``deliver``,
+destination = the config destination name, dedup_key = the SOP Instance UID, payload =
+``{"path", "sop_instance_uid", "sop_class_uid", "transfer_syntax"}`` plus optionally
+``source`` (ingest, receive, cli) and ``origin``.
+
+Per job and attempt: delivered -> ack (a peer warning is kept in ``last_error``), counter
+``delivered``, ``on_delivered(job)``; transient -> ``retry`` at the time the retry policy
+gives, or dead when it gives up; permanent -> dead with the reason, counter
+``delivery_failed``, ``on_dead(job)``. Acks are written in small groups (every
+``ACK_EVERY`` files or ``ACK_SECONDS``) to keep fsyncs off the critical path; a crash
+between a peer's success and our ack only means that object is sent again, which a PACS
+treats as the same instance (same SOP Instance UID). Jobs claimed but never started
+(stop requested, association lost) are released without counting the attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydicom.filereader import read_file_meta_info
+from pydicom.misc import is_dicom
+
+from node.config import Config, Destination
+from node.errors import SendError
+from node.logs import fields
+from node.queue.retry import give_up_reason, next_attempt
+from node.queue.store import Job, JobStore
+from node.send.contexts import SendItem
+from node.send.scu import Sender, StoreSCU
+from node.send.status import Outcome, Verdict
+
+log = logging.getLogger(__name__)
+
+KIND = "deliver"
+ACK_EVERY = 50
+ACK_SECONDS = 0.5
+IDLE_POLL_SECONDS = 1.0
+
+
+# --------------------------------------------------------------------------- enqueueing
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """SOP Class/Instance UID and transfer syntax from the file meta (group 0002 only).
+
+    Raises SendError naming the file and the missing element.
+    """
+    try:
+        if not is_dicom(path):
+            raise SendError(f"{path}: not a DICOM file (no DICM prefix after the preamble)")
+        meta = read_file_meta_info(path)
+    except OSError as exc:
+        raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except SendError:
+        raise
+    except Exception as exc:  # pydicom raises several types on damaged headers
+        raise SendError(f"{path}: damaged file meta information: {exc}") from None
+    out = {}
+    for key, keyword, tag in (
+        ("sop_class_uid", "MediaStorageSOPClassUID", "(0002,0002)"),
+        ("sop_instance_uid", "MediaStorageSOPInstanceUID", "(0002,0003)"),
+        ("transfer_syntax", "TransferSyntaxUID", "(0002,0010)"),
+    ):
+        value = str(meta.get(keyword, "") or "").strip()
+        if not value:
+            raise SendError(
+                f"{path}: {tag} {keyword} is missing from the file meta information; "
+                "rewrite the file with a complete meta header (e.g. dcmconv or pydicom "
+                "save_as(enforce_file_format=True))"
+            )
+        out[key] = value
+    return out
+
+
+def enqueue_delivery(
+    store: JobStore,
+    path: Path,
+    destinations: Sequence[str],
+    *,
+    source: str = "cli",
+    extra: Mapping[str, Any] | None = None,
+) -> list[int]:
+    """Queue ``path`` for each destination; idempotent per (SOP Instance UID, destination).
+
+    Returns one job id per destination (the existing one when already queued). Raises
+    SendError when the file has no usable header.
+    """
+    path = Path(path).absolute()
+    header = read_header(path)
+    payload: dict[str, Any] = {"path": str(path), **header, "source": source}
+    payload.update(extra or {})
+    items = [(payload, dest, header["sop_instance_uid"]) for dest in destinations]
+    return store.enqueue_many(KIND, items)
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class DeliveryWorker:
+    """Delivers the queued jobs of one destination, one association per batch."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        destination: Destination,
+        store: JobStore,
+        *,
+        owner: str,
+        on_delivered: Callable[[Job], None] | None = None,
+        on_dead: Callable[[Job], None] | None = None,
+        sender: Sender | None = None,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.cfg = cfg
+        self.dest = destination
+        self.store = store
+        self.owner = owner
+        self.on_delivered = on_delivered
+        self.on_dead = on_dead
+        self.sender: Sender = sender or StoreSCU(destination, calling_ae=cfg.node.ae_title)
+        self.clock = clock
+        self.rand = rand
+        self._stop = threading.Event()
+        self._acks: list[tuple[Job, Outcome]] = []
+        self._last_flush = time.monotonic()
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; the in-flight C-STORE finishes, the rest is released."""
+        self._stop = stop
+        log.info("delivery worker started", extra=fields(destination=self.dest.name))
+        while not stop.is_set():
+            try:
+                done = self.run_once()
+                self.store.heartbeat(f"deliver:{self.dest.name}:{self.owner}")
+            except Exception:  # keep the worker alive; the job lease protects the work
+                log.exception("delivery worker error", extra=fields(destination=self.dest.name))
+                done = 0
+                stop.wait(IDLE_POLL_SECONDS)
+            if done == 0:
+                stop.wait(IDLE_POLL_SECONDS)
+        log.info("delivery worker stopped", extra=fields(destination=self.dest.name))
+
+    def run_once(self) -> int:
+        """Claim one batch and deliver it; returns the number of jobs decided."""
+        jobs = self.store.claim(
+            self.owner,
+            kinds=[KIND],
+            destination=self.dest.name,
+            limit=max(self.cfg.queue.batch_size, 1),
+            lease_seconds=self.cfg.queue.lease_seconds,
+        )
+        if not jobs:
+            return 0
+        by_id = {job.id: job for job in jobs}
+        decided: set[int] = set()
+        items: list[SendItem] = []
+        for job in jobs:
+            item = self._item(job)
+            if isinstance(item, Outcome):
+                self._record(job, item)
+                decided.add(job.id)
+            else:
+                items.append(item)
+
+        def report(item: SendItem, outcome: Outcome) -> None:
+            decided.add(item.key)
+            self._record(by_id[item.key], outcome)
+
+        try:
+            if items:
+                self.sender.send(items, report, self._stop.is_set)
+        finally:
+            self._flush_acks()
+            unstarted = [job.id for job in jobs if job.id not in decided]
+            if unstarted:
+                self.store.release(unstarted)
+        return len(decided)
+
+    # ------------------------------------------------------------------ per job
+
+    def _item(self, job: Job) -> SendItem | Outcome:
+        p = job.payload
+        try:
+            path = Path(p["path"])
+            item = SendItem(
+                path=path,
+                sop_class_uid=str(p["sop_class_uid"]),
+                sop_instance_uid=str(p["sop_instance_uid"]),
+                transfer_syntax=str(p["transfer_syntax"]),
+                key=job.id,
+            )
+        except (KeyError, TypeError) as exc:
+            return Outcome(Verdict.DEAD, f"job payload lacks {exc}: re-enqueue the file")
+        if not path.is_file():
+            return Outcome(Verdict.DEAD, f"{path}: file is gone (moved or deleted before delivery)")
+        return item
+
+    def _record(self, job: Job, outcome: Outcome) -> None:
+        uid = job.payload.get("sop_instance_uid")
+        if outcome.delivered:
+            self._acks.append((job, outcome))
+            if len(self._acks) >= ACK_EVERY or time.monotonic() - self._last_flush > ACK_SECONDS:
+                self._flush_acks()
+            return
+        if outcome.verdict is Verdict.RETRY:
+            now = self.clock()
+            at = next_attempt(job.attempts, job.created_at, now, self.cfg.queue, self.rand)
+            if at is not None:
+                self.store.retry(job.id, at, outcome.reason)
+                log.warning(
+                    "delivery failed, will retry",
+                    extra=fields(
+                        destination=self.dest.name,
+                        sop=uid,
+                        attempt=job.attempts,
+                        retry_in=f"{at - now:.1f}s",
+                        reason=outcome.reason,
+                    ),
+                )
+                return
+            why = give_up_reason(job.attempts, job.created_at, now, self.cfg.queue)
+            reason = f"{outcome.reason}; {why}"
+        else:
+            reason = outcome.reason
+        self.store.dead(job.id, reason)
+        self.store.bump("delivery_failed")
+        log.error(
+            "delivery failed permanently",
+            extra=fields(destination=self.dest.name, sop=uid, job=job.id, reason=reason),
+        )
+        if self.on_dead is not None:
+            self.on_dead(job)
+
+    def _flush_acks(self) -> None:
+        self._last_flush = time.monotonic()
+        if not self._acks:
+            return
+        acks, self._acks = self._acks, []
+        plain = [job.id for job, outcome in acks if not outcome.warning]
+        if plain:
+            self.store.ack(plain)
+        for job, outcome in acks:
+            if outcome.warning:
+                self.store.ack([job.id], note=outcome.reason)
+        self.store.bump("delivered", len(acks))
+        for job, outcome in acks:
+            log.info(
+                "delivered",
+                extra=fields(
+                    destination=self.dest.name,
+                    sop=job.payload.get("sop_instance_uid"),
+                    warning=outcome.reason or None,
+                ),
+            )
+            if self.on_delivered is not None:
+                self.on_delivered(job)
