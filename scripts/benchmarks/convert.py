@@ -14,6 +14,7 @@ files/s and the ratios on its own.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import statistics
@@ -29,6 +30,8 @@ import camera  # noqa: E402
 import common  # noqa: E402
 
 FILES = 240
+# GNU time reports the peak RSS of exactly our process (Debian package "time").
+_TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_OK) else []
 
 
 def _img2dcm_all(paths: list[Path], out: Path) -> None:
@@ -47,19 +50,23 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     src = workdir / "jpegs"
     paths = camera.camera_jpegs(src, FILES)
     total = sum(p.stat().st_size for p in paths)
+    peaks: dict[str, int] = {}
     inner: dict[str, list[float]] = {"dicom-node convert": [], "dicom-node convert --no-fsync": []}
 
     def ours(out: Path, *extra: str) -> float:
         name = " ".join(["dicom-node convert", *extra])
         cmd = [common.DICOM_NODE, "convert", str(src), "-o", str(out), "--log-level", "WARNING"]
         start = time.perf_counter()
-        res = subprocess.run([*cmd, *extra], capture_output=True, text=True)
+        res = subprocess.run([*_TIME, *cmd, *extra], capture_output=True, text=True)
         elapsed = time.perf_counter() - start
         if res.returncode != 0:
             raise RuntimeError(f"dicom-node convert exited {res.returncode}: {res.stderr[-1500:]}")
         found = re.search(r"in ([0-9.]+) s \(", res.stderr)
         if found:
             inner[name].append(float(found.group(1)))
+        rss = re.search(r"maxrss=(\d+)", res.stderr)
+        if rss:
+            peaks[name] = max(peaks.get(name, 0), int(rss.group(1)) * 1024)
         return elapsed
 
     tools: dict[str, Any] = {
@@ -78,7 +85,6 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
                 out.rmdir()
             seconds[name].append(fn(out))
             shutil.rmtree(out, ignore_errors=True)
-    peak = common.child_peak_rss()
     rows = []
     for name, secs in seconds.items():
         rows.append(
@@ -88,7 +94,7 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
                 "seconds": secs,
                 "files": len(paths),
                 "bytes": total,
-                "peak_rss": peak if name.startswith("dicom-node") else None,
+                "peak_rss": peaks.get(name),
                 "note": _inner_note(inner.get(name), len(paths)),
             }
         )
