@@ -33,9 +33,10 @@ def general_study(ds: Elements, study_uid: str) -> None:
 def general_series(ds: Elements, series_uid: str, modality: str, notes: list[str]) -> None:
     """Modality (forced for IODs that fix it), Series UID, SeriesNumber, Laterality (2C).
 
-    Laterality is Type 2C (required for paired body parts). Without any laterality
-    statement (Laterality, ImageLaterality or BodyPartExamined) it is written empty, which
-    dciodvfy accepts with a warning; supplying one is the user's clinical claim.
+    Laterality is Type 2C (required for paired body parts). Without any laterality or
+    anatomy statement (Laterality, ImageLaterality, BodyPartExamined, AnatomicRegionSequence)
+    it is written empty, which dciodvfy accepts with a warning; supplying one is the user's
+    clinical claim.
     """
     if not ds.has_value("SeriesInstanceUID"):
         ds.set("SeriesInstanceUID", series_uid)
@@ -49,7 +50,10 @@ def general_series(ds: Elements, series_uid: str, modality: str, notes: list[str
     elif ds.has("Modality") and not current:
         ds.remove("Modality")  # present-but-empty is an error where it is Type 1 or 3
     ds.present("SeriesNumber")
-    if not any(ds.has_value(k) for k in ("Laterality", "ImageLaterality", "BodyPartExamined")):
+    # With anatomy given (BodyPartExamined, AnatomicRegionSequence), dciodvfy decides from
+    # it whether Laterality is needed; an empty one would be an error for unpaired parts.
+    anatomy = ("Laterality", "ImageLaterality", "BodyPartExamined", "AnatomicRegionSequence")
+    if not any(ds.has_value(k) for k in anatomy):
         ds.present("Laterality")
 
 

@@ -161,3 +161,24 @@ def test_console_script_progress_and_exit_status(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "converted 3, refused 0 of 3" in res.stderr
     assert "\r[" not in res.stderr
+
+
+def test_progress_bar_on_a_terminal() -> None:
+    import io
+
+    from node.ingest.commands import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    bar = Progress(3, stream)
+    for done in (1, 2, 3):
+        bar.last = 0.0  # do not rate-limit in the test
+        bar.update(done, refused=1 if done == 3 else 0)
+    text = stream.getvalue()
+    assert "\r[" in text and "3/3" in text and "(1 refused)" in text and text.endswith("\n")
+    quiet = io.StringIO()
+    Progress(3, quiet).update(3, 0)
+    assert quiet.getvalue() == ""

@@ -206,3 +206,45 @@ def test_sixteen_bit_refused_for_vlp(tmp_path: Path) -> None:
     with pytest.raises(ConversionError, match="--sop-class sc"):
         _convert(src, cv.ConvertOptions(sop_class="vlp", fsync=False))
     assert not list(tmp_path.glob("*.dcm"))
+
+
+@pytest.mark.dciodvfy
+def test_sequence_from_dicom_json_sidecar(tmp_path: Path) -> None:
+    src = _jpeg(tmp_path)
+    region = {
+        "00082218": {
+            "vr": "SQ",
+            "Value": [
+                {
+                    "00080100": {"vr": "SH", "Value": ["T-D1100"]},
+                    "00080102": {"vr": "SH", "Value": ["SRT"]},
+                    "00080104": {"vr": "LO", "Value": ["Hand, Jörg's"]},
+                }
+            ],
+        },
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]},
+    }
+    (tmp_path / "photo.json").write_text(json.dumps(region), encoding="utf-8")
+    ds = _convert(src, cv.ConvertOptions(sop_class="vlp", fsync=False))
+    item = ds.AnatomicRegionSequence[0]
+    assert item.CodeValue == "T-D1100" and item.CodeMeaning == "Hand, Jörg's"
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert dciodvfy(src.with_suffix(".1.dcm")).errors == []
+
+
+def test_template_in_latin1_is_rewritten_as_utf8(tmp_path: Path) -> None:
+    from node.ingest.metadata import load_template
+
+    tpl = tmp_path / "latin1.dcm"
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientName = "Müller^Jörg"
+    ds.SOPInstanceUID = generate_uid()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(tpl, enforce_file_format=True)
+    assert "Müller".encode("latin-1") in tpl.read_bytes()
+    options = cv.ConvertOptions(template=load_template(tpl, "study"), fsync=False)
+    got = _convert(_jpeg(tmp_path), options)
+    assert got.SpecificCharacterSet == "ISO_IR 192" and got.PatientName == "Müller^Jörg"
