@@ -271,3 +271,56 @@ def test_compare_with_img2dcm(tmp_path: Path) -> None:
     assert coded_image(t_frame, parse_jpeg(t_frame)) == coded_image(o_frame, parse_jpeg(o_frame))
     want = np.asarray(Image.open(io.BytesIO(data)))
     assert _psnr(o.pixel_array, want) > 40
+
+
+@pytest.mark.dcmtk
+@pytest.mark.dciodvfy
+def test_twelve_bit_extended_jpeg_made_by_dcmcjpeg(tmp_path: Path) -> None:
+    """A 12-bit SOF1 stream (from DCMTK's encoder) passes through as .4.51, 16/12 bits."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    native = Dataset()
+    native.file_meta = FileMetaDataset()
+    native.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    native.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    native.SOPInstanceUID = generate_uid()
+    y, x = np.mgrid[0:24, 0:40]
+    pixels = ((x * 97 + y * 53) % 4096).astype("<u2")
+    native.Rows, native.Columns = pixels.shape
+    native.SamplesPerPixel, native.PhotometricInterpretation = 1, "MONOCHROME2"
+    native.BitsAllocated, native.BitsStored, native.HighBit = 16, 12, 11
+    native.PixelRepresentation = 0
+    native.PixelData = pixels.tobytes()
+    native.save_as(tmp_path / "native.dcm", enforce_file_format=True)
+    theirs = tmp_path / "dcmtk-12bit.dcm"
+    subprocess.run(
+        [tool("dcmcjpeg"), "+ee", str(tmp_path / "native.dcm"), str(theirs)],
+        check=True,
+        capture_output=True,
+    )
+    frame = next(generate_frames(pydicom.dcmread(theirs).PixelData, number_of_frames=1))
+    stream = frame[: frame.rindex(b"\xff\xd9") + 2]
+    src = corpus.write(tmp_path, "x12.jpg", stream)
+    ours = tmp_path / "ours.dcm"
+    options = cv.ConvertOptions(keys=FULL_KEYS, fsync=False)
+    cv.convert_file(src, ours, options, cv.SeriesContext.for_group("12", "2.25"), 1)
+    ds = pydicom.dcmread(ours)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.51"
+    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (16, 12, 11)
+    assert ds.PhotometricInterpretation == "MONOCHROME2"
+    ours_frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    assert ours_frame[: len(stream)] == stream
+    report = dciodvfy(ours)
+    assert report.errors == [] and report.warnings == [], report.output
+    # Same bytes, same decoder: DCMTK renders our object exactly as its own.
+    np.testing.assert_array_equal(_dcmtk_png(ours, 16), _dcmtk_png(theirs, 16))
+    assert np.abs(ds.pixel_array.astype(int) - pixels).max() < 64  # lossy, but close
+    with pytest.raises(cv.UnsupportedInput, match="--sop-class sc"):
+        cv.convert_file(
+            src,
+            tmp_path / "v.dcm",
+            cv.ConvertOptions(sop_class="vlp"),
+            cv.SeriesContext.for_group("v", "2.25"),
+            1,
+        )
