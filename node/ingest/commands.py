@@ -159,7 +159,15 @@ def collect(inputs: list[str], output: Path) -> list[Job]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for f in sorted(p for p in path.rglob("*") if p.is_file() and _is_input(p)):
+            out_root = output.resolve()
+            found = (
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and _is_input(p)
+                and not p.resolve().is_relative_to(out_root)  # our own earlier outputs
+            )
+            for f in sorted(found):
                 rel = f.relative_to(path)
                 jobs.append(Job(f, output / rel.parent / (rel.stem + ".dcm"), f.parent))
         else:

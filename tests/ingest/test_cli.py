@@ -182,3 +182,11 @@ def test_progress_bar_on_a_terminal() -> None:
     quiet = io.StringIO()
     Progress(3, quiet).update(3, 0)
     assert quiet.getvalue() == ""
+
+
+def test_output_inside_the_input_directory_is_not_read_back(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    corpus.write(src, "a.jpg", corpus.jpeg(corpus.rgb(8, 8)))
+    for _ in range(2):  # the second run must not try to convert photos/dicom/a.dcm
+        assert main(["convert", str(src), "-o", str(src / "dicom")]) == 0
+    assert [p.name for p in _files(src / "dicom")] == ["a.dcm"]
