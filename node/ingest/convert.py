@@ -220,9 +220,7 @@ def convert_file(
     blob = encode(ds, sop_class, sop_uid, pixels.transfer_syntax)
     atomic_write(Path(output), blob, fsync=options.fsync)
     for note in pixels.notes:
-        log.log(
-            logging.WARNING if note.startswith("warning") else logging.INFO, "%s: %s", name, note
-        )
+        log.log(_note_level(note), "%s: %s", name, note)
     return ConvertResult(
         source=source,
         output=Path(output),
@@ -233,6 +231,13 @@ def convert_file(
         transfer_syntax=pixels.transfer_syntax,
         notes=list(pixels.notes),
     )
+
+
+def _note_level(note: str) -> int:
+    """Warnings as WARNING; routine stripping at DEBUG (one line per file in a batch)."""
+    if note.startswith("warning"):
+        return logging.WARNING
+    return logging.DEBUG if "metadata segment" in note else logging.INFO
 
 
 def _looks_like_text(head: bytes) -> bool:
