@@ -143,7 +143,7 @@ def transcode(path: Path, target: str) -> Dataset:
                 f"this SOP class: enable it on the PACS or install a decoder for it"
             ) from exc
         if lossy_before is not None:
-            ds.LossyImageCompression = lossy_before.value
+            ds.LossyImageCompression = lossy_before
         elif source in LOSSY_METHODS:
             ds.LossyImageCompression = "01"
             if "LossyImageCompressionMethod" not in ds:

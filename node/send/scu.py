@@ -70,6 +70,7 @@ class _Negotiation:
 
     connected: bool = False
     reject: Any = None  # the A-ASSOCIATE-RJ primitive, when rejected
+    accept: Any = None  # the A-ASSOCIATE-AC primitive, when accepted
     handlers: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -81,7 +82,11 @@ class _Negotiation:
 
     def _on_acse(self, event: Any) -> None:
         prim = event.primitive
-        if getattr(prim, "result", None) not in (None, 0x00) and hasattr(prim, "result_source"):
+        if not hasattr(prim, "result_source"):
+            return
+        if prim.result == 0x00:
+            self.accept = prim
+        elif prim.result is not None:
             self.reject = prim
 
 
@@ -109,7 +114,14 @@ class StoreSCU:
 
     # ------------------------------------------------------------------ associations
 
-    def _associate(self, contexts: list[PresentationContext]) -> tuple[Association | None, Outcome]:
+    def _associate(
+        self, contexts: list[PresentationContext]
+    ) -> tuple[Association | None, Outcome | None]:
+        """An established association, or None and the outcome for every file.
+
+        The outcome is None when the peer accepted the association but none of the
+        presentation contexts (pynetdicom then aborts): each file's SOP class was refused.
+        """
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = self.dest.acse_timeout
         ae.dimse_timeout = self.dest.dimse_timeout
@@ -138,6 +150,8 @@ class StoreSCU:
             )
             # PS3.8 7.1.1.9: result 1 = rejected-permanent, 2 = rejected-transient.
             return None, st.retry(text) if rj.result == 0x02 else st.dead(text)
+        if neg.accept is not None:
+            return None, None
         if not neg.connected:
             return None, st.retry(
                 f"cannot connect to {self.dest.host}:{self.dest.port} "
@@ -153,7 +167,7 @@ class StoreSCU:
 
         assoc, outcome = self._associate([build_context(Verification)])
         if assoc is None:
-            return outcome
+            return outcome or st.dead(f"{self.where} does not accept the Verification SOP class")
         try:
             rsp = assoc.send_c_echo()
         finally:
@@ -177,7 +191,7 @@ class StoreSCU:
             assoc, outcome = self._associate(contexts)
             if assoc is None:
                 for item in members:
-                    report(item, outcome)
+                    report(item, outcome or self._not_accepted(item, []))
                 continue
             try:
                 self._send_on(assoc, members, report, stop)

@@ -1,0 +1,115 @@
+"""In-process peers for the SCU tests: a scripted pynetdicom SCP and a raw rejecting server."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    SecondaryCaptureImageStorage,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from tests.peers import LOOPBACK, free_port
+
+
+@dataclass
+class ScriptedSCP:
+    """A pynetdicom Storage SCP answering each C-STORE with the next scripted status."""
+
+    port: int
+    aet: str
+    statuses: list[int] = field(default_factory=list)
+    received: list[str] = field(default_factory=list)
+    delay: float = 0.0
+
+    def handle(self, event: Any) -> int:
+        if self.delay:
+            time.sleep(self.delay)
+        status = self.statuses.pop(0) if self.statuses else 0x0000
+        if status == 0x0000 or status & 0xF000 == 0xB000:
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+        return status
+
+
+@contextlib.contextmanager
+def scripted_scp(
+    statuses: list[int] | None = None,
+    *,
+    sop_classes: tuple[str, ...] = (SecondaryCaptureImageStorage,),
+    require_called_aet: bool = False,
+    delay: float = 0.0,
+) -> Iterator[ScriptedSCP]:
+    scp = ScriptedSCP(free_port(), "FAKEPACS", list(statuses or []), delay=delay)
+    ae = AE(ae_title=scp.aet)
+    ae.require_called_aet = require_called_aet
+    for uid in sop_classes:
+        ae.add_supported_context(
+            uid, [JPEGBaseline8Bit, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        )
+    ae.add_supported_context(Verification)
+    server = ae.start_server(
+        (LOOPBACK, scp.port), block=False, evt_handlers=[(evt.EVT_C_STORE, scp.handle)]
+    )
+    try:
+        yield scp
+    finally:
+        server.shutdown()
+
+
+@contextlib.contextmanager
+def rejecting_server(result: int, source: int = 1, reason: int = 1) -> Iterator[int]:
+    """A TCP server answering every A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind((LOOPBACK, 0))
+    srv.listen(4)
+    srv.settimeout(0.2)
+    port = srv.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    header = conn.recv(6)
+                    if len(header) == 6:
+                        (length,) = struct.unpack(">I", header[2:6])
+                        while length > 0:
+                            chunk = conn.recv(min(length, 65536))
+                            if not chunk:
+                                break
+                            length -= len(chunk)
+                    conn.sendall(struct.pack(">BBIBBBB", 0x03, 0, 4, 0, result, source, reason))
+                    conn.recv(1)  # wait for the peer to close
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
+
+
+def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.02)

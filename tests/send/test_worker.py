@@ -1,0 +1,217 @@
+"""The delivery worker with a fake sender (no sockets): job states, retries, dead, stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from node.config import Config, Destination, QueueSection
+from node.errors import SendError
+from node.queue.store import Job, JobState, JobStore
+from node.send import status as st
+from node.send.contexts import SendItem
+from node.send.scu import Report
+from node.send.status import Outcome
+from node.send.worker import DeliveryWorker, enqueue_delivery, read_header
+from tests.send.data import native_sc
+
+DEST = Destination(name="pacs", host="127.0.0.1", port=1)
+
+
+class FakeSender:
+    """Answers each item with ``answer(item)``; records what was sent."""
+
+    def __init__(self, answer: Callable[[SendItem], Outcome | None]) -> None:
+        self.answer = answer
+        self.sent: list[str] = []
+
+    def send(
+        self, items: Sequence[SendItem], report: Report, stop: Callable[[], bool] | None = None
+    ) -> None:
+        for item in items:
+            if stop is not None and stop():
+                return
+            outcome = self.answer(item)
+            if outcome is None:  # "the association died": leave the rest unreported
+                return
+            self.sent.append(item.sop_instance_uid)
+            report(item, outcome)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> JobStore:
+    return JobStore(tmp_path / "state", durable=False)
+
+
+def _cfg(**queue: object) -> Config:
+    q = {"retry_jitter": 0.0, "retry_initial_seconds": 2.0, **queue}
+    return Config(queue=QueueSection(**q), destinations=[DEST])  # type: ignore[arg-type]
+
+
+def _files(tmp_path: Path, n: int) -> list[Path]:
+    return [native_sc(tmp_path / f"f{i}.dcm") for i in range(n)]
+
+
+def _worker(store: JobStore, sender: FakeSender, cfg: Config | None = None, **kw: object):
+    return DeliveryWorker(cfg or _cfg(), DEST, store, owner="t", sender=sender, **kw)  # type: ignore[arg-type]
+
+
+def test_enqueue_is_idempotent_and_reads_the_header(tmp_path: Path, store: JobStore) -> None:
+    [f] = _files(tmp_path, 1)
+    ids = enqueue_delivery(store, f, ["pacs", "other"], source="ingest", extra={"origin": "x.jpg"})
+    assert enqueue_delivery(store, f, ["pacs", "other"]) == ids
+    job = store.get(ids[0])
+    assert job is not None and job.kind == "deliver" and job.destination == "pacs"
+    header = read_header(f)
+    assert job.dedup_key == header["sop_instance_uid"]
+    assert job.payload == {
+        "path": str(f.absolute()),
+        **header,
+        "source": "ingest",
+        "origin": "x.jpg",
+    }
+
+
+def test_enqueue_refuses_a_non_dicom_file(tmp_path: Path, store: JobStore) -> None:
+    bad = tmp_path / "x.dcm"
+    bad.write_bytes(b"not dicom")
+    with pytest.raises(SendError, match="not a DICOM file"):
+        enqueue_delivery(store, bad, ["pacs"])
+    assert store.pending() == 0
+
+
+def test_success_acks_counts_and_calls_back(tmp_path: Path, store: JobStore) -> None:
+    for f in _files(tmp_path, 3):
+        enqueue_delivery(store, f, ["pacs"])
+    delivered: list[Job] = []
+    w = _worker(store, FakeSender(lambda i: st.DELIVERED), on_delivered=delivered.append)
+    assert w.run_once() == 3
+    assert [j.state for j in store.select()] == [JobState.DONE] * 3
+    assert store.counters()["delivered"] == 3
+    assert len(delivered) == 3
+    assert w.run_once() == 0
+
+
+def test_warning_is_delivered_with_the_warning_kept(tmp_path: Path, store: JobStore) -> None:
+    [f] = _files(tmp_path, 1)
+    [jid] = enqueue_delivery(store, f, ["pacs"])
+    _worker(store, FakeSender(lambda i: st.classify_status(0xB000, "coerced"))).run_once()
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DONE
+    assert "0xB000" in (job.last_error or "") and "coerced" in (job.last_error or "")
+
+
+def test_out_of_resources_three_times_then_success(tmp_path: Path, store: JobStore) -> None:
+    [f] = _files(tmp_path, 1)
+    [jid] = enqueue_delivery(store, f, ["pacs"])
+    answers = [0xA700, 0xA700, 0xA700, 0x0000]
+    clock = Clock()
+    sender = FakeSender(lambda i: st.classify_status(answers.pop(0)))
+    w = _worker(store, sender, clock=clock)
+    delays = []
+    for _ in range(3):
+        assert w.run_once() == 1
+        job = store.get(jid)
+        assert (
+            job is not None and job.state == JobState.RETRY and "0xA700" in (job.last_error or "")
+        )
+        delays.append(job.next_attempt_at - clock.now)
+        assert w.run_once() == 0  # not due yet
+        clock.now = job.next_attempt_at
+        store._db.execute("UPDATE jobs SET next_attempt_at=0 WHERE id=?", (jid,))
+    assert delays == [2.0, 4.0, 8.0]  # exponential backoff
+    assert w.run_once() == 1
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DONE and job.attempts == 4
+    assert len(sender.sent) == 4
+
+
+def test_cannot_understand_is_dead_with_the_reason(tmp_path: Path, store: JobStore) -> None:
+    [f] = _files(tmp_path, 1)
+    [jid] = enqueue_delivery(store, f, ["pacs"])
+    dead: list[Job] = []
+    w = _worker(store, FakeSender(lambda i: st.classify_status(0xC000, "bad")), on_dead=dead.append)
+    w.run_once()
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DEAD
+    assert job.last_error == 'peer status 0xC000 (Cannot understand) "bad"'
+    assert store.counters()["delivery_failed"] == 1
+    assert [j.id for j in dead] == [jid]
+    assert w.run_once() == 0  # never retried
+
+
+def test_gives_up_after_max_attempts(tmp_path: Path, store: JobStore) -> None:
+    [f] = _files(tmp_path, 1)
+    [jid] = enqueue_delivery(store, f, ["pacs"])
+    w = _worker(store, FakeSender(lambda i: st.retry("refused")), _cfg(max_attempts=2))
+    w.run_once()
+    store._db.execute("UPDATE jobs SET next_attempt_at=0")
+    w.run_once()
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DEAD
+    assert "refused" in (job.last_error or "") and "max_attempts = 2" in (job.last_error or "")
+
+
+def test_missing_file_is_dead_without_sending(tmp_path: Path, store: JobStore) -> None:
+    [f] = _files(tmp_path, 1)
+    [jid] = enqueue_delivery(store, f, ["pacs"])
+    f.unlink()
+    sender = FakeSender(lambda i: st.DELIVERED)
+    _worker(store, sender).run_once()
+    job = store.get(jid)
+    assert (
+        job is not None and job.state == JobState.DEAD and "file is gone" in (job.last_error or "")
+    )
+    assert sender.sent == []
+
+
+def test_unstarted_jobs_are_released_without_counting_the_attempt(
+    tmp_path: Path, store: JobStore
+) -> None:
+    for f in _files(tmp_path, 4):
+        enqueue_delivery(store, f, ["pacs"])
+    answers: list[Outcome | None] = [st.DELIVERED, st.retry("aborted"), None]
+    _worker(store, FakeSender(lambda i: answers.pop(0))).run_once()
+    states = [(j.state, j.attempts) for j in store.select()]
+    assert states == [
+        (JobState.DONE, 1),
+        (JobState.RETRY, 1),
+        (JobState.QUEUED, 0),
+        (JobState.QUEUED, 0),
+    ]
+
+
+def test_run_stops_gracefully_and_releases_the_rest(tmp_path: Path, store: JobStore) -> None:
+    for f in _files(tmp_path, 5):
+        enqueue_delivery(store, f, ["pacs"])
+    stop = threading.Event()
+
+    def answer(item: SendItem) -> Outcome:
+        if len(sender.sent) == 1:
+            stop.set()  # SIGTERM arrives while the second C-STORE is in flight
+        return st.DELIVERED
+
+    sender = FakeSender(answer)
+    w = _worker(store, sender)
+    w.run(stop)
+    states = [j.state for j in store.select()]
+    assert states == [JobState.DONE, JobState.DONE] + [JobState.QUEUED] * 3
+    assert store.counters()["delivered"] == 2
+
+
+def test_only_its_own_destination(tmp_path: Path, store: JobStore) -> None:
+    [f] = _files(tmp_path, 1)
+    enqueue_delivery(store, f, ["elsewhere"])
+    assert _worker(store, FakeSender(lambda i: st.DELIVERED)).run_once() == 0
