@@ -18,7 +18,6 @@ from tests.peers import LOOPBACK, Storescp, free_port
 from tests.send.data import jpeg_object, native_sc
 from tests.send.peers import rejecting_server, scripted_scp
 
-
 # pynetdicom 3.0.4 leaks the socket of a refused connection (transport.py: shutdown() raises
 # ENOTCONN before close()); the GC closes it with a ResourceWarning. Not ours to fix here.
 PYNETDICOM_SOCKET_LEAK = pytest.mark.filterwarnings(
