@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from node.config import Config
 from node.errors import ConfigError, ConversionError, NodeError
 from node.ingest import metadata
+from node.ingest.batchwrite import GroupCommitWriter
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file
 from node.ingest.iods import SOP_KINDS
 from node.service_commands import load_from_args
@@ -250,13 +251,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
     progress = Progress(len(jobs), sys.stderr)
     started = time.monotonic()
 
+    writer = GroupCommitWriter(fsync=options.fsync)
+
     def one(job: Job) -> str | None:
         try:
-            convert_file(job.source, job.output, options, contexts[job.group], job.number)
+            convert_file(
+                job.source, job.output, options, contexts[job.group], job.number, writer=writer
+            )
         except ConversionError as exc:
             return str(exc)
         except NodeError as exc:
             return f"{job.source}: {exc}"
+        except OSError as exc:  # the output cannot be written (disk full, permissions ...)
+            return f"{job.source}: cannot write {job.output}: {exc.strerror or exc}"
         return None
 
     # A few threads overlap file-system waits (open, fsync, rename release the GIL) with
@@ -270,6 +277,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
                 summary.refused.append((job.source, error))
                 log.error("refused %s", error)
             progress.update(i, len(summary.refused))
+    try:
+        writer.close()
+    except OSError as exc:
+        log.error("cannot put the last outputs in place under %s: %s", output, exc)
+        summary.converted = sum(1 for job in jobs if writer.committed(job.output))
+        summary.refused.append((output, f"{output}: writing failed: {exc}"))
     elapsed = time.monotonic() - started
     rate = len(jobs) / elapsed if elapsed > 0 else 0.0
     print(

@@ -16,7 +16,7 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,8 +179,12 @@ def convert_file(
     series: SeriesContext,
     instance_number: int,
     overrides: Mapping[str, str] | None = None,
+    writer: Callable[[Path, bytes], None] | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into the DICOM file ``output`` (written atomically).
+
+    ``writer`` replaces the default atomic write (temporary file, fsync, rename, fsync of
+    the directory); the CLI's batch mode passes a group-commit writer.
 
     ``overrides`` (keyword -> value, e.g. from a file-name pattern) rank just below the
     ``-k`` keys. The sidecar (``NAME.json`` / ``NAME.jpg.json``) is read here. Raises a
@@ -218,7 +222,10 @@ def convert_file(
     ids = iods.InstanceIds(study_uid, series_uid, sop_uid, instance_number)
     sop_class = iods.build(options.sop_class, ds, pixels, ids, options.conversion_type, name)
     blob = encode(ds, sop_class, sop_uid, pixels.transfer_syntax)
-    atomic_write(Path(output), blob, fsync=options.fsync)
+    if writer is not None:
+        writer(Path(output), blob)
+    else:
+        atomic_write(Path(output), blob, fsync=options.fsync)
     for note in pixels.notes:
         log.log(_note_level(note), "%s: %s", name, note)
     return ConvertResult(

@@ -190,3 +190,29 @@ def test_output_inside_the_input_directory_is_not_read_back(tmp_path: Path) -> N
     for _ in range(2):  # the second run must not try to convert photos/dicom/a.dcm
         assert main(["convert", str(src), "-o", str(src / "dicom")]) == 0
     assert [p.name for p in _files(src / "dicom")] == ["a.dcm"]
+
+
+def test_group_commit_writer_shows_only_complete_files(tmp_path: Path) -> None:
+    from node.ingest.batchwrite import GroupCommitWriter
+
+    writer = GroupCommitWriter(group=3)
+    for i in range(4):
+        writer(tmp_path / "d" / f"{i}.dcm", bytes([i]) * 10)
+    visible = sorted(p.name for p in (tmp_path / "d").iterdir() if not p.name.startswith("."))
+    assert visible == ["0.dcm", "1.dcm", "2.dcm"]  # the first group is committed
+    assert writer.committed(tmp_path / "d" / "2.dcm")
+    assert not writer.committed(tmp_path / "d" / "3.dcm")
+    writer.close()
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [f"{i}.dcm" for i in range(4)]
+    assert (tmp_path / "d" / "3.dcm").read_bytes() == b"\x03" * 10
+
+
+def test_unwritable_output_is_reported_per_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in"
+    corpus.write(src, "a.jpg", corpus.jpeg(corpus.rgb(8, 8)))
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output directory should be")
+    assert main(["convert", str(src), "-o", str(blocker)]) == 1
+    assert "cannot write" in capsys.readouterr().err
