@@ -9,10 +9,11 @@ Per job and attempt: delivered -> ack (a peer warning is kept in ``last_error``)
 ``delivered``, ``on_delivered(job)``; transient -> ``retry`` at the time the retry policy
 gives, or dead when it gives up; permanent -> dead with the reason, counter
 ``delivery_failed``, ``on_dead(job)``. Acks are written in small groups (every
-``ACK_EVERY`` files or ``ACK_SECONDS``) to keep fsyncs off the critical path; a crash
-between a peer's success and our ack only means that object is sent again, which a PACS
-treats as the same instance (same SOP Instance UID). Jobs claimed but never started
-(stop requested, association lost) are released without counting the attempt.
+``ACK_EVERY`` files or ``ACK_SECONDS``, states and counter in one commit) to keep fsyncs
+off the critical path; a crash between a peer's success and our ack only means that
+object is sent again, which a PACS treats as the same instance (same SOP Instance UID).
+Jobs claimed but never started (stop requested, association lost) are released without
+counting the attempt.
 """
 
 from __future__ import annotations
@@ -233,8 +234,9 @@ class DeliveryWorker:
             reason = f"{outcome.reason}; {why}"
         else:
             reason = outcome.reason
-        self.store.dead(job.id, reason)
-        self.store.bump("delivery_failed")
+        with self.store.transaction():
+            self.store.dead(job.id, reason)
+            self.store.bump("delivery_failed")
         log.error(
             "delivery failed permanently",
             extra=fields(destination=self.dest.name, sop=uid, job=job.id, reason=reason),
@@ -248,12 +250,13 @@ class DeliveryWorker:
             return
         acks, self._acks = self._acks, []
         plain = [job.id for job, outcome in acks if not outcome.warning]
-        if plain:
-            self.store.ack(plain)
-        for job, outcome in acks:
-            if outcome.warning:
-                self.store.ack([job.id], note=outcome.reason)
-        self.store.bump("delivered", len(acks))
+        with self.store.transaction():  # states and counter in one commit (one fsync)
+            if plain:
+                self.store.ack(plain)
+            for job, outcome in acks:
+                if outcome.warning:
+                    self.store.ack([job.id], note=outcome.reason)
+            self.store.bump("delivered", len(acks))
         for job, outcome in acks:
             log.info(
                 "delivered",
