@@ -1,0 +1,124 @@
+"""``dicom-node send``, ``echo`` and ``queue`` end to end through ``node.cli.main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from node.cli import main
+from tests.peers import LOOPBACK, Storescp, free_port
+from tests.send.data import jpeg_object, native_sc
+from tests.send.peers import scripted_scp
+
+
+def _cfg(tmp_path: Path, port: int, aet: str) -> str:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        f"""
+[node]
+state_dir = "state"
+[[destinations]]
+name = "pacs"
+host = "{LOOPBACK}"
+port = {port}
+called_ae = "{aet}"
+"""
+    )
+    return str(path)
+
+
+@pytest.mark.dcmtk
+def test_send_now_host_port_all_delivered(
+    tmp_path: Path, storescp: Storescp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "in" / "sub"
+    d.mkdir(parents=True)
+    native_sc(d / "a.dcm")
+    jpeg_object(d / "b.dcm")
+    target = f"{LOOPBACK}:{storescp.port}"
+    assert main(["send", "--aec", storescp.aet, target, str(tmp_path / "in")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("delivered  ") == 2
+    assert "2 of 2 delivered" in out
+    assert len(storescp.files()) == 2
+
+
+@pytest.mark.dcmtk
+def test_send_reports_a_non_dicom_file_and_fails(
+    tmp_path: Path, storescp: Storescp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    native_sc(tmp_path / "a.dcm")
+    (tmp_path / "notes.txt").write_text("hello")
+    cfg = _cfg(tmp_path, storescp.port, storescp.aet)
+    assert (
+        main(
+            [
+                "send",
+                "-c",
+                cfg,
+                "--dest",
+                "pacs",
+                str(tmp_path / "a.dcm"),
+                str(tmp_path / "notes.txt"),
+            ]
+        )
+        == 1
+    )
+    out = capsys.readouterr().out
+    assert "skipped    " in out and "not a DICOM file" in out
+    assert "1 of 2 delivered" in out
+
+
+def test_send_dead_file_exits_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    native_sc(tmp_path / "a.dcm")
+    with scripted_scp([0xC001]) as scp:
+        rc = main(["send", "--dest", f"{LOOPBACK}:{scp.port}", str(tmp_path / "a.dcm")])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "dead: peer status 0xC001 (Cannot understand)" in out
+
+
+@pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning", "ignore::ResourceWarning"
+)
+def test_echo_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with scripted_scp() as scp:
+        assert main(["echo", f"{LOOPBACK}:{scp.port}"]) == 0
+    assert "success" in capsys.readouterr().out
+    assert main(["echo", f"{LOOPBACK}:{free_port()}"]) == 1
+    assert "cannot connect" in capsys.readouterr().err
+
+
+def test_queue_then_drain_then_manage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ok, bad = native_sc(tmp_path / "ok.dcm"), native_sc(tmp_path / "bad.dcm")
+    with scripted_scp([0x0000, 0xA900]) as scp:
+        cfg = _cfg(tmp_path, scp.port, scp.aet)
+        assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(ok), str(bad)]) == 0
+        assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(ok)]) == 0  # idempotent
+        capsys.readouterr()
+        assert main(["queue", "list", "-c", cfg, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == [
+            {"kind": "deliver", "destination": "pacs", "state": "queued", "count": 2}
+        ]
+        assert main(["queue", "drain", "-c", cfg, "--dest", "pacs"]) == 1  # one went dead
+    capsys.readouterr()
+    assert main(["queue", "list", "-c", cfg, "--state", "dead", "--json"]) == 0
+    [dead] = json.loads(capsys.readouterr().out)
+    assert dead["payload"]["path"] == str(bad) and "0xA900" in dead["last_error"]
+    assert main(["queue", "show", str(dead["id"]), "-c", cfg]) == 0
+    assert "0xA900" in capsys.readouterr().out
+    assert main(["queue", "retry", "-c", cfg, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"rearmed": 1}
+    assert main(["queue", "purge", "-c", cfg, "--state", "done", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"purged": 1}
+    assert main(["queue", "list", "-c", cfg, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"kind": "deliver", "destination": "pacs", "state": "queued", "count": 1}
+    ]
+
+
+def test_queue_needs_a_configured_destination(tmp_path: Path) -> None:
+    native_sc(tmp_path / "a.dcm")
+    assert main(["send", "--dest", "127.0.0.1:104", "--queue", str(tmp_path / "a.dcm")]) == 2
