@@ -166,6 +166,12 @@ class ExportSection:
     date_shift_days: int = 0
     max_pixels: int = 200_000_000
     workers: int = 1
+    date_policy: Literal["remove", "shift", "keep"] = "remove"
+    keep_descriptions: bool = False
+    overlays: bool = True
+    icc: bool = False
+    png_compress_level: int = 6
+    manifest: Path | None = None
 
 
 @dataclass(frozen=True)

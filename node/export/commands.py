@@ -1,0 +1,265 @@
+"""``dicom-node render``: DICOM objects -> PNG per frame or captioned PDF (like dcm2pnm).
+
+Batches of PNGs are rendered by a process pool (``--jobs``, default every core); a file that
+fails is reported by name with the element at fault and the batch goes on; the exit status
+is 1 when anything failed, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import multiprocessing
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from node.config import ExportSection
+from node.errors import ConfigError, ExportError
+from node.export.display import VoiChoice
+from node.export.exporter import Exporter, RenderOptions
+from node.service_commands import load_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "render",
+        parents=[common],
+        help="render DICOM images to PNG (per frame) or captioned PDF (per series/study)",
+        description=(
+            "Render DICOM objects for display through the PS3.3/PS3.4 grayscale pipeline "
+            "(modality LUT, VOI, presentation LUT, MONOCHROME1) or as colour (RGB, YBR, "
+            "palette). Encapsulated PDF objects are extracted unchanged. Default VOI: the "
+            "file's first window, else its first VOI LUT, else min-max."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM files or directories")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--format", choices=["png", "pdf"], default="png", help="output format (default: png)"
+    )
+    g.add_argument(
+        "--bits",
+        type=int,
+        choices=[8, 16],
+        default=None,
+        help="bits per grayscale sample in PNG (default: export.bits, 8); colour is 8",
+    )
+    g.add_argument(
+        "--frames",
+        default="all",
+        metavar="all|N",
+        help="render every frame, or only frame N (1-based) (default: all)",
+    )
+    g.add_argument(
+        "--pdf-scope",
+        choices=["series", "study"],
+        default=None,
+        help="with --format pdf: one PDF per series or per study (default: export.pdf, series)",
+    )
+    g.add_argument(
+        "--pdf-layout",
+        choices=["page", "contact"],
+        default=None,
+        help="one image per page at native size, or a contact sheet (default: page)",
+    )
+    g.add_argument(
+        "--no-overlays", action="store_true", help="do not burn in graphics overlays (60xx)"
+    )
+    v = p.add_argument_group("VOI (choose at most one)").add_mutually_exclusive_group()
+    v.add_argument("--window-index", type=int, metavar="N", help="the N-th window of the file")
+    v.add_argument(
+        "--window",
+        nargs=2,
+        type=float,
+        metavar=("CENTER", "WIDTH"),
+        help="this window centre and width (applied to modality values, e.g. HU)",
+    )
+    v.add_argument("--voi-lut", type=int, metavar="N", help="the N-th VOI LUT of the file")
+    v.add_argument("--minmax", action="store_true", help="window from the image min and max")
+    d = p.add_argument_group("privacy")
+    d.add_argument(
+        "--deidentify",
+        action="store_true",
+        help="PS3.15 Annex E basic profile for names, captions and metadata "
+        "(default: export.deidentify, off)",
+    )
+    d.add_argument(
+        "--date-shift",
+        type=int,
+        metavar="DAYS",
+        default=None,
+        help="with --deidentify: shift dates by DAYS instead of removing them",
+    )
+    p.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="worker processes for PNG batches (default: export.workers if > 1, else cores)",
+    )
+    p.set_defaults(func=cmd_render)
+
+
+def _voi(args: argparse.Namespace) -> VoiChoice:
+    if args.window_index is not None:
+        if args.window_index < 1:
+            raise ConfigError("--window-index: N starts at 1")
+        return VoiChoice("window", index=args.window_index - 1)
+    if args.window is not None:
+        if args.window[1] <= 0:
+            raise ConfigError(f"--window: WIDTH must be positive, got {args.window[1]:g}")
+        return VoiChoice("user", center=args.window[0], width=args.window[1])
+    if args.voi_lut is not None:
+        if args.voi_lut < 1:
+            raise ConfigError("--voi-lut: N starts at 1")
+        return VoiChoice("lut", index=args.voi_lut - 1)
+    if args.minmax:
+        return VoiChoice("minmax")
+    return VoiChoice()
+
+
+def _frame(text: str) -> int | None:
+    if text == "all":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--frames: expected 'all' or a frame number from 1, got {text!r}")
+    return int(text) - 1
+
+
+def _looks_dicom(path: Path) -> bool:
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def collect(inputs: list[str]) -> tuple[list[Path], int]:
+    """Files named, plus DICOM files (``DICM`` preamble) under named directories."""
+    files: list[Path] = []
+    missing = 0
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            for p in sorted(path.rglob("*")):
+                if p.is_file() and not p.name.startswith(".") and _looks_dicom(p):
+                    files.append(p)
+        elif path.is_file():
+            files.append(path)
+        else:
+            log.error("%s: no such file or directory", path)
+            missing += 1
+    return files, missing
+
+
+# ------------------------------------------------------------------ worker processes
+
+_worker: Exporter | None = None
+
+
+def _init(cfg: ExportSection, options: RenderOptions) -> None:
+    global _worker
+    _worker = Exporter(cfg, options)
+
+
+def _one(path: Path) -> tuple[str, int, str]:
+    assert _worker is not None
+    try:
+        return str(path), len(_worker.export_instance(path)), ""
+    except ExportError as exc:
+        return str(path), 0, str(exc)
+    except OSError as exc:
+        return str(path), 0, f"{path}: cannot write the export: {exc}"
+
+
+def _png_batch(cfg: ExportSection, options: RenderOptions, files: list[Path], jobs: int) -> int:
+    failed = written = 0
+    if jobs > 1 and len(files) > 1:
+        chunk = max(1, min(16, len(files) // (jobs * 4)))
+        with multiprocessing.get_context("fork").Pool(jobs, _init, (cfg, options)) as pool:
+            results = list(pool.imap_unordered(_one, files, chunksize=chunk))
+    else:
+        _init(cfg, options)
+        results = [_one(p) for p in files]
+    for _name, count, error in results:
+        if error:
+            log.error("%s", error)
+            failed += 1
+        written += count
+    log.info("render: %d file(s) -> %d output(s), %d failed", len(files), written, failed)
+    return failed
+
+
+def _pdf_batch(cfg: ExportSection, options: RenderOptions, files: list[Path]) -> int:
+    exporter = Exporter(cfg, options)
+    groups: dict[str, list[Path]] = defaultdict(list)
+    failed = 0
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            log.error("%s: not readable as DICOM: %s", path, exc)
+            failed += 1
+            continue
+        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.104.1":
+            try:
+                exporter.export_instance(path)
+            except ExportError as exc:
+                log.error("%s", exc)
+                failed += 1
+            continue
+        key = str(ds.get("StudyInstanceUID", ""))
+        if cfg.pdf != "study":
+            key += "/" + str(ds.get("SeriesInstanceUID", ""))
+        groups[key].append(path)
+    for paths in groups.values():
+        if cfg.pdf == "study":
+            target = exporter.export_study_pdf(paths)
+        else:
+            target = exporter.export_series_pdf(paths)
+        if target is None:
+            log.error("%d file(s) of one %s rendered nothing", len(paths), cfg.pdf)
+    failed += exporter.failures
+    return failed
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    cfg = load_from_args(args).export
+    changes: dict[str, Any] = {"dir": Path(args.output).resolve(), "manifest": None}
+    if cfg.manifest is not None:
+        changes["manifest"] = cfg.manifest
+    if args.deidentify:
+        changes["deidentify"] = True
+    if args.date_shift is not None:
+        changes["date_policy"] = "shift"
+        changes["date_shift_days"] = args.date_shift
+    if args.pdf_scope:
+        changes["pdf"] = args.pdf_scope
+    elif cfg.pdf == "none":
+        changes["pdf"] = "series"
+    if args.pdf_layout:
+        changes["pdf_layout"] = args.pdf_layout
+    if args.no_overlays:
+        changes["overlays"] = False
+    cfg = dataclasses.replace(cfg, **changes)
+    options = RenderOptions(voi=_voi(args), frame=_frame(args.frames), bits=args.bits)
+    files, missing = collect(args.inputs)
+    if not files:
+        log.error("render: no DICOM files found in %s", ", ".join(args.inputs))
+        return 1
+    if args.format == "pdf":
+        failed = _pdf_batch(cfg, options, files)
+    else:
+        jobs = args.jobs or (cfg.workers if cfg.workers > 1 else (os.cpu_count() or 1))
+        failed = _png_batch(cfg, options, files, jobs)
+    return 1 if failed or missing else 0

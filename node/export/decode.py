@@ -1,0 +1,237 @@
+"""Reading DICOM objects for export: header checks first, then pixel data through pydicom.
+
+Pixel data is decoded only by pydicom and its plugins (pylibjpeg-libjpeg, -openjpeg, -rle,
+pyjpegls for JPEG-LS); there is no hand-written codec here. Before anything is decoded the
+image description is checked against the data, so that hostile or damaged objects fail with
+a message naming the file and the element instead of a crash or a silently wrong image:
+
+* (7FE0,0010) Pixel Data missing (or only Float/Double Float Pixel Data present);
+* Rows x Columns x Number of Frames x Samples per Pixel over the configured pixel cap;
+* native Pixel Data shorter than Rows x Columns x Frames x Samples x Bits Allocated says;
+* a transfer syntax no installed decoder handles, or a decoder that fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from node.errors import BadPixelData, ExportError
+
+log = logging.getLogger(__name__)
+
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+RLE = "1.2.840.10008.1.2.5"
+
+
+def quiet_pydicom() -> None:
+    """Keep pydicom's decoder tracebacks out of our logs: we report each failure ourselves."""
+    logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
+
+
+def _tag(keyword: str) -> str:
+    tag = pydicom.datadict.tag_for_keyword(keyword)
+    if tag is None:  # pragma: no cover - keywords used here are all in the dictionary
+        return keyword
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}"
+
+
+def read(path: Path) -> Dataset:
+    """Read ``path`` (deferring nothing big to the pixel decode) or raise ExportError."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise ExportError(f"{path}: not a DICOM file ({exc})") from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{path}: cannot be read as DICOM: {exc}") from None
+    for w in caught:
+        log.warning("%s: %s", path, w.message)
+    return ds
+
+
+def is_encapsulated_pdf(ds: Dataset) -> bool:
+    return str(ds.get("SOPClassUID", "")) == ENCAPSULATED_PDF
+
+
+def encapsulated_pdf(ds: Dataset, path: Path) -> bytes:
+    """The PDF inside an Encapsulated PDF object, byte for byte (without the even-length pad)."""
+    data = ds.get("EncapsulatedDocument")
+    if not data:
+        raise ExportError(
+            f"{path}: {_tag('EncapsulatedDocument')} is missing or empty; "
+            "the object holds no document to extract"
+        )
+    raw = bytes(data)
+    length = ds.get("EncapsulatedDocumentLength")
+    if length and 0 < int(length) <= len(raw):
+        raw = raw[: int(length)]
+    elif raw.endswith(b"\x00") and len(raw) % 2 == 0:
+        raw = raw[:-1]  # the pad byte DICOM adds to odd-length values
+    if not raw.startswith(b"%PDF-"):
+        raise ExportError(
+            f"{path}: {_tag('EncapsulatedDocument')} does not start with %PDF- "
+            f"(MIME type {ds.get('MIMETypeOfEncapsulatedDocument', '?')!s})"
+        )
+    return raw
+
+
+@dataclass(frozen=True)
+class PixelInfo:
+    """The Image Pixel description of one object, checked against its data."""
+
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    photometric: str
+    transfer_syntax: str
+
+
+def _int(ds: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        if default is not None:
+            return default
+        raise BadPixelData(f"{path}: {_tag(keyword)} is missing; the image cannot be described")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BadPixelData(f"{path}: {_tag(keyword)} is not a number: {value!r}") from None
+    return number
+
+
+def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
+    """Check the Image Pixel module against the data and the cap; raise naming the element."""
+    if "PixelData" not in ds:
+        other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        what = f" (only {', '.join(other)}, which is not rendered)" if other else ""
+        raise BadPixelData(f"{path}: {_tag('PixelData')} is missing{what}")
+    rows = _int(ds, "Rows", path)
+    cols = _int(ds, "Columns", path)
+    frames = _int(ds, "NumberOfFrames", path, 1) or 1
+    samples = _int(ds, "SamplesPerPixel", path, 1)
+    bits_alloc = _int(ds, "BitsAllocated", path)
+    bits_stored = _int(ds, "BitsStored", path, bits_alloc)
+    signed = _int(ds, "PixelRepresentation", path, 0) == 1
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    for key, value in (("Rows", rows), ("Columns", cols), ("NumberOfFrames", frames)):
+        if value <= 0:
+            raise BadPixelData(f"{path}: {_tag(key)} is {value}; it must be positive")
+    if samples not in (1, 3):
+        raise BadPixelData(f"{path}: {_tag('SamplesPerPixel')} is {samples}; expected 1 or 3")
+    if bits_alloc not in (1, 8, 16, 32) or not 0 < bits_stored <= bits_alloc:
+        raise BadPixelData(
+            f"{path}: {_tag('BitsAllocated')} {bits_alloc} / {_tag('BitsStored')} "
+            f"{bits_stored} is not a pixel layout that can be rendered"
+        )
+    if not photometric:
+        raise BadPixelData(f"{path}: {_tag('PhotometricInterpretation')} is missing")
+    total = rows * cols * frames * samples
+    if total > max_pixels:
+        raise BadPixelData(
+            f"{path}: {_tag('Rows')} {rows} x {_tag('Columns')} {cols} x "
+            f"{_tag('NumberOfFrames')} {frames} x {_tag('SamplesPerPixel')} {samples} = "
+            f"{total} samples exceeds export.max_pixels ({max_pixels}); raise the cap if "
+            "the object is genuine"
+        )
+    meta = getattr(ds, "file_meta", None)
+    tsuid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    tsuid = tsuid or "1.2.840.10008.1.2"
+    ts = UID(tsuid)
+    if not ts.is_compressed and not ds["PixelData"].is_undefined_length:
+        expected = (total * bits_alloc + 7) // 8
+        if photometric == "YBR_FULL_422":  # two samples per pixel on the wire (C.7.6.3.1.2)
+            expected = expected * 2 // 3
+        actual = len(ds.PixelData)
+        if actual < expected:
+            raise BadPixelData(
+                f"{path}: {_tag('PixelData')} holds {actual} bytes but {_tag('Rows')} "
+                f"{rows} x {_tag('Columns')} {cols} x {_tag('NumberOfFrames')} {frames} x "
+                f"{_tag('SamplesPerPixel')} {samples} x {_tag('BitsAllocated')} {bits_alloc} "
+                f"needs {expected}: the data is truncated or the description is wrong"
+            )
+    return PixelInfo(
+        rows, cols, frames, samples, bits_alloc, bits_stored, signed, photometric, tsuid
+    )
+
+
+#: JPEG transfer syntaxes whose 8-bit streams decode with IJG-compatible arithmetic through
+#: Pillow (libjpeg-turbo), as DCMTK's own IJG-based codec does; pylibjpeg is the fallback.
+_IJG_FIRST = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+def ybr_to_rgb(arr: np.ndarray, bits: int) -> np.ndarray:
+    """YBR_FULL -> RGB (PS3.3 C.7.6.3.1.2) with dcmimgle's arithmetic (truncating)."""
+    top = float((1 << bits) - 1)
+    ybr = arr.astype(np.float64)
+    y, cb, cr = ybr[..., 0], ybr[..., 1], ybr[..., 2]
+    r = y + 1.4020 * cr - 0.7010 * top
+    g = y - 0.3441 * cb - 0.7141 * cr + 0.5291 * top
+    b = y + 1.7720 * cb - 0.8859 * top
+    out = np.clip(np.stack([r, g, b], axis=-1), 0, top)
+    return out.astype(np.uint8 if bits <= 8 else np.uint16)
+
+
+def _decode(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
+    which = index if info.frames > 1 else None
+    native_ybr = info.photometric in ("YBR_FULL", "YBR_FULL_422") and not (
+        UID(info.transfer_syntax).is_compressed and info.transfer_syntax != RLE
+    )
+    if native_ybr:
+        return ybr_to_rgb(pydicom.pixels.pixel_array(ds, index=which, raw=True), info.bits_stored)
+    if info.transfer_syntax in _IJG_FIRST and info.bits_stored <= 8:
+        try:
+            return pydicom.pixels.pixel_array(ds, index=which, decoding_plugin="pillow")
+        except (RuntimeError, ValueError, OSError) as exc:
+            log.debug("Pillow could not decode, trying pylibjpeg: %s", exc)
+    return pydicom.pixels.pixel_array(ds, index=which)
+
+
+def frames(
+    ds: Dataset, path: Path, info: PixelInfo, indices: list[int] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, array)`` for each wanted frame (all when ``indices`` is None).
+
+    Arrays are stored values (sign-extended, masked to Bits Stored) for grayscale and
+    palette, RGB for colour: YBR_FULL(_422) native or RLE data is converted here with
+    dcmimgle's arithmetic, JPEG-family decoders convert their own colour space.
+    """
+    wanted = list(range(info.frames)) if indices is None else indices
+    for index in wanted:
+        if not 0 <= index < info.frames:
+            raise ExportError(
+                f"{path}: frame {index + 1} requested but {_tag('NumberOfFrames')} is {info.frames}"
+            )
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                arr = _decode(ds, info, index)
+        except NotImplementedError as exc:
+            raise ExportError(
+                f"{path}: transfer syntax {info.transfer_syntax} "
+                f"({UID(info.transfer_syntax).name}) cannot be decoded here: {exc}"
+            ) from None
+        except (ValueError, RuntimeError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise BadPixelData(
+                f"{path}: {_tag('PixelData')} frame {index + 1} could not be decoded "
+                f"(transfer syntax {UID(info.transfer_syntax).name}): {exc}"
+            ) from None
+        for w in caught:
+            log.warning("%s: %s", path, w.message)
+        if arr.ndim == 3 and info.samples == 1 and info.frames == 1:
+            arr = arr[0]
+        yield index, arr

@@ -1,0 +1,320 @@
+"""Export orchestration: one object -> PNG(s), a series or study -> PDF, with a manifest.
+
+Output layout under the export directory (every component is a validated UID or a hash;
+never a name, ID or other text from the object)::
+
+    <study>/<series>/<InstanceNumber:05d>-<SOPInstanceUID>[-f<frame:04d>].png
+    <study>/<series>/<InstanceNumber:05d>-<SOPInstanceUID>.pdf     (Encapsulated PDF, as is)
+    <study>/<series>.pdf                                           (series PDF)
+    <study>/study.pdf                                              (study PDF)
+
+With ``export.deidentify`` each UID is replaced by ``st-``/``se-``/``im-`` + a SHA-256
+based hash (:func:`node.export.deid.uid_hash`). Every frame of an object is rendered before
+anything is written, and each file is written atomically, so a bad object leaves no output.
+Each file written is one line in the manifest (:mod:`node.export.manifest`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from node import __version__
+from node.config import ExportSection
+from node.errors import ExportError
+from node.export import decode, display, png
+from node.export.deid import Facts, Policy, facts
+from node.export.manifest import Manifest, sha256
+from node.export.pdf import Sheet
+from node.fsutil import atomic_write, safe_join
+
+log = logging.getLogger(__name__)
+
+SOFTWARE = f"dicom-node {__version__}"
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Per-run choices (the ``render`` command's options); defaults follow the config."""
+
+    voi: display.VoiChoice = field(default_factory=display.VoiChoice)
+    frame: int | None = None  # 0-based; None = every frame
+    bits: int | None = None  # None = export.bits
+
+
+@dataclass
+class Rendering:
+    """One object rendered in memory, ready to be written."""
+
+    path: Path
+    ds: Dataset
+    facts: Facts
+    frames: list[display.Rendered]
+    multiframe: bool
+
+
+class Exporter:
+    """Renders and writes exports for the configuration ``cfg``."""
+
+    def __init__(
+        self,
+        cfg: ExportSection,
+        options: RenderOptions | None = None,
+        *,
+        fsync: bool = True,
+    ) -> None:
+        decode.quiet_pydicom()
+        self.cfg = cfg
+        self.options = options or RenderOptions()
+        self.policy = Policy.from_config(cfg)
+        self.root = Path(cfg.dir)
+        self.manifest = Manifest(cfg.manifest or self.root / "manifest.jsonl")
+        self.fsync = fsync
+        self.bits = self.options.bits or cfg.bits
+        #: objects that could not go into a PDF (each logged with its reason)
+        self.failures = 0
+
+    # ------------------------------------------------------------------ naming
+
+    def _dirs(self, ds: Dataset) -> tuple[str, str]:
+        study = self.policy.name_part(str(ds.get("StudyInstanceUID", "") or ""), "st-")
+        series = self.policy.name_part(str(ds.get("SeriesInstanceUID", "") or ""), "se-")
+        return study, series
+
+    def _stem(self, ds: Dataset, number: str) -> str:
+        sop = self.policy.name_part(str(ds.get("SOPInstanceUID", "") or ""), "im-")
+        return f"{int(number or 0):05d}-{sop}"
+
+    def _voi_label(self, label: str) -> str:
+        if self.policy.deidentify:  # explanations are free text: keep only the numbers
+            label = re.sub(r"^(window C=\S+ W=\S+|VOI LUT \d+|min-max C=\S+ W=\S+).*", r"\1", label)
+        return label
+
+    def _write(self, target: Path, data: bytes, kind: str, **entry: object) -> Path:
+        atomic_write(target, data, fsync=self.fsync)
+        self.manifest.record(
+            kind=kind, output=target, sha256=sha256(data), bytes=len(data), **entry
+        )
+        return target
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, path: Path, ds: Dataset | None = None) -> Rendering:
+        """Decode and render every wanted frame of ``path`` (nothing is written)."""
+        path = Path(path)
+        ds = ds if ds is not None else decode.read(path)
+        info = decode.pixel_info(ds, path, self.cfg.max_pixels)
+        indices = None if self.options.frame is None else [self.options.frame]
+        arrays = list(decode.frames(ds, path, info, indices))
+        frames = display.render(
+            ds,
+            info,
+            arrays,
+            path,
+            self.options.voi,
+            self.bits,
+            icc=self.cfg.icc,
+            overlays=self.cfg.overlays,
+        )
+        return Rendering(path, ds, facts(ds, self.policy), frames, info.frames > 1)
+
+    # ------------------------------------------------------------------ public API
+
+    def export_instance(self, path: Path) -> list[Path]:
+        """PNG per frame (or the extracted PDF of an Encapsulated PDF); returns the paths."""
+        path = Path(path)
+        ds = decode.read(path)
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+        study, series = self._dirs(ds)
+        if decode.is_encapsulated_pdf(ds):
+            data = decode.encapsulated_pdf(ds, path)
+            number = facts(ds, self.policy).instance_number
+            target = safe_join(self.root, study, series, self._stem(ds, number) + ".pdf")
+            written = self._write(
+                target,
+                data,
+                "encapsulated-pdf",
+                source=path,
+                sop_instance_uid=sop_uid,
+                voi=None,
+            )
+            log.info("extracted encapsulated PDF %s -> %s", path, target)
+            return [written]
+        if not self.cfg.png:
+            return []
+        rendering = self.render(path, ds)
+        stem = self._stem(ds, rendering.facts.instance_number)
+        blobs = []
+        for frame in rendering.frames:
+            name = stem + (f"-f{frame.frame + 1:04d}" if rendering.multiframe else "") + ".png"
+            voi = self._voi_label(frame.voi)
+            text = {
+                "Modality": rendering.facts.modality,
+                "StudyDate": rendering.facts.study_date,
+                "SeriesDescription": rendering.facts.series_description,
+                "Window": voi,
+                "Software": SOFTWARE,
+            }
+            data = png.encode(frame.pixels, text, self.cfg.png_compress_level)
+            blobs.append((safe_join(self.root, study, series, name), data, voi, frame.frame))
+        out = []
+        for target, data, voi, index in blobs:
+            out.append(
+                self._write(
+                    target,
+                    data,
+                    "png",
+                    source=path,
+                    sop_instance_uid=sop_uid,
+                    frame=index + 1,
+                    voi=voi,
+                )
+            )
+        log.debug("rendered %s -> %d PNG", path, len(out))
+        return out
+
+    def export_series_pdf(self, paths: Sequence[Path]) -> Path | None:
+        """One captioned PDF for the instances ``paths`` of a series; None if none render."""
+        items = self._ordered(paths)
+        if not items:
+            return None
+        study, series = self._dirs(items[0][1])
+        target = safe_join(self.root, study, series + ".pdf")
+        return self._pdf(target, items, "series")
+
+    def export_study_pdf(self, paths: Sequence[Path]) -> Path | None:
+        """One captioned PDF for all instances ``paths`` of a study; None if none render."""
+        items = self._ordered(paths)
+        if not items:
+            return None
+        study, _ = self._dirs(items[0][1])
+        return self._pdf(safe_join(self.root, study, "study.pdf"), items, "study")
+
+    def export_study(self, study_dir: Path) -> list[Path]:
+        """PDF per series (or one per study) for the objects under ``study_dir``."""
+        if self.cfg.pdf == "none":
+            return []
+        files = sorted(
+            p
+            for p in Path(study_dir).rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.parts[-3:])
+        )
+        items = self._ordered(files)
+        if not items:
+            return []
+        if self.cfg.pdf == "study":
+            study, _ = self._dirs(items[0][1])
+            written = self._pdf(safe_join(self.root, study, "study.pdf"), items, "study")
+            return [written] if written else []
+        by_series: dict[str, list[tuple[Path, Dataset]]] = {}
+        for item in items:
+            by_series.setdefault(str(item[1].get("SeriesInstanceUID", "")), []).append(item)
+        out = []
+        for group in by_series.values():
+            study, series = self._dirs(group[0][1])
+            written = self._pdf(safe_join(self.root, study, series + ".pdf"), group, "series")
+            if written:
+                out.append(written)
+        return out
+
+    # ------------------------------------------------------------------ PDF helpers
+
+    def _ordered(self, paths: Sequence[Path]) -> list[tuple[Path, Dataset]]:
+        """Headers of ``paths`` (unreadable ones logged and skipped), in display order."""
+        items: list[tuple[Path, Dataset]] = []
+        for p in paths:
+            try:
+                ds = pydicom.dcmread(p, stop_before_pixels=True)
+            except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
+                log.error("%s: not exported: not readable as DICOM (%s)", p, exc)
+                self.failures += 1
+                continue
+            items.append((Path(p), ds))
+
+        def key(item: tuple[Path, Dataset]) -> tuple[int, str, int, str]:
+            ds = item[1]
+            try:
+                series_no = int(ds.get("SeriesNumber") or 0)
+                number = int(ds.get("InstanceNumber") or 0)
+            except (TypeError, ValueError):
+                series_no = number = 0
+            return (series_no, str(ds.get("SeriesInstanceUID", "")), number, str(item[0]))
+
+        items.sort(key=key)
+        return items
+
+    def _header(self, ds: Dataset, scope: str, count: int) -> tuple[str, list[str]]:
+        f = facts(ds, self.policy)
+        study = " ".join(
+            x for x in (f.modality, "study", f.study_date, f.study_time, f.study_description) if x
+        )
+        lines = [study]
+        ids = f.identifiers
+        if ids:
+            shown = [f"{k} {v}" for k, v in ids.items() if k != "PatientBirthDate"]
+            if ids.get("PatientBirthDate"):
+                shown.append(f"born {self.policy.date(ids['PatientBirthDate'])}")
+            lines.append("Patient: " + ", ".join(shown))
+        if scope == "series":
+            desc = f" {f.series_description}" if f.series_description else ""
+            lines.append(f"Series {f.series_number or '?'}{desc}: {count} image(s)")
+        else:
+            lines.append(f"{count} image(s)")
+        lines.append(f"{SOFTWARE}: rendered for review; window as captioned")
+        title = " ".join(x for x in (f.modality, scope, f.series_description, f.study_date) if x)
+        return title, lines
+
+    def _pdf(self, target: Path, items: list[tuple[Path, Dataset]], scope: str) -> Path | None:
+        title, header = self._header(items[0][1], scope, len(items))
+        sheet = Sheet(
+            title=title,
+            header=header,
+            layout=self.cfg.pdf_layout,
+            subject=" ".join(header[1:2]) if self.policy.identifiers_allowed else "",
+            keywords="DICOM export",
+        )
+        sources = []
+        vois = set()
+        for path, header_ds in items:
+            if decode.is_encapsulated_pdf(header_ds):
+                continue
+            try:
+                rendering = self.render(path)
+            except ExportError as exc:
+                log.error("not in %s PDF: %s", scope, exc)
+                self.failures += 1
+                continue
+            f = rendering.facts
+            for frame in rendering.frames:
+                voi = self._voi_label(frame.voi)
+                vois.add(voi)
+                where = f"Image {f.instance_number or '?'}"
+                if rendering.multiframe:
+                    where += f" frame {frame.frame + 1}"
+                desc = f" {f.series_description}" if f.series_description else ""
+                caption = [
+                    f"Series {f.series_number or '?'}{desc} - {where}",
+                    " - ".join(x for x in (f.modality, f.study_date, voi) if x),
+                ]
+                sheet.add(frame.pixels, caption)
+            sources.append(str(rendering.ds.get("SOPInstanceUID", "")))
+        data = sheet.finish()
+        if data is None:
+            return None
+        self._write(
+            target,
+            data,
+            "pdf",
+            source=[str(p) for p, _ in items],
+            sop_instance_uid=sources,
+            voi=sorted(vois),
+            pages=sheet.pages,
+        )
+        log.info("%s PDF %s: %d image(s), %d page(s)", scope, target, len(sources), sheet.pages)
+        return target

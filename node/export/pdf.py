@@ -1,0 +1,135 @@
+"""PDF writer (reportlab): one image per page at native resolution, or a contact sheet.
+
+Why reportlab: it is installed already, well kept, writes images losslessly (Flate,
+DeviceGray or DeviceRGB, the decoded 8-bit samples unchanged) and real text (Helvetica,
+so captions are searchable and ``pdftotext`` finds them), and lets us set every metadata
+field ourselves, which is what keeps patient identifiers out of the document info.
+
+``page`` layout: each page is sized to its image at 1 pixel = 1 point (72 dpi) plus a header
+band (study line) and a caption band, so a viewer or ``pdftoppm -r 72`` shows the pixels
+exactly; an image wider or taller than :data:`MAX_SIDE` points is drawn scaled (the
+embedded samples stay native). ``contact`` layout: A4 landscape sheets of a 4 x 3 grid,
+each cell with its caption. Output is deterministic (reportlab ``invariant`` mode).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+from reportlab.lib.pagesizes import A4, landscape
+from reportlab.lib.utils import ImageReader
+from reportlab.pdfgen import canvas
+
+from node import __version__
+
+log = logging.getLogger(__name__)
+
+MAX_SIDE = 14000.0  # PDF user space limit is 14400 points
+MARGIN = 18.0
+HEADER = 44.0
+CAPTION = 30.0
+MIN_WIDTH = 420.0
+FONT = "Helvetica"
+GRID = (4, 3)
+
+
+def _latin1(text: str) -> str:
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+@dataclass
+class Sheet:
+    """A PDF being built: header lines shown on every page, then images with captions."""
+
+    title: str
+    header: list[str]
+    layout: str = "page"
+    subject: str = ""
+    keywords: str = ""
+    _buf: io.BytesIO = field(default_factory=io.BytesIO)
+    _canvas: canvas.Canvas | None = None
+    _cells: int = 0
+    pages: int = 0
+
+    def _new_canvas(self) -> canvas.Canvas:
+        c = canvas.Canvas(self._buf, invariant=1, pageCompression=1)
+        c.setTitle(_latin1(self.title))
+        c.setSubject(_latin1(self.subject))
+        c.setKeywords(_latin1(self.keywords))
+        c.setAuthor("")
+        c.setCreator(f"dicom-node {__version__}")
+        return c
+
+    def _header(self, c: canvas.Canvas, width: float, height: float) -> None:
+        c.setFont(FONT + "-Bold", 11)
+        c.drawString(MARGIN, height - MARGIN - 10, _latin1(self.header[0] if self.header else ""))
+        c.setFont(FONT, 8)
+        for i, line in enumerate(self.header[1:4]):
+            c.drawString(MARGIN, height - MARGIN - 22 - 9 * i, _latin1(line))
+
+    def add(self, pixels: np.ndarray, caption: list[str]) -> None:
+        """Add one rendered frame (uint8 gray or RGB; uint16 is reduced to its top 8 bits)."""
+        if pixels.dtype != np.uint8:
+            pixels = (pixels >> 8).astype(np.uint8)
+        image = Image.fromarray(np.ascontiguousarray(pixels), "L" if pixels.ndim == 2 else "RGB")
+        if self._canvas is None:
+            self._canvas = self._new_canvas()
+        if self.layout == "contact":
+            self._add_cell(self._canvas, image, caption)
+        else:
+            self._add_page(self._canvas, image, caption)
+
+    def _add_page(self, c: canvas.Canvas, image: Image.Image, caption: list[str]) -> None:
+        w, h = float(image.width), float(image.height)
+        scale = min(1.0, MAX_SIDE / w, MAX_SIDE / h)
+        dw, dh = w * scale, h * scale
+        page_w = max(dw, MIN_WIDTH) + 2 * MARGIN
+        page_h = dh + HEADER + CAPTION + 2 * MARGIN
+        c.setPageSize((page_w, page_h))
+        self._header(c, page_w, page_h)
+        x = MARGIN
+        y = MARGIN + CAPTION
+        c.drawImage(ImageReader(image), x, y, width=dw, height=dh)
+        c.setFont(FONT, 8)
+        for i, line in enumerate(caption[:3]):
+            c.drawString(MARGIN, MARGIN + CAPTION - 10 - 9 * i, _latin1(line))
+        c.showPage()
+        self.pages += 1
+
+    def _add_cell(self, c: canvas.Canvas, image: Image.Image, caption: list[str]) -> None:
+        page_w, page_h = landscape(A4)
+        cols, rows = GRID
+        per_page = cols * rows
+        slot = self._cells % per_page
+        if slot == 0:
+            if self._cells:
+                c.showPage()
+            c.setPageSize((page_w, page_h))
+            self._header(c, page_w, page_h)
+            self.pages += 1
+        cell_w = (page_w - 2 * MARGIN) / cols
+        cell_h = (page_h - 2 * MARGIN - HEADER) / rows
+        col, row = slot % cols, slot // cols
+        box_w, box_h = cell_w - 8, cell_h - 8 - 20
+        scale = min(box_w / image.width, box_h / image.height)
+        dw, dh = image.width * scale, image.height * scale
+        x0 = MARGIN + col * cell_w + 4
+        y0 = page_h - MARGIN - HEADER - (row + 1) * cell_h + 4
+        c.drawImage(ImageReader(image), x0 + (box_w - dw) / 2, y0 + 20 + (box_h - dh) / 2, dw, dh)
+        c.setFont(FONT, 6.5)
+        for i, line in enumerate(caption[:2]):
+            c.drawString(x0, y0 + 11 - 8 * i, _latin1(line)[:70])
+        self._cells += 1
+
+    def finish(self) -> bytes | None:
+        """The PDF bytes, or None if nothing was added."""
+        if self._canvas is None:
+            return None
+        if self.layout == "contact":
+            self._canvas.showPage()
+        self._canvas.save()
+        return self._buf.getvalue()

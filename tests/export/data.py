@@ -1,0 +1,185 @@
+"""Small generated DICOM objects for the export tests (CT, MR, CR, US, palette, YBR, PDF)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+PATIENT = {
+    "PatientName": "SECRETPERSON^JANE",
+    "PatientID": "PIDSECRET123",
+    "PatientBirthDate": "19700101",
+    "AccessionNumber": "ACCSECRET9",
+    "InstitutionName": "SECRETHOSPITAL",
+}
+STUDY_UID = "1.2.826.0.1.3680043.10.543.1"
+
+
+def dataset(
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    modality: str = "CT",
+    sop_class: str = "1.2.840.10008.5.1.4.1.1.2",
+    bits_stored: int | None = None,
+    series_uid: str = STUDY_UID + ".2",
+    instance: int = 1,
+    **extra: Any,
+) -> Dataset:
+    """A complete little image object around ``pixels`` (frames first if 3-D gray/4-D RGB)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    sop_uid = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    for key, value in PATIENT.items():
+        setattr(ds, key, value)
+    ds.StudyInstanceUID = STUDY_UID
+    ds.SeriesInstanceUID = series_uid
+    ds.StudyDate = "20240102"
+    ds.StudyTime = "101500"
+    ds.StudyDescription = "HEAD ROUTINE"
+    ds.SeriesDescription = "AXIAL 5MM"
+    ds.SeriesNumber = 3
+    ds.InstanceNumber = instance
+    ds.Modality = modality
+    colour = photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
+    frames = pixels.shape[0] if pixels.ndim == (4 if colour else 3) else 1
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits_stored or bits
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    ds.PixelData = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def write(ds: Dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def ct_pixels(rows: int = 64, cols: int = 64, seed: int = 1) -> np.ndarray:
+    """Stored CT values (rescale -1024) spanning air to bone, with fine detail near 40 HU."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols]
+    ramp = (x * 3000 // max(cols - 1, 1)).astype(np.int32)
+    fine = 1024 + (y * 7 + x * 5) % 420 - 170  # -170..250 HU around the 40/400 window
+    pix = np.where(y < rows // 2, ramp, fine) + rng.integers(0, 3, (rows, cols))
+    return np.clip(pix, 0, 4095).astype(np.uint16)
+
+
+def ct(path: Path, **kw: Any) -> Path:
+    extra = {
+        "RescaleIntercept": -1024,
+        "RescaleSlope": 1,
+        "RescaleType": "HU",
+        "WindowCenter": [40, 400],
+        "WindowWidth": [400, 2000],
+    }
+    extra.update(kw)
+    return write(dataset(ct_pixels(), bits_stored=12, **extra), path)
+
+
+def mr(path: Path) -> Path:
+    rng = np.random.default_rng(2)
+    pix = rng.integers(-300, 2500, (48, 40)).astype(np.int16)
+    return write(
+        dataset(
+            pix,
+            modality="MR",
+            sop_class="1.2.840.10008.5.1.4.1.1.4",
+            WindowCenter=700,
+            WindowWidth=1500,
+        ),
+        path,
+    )
+
+
+def cr(path: Path, photometric: str = "MONOCHROME1") -> Path:
+    y, x = np.mgrid[0:50, 0:60]
+    pix = ((x * 60 + y * 20) % 1024).astype(np.uint16)
+    return write(
+        dataset(
+            pix,
+            photometric=photometric,
+            modality="CR",
+            sop_class="1.2.840.10008.5.1.4.1.1.1",
+            bits_stored=10,
+            WindowCenter=512,
+            WindowWidth=700,
+        ),
+        path,
+    )
+
+
+def us_multiframe(path: Path, frames: int = 3) -> Path:
+    rng = np.random.default_rng(3)
+    pix = rng.integers(0, 256, (frames, 30, 40, 3)).astype(np.uint8)
+    return write(
+        dataset(pix, photometric="RGB", modality="US", sop_class="1.2.840.10008.5.1.4.1.1.3.1"),
+        path,
+    )
+
+
+def voi_lut(path: Path) -> Path:
+    """CT with a VOI LUT Sequence (12-bit LUT, gamma-like) and no window."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [2048, 0, 12])  # LUTDescriptor
+    item.LUTExplanation = "GAMMA"
+    item.add_new(0x00283006, "US", [int(4095 * (i / 2047) ** 0.6) for i in range(2048)])
+    return write(
+        dataset(
+            ct_pixels(seed=4),
+            bits_stored=12,
+            VOILUTSequence=Sequence([item]),
+        ),
+        path,
+    )
+
+
+def ybr_full(path: Path) -> Path:
+    rng = np.random.default_rng(5)
+    pix = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
+    return write(
+        dataset(pix, photometric="YBR_FULL", modality="OT", sop_class="1.2.840.10008.5.1.4.1.1.7"),
+        path,
+    )
+
+
+def encapsulated_pdf(path: Path, pdf: bytes) -> Path:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    uid = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    ds.SOPInstanceUID = uid
+    for key, value in PATIENT.items():
+        setattr(ds, key, value)
+    ds.StudyInstanceUID = STUDY_UID
+    ds.SeriesInstanceUID = STUDY_UID + ".9"
+    ds.Modality = "DOC"
+    ds.InstanceNumber = 1
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf + (b"\x00" if len(pdf) % 2 else b"")
+    return write(ds, path)
