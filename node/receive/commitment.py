@@ -4,7 +4,8 @@ A modality asks, with an N-ACTION (Action Type 1, Request Storage Commitment), w
 the instances listed in (0008,1199) ReferencedSOPSequence are safely stored; it deletes
 its local copy only after a positive answer. We answer the N-ACTION at once (success)
 and send the result as an N-EVENT-REPORT (Event Type 1: all committed; 2: some failed)
-*on the same association*, from a helper thread once the N-ACTION response is out.
+*on the same association*, from a helper thread started when the N-ACTION response is
+sent (``EVT_DIMSE_SENT``), once its PDU is queued: never before the response.
 
 The answer comes from durable state only: an instance is committed when the ledger
 (``received_instances``, committed before the C-STORE success) records it with the same
@@ -117,18 +118,40 @@ def handle_n_action(event: Any, ctx: CommitContext) -> tuple[int, Dataset | None
 
     calling_ae = str(event.assoc.requestor.ae_title).strip()
     report = build_report(ctx.ledger, transaction_uid, refs)
-    thread = threading.Thread(
-        target=_send_report,
-        args=(event.assoc, report, calling_ae),
-        name=f"commitment-{transaction_uid[-12:]}",
-        daemon=True,
-    )
-    thread.start()
+    pending = getattr(event.assoc, "_dicom_node_commit_pending", None)
+    if pending is None:
+        pending = {}
+        event.assoc._dicom_node_commit_pending = pending
+    pending[int(request.MessageID)] = (report, calling_ae)
     return 0x0000, None
 
 
-def _send_report(assoc: Any, report: Dataset, calling_ae: str) -> None:
-    """Send the N-EVENT-REPORT on the association once its N-ACTION response is out."""
+def handle_dimse_sent(event: Any) -> None:
+    """Once our N-ACTION response is being sent, start sending its N-EVENT-REPORT."""
+    message = event.message
+    if type(message).__name__ != "N_ACTION_RSP":
+        return
+    pending = getattr(event.assoc, "_dicom_node_commit_pending", None)
+    if not pending:
+        return
+    item = pending.pop(int(message.command_set.MessageIDBeingRespondedTo), None)
+    if item is None:
+        return
+    report, calling_ae = item
+    counter = getattr(event.assoc, "_dicom_node_sent", None)
+    # The response is one P-DATA PDU, queued right after this event returns.
+    target = counter.value + 1 if counter is not None else 0
+    thread = threading.Thread(
+        target=_send_report,
+        args=(event.assoc, report, calling_ae, counter, target),
+        name="commitment-report",
+        daemon=True,
+    )
+    thread.start()
+
+
+def _send_report(assoc: Any, report: Dataset, calling_ae: str, counter: Any, target: int) -> None:
+    """Send the N-EVENT-REPORT on the association once its N-ACTION response is queued."""
     failed = len(report.get("FailedSOPSequence", []))
     committed = len(report.get("ReferencedSOPSequence", []))
     event_type = 2 if failed else 1
@@ -138,9 +161,11 @@ def _send_report(assoc: Any, report: Dataset, calling_ae: str) -> None:
         committed=committed,
         failed=failed,
     )
+    if counter is not None and not counter.wait_for(target, 30.0):
+        log.error("storage commitment report not sent: N-ACTION response never went out")
+        return
     try:
-        # send_n_event_report pauses the association's reactor, which happens only after
-        # the N-ACTION handler returned and its response was sent: the order is kept.
+        # send_n_event_report pauses the association's reactor before sending.
         status = assoc.send_n_event_report(
             report, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
         )

@@ -23,7 +23,14 @@ from pydicom.dataset import Dataset
 from node.errors import UnsafePath
 from node.logs import fields
 from node.receive.archive import Archive, OutOfSpace, file_meta_bytes
-from node.receive.guard import SpillBuffer, SpillTracker, guard_recv, install_spill
+from node.receive.guard import (
+    SentCounter,
+    SpillBuffer,
+    SpillTracker,
+    guard_recv,
+    install_spill,
+    install_wakeup,
+)
 from node.receive.header import Header, HeaderError, read_header
 from node.receive.ledger import Instance, Ledger
 
@@ -64,20 +71,25 @@ def handle_echo(event: Any) -> int:
 
 
 def handle_conn_open(event: Any, ctx: StoreContext) -> None:
-    """Install the per-connection guards (PDU cap, spill to disk)."""
+    """Install the per-connection guards (PDU cap, spill to disk, event-driven DUL)."""
     assoc = event.assoc
     peer = f"{event.address[0]}:{event.address[1]}"
     guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
     install_spill(assoc, ctx.chunk_threshold, ctx.archive.incoming, tracker)
+    assoc._dicom_node_sent = SentCounter()
+    assoc._dicom_node_close_wakeup = install_wakeup(assoc, assoc._dicom_node_sent)
 
 
 def handle_conn_close(event: Any) -> None:
-    """Remove spill files of objects whose transfer never completed."""
+    """Remove spill files of objects whose transfer never completed; close the wake-up."""
     tracker = getattr(event.assoc, "_dicom_node_spills", None)
     if isinstance(tracker, SpillTracker):
         tracker.discard_all()
+    close_wakeup = getattr(event.assoc, "_dicom_node_close_wakeup", None)
+    if callable(close_wakeup):
+        close_wakeup()
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -113,6 +125,7 @@ def _store(event: Any, ctx: StoreContext, buf: Any, command_sop: str) -> int | D
     log_fields = fields(sop_instance_uid=command_sop, calling_ae=calling_ae)
 
     spill: Path | None = None
+    view: memoryview | None = None
     try:
         if isinstance(buf, SpillBuffer) and buf.spilled:
             spill = buf.finish()
@@ -120,8 +133,8 @@ def _store(event: Any, ctx: StoreContext, buf: Any, command_sop: str) -> int | D
                 header = read_header(fp, ts.is_implicit_VR, ts.is_little_endian)
         else:
             assert isinstance(buf, BytesIO)
-            buf.seek(0)
-            header = read_header(buf, ts.is_implicit_VR, ts.is_little_endian)
+            view = buf.getbuffer()
+            header = read_header(view, ts.is_implicit_VR, ts.is_little_endian)
     except HeaderError as exc:
         log.error("C-STORE refused: %s", exc, extra=log_fields)
         return _failure(StoreStatus.CANNOT_UNDERSTAND, "cannot parse the data set")
@@ -140,7 +153,8 @@ def _store(event: Any, ctx: StoreContext, buf: Any, command_sop: str) -> int | D
 
     meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, str(ts), calling_ae)
     recorded = ctx.ledger.known(header.sop_instance_uid)
-    data: memoryview | Path = spill if spill is not None else buf.getbuffer()
+    data = spill if spill is not None else view
+    assert data is not None
     try:
         stored = ctx.archive.store(path, meta, data, recorded=recorded)
     except OutOfSpace as exc:

@@ -103,8 +103,154 @@ def _pixel_header(fp: BinaryIO, implicit: bool, little: bool) -> int | None:
     return -1 if length == _UNDEFINED else int(length)
 
 
-def read_header(data: bytes | BinaryIO, implicit: bool, little: bool) -> Header:
-    """The identifying elements of ``data`` (dataset bytes without file meta)."""
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_WANTED_SET = frozenset(_WANTED)
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQ_END = 0xFFFEE0DD
+
+
+class _Unusual(Exception):
+    """The fast walker met something it leaves to pydicom."""
+
+
+class _Walker:
+    """A minimal walk over the top level of an encoded data set (no value decoding)."""
+
+    def __init__(self, buf: bytes | memoryview, implicit: bool, little: bool) -> None:
+        self.buf = buf
+        self.n = len(buf)
+        self.implicit = implicit
+        self.e = "<" if little else ">"
+
+    def element(self, pos: int) -> tuple[int, bytes | None, int, int]:
+        """(tag, VR, value length, header length) of the element at ``pos``."""
+        if pos + 8 > self.n:
+            raise _Unusual("truncated element header")
+        group, elem = struct.unpack_from(self.e + "HH", self.buf, pos)
+        tag = group << 16 | elem
+        if self.implicit or group == 0xFFFE:
+            (length,) = struct.unpack_from(self.e + "L", self.buf, pos + 4)
+            return tag, None, length, 8
+        vr = bytes(self.buf[pos + 4 : pos + 6])
+        if vr in _LONG_VRS:
+            if pos + 12 > self.n:
+                raise _Unusual("truncated element header")
+            (length,) = struct.unpack_from(self.e + "L", self.buf, pos + 8)
+            return tag, vr, length, 12
+        if not vr.isalpha():
+            raise _Unusual("not explicit VR")
+        (length,) = struct.unpack_from(self.e + "H", self.buf, pos + 6)
+        return tag, vr, length, 8
+
+    def skip_sequence(self, pos: int, depth: int) -> int:
+        """Skip the items of an undefined-length sequence starting at ``pos``."""
+        if depth > 16:
+            raise _Unusual("sequences nested too deep")
+        while True:
+            tag, _, length, hdr = self.element(pos)
+            pos += hdr
+            if tag == _SEQ_END:
+                return pos
+            if tag != _ITEM:
+                raise _Unusual("expected an item")
+            if length == _UNDEFINED:
+                pos = self.skip_dataset(pos, depth + 1)
+            else:
+                pos += length
+            if pos > self.n:
+                raise _Unusual("item runs past the end")
+
+    def skip_dataset(self, pos: int, depth: int) -> int:
+        """Skip a nested data set up to and including its item delimiter."""
+        while True:
+            tag, vr, length, hdr = self.element(pos)
+            pos += hdr
+            if tag == _ITEM_END:
+                return pos
+            if length == _UNDEFINED:
+                if vr == b"UN":
+                    raise _Unusual("UN of undefined length")
+                pos = self.skip_sequence(pos, depth + 1)
+            else:
+                pos += length
+            if pos > self.n:
+                raise _Unusual("element runs past the end")
+
+    def top_level(self) -> tuple[dict[int, bytes], int | None]:
+        """The wanted raw values, and the Pixel Data length (-1 encapsulated, None absent)."""
+        found: dict[int, bytes] = {}
+        pos = 0
+        while pos < self.n:
+            tag, vr, length, hdr = self.element(pos)
+            if tag >= PIXEL_DATA:
+                if tag != PIXEL_DATA:
+                    return found, None
+                return found, (-1 if length == _UNDEFINED else length)
+            pos += hdr
+            if length == _UNDEFINED:
+                if vr == b"UN" or tag >> 16 == 0xFFFE:
+                    raise _Unusual("undefined length outside a sequence")
+                pos = self.skip_sequence(pos, 0)
+                continue
+            if tag in _WANTED_SET:
+                found[tag] = bytes(self.buf[pos : pos + length])
+            pos += length
+        if pos != self.n:
+            raise _Unusual("last element runs past the end")
+        return found, None
+
+
+def _fast_header(buf: bytes | memoryview, implicit: bool, little: bool) -> Header:
+    found, pixel_length = _Walker(buf, implicit, little).top_level()
+    e = "<" if little else ">"
+
+    def text(tag: int) -> str:
+        raw = found.get(tag)
+        return raw.decode("ascii", "replace").strip("\x00 ") if raw else ""
+
+    def us(tag: int) -> int | None:
+        raw = found.get(tag)
+        if raw is None or len(raw) != 2:
+            return None
+        return int(struct.unpack(e + "H", raw)[0])
+
+    frames_text = text(0x00280008)
+    try:
+        frames = int(frames_text) if frames_text else None
+    except ValueError:
+        frames = None
+    return Header(
+        sop_class_uid=text(0x00080016),
+        sop_instance_uid=text(0x00080018),
+        study_uid=text(0x0020000D),
+        series_uid=text(0x0020000E),
+        modality=text(0x00080060),
+        rows=us(0x00280010),
+        columns=us(0x00280011),
+        samples_per_pixel=us(0x00280002),
+        bits_allocated=us(0x00280100),
+        frames=frames,
+        pixel_length=pixel_length,
+    )
+
+
+def read_header(data: bytes | memoryview | BinaryIO, implicit: bool, little: bool) -> Header:
+    """The identifying elements of ``data`` (dataset bytes without file meta).
+
+    In-memory data goes through the fast walker; anything it finds unusual (UN of
+    undefined length, malformed lengths) and spilled files go through pydicom.
+    """
+    if isinstance(data, bytes | bytearray | memoryview):
+        try:
+            header = _fast_header(data, implicit, little)
+        except (_Unusual, struct.error):
+            pass
+        else:
+            header.flags.extend(pixel_flags(header))
+            return header
     fp: BinaryIO = BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
     try:
         ds = read_dataset(

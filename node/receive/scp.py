@@ -43,7 +43,7 @@ from node.config import Config, ReceiveSection, TLSSettings
 from node.errors import ReceiveError
 from node.queue.store import JobStore
 from node.receive.archive import Archive
-from node.receive.commitment import CommitContext, handle_n_action
+from node.receive.commitment import CommitContext, handle_dimse_sent, handle_n_action
 from node.receive.guard import pdu_cap
 from node.receive.handlers import (
     StoreContext,
@@ -248,6 +248,7 @@ class StorageSCP:
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [store_ctx]),
             (evt.EVT_N_ACTION, handle_n_action, [commit_ctx]),
+            (evt.EVT_DIMSE_SENT, handle_dimse_sent),
         ]
 
     def _serve(self, ae: AE, port: int, handlers: list[Any], tls: ssl.SSLContext | None) -> None:
