@@ -4,23 +4,52 @@
 batch far below what the conversion itself manages. ``GroupCommitWriter`` keeps the same
 guarantee (a file appears under its final name only complete and on stable storage) for
 a batch: each output is written to a hidden temporary name without fsync; every ``group``
-files (and at ``close``) the data is flushed with one ``os.sync()``, then the temporaries
-are renamed into place and each directory is fsynced once. A crash leaves only hidden
-``.tmp-*`` files (``node.fsutil.clean_temp_files`` removes them), never a partial output.
+files (and at ``close``) the data is flushed with one ``syncfs(2)`` of that file system,
+then the temporaries are renamed into place and each directory is fsynced once. A crash
+leaves only hidden ``.tmp-*`` files (``node.fsutil.clean_temp_files`` removes them),
+never a partial output.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from node.fsutil import TMP_PREFIX, fsync_dir
 
 log = logging.getLogger(__name__)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.syncfs  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(directory: Path) -> None:
+    """syncfs(2) on the file system holding ``directory`` (Linux); ``os.sync()`` elsewhere."""
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs failed: {os.strerror(err)}", str(directory))
+    finally:
+        os.close(fd)
 
 
 class GroupCommitWriter:
@@ -66,7 +95,7 @@ class GroupCommitWriter:
         if not batch:
             return
         if self.fsync:
-            os.sync()  # one flush for the whole group instead of one commit per file
+            _syncfs(batch[0][1].parent)  # one flush for the group, not one commit per file
         dirs = set()
         for tmp, target in batch:
             os.replace(tmp, target)
