@@ -16,6 +16,7 @@ import hashlib
 import io
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,7 +296,7 @@ def _jpeg_pixels(
         )
     for reason in reasons:
         notes.append(f"decoded to native pixels: {reason}")
-    im = open_image(data, name, options.max_pixels)
+    im = open_image(data, name, options.max_pixels, notes)
     if im.size != (info.columns, info.rows):
         raise CorruptInput(
             f"{name}: the frame header says {info.columns}x{info.rows} but the image "
@@ -347,11 +348,13 @@ def _check_frame(info: JpegInfo, name: str) -> None:
 def _raster_pixels(
     data: bytes, name: str, options: ConvertOptions, notes: list[str]
 ) -> tuple[Pixels, exif_mod.ExifValues]:
-    im = open_image(data, name, options.max_pixels)
+    im = open_image(data, name, options.max_pixels, notes)
     refuse_reduced_depth(data, im, name)
     try:
-        raw = im.getexif()
-        exif = exif_mod.exif_values(dict(raw), dict(raw.get_ifd(0x8769)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on odd EXIF; we note it below
+            raw = im.getexif()
+            exif = exif_mod.exif_values(dict(raw), dict(raw.get_ifd(0x8769)))
     except (SyntaxError, ValueError, TypeError, KeyError, OSError, IndexError) as exc:
         exif = exif_mod.ExifValues(problem=f"EXIF unreadable ({exc})")
         notes.append(f"warning: {exif.problem}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from node.errors import CorruptInput, InputTooLarge, UnsupportedInput
+from node.errors import ConversionError, CorruptInput, InputTooLarge, UnsupportedInput
 from node.ingest.jpeg import JpegInfo
 
 log = logging.getLogger(__name__)
@@ -99,10 +99,17 @@ def check_pixel_cap(name: str, width: int, height: int, max_pixels: int) -> None
         )
 
 
-def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Open ``data`` with Pillow and load it, checking the pixel cap before decoding."""
+def open_image(
+    data: bytes, name: str, max_pixels: int, notes: list[str] | None = None
+) -> Image.Image:
+    """Open ``data`` with Pillow and load it, checking the pixel cap before decoding.
+
+    Pillow reports some damage only as a warning ("Truncated File Read"): that is refused
+    as CorruptInput; other warnings become notes.
+    """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
             check_pixel_cap(name, im.width, im.height, max_pixels)
@@ -112,12 +119,24 @@ def open_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
                     f"{name}: {frames} pages/frames in one file; split it into one image per file"
                 )
             im.load()
+        for w in caught:
+            text = str(w.message)
+            if "runcated" in text or "orrupt" in text and "EXIF" not in text:
+                raise CorruptInput(f"{name}: damaged image: {text}")
+            if notes is not None:
+                notes.append(f"warning: Pillow: {text}")
     except Image.DecompressionBombError as exc:
         raise InputTooLarge(f"{name}: {exc}") from None
     except UnidentifiedImageError:
         raise UnsupportedInput(f"{name}: not an image format Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CorruptInput(f"{name}: cannot decode the image: {exc}") from None
+    except ConversionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow raises anything on damaged files
+        # (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error, EOFError ...
+        # seen with fuzzed TIFF/PNG); every one of them means "this file is damaged".
+        raise CorruptInput(
+            f"{name}: cannot decode the image ({type(exc).__name__}: {exc})"
+        ) from None
     return im
 
 
