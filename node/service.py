@@ -93,7 +93,7 @@ class NodeService:
                     cfg,
                     dest,
                     self.store,
-                    owner=f"deliver:{dest.name}:{os.getpid()}:{n}",
+                    owner=f"{os.getpid()}-{n}",
                     on_delivered=self._delivered,
                 )
                 self._thread(f"deliver-{dest.name}-{n}", lambda w=worker: w.run(self.stop_event))
