@@ -26,7 +26,7 @@ def write_ct_series(folder: Path, count: int = 5, size: int = 64) -> list[Path]:
         ds.PatientName, ds.PatientID = "Test^CT", "CT-1"
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.StudyDate, ds.StudyTime, ds.Modality = "20260101", "120000", "CT"
-        ds.SeriesNumber, ds.InstanceNumber = 1, n
+        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, n
         ds.SeriesDescription = "Generated CT"
         ds.Rows = ds.Columns = size
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

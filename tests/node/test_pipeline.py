@@ -1,0 +1,206 @@
+"""The ingest pipeline without a network: claim, convert or validate, enqueue, finish."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.fileset import FileSet
+
+from node.config import Config, config_from_dict
+from node.ingest.pipeline import CLAIM_FILE, IngestPipeline
+from node.queue import JobState, JobStore
+from tests.node.series import write_ct_series
+
+
+def jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    table = {
+        "node": {"base_dir": str(tmp_path)},
+        "ingest": {
+            "filename_pattern": r"(?P<PatientID>\d+)_(?P<AccessionNumber>\w+)_.*\.jpg",
+            "defaults": {"ImageLaterality": "U"},
+        },
+        "destinations": [
+            {"name": "a", "host": "127.0.0.1", "port": 104},
+            {"name": "b", "host": "127.0.0.1", "port": 105},
+        ],
+    }
+    return config_from_dict(table, tmp_path)
+
+
+def drop(cfg: Config, name: str, data: bytes) -> Path:
+    cfg.ingest.inbox.mkdir(parents=True, exist_ok=True)
+    path = cfg.ingest.inbox / name
+    path.write_bytes(data)
+    return path
+
+
+def deliver_jobs(store: JobStore) -> list:
+    return store.select(kind="deliver")
+
+
+def ack_all(store: JobStore, pipeline: IngestPipeline) -> None:
+    for job in deliver_jobs(store):
+        store.ack([job.id])
+        pipeline.on_delivered(job.payload)
+
+
+def test_single_image_with_sidecar_and_name_pattern(cfg: Config) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    image = drop(cfg, "12345_ACC9_wound.jpg", jpeg(1))
+    (cfg.ingest.inbox / "12345_ACC9_wound.jpg.json").write_text(
+        json.dumps({"PatientName": "Müller^Jörg"})
+    )
+    pipeline.take(image)
+    assert not any(cfg.ingest.inbox.iterdir())  # the sidecar travelled with its image
+    jobs = deliver_jobs(store)
+    assert sorted(j.destination for j in jobs) == ["a", "b"]
+    ds = pydicom.dcmread(jobs[0].payload["path"])
+    assert (ds.PatientID, ds.AccessionNumber, str(ds.PatientName)) == (
+        "12345",
+        "ACC9",
+        "Müller^Jörg",
+    )
+    # one destination acknowledged: the claim waits for the other
+    store.ack([jobs[0].id])
+    pipeline.on_delivered(jobs[0].payload)
+    assert any(cfg.ingest.work.iterdir())
+    store.ack([jobs[1].id])
+    pipeline.on_delivered(jobs[1].payload)
+    assert not any(cfg.ingest.work.iterdir())
+    (done,) = cfg.ingest.done.iterdir()
+    assert sorted(p.name for p in (done / "source").iterdir()) == [
+        "12345_ACC9_wound.jpg",
+        "12345_ACC9_wound.jpg.json",
+    ]
+    assert (done / "dicom" / "12345_ACC9_wound.jpg.dcm").exists()
+
+
+def test_redrop_yields_same_sop_instance_uid_and_no_new_job(cfg: Config) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    data = jpeg(2)
+    pipeline.take(drop(cfg, "photo.jpg", data))
+    first = {j.dedup_key for j in deliver_jobs(store)}
+    ack_all(store, pipeline)
+    pipeline.take(drop(cfg, "photo.jpg", data))
+    assert {j.dedup_key for j in deliver_jobs(store)} == first
+    assert len(deliver_jobs(store)) == 2  # one per destination, not four
+    assert not any(cfg.ingest.work.iterdir())  # already delivered: finished at once
+
+
+def test_folder_becomes_one_series_in_name_order(cfg: Config) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    folder = cfg.ingest.inbox / "visit"
+    folder.mkdir(parents=True)
+    for name, seed in (("b.jpg", 3), ("a.jpg", 4), ("c.jpg", 5)):
+        (folder / name).write_bytes(jpeg(seed))
+    pipeline.take(folder)
+    datasets = {
+        Path(j.payload["path"]).name.removeprefix("visit_"): pydicom.dcmread(j.payload["path"])
+        for j in deliver_jobs(store)
+        if j.destination == "a"
+    }
+    assert {ds.InstanceNumber for ds in datasets.values()} == {1, 2, 3}
+    assert datasets["a.jpg.dcm"].InstanceNumber == 1
+    assert datasets["c.jpg.dcm"].InstanceNumber == 3
+    assert len({ds.SeriesInstanceUID for ds in datasets.values()}) == 1
+    assert len({ds.StudyInstanceUID for ds in datasets.values()}) == 1
+
+
+def test_corrupt_image_is_quarantined_with_reason(cfg: Config) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    data = jpeg(6)
+    pipeline.take(drop(cfg, "broken.jpg", data[: len(data) // 2]))
+    pipeline.take(drop(cfg, "notes.jpg", b"this is text, not a JPEG\n"))
+    assert deliver_jobs(store) == []
+    q = cfg.ingest.quarantine
+    assert (q / "broken.jpg").exists() and (q / "notes.jpg").exists()
+    reason = (q / "broken.jpg.error.txt").read_text()
+    assert "broken.jpg" in reason and "reason:" in reason
+    assert store.counters()["quarantined"] == 2
+    assert not any(cfg.ingest.work.iterdir())
+
+
+def test_dicom_files_are_queued_as_they_are(cfg: Config, tmp_path: Path) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    (single,) = write_ct_series(tmp_path / "one", count=1)
+    original = single.read_bytes()
+    pipeline.take(drop(cfg, "ct.dcm", original))
+    (job, _) = sorted(deliver_jobs(store), key=lambda j: j.destination)
+    assert Path(job.payload["path"]).read_bytes() == original  # not converted
+
+
+# pydicom's FileSet stages files in a TemporaryDirectory it leaves to the garbage collector.
+unclosed_tempdir = pytest.mark.filterwarnings(
+    "ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@unclosed_tempdir
+def test_dicomdir_file_set_resolves_references_inside_the_folder(
+    cfg: Config, tmp_path: Path
+) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    series = write_ct_series(tmp_path / "src", count=3)
+    fs = FileSet()
+    for path in series:
+        fs.add(pydicom.dcmread(path))
+    cd = cfg.ingest.inbox / "patient-cd"
+    cd.parent.mkdir(parents=True, exist_ok=True)
+    fs.write(cd)
+    pipeline.take(cd)
+    uids = {j.dedup_key for j in deliver_jobs(store)}
+    assert uids == {pydicom.dcmread(p).SOPInstanceUID for p in series}
+
+
+@unclosed_tempdir
+def test_dicomdir_reference_outside_the_folder_is_refused(cfg: Config, tmp_path: Path) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    series = write_ct_series(tmp_path / "src", count=1)
+    fs = FileSet()
+    fs.add(pydicom.dcmread(series[0]))
+    cd = cfg.ingest.inbox / "evil-cd"
+    cd.parent.mkdir(parents=True, exist_ok=True)
+    fs.write(cd)
+    dicomdir = pydicom.dcmread(cd / "DICOMDIR")
+    with pydicom.config.disable_value_validation():  # a hostile CD does not validate either
+        for record in dicomdir.DirectoryRecordSequence:
+            if "ReferencedFileID" in record:
+                record.ReferencedFileID = ["..", "..", "..", "etc", "passwd"]
+        dicomdir.save_as(cd / "DICOMDIR")
+    pipeline.take(cd)
+    assert deliver_jobs(store) == []
+    assert (cfg.ingest.quarantine / "evil-cd").is_dir()
+    assert "ReferencedFileID" in (cfg.ingest.quarantine / "evil-cd.error.txt").read_text()
+
+
+def test_recover_processes_a_claim_cut_short_by_a_crash(cfg: Config) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    claim = pipeline.claim(drop(cfg, "late.jpg", jpeg(7)))
+    assert claim is not None and not (claim / CLAIM_FILE).exists()  # "killed" here
+    restarted = IngestPipeline(cfg, JobStore(cfg.node.state_dir))
+    restarted.recover()
+    assert (claim / CLAIM_FILE).exists()
+    assert len(deliver_jobs(store)) == 2
+    assert {j.state for j in deliver_jobs(store)} == {JobState.QUEUED}
