@@ -102,7 +102,11 @@ class PixelInfo:
 
 
 def _int(ds: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
-    value = ds.get(keyword)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = ds.get(keyword)
+    for w in caught:
+        log.warning("%s: %s: %s", path, _tag(keyword), w.message)
     if value is None or value == "":
         if default is not None:
             return default

@@ -257,10 +257,20 @@ class Exporter:
         lines = [study]
         ids = f.identifiers
         if ids:
-            shown = [f"{k} {v}" for k, v in ids.items() if k != "PatientBirthDate"]
-            if ids.get("PatientBirthDate"):
-                shown.append(f"born {self.policy.date(ids['PatientBirthDate'])}")
-            lines.append("Patient: " + ", ".join(shown))
+            labels = {
+                "PatientName": "Patient",
+                "PatientID": "ID",
+                "OtherPatientIDs": "other IDs",
+                "PatientBirthDate": "born",
+                "AccessionNumber": "Acc",
+                "InstitutionName": "at",
+                "ReferringPhysicianName": "ref.",
+            }
+            shown = [
+                f"{labels[k]} {self.policy.date(v) if k == 'PatientBirthDate' else v}"
+                for k, v in ids.items()
+            ]
+            lines.append("  ".join(shown))
         if scope == "series":
             desc = f" {f.series_description}" if f.series_description else ""
             lines.append(f"Series {f.series_number or '?'}{desc}: {count} image(s)")

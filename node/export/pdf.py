@@ -75,7 +75,7 @@ class Sheet:
         """Add one rendered frame (uint8 gray or RGB; uint16 is reduced to its top 8 bits)."""
         if pixels.dtype != np.uint8:
             pixels = (pixels >> 8).astype(np.uint8)
-        image = Image.fromarray(np.ascontiguousarray(pixels), "L" if pixels.ndim == 2 else "RGB")
+        image = Image.fromarray(np.ascontiguousarray(pixels))  # L or RGB
         if self._canvas is None:
             self._canvas = self._new_canvas()
         if self.layout == "contact":

@@ -26,12 +26,12 @@ TEXT_KEYS = ("Modality", "StudyDate", "SeriesDescription", "Window", "Software")
 def encode(pixels: np.ndarray, text: dict[str, str], compress_level: int = 6) -> bytes:
     """PNG bytes for a uint8/uint16 grayscale or uint8 RGB array."""
     if pixels.ndim == 2 and pixels.dtype == np.uint8:
-        image = Image.fromarray(pixels, mode="L")
+        image = Image.fromarray(np.ascontiguousarray(pixels))  # L
     elif pixels.ndim == 2 and pixels.dtype == np.uint16:
-        image = Image.fromarray(pixels.astype("<u2", copy=False), mode="I;16")
+        image = Image.fromarray(np.ascontiguousarray(pixels.astype("<u2", copy=False)))  # I;16
     elif pixels.ndim == 3 and pixels.shape[2] == 3:
         rgb = pixels if pixels.dtype == np.uint8 else (pixels >> 8).astype(np.uint8)
-        image = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+        image = Image.fromarray(np.ascontiguousarray(rgb))  # RGB
     else:
         raise ExportError(f"cannot write PNG from an array of shape {pixels.shape}")
     info = PngInfo()

@@ -1,0 +1,184 @@
+"""Rendering against DCMTK: 8-bit (and 16-bit grayscale) output compared with dcmj2pnm/dcml2pnm.
+
+The bar (issue 5): identical on >= 99.9 % of pixels and never off by more than 1, for every
+file DCMTK renders, with the matching VOI option (+Wi N, +Wl N, +Wm, +Ww C W). Files where
+the two cannot agree for a reason outside the rendering pipeline are listed in KNOWN with
+the reason, and checked for what can be checked instead.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from node.export import decode, display
+from tests.export import data
+from tests.peers import tool
+
+pytestmark = pytest.mark.dcmtk
+
+TEST_FILES = Path(os.path.dirname(pydicom.__file__)) / "data" / "test_files"
+JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+LOSSY_12BIT = "lossy 12-bit JPEG: IJG libjpeg 6b (DCMTK) and libjpeg 9 differ in the IDCT"
+
+#: Files DCMTK renders where a pixel comparison is not meaningful, and why.
+KNOWN = {
+    "JPGExtended.dcm": LOSSY_12BIT,
+    "JPEG-lossy.dcm": "no installed decoder reads this 12-bit stream (pydicom documents it)",
+    "badVR.dcm": "(0028,0008) NumberOfFrames '1A' is refused as inconsistent on purpose",
+    "rtdose_expb.dcm": "DCMTK 3.6.7 mis-swaps 32-bit big-endian pixels (its LE twin agrees)",
+    "rtdose_expb_1frame.dcm": "DCMTK 3.6.7 mis-swaps 32-bit big-endian pixels",
+}
+
+
+def _has_pixels(path: Path) -> bool:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - unreadable files are simply not candidates
+        return False
+    return "Rows" in ds and ds.get("SOPClassUID") != decode.ENCAPSULATED_PDF
+
+
+BUNDLED = sorted(p.name for p in TEST_FILES.glob("*.dcm") if _has_pixels(p))
+
+
+def dcmtk_render(
+    path: Path, opts: list[str], tmp: Path, frame: int = 0, bits: int = 8
+) -> np.ndarray | None:
+    """DCMTK's rendering of one frame, or None if DCMTK refuses the file or the option."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ts = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    exe = tool("dcml2pnm") if ts in JPEG_LS else tool("dcmj2pnm")
+    out = tmp / f"ref-{path.stem}-{'_'.join(opts)}-{frame}-{bits}.png"
+    fmt = "+on2" if bits == 16 else "+on"
+    res = subprocess.run(
+        [exe, *opts, "+F", str(frame + 1), fmt, "-il", str(path), str(out)],
+        capture_output=True,
+        timeout=60,
+    )
+    if res.returncode != 0 or not out.exists():
+        return None
+    return np.asarray(Image.open(out))
+
+
+def ours(path: Path, choice: display.VoiChoice, frame: int = 0, bits: int = 8) -> np.ndarray:
+    ds = decode.read(path)
+    info = decode.pixel_info(ds, path, 10**9)
+    arrays = list(decode.frames(ds, path, info, [frame]))
+    return display.render(ds, info, arrays, path, choice, bits)[0].pixels
+
+
+def assert_close(a: np.ndarray, ref: np.ndarray, what: str) -> None:
+    assert a.shape == ref.shape, f"{what}: shape {a.shape} vs DCMTK {ref.shape}"
+    diff = np.abs(a.astype(np.int64) - ref.astype(np.int64))
+    same = float((diff == 0).mean())
+    assert same >= 0.999 and diff.max() <= 1, (
+        f"{what}: {same:.4%} identical, max difference {diff.max()}"
+    )
+
+
+def voi_options(path: Path) -> list[tuple[list[str], display.VoiChoice]]:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    out: list[tuple[list[str], display.VoiChoice]] = [(["+Wm"], display.VoiChoice("minmax"))]
+    if "WindowCenter" in ds:
+        out.append((["+Wi", "1"], display.VoiChoice("window", 0)))
+    if "VOILUTSequence" in ds:
+        out.append((["+Wl", "1"], display.VoiChoice("lut", 0)))
+    return out
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_file_matches_dcmtk(name: str, tmp_path: Path) -> None:
+    path = TEST_FILES / name
+    compared = 0
+    for opts, choice in voi_options(path):
+        ref = dcmtk_render(path, opts, tmp_path)
+        if ref is None:
+            continue
+        compared += 1
+        if name in KNOWN:
+            if KNOWN[name] == LOSSY_12BIT:
+                diff = np.abs(ours(path, choice).astype(int) - ref.astype(int))
+                assert diff.max() <= 2 and (diff == 0).mean() > 0.95, name
+            elif name.startswith("rtdose_expb"):
+                twin = TEST_FILES / name.replace("_expb", "")
+                assert np.array_equal(ours(path, choice), ours(twin, choice))
+            else:
+                with pytest.raises(decode.ExportError, match=r"\(00|\(7FE0"):
+                    ours(path, choice)
+            continue
+        assert_close(ours(path, choice), ref, f"{name} {' '.join(opts)}")
+    if not compared:
+        pytest.skip(f"DCMTK does not render {name}")
+
+
+# ------------------------------------------------------------------ generated objects
+
+
+def _generated(tmp: Path) -> dict[str, Path]:
+    return {
+        "ct": data.ct(tmp / "ct.dcm"),
+        "ct_sigmoid": data.ct(tmp / "sig.dcm", VOILUTFunction="SIGMOID"),
+        "ct_inverse": data.ct(tmp / "inv.dcm", PresentationLUTShape="INVERSE"),
+        "mr_signed": data.mr(tmp / "mr.dcm"),
+        "cr_mono1": data.cr(tmp / "cr.dcm"),
+        "voi_lut": data.voi_lut(tmp / "voi.dcm"),
+        "us_rgb_multiframe": data.us_multiframe(tmp / "us.dcm"),
+    }
+
+
+CASES = [
+    (["+Wi", "1"], display.VoiChoice("window", 0)),
+    (["+Wi", "2"], display.VoiChoice("window", 1)),
+    (["+Wm"], display.VoiChoice("minmax")),
+    (["+Wl", "1"], display.VoiChoice("lut", 0)),
+    (["+Ww", "40", "400"], display.VoiChoice("user", center=40, width=400)),
+]
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_generated_objects_match_dcmtk(tmp_path: Path, bits: int) -> None:
+    compared = []
+    for name, path in _generated(tmp_path).items():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        colour = ds.PhotometricInterpretation == "RGB"
+        for opts, choice in CASES:
+            if bits == 16 and colour:
+                continue  # dcmj2pnm writes colour as 8-bit even with +on2
+            for frame in range(frames):
+                ref = dcmtk_render(path, opts, tmp_path, frame, bits)
+                if ref is None:
+                    continue
+                got = ours(path, choice, frame, bits)
+                assert_close(got, ref, f"{name} {' '.join(opts)} frame {frame + 1} {bits}-bit")
+                compared.append((name, opts[0]))
+    names = {n for n, _ in compared}
+    assert names >= {"ct", "ct_sigmoid", "ct_inverse", "mr_signed", "cr_mono1", "voi_lut"}
+    assert ("voi_lut", "+Wl") in compared and ("ct", "+Ww") in compared
+
+
+def test_ct_window_40_400_exact(tmp_path: Path) -> None:
+    """The classic: CT with rescale -1024 and window 40/400, bit-identical to dcmj2pnm +Wi 1."""
+    path = data.ct(tmp_path / "ct.dcm")
+    ref = dcmtk_render(path, ["+Wi", "1"], tmp_path)
+    assert ref is not None
+    got = ours(path, display.VoiChoice())
+    assert np.array_equal(got, ref)
+    assert 0 < float((got == 0).mean()) < 0.9 and float((got == 255).mean()) < 0.9
+
+
+def test_native_ybr_full_close_to_dcmtk(tmp_path: Path) -> None:
+    """Native YBR_FULL: DCMTK's YBR_FULL path uses other coefficients than its YBR_FULL_422 one
+    (which we match exactly, see the bundled SC_ybr_full_422_uncompressed.dcm); stay within 2."""
+    path = data.ybr_full(tmp_path / "ybr.dcm")
+    ref = dcmtk_render(path, ["+Wm"], tmp_path)
+    assert ref is not None
+    diff = np.abs(ours(path, display.VoiChoice()).astype(int) - ref.astype(int))
+    assert diff.max() <= 2 and diff.mean() < 1

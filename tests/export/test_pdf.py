@@ -1,0 +1,140 @@
+"""PDF export checked with poppler (pdftoppm, pdftotext, pdfinfo), and de-identification."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image
+
+from node.cli import main
+from node.config import ExportSection
+from node.export import pdf as pdf_mod
+from node.export.deid import uid_hash
+from node.export.exporter import Exporter
+from tests.export import data
+from tests.peers import tool
+
+
+def series(tmp: Path, n: int = 3) -> list[Path]:
+    return [data.ct(tmp / "in" / f"ct{i}.dcm", InstanceNumber=n - i) for i in range(n)]
+
+
+def exporter(tmp: Path, **kw: object) -> Exporter:
+    cfg = dataclasses.replace(ExportSection(), dir=tmp / "out", **kw)  # type: ignore[arg-type]
+    return Exporter(cfg, fsync=False)
+
+
+def pdftext(path: Path) -> str:
+    res = subprocess.run([tool("pdftotext"), str(path), "-"], capture_output=True, check=True)
+    return res.stdout.decode()
+
+
+def pdfinfo(path: Path) -> str:
+    res = subprocess.run([tool("pdfinfo"), str(path)], capture_output=True, check=True)
+    return res.stdout.decode("latin-1")
+
+
+def raster(path: Path, tmp: Path, renderer: str = "pdftocairo") -> list[np.ndarray]:
+    """Pages at 72 dpi (1 image pixel = 1 point). pdftocairo maps pixels exactly; pdftoppm's
+    Splash rasteriser resamples images even at 1:1, so it is compared with a tolerance."""
+    prefix = tmp / renderer
+    subprocess.run(
+        [tool(renderer), "-r", "72", "-png", str(path), str(prefix)],
+        check=True,
+        capture_output=True,
+    )
+    pages = [np.asarray(Image.open(p)) for p in sorted(tmp.glob(f"{renderer}-*.png"))]
+    for page in pages:  # poppler may write gray as RGB with equal channels
+        assert page.ndim == 2 or (page == page[..., :1]).all()
+    return [page if page.ndim == 2 else page[..., 0] for page in pages]
+
+
+def test_series_pdf_pages_show_the_png_pixels_exactly(tmp_path: Path) -> None:
+    files = series(tmp_path)
+    ex = exporter(tmp_path)
+    pngs = [ex.export_instance(p)[0] for p in files]
+    target = ex.export_series_pdf(files)
+    assert target is not None and target.name.endswith(".pdf")
+    pages = raster(target, tmp_path)
+    assert len(pages) == 3
+    by_number = {int(p.name[:5]): np.asarray(Image.open(p)) for p in pngs}
+    top, left = int(pdf_mod.MARGIN + pdf_mod.HEADER), int(pdf_mod.MARGIN)
+    splash = raster(target, tmp_path, "pdftoppm")
+    for number, page, view in zip((1, 2, 3), pages, splash, strict=True):  # InstanceNumber
+        expected = by_number[number]
+        h, w = expected.shape
+        assert np.array_equal(page[top : top + h, left : left + w], expected)
+        seen = view[top : top + h, left : left + w].astype(float)
+        assert view.shape == page.shape and np.corrcoef(seen.ravel(), expected.ravel())[0, 1] > 0.9
+    listing = subprocess.run(
+        [tool("pdfimages"), "-list", str(target)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[2:]
+    assert [line.split()[3:8] for line in listing] == [["64", "64", "gray", "1", "8"]] * 3
+    text = pdftext(target)
+    for number in (1, 2, 3):
+        assert f"Series 3 AXIAL 5MM - Image {number}" in text
+    assert "CT - 2024-01-02 - window C=40 W=400" in text
+    assert "CT study 2024-01-02 10:15 HEAD ROUTINE" in text
+    for secret in data.PATIENT.values():
+        assert secret not in text and secret.encode() not in target.read_bytes()
+    info = pdfinfo(target)
+    assert "Title:" in info and "AXIAL 5MM" in info
+
+
+def test_contact_sheet_layout_and_study_scope(tmp_path: Path) -> None:
+    files = series(tmp_path, 5)
+    ex = exporter(tmp_path, pdf="study", pdf_layout="contact")
+    (target,) = ex.export_study(tmp_path / "in")
+    assert target.name == "study.pdf"
+    pages = raster(target, tmp_path)
+    assert len(pages) == 1 and pages[0].shape[1] > pages[0].shape[0]  # landscape sheet
+    text = pdftext(target)
+    assert all(f"Image {i}" in text for i in range(1, 6))
+    assert len(files) == 5
+
+
+def test_identifiers_only_when_allowed(tmp_path: Path) -> None:
+    files = series(tmp_path, 1)
+    ex = exporter(tmp_path, allow_patient_identifiers=True)
+    target = ex.export_series_pdf(files)
+    assert target is not None
+    text = pdftext(target)
+    assert "SECRETPERSON^JANE" in text and "PIDSECRET123" in text and "1970-01-01" in text
+
+
+def test_deidentified_exports_leak_no_patient_data(tmp_path: Path) -> None:
+    files = series(tmp_path, 2)
+    pdf_doc = data.encapsulated_pdf(tmp_path / "in" / "doc.dcm", b"%PDF-1.4\n%%EOF\n")
+    out = tmp_path / "out"
+    argv = ["render", str(tmp_path / "in"), "-o", str(out), "--deidentify"]
+    assert main([*argv, "-j", "1"]) == 0
+    assert main([*argv, "--format", "pdf", "--date-shift", "-10"]) == 0
+    produced = [p for p in out.rglob("*") if p.is_file() and p.name != "manifest.jsonl"]
+    assert len([p for p in produced if p.suffix == ".png"]) == 2
+    pdfs = [p for p in produced if p.suffix == ".pdf"]
+    assert len(pdfs) == 2  # the series PDF and the extracted encapsulated document
+    uids = set()
+    for f in [*files, pdf_doc]:
+        ds = pydicom.dcmread(f)
+        uids |= {ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID}
+    secrets = [*data.PATIENT.values(), "19700101", "1970-01-01", "HEAD ROUTINE", "AXIAL 5MM"]
+    for path in produced:
+        rel = str(path.relative_to(out))
+        assert not any(uid in rel for uid in uids), rel
+        assert not any(s in rel for s in secrets)
+        raw = path.read_bytes()
+        assert not any(s.encode() in raw for s in secrets), path
+        if path.suffix == ".png":
+            text = Image.open(path).text
+            assert set(text) <= {"Modality", "StudyDate", "Window", "Software"}
+            assert not any(s in v for v in text.values() for s in secrets)
+    series_pdf = next(p for p in pdfs if p.parent.name.startswith("st-"))
+    text = pdftext(series_pdf) + pdfinfo(series_pdf)
+    assert not any(s in text for s in secrets)
+    assert "2023-12-23" in text and "2024-01-02" not in text  # shifted by -10 days
+    study = pydicom.dcmread(files[0]).StudyInstanceUID
+    assert series_pdf.parent.name == f"st-{uid_hash(study)}"

@@ -1,0 +1,209 @@
+"""Rendering semantics, PNG output, hostile input and the ``render`` command."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from node.cli import main
+from node.config import ExportSection
+from node.errors import BadPixelData, ExportError
+from node.export import decode, display, png
+from node.export.exporter import Exporter, RenderOptions
+from tests.export import data
+from tests.export.test_dcmtk import TEST_FILES
+
+
+def exporter(tmp: Path, **kw: object) -> Exporter:
+    cfg = dataclasses.replace(ExportSection(), dir=tmp / "out", **kw)  # type: ignore[arg-type]
+    return Exporter(cfg, fsync=False)
+
+
+def outputs(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.jsonl")
+
+
+def render_one(path: Path, choice: display.VoiChoice = display.VoiChoice(), bits: int = 8):
+    ds = decode.read(path)
+    info = decode.pixel_info(ds, path, 10**9)
+    return display.render(ds, info, list(decode.frames(ds, path, info)), path, choice, bits)
+
+
+def test_monochrome1_is_inverted_relative_to_monochrome2(tmp_path: Path) -> None:
+    m1 = render_one(data.cr(tmp_path / "m1.dcm", "MONOCHROME1"))[0].pixels.astype(int)
+    m2 = render_one(data.cr(tmp_path / "m2.dcm", "MONOCHROME2"))[0].pixels.astype(int)
+    assert np.abs(m1 + m2 - 255).max() <= 1  # same data, opposite polarity
+    assert m1.std() > 50
+
+
+def test_ct_default_uses_first_window_on_hounsfield_units(tmp_path: Path) -> None:
+    frame = render_one(data.ct(tmp_path / "ct.dcm"))[0]
+    assert frame.voi.startswith("window C=40 W=400")
+    ds = pydicom.dcmread(tmp_path / "ct.dcm")
+    hu = ds.pixel_array.astype(int) - 1024
+    assert (frame.pixels[hu <= -160] == 0).all() and (frame.pixels[hu >= 240] == 255).all()
+
+
+def test_16_bit_output_keeps_full_voi_precision(tmp_path: Path) -> None:
+    path = data.ct(tmp_path / "ct.dcm")
+    p8 = render_one(path, bits=8)[0].pixels
+    p16 = render_one(path, bits=16)[0].pixels
+    assert p16.dtype == np.uint16
+    inside = (p8 > 0) & (p8 < 255)
+    # every HU inside the 400-wide window keeps its own level: ~400 levels, not 256
+    assert len(np.unique(p16[inside])) > 300 > len(np.unique(p8[inside]))
+    assert np.abs((p16 >> 8).astype(int) - p8.astype(int)).max() <= 1
+    blob = png.encode(p16, {})
+    back = np.asarray(Image.open(__import__("io").BytesIO(blob)))
+    assert np.array_equal(back.astype(np.uint16), p16)
+
+
+def test_linear_exact_and_sigmoid_follow_ps33(tmp_path: Path) -> None:
+    v = np.array([-200.0, -160.0, 40.0, 239.0, 240.0, 400.0])
+    exact = display._window(v, 40, 400, "LINEAR_EXACT", 0, 255)
+    assert list(exact) == [0, 0, 127.5, pytest.approx(254.3625), 255, 255]
+    sig = display._window(v, 40, 400, "SIGMOID", 0, 255)
+    assert sig[2] == pytest.approx(127.5)
+    assert sig[0] == pytest.approx(255 / (1 + np.exp(2.4))) and sig[-1] > 245
+
+
+def test_multiframe_one_png_per_frame_or_the_chosen_one(tmp_path: Path) -> None:
+    path = data.us_multiframe(tmp_path / "us.dcm", frames=3)
+    ex = exporter(tmp_path)
+    written = ex.export_instance(path)
+    assert [p.name[-9:] for p in written] == ["f0001.png", "f0002.png", "f0003.png"]
+    ds = pydicom.dcmread(path)
+    for i, p in enumerate(written):
+        assert np.array_equal(np.asarray(Image.open(p)), ds.pixel_array[i])
+    one = Exporter(
+        dataclasses.replace(ex.cfg, dir=tmp_path / "one"), RenderOptions(frame=1), fsync=False
+    )
+    (only,) = one.export_instance(path)
+    assert only.name.endswith("-f0002.png")
+
+
+def test_png_chunks_are_whitelisted_and_manifest_records_each_file(tmp_path: Path) -> None:
+    path = data.ct(tmp_path / "ct.dcm")
+    ex = exporter(tmp_path)
+    (out,) = ex.export_instance(path)
+    image = Image.open(out)
+    assert set(image.text) == {"Modality", "StudyDate", "SeriesDescription", "Window", "Software"}
+    assert image.text["Window"] == "window C=40 W=400"
+    assert image.text["StudyDate"] == "2024-01-02" and image.text["Modality"] == "CT"
+    raw = out.read_bytes()
+    for secret in data.PATIENT.values():
+        assert secret.encode() not in raw
+    ds = pydicom.dcmread(path)
+    assert out.relative_to(ex.root).parts[:2] == (ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    (entry,) = ex.manifest.entries()
+    assert entry["sop_instance_uid"] == ds.SOPInstanceUID
+    assert entry["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert entry["output"] == str(out) and entry["voi"] == "window C=40 W=400"
+
+
+def test_encapsulated_pdf_is_extracted_unchanged(tmp_path: Path) -> None:
+    from reportlab.pdfgen import canvas
+
+    c = canvas.Canvas(str(tmp_path / "doc.pdf"))
+    c.drawString(72, 720, "report body")
+    c.save()
+    pdf = (tmp_path / "doc.pdf").read_bytes() + b"\n"
+    if len(pdf) % 2 == 0:
+        pdf += b"%"  # an odd length, so the DICOM pad byte must be stripped
+    path = data.encapsulated_pdf(tmp_path / "pdf.dcm", pdf)
+    (out,) = exporter(tmp_path).export_instance(path)
+    assert out.suffix == ".pdf" and out.read_bytes() == pdf
+
+
+# ------------------------------------------------------------------ hostile and odd input
+
+
+def _bad(tmp: Path, name: str, **changes: object) -> Path:
+    ds = pydicom.dcmread(data.ct(tmp / f"{name}-src.dcm"))
+    for key, value in changes.items():
+        if value is None:
+            delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    return data.write(ds, tmp / f"{name}.dcm")
+
+
+@pytest.mark.parametrize(
+    ("case", "changes", "element"),
+    [
+        ("truncated", {"Rows": 200}, r"\(7FE0,0010\) PixelData holds \d+ bytes"),
+        ("frames", {"NumberOfFrames": 5}, r"\(0028,0008\) NumberOfFrames 5"),
+        ("no-pixels", {"PixelData": None}, r"\(7FE0,0010\) PixelData is missing"),
+        ("cap", {"Rows": 60000, "Columns": 60000}, r"exceeds export.max_pixels"),
+        ("no-rows", {"Rows": None}, r"\(0028,0010\) Rows is missing"),
+        ("bits", {"BitsAllocated": 12}, r"\(0028,0100\) BitsAllocated 12"),
+        ("photometric", {"PhotometricInterpretation": "CMYK"}, r"\(0028,0004\)"),
+    ],
+)
+def test_hostile_input_is_refused_by_element_without_output(
+    tmp_path: Path, case: str, changes: dict[str, object], element: str
+) -> None:
+    path = _bad(tmp_path, case, **changes)
+    ex = exporter(tmp_path, max_pixels=50_000_000)
+    with pytest.raises(ExportError, match=element) as info:
+        ex.export_instance(path)
+    assert str(path) in str(info.value)
+    assert outputs(ex.root) == [] and ex.manifest.entries() == []
+
+
+def test_palette_index_beyond_lut_is_refused(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(TEST_FILES / "examples_palette.dcm")
+    desc = list(ds.RedPaletteColorLookupTableDescriptor)
+    ds.RedPaletteColorLookupTableDescriptor = [16, desc[1], desc[2]]
+    path = data.write(ds, tmp_path / "pal.dcm")
+    with pytest.raises(BadPixelData, match=r"\(0028,1101\) RedPaletteColorLookupTableDescriptor"):
+        exporter(tmp_path).export_instance(path)
+
+
+def test_undecodable_transfer_syntax_names_it(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(TEST_FILES / "JPEG-lossy.dcm")
+    path = data.write(ds, tmp_path / "lossy.dcm")
+    with pytest.raises(ExportError, match=r"JPEG Extended"):
+        exporter(tmp_path).export_instance(path)
+
+
+def test_palette_colour_and_jpeg2000_render(tmp_path: Path) -> None:
+    pal = render_one(TEST_FILES / "examples_palette.dcm")[0].pixels
+    assert pal.shape[-1] == 3 and pal.dtype == np.uint8
+    assert len(np.unique(pal.reshape(-1, 3), axis=0)) > 10  # colour, not grey
+    segmented = TEST_FILES / "MR_small_jp2klossless.dcm"
+    assert render_one(segmented)[0].pixels.shape == (64, 64)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_render_command_batch_continues_and_exits_nonzero(tmp_path: Path) -> None:
+    good = [data.ct(tmp_path / "in" / f"ct{i}.dcm", InstanceNumber=i + 1) for i in range(4)]
+    bad = _bad(tmp_path / "bad", "broken", Rows=300)
+    out = tmp_path / "out"
+    argv = ["render", str(tmp_path / "in"), str(bad), "-o", str(out), "-j", "2"]
+    rc = main([*argv, "--window", "0", "80"])
+    assert rc == 1
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == len(good)
+    entries = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(entries) == 4 and {e["voi"] for e in entries} == {"window C=0 W=80 (user)"}
+    assert str(bad) not in {e["source"] for e in entries}
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_render_command_default_voi_and_16_bits(tmp_path: Path) -> None:
+    path = data.voi_lut(tmp_path / "voi.dcm")
+    rc = main(["render", str(path), "-o", str(tmp_path / "o"), "--bits", "16"])
+    assert rc == 0
+    (out,) = list((tmp_path / "o").rglob("*.png"))
+    image = Image.open(out)
+    assert image.text["Window"] == "VOI LUT 1 GAMMA" and image.mode.startswith("I")
