@@ -149,6 +149,7 @@ class ReceiveSection:
     tls_port: int = 0
     tls: TLSSettings = field(default_factory=TLSSettings)
     forward: list[ForwardRule] = field(default_factory=list)
+    fsync: bool = True
 
 
 @dataclass(frozen=True)
