@@ -84,7 +84,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with JobStore(cfg.node.state_dir) as store:
+    with JobStore(cfg.node.state_dir, durable=cfg.receive.fsync) as store:
         scp = StorageSCP(cfg, store)
         scp.start()
         # A line a supervisor (or a test) can wait for.

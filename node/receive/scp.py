@@ -95,7 +95,17 @@ def _is_loopback_host(host: str) -> bool:
 
 
 def check_access_config(cfg: ReceiveSection) -> None:
-    """Refuse a configuration that would expose an open SCP (ReceiveError says why)."""
+    """Refuse a configuration that would expose an open SCP, or cannot work (says why)."""
+    if cfg.tls.enabled and cfg.tls_port and cfg.tls_port == cfg.port:
+        raise ReceiveError(
+            f"receive.tls_port = {cfg.tls_port} is also receive.port: TLS needs its own port"
+        )
+    if not 0 <= cfg.tls_port < 65536:
+        raise ReceiveError(f"receive.tls_port: {cfg.tls_port} is not a TCP port (0-65535)")
+    if cfg.chunk_threshold_bytes <= 0:
+        raise ReceiveError("receive.chunk_threshold_bytes must be positive (bytes kept in memory)")
+    if cfg.max_associations <= 0:
+        raise ReceiveError("receive.max_associations must be at least 1")
     if _is_loopback_host(cfg.host):
         return
     if not cfg.allowed_networks and not cfg.allowed_calling_aes:
@@ -208,6 +218,7 @@ class StorageSCP:
             self.rcfg.archive,
             duplicates=self.rcfg.duplicates,
             min_free_bytes=self.rcfg.min_free_bytes,
+            fsync=self.rcfg.fsync,
         )
         self._servers: list[tuple[_Server, threading.Thread]] = []
         self._ae: AE | None = None
