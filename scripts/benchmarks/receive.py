@@ -8,7 +8,8 @@ DCMTK ``storescu`` (TCP_NODELAY=1, 128 KiB max PDU, one association) sends
 to each receiver, started fresh with an empty output directory for every run:
 
 - ``dicom-node receive`` (stores durably: fsync file + directory, SQLite commit with
-  synchronous=FULL, before answering success);
+  synchronous=FULL, before answering success), and the same with ``receive.fsync =
+  false`` to show what durability costs on this disk;
 - ``/usr/bin/storescp +xa -pdu 131072`` (DCMTK; writes files, no fsync);
 - ``python -m pynetdicom storescp -pdu 131072`` (stock pynetdicom app; no fsync, and it
   decodes each data set).
@@ -170,14 +171,21 @@ class Server:
         return sum(1 for p in (self.work / "out").rglob("*") if p.is_file() and p.suffix != ".log")
 
 
-def _dicom_node(port: int, work: Path) -> list[str]:
+def _dicom_node(port: int, work: Path, fsync: bool = True) -> list[str]:
     cfg = work / "node.toml"
     cfg.write_text(
         f'[node]\nstate_dir = "state"\nlog_level = "WARNING"\n'
         f'[receive]\nae_title = "{AET}"\narchive = "out"\nmin_free_bytes = 0\n'
-        f"max_pdu = {PDU}\nport = {port}\n"
+        f"max_pdu = {PDU}\nport = {port}\nfsync = {'true' if fsync else 'false'}\n"
     )
-    return [common.DICOM_NODE, "receive", "--config", str(cfg), "--log-level", "WARNING"]
+    return [
+        str(common.VENV_BIN / "python"), "-m", "node", "receive", "--config", str(cfg),
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+
+
+def _dicom_node_nosync(port: int, work: Path) -> list[str]:
+    return _dicom_node(port, work, fsync=False)
 
 
 def _dcmtk_storescp(port: int, work: Path) -> list[str]:
@@ -195,6 +203,7 @@ def _pynetdicom_storescp(port: int, work: Path) -> list[str]:
 
 SERVERS = {
     "dicom-node receive": _dicom_node,
+    "dicom-node receive (fsync off)": _dicom_node_nosync,
     "dcmtk storescp": _dcmtk_storescp,
     "pynetdicom storescp": _pynetdicom_storescp,
 }

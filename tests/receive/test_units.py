@@ -1,0 +1,136 @@
+"""Unit tests of the pieces under the SCP: header walker, file meta, spill buffer, rules."""
+
+from __future__ import annotations
+
+import glob
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+from node.config import ForwardRule
+from node.errors import UnsafePath
+from node.receive import header as H
+from node.receive.archive import Archive, file_meta_bytes
+from node.receive.guard import SpillBuffer, pdu_cap
+from node.receive.studies import forward_destinations
+
+
+def _dataset_part(path: str) -> tuple[bytes, bool, bool]:
+    raw = Path(path).read_bytes()
+    fp = BytesIO(raw)
+    read_preamble(fp, False)
+    ts = _read_file_meta_info(fp).TransferSyntaxUID
+    return raw[fp.tell() :], ts.is_implicit_VR, ts.is_little_endian
+
+
+def _test_files() -> list[str]:
+    ct = get_testdata_file("CT_small.dcm")
+    assert ct is not None
+    return sorted(glob.glob(str(Path(ct).parent / "*.dcm")))
+
+
+def test_fast_walker_agrees_with_pydicom_on_every_sample() -> None:
+    compared = 0
+    for path in _test_files():
+        try:
+            data, implicit, little = _dataset_part(path)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                slow = H.read_header(BytesIO(data), implicit, little)  # pydicom path
+        except Exception:
+            continue  # no file meta, deflated, truncated: not a walker question
+        try:
+            fast = H._fast_header(data, implicit, little)
+        except H._Unusual:
+            continue  # left to pydicom on purpose
+        fast.flags.extend(H.pixel_flags(fast))
+        assert fast == slow, path
+        compared += 1
+    assert compared > 50
+
+
+def test_walker_falls_back_on_truncated_data() -> None:
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    data, implicit, little = _dataset_part(path)
+    cut = data[:1001]  # ends inside an element
+    with pytest.raises(H._Unusual):
+        H._fast_header(cut, implicit, little)
+    # read_header itself survives: pydicom reads what is there, or HeaderError.
+    try:
+        header = H.read_header(cut, implicit, little)
+    except H.HeaderError:
+        return
+    assert header.sop_class_uid
+
+
+def test_pixel_flags() -> None:
+    ok = H.Header(rows=2, columns=3, bits_allocated=8, samples_per_pixel=1, pixel_length=6)
+    assert H.pixel_flags(ok) == []
+    padded = H.Header(rows=1, columns=3, bits_allocated=8, pixel_length=4)
+    assert H.pixel_flags(padded) == []
+    wrong = H.Header(rows=512, columns=512, bits_allocated=16, pixel_length=100)
+    assert H.pixel_flags(wrong) == ["pixel_length_mismatch"]
+    encapsulated = H.Header(rows=512, columns=512, bits_allocated=8, pixel_length=-1)
+    assert H.pixel_flags(encapsulated) == []
+
+
+def test_file_meta_is_valid_part10(tmp_path: Path) -> None:
+    meta = file_meta_bytes("1.2.840.10008.5.1.4.1.1.7", "1.2.3.45", "1.2.840.10008.1.2.1", "MOD")
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    data, _, _ = _dataset_part(path)
+    out = tmp_path / "x.dcm"
+    out.write_bytes(meta + data)
+    ds = dcmread(out)
+    assert ds.file_meta.MediaStorageSOPInstanceUID == "1.2.3.45"
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert ds.file_meta.SourceApplicationEntityTitle == "MOD"
+    assert ds.file_meta.FileMetaInformationGroupLength == len(meta) - 128 - 4 - 12
+
+
+@pytest.mark.parametrize("bad", ["../x", "1.2/3", "1..2", ".1", "1.", "", "1" * 65, "1.2\x00"])
+def test_archive_refuses_unsafe_uids(tmp_path: Path, bad: str) -> None:
+    archive = Archive(tmp_path)
+    with pytest.raises(UnsafePath):
+        archive.path_for(bad, "1.2", "1.3")
+    with pytest.raises(UnsafePath):
+        archive.path_for("1.1", "1.2", bad)
+
+
+def test_spill_buffer_moves_to_disk_past_threshold(tmp_path: Path) -> None:
+    spilled: list[SpillBuffer] = []
+    buf = SpillBuffer(1000, tmp_path, spilled.append)
+    buf.write(b"a" * 600)
+    assert not buf.spilled and spilled == []
+    buf.write(b"b" * 600)
+    assert buf.spilled and spilled == [buf]
+    buf.write(b"c" * 10)
+    path = buf.finish()
+    assert path.parent == tmp_path and path.name.startswith(".tmp-")
+    assert path.read_bytes() == b"a" * 600 + b"b" * 600 + b"c" * 10
+    assert len(buf.getbuffer()) == 0  # nothing left in memory
+    buf.discard()
+    assert not path.exists()
+
+
+def test_pdu_cap() -> None:
+    assert pdu_cap(16384) == 1 << 20
+    assert pdu_cap(4 << 20) == 4 << 20
+    assert pdu_cap(0) == 64 << 20
+
+
+def test_forward_rules() -> None:
+    rules = [
+        ForwardRule(destination="pacs"),
+        ForwardRule(destination="ct-ai", modality="CT"),
+        ForwardRule(destination="us-only", calling_ae="US1"),
+    ]
+    assert forward_destinations(rules, ["CT1"], ["CT"]) == ["pacs", "ct-ai"]
+    assert forward_destinations(rules, ["US1"], ["US"]) == ["pacs", "us-only"]
+    assert forward_destinations(rules[1:], ["MR1"], ["MR"]) == []
