@@ -113,6 +113,16 @@ class ConvertOptions:
         )
 
     def __post_init__(self) -> None:
+        if self.conversion_type not in iods.CONVERSION_TYPES:
+            known = ", ".join(f"{k} ({v})" for k, v in iods.CONVERSION_TYPES.items())
+            raise ConversionError(
+                f"(0008,0064) ConversionType {self.conversion_type!r} is not a defined term: "
+                f"use one of {known}"
+            )
+        if self.sop_class not in iods.SOP_KINDS:
+            raise ConversionError(
+                f"SOP class {self.sop_class!r} unknown (known: {', '.join(iods.SOP_KINDS)})"
+            )
         # Parsed once (and validated: a bad keyword fails here, before any file is read).
         defaults = metadata.dataset_from_pairs(self.defaults.items(), "[ingest.defaults]")
         keys = metadata.dataset_from_pairs(self.keys, "--key")

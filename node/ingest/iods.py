@@ -27,6 +27,17 @@ MF_TRUE_COLOR_SC = "1.2.840.10008.5.1.4.1.1.7.4"
 VL_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4"
 
 SopKind = Literal["sc", "nsc", "vlp"]
+#: (0008,0064) ConversionType defined terms (PS3.3 C.8.6.1).
+CONVERSION_TYPES = {
+    "DV": "digitized video",
+    "DI": "digital interface",
+    "DF": "digitized film",
+    "WSD": "workstation",
+    "SD": "scanned document",
+    "SI": "scanned image",
+    "DRW": "drawing",
+    "SYN": "synthetic image",
+}
 SOP_KINDS: tuple[str, ...] = ("sc", "nsc", "vlp")
 
 
@@ -101,7 +112,7 @@ def build(
     if kind == "nsc":
         # Multi-frame, SC Multi-frame Image
         modules.multi_frame(ds)
-        modules.sc_multiframe_image(ds, pixels)
+        modules.sc_multiframe_image(ds, pixels, conversion_type)
     # SOP Common
     modules.sop_common(ds, uid, ids.sop_instance_uid)
     return uid

@@ -133,10 +133,15 @@ def multi_frame(ds: Elements) -> None:
 
 
 # SC Multi-frame Image (C.8.6.3)
-def sc_multiframe_image(ds: Elements, pixels: Pixels) -> None:
-    """BurnedInAnnotation (Type 1; default NO, override with -k) and the grey LUT attributes."""
+def sc_multiframe_image(ds: Elements, pixels: Pixels, conversion_type: str) -> None:
+    """BurnedInAnnotation (Type 1) and the grey LUT attributes.
+
+    BurnedInAnnotation defaults to NO for camera files (ConversionType DI) and to YES for
+    everything else (screenshots, scanned documents/images may show identifying text),
+    so that de-identification treats such pixels with care; override with -k.
+    """
     if not ds.has_value("BurnedInAnnotation"):
-        ds.set("BurnedInAnnotation", "NO")
+        ds.set("BurnedInAnnotation", "NO" if conversion_type == "DI" else "YES")
     if pixels.samples == 1:
         ds.set("PresentationLUTShape", "IDENTITY")
         ds.set("RescaleIntercept", "0")

@@ -248,3 +248,13 @@ def test_template_in_latin1_is_rewritten_as_utf8(tmp_path: Path) -> None:
     options = cv.ConvertOptions(template=load_template(tpl, "study"), fsync=False)
     got = _convert(_jpeg(tmp_path), options)
     assert got.SpecificCharacterSet == "ISO_IR 192" and got.PatientName == "Müller^Jörg"
+
+
+def test_conversion_type_is_validated_and_drives_burned_in_annotation(tmp_path: Path) -> None:
+    with pytest.raises(ConversionError, match=r"\(0008,0064\) ConversionType 'CAMERA'"):
+        cv.ConvertOptions(conversion_type="CAMERA")
+    src = _jpeg(tmp_path)
+    ds = _convert(src, cv.ConvertOptions(sop_class="nsc", conversion_type="WSD", fsync=False))
+    assert ds.ConversionType == "WSD" and ds.BurnedInAnnotation == "YES"
+    ds = _convert(src, cv.ConvertOptions(sop_class="nsc", fsync=False), 2)
+    assert ds.ConversionType == "DI" and ds.BurnedInAnnotation == "NO"
