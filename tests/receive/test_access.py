@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,29 @@ def test_tls_config_without_certificate_refuses_to_start(tmp_path: Path) -> None
     cfg = make_config(tmp_path, tls={"enabled": True})
     with JobStore(cfg.node.state_dir) as store, pytest.raises(ReceiveError, match="cert_file"):
         StorageSCP(cfg, store).start()
+
+
+def test_association_limit_and_idle_timeout(tmp_path: Path) -> None:
+    seen: list[tuple[int, int, int]] = []
+
+    def on_rejected(event: evt.Event) -> None:
+        prim = event.assoc.acceptor.primitive
+        seen.append((prim.result, prim.result_source, int(prim.diagnostic)))
+
+    with running_scp(tmp_path, max_associations=1, network_timeout=1.0) as (scp, _, _):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        first = ae.associate(LOOPBACK, scp.port, ae_title=AET)
+        assert first.is_established
+        second = ae.associate(
+            LOOPBACK, scp.port, ae_title=AET, evt_handlers=[(evt.EVT_REJECTED, on_rejected)]
+        )
+        assert second.is_rejected
+        assert seen == [(0x02, 0x03, 0x02)]  # transient, ACSE provider: local limit exceeded
+        # The idle first association is dropped by the SCP after network_timeout ...
+        deadline = time.monotonic() + 15
+        while first.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not first.is_established
+        # ... which frees the slot.
+        assert echoscu(scp.port).returncode == 0
