@@ -200,7 +200,8 @@ def convert_file(
     ``overrides`` (keyword -> value, e.g. from a file-name pattern) rank just below the
     ``-k`` keys. The sidecar (``NAME.json`` / ``NAME.jpg.json``) is read here. Raises a
     :class:`~node.errors.ConversionError` subclass naming the file and the cause; on error
-    nothing is written.
+    nothing is written. A failure to write ``output`` itself (disk full, permissions) is an
+    ``OSError``: the input is fine, retry later.
     """
     source = Path(source)
     data = _read(source)
