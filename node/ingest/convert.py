@@ -210,7 +210,7 @@ def convert_file(
         raise CorruptInput(f"{name}: empty file (0 bytes)")
     kind = detect_format(data[:16])
     if kind is None:
-        hint = " (it looks like text)" if _looks_like_text(data[:512]) else ""
+        hint = _what_it_is(data)
         raise UnsupportedInput(
             f"{name}: not a JPEG, PNG, BMP or TIFF image{hint}; the format is decided from the "
             "file's content, not its extension"
@@ -257,6 +257,25 @@ def _note_level(note: str) -> int:
     if note.startswith("warning"):
         return logging.WARNING
     return logging.DEBUG if "metadata segment" in note else logging.INFO
+
+
+def _what_it_is(data: bytes) -> str:
+    """A hint for refused inputs: what the file looks like, if we can tell."""
+    if data[128:132] == b"DICM":
+        return " (it is already a DICOM file: send it as it is)"
+    for magic, what in (
+        (b"GIF8", "a GIF image"),
+        (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 file"),
+        (b"\xff\x4f\xff\x51", "a JPEG 2000 codestream"),
+        (b"%PDF", "a PDF document"),
+    ):
+        if data.startswith(magic):
+            return f" (it is {what})"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return " (it is a WebP image)"
+    if data[4:8] == b"ftyp":
+        return f" (it is an ISO media file, brand {data[8:12].decode('latin-1')!r}, e.g. HEIC)"
+    return " (it looks like text)" if _looks_like_text(data[:512]) else ""
 
 
 def _looks_like_text(head: bytes) -> bool:

@@ -318,8 +318,9 @@ def bad_cases() -> list[tuple[str, str, Callable[[], bytes], type[ConversionErro
             UnsupportedInput,
             "text",
         ),
-        ("gif", "anim.jpg", lambda: saved(rgb(8, 8), "GIF"), UnsupportedInput, "not a JPEG, PNG"),
+        ("gif", "anim.jpg", lambda: saved(rgb(8, 8), "GIF"), UnsupportedInput, "it is a GIF image"),
         ("bomb", "bomb.jpg", _bomb, InputTooLarge, "decompression bomb"),
+        ("dicom", "already.jpg", _dicom_file, UnsupportedInput, "already a DICOM file"),
         (
             "sof-disagrees",
             "liar.jpg",
@@ -335,6 +336,10 @@ def bad_cases() -> list[tuple[str, str, Callable[[], bytes], type[ConversionErro
             "16-bit colour",
         ),
     ]
+
+
+def _dicom_file() -> bytes:
+    return b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\x00\x00\x00\x00"
 
 
 def _png_rgb16() -> bytes:
