@@ -258,3 +258,18 @@ def test_conversion_type_is_validated_and_drives_burned_in_annotation(tmp_path: 
     assert ds.ConversionType == "WSD" and ds.BurnedInAnnotation == "YES"
     ds = _convert(src, cv.ConvertOptions(sop_class="nsc", fsync=False), 2)
     assert ds.ConversionType == "DI" and ds.BurnedInAnnotation == "NO"
+
+
+@pytest.mark.dcmtk
+def test_dcmtk_reads_the_utf8_name(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.peers import tool
+
+    _convert(_jpeg(tmp_path), cv.ConvertOptions(keys=(("PatientName", "Müller^Jörg"),)))
+    out = subprocess.run(
+        [tool("dcmdump"), "+U8", str(tmp_path / "photo.1.dcm")],
+        capture_output=True,
+        check=True,
+    ).stdout.decode("utf-8")
+    assert "[Müller^Jörg]" in out and "[ISO_IR 192]" in out
