@@ -188,6 +188,22 @@ def good_cases() -> list[Case]:
             note="progressive",
         ),
         Case(
+            "optimized-huffman-q100",
+            "optimized.jpg",
+            lambda: jpeg(rgb(37, 23), quality=100, optimize=True),
+            "passthrough",
+            "YBR_FULL_422",
+        ),
+        Case(
+            "progressive-grey",
+            "progressive-grey.jpg",
+            lambda: jpeg(grey(30, 20), progressive=True),
+            "decoded-lossy",
+            "MONOCHROME2",
+            samples=1,
+            note="progressive",
+        ),
+        Case(
             "cmyk",
             "cmyk.jpg",
             lambda: jpeg(rgb(24, 16).convert("CMYK")),
