@@ -97,16 +97,16 @@ class JpegInfo:
 
     @property
     def subsampling(self) -> str:
-        """``4:4:4``, ``4:2:2``, ``4:2:0``, ``4:4:0``, ``4:1:1`` or ``HxV`` factors for colour."""
+        """``4:4:4``, ``4:2:2``, ``4:2:0``, ``4:4:0``, ``4:1:1``, else the HxV factors."""
         if len(self.components) < 3:
             return "n/a"
+        factors = "/".join(f"{c.h}x{c.v}" for c in self.components)
         y, *rest = self.components
         if any(c.h != rest[0].h or c.v != rest[0].v for c in rest):
-            return "/".join(f"{c.h}x{c.v}" for c in self.components)
+            return factors
         ratio = (y.h // max(rest[0].h, 1), y.v // max(rest[0].v, 1))
-        return {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0", (1, 2): "4:4:0"}.get(
-            ratio, {(4, 1): "4:1:1"}.get(ratio, "/".join(f"{c.h}x{c.v}" for c in self.components))
-        )
+        names = {(1, 1): "4:4:4", (2, 1): "4:2:2", (2, 2): "4:2:0", (1, 2): "4:4:0"}
+        return names.get(ratio) or {(4, 1): "4:1:1"}.get(ratio, factors)
 
     @property
     def colour_space(self) -> str:
