@@ -195,6 +195,13 @@ def good_cases() -> list[Case]:
             "YBR_FULL_422",
         ),
         Case(
+            "extended-sof1-8bit",
+            "sof1.jpg",
+            lambda: jpeg(rgb(24, 16)).replace(b"\xff\xc0", b"\xff\xc1", 1),
+            "passthrough",
+            "YBR_FULL_422",
+        ),
+        Case(
             "progressive-grey",
             "progressive-grey.jpg",
             lambda: jpeg(grey(30, 20), progressive=True),
