@@ -4,9 +4,10 @@ One association carries a whole batch (split only when it needs more than 128 pr
 contexts). TCP_NODELAY is set on the socket as soon as it is connected: without it each
 C-STORE waits ~40 ms for the peer's delayed ACK (Nagle).
 
-Files whose transfer syntax was accepted are sent as they are on disk: pynetdicom's
-``STORE_SEND_CHUNKED_DATASET`` mode streams the bytes after the file meta straight into
-P-DATA PDUs, with no decode/re-encode. Other files are transcoded (see ``contexts``).
+Files whose transfer syntax was accepted are sent as they are on disk (the bytes after the
+file meta streamed into P-DATA PDUs, no decode/re-encode); other files are transcoded (see
+``contexts``). The DIMSE exchange itself is in ``dimse`` (one reactor pause per batch,
+responses matched to requests).
 
 An item is reported exactly once when it was attempted or decided; items left unreported
 were not started (a stop was requested, or the association died before their turn) and the
@@ -17,6 +18,7 @@ The :class:`Sender` protocol is what the worker needs; tests inject a fake.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -24,15 +26,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import Destination
 from node.errors import SendError
+from node.send import dimse
 from node.send import status as st
 from node.send.contexts import SendItem, choose_syntax, plan_associations, transcode
 from node.send.status import Outcome
@@ -40,11 +44,12 @@ from node.send.tls import client_context
 
 log = logging.getLogger(__name__)
 
-# Send files that need no conversion straight from disk (no dcmread + encode round trip).
-# A process-wide pynetdicom switch: it only changes send_c_store() called with a *path*.
-_config.STORE_SEND_CHUNKED_DATASET = True
-
 Report = Callable[[SendItem, Outcome], None]
+
+#: Poll interval of pynetdicom's DUL thread during our (short-lived, per batch) associations.
+#: Its default of 1 ms adds up to ~1 ms of latency to each PDU in each direction; 0.1 ms
+#: roughly halves the per-C-STORE time against a fast peer for little CPU (select() calls).
+REACTOR_DELAY: float | None = 0.0001
 
 
 class Sender(Protocol):
@@ -98,7 +103,7 @@ class StoreSCU:
         destination: Destination,
         *,
         calling_ae: str,
-        reactor_delay: float | None = None,
+        reactor_delay: float | None = REACTOR_DELAY,
     ) -> None:
         self.dest = destination
         self.calling_ae = destination.calling_ae or calling_ae
@@ -206,29 +211,34 @@ class StoreSCU:
         report: Report,
         stop: Callable[[], bool] | None,
     ) -> None:
+        # (SOP class, transfer syntax) -> accepted context ID; each context has one syntax.
+        contexts: dict[tuple[str, str], int] = {}
         accepted: dict[str, list[str]] = {}
         for cx in assoc.accepted_contexts:
-            accepted.setdefault(str(cx.abstract_syntax), []).extend(
-                str(ts) for ts in cx.transfer_syntax
-            )
+            ts = str(cx.transfer_syntax[0])
+            contexts[(str(cx.abstract_syntax), ts)] = int(cx.context_id or 0)
+            accepted.setdefault(str(cx.abstract_syntax), []).append(ts)
+        fast = dimse.fast_path_available(assoc)
+        paused = dimse.PausedReactor(assoc) if fast else contextlib.nullcontext()
         msg_id = 0
-        for item in items:
-            if stop is not None and stop():
-                return
-            if not assoc.is_established:
-                log.warning(
-                    "association with %s ended; %d files left for later",
-                    self.where,
-                    len(items) - items.index(item),
-                )
-                return
-            syntaxes = accepted.get(item.sop_class_uid, [])
-            target = choose_syntax(item.transfer_syntax, syntaxes)
-            if target is None:
-                report(item, self._not_accepted(item, syntaxes))
-                continue
-            msg_id = msg_id % 65535 + 1
-            report(item, self._store(assoc, item, target, msg_id))
+        with paused:
+            for n, item in enumerate(items):
+                if stop is not None and stop():
+                    return
+                if not assoc.is_established or assoc.is_aborted:
+                    log.warning(
+                        "association with %s ended; %d files left for later",
+                        self.where,
+                        len(items) - n,
+                    )
+                    return
+                target = choose_syntax(item.transfer_syntax, accepted.get(item.sop_class_uid, []))
+                if target is None:
+                    report(item, self._not_accepted(item, accepted.get(item.sop_class_uid, [])))
+                    continue
+                msg_id = msg_id % 65535 + 1
+                context_id = contexts[(item.sop_class_uid, target)]
+                report(item, self._store(assoc, item, target, context_id, msg_id, fast))
 
     def _not_accepted(self, item: SendItem, syntaxes: list[str]) -> Outcome:
         name = UID(item.sop_class_uid).name
@@ -242,13 +252,19 @@ class StoreSCU:
             f"{self.where} (accepted: {got}) and the file cannot be converted to it"
         )
 
-    def _store(self, assoc: Association, item: SendItem, target: str, msg_id: int) -> Outcome:
-        payload: Dataset | str
-        if target == item.transfer_syntax:
-            payload = str(item.path)
-        else:
+    def _store(
+        self,
+        assoc: Association,
+        item: SendItem,
+        target: str,
+        context_id: int,
+        msg_id: int,
+        fast: bool,
+    ) -> Outcome:
+        dataset: Dataset | None = None
+        if target != item.transfer_syntax:
             try:
-                payload = transcode(item.path, target)
+                dataset = transcode(item.path, target)
             except FileNotFoundError:
                 return st.dead(f"{item.path}: file is gone")
             except (SendError, OSError) as exc:
@@ -257,21 +273,26 @@ class StoreSCU:
                 return st.dead(f"{item.path}: cannot read as DICOM to transcode it: {exc}")
         started = time.perf_counter()
         try:
-            rsp = assoc.send_c_store(payload, msg_id=msg_id)
+            if fast:
+                outcome = dimse.store(
+                    assoc,
+                    context_id,
+                    sop_class_uid=item.sop_class_uid,
+                    sop_instance_uid=item.sop_instance_uid,
+                    msg_id=msg_id,
+                    path=item.path if dataset is None else None,
+                    dataset=dataset,
+                    implicit_vr=UID(target).is_implicit_VR,
+                    timeout=self.dest.dimse_timeout,
+                )
+            else:
+                outcome = self._send_c_store(assoc, item, dataset, msg_id)
         except FileNotFoundError:
             return st.dead(f"{item.path}: file is gone")
-        except (AttributeError, ValueError) as exc:
-            return st.dead(f"{item.path}: cannot be sent: {exc}")
         except OSError as exc:
             return st.retry(f"{item.path}: read error while sending: {exc}")
-        except RuntimeError:
-            return st.retry(f"association with {self.where} ended before the C-STORE")
-        if "Status" not in rsp:
-            # Timeout, abort, or pynetdicom's dropped response (#875): NOT sent.
-            return st.retry(
-                f"no C-STORE response from {self.where} (DIMSE timeout, abort or lost response)"
-            )
-        outcome = st.classify_status(int(rsp.Status), str(rsp.get("ErrorComment", "") or ""))
+        except (AttributeError, ValueError, KeyError) as exc:
+            return st.dead(f"{item.path}: cannot be sent: {exc}")
         log.debug(
             "C-STORE %s -> %s in %.1f ms",
             item.sop_instance_uid,
@@ -279,3 +300,18 @@ class StoreSCU:
             1000 * (time.perf_counter() - started),
         )
         return outcome
+
+    def _send_c_store(
+        self, assoc: Association, item: SendItem, dataset: Dataset | None, msg_id: int
+    ) -> Outcome:
+        """pynetdicom's public path (used when the batch path's internals are missing)."""
+        try:
+            rsp = assoc.send_c_store(dataset if dataset is not None else dcmread(item.path), msg_id)
+        except RuntimeError:
+            return st.retry(f"association with {self.where} ended before the C-STORE")
+        if "Status" not in rsp:
+            # Timeout, abort, or pynetdicom's dropped response (#875): NOT sent.
+            return st.retry(
+                f"no C-STORE response from {self.where} (DIMSE timeout, abort or lost response)"
+            )
+        return st.classify_status(int(rsp.Status), str(rsp.get("ErrorComment", "") or ""))

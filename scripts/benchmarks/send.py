@@ -1,0 +1,298 @@
+"""Send benchmark: ``dicom-node send`` vs DCMTK ``storescu`` into DCMTK ``storescp``.
+
+Workloads (made once, in the work directory):
+
+- 200 Secondary Capture objects, JPEG Baseline, 512×384 RGB (~30-40 KB each);
+- 200 CT objects, 512×512 16-bit, Explicit VR Little Endian (~513 KB each).
+
+Receiver: ``/usr/bin/storescp +xa -pdu 131072`` with TCP_NODELAY=1, writing into a scratch
+directory that is emptied between runs. Senders, both one process and one association for
+the whole directory:
+
+- ``dicom-node send --max-pdu 131072 HOST:PORT DIR`` (files whose syntax is accepted go
+  straight from disk);
+- ``/usr/bin/storescu -pdu 131072 +sd [-xy for JPEG]`` with TCP_NODELAY=1.
+
+Runs are interleaved (ours, DCMTK, ours, DCMTK ...). ``run(workdir, repeats)`` returns rows
+for scripts/bench; ``python send.py [--repeats N]`` prints instances/s, MB/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+COUNT = 200
+PDU = 131072
+AET = "BENCHSCP"
+TRANSFER = "dicom-node send (transfer only, start-up excluded)"
+_TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_OK) else []
+
+
+# ------------------------------------------------------------------------------ data
+
+
+def _meta_ds(sop_class: str, ts: str, i: int) -> Any:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.SOPClassUID = sop_class
+    ds.PatientName = "Bench^Send"
+    ds.PatientID = "BENCH"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1234.1." + ("1" if "7" in sop_class else "2")
+    ds.InstanceNumber = i + 1
+    return ds
+
+
+def jpeg_files(out: Path, count: int = COUNT) -> list[Path]:
+    """SC objects with encapsulated baseline JPEG (Pillow, 4:2:2), 512×384."""
+    import numpy as np
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:384, 0:512]
+    base = np.stack([x // 2, y * 255 // 384, (x + y) % 256], axis=-1).astype(np.int16)
+    paths = []
+    for i in range(count):
+        arr = (base + rng.integers(-12, 12, base.shape)).clip(0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr, "RGB").save(buf, "JPEG", quality=85, subsampling=1)
+        ds = _meta_ds(SecondaryCaptureImageStorage, JPEGBaseline8Bit, i)
+        ds.Modality = "OT"
+        ds.ConversionType = "WSD"
+        ds.Rows, ds.Columns = 384, 512
+        ds.SamplesPerPixel = 3
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.LossyImageCompression = "01"
+        ds.PixelData = encapsulate([buf.getvalue()])
+        ds["PixelData"].VR = "OB"
+        path = out / f"sc{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def ct_files(out: Path, count: int = COUNT) -> list[Path]:
+    """CT objects, 512×512 16-bit signed, Explicit VR Little Endian."""
+    import numpy as np
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(count):
+        ds = _meta_ds(CTImageStorage, ExplicitVRLittleEndian, i)
+        ds.Modality = "CT"
+        ds.Rows = ds.Columns = 512
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.PixelData = rng.integers(-1000, 2000, (512, 512), dtype=np.int16).tobytes()
+        ds["PixelData"].VR = "OW"
+        path = out / f"ct{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class Receiver:
+    """storescp +xa, TCP_NODELAY=1, 128 KiB PDU, into a scratch directory."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.out = workdir / "received"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.port = common.free_port()
+        self.log = open(workdir / "storescp.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                common.dcmtk("storescp"),
+                "-aet",
+                AET,
+                "+xa",
+                "-pdu",
+                str(PDU),
+                "-od",
+                str(self.out),
+                str(self.port),
+            ],
+            env=common.peer_env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        common.wait_port(self.port)
+
+    def count(self) -> int:
+        return sum(1 for _ in self.out.iterdir())
+
+    def clear(self) -> None:
+        for p in self.out.iterdir():
+            p.unlink()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+_SUMMARY = re.compile(r"delivered to .*?; ([0-9.]+) s, ")
+
+
+def _transfer_seconds(stdout: str) -> float | None:
+    """The sending time ``dicom-node send`` reports in its summary (start-up excluded)."""
+    m = _SUMMARY.search(stdout)
+    return float(m.group(1)) if m else None
+
+
+def _timed_rss(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    start = time.perf_counter()
+    res = subprocess.run([*_TIME, *cmd], capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - start
+    if res.returncode != 0:
+        raise RuntimeError(
+            f"{cmd[0]} exited {res.returncode}: {res.stdout[-800:]}{res.stderr[-800:]}"
+        )
+    rss = 0
+    for line in res.stderr.splitlines():
+        if line.startswith("maxrss="):
+            rss = int(line.split("=", 1)[1]) * 1024
+    return elapsed, rss, res.stdout
+
+
+def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    workloads = {
+        "send JPEG SC 512x384 ×200": (jpeg_files(workdir / "jpeg"), ["-xy"]),
+        "send CT 512x512 16-bit ×200": (ct_files(workdir / "ct"), []),
+    }
+    rows: list[dict[str, Any]] = []
+    receiver = Receiver(workdir)
+    try:
+        for workload, (paths, ts_opts) in workloads.items():
+            src = paths[0].parent
+            size = sum(p.stat().st_size for p in paths)
+            ours_cmd = [
+                common.DICOM_NODE,
+                "send",
+                "--log-level",
+                "WARNING",
+                "--max-pdu",
+                str(PDU),
+                "--aec",
+                AET,
+                f"{common.LOOPBACK}:{receiver.port}",
+                str(src),
+            ]
+            dcmtk_cmd = [
+                common.dcmtk("storescu"),
+                "-aec",
+                AET,
+                "-pdu",
+                str(PDU),
+                *ts_opts,
+                "+sd",
+                common.LOOPBACK,
+                str(receiver.port),
+                str(src),
+            ]
+            tools = {
+                "dicom-node send": (ours_cmd, None),
+                "DCMTK storescu": (dcmtk_cmd, common.peer_env()),
+            }
+            seconds: dict[str, list[float]] = {name: [] for name in tools}
+            seconds[TRANSFER] = []
+            rss: dict[str, int] = dict.fromkeys(tools, 0)
+            for _ in range(repeats):
+                for name, (cmd, env) in tools.items():
+                    receiver.clear()
+                    secs, peak, out = _timed_rss(cmd, env)
+                    got = receiver.count()
+                    if got != len(paths):
+                        raise RuntimeError(f"{name}: storescp holds {got} of {len(paths)} files")
+                    seconds[name].append(secs)
+                    rss[name] = max(rss[name], peak)
+                    if name == "dicom-node send" and (inner := _transfer_seconds(out)):
+                        seconds[TRANSFER].append(inner)
+            for name, secs in seconds.items():
+                rows.append(
+                    {
+                        "workload": workload,
+                        "tool": name,
+                        "seconds": secs,
+                        "instances": len(paths),
+                        "bytes": size,
+                        "peak_rss": rss.get(name, rss["dicom-node send"]),
+                    }
+                )
+    finally:
+        receiver.stop()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-send-"))
+    try:
+        rows = run(work, args.repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    import statistics
+
+    for row in rows:
+        med = statistics.median(row["seconds"])
+        runs = " ".join(f"{s:.3f}" for s in row["seconds"])
+        print(
+            f"{row['workload']:<28} {row['tool']:<52} {row['instances'] / med:7.1f} inst/s "
+            f"{row['bytes'] / med / 1e6:7.1f} MB/s  median {med:.3f} s  runs {runs}  "
+            f"rss {row['peak_rss'] / 1e6:.0f} MB"
+        )
+    by: dict[str, dict[str, float]] = {}
+    for row in rows:
+        by.setdefault(row["workload"], {})[row["tool"]] = statistics.median(row["seconds"])
+    for workload, t in by.items():
+        for ours in ("dicom-node send", TRANSFER):
+            if ours in t:
+                ratio = t["DCMTK storescu"] / t[ours]
+                print(f"{workload}: {ours} vs DCMTK storescu = {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
