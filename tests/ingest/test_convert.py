@@ -254,6 +254,7 @@ def test_keep_appn_keeps_the_file_bytes(tmp_path: Path) -> None:
     assert b"TestCam" not in stripped
 
 
+@pytest.mark.dcmtk
 def test_compare_with_img2dcm(tmp_path: Path) -> None:
     """img2dcm labels an RGB-coded JPEG YBR_FULL_422; we label it RGB (PS3.5 8.2.1)."""
     data = CASES["rgb-adobe-transform-0"].make()
