@@ -149,8 +149,11 @@ class Summary:
     refused: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _is_input(path: Path) -> bool:
-    return not path.name.startswith(".") and path.suffix.lower() != ".json"
+def _is_input(path: Path, root: Path) -> bool:
+    """Not a sidecar, not hidden, not inside a hidden directory (.thumbnails, .git ...)."""
+    if path.suffix.lower() == ".json":
+        return False
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def collect(inputs: list[str], output: Path) -> list[Job]:
@@ -165,7 +168,7 @@ def collect(inputs: list[str], output: Path) -> list[Job]:
                 p
                 for p in path.rglob("*")
                 if p.is_file()
-                and _is_input(p)
+                and _is_input(p, path)
                 and not p.resolve().is_relative_to(out_root)  # our own earlier outputs
             )
             for f in sorted(found):

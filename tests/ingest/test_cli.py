@@ -216,3 +216,12 @@ def test_unwritable_output_is_reported_per_file(
     blocker.write_text("a file where the output directory should be")
     assert main(["convert", str(src), "-o", str(blocker)]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_hidden_files_and_directories_are_skipped(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    corpus.write(src, "a.jpg", corpus.jpeg(corpus.rgb(8, 8)))
+    corpus.write(src / ".thumbnails", "a.jpg", corpus.jpeg(corpus.rgb(4, 4)))
+    corpus.write(src, ".DS_Store", b"\x00\x00\x00\x01Bud1")
+    assert main(["convert", str(src), "-o", str(tmp_path / "o")]) == 0
+    assert [p.name for p in _files(tmp_path / "o")] == ["a.dcm"]
