@@ -125,6 +125,8 @@ def _wait_response(
                 assoc.abort()
                 return st.retry(f"no C-STORE response within {timeout:.0f} s (DIMSE timeout)")
             continue
+        if rsp is None:  # the provider gave up on the association (abort, closed socket)
+            return st.retry("association aborted while waiting for the C-STORE response")
         if not isinstance(rsp, C_STORE) or rsp.MessageIDBeingRespondedTo != msg_id:
             log.error(
                 "unexpected DIMSE message %s (responding to %s) while waiting for message %d",
