@@ -171,7 +171,7 @@ class ExportSection:
     keep_descriptions: bool = False
     overlays: bool = True
     icc: bool = False
-    png_compress_level: int = 6
+    png_compress_level: int = 3
     manifest: Path | None = None
 
 

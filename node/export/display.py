@@ -19,6 +19,7 @@ are shifted down, narrower ones scaled up. An ICC profile is applied only when a
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
@@ -122,15 +123,48 @@ def _lut_item(item: Dataset, path: Path, seq: str, signed: bool) -> Lut:
 # ----------------------------------------------------------------------------- modality
 
 
+def _rescale(ds: Dataset) -> tuple[float, float]:
+    slope = _floats(ds.get("RescaleSlope"))
+    intercept = _floats(ds.get("RescaleIntercept"))
+    m = slope[0] if slope and math.isfinite(slope[0]) and slope[0] != 0 else 1.0
+    b = intercept[0] if intercept and math.isfinite(intercept[0]) else 0.0
+    return m, b
+
+
+def _domain(dtype: np.dtype) -> np.ndarray:
+    """Every value of an 8/16-bit integer dtype, in the order of its unsigned view."""
+    size = 1 << (8 * dtype.itemsize)
+    udt = np.dtype(f"u{dtype.itemsize}")
+    return np.arange(size, dtype=np.uint32).astype(udt).view(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_table(
+    dtype: str,
+    slope: float,
+    intercept: float,
+    center: float,
+    width: float,
+    function: str,
+    bits: int,
+    invert: bool,
+) -> np.ndarray:
+    """Stored value (unsigned view) -> output, for rescale + window (read-only, cached)."""
+    values = _domain(np.dtype(dtype)).astype(np.float64) * slope + intercept
+    high = (1 << bits) - 1
+    low_v, high_v = (float(high), 0.0) if invert else (0.0, float(high))
+    out = _window(values, center, width, function, low_v, high_v)
+    table = np.clip(out, 0, high).astype(np.uint8 if bits == 8 else np.uint16)
+    table.flags.writeable = False
+    return table
+
+
 def modality(ds: Dataset, values: np.ndarray, path: Path, signed: bool) -> np.ndarray:
     """Stored values -> modality values (float64)."""
     seq = ds.get("ModalityLUTSequence")
     if seq:
         return _lut_item(seq[0], path, "(0028,3000) ModalityLUTSequence", signed).lookup(values)
-    slope = _floats(ds.get("RescaleSlope"))
-    intercept = _floats(ds.get("RescaleIntercept"))
-    m = slope[0] if slope and math.isfinite(slope[0]) and slope[0] != 0 else 1.0
-    b = intercept[0] if intercept and math.isfinite(intercept[0]) else 0.0
+    m, b = _rescale(ds)
     out = values.astype(np.float64)
     if m != 1.0:
         out *= m
@@ -290,23 +324,26 @@ def render_gray(
     dtype = np.uint8 if bits == 8 else np.uint16
     first = arrays[0][1]
     use_table = first.dtype.itemsize <= 2 and first.dtype.kind in "iu"
+    udt = np.dtype(f"u{first.dtype.itemsize}")
+    if use_table and plan.kind == "window" and "ModalityLUTSequence" not in ds:
+        # the common case (a CT/MR series shares it): the whole table is cached
+        slope, intercept = _rescale(ds)
+        table = _window_table(
+            first.dtype.str, slope, intercept, plan.center, plan.width, plan.function, bits, invert
+        )
+        return [Rendered(np.take(table, arr.view(udt)), plan.label, i) for i, arr in arrays]
     if use_table:
-        # one table over every possible stored value, indexed by the unsigned view
-        size = 1 << (8 * first.dtype.itemsize)
-        domain = np.arange(size, dtype=np.uint32 if size > 256 else np.uint16)
-        udt = np.dtype(f"u{first.dtype.itemsize}")
-        domain = domain.astype(udt).view(first.dtype)
-        mod_table = modality(ds, domain, path, info.signed)
+        mod_table = modality(ds, _domain(first.dtype), path, info.signed)
         mod_min = mod_max = 0.0
         if plan.kind == "minmax":
-            present = np.zeros(size, dtype=bool)
+            present = np.zeros(mod_table.size, dtype=bool)
             for _, arr in arrays:
-                present[np.unique(arr.view(udt))] = True
+                present |= np.bincount(arr.view(udt).ravel(), minlength=mod_table.size) > 0
             vals = mod_table[present]
             mod_min, mod_max = float(vals.min()), float(vals.max())
         out_table, label = apply_voi(plan, mod_table, high, invert, mod_min, mod_max)
         table = np.clip(out_table, 0, high).astype(dtype)  # astype truncates like dcmimgle
-        return [Rendered(np.take(table, arr.view(udt)), label, index) for index, arr in arrays]
+        return [Rendered(np.take(table, arr.view(udt)), label, i) for i, arr in arrays]
     mods = [(index, modality(ds, arr, path, info.signed)) for index, arr in arrays]
     mod_min = min(float(m.min()) for _, m in mods)
     mod_max = max(float(m.max()) for _, m in mods)

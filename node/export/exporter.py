@@ -31,7 +31,6 @@ from node.errors import ExportError
 from node.export import decode, display, png
 from node.export.deid import Facts, Policy, facts
 from node.export.manifest import Manifest, sha256
-from node.export.pdf import Sheet
 from node.fsutil import atomic_write, safe_join
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,8 @@ class Exporter:
         self.options = options or RenderOptions()
         self.policy = Policy.from_config(cfg)
         self.root = Path(cfg.dir)
-        self.manifest = Manifest(cfg.manifest or self.root / "manifest.jsonl")
+        self.manifest = Manifest(cfg.manifest or self.root / "manifest.jsonl", fsync=fsync)
+        self._dir_cache: dict[tuple[str, str], Path] = {}
         self.fsync = fsync
         self.bits = self.options.bits or cfg.bits
         #: objects that could not go into a PDF (each logged with its reason)
@@ -86,6 +86,17 @@ class Exporter:
         study = self.policy.name_part(str(ds.get("StudyInstanceUID", "") or ""), "st-")
         series = self.policy.name_part(str(ds.get("SeriesInstanceUID", "") or ""), "se-")
         return study, series
+
+    def _target(self, study: str, series: str, name: str) -> Path:
+        """``<root>/<study>/<series>/<name>``, the directory checked once by safe_join."""
+        directory = self._dir_cache.get((study, series))
+        if directory is None:
+            directory = safe_join(self.root, study, series)
+            if len(self._dir_cache) < 4096:
+                self._dir_cache[(study, series)] = directory
+        return (
+            safe_join(directory, name) if "/" in name or name.startswith(".") else directory / name
+        )
 
     def _stem(self, ds: Dataset, number: str) -> str:
         sop = self.policy.name_part(str(ds.get("SOPInstanceUID", "") or ""), "im-")
@@ -135,7 +146,7 @@ class Exporter:
         if decode.is_encapsulated_pdf(ds):
             data = decode.encapsulated_pdf(ds, path)
             number = facts(ds, self.policy).instance_number
-            target = safe_join(self.root, study, series, self._stem(ds, number) + ".pdf")
+            target = self._target(study, series, self._stem(ds, number) + ".pdf")
             written = self._write(
                 target,
                 data,
@@ -162,7 +173,7 @@ class Exporter:
                 "Software": SOFTWARE,
             }
             data = png.encode(frame.pixels, text, self.cfg.png_compress_level)
-            blobs.append((safe_join(self.root, study, series, name), data, voi, frame.frame))
+            blobs.append((self._target(study, series, name), data, voi, frame.frame))
         out = []
         for target, data, voi, index in blobs:
             out.append(
@@ -281,6 +292,8 @@ class Exporter:
         return title, lines
 
     def _pdf(self, target: Path, items: list[tuple[Path, Dataset]], scope: str) -> Path | None:
+        from node.export.pdf import Sheet  # reportlab is imported only when a PDF is made
+
         title, header = self._header(items[0][1], scope, len(items))
         sheet = Sheet(
             title=title,

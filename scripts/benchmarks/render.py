@@ -1,0 +1,163 @@
+"""Render benchmark: ``dicom-node render`` vs DCMTK ``dcm2pnm +Wi 1`` (one process per file).
+
+200 CT objects, 512 x 512, 16-bit (12 stored), Rescale Intercept -1024, window 40/400, are
+rendered to 8-bit PNG by:
+
+- ``dicom-node render DIR -o OUT`` (one command: a process pool over both cores, each
+  output written atomically with fsync and recorded in the manifest), and with
+  ``--no-fsync``;
+- ``/usr/bin/dcm2pnm +Wi 1 +on`` one process per file (how it is used in practice).
+
+Runs are interleaved so machine noise hits all alike. ``run(workdir, repeats)`` returns the
+rows for scripts/bench; ``python render.py [REPEATS]`` prints images/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+FILES = 200
+SIZE = 512
+_TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_OK) else []
+
+
+def ct_series(directory: Path, count: int = FILES) -> list[Path]:
+    """``count`` CT slices: a water disk with bone ring and lung-like holes, plus noise."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = sorted(directory.glob("*.dcm"))
+    if len(existing) == count:
+        return existing
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    r = np.hypot(x - SIZE / 2, y - SIZE / 2)
+    base = np.where(r < 230, 1024 + 40, 24)  # water-ish disk in air (stored = HU + 1024)
+    base = np.where((r > 210) & (r < 228), 1024 + 900, base)  # bone ring
+    study, series = generate_uid(), generate_uid()
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(count):
+        holes = np.hypot(x - SIZE / 2 - 80 * np.sin(i / 20), y - SIZE / 2) < 60
+        pix = np.where(holes, 1024 - 800, base) + rng.normal(0, 12, (SIZE, SIZE))
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.PatientName, ds.PatientID, ds.Modality = "BENCH^CT", "BENCH1", "CT"
+        ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20240101", 1, i + 1
+        ds.Rows = ds.Columns = SIZE
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.PixelData = np.clip(pix, 0, 4095).astype("<u2").tobytes()
+        path = directory / f"ct{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _dcm2pnm_all(paths: list[Path], out: Path) -> None:
+    exe = common.dcmtk("dcm2pnm")
+    for i, path in enumerate(paths):
+        res = subprocess.run(
+            [exe, "+Wi", "1", "+on", str(path), str(out / f"{i:05d}.png")], capture_output=True
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"dcm2pnm failed on {path}: {res.stderr.decode(errors='replace')}")
+
+
+def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / "ct"
+    paths = ct_series(src)
+    total = sum(p.stat().st_size for p in paths)
+    peaks: dict[str, int] = {}
+
+    def ours(out: Path, *extra: str) -> float:
+        name = " ".join(["dicom-node render", *extra])
+        cmd = [common.DICOM_NODE, "render", str(src), "-o", str(out), "--log-level", "WARNING"]
+        start = time.perf_counter()
+        res = subprocess.run([*_TIME, *cmd, *extra], capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        if res.returncode != 0:
+            raise RuntimeError(f"dicom-node render exited {res.returncode}: {res.stderr[-1500:]}")
+        made = len(list(out.rglob("*.png")))
+        if made != len(paths):
+            raise RuntimeError(f"dicom-node render wrote {made} PNGs for {len(paths)} files")
+        rss = re.search(r"maxrss=(\d+)", res.stderr)
+        if rss:
+            peaks[name] = max(peaks.get(name, 0), int(rss.group(1)) * 1024)
+        return elapsed
+
+    def dcmtk(out: Path) -> float:
+        start = time.perf_counter()
+        _dcm2pnm_all(paths, out)
+        elapsed = time.perf_counter() - start
+        peaks["dcm2pnm +Wi 1 (1 process/file)"] = common.child_peak_rss()
+        return elapsed
+
+    tools: dict[str, Any] = {
+        "dicom-node render": lambda out: ours(out),
+        "dicom-node render --no-fsync": lambda out: ours(out, "--no-fsync"),
+        "dcm2pnm +Wi 1 (1 process/file)": dcmtk,
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in tools}
+    for rep in range(repeats):
+        for n, (name, fn) in enumerate(tools.items()):
+            out = workdir / f"out-{rep}-{n}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            seconds[name].append(fn(out))
+            shutil.rmtree(out, ignore_errors=True)
+    return [
+        {
+            "workload": "render CT 512x512 -> 8-bit PNG",
+            "tool": name,
+            "seconds": secs,
+            "files": len(paths),
+            "bytes": total,
+            "peak_rss": peaks.get(name),
+        }
+        for name, secs in seconds.items()
+    ]
+
+
+def main() -> int:
+    import tempfile
+
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    with tempfile.TemporaryDirectory(prefix="bench-render-") as tmp:
+        rows = run(Path(tmp), repeats)
+    rates = {r["tool"]: r["files"] / statistics.median(r["seconds"]) for r in rows}
+    peer = rates["dcm2pnm +Wi 1 (1 process/file)"]
+    for row in rows:
+        rate = rates[row["tool"]]
+        rss = (row["peak_rss"] or 0) / 1e6
+        print(
+            f"{row['tool']:34s} {rate:7.1f} images/s  ratio {rate / peer:5.2f}x  "
+            f"median {statistics.median(row['seconds']):.2f} s  peak RSS {rss:.0f} MB"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
