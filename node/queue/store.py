@@ -155,6 +155,10 @@ class JobStore:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "rerun_at" not in columns:
+                # Set when a claimed job is replaced: ack() then queues it once more.
+                db.execute("ALTER TABLE jobs ADD COLUMN rerun_at REAL")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -249,16 +253,17 @@ class JobStore:
                 ids.append(int(row["id"]))
                 if replace and row["state"] != JobState.CLAIMED:
                     db.execute(
-                        "UPDATE jobs SET payload=?, state='queued', attempts=0,"
+                        "UPDATE jobs SET payload=?, state='queued', attempts=0, rerun_at=NULL,"
                         " next_attempt_at=?, last_error=NULL, lease_owner=NULL,"
                         " lease_expires=NULL, updated_at=? WHERE id=?",
                         (data, not_before, now, row["id"]),
                     )
                 elif replace:
-                    # Being worked on right now: run it once more after this attempt.
+                    # Being worked on right now: run it once more after this attempt
+                    # (ack() sees rerun_at and queues it again instead of marking it done).
                     db.execute(
-                        "UPDATE jobs SET payload=?, updated_at=? WHERE id=?",
-                        (data, now, row["id"]),
+                        "UPDATE jobs SET payload=?, rerun_at=?, updated_at=? WHERE id=?",
+                        (data, not_before, now, row["id"]),
                     )
         return ids
 
@@ -305,8 +310,24 @@ class JobStore:
         return [Job.from_row(r) for r in claimed]
 
     def ack(self, job_ids: Iterable[int], *, note: str | None = None) -> None:
-        """Mark jobs done (``note`` keeps e.g. a warning status the peer returned)."""
-        self._set_state(job_ids, JobState.DONE, error=note)
+        """Mark jobs done (``note`` keeps e.g. a warning status the peer returned).
+
+        A job replaced while it was claimed (``enqueue(..., replace=True)``) is queued again
+        instead, due at the ``not_before`` of that replacement, with attempts reset.
+        """
+        ids = list(job_ids)
+        if not ids:
+            return
+        now = time.time()
+        marks = ",".join("?" * len(ids))
+        with self._tx() as db:
+            self._set_state(ids, JobState.DONE, error=note, only_if="rerun_at IS NULL")
+            db.execute(
+                "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=rerun_at,"
+                " rerun_at=NULL, last_error=NULL, lease_owner=NULL, lease_expires=NULL,"
+                f" updated_at=? WHERE rerun_at IS NOT NULL AND id IN ({marks})",
+                (now, *ids),
+            )
 
     def retry(self, job_id: int, at: float, error: str) -> None:
         """Schedule another attempt at ``at`` (epoch seconds), recording why."""
@@ -382,7 +403,13 @@ class JobStore:
             cur = db.execute("DELETE FROM jobs WHERE state=?", (str(state),))
         return cur.rowcount
 
-    def _set_state(self, job_ids: Iterable[int], state: JobState, error: str | None) -> None:
+    def _set_state(
+        self,
+        job_ids: Iterable[int],
+        state: JobState,
+        error: str | None,
+        only_if: str = "1=1",
+    ) -> None:
         ids = list(job_ids)
         if not ids:
             return
@@ -391,7 +418,7 @@ class JobStore:
         with self._tx() as db:
             db.execute(
                 f"UPDATE jobs SET state=?, last_error=COALESCE(?, last_error), lease_owner=NULL,"
-                f" lease_expires=NULL, updated_at=? WHERE id IN ({marks})",
+                f" lease_expires=NULL, updated_at=? WHERE id IN ({marks}) AND {only_if}",
                 (str(state), error, now, *ids),
             )
 

@@ -134,3 +134,27 @@ def test_forward_rules() -> None:
     assert forward_destinations(rules, ["CT1"], ["CT"]) == ["pacs", "ct-ai"]
     assert forward_destinations(rules, ["US1"], ["US"]) == ["pacs", "us-only"]
     assert forward_destinations(rules[1:], ["MR1"], ["MR"]) == []
+
+
+def test_study_job_replaced_while_claimed_runs_again(tmp_path: Path) -> None:
+    """A late instance while the study job is being worked on: the job runs once more."""
+    from node.queue.store import JobState, JobStore
+
+    with JobStore(tmp_path) as store:
+        job_id = store.enqueue("study_complete", {"n": 1}, dedup_key="1.2.3")
+        (job,) = store.claim("worker", kinds=["study_complete"])
+        store.enqueue("study_complete", {"n": 2}, dedup_key="1.2.3", replace=True)
+        store.ack([job.id])
+        again = store.get(job_id)
+        assert again is not None and again.state == JobState.QUEUED
+        assert again.payload == {"n": 2} and again.attempts == 0
+        (job,) = store.claim("worker", kinds=["study_complete"])
+        store.ack([job.id])
+        done = store.get(job_id)
+        assert done is not None and done.state == JobState.DONE
+    # A database from before the column existed is migrated on open.
+    with JobStore(tmp_path / "old") as store, store.transaction() as db:
+        db.execute("ALTER TABLE jobs DROP COLUMN rerun_at")
+    with JobStore(tmp_path / "old") as store, store.transaction() as db:
+        columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+        assert "rerun_at" in columns
