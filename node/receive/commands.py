@@ -69,11 +69,16 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     from node.errors import ConfigError
+    from node.logs import setup_logging
     from node.queue.store import JobStore
     from node.receive.scp import StorageSCP
     from node.service_commands import load_from_args
 
     cfg = apply_overrides(load_from_args(args), args)
+    setup_logging(
+        getattr(args, "log_level", None) or cfg.node.log_level,
+        getattr(args, "log_format", None) or cfg.node.log_format,
+    )
     if not 0 <= cfg.receive.port < 65536:
         raise ConfigError(f"--port: {cfg.receive.port} is not a TCP port (0-65535)")
     stop = threading.Event()

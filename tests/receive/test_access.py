@@ -21,10 +21,21 @@ from tests.receive.helpers import AET, echoscu, make_config, running_scp
 pytestmark = pytest.mark.dcmtk
 
 
-def test_echo_from_dcmtk(tmp_path: Path) -> None:
+def test_echo_from_dcmtk_and_tcp_nodelay(tmp_path: Path) -> None:
     with running_scp(tmp_path) as (scp, _, _):
         res = echoscu(scp.port)
         assert res.returncode == 0, res.stderr
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET)
+        try:
+            assert assoc.is_established
+            assert scp._ae is not None
+            (server_side,) = scp._ae.active_associations
+            sock = server_side.dul.socket.socket
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        finally:
+            assoc.release()
 
 
 def test_unknown_calling_ae_is_rejected_with_reason_3(tmp_path: Path) -> None:
