@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
@@ -122,6 +123,31 @@ def choose_syntax(own: str, accepted: Iterable[str]) -> str | None:
     return None
 
 
+def _big_to_little(ds: Dataset) -> None:
+    """Make a data set read as Explicit VR Big Endian writable in little endian.
+
+    Every element is converted from its raw big-endian bytes to a value (pydicom then writes
+    it in the new byte order); native pixel data words are byte-swapped here.
+    """
+    import numpy as np
+
+    ds.walk(lambda _ds, _elem: None)  # touching each element converts it from raw bytes
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword not in ds:
+            continue
+        elem = ds[keyword]
+        size = {
+            "PixelData": int(ds.get("BitsAllocated", 8) or 8) // 8,
+            "FloatPixelData": 4,
+            "DoubleFloatPixelData": 8,
+        }[keyword]
+        if size > 1 and elem.VR != "OB":
+            dtype = np.dtype(f">u{size}")
+            elem.value = (
+                np.frombuffer(elem.value, dtype=dtype).astype(dtype.newbyteorder("<")).tobytes()
+            )
+
+
 def transcode(path: Path, target: str) -> Dataset:
     """Read ``path`` and return it ready to be encoded in ``target`` (an uncompressed syntax).
 
@@ -148,6 +174,8 @@ def transcode(path: Path, target: str) -> Dataset:
             ds.LossyImageCompression = "01"
             if "LossyImageCompressionMethod" not in ds:
                 ds.LossyImageCompressionMethod = LOSSY_METHODS[source]
+    elif source == ExplicitVRBigEndian:
+        _big_to_little(ds)
     ds.file_meta.TransferSyntaxUID = UID(target)
     ds.set_original_encoding(UID(target).is_implicit_VR, True, ds.original_character_set)
     return ds

@@ -32,6 +32,7 @@ class ScriptedSCP:
     statuses: list[int] = field(default_factory=list)
     received: list[str] = field(default_factory=list)
     delay: float = 0.0
+    datasets: list[Any] = field(default_factory=list)
 
     def handle(self, event: Any) -> int:
         if self.delay:
@@ -39,6 +40,9 @@ class ScriptedSCP:
         status = self.statuses.pop(0) if self.statuses else 0x0000
         if status == 0x0000 or status & 0xF000 == 0xB000:
             self.received.append(str(event.request.AffectedSOPInstanceUID))
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            self.datasets.append(ds)
         return status
 
 

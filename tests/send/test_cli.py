@@ -122,3 +122,23 @@ def test_queue_then_drain_then_manage(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_queue_needs_a_configured_destination(tmp_path: Path) -> None:
     native_sc(tmp_path / "a.dcm")
     assert main(["send", "--dest", "127.0.0.1:104", "--queue", str(tmp_path / "a.dcm")]) == 2
+
+
+def test_pynetdicom_warnings_reach_the_log() -> None:
+    import io
+    import logging
+
+    from node.logs import setup_logging
+
+    stream = io.StringIO()
+    setup_logging("INFO", "text", stream=stream)
+    try:
+        logging.getLogger("pynetdicom.association").warning(
+            "Received unexpected C-STORE service message"
+        )
+        logging.getLogger("pynetdicom.dul").info("chatty")
+    finally:
+        setup_logging("WARNING", "text")
+    out = stream.getvalue()
+    assert "Received unexpected C-STORE service message" in out
+    assert "chatty" not in out

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGBaseline8Bit
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    MRImageStorage,
+)
 
 from node.config import Config, Destination, QueueSection
 from node.queue.store import JobState, JobStore
@@ -231,3 +237,18 @@ def test_destination_preference_forces_uncompressed(tmp_path: Path, storescp_any
     _send_all(dest, [src])
     [path] = _received(storescp_any).values()
     assert dcmread(path).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def test_big_endian_file_is_converted_for_a_little_endian_peer(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from tests.send.data import testdata_copy
+
+    src = testdata_copy("MR_small_bigendian.dcm", tmp_path / "mr_be.dcm")
+    with scripted_scp(sop_classes=(MRImageStorage,)) as scp:
+        assert set(_send_all(_dest(scp.port), [src]).values()) == {"delivered"}
+    [got] = scp.datasets
+    assert got.file_meta.TransferSyntaxUID in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+    original = dcmread(get_testdata_file("MR_small_bigendian.dcm"))
+    assert np.array_equal(got.pixel_array, original.pixel_array)
+    assert got.PatientName == original.PatientName and got.Rows == original.Rows
