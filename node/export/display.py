@@ -356,10 +356,9 @@ def render_gray(
 
 def burn_overlays(ds: Dataset, rendered: list[Rendered], path: Path, bits: int) -> list[Rendered]:
     """Burn graphics overlays (60xx,3000) into grayscale frames in white ("Replace" mode)."""
-    groups = sorted(
-        {elem.tag.group for elem in ds if 0x6000 <= elem.tag.group <= 0x601E}
-        & {g for g in range(0x6000, 0x6020, 2) if (g << 16 | 0x3000) in ds}
-    )
+    # Dataset.keys(), not the Dataset: iterating it would convert every element
+    tags = ds.keys()  # noqa: SIM118
+    groups = sorted(t >> 16 for t in tags if 0x6000 <= t >> 16 <= 0x601E and t & 0xFFFF == 0x3000)
     if not groups:
         return rendered
     high = (1 << bits) - 1
