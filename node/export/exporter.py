@@ -58,6 +58,11 @@ class Rendering:
     multiframe: bool
 
 
+def is_image(ds: Dataset) -> bool:
+    """True for objects meant to carry pixels (a missing Pixel Data there is an error)."""
+    return any(k in ds for k in ("PixelData", "Rows", "FloatPixelData", "DoubleFloatPixelData"))
+
+
 class Exporter:
     """Renders and writes exports for the configuration ``cfg``."""
 
@@ -158,6 +163,13 @@ class Exporter:
             log.info("extracted encapsulated PDF %s -> %s", path, target)
             return [written]
         if not self.cfg.png:
+            return []
+        if not is_image(ds):
+            log.info(
+                "%s: not an image (SOP class %s, no Rows or Pixel Data): nothing to render",
+                path,
+                ds.get("SOPClassUID", "?"),
+            )
             return []
         rendering = self.render(path, ds)
         stem = self._stem(ds, rendering.facts.instance_number)
@@ -305,7 +317,7 @@ class Exporter:
         sources = []
         vois = set()
         for path, header_ds in items:
-            if decode.is_encapsulated_pdf(header_ds):
+            if decode.is_encapsulated_pdf(header_ds) or not is_image(header_ds):
                 continue
             try:
                 rendering = self.render(path)

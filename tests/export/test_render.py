@@ -207,3 +207,36 @@ def test_render_command_default_voi_and_16_bits(tmp_path: Path) -> None:
     (out,) = list((tmp_path / "o").rglob("*.png"))
     image = Image.open(out)
     assert image.text["Window"] == "VOI LUT 1 GAMMA" and image.mode.startswith("I")
+
+
+def test_non_image_objects_are_skipped_not_failed(tmp_path: Path) -> None:
+    ex = exporter(tmp_path)
+    assert ex.export_instance(TEST_FILES / "test-SR.dcm") == []
+    assert outputs(ex.root) == []
+
+
+def test_frame_out_of_range_names_number_of_frames(tmp_path: Path) -> None:
+    path = data.us_multiframe(tmp_path / "us.dcm", frames=2)
+    rc = main(["render", str(path), "-o", str(tmp_path / "o"), "--frames", "3"])
+    assert rc == 1 and not list((tmp_path / "o").rglob("*.png"))
+    ex = Exporter(dataclasses.replace(ExportSection(), dir=tmp_path / "x"), RenderOptions(frame=2))
+    with pytest.raises(ExportError, match=r"frame 3 requested but \(0028,0008\) NumberOfFrames"):
+        ex.export_instance(path)
+
+
+def test_export_study_makes_one_pdf_per_series_from_the_archive_layout(tmp_path: Path) -> None:
+    archive = tmp_path / "archive" / data.STUDY_UID
+    for series in ("2", "5"):
+        uid = f"{data.STUDY_UID}.{series}"
+        for i in range(2):
+            ds = pydicom.dcmread(data.ct(tmp_path / f"s{series}-{i}.dcm", InstanceNumber=i + 1))
+            ds.SeriesInstanceUID, ds.SeriesNumber = uid, int(series)
+            data.write(ds, archive / uid / f"{ds.SOPInstanceUID}.dcm")
+    (archive / f"{data.STUDY_UID}.2" / ".tmp-partial").write_bytes(b"half")
+    ex = exporter(tmp_path)
+    written = ex.export_study(archive)
+    assert sorted(p.name for p in written) == [f"{data.STUDY_UID}.2.pdf", f"{data.STUDY_UID}.5.pdf"]
+    assert all(p.parent == ex.root / data.STUDY_UID for p in written)
+    kinds = [e["kind"] for e in ex.manifest.entries()]
+    assert kinds == ["pdf", "pdf"] and ex.failures == 0
+    assert exporter(tmp_path, pdf="none").export_study(archive) == []
