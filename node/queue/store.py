@@ -357,6 +357,21 @@ class JobStore:
                 (now, *ids),
             )
 
+    def extend_lease(self, job_ids: Iterable[int], owner: str, lease_seconds: float) -> int:
+        """Push back the lease of jobs ``owner`` still holds (a long batch is still running)."""
+        ids = list(job_ids)
+        if not ids:
+            return 0
+        now = time.time()
+        marks = ",".join("?" * len(ids))
+        with self._tx() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET lease_expires=? WHERE state='claimed' AND lease_owner=?"
+                f" AND id IN ({marks})",
+                (now + lease_seconds, owner, *ids),
+            )
+        return cur.rowcount
+
     def requeue_claimed(self, owner_prefix: str | None = None) -> int:
         """On start-up: every claimed job (of a dead process) goes back to queued."""
         now = time.time()

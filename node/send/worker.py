@@ -174,9 +174,17 @@ class DeliveryWorker:
             else:
                 items.append(item)
 
+        lease = self.cfg.queue.lease_seconds
+        renew_at = time.monotonic() + lease / 3
+
         def report(item: SendItem, outcome: Outcome) -> None:
+            nonlocal renew_at
             decided.add(item.key)
             self._record(by_id[item.key], outcome)
+            if time.monotonic() > renew_at:  # a slow PACS: keep the rest of the batch ours
+                renew_at = time.monotonic() + lease / 3
+                left = [job.id for job in jobs if job.id not in decided]
+                self.store.extend_lease(left, self.owner, lease)
 
         try:
             if items:

@@ -215,3 +215,18 @@ def test_only_its_own_destination(tmp_path: Path, store: JobStore) -> None:
     [f] = _files(tmp_path, 1)
     enqueue_delivery(store, f, ["elsewhere"])
     assert _worker(store, FakeSender(lambda i: st.DELIVERED)).run_once() == 0
+
+
+def test_a_slow_batch_keeps_its_lease(tmp_path: Path, store: JobStore) -> None:
+    for f in _files(tmp_path, 3):
+        enqueue_delivery(store, f, ["pacs"])
+    seen: list[float | None] = []
+
+    def answer(item: SendItem) -> Outcome:
+        time.sleep(0.02)  # lease 0.03 s, renewed every 0.01 s
+        seen.append(max(j.lease_expires or 0 for j in store.select(state=JobState.CLAIMED)))
+        return st.DELIVERED
+
+    w = _worker(store, FakeSender(answer), _cfg(lease_seconds=0.03))
+    assert w.run_once() == 3
+    assert seen[1] is not None and seen[0] is not None and seen[1] > seen[0]
