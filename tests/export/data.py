@@ -183,3 +183,33 @@ def encapsulated_pdf(path: Path, pdf: bytes) -> Path:
     ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
     ds.EncapsulatedDocument = pdf + (b"\x00" if len(pdf) % 2 else b"")
     return write(ds, path)
+
+
+def segmented_palette(path: Path) -> Path:
+    """PALETTE COLOR with segmented LUTs (PS3.3 C.7.9.2): linear ramps, one reversed."""
+    y, x = np.mgrid[0:32, 0:40]
+    ds = dataset(
+        ((x * 6 + y) % 256).astype(np.uint8),
+        photometric="PALETTE COLOR",
+        modality="OT",
+        sop_class="1.2.840.10008.5.1.4.1.1.7",
+    )
+    up = [0, 1, 0, 1, 255, 65535]  # discrete 0, then linear to 65535 over 255 entries
+    down = [0, 1, 65535, 1, 255, 0]
+    half = [0, 1, 0, 1, 127, 65535, 1, 128, 0]  # up then down
+    for colour, segments in (("Red", up), ("Green", down), ("Blue", half)):
+        ds.add_new(pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 0, 16])
+        ds.add_new(
+            pydicom_tag(f"Segmented{colour}PaletteColorLookupTableData"),
+            "OW",
+            np.asarray(segments, dtype="<u2").tobytes(),
+        )
+    return write(ds, path)
+
+
+def pydicom_tag(keyword: str) -> int:
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return int(tag)

@@ -240,3 +240,15 @@ def test_export_study_makes_one_pdf_per_series_from_the_archive_layout(tmp_path:
     kinds = [e["kind"] for e in ex.manifest.entries()]
     assert kinds == ["pdf", "pdf"] and ex.failures == 0
     assert exporter(tmp_path, pdf="none").export_study(archive) == []
+
+
+def test_segmented_palette_expands_to_colour(tmp_path: Path) -> None:
+    """DCMTK 3.6.7 ignores segmented palettes, so the expected ramps are checked directly."""
+    path = data.segmented_palette(tmp_path / "seg.dcm")
+    index = pydicom.dcmread(path).pixel_array.astype(int)
+    rgb = render_one(path)[0].pixels.astype(int)
+    assert np.array_equal(rgb[..., 0], index)  # linear 0..65535, shifted to 8 bits
+    assert np.array_equal(rgb[..., 1], 255 - index)
+    blue = rgb[..., 2]
+    assert blue[index == 0].max() == 0 and blue[index == 127].min() == 255
+    assert (blue[index == 255] == 0).all()
