@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BATCH = 1000
+ENQUEUE_CHUNK = 500
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -152,14 +153,23 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
             "the node's workers deliver by destination name"
         )
     queued = bad = 0
+    files = iter_files(paths)
     with JobStore(cfg.node.state_dir) as store:
-        for path in iter_files(paths):
-            try:
-                enqueue_delivery(store, path, [dest.name], source="cli")
-                queued += 1
-            except SendError as exc:
-                bad += 1
-                print(f"skipped  {path}: {exc}")
+        while True:
+            n = 0
+            with store.transaction():  # one commit (one fsync) per ENQUEUE_CHUNK files
+                for path in files:
+                    try:
+                        enqueue_delivery(store, path, [dest.name], source="cli")
+                        queued += 1
+                    except SendError as exc:
+                        bad += 1
+                        print(f"skipped  {path}: {exc}")
+                    n += 1
+                    if n >= ENQUEUE_CHUNK:
+                        break
+            if n < ENQUEUE_CHUNK:
+                break
     print(f"queued {queued} file(s) for {dest.name} in {cfg.node.state_dir}; {bad} skipped")
     return EXIT_OK if bad == 0 else EXIT_FAILED
 
