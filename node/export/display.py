@@ -1,16 +1,13 @@
-"""Stored pixel values -> display values, as PS3.3 C.11 and PS3.4 N.2 describe the pipeline.
+"""Stored pixel values -> display values: grayscale through the PS3.4 N.2 pipeline, colour.
 
 Grayscale (MONOCHROME1/2)::
 
-    stored value -> Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence)
-                 -> VOI (window LINEAR / LINEAR_EXACT / SIGMOID, or VOI LUT Sequence)
+    stored value -> Modality LUT -> VOI (see :mod:`node.export.voi`)
                  -> Presentation LUT Shape INVERSE / MONOCHROME1 inversion
-                 -> 8- or 16-bit output
+                 -> 8- or 16-bit output, graphics overlays (60xx) burnt in
 
 For integer stored values of up to 16 bits the whole chain is folded into one lookup table
-(256 or 65536 entries) per object, so each pixel costs one table look-up. The arithmetic
-follows DCMTK's dcmimgle (the reference the tests compare against): the linear window
-output is truncated, not rounded; min-max uses centre (min+max+1)/2 and width max-min+1.
+(256 or 65536 entries) per object, so each pixel costs one table look-up.
 
 Colour: RGB passes through, YBR_FULL/YBR_FULL_422 arrive as RGB from the decoder,
 PALETTE COLOR goes through the (possibly segmented) palette; samples wider than the output
@@ -19,34 +16,29 @@ are shifted down, narrower ones scaled up. An ICC profile is applied only when a
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
-from node.errors import BadPixelData, ExportError
+from node.errors import BadPixelData
 from node.export.decode import PixelInfo
+from node.export.voi import (
+    VoiChoice,
+    apply_voi,
+    domain,
+    modality,
+    plan_voi,
+    rescale,
+    window_table,
+)
 
 log = logging.getLogger(__name__)
 
-VoiKind = Literal["auto", "window", "user", "lut", "minmax"]
-
-
-@dataclass(frozen=True)
-class VoiChoice:
-    """Which VOI transformation to apply (index is 0-based)."""
-
-    kind: VoiKind = "auto"
-    index: int = 0
-    center: float = 0.0
-    width: float = 0.0
+__all__ = ["Rendered", "VoiChoice", "render"]
 
 
 @dataclass(frozen=True)
@@ -60,243 +52,6 @@ class Rendered:
 
 GRAY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
-
-
-def _floats(value: object) -> list[float]:
-    if value is None or value == "":
-        return []
-    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
-    out = []
-    for item in items:
-        try:
-            out.append(float(item))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            out.append(math.nan)
-    return out
-
-
-# ----------------------------------------------------------------------------- LUT items
-
-
-@dataclass(frozen=True)
-class Lut:
-    """A LUT Descriptor + LUT Data pair (Modality or VOI LUT Sequence item)."""
-
-    first: int
-    data: np.ndarray
-    bits: int
-    explanation: str
-
-    def lookup(self, values: np.ndarray) -> np.ndarray:
-        idx = np.clip(np.trunc(values) - self.first, 0, len(self.data) - 1).astype(np.int64)
-        return self.data[idx].astype(np.float64)
-
-
-def _lut_item(item: Dataset, path: Path, seq: str, signed: bool) -> Lut:
-    desc = item.get("LUTDescriptor")
-    data = item.get("LUTData")
-    if desc is None or data is None or len(desc) != 3:
-        raise BadPixelData(
-            f"{path}: {seq} item lacks (0028,3002) LUTDescriptor (3 values) or (0028,3006) LUTData"
-        )
-    n, first, bits = (int(v) for v in desc)
-    n = n or 65536
-    if signed and first > 32767:
-        first -= 65536
-    raw = data
-    if isinstance(raw, bytes | bytearray):
-        arr = np.frombuffer(raw, dtype="<u2" if len(raw) >= 2 * n else "u1")
-    else:
-        arr = np.asarray(list(raw) if isinstance(raw, MultiValue | list) else [raw])
-    if len(arr) < n:
-        raise BadPixelData(
-            f"{path}: {seq} (0028,3006) LUTData has {len(arr)} entries but (0028,3002) "
-            f"LUTDescriptor says {n}"
-        )
-    arr = arr[:n].astype(np.int64)
-    if not 8 <= bits <= 16:
-        bits = max(8, int(arr.max()).bit_length())
-    explanation = str(item.get("LUTExplanation", "") or "")
-    return Lut(first, arr, bits, explanation)
-
-
-# ----------------------------------------------------------------------------- modality
-
-
-def _rescale(ds: Dataset) -> tuple[float, float]:
-    slope = _floats(ds.get("RescaleSlope"))
-    intercept = _floats(ds.get("RescaleIntercept"))
-    m = slope[0] if slope and math.isfinite(slope[0]) and slope[0] != 0 else 1.0
-    b = intercept[0] if intercept and math.isfinite(intercept[0]) else 0.0
-    return m, b
-
-
-def _domain(dtype: np.dtype) -> np.ndarray:
-    """Every value of an 8/16-bit integer dtype, in the order of its unsigned view."""
-    size = 1 << (8 * dtype.itemsize)
-    udt = np.dtype(f"u{dtype.itemsize}")
-    return np.arange(size, dtype=np.uint32).astype(udt).view(dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _window_table(
-    dtype: str,
-    slope: float,
-    intercept: float,
-    center: float,
-    width: float,
-    function: str,
-    bits: int,
-    invert: bool,
-) -> np.ndarray:
-    """Stored value (unsigned view) -> output, for rescale + window (read-only, cached)."""
-    values = _domain(np.dtype(dtype)).astype(np.float64) * slope + intercept
-    high = (1 << bits) - 1
-    low_v, high_v = (float(high), 0.0) if invert else (0.0, float(high))
-    out = _window(values, center, width, function, low_v, high_v)
-    table = np.clip(out, 0, high).astype(np.uint8 if bits == 8 else np.uint16)
-    table.flags.writeable = False
-    return table
-
-
-def modality(ds: Dataset, values: np.ndarray, path: Path, signed: bool) -> np.ndarray:
-    """Stored values -> modality values (float64)."""
-    seq = ds.get("ModalityLUTSequence")
-    if seq:
-        return _lut_item(seq[0], path, "(0028,3000) ModalityLUTSequence", signed).lookup(values)
-    m, b = _rescale(ds)
-    out = values.astype(np.float64)
-    if m != 1.0:
-        out *= m
-    if b != 0.0:
-        out += b
-    return out
-
-
-# ----------------------------------------------------------------------------- VOI
-
-
-def _window(
-    values: np.ndarray, center: float, width: float, function: str, low: float, high: float
-) -> np.ndarray:
-    outrange = high - low
-    if function == "SIGMOID":
-        return outrange / (1.0 + np.exp(-4.0 * (values - center) / width)) + low
-    if function == "LINEAR_EXACT":
-        out = ((values - center) / width + 0.5) * outrange + low
-        out = np.where(values <= center - width / 2, low, out)
-        return np.where(values > center + width / 2, high, out)
-    # LINEAR (PS3.3 C.11.2.1.2.1), in dcmimgle's arithmetic
-    width_1 = width - 1.0
-    if width_1 <= 0:
-        return np.where(values < center - 0.5, low, high).astype(np.float64)
-    left = center - 0.5 - width_1 / 2
-    right = center - 0.5 + width_1 / 2
-    offset = high - ((center - 0.5) / width_1 + 0.5) * outrange
-    gradient = outrange / width_1
-    out = offset + values * gradient
-    out = np.where(values <= left, low, out)
-    return np.where(values > right, high, out)
-
-
-def _windows(ds: Dataset) -> list[tuple[float, float, str]]:
-    centers = _floats(ds.get("WindowCenter"))
-    widths = _floats(ds.get("WindowWidth"))
-    explanations = ds.get("WindowCenterWidthExplanation")
-    if isinstance(explanations, MultiValue | list):
-        expl = [str(e) for e in explanations]
-    else:
-        expl = [str(explanations or "")]
-    out = []
-    for i, (c, w) in enumerate(zip(centers, widths, strict=False)):
-        out.append((c, w, expl[i] if i < len(expl) else ""))
-    return out
-
-
-def _function(ds: Dataset) -> str:
-    fn = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
-    return fn if fn in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR"
-
-
-@dataclass(frozen=True)
-class VoiPlan:
-    """The VOI step resolved for one object: a window or a LUT, and its description."""
-
-    kind: Literal["window", "lut", "minmax"]
-    center: float = 0.0
-    width: float = 0.0
-    function: str = "LINEAR"
-    lut: Lut | None = None
-    label: str = ""
-
-
-def plan_voi(ds: Dataset, choice: VoiChoice, path: Path, signed: bool) -> VoiPlan:
-    """Resolve ``choice`` against what the object carries; raise naming the element."""
-    windows = _windows(ds)
-    seq = ds.get("VOILUTSequence")
-    luts = list(seq) if seq else []
-    fn = _function(ds)
-    if choice.kind == "user":
-        if not choice.width > 0:
-            raise ExportError(f"--window: width must be positive, got {choice.width}")
-        return VoiPlan(
-            "window",
-            choice.center,
-            choice.width,
-            fn,
-            label=f"window C={choice.center:g} W={choice.width:g} (user)",
-        )
-    if choice.kind == "minmax":
-        return VoiPlan("minmax", function=fn, label="min-max")
-    if choice.kind == "window" or (choice.kind == "auto" and windows):
-        i = choice.index if choice.kind == "window" else 0
-        if i >= len(windows):
-            raise ExportError(
-                f"{path}: window {i + 1} requested but (0028,1050) WindowCenter / (0028,1051) "
-                f"WindowWidth hold {len(windows)}"
-            )
-        c, w, expl = windows[i]
-        if not (math.isfinite(c) and math.isfinite(w) and w >= 1):
-            if choice.kind == "window":
-                raise BadPixelData(
-                    f"{path}: window {i + 1} in (0028,1050) WindowCenter / (0028,1051) "
-                    f"WindowWidth is not usable (C={c}, W={w}); width must be >= 1"
-                )
-            log.warning("%s: window 1 (C=%s, W=%s) unusable, falling back", path, c, w)
-        else:
-            tail = f" {expl}" if expl else ""
-            return VoiPlan("window", c, w, fn, label=f"window C={c:g} W={w:g}{tail}".strip())
-    if choice.kind == "lut" or (choice.kind == "auto" and luts):
-        i = choice.index if choice.kind == "lut" else 0
-        if i >= len(luts):
-            raise ExportError(
-                f"{path}: VOI LUT {i + 1} requested but (0028,3010) VOILUTSequence holds "
-                f"{len(luts)} item(s)"
-            )
-        lut = _lut_item(luts[i], path, "(0028,3010) VOILUTSequence", signed)
-        label = f"VOI LUT {i + 1}" + (f" {lut.explanation}" if lut.explanation else "")
-        return VoiPlan("lut", lut=lut, label=label)
-    return VoiPlan("minmax", function=fn, label="min-max")
-
-
-def apply_voi(
-    plan: VoiPlan, values: np.ndarray, high: int, invert: bool, mod_min: float, mod_max: float
-) -> tuple[np.ndarray, str]:
-    """Modality values -> output values in [0, high] (float64, before truncation)."""
-    low_v, high_v = (float(high), 0.0) if invert else (0.0, float(high))
-    if plan.kind == "lut":
-        assert plan.lut is not None
-        looked = plan.lut.lookup(values)
-        if invert:
-            looked = float((1 << plan.lut.bits) - 1) - looked
-        # dcmimgle scales LUT entries by 2^out_bits / 2^lut_bits (a bit shift)
-        return looked * float(high + 1) / float(1 << plan.lut.bits), plan.label
-    if plan.kind == "minmax":
-        center = (mod_min + mod_max + 1) / 2
-        width = mod_max - mod_min + 1
-        label = f"min-max C={center:g} W={width:g}"
-        return _window(values, center, width, plan.function, low_v, high_v), label
-    return _window(values, plan.center, plan.width, plan.function, low_v, high_v), plan.label
 
 
 # ----------------------------------------------------------------------------- grayscale
@@ -327,13 +82,13 @@ def render_gray(
     udt = np.dtype(f"u{first.dtype.itemsize}")
     if use_table and plan.kind == "window" and "ModalityLUTSequence" not in ds:
         # the common case (a CT/MR series shares it): the whole table is cached
-        slope, intercept = _rescale(ds)
-        table = _window_table(
+        slope, intercept = rescale(ds)
+        table = window_table(
             first.dtype.str, slope, intercept, plan.center, plan.width, plan.function, bits, invert
         )
         return [Rendered(np.take(table, arr.view(udt)), plan.label, i) for i, arr in arrays]
     if use_table:
-        mod_table = modality(ds, _domain(first.dtype), path, info.signed)
+        mod_table = modality(ds, domain(first.dtype), path, info.signed)
         mod_min = mod_max = 0.0
         if plan.kind == "minmax":
             present = np.zeros(mod_table.size, dtype=bool)

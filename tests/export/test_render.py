@@ -15,7 +15,7 @@ from PIL import Image
 from node.cli import main
 from node.config import ExportSection
 from node.errors import BadPixelData, ExportError
-from node.export import decode, display, png
+from node.export import decode, display, png, voi
 from node.export.exporter import Exporter, RenderOptions
 from tests.export import data
 from tests.export.test_dcmtk import TEST_FILES
@@ -67,9 +67,9 @@ def test_16_bit_output_keeps_full_voi_precision(tmp_path: Path) -> None:
 
 def test_linear_exact_and_sigmoid_follow_ps33(tmp_path: Path) -> None:
     v = np.array([-200.0, -160.0, 40.0, 239.0, 240.0, 400.0])
-    exact = display._window(v, 40, 400, "LINEAR_EXACT", 0, 255)
+    exact = voi._window(v, 40, 400, "LINEAR_EXACT", 0, 255)
     assert list(exact) == [0, 0, 127.5, pytest.approx(254.3625), 255, 255]
-    sig = display._window(v, 40, 400, "SIGMOID", 0, 255)
+    sig = voi._window(v, 40, 400, "SIGMOID", 0, 255)
     assert sig[2] == pytest.approx(127.5)
     assert sig[0] == pytest.approx(255 / (1 + np.exp(2.4))) and sig[-1] > 245
 
