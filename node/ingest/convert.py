@@ -477,10 +477,10 @@ def _check_strict(ds: Elements, name: str) -> None:
         if not ds.text(keyword):
             tag = metadata.resolve_tag(keyword, "strict")
             missing.append(f"{metadata.describe(tag)} ({what}): --key {keyword}=...")
-    if not any(ds.text(k) for k in ("Laterality", "ImageLaterality", "BodyPartExamined")):
+    if not modules.has_laterality_statement(ds):
         missing.append(
             "laterality: (0020,0062) ImageLaterality R/L/B/U, (0020,0060) Laterality R/L or "
-            "(0018,0015) BodyPartExamined: --key ImageLaterality=U"
+            "an unpaired (0018,0015) BodyPartExamined: --key ImageLaterality=U"
         )
     if missing:
         raise MissingMetadata(

@@ -33,10 +33,10 @@ def general_study(ds: Elements, study_uid: str) -> None:
 def general_series(ds: Elements, series_uid: str, modality: str, notes: list[str]) -> None:
     """Modality (forced for IODs that fix it), Series UID, SeriesNumber, Laterality (2C).
 
-    Laterality is Type 2C (required for paired body parts). Without any laterality or
-    anatomy statement (Laterality, ImageLaterality, BodyPartExamined, AnatomicRegionSequence)
-    it is written empty, which dciodvfy accepts with a warning; supplying one is the user's
-    clinical claim.
+    Laterality is Type 2C (required for paired body parts). It is left alone when Laterality
+    or ImageLaterality is given, absent for an unpaired BodyPartExamined, and otherwise
+    written empty (dciodvfy: a warning, not an error) with a note when the body part is
+    paired. Supplying a laterality is the user's clinical claim; it is never invented.
     """
     if not ds.has_value("SeriesInstanceUID"):
         ds.set("SeriesInstanceUID", series_uid)
@@ -50,11 +50,99 @@ def general_series(ds: Elements, series_uid: str, modality: str, notes: list[str
     elif ds.has("Modality") and not current:
         ds.remove("Modality")  # present-but-empty is an error where it is Type 1 or 3
     ds.present("SeriesNumber")
-    # With anatomy given (BodyPartExamined, AnatomicRegionSequence), dciodvfy decides from
-    # it whether Laterality is needed; an empty one would be an error for unpaired parts.
-    anatomy = ("Laterality", "ImageLaterality", "BodyPartExamined", "AnatomicRegionSequence")
-    if not any(ds.has_value(k) for k in anatomy):
-        ds.present("Laterality")
+    if ds.has_value("Laterality") or ds.has_value("ImageLaterality"):
+        return
+    body_part = ds.text("BodyPartExamined").upper()
+    if body_part in UNPAIRED_BODY_PARTS:
+        return  # Laterality must then be absent
+    if not body_part and ds.has_value("AnatomicRegionSequence"):
+        return  # coded anatomy: whether it is paired is the user's to say
+    if body_part:
+        notes.append(
+            f"warning: (0018,0015) BodyPartExamined {body_part} is a paired (or unknown) body "
+            "part: supply (0020,0060) Laterality R/L or (0020,0062) ImageLaterality"
+        )
+    ds.present("Laterality")
+
+
+#: BodyPartExamined defined terms that are not paired (measured: dciodvfy accepts them
+#: without Laterality); any other value (paired or not a defined term) needs a laterality.
+UNPAIRED_BODY_PARTS = frozenset(
+    [
+        "ABDOMEN",
+        "ABDOMENPELVIS",
+        "AORTA",
+        "BACK",
+        "BLADDER",
+        "BRAIN",
+        "CEREBELLUM",
+        "CSPINE",
+        "CTSPINE",
+        "CERVIX",
+        "CHEST",
+        "CHESTABDOMEN",
+        "CHESTABDPELVIS",
+        "CIRCLEOFWILLIS",
+        "COCCYX",
+        "COLON",
+        "CORONARYARTERY",
+        "DUODENUM",
+        "WHOLEBODY",
+        "ESOPHAGUS",
+        "FACE",
+        "GALLBLADDER",
+        "HEAD",
+        "HEADNECK",
+        "HEART",
+        "ILEUM",
+        "ILIUM",
+        "JAW",
+        "JEJUNUM",
+        "LARYNX",
+        "LIVER",
+        "LSPINE",
+        "LSSPINE",
+        "MAXILLA",
+        "MEDIASTINUM",
+        "MOUTH",
+        "NECK",
+        "NECKCHEST",
+        "NOSE",
+        "PANCREAS",
+        "PELVIS",
+        "PENIS",
+        "PHARYNX",
+        "PROSTATE",
+        "RECTUM",
+        "SSPINE",
+        "SCALP",
+        "SKULL",
+        "SPINE",
+        "SPLEEN",
+        "STERNUM",
+        "STOMACH",
+        "THYMUS",
+        "THYROID",
+        "TONGUE",
+        "TRACHEA",
+        "TSPINE",
+        "TLSPINE",
+        "URETER",
+        "URETHRA",
+        "UTERUS",
+        "VAGINA",
+        "VULVA",
+    ]
+)
+
+
+def has_laterality_statement(ds: Elements) -> bool:
+    """Laterality or ImageLaterality given, or an unpaired BodyPartExamined."""
+    return (
+        ds.has_value("Laterality")
+        or ds.has_value("ImageLaterality")
+        or ds.text("BodyPartExamined").upper() in UNPAIRED_BODY_PARTS
+    )
 
 
 # General Equipment (C.7.5.1)

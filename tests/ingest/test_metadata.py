@@ -273,3 +273,32 @@ def test_dcmtk_reads_the_utf8_name(tmp_path: Path) -> None:
         check=True,
     ).stdout.decode("utf-8")
     assert "[Müller^Jörg]" in out and "[ISO_IR 192]" in out
+
+
+@pytest.mark.dciodvfy
+@pytest.mark.parametrize(
+    ("keys", "laterality_written"),
+    [
+        ((("BodyPartExamined", "CHEST"),), False),  # unpaired: Laterality must be absent
+        ((("BodyPartExamined", "HAND"),), True),  # paired, no laterality: empty + warning
+        ((("BodyPartExamined", "HAND"), ("Laterality", "L")), True),
+        ((("ImageLaterality", "B"),), False),
+    ],
+)
+def test_laterality_rules_give_no_dciodvfy_errors(
+    tmp_path: Path, keys: tuple[tuple[str, str], ...], laterality_written: bool
+) -> None:
+    src = _jpeg(tmp_path)
+    ds = _convert(src, cv.ConvertOptions(sop_class="vlp", keys=keys, fsync=False))
+    assert ("Laterality" in ds) == laterality_written
+    assert dciodvfy(src.with_suffix(".1.dcm")).errors == []
+    strict = cv.ConvertOptions(
+        strict=True,
+        keys=(*keys, ("PatientID", "1"), ("PatientName", "A^B"), ("StudyDate", "20240101")),
+        fsync=False,
+    )
+    if dict(keys).get("BodyPartExamined") == "HAND" and "Laterality" not in dict(keys):
+        with pytest.raises(MissingMetadata, match="unpaired"):
+            _convert(src, strict, 2)
+    else:
+        _convert(src, strict, 2)
