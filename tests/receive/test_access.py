@@ -217,5 +217,8 @@ def test_association_limit_and_idle_timeout(tmp_path: Path) -> None:
         while first.is_established and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not first.is_established
-        # ... which frees the slot.
+        # ... which frees the slot once its thread has ended.
+        assert scp._ae is not None
+        while scp._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert echoscu(scp.port).returncode == 0
