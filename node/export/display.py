@@ -58,9 +58,11 @@ COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_
 
 
 def _inverted(ds: Dataset, photometric: str) -> bool:
+    """An explicit (2050,0020) Presentation LUT Shape wins; without one, MONOCHROME1 implies
+    INVERSE (PS3.4 N.2.1.1), as in DX/MG where MONOCHROME1 comes with INVERSE."""
     shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
-    if shape == "INVERSE":
-        return photometric != "MONOCHROME1"
+    if shape in ("INVERSE", "IDENTITY"):
+        return shape == "INVERSE"
     return photometric == "MONOCHROME1"
 
 

@@ -114,7 +114,7 @@ def mr(path: Path) -> Path:
     )
 
 
-def cr(path: Path, photometric: str = "MONOCHROME1") -> Path:
+def cr(path: Path, photometric: str = "MONOCHROME1", **extra: Any) -> Path:
     y, x = np.mgrid[0:50, 0:60]
     pix = ((x * 60 + y * 20) % 1024).astype(np.uint16)
     return write(
@@ -126,6 +126,7 @@ def cr(path: Path, photometric: str = "MONOCHROME1") -> Path:
             bits_stored=10,
             WindowCenter=512,
             WindowWidth=700,
+            **extra,
         ),
         path,
     )

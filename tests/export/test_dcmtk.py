@@ -128,6 +128,8 @@ def _generated(tmp: Path) -> dict[str, Path]:
         "ct_inverse": data.ct(tmp / "inv.dcm", PresentationLUTShape="INVERSE"),
         "mr_signed": data.mr(tmp / "mr.dcm"),
         "cr_mono1": data.cr(tmp / "cr.dcm"),
+        "cr_mono1_inverse": data.cr(tmp / "cri.dcm", PresentationLUTShape="INVERSE"),
+        "cr_mono1_identity": data.cr(tmp / "crd.dcm", PresentationLUTShape="IDENTITY"),
         "voi_lut": data.voi_lut(tmp / "voi.dcm"),
         "us_rgb_multiframe": data.us_multiframe(tmp / "us.dcm"),
     }
@@ -161,6 +163,7 @@ def test_generated_objects_match_dcmtk(tmp_path: Path, bits: int) -> None:
                 compared.append((name, opts[0]))
     names = {n for n, _ in compared}
     assert names >= {"ct", "ct_sigmoid", "ct_inverse", "mr_signed", "cr_mono1", "voi_lut"}
+    assert names >= {"cr_mono1_inverse", "cr_mono1_identity"}
     assert ("voi_lut", "+Wl") in compared and ("ct", "+Ww") in compared
 
 
