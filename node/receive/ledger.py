@@ -41,6 +41,7 @@ _SCHEMA = (
         flags            TEXT NOT NULL DEFAULT '[]',
         stored_at        REAL NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS received_instances_study ON received_instances(study_uid)",
     """CREATE TABLE IF NOT EXISTS received_series (
         study_uid  TEXT NOT NULL,
         series_uid TEXT NOT NULL,
@@ -149,7 +150,7 @@ class Ledger:
                 replace=True,
             )
             rows = db.execute(
-                "SELECT series_uid, modality, calling_ae, instances FROM received_series"
+                "SELECT series_uid, modality, calling_ae FROM received_series"
                 " WHERE study_uid=? ORDER BY rowid",
                 (inst.study_uid,),
             ).fetchall()
@@ -165,7 +166,12 @@ class Ledger:
                     calling_aes=aes,
                     series=series,
                     modalities=modalities,
-                    instances=sum(int(r[3]) for r in rows),
+                    instances=int(
+                        db.execute(
+                            "SELECT COUNT(*) FROM received_instances WHERE study_uid=?",
+                            (inst.study_uid,),
+                        ).fetchone()[0]
+                    ),
                     rules=self.forward,
                 ),
                 dedup_key=inst.study_uid,
