@@ -303,7 +303,7 @@ def _jpeg_pixels(
     if info.sof == 0xC2:
         reasons.append("progressive JPEG (never wrapped in the retired syntax .4.55)")
     if colour in ("CMYK", "YCCK"):
-        reasons.append(f"warning: {colour} JPEG converted to RGB (colours approximate)")
+        reasons.append(f"{colour} JPEG (never written as CMYK)")
     if colour == "RGB" and options.sop_class in ("vlp", "nsc"):
         reasons.append(
             f"RGB-coded JPEG: {options.sop_class} allows only YBR_FULL_422 with JPEG syntaxes"

@@ -173,7 +173,7 @@ def decoded(
         im = im.convert("RGB")
     elif mode in ("CMYK", "YCbCr", "RGBA", "RGBa", "RGBX"):
         if mode == "CMYK":
-            notes.append("warning: CMYK converted to RGB (colours approximate)")
+            notes.append("warning: CMYK converted to RGB (colours approximate, no ICC transform)")
         im = im.convert("RGB")
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         arr = np.asarray(im)
