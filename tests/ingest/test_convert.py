@@ -326,3 +326,15 @@ def test_twelve_bit_extended_jpeg_made_by_dcmcjpeg(tmp_path: Path) -> None:
             cv.SeriesContext.for_group("v", "2.25"),
             1,
         )
+
+
+def test_cmyk_is_logged_as_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    src = corpus.write(tmp_path, "cmyk.jpg", CASES["cmyk"].make())
+    series = cv.SeriesContext.for_group("w", "2.25")
+    with caplog.at_level(logging.INFO, logger="node.ingest"):
+        cv.convert_file(src, tmp_path / "o.dcm", cv.ConvertOptions(fsync=False), series, 1)
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("CMYK converted to RGB" in r.getMessage() for r in warned)
+    assert pydicom.dcmread(tmp_path / "o.dcm").PhotometricInterpretation == "RGB"
