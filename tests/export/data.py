@@ -214,3 +214,46 @@ def pydicom_tag(keyword: str) -> int:
     tag = tag_for_keyword(keyword)
     assert tag is not None, keyword
     return int(tag)
+
+
+def modality_lut(path: Path) -> Path:
+    """12-bit data through a Modality LUT Sequence (non-linear) with a window on its output."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 16])  # LUTDescriptor
+    item.ModalityLUTType = "US"
+    item.add_new(0x00283006, "US", [int(65535 * (i / 4095) ** 2) for i in range(4096)])
+    return write(
+        dataset(
+            ct_pixels(seed=6),
+            bits_stored=12,
+            modality="OT",
+            ModalityLUTSequence=Sequence([item]),
+            WindowCenter=20000,
+            WindowWidth=30000,
+        ),
+        path,
+    )
+
+
+def pet_like(path: Path) -> Path:
+    """Signed 16-bit with a fractional rescale slope (PT-style)."""
+    rng = np.random.default_rng(8)
+    pix = rng.integers(-2000, 30000, (40, 36)).astype(np.int16)
+    return write(
+        dataset(
+            pix,
+            modality="PT",
+            sop_class="1.2.840.10008.5.1.4.1.1.128",
+            RescaleSlope="0.37",
+            RescaleIntercept="-12.5",
+            WindowCenter=3000,
+            WindowWidth=6001,
+        ),
+        path,
+    )
+
+
+def us_gray_multiframe(path: Path, frames: int = 3) -> Path:
+    rng = np.random.default_rng(9)
+    pix = rng.integers(0, 256, (frames, 24, 28)).astype(np.uint8)
+    return write(dataset(pix, modality="US", sop_class="1.2.840.10008.5.1.4.1.1.3.1"), path)

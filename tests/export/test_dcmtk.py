@@ -132,6 +132,8 @@ def _generated(tmp: Path) -> dict[str, Path]:
         "cr_mono1_identity": data.cr(tmp / "crd.dcm", PresentationLUTShape="IDENTITY"),
         "voi_lut": data.voi_lut(tmp / "voi.dcm"),
         "us_rgb_multiframe": data.us_multiframe(tmp / "us.dcm"),
+        "us_gray_multiframe": data.us_gray_multiframe(tmp / "usg.dcm"),
+        "modality_lut": data.modality_lut(tmp / "mlut.dcm"),
     }
 
 
@@ -163,7 +165,8 @@ def test_generated_objects_match_dcmtk(tmp_path: Path, bits: int) -> None:
                 compared.append((name, opts[0]))
     names = {n for n, _ in compared}
     assert names >= {"ct", "ct_sigmoid", "ct_inverse", "mr_signed", "cr_mono1", "voi_lut"}
-    assert names >= {"cr_mono1_inverse", "cr_mono1_identity"}
+    assert names >= {"cr_mono1_inverse", "cr_mono1_identity", "modality_lut"}
+    assert names >= {"us_gray_multiframe"}
     assert ("voi_lut", "+Wl") in compared and ("ct", "+Ww") in compared
 
 
@@ -185,3 +188,20 @@ def test_native_ybr_full_close_to_dcmtk(tmp_path: Path) -> None:
     assert ref is not None
     diff = np.abs(ours(path, display.VoiChoice()).astype(int) - ref.astype(int))
     assert diff.max() <= 2 and diff.mean() < 1
+
+
+def test_fractional_rescale_keeps_precision_dcmtk_truncates(tmp_path: Path) -> None:
+    """DCMTK 3.6.7 truncates rescaled values to integers (a PET image with slope 0.001
+    collapses to a few grey levels); we keep them as floats. 8-bit output stays within 1."""
+    path = data.pet_like(tmp_path / "pt.dcm")
+    ref = dcmtk_render(path, ["+Wi", "1"], tmp_path)
+    assert ref is not None
+    diff = np.abs(ours(path, display.VoiChoice()).astype(int) - ref.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.98
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope, ds.RescaleIntercept = "0.001", "0"
+    ds.WindowCenter, ds.WindowWidth = 15, 30
+    fine = data.write(ds, tmp_path / "suv.dcm")
+    theirs = dcmtk_render(fine, ["+Wi", "1"], tmp_path, bits=16)
+    assert theirs is not None and len(np.unique(theirs)) <= 31
+    assert len(np.unique(ours(fine, display.VoiChoice(), bits=16))) > 1000
