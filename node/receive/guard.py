@@ -97,14 +97,23 @@ class SpillBuffer(BytesIO):
     in-memory buffer. :meth:`discard` removes the file; it is idempotent.
     """
 
+    #: While spilling, the free-space check runs every this many bytes.
+    CHECK_EVERY = 64 << 20
+
     def __init__(
-        self, threshold: int, directory: Path, on_spill: Callable[[SpillBuffer], None]
+        self,
+        threshold: int,
+        directory: Path,
+        on_spill: Callable[[SpillBuffer], None],
+        check_space: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         self._threshold = threshold
         self._dir = directory
         self._on_spill = on_spill
+        self._check_space = check_space
         self._file: Any = None
+        self._since_check = 0
         self.path: Path | None = None
 
     @property
@@ -113,6 +122,12 @@ class SpillBuffer(BytesIO):
 
     def write(self, data: Any) -> int:
         if self._file is not None:
+            self._since_check += len(data)
+            if self._check_space is not None and self._since_check >= self.CHECK_EVERY:
+                # A stream that would fill the disk is cut here (the DUL aborts the
+                # association); the complete object is checked again before storing.
+                self._since_check = 0
+                self._check_space(0)
             self._file.write(data)
             return len(data)
         n = super().write(data)
@@ -168,7 +183,13 @@ class SpillTracker:
             buf.discard()
 
 
-def install_spill(assoc: Any, threshold: int, directory: Path, tracker: SpillTracker) -> None:
+def install_spill(
+    assoc: Any,
+    threshold: int,
+    directory: Path,
+    tracker: SpillTracker,
+    check_space: Callable[[int], None] | None = None,
+) -> None:
     """Make each DIMSE message of ``assoc`` collect its data set in a :class:`SpillBuffer`."""
     dimse = assoc.dimse
     original = dimse.receive_primitive
@@ -176,7 +197,7 @@ def install_spill(assoc: Any, threshold: int, directory: Path, tracker: SpillTra
     def receive_primitive(primitive: Any) -> None:
         if dimse.message is None:
             message = DIMSEMessage()
-            message.data_set = SpillBuffer(threshold, directory, tracker.add)
+            message.data_set = SpillBuffer(threshold, directory, tracker.add, check_space)
             dimse.message = message
         original(primitive)
 

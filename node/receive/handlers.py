@@ -77,7 +77,9 @@ def handle_conn_open(event: Any, ctx: StoreContext) -> None:
     guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
-    install_spill(assoc, ctx.chunk_threshold, ctx.archive.incoming, tracker)
+    install_spill(
+        assoc, ctx.chunk_threshold, ctx.archive.incoming, tracker, ctx.archive.check_space
+    )
     assoc._dicom_node_sent = SentCounter()
     assoc._dicom_node_close_wakeup = install_wakeup(assoc, assoc._dicom_node_sent)
 

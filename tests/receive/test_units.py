@@ -119,6 +119,19 @@ def test_spill_buffer_moves_to_disk_past_threshold(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_spill_buffer_stops_a_stream_that_would_fill_the_disk(tmp_path: Path) -> None:
+    from node.receive.archive import OutOfSpace
+
+    archive = Archive(tmp_path, min_free_bytes=1 << 62)
+    buf = SpillBuffer(10, tmp_path, lambda b: None, archive.check_space)
+    buf.CHECK_EVERY = 100
+    buf.write(b"x" * 20)  # spilled
+    with pytest.raises(OutOfSpace):
+        for _ in range(10):
+            buf.write(b"y" * 50)
+    buf.discard()
+
+
 def test_pdu_cap() -> None:
     assert pdu_cap(16384) == 1 << 20
     assert pdu_cap(4 << 20) == 4 << 20
