@@ -37,6 +37,7 @@ from node.ingest.images import (
     apply_orientation,
     check_pixel_cap,
     decoded,
+    join_frames,
     jpeg_passthrough,
     lossy_ratio,
     open_image,
@@ -378,7 +379,8 @@ def _check_frame(info: JpegInfo, name: str) -> None:
 def _raster_pixels(
     data: bytes, name: str, options: ConvertOptions, notes: list[str]
 ) -> tuple[Pixels, exif_mod.ExifValues]:
-    im = open_image(data, name, options.max_pixels, notes)
+    multi = options.sop_class == "nsc"
+    im = open_image(data, name, options.max_pixels, notes, multi_frame=multi)
     refuse_reduced_depth(data, im, name)
     try:
         with warnings.catch_warnings():
@@ -388,7 +390,6 @@ def _raster_pixels(
     except (SyntaxError, ValueError, TypeError, KeyError, OSError, IndexError) as exc:
         exif = exif_mod.ExifValues(problem=f"EXIF unreadable ({exc})")
         notes.append(f"warning: {exif.problem}")
-    im = apply_orientation(im, exif.orientation, notes)
     compression = str(im.info.get("compression", ""))
     lossy = "jpeg" in compression.lower()
     ratio = None
@@ -396,16 +397,30 @@ def _raster_pixels(
         ratio = lossy_ratio(im.height, im.width, len(im.getbands()), 8, len(data))
         notes.append("TIFF with JPEG compression: marked lossy (LossyImageCompression 01)")
     icc = im.info.get("icc_profile") or None
-    pixels = decoded(
-        im,
-        name,
-        lossy=lossy,
-        ratio=ratio,
-        notes=notes,
-        icc=icc,
-        transformed=exif.orientation != 1,
-    )
-    return pixels, exif
+    count = int(getattr(im, "n_frames", 1))
+    frames = []
+    for index in range(count):
+        if index:
+            try:
+                im.seek(index)
+                im.load()
+            except (OSError, ValueError, EOFError) as exc:
+                raise CorruptInput(f"{name}: page {index + 1} cannot be decoded: {exc}") from None
+        frames.append(
+            decoded(
+                apply_orientation(im, exif.orientation, notes if index == 0 else []),
+                name,
+                lossy=lossy,
+                ratio=ratio,
+                notes=notes if index == 0 else [],
+                icc=icc,
+                transformed=exif.orientation != 1,
+            )
+        )
+    if count > 1:
+        notes.append(f"{count} pages written as {count} frames")
+        return join_frames(frames, name), exif
+    return frames[0], exif
 
 
 # ----------------------------------------------------------------------- metadata

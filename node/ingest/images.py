@@ -13,6 +13,7 @@ syntax, and the lossy history. Three producers:
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import warnings
@@ -59,6 +60,7 @@ class Pixels:
     lossy: bool = False
     lossy_ratio: float | None = None
     spatially_transformed: bool = False
+    frames: int = 1
     icc: bytes | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -100,7 +102,11 @@ def check_pixel_cap(name: str, width: int, height: int, max_pixels: int) -> None
 
 
 def open_image(
-    data: bytes, name: str, max_pixels: int, notes: list[str] | None = None
+    data: bytes,
+    name: str,
+    max_pixels: int,
+    notes: list[str] | None = None,
+    multi_frame: bool = False,
 ) -> Image.Image:
     """Open ``data`` with Pillow and load it, checking the pixel cap before decoding.
 
@@ -114,10 +120,12 @@ def open_image(
             im = Image.open(io.BytesIO(data))
             check_pixel_cap(name, im.width, im.height, max_pixels)
             frames = int(getattr(im, "n_frames", 1))
-            if frames > 1:
+            if frames > 1 and not multi_frame:
                 raise UnsupportedInput(
-                    f"{name}: {frames} pages/frames in one file; split it into one image per file"
+                    f"{name}: {frames} pages/frames in one file: convert it with "
+                    "--sop-class nsc (one multi-frame object) or split it into one image per file"
                 )
+            check_pixel_cap(name, im.width, im.height * frames, max_pixels)
             im.load()
         for w in caught:
             text = str(w.message)
@@ -217,6 +225,30 @@ def _native(
         icc=icc,
         notes=notes,
     )
+
+
+def join_frames(frames: list[Pixels], name: str) -> Pixels:
+    """One multi-frame Pixels from single frames that share geometry and depth."""
+    first = frames[0]
+    for i, other in enumerate(frames[1:], start=2):
+        if (other.rows, other.columns, other.samples, other.photometric, other.bits_allocated) != (
+            first.rows,
+            first.columns,
+            first.samples,
+            first.photometric,
+            first.bits_allocated,
+        ):
+            raise UnsupportedInput(
+                f"{name}: page {i} is {other.columns}x{other.rows} {other.photometric} "
+                f"{other.bits_allocated}-bit, page 1 {first.columns}x{first.rows} "
+                f"{first.photometric} {first.bits_allocated}-bit: one multi-frame object "
+                "needs pages of the same size and kind"
+            )
+    size = first.rows * first.columns * first.samples * (first.bits_allocated // 8)
+    data = b"".join(f.pixel_data[:size] for f in frames)
+    if len(data) % 2:
+        data += b"\x00"
+    return dataclasses.replace(first, pixel_data=data, frames=len(frames))
 
 
 def refuse_reduced_depth(data: bytes, im: Image.Image, name: str) -> None:

@@ -111,7 +111,7 @@ def build(
     modules.icc_profile(ds, pixels)
     if kind == "nsc":
         # Multi-frame, SC Multi-frame Image
-        modules.multi_frame(ds)
+        modules.multi_frame(ds, pixels)
         modules.sc_multiframe_image(ds, pixels, conversion_type)
     # SOP Common
     modules.sop_common(ds, uid, ids.sop_instance_uid)

@@ -215,9 +215,12 @@ class EncapsulatedPixels:
 PIXEL_DATA = 0x7FE00010
 
 
-# Multi-frame (C.7.6.6), single frame
-def multi_frame(ds: Elements) -> None:
-    ds.set("NumberOfFrames", 1)
+# Multi-frame (C.7.6.6) and Frame Pointers (C.7.6.9): pages of a document
+def multi_frame(ds: Elements, pixels: Pixels) -> None:
+    ds.set("NumberOfFrames", pixels.frames)
+    if pixels.frames > 1:
+        ds[0x00280009] = ("AT", 0x00182001)  # FrameIncrementPointer -> PageNumberVector
+        ds.set("PageNumberVector", [str(i) for i in range(1, pixels.frames + 1)])
 
 
 # SC Multi-frame Image (C.8.6.3)

@@ -338,3 +338,50 @@ def test_cmyk_is_logged_as_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFi
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("CMYK converted to RGB" in r.getMessage() for r in warned)
     assert pydicom.dcmread(tmp_path / "o.dcm").PhotometricInterpretation == "RGB"
+
+
+def _multipage_tiff(sizes: list[tuple[int, int]]) -> bytes:
+    pages = [corpus.rgb(w, h, seed) for seed, (w, h) in enumerate(sizes)]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    return buf.getvalue()
+
+
+@pytest.mark.dcmtk
+@pytest.mark.dciodvfy
+def test_multipage_tiff_becomes_one_multiframe_object(tmp_path: Path) -> None:
+    data = _multipage_tiff([(20, 12)] * 3)
+    src = corpus.write(tmp_path, "document.tif", data)
+    series = cv.SeriesContext.for_group("mf", "2.25")
+    out = tmp_path / "mf.dcm"
+    options = cv.ConvertOptions(sop_class="nsc", conversion_type="SD", keys=FULL_KEYS)
+    result = cv.convert_file(src, out, options, series, 1)
+    assert "3 pages written as 3 frames" in result.notes
+    ds = pydicom.dcmread(out)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7.4" and ds.NumberOfFrames == 3
+    assert ds.FrameIncrementPointer == 0x00182001 and ds.PageNumberVector == [1, 2, 3]
+    assert ds.BurnedInAnnotation == "YES"
+    report = dciodvfy(out)
+    assert report.errors == [] and report.warnings == [], report.output
+    with Image.open(src) as im:
+        pages = []
+        for i in range(3):
+            im.seek(i)
+            pages.append(np.asarray(im.convert("RGB")))
+    np.testing.assert_array_equal(ds.pixel_array, np.stack(pages))
+    subprocess.run(
+        [tool("dcmj2pnm"), "+on", "+Fa", str(out), str(tmp_path / "frame")],
+        check=True,
+        capture_output=True,
+    )
+    rendered = sorted(tmp_path.glob("frame*.png"))
+    assert len(rendered) == 3
+    for png, page in zip(rendered, pages, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(png)), page)
+    # Single-frame classes refuse it, and pages must match.
+    with pytest.raises(cv.UnsupportedInput, match="--sop-class nsc"):
+        cv.convert_file(src, tmp_path / "sc.dcm", cv.ConvertOptions(), series, 2)
+    mixed = corpus.write(tmp_path, "mixed.tif", _multipage_tiff([(20, 12), (10, 12)]))
+    with pytest.raises(cv.UnsupportedInput, match="page 2 is 10x12"):
+        cv.convert_file(mixed, tmp_path / "mixed.dcm", options, series, 3)
+    assert not (tmp_path / "sc.dcm").exists() and not (tmp_path / "mixed.dcm").exists()
