@@ -74,6 +74,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--no-overlays", action="store_true", help="do not burn in graphics overlays (60xx)"
     )
+    g.add_argument(
+        "--icc",
+        action="store_true",
+        help="apply an embedded (0028,2000) ICC profile to colour images (default: export.icc)",
+    )
     v = p.add_argument_group("VOI (choose at most one)").add_mutually_exclusive_group()
     v.add_argument("--window-index", type=int, metavar="N", help="the N-th window of the file")
     v.add_argument(
@@ -281,6 +286,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         changes["pdf_layout"] = args.pdf_layout
     if args.no_overlays:
         changes["overlays"] = False
+    if args.icc:
+        changes["icc"] = True
     cfg = dataclasses.replace(cfg, **changes)
     options = RenderOptions(voi=_voi(args), frame=_frame(args.frames), bits=args.bits)
     files, missing = collect(args.inputs)

@@ -50,14 +50,37 @@ def read(path: Path) -> Dataset:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path)
+            try:
+                ds = pydicom.dcmread(path)
+            except InvalidDicomError:
+                # a bare data set without preamble/file meta (dcm2pnm reads those too)
+                ds = pydicom.dcmread(path, force=True)
+                if "SOPClassUID" not in ds and "Rows" not in ds:
+                    raise
+                _infer_transfer_syntax(ds)
     except InvalidDicomError as exc:
         raise ExportError(f"{path}: not a DICOM file ({exc})") from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ExportError(f"{path}: cannot be read as DICOM: {exc}") from None
     for w in caught:
         log.warning("%s: %s", path, w.message)
     return ds
+
+
+def _infer_transfer_syntax(ds: Dataset) -> None:
+    """Give a data set read without file meta the transfer syntax it was read with."""
+    from pydicom.dataset import FileMetaDataset
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = ds.original_encoding
+    if implicit:
+        ts = "1.2.840.10008.1.2"
+    else:
+        ts = "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
+    ds.file_meta = meta if meta is not None else FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
 
 
 def is_encapsulated_pdf(ds: Dataset) -> bool:

@@ -252,3 +252,20 @@ def test_segmented_palette_expands_to_colour(tmp_path: Path) -> None:
     blue = rgb[..., 2]
     assert blue[index == 0].max() == 0 and blue[index == 127].min() == 255
     assert (blue[index == 255] == 0).all()
+
+
+def test_bare_data_set_without_file_meta_renders(tmp_path: Path) -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(data.ct(tmp_path / "ct.dcm"))
+    del ds.file_meta
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, ds)
+    bare = tmp_path / "bare.dcm"
+    bare.write_bytes(fp.getvalue())  # no preamble, no file meta: a bare data set
+    frame = render_one(bare)[0]
+    assert np.array_equal(frame.pixels, render_one(tmp_path / "ct.dcm")[0].pixels)
+    with pytest.raises(ExportError, match="not a DICOM file"):
+        decode.read(Path(__file__))
