@@ -14,14 +14,16 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
-from tests.peers import LOOPBACK, Orthanc, free_port, peer_env, tool, wait_echo
+from tests.peers import LOOPBACK, Orthanc, Storescp, free_port, peer_env, tool, wait_echo
 
 REPO = Path(__file__).resolve().parents[2]
 DICOM_NODE = str(Path(sys.executable).with_name("dicom-node"))
@@ -246,13 +248,31 @@ def test_pacs_outage_keeps_everything_queued_then_delivers(
 
 
 @pytest.mark.dcmtk
-def test_modality_series_is_archived_and_exported(
-    tmp_path: Path, node_factory: Callable[[Path], NodeProcess]
+def test_modality_series_is_archived_exported_and_forwarded(
+    tmp_path: Path, storescp_any: Storescp, node_factory: Callable[[Path], NodeProcess]
 ) -> None:
     from tests.node.series import write_ct_series
 
-    scp_port = free_port()
+    scp_port, metrics_port = free_port(), free_port()
     config = write_config(tmp_path, None, scp_port, ingest="enabled = false")
+    with open(config, "a") as fh:
+        fh.write(
+            f"""
+[[destinations]]
+name = "research"
+host = "{LOOPBACK}"
+port = {storescp_any.port}
+called_ae = "{storescp_any.aet}"
+
+[[receive.forward]]
+destination = "research"
+modality = "CT"
+
+[metrics]
+enabled = true
+port = {metrics_port}
+"""
+        )
     node = node_factory(config)
     node.start()
     wait_echo(scp_port, "DICOMNODE", timeout=60)
@@ -279,6 +299,16 @@ def test_modality_series_is_archived_and_exported(
     for produced in list(export.rglob("*.png")) + list(export.rglob("*.pdf")):
         assert produced.name in outputs
     assert all(len(entry["sha256"]) == 64 for entry in lines)
+    # routing: the study went on to the research SCP once it was complete
+    wait_for("5 forwarded objects", lambda: len(storescp_any.files()) == 5, timeout=60)
+    received = {pydicom.dcmread(f).SOPInstanceUID for f in storescp_any.files()}
+    assert received == {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{metrics_port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert "dicom_node_received_total 5.0" in metrics
+    assert 'dicom_node_queue_depth{destination="research",kind="deliver",state="done"} 5.0' in (
+        metrics
+    )
     assert node.stop() == 0
 
 
