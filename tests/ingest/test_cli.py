@@ -225,3 +225,22 @@ def test_hidden_files_and_directories_are_skipped(tmp_path: Path) -> None:
     corpus.write(src, ".DS_Store", b"\x00\x00\x00\x01Bud1")
     assert main(["convert", str(src), "-o", str(tmp_path / "o")]) == 0
     assert [p.name for p in _files(tmp_path / "o")] == ["a.dcm"]
+
+
+def test_config_defaults_and_sop_class(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(
+        '[node]\nuid_root = "1.2.826.0.1.3680043.10.4242"\n'
+        '[ingest]\nsop_class = "vlp"\n'
+        '[ingest.defaults]\nPatientID = "CFG-1"\nInstitutionName = "Config Hospital"\n'
+    )
+    src = corpus.write(tmp_path / "in", "a.jpg", corpus.jpeg(corpus.rgb(8, 8)))
+    out = tmp_path / "a.dcm"
+    args = ["convert", "-c", str(cfg), str(src), "-o", str(out), "-k", "PatientID=KEY-1"]
+    assert main(args) == 0
+    ds = pydicom.dcmread(out)
+    assert ds.Modality == "XC" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.77.1.4"
+    assert ds.PatientID == "KEY-1" and ds.InstitutionName == "Config Hospital"
+    assert ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043.10.4242.")
+    assert main([*args[:-2], "--sop-class", "sc", "-o", str(tmp_path / "b.dcm")]) == 0
+    assert pydicom.dcmread(tmp_path / "b.dcm").SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
