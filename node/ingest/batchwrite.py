@@ -91,6 +91,14 @@ class GroupCommitWriter:
             batch, self._pending = self._pending, []
         self._commit(batch)
 
+    def abort(self) -> None:
+        """Remove pending temporaries (interrupted batch): nothing half-done stays behind."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        for tmp, _ in batch:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
     def _commit(self, batch: list[tuple[Path, Path]]) -> None:
         if not batch:
             return

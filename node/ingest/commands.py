@@ -272,14 +272,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
     # A few threads overlap file-system waits (open, fsync, rename release the GIL) with
     # the parsing and encoding of the next files; results are reported in input order.
     workers = max(1, min(args.threads, len(jobs)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
-        for i, (job, error) in enumerate(zip(jobs, pool.map(one, jobs), strict=True), start=1):
-            if error is None:
-                summary.converted += 1
-            else:
-                summary.refused.append((job.source, error))
-                log.error("refused %s", error)
-            progress.update(i, len(summary.refused))
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
+            results = zip(jobs, pool.map(one, jobs), strict=True)
+            for i, (job, error) in enumerate(results, start=1):
+                if error is None:
+                    summary.converted += 1
+                else:
+                    summary.refused.append((job.source, error))
+                    log.error("refused %s", error)
+                progress.update(i, len(summary.refused))
+    except BaseException:  # Ctrl-C or a bug: leave no hidden temporaries behind
+        writer.abort()
+        raise
     try:
         writer.close()
     except OSError as exc:

@@ -244,3 +244,13 @@ def test_config_defaults_and_sop_class(tmp_path: Path) -> None:
     assert ds.SOPInstanceUID.startswith("1.2.826.0.1.3680043.10.4242.")
     assert main([*args[:-2], "--sop-class", "sc", "-o", str(tmp_path / "b.dcm")]) == 0
     assert pydicom.dcmread(tmp_path / "b.dcm").SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_group_commit_writer_abort_removes_temporaries(tmp_path: Path) -> None:
+    from node.ingest.batchwrite import GroupCommitWriter
+
+    writer = GroupCommitWriter(group=10)
+    writer(tmp_path / "a.dcm", b"xx")
+    assert len(list(tmp_path.iterdir())) == 1  # a hidden temporary
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
