@@ -51,11 +51,13 @@ def test_strip_keeps_tables_and_scans_byte_identical() -> None:
         exif=corpus.exif_block(when="2020:01:01 00:00:00"),
         icc_profile=corpus.srgb_icc(),
         comment=b"patient Jane Doe",
+        xmp=b"<x:xmpmeta>GPS 51.5N 0.1W</x:xmpmeta>",
     )
     data += b"trailing junk after EOI"
     info = parse_jpeg(data)
     out = strip_segments(data, info)
     assert b"Exif" not in out and b"Jane Doe" not in out and b"junk" not in out
+    assert b"GPS 51.5N" in data and b"GPS 51.5N" not in out  # XMP (APP1) removed
     assert b"ICC_PROFILE" in out and b"JFIF" in out
     assert out.endswith(b"\xff\xd9")
     again = parse_jpeg(out)
