@@ -31,12 +31,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import Destination
 from node.errors import SendError
-from node.send import dimse
+from node.send import dimse, wire
 from node.send import status as st
 from node.send.contexts import SendItem, choose_syntax, plan_associations, transcode
 from node.send.status import Outcome
@@ -50,6 +51,7 @@ Report = Callable[[SendItem, Outcome], None]
 #: Its default of 1 ms adds up to ~1 ms of latency to each PDU in each direction; 0.1 ms
 #: roughly halves the per-C-STORE time against a fast peer for little CPU (select() calls).
 REACTOR_DELAY: float | None = 0.0001
+ENGINES = ("wire", "pynetdicom")
 
 
 class Sender(Protocol):
@@ -104,6 +106,7 @@ class StoreSCU:
         *,
         calling_ae: str,
         reactor_delay: float | None = REACTOR_DELAY,
+        engine: str = "wire",
     ) -> None:
         self.dest = destination
         self.calling_ae = destination.calling_ae or calling_ae
@@ -116,6 +119,11 @@ class StoreSCU:
             )
         #: Poll interval of pynetdicom's DUL thread (its default is 1 ms).
         self.reactor_delay = reactor_delay
+        #: "wire": our own data phase on the socket (``wire``), "pynetdicom": its DIMSE
+        #: (``dimse``). Negotiation is pynetdicom's in both.
+        if engine not in ENGINES:
+            raise ValueError(f"unknown SCU engine {engine!r} (known: {', '.join(ENGINES)})")
+        self.engine = engine
 
     # ------------------------------------------------------------------ associations
 
@@ -218,27 +226,43 @@ class StoreSCU:
             ts = str(cx.transfer_syntax[0])
             contexts[(str(cx.abstract_syntax), ts)] = int(cx.context_id or 0)
             accepted.setdefault(str(cx.abstract_syntax), []).append(ts)
-        fast = dimse.fast_path_available(assoc)
-        paused = dimse.PausedReactor(assoc) if fast else contextlib.nullcontext()
+        link: wire.Wire | None = None
+        paused: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        fast = False
+        if self.engine == "wire" and wire.available(assoc):
+            link = wire.Wire(
+                assoc,
+                dimse_timeout=self.dest.dimse_timeout,
+                network_timeout=self.dest.network_timeout,
+            )
+        elif dimse.fast_path_available(assoc):
+            fast = True
+            paused = dimse.PausedReactor(assoc)
         msg_id = 0
-        with paused:
-            for n, item in enumerate(items):
-                if stop is not None and stop():
-                    return
-                if not assoc.is_established or assoc.is_aborted:
-                    log.warning(
-                        "association with %s ended; %d files left for later",
-                        self.where,
-                        len(items) - n,
-                    )
-                    return
-                target = choose_syntax(item.transfer_syntax, accepted.get(item.sop_class_uid, []))
-                if target is None:
-                    report(item, self._not_accepted(item, accepted.get(item.sop_class_uid, [])))
-                    continue
-                msg_id = msg_id % 65535 + 1
-                context_id = contexts[(item.sop_class_uid, target)]
-                report(item, self._store(assoc, item, target, context_id, msg_id, fast))
+        try:
+            with paused:
+                for n, item in enumerate(items):
+                    if stop is not None and stop():
+                        return
+                    ended = link.closed if link is not None else not assoc.is_established
+                    if ended or assoc.is_aborted:
+                        log.warning(
+                            "association with %s ended; %d files left for later",
+                            self.where,
+                            len(items) - n,
+                        )
+                        return
+                    syntaxes = accepted.get(item.sop_class_uid, [])
+                    target = choose_syntax(item.transfer_syntax, syntaxes)
+                    if target is None:
+                        report(item, self._not_accepted(item, syntaxes))
+                        continue
+                    msg_id = msg_id % 65535 + 1
+                    context_id = contexts[(item.sop_class_uid, target)]
+                    report(item, self._store(assoc, item, target, context_id, msg_id, fast, link))
+        finally:
+            if link is not None and not link.closed:
+                link.release()
 
     def _not_accepted(self, item: SendItem, syntaxes: list[str]) -> Outcome:
         name = UID(item.sop_class_uid).name
@@ -260,6 +284,7 @@ class StoreSCU:
         context_id: int,
         msg_id: int,
         fast: bool,
+        link: wire.Wire | None = None,
     ) -> Outcome:
         dataset: Dataset | None = None
         if target != item.transfer_syntax:
@@ -273,7 +298,9 @@ class StoreSCU:
                 return st.dead(f"{item.path}: cannot read as DICOM to transcode it: {exc}")
         started = time.perf_counter()
         try:
-            if fast:
+            if link is not None:
+                outcome = self._wire_store(link, item, target, context_id, msg_id, dataset)
+            elif fast:
                 outcome = dimse.store(
                     assoc,
                     context_id,
@@ -300,6 +327,36 @@ class StoreSCU:
             1000 * (time.perf_counter() - started),
         )
         return outcome
+
+    def _wire_store(
+        self,
+        link: wire.Wire,
+        item: SendItem,
+        target: str,
+        context_id: int,
+        msg_id: int,
+        dataset: Dataset | None,
+    ) -> Outcome:
+        if dataset is None:
+            _meta, offset = split_dataset(item.path)
+            return link.store(
+                context_id,
+                sop_class_uid=item.sop_class_uid,
+                sop_instance_uid=item.sop_instance_uid,
+                msg_id=msg_id,
+                path=item.path,
+                offset=offset,
+            )
+        data = encode(dataset, UID(target).is_implicit_VR, True, False)
+        if data is None:
+            return st.dead(f"{item.path}: pydicom could not encode the data set in {target}")
+        return link.store(
+            context_id,
+            sop_class_uid=item.sop_class_uid,
+            sop_instance_uid=item.sop_instance_uid,
+            msg_id=msg_id,
+            data=data,
+        )
 
     def _send_c_store(
         self, assoc: Association, item: SendItem, dataset: Dataset | None, msg_id: int

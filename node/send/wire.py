@@ -1,0 +1,302 @@
+"""The C-STORE data phase on the raw socket, after pynetdicom negotiated the association.
+
+pynetdicom negotiates (A-ASSOCIATE, TLS, presentation contexts, maximum PDU length). For
+the batch we then park its two threads (reactor and DUL: they poll with sleeps) and speak
+PS3.8 ourselves on the same socket, blocking in ``recv``:
+
+* C-STORE-RQ: the command set (Implicit VR Little Endian, PS3.7 9.3.1.1) in one PDV, then
+  the data set streamed from the file (bytes after the file meta) or from memory, in
+  P-DATA-TF PDUs no larger than the peer's maximum length (PS3.8 9.3.5);
+* C-STORE-RSP: PDVs collected until the last command fragment, the command set parsed, the
+  response matched to the request (Message ID Being Responded To, Affected SOP Instance
+  UID) and classified;
+* A-RELEASE-RQ/RP at the end, or A-ABORT on any protocol error.
+
+Any error is a retry for the file in flight; the association is then unusable and the rest
+of the batch goes back to the queue. :class:`Wire` is used only when pynetdicom exposes what
+it needs (:func:`available`); otherwise ``dimse`` (pynetdicom's own DIMSE) is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from pynetdicom.association import Association
+
+from node.send import status as st
+from node.send.status import Outcome
+
+log = logging.getLogger(__name__)
+
+_PDU_HEADER = struct.Struct(">BBI")
+_PDV_HEADER = struct.Struct(">IBB")
+_ELEM = struct.Struct("<HHI")
+
+
+class WireError(Exception):
+    """The association cannot go on (protocol error, abort, timeout, closed socket)."""
+
+
+def available(assoc: Association) -> bool:
+    a: Any = assoc
+    return (
+        hasattr(a, "_reactor_checkpoint")
+        and hasattr(a, "_kill")
+        and hasattr(getattr(a, "dul", None), "_kill_thread")
+        and getattr(getattr(getattr(a, "dul", None), "socket", None), "socket", None) is not None
+    )
+
+
+# --------------------------------------------------------------------------- command sets
+
+
+def _uid(value: str) -> bytes:
+    raw = value.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def store_rq_command(sop_class_uid: str, sop_instance_uid: str, msg_id: int) -> bytes:
+    """C-STORE-RQ command set, Implicit VR Little Endian, group length first."""
+    elems = [
+        (0x0002, _uid(sop_class_uid)),  # AffectedSOPClassUID
+        (0x0100, _us(0x0001)),  # CommandField: C-STORE-RQ
+        (0x0110, _us(msg_id)),  # MessageID
+        (0x0700, _us(0x0002)),  # Priority: LOW, as pynetdicom and storescu
+        (0x0800, _us(0x0000)),  # CommandDataSetType: a data set follows
+        (0x1000, _uid(sop_instance_uid)),  # AffectedSOPInstanceUID
+    ]
+    body = b"".join(_ELEM.pack(0x0000, el, len(v)) + v for el, v in elems)
+    return _ELEM.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body
+
+
+def parse_command(data: bytes) -> dict[int, bytes]:
+    """Command-set elements (group 0000) by element number -> raw value."""
+    out: dict[int, bytes] = {}
+    pos = 0
+    while pos + 8 <= len(data):
+        group, elem, length = _ELEM.unpack_from(data, pos)
+        pos += 8
+        if group != 0x0000 or pos + length > len(data):
+            raise WireError(f"malformed command set at byte {pos - 8}")
+        out[elem] = data[pos : pos + length]
+        pos += length
+    return out
+
+
+def _text(raw: bytes | None) -> str:
+    return raw.decode("ascii", "replace").rstrip("\x00 ") if raw else ""
+
+
+# --------------------------------------------------------------------------- the wire
+
+
+class Wire:
+    """Owns the association's socket for the data phase of one batch."""
+
+    def __init__(self, assoc: Association, *, dimse_timeout: float, network_timeout: float):
+        self.assoc = assoc
+        a: Any = assoc
+        self.sock: socket.socket = a.dul.socket.socket
+        peer_max = int(a.acceptor.maximum_length or 0)
+        # PDV fragment size: the peer's maximum PDU length minus the PDV item header (6).
+        self.fragment = (peer_max - 6) if peer_max else 4 * 1024 * 1024
+        self.dimse_timeout = dimse_timeout
+        self.network_timeout = network_timeout
+        self.closed = False
+        self._park()
+
+    def _park(self) -> None:
+        """Stop pynetdicom's reactor and DUL threads, leaving the socket open and idle."""
+        a: Any = self.assoc
+        a._kill = True
+        a._reactor_checkpoint.set()
+        a.dul._kill_thread = True
+        deadline = time.monotonic() + 5
+        for thread in (a.dul, a):
+            if thread.is_alive():
+                thread.join(max(deadline - time.monotonic(), 0.1))
+        self.sock.settimeout(self.network_timeout)
+
+    # ------------------------------------------------------------------ PDUs
+
+    def _send_pdv(self, context_id: int, control: int, data: bytes | memoryview) -> None:
+        header = _PDU_HEADER.pack(0x04, 0, len(data) + 6) + _PDV_HEADER.pack(
+            len(data) + 2, context_id, control
+        )
+        if isinstance(self.sock, ssl.SSLSocket):  # no sendmsg on TLS sockets
+            self.sock.sendall(header + bytes(data))
+            return
+        total = len(header) + len(data)
+        sent = self.sock.sendmsg([header, data])  # gather: no copy of the fragment
+        if sent < total:  # a partial send (full socket buffer): finish with plain sendall
+            rest = (header + bytes(data))[sent:]
+            self.sock.sendall(rest)
+
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise WireError("the peer closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def _recv_pdu(self) -> tuple[int, bytes]:
+        kind, _, length = _PDU_HEADER.unpack(self._recv_exact(6))
+        return kind, self._recv_exact(length)
+
+    # ------------------------------------------------------------------ C-STORE
+
+    def store(
+        self,
+        context_id: int,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        msg_id: int,
+        path: Path | None = None,
+        data: bytes | None = None,
+        offset: int = 0,
+    ) -> Outcome:
+        """Send one C-STORE-RQ (file from ``offset``, or ``data``) and classify the answer."""
+        try:
+            self.sock.settimeout(self.network_timeout)
+            self._send_pdv(
+                context_id, 0x03, store_rq_command(sop_class_uid, sop_instance_uid, msg_id)
+            )
+            if path is not None:
+                self._send_file(context_id, path, offset)
+            else:
+                self._send_bytes(context_id, data or b"")
+            self.sock.settimeout(self.dimse_timeout)
+            command = self._receive_response(context_id)
+        except (OSError, WireError) as exc:
+            if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
+                self.abort()
+                raise
+            reason = (
+                "no C-STORE response within the DIMSE timeout"
+                if isinstance(exc, TimeoutError)
+                else f"association failed during the C-STORE: {exc}"
+            )
+            self.abort()
+            return st.retry(reason)
+        return self._classify(command, msg_id, sop_instance_uid)
+
+    def _send_file(self, context_id: int, path: Path, offset: int) -> None:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2) - offset
+            f.seek(offset)
+            buf = bytearray(min(self.fragment, max(size, 0)))
+            view = memoryview(buf)
+            left = size
+            while True:
+                n = f.readinto(view[: min(len(buf), left)]) if left > 0 else 0
+                left -= n
+                if left <= 0 or n == 0:
+                    self._send_pdv(context_id, 0x02, view[:n])
+                    return
+                self._send_pdv(context_id, 0x00, view[:n])
+
+    def _send_bytes(self, context_id: int, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, max(len(data), 1), self.fragment):
+            chunk = view[start : start + self.fragment]
+            last = start + self.fragment >= len(data)
+            self._send_pdv(context_id, 0x02 if last else 0x00, chunk)
+
+    def _receive_response(self, context_id: int) -> dict[int, bytes]:
+        command = bytearray()
+        while True:
+            kind, body = self._recv_pdu()
+            if kind == 0x07:  # A-ABORT
+                source, reason = (body[2], body[3]) if len(body) >= 4 else (0, 0)
+                self.closed = True
+                raise WireError(
+                    f"the peer aborted the association (source {source}, reason {reason})"
+                )
+            if kind != 0x04:
+                raise WireError(f"unexpected PDU type 0x{kind:02X} while waiting for C-STORE-RSP")
+            pos = 0
+            while pos + 6 <= len(body):
+                length, _cx, control = _PDV_HEADER.unpack_from(body, pos)
+                fragment = body[pos + 6 : pos + 4 + length]
+                pos += 4 + length
+                if control & 0x01:
+                    command += fragment
+                    if control & 0x02:
+                        return parse_command(bytes(command))
+                # data-set fragments in a response are ignored (C-STORE-RSP has none)
+
+    def _classify(self, command: dict[int, bytes], msg_id: int, sop_uid: str) -> Outcome:
+        field = struct.unpack("<H", command.get(0x0100, b"\x00\x00"))[0]
+        responding = command.get(0x0120)
+        answered = struct.unpack("<H", responding)[0] if responding else None
+        status_raw = command.get(0x0900)
+        if field != 0x8001 or answered != msg_id or status_raw is None:
+            log.error(
+                "unexpected DIMSE message (command 0x%04X, responding to %s) for message %d",
+                field,
+                answered,
+                msg_id,
+            )
+            self.abort()
+            return st.retry("unexpected DIMSE message instead of the C-STORE response")
+        uid = _text(command.get(0x1000))
+        if uid and uid != sop_uid:
+            self.abort()
+            return st.retry(f"C-STORE response names another SOP Instance UID ({uid})")
+        status = struct.unpack("<H", status_raw)[0]
+        return st.classify_status(status, _text(command.get(0x0902)))
+
+    # ------------------------------------------------------------------ ending
+
+    def release(self) -> None:
+        """A-RELEASE-RQ, wait for the RP, close."""
+        if self.closed:
+            return
+        try:
+            self.sock.settimeout(self.network_timeout)
+            self.sock.sendall(_PDU_HEADER.pack(0x05, 0, 4) + b"\x00" * 4)
+            while True:
+                kind, _ = self._recv_pdu()
+                if kind == 0x06:
+                    break
+                if kind == 0x07:
+                    break
+        except (OSError, WireError) as exc:
+            log.warning("release failed (%s); aborting", exc)
+            self.abort()
+            return
+        self._close(released=True)
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(2.0)
+            self.sock.sendall(_PDU_HEADER.pack(0x07, 0, 4) + b"\x00\x00\x00\x00")
+        self._close(released=False)
+
+    def _close(self, *, released: bool) -> None:
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        a: Any = self.assoc
+        a.is_established = False
+        if released:
+            a.is_released = True
+        else:
+            a.is_aborted = True
