@@ -5,28 +5,31 @@ the instances listed in (0008,1199) ReferencedSOPSequence are safely stored; it 
 its local copy only after a positive answer. We answer the N-ACTION at once (success)
 and send the result as an N-EVENT-REPORT (Event Type 1: all committed; 2: some failed)
 *on the same association*, from a helper thread started when the N-ACTION response is
-sent (``EVT_DIMSE_SENT``), once its PDU is queued: never before the response.
+sent (``EVT_DIMSE_SENT``), once its PDU is queued (never before the response) and after a
+grace period of one second in which a requester may release the association instead.
 
 The answer comes from durable state only: an instance is committed when the ledger
 (``received_instances``, committed before the C-STORE success) records it with the same
 SOP Class UID and its file is in the archive. Failure reasons (PS3.4 J.3.2.1.1):
 0x0112 no such object instance, 0x0119 class/instance conflict, 0x0110 processing failure.
 
-Limitation: the report is sent only on the association that carried the N-ACTION (PS3.4
-J.3.3 allows it while the association is open). The requester must keep the association
-open until the report arrives (pynetdicom: bind ``EVT_N_EVENT_REPORT`` on the requestor
-association and wait); a report that cannot be sent is logged, and the modality asks again.
+If the requester has already released that association, the report goes on a new
+association to it (we propose the SCP role for the SOP class, PS3.4 J.3.3), addressed from
+the ``[[destinations]]`` entry whose ``called_ae`` is the requester's AE title. Without such
+an entry the report is logged as undelivered, and the modality asks again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from node.fsutil import is_valid_uid
@@ -48,11 +51,28 @@ _NO_SUCH_SOP_CLASS = 0x0118
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Where to open a new association to a requester: its address and AE titles."""
+
+    host: str
+    port: int
+    called_ae: str
+    calling_ae: str
+
+
+@dataclass(frozen=True)
 class CommitContext:
-    """What the N-ACTION handler needs, bound at registration."""
+    """What the N-ACTION handler needs, bound at registration.
+
+    ``peers`` maps a requester's AE title to where it accepts associations (from
+    ``[[destinations]]`` whose ``called_ae`` is that title): used when the report cannot be
+    sent on the requesting association because the requester already released it.
+    """
 
     ledger: Ledger
-    report_timeout: float = 30.0
+    peers: dict[str, Peer] = field(default_factory=dict)
+    timeout: float = 30.0
+    release_grace: float = 1.0
 
 
 def check(ledger: Ledger, sop_class_uid: str, sop_instance_uid: str) -> int | None:
@@ -122,7 +142,7 @@ def handle_n_action(event: Any, ctx: CommitContext) -> tuple[int, Dataset | None
     if pending is None:
         pending = {}
         event.assoc._dicom_node_commit_pending = pending
-    pending[int(request.MessageID)] = (report, calling_ae)
+    pending[int(request.MessageID)] = (report, calling_ae, ctx)
     return 0x0000, None
 
 
@@ -137,21 +157,24 @@ def handle_dimse_sent(event: Any) -> None:
     item = pending.pop(int(message.command_set.MessageIDBeingRespondedTo), None)
     if item is None:
         return
-    report, calling_ae = item
+    report, calling_ae, ctx = item
     counter = getattr(event.assoc, "_dicom_node_sent", None)
     # The response is one P-DATA PDU, queued right after this event returns.
     target = counter.value + 1 if counter is not None else 0
     thread = threading.Thread(
         target=_send_report,
-        args=(event.assoc, report, calling_ae, counter, target),
+        args=(event.assoc, report, calling_ae, ctx, counter, target),
         name="commitment-report",
         daemon=True,
     )
     thread.start()
 
 
-def _send_report(assoc: Any, report: Dataset, calling_ae: str, counter: Any, target: int) -> None:
-    """Send the N-EVENT-REPORT on the association once its N-ACTION response is queued."""
+def _send_report(
+    assoc: Any, report: Dataset, calling_ae: str, ctx: CommitContext, counter: Any, target: int
+) -> None:
+    """Send the N-EVENT-REPORT on the association once its N-ACTION response is queued;
+    if the requester released it already, on a new association to the requester."""
     failed = len(report.get("FailedSOPSequence", []))
     committed = len(report.get("ReferencedSOPSequence", []))
     event_type = 2 if failed else 1
@@ -161,21 +184,65 @@ def _send_report(assoc: Any, report: Dataset, calling_ae: str, counter: Any, tar
         committed=committed,
         failed=failed,
     )
-    if counter is not None and not counter.wait_for(target, 30.0):
+    if counter is not None and not counter.wait_for(target, ctx.timeout):
         log.error("storage commitment report not sent: N-ACTION response never went out")
         return
-    try:
-        # send_n_event_report pauses the association's reactor before sending.
-        status = assoc.send_n_event_report(
-            report, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
-        )
-    except Exception as exc:
-        log.error("storage commitment report not sent: %s", exc, extra=log_fields)
-        return
+    # Requesters that want the report on a new association release right after the
+    # N-ACTION response: give them a moment to do so before using this association.
+    deadline = time.monotonic() + ctx.release_grace
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status = None
+    if assoc.is_established:
+        try:
+            # send_n_event_report pauses the association's reactor before sending.
+            status = assoc.send_n_event_report(
+                report, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
+            )
+        except Exception as exc:
+            log.info("storage commitment report: same association failed: %s", exc)
     code = getattr(status, "Status", None)
     if code is None:
-        log.error("storage commitment report: no response from the peer", extra=log_fields)
+        code = _report_on_new_association(report, event_type, calling_ae, ctx)
+    if code is None:
+        log.error(
+            "storage commitment report not delivered: the requester released the association"
+            " and no [[destinations]] entry has called_ae = %r to reach it",
+            calling_ae,
+            extra=log_fields,
+        )
     elif code != 0:
         log.warning("storage commitment report answered 0x%04X", code, extra=log_fields)
     else:
         log.info("storage commitment reported", extra=log_fields)
+
+
+def _report_on_new_association(
+    report: Dataset, event_type: int, calling_ae: str, ctx: CommitContext
+) -> int | None:
+    """Open an association to the requester (we take the SCP role) and send the report."""
+    peer = ctx.peers.get(calling_ae)
+    if peer is None:
+        return None
+    ae = AE(ae_title=peer.calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ctx.timeout
+    ae.add_requested_context(StorageCommitmentPushModel)
+    # PS3.4 J.3.3: on an association it initiates, the SCP proposes the SCP role.
+    role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_ae, ext_neg=[role])
+    if not assoc.is_established:
+        log.error(
+            "storage commitment report: cannot associate with %s at %s:%d",
+            peer.called_ae,
+            peer.host,
+            peer.port,
+        )
+        return None
+    try:
+        status = assoc.send_n_event_report(
+            report, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
+        )
+        code = getattr(status, "Status", None)
+        return int(code) if code is not None else None
+    finally:
+        assoc.release()

@@ -44,7 +44,7 @@ from node.config import Config, ReceiveSection, TLSSettings
 from node.errors import ReceiveError
 from node.queue.store import JobStore
 from node.receive.archive import Archive
-from node.receive.commitment import CommitContext, handle_dimse_sent, handle_n_action
+from node.receive.commitment import CommitContext, Peer, handle_dimse_sent, handle_n_action
 from node.receive.guard import pdu_cap
 from node.receive.handlers import (
     StoreContext,
@@ -253,7 +253,16 @@ class StorageSCP:
             chunk_threshold=r.chunk_threshold_bytes,
             pdu_cap=pdu_cap(r.max_pdu),
         )
-        commit_ctx = CommitContext(ledger=ledger)
+        peers = {
+            d.called_ae.strip(): Peer(
+                host=d.host,
+                port=d.port,
+                called_ae=d.called_ae,
+                calling_ae=d.calling_ae or r.ae_title,
+            )
+            for d in self.cfg.destinations
+        }
+        commit_ctx = CommitContext(ledger=ledger, peers=peers, timeout=r.dimse_timeout)
         return [
             (evt.EVT_CONN_OPEN, handle_conn_open, [store_ctx]),
             (evt.EVT_CONN_CLOSE, handle_conn_close),

@@ -45,15 +45,17 @@ SAMPLES = [
 ]
 
 
-def make_config(tmp: Path, **receive: Any) -> Config:
+def make_config(tmp: Path, top: dict[str, Any] | None = None, **receive: Any) -> Config:
     table: dict[str, Any] = {"port": 0, "min_free_bytes": 0, "study_quiet_seconds": 60.0}
     table.update(receive)
-    return config_from_dict({"receive": table}, tmp)
+    return config_from_dict({**(top or {}), "receive": table}, tmp)
 
 
 @contextlib.contextmanager
-def running_scp(tmp: Path, **receive: Any) -> Iterator[tuple[StorageSCP, JobStore, Config]]:
-    cfg = make_config(tmp, **receive)
+def running_scp(
+    tmp: Path, top: dict[str, Any] | None = None, **receive: Any
+) -> Iterator[tuple[StorageSCP, JobStore, Config]]:
+    cfg = make_config(tmp, top, **receive)
     store = JobStore(cfg.node.state_dir)
     scp = StorageSCP(cfg, store)
     scp.start()

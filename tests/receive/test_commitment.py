@@ -14,7 +14,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from node.receive.commitment import NO_SUCH_OBJECT_INSTANCE, WELL_KNOWN_INSTANCE
-from tests.peers import LOOPBACK
+from tests.peers import LOOPBACK, free_port
 from tests.receive.helpers import AET, dcmsend, image_dataset, running_scp
 
 pytestmark = pytest.mark.dcmtk
@@ -126,3 +126,52 @@ def test_commitment_all_stored_is_event_type_1(tmp_path: Path) -> None:
         finally:
             assoc.release()
     assert got == [1]
+
+
+def test_report_on_a_new_association_when_the_requester_released(tmp_path: Path) -> None:
+    """The modality releases right after the N-ACTION response and listens for the report."""
+    stored = image_dataset(2, 2, b"\x00" * 4)
+    src = tmp_path / "stored.dcm"
+    stored.save_as(src, enforce_file_format=True)
+    got: list[tuple[int, str, str]] = []
+    done = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        info = event.event_information
+        got.append(
+            (event.request.EventTypeID, str(info.TransactionUID), event.assoc.requestor.ae_title)
+        )
+        done.set()
+        return 0, None
+
+    modality = AE(ae_title="MODALITY")
+    modality.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    modality.add_requested_context(StorageCommitmentPushModel)
+    port = free_port()
+    server = modality.start_server(
+        (LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    assert server is not None
+    destinations = {
+        "destinations": [
+            {"name": "modality", "host": LOOPBACK, "port": port, "called_ae": "MODALITY"}
+        ]
+    }
+    transaction = generate_uid()
+    try:
+        with running_scp(tmp_path / "node", destinations) as (scp, _, _):
+            assert dcmsend(scp.port, [src]).returncode == 0
+            assoc = modality.associate(LOOPBACK, scp.port, ae_title=AET)
+            assert assoc.is_established
+            status, _ = assoc.send_n_action(
+                _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
+                1,
+                StorageCommitmentPushModel,
+                WELL_KNOWN_INSTANCE,
+            )
+            assoc.release()  # at once, before any report
+            assert status.Status == 0
+            assert done.wait(20), "no N-EVENT-REPORT on a new association"
+    finally:
+        server.shutdown()
+    assert got == [(1, transaction, AET)]
