@@ -74,6 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_settings(args: argparse.Namespace) -> tuple[str, str]:
+    """Command-line log options win over the config's ``[node]`` ones, then the defaults."""
+    level = getattr(args, "log_level", None)
+    fmt = getattr(args, "log_format", None)
+    config = getattr(args, "config", None)
+    if (level is None or fmt is None) and config:
+        from node.config import load_config
+
+        try:
+            cfg = load_config(config)
+        except NodeError:
+            pass  # the command itself reports a bad config
+        else:
+            level = level or cfg.node.log_level
+            fmt = fmt or cfg.node.log_format
+    return level or "INFO", fmt or "text"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dicom-node`` and ``python -m node``; returns the exit status."""
     parser = build_parser()
@@ -81,10 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
-    setup_logging(
-        getattr(args, "log_level", None) or "INFO",
-        getattr(args, "log_format", None) or "text",
-    )
+    level, fmt = _log_settings(args)
+    setup_logging(level, fmt)
     try:
         return int(args.func(args))
     except NodeError as exc:

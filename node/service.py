@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ class NodeService:
                     owner=f"{os.getpid()}-{n}",
                     on_delivered=self._delivered,
                 )
-                self._thread(f"deliver-{dest.name}-{n}", lambda w=worker: w.run(self.stop_event))
+                self._thread(f"deliver-{dest.name}-{n}", partial(worker.run, self.stop_event))
 
         runner = JobRunner(
             self.store,
@@ -105,7 +106,7 @@ class NodeService:
             name="export",
         )
         for n in range(max(1, cfg.export.workers)):
-            self._thread(f"export-{n}", lambda: runner.run(self.stop_event))
+            self._thread(f"export-{n}", partial(runner.run, self.stop_event))
 
         if cfg.ingest.enabled:
             from node.ingest.pipeline import IngestPipeline

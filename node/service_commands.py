@@ -46,19 +46,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from node.service import NodeService
 
-    cfg = load_from_args(args)
-    _apply_log_settings(args, cfg)
-    return NodeService(cfg).run_forever()
-
-
-def _apply_log_settings(args: argparse.Namespace, cfg: Config) -> None:
-    """Command-line log options win over the config's ``[node]`` ones."""
-    from node.logs import setup_logging
-
-    setup_logging(
-        getattr(args, "log_level", None) or cfg.node.log_level,
-        getattr(args, "log_format", None) or cfg.node.log_format,
-    )
+    return NodeService(load_from_args(args)).run_forever()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -313,7 +314,12 @@ port = {metrics_port}
 
 
 def test_scripts_run_embedded_default_loop(tmp_path: Path) -> None:
-    """scripts/run in a copy of the repository: JPEG in, DICOM + PNG + PDF out."""
+    """scripts/run in a copy of the repository: JPEG in, DICOM + PNG + PDF out.
+
+    The copy gets its own .venv whose site-packages reach the dependencies already installed
+    in the repository's .venv (a .pth file), so scripts/run really creates nothing but the
+    project install, and the shared .venv is never touched.
+    """
     copy = tmp_path / "repo"
     listed = subprocess.run(
         ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
@@ -322,18 +328,31 @@ def test_scripts_run_embedded_default_loop(tmp_path: Path) -> None:
         if (REPO / rel).is_file():
             (copy / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, copy / rel)
-    (copy / ".venv").symlink_to(REPO / ".venv")  # installed already; scripts/run reuses it
+    base_python = subprocess.run(
+        [sys.executable, "-c", "import sys; print(sys._base_executable)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    subprocess.run([base_python, "-m", "venv", str(copy / ".venv")], check=True, timeout=120)
+    shared = sysconfig.get_paths()["purelib"]
+    (own_site,) = (copy / ".venv" / "lib").glob("python3.*/site-packages")
+    (own_site / "shared-deps.pth").write_text(shared + "\n")
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([str(copy / "scripts" / "run")], stdout=log, stderr=subprocess.STDOUT)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    proc = subprocess.Popen(
+        [str(copy / "scripts" / "run")], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
     try:
         inbox = copy / "var" / "inbox"
-        wait_for("the inbox", inbox.exists, timeout=120)
+        wait_for("the inbox", inbox.exists, timeout=180)
         wait_echo(11112, "DICOMNODE", timeout=60)
         (inbox / "photo.jpg").write_bytes(jpeg(1, (320, 240)))
         var = copy / "var"
         wait_for("a DICOM in the archive", lambda: any((var / "archive").rglob("*.dcm")))
         wait_for("a PNG in export", lambda: any((var / "export").rglob("*.png")), timeout=60)
         wait_for("a PDF in export", lambda: any((var / "export").rglob("*.pdf")), timeout=60)
+        assert any((var / "done").rglob("photo.jpg"))
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -343,3 +362,5 @@ def test_scripts_run_embedded_default_loop(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 0, (tmp_path / "run.log").read_text()[-3000:]
+    installed = (copy / ".venv" / "bin" / "dicom-node").read_text()
+    assert str(copy) in installed  # the copy's own install, not the shared one
