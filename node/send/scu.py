@@ -40,7 +40,7 @@ from node.errors import SendError
 from node.send import dimse, wire
 from node.send import status as st
 from node.send.contexts import SendItem, choose_syntax, plan_associations, transcode
-from node.send.status import Outcome
+from node.send.status import Outcome, Verdict
 from node.send.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ Report = Callable[[SendItem, Outcome], None]
 #: roughly halves the per-C-STORE time against a fast peer for little CPU (select() calls).
 REACTOR_DELAY: float | None = 0.0001
 ENGINES = ("wire", "pynetdicom")
+DEFAULT_ENGINE = "wire"
 
 
 class Sender(Protocol):
@@ -106,7 +107,7 @@ class StoreSCU:
         *,
         calling_ae: str,
         reactor_delay: float | None = REACTOR_DELAY,
-        engine: str = "wire",
+        engine: str | None = None,
     ) -> None:
         self.dest = destination
         self.calling_ae = destination.calling_ae or calling_ae
@@ -121,6 +122,7 @@ class StoreSCU:
         self.reactor_delay = reactor_delay
         #: "wire": our own data phase on the socket (``wire``), "pynetdicom": its DIMSE
         #: (``dimse``). Negotiation is pynetdicom's in both.
+        engine = engine or DEFAULT_ENGINE
         if engine not in ENGINES:
             raise ValueError(f"unknown SCU engine {engine!r} (known: {', '.join(ENGINES)})")
         self.engine = engine
@@ -259,7 +261,22 @@ class StoreSCU:
                         continue
                     msg_id = msg_id % 65535 + 1
                     context_id = contexts[(item.sop_class_uid, target)]
-                    report(item, self._store(assoc, item, target, context_id, msg_id, fast, link))
+                    outcome = self._store(assoc, item, target, context_id, msg_id, fast, link)
+                    report(item, outcome)
+                    if outcome.verdict is Verdict.RETRY and outcome.status is None:
+                        # Abort, timeout, lost or unexpected response, read error mid-stream:
+                        # this association is unusable; the rest goes back to the queue.
+                        log.warning(
+                            "association with %s unusable (%s); %d files left for later",
+                            self.where,
+                            outcome.reason,
+                            len(items) - n - 1,
+                        )
+                        if link is not None:
+                            link.abort()
+                        elif assoc.is_established:
+                            assoc.abort()
+                        return
         finally:
             if link is not None and not link.closed:
                 link.release()

@@ -33,8 +33,18 @@ class ScriptedSCP:
     received: list[str] = field(default_factory=list)
     delay: float = 0.0
     datasets: list[Any] = field(default_factory=list)
+    drop_connection_at: int = 0  # on the Nth C-STORE, cut the TCP connection instead
+
+    def _maybe_drop(self, event: Any) -> None:
+        self.calls += 1
+        if self.calls == self.drop_connection_at:
+            sock = event.assoc.dul.socket.socket
+            sock.shutdown(socket.SHUT_RDWR)
+
+    calls: int = 0
 
     def handle(self, event: Any) -> int:
+        self._maybe_drop(event)
         if self.delay:
             time.sleep(self.delay)
         status = self.statuses.pop(0) if self.statuses else 0x0000
@@ -53,8 +63,10 @@ def scripted_scp(
     sop_classes: tuple[str, ...] = (SecondaryCaptureImageStorage,),
     require_called_aet: bool = False,
     delay: float = 0.0,
+    drop_connection_at: int = 0,
 ) -> Iterator[ScriptedSCP]:
     scp = ScriptedSCP(free_port(), "FAKEPACS", list(statuses or []), delay=delay)
+    scp.drop_connection_at = drop_connection_at
     ae = AE(ae_title=scp.aet)
     ae.require_called_aet = require_called_aet
     for uid in sop_classes:

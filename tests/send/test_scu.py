@@ -31,6 +31,13 @@ PYNETDICOM_SOCKET_LEAK = pytest.mark.filterwarnings(
 )
 
 
+@pytest.fixture(autouse=True, params=["wire", "pynetdicom"])
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every SCU test runs with our data phase and with pynetdicom's DIMSE (the fallback)."""
+    monkeypatch.setattr("node.send.scu.DEFAULT_ENGINE", request.param)
+    return str(request.param)
+
+
 def _dest(port: int, aet: str = "FAKEPACS", **kw: object) -> Destination:
     return Destination(name="pacs", host=LOOPBACK, port=port, called_ae=aet, **kw)  # type: ignore[arg-type]
 
@@ -92,6 +99,25 @@ def test_one_bad_file_does_not_resend_the_batch(tmp_path: Path) -> None:
         JobState.DONE,
         JobState.RETRY,
     ]
+
+
+def test_connection_lost_mid_batch_retries_the_file_in_flight_only(tmp_path: Path) -> None:
+    files = [native_sc(tmp_path / f"{i}.dcm") for i in range(4)]
+    with scripted_scp(drop_connection_at=2) as scp:
+        worker, store = _worker(tmp_path, _dest(scp.port, dimse_timeout=5))
+        for f in files:
+            enqueue_delivery(store, f, ["pacs"])
+        assert worker.run_once() == 2
+        states = [(j.state, j.attempts) for j in store.select()]
+        assert states == [
+            (JobState.DONE, 1),
+            (JobState.RETRY, 1),  # in flight when the connection went: not counted as sent
+            (JobState.QUEUED, 0),  # not started: back in the queue, attempt not counted
+            (JobState.QUEUED, 0),
+        ]
+        assert worker.run_once() == 2  # a new association for the rest
+    assert [j.state for j in store.select()][2:] == [JobState.DONE, JobState.DONE]
+    assert "delivered" in store.counters() and store.counters()["delivered"] == 3
 
 
 def test_sop_class_not_accepted_is_dead_not_retried(tmp_path: Path) -> None:
