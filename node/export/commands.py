@@ -17,10 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pydicom
-
 from node.config import ExportSection
 from node.errors import ConfigError, ExportError
+from node.export import decode
 from node.export.display import VoiChoice
 from node.export.exporter import Exporter, RenderOptions
 from node.service_commands import load_from_args
@@ -241,12 +240,12 @@ def _pdf_batch(cfg: ExportSection, options: RenderOptions, files: list[Path], fs
     failed = 0
     for path in files:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            log.error("%s: not readable as DICOM: %s", path, exc)
+            ds = decode.read(path, header_only=True)
+        except ExportError as exc:
+            log.error("%s", exc)
             failed += 1
             continue
-        if str(ds.get("SOPClassUID", "")) == "1.2.840.10008.5.1.4.1.1.104.1":
+        if decode.is_encapsulated_pdf(ds):
             try:
                 exporter.export_instance(path)
             except ExportError as exc:
@@ -258,12 +257,17 @@ def _pdf_batch(cfg: ExportSection, options: RenderOptions, files: list[Path], fs
             key += "/" + str(ds.get("SeriesInstanceUID", ""))
         groups[key].append(path)
     for paths in groups.values():
-        if cfg.pdf == "study":
-            target = exporter.export_study_pdf(paths)
-        else:
-            target = exporter.export_series_pdf(paths)
+        try:
+            if cfg.pdf == "study":
+                target = exporter.export_study_pdf(paths)
+            else:
+                target = exporter.export_series_pdf(paths)
+        except (ExportError, OSError) as exc:
+            log.error("%s", exc)
+            failed += len(paths)
+            continue
         if target is None:
-            log.error("%d file(s) of one %s rendered nothing", len(paths), cfg.pdf)
+            log.warning("%d file(s) of one %s: nothing renderable", len(paths), cfg.pdf)
     failed += exporter.failures
     return failed
 

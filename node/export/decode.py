@@ -14,7 +14,9 @@ a message naming the file and the element instead of a crash or a silently wrong
 from __future__ import annotations
 
 import logging
+import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from node.errors import BadPixelData, ExportError
@@ -31,6 +33,18 @@ log = logging.getLogger(__name__)
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 RLE = "1.2.840.10008.1.2.5"
+
+#: What pydicom raises on malformed element values when they are converted (lazily, at
+#: first access): wrong lengths (BytesLengthException), bad numbers (ValueError), ...
+MALFORMED = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    RuntimeError,
+    struct.error,
+    BytesLengthException,
+)
 
 
 def quiet_pydicom() -> None:
@@ -45,22 +59,22 @@ def _tag(keyword: str) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {keyword}"
 
 
-def read(path: Path) -> Dataset:
-    """Read ``path`` (deferring nothing big to the pixel decode) or raise ExportError."""
+def read(path: Path, header_only: bool = False) -> Dataset:
+    """Read ``path`` (with ``header_only``, stop before Pixel Data) or raise ExportError."""
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                ds = pydicom.dcmread(path)
+                ds = pydicom.dcmread(path, stop_before_pixels=header_only)
             except InvalidDicomError:
                 # a bare data set without preamble/file meta (dcm2pnm reads those too)
-                ds = pydicom.dcmread(path, force=True)
+                ds = pydicom.dcmread(path, force=True, stop_before_pixels=header_only)
                 if "SOPClassUID" not in ds and "Rows" not in ds:
                     raise
                 _infer_transfer_syntax(ds)
     except InvalidDicomError as exc:
         raise ExportError(f"{path}: not a DICOM file ({exc})") from None
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, EOFError, zlib.error, *MALFORMED) as exc:
         raise ExportError(f"{path}: cannot be read as DICOM: {exc}") from None
     for w in caught:
         log.warning("%s: %s", path, w.message)
@@ -252,10 +266,17 @@ def frames(
                 f"{path}: transfer syntax {info.transfer_syntax} "
                 f"({UID(info.transfer_syntax).name}) cannot be decoded here: {exc}"
             ) from None
-        except (ValueError, RuntimeError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        except (IndexError, zlib.error, *MALFORMED) as exc:
             raise BadPixelData(
                 f"{path}: {_tag('PixelData')} frame {index + 1} could not be decoded "
                 f"(transfer syntax {UID(info.transfer_syntax).name}): {exc}"
+            ) from None
+        except BaseException as exc:  # a decoder extension panicking (Rust: PanicException)
+            if type(exc).__name__ != "PanicException":
+                raise
+            raise BadPixelData(
+                f"{path}: {_tag('PixelData')} frame {index + 1}: the decoder for "
+                f"{UID(info.transfer_syntax).name} failed on this data ({exc}); it is corrupt"
             ) from None
         for w in caught:
             log.warning("%s: %s", path, w.message)

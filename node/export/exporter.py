@@ -16,13 +16,14 @@ Each file written is one line in the manifest (:mod:`node.export.manifest`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
 from pydicom.dataset import Dataset
 
 from node import __version__
@@ -56,6 +57,18 @@ class Rendering:
     facts: Facts
     frames: list[display.Rendered]
     multiframe: bool
+
+
+@contextlib.contextmanager
+def logged_warnings(where: object) -> Iterator[None]:
+    """Turn warnings (pydicom warns on invalid values) into log lines naming ``where``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                log.warning("%s: %s", where, w.message)
 
 
 def is_image(ds: Dataset) -> bool:
@@ -143,8 +156,19 @@ class Exporter:
     # ------------------------------------------------------------------ public API
 
     def export_instance(self, path: Path) -> list[Path]:
-        """PNG per frame (or the extracted PDF of an Encapsulated PDF); returns the paths."""
+        """PNG per frame (or the extracted PDF of an Encapsulated PDF); returns the paths.
+
+        Raises :class:`ExportError` (naming the file and element) for anything that cannot
+        be exported; nothing is written then.
+        """
         path = Path(path)
+        with logged_warnings(path):
+            try:
+                return self._export_instance(path)
+            except decode.MALFORMED as exc:  # a value pydicom could not convert
+                raise ExportError(f"{path}: malformed element value: {exc}") from None
+
+    def _export_instance(self, path: Path) -> list[Path]:
         ds = decode.read(path)
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
         study, series = self._dirs(ds)
@@ -253,9 +277,9 @@ class Exporter:
         items: list[tuple[Path, Dataset]] = []
         for p in paths:
             try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True)
-            except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
-                log.error("%s: not exported: not readable as DICOM (%s)", p, exc)
+                ds = decode.read(Path(p), header_only=True)
+            except ExportError as exc:
+                log.error("not exported: %s", exc)
                 self.failures += 1
                 continue
             items.append((Path(p), ds))
@@ -304,6 +328,15 @@ class Exporter:
         return title, lines
 
     def _pdf(self, target: Path, items: list[tuple[Path, Dataset]], scope: str) -> Path | None:
+        with logged_warnings(target):
+            try:
+                return self._build_pdf(target, items, scope)
+            except decode.MALFORMED as exc:
+                raise ExportError(f"{items[0][0]}: malformed element value: {exc}") from None
+
+    def _build_pdf(
+        self, target: Path, items: list[tuple[Path, Dataset]], scope: str
+    ) -> Path | None:
         from node.export.pdf import Sheet  # reportlab is imported only when a PDF is made
 
         title, header = self._header(items[0][1], scope, len(items))
@@ -320,9 +353,14 @@ class Exporter:
             if decode.is_encapsulated_pdf(header_ds) or not is_image(header_ds):
                 continue
             try:
-                rendering = self.render(path)
+                with logged_warnings(path):
+                    rendering = self.render(path)
             except ExportError as exc:
                 log.error("not in %s PDF: %s", scope, exc)
+                self.failures += 1
+                continue
+            except decode.MALFORMED as exc:
+                log.error("not in %s PDF: %s: malformed element value: %s", scope, path, exc)
                 self.failures += 1
                 continue
             f = rendering.facts

@@ -269,3 +269,33 @@ def test_bare_data_set_without_file_meta_renders(tmp_path: Path) -> None:
     assert np.array_equal(frame.pixels, render_one(tmp_path / "ct.dcm")[0].pixels)
     with pytest.raises(ExportError, match="not a DICOM file"):
         decode.read(Path(__file__))
+
+
+def test_damaged_files_fail_cleanly(tmp_path: Path) -> None:
+    """Truncated, bit-flipped and zeroed copies of the bundled files: each either exports or
+    raises ExportError; nothing else escapes, and a failure writes nothing."""
+    import random
+
+    rng = random.Random(20240102)
+    sources = [p for p in sorted(TEST_FILES.glob("*.dcm")) if p.stat().st_size < 300_000]
+    ex = exporter(tmp_path, max_pixels=20_000_000)
+    for n in range(150):
+        raw = bytearray(rng.choice(sources).read_bytes())
+        where = rng.randrange(len(raw))
+        if n % 3 == 0:
+            raw = raw[:where]
+        elif n % 3 == 1:
+            for _ in range(rng.randint(1, 16)):
+                raw[rng.randrange(len(raw))] = rng.randrange(256)
+        else:
+            raw[where : where + 64] = bytes(len(raw[where : where + 64]))
+        path = tmp_path / "in" / f"damaged{n}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(bytes(raw))
+        before = len(outputs(ex.root))
+        try:
+            ex.export_instance(path)
+        except ExportError as exc:
+            assert str(path) in str(exc)
+            assert len(outputs(ex.root)) == before
+    assert not list(ex.root.rglob(".tmp-*"))
