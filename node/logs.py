@@ -14,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+_HANDLER_NAME = "dicom-node"
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -51,12 +52,17 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) -> None:
-    """Configure the root logger (and pynetdicom's) for the CLI and the service."""
+    """Configure the root logger (and pynetdicom's) for the CLI and the service.
+
+    Calling it again replaces the handler it installed before, and only that one.
+    """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if old.get_name() == _HANDLER_NAME:  # ours from an earlier call; others stay
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
     # pynetdicom is chatty at INFO/DEBUG; keep its warnings and errors visible.

@@ -146,3 +146,47 @@ def test_shipped_configs_are_valid(name: str) -> None:
     cfg = load_config(REPO / "config" / name)
     for dest in cfg.destinations:
         assert dest.host == "127.0.0.1"  # defaults and examples stay on loopback
+
+
+def test_readme_documents_every_config_key() -> None:
+    import dataclasses
+
+    from node import config as c
+
+    readme = (REPO / "README.md").read_text()
+    sections = [
+        c.NodeSection,
+        c.IngestSection,
+        c.QueueSection,
+        c.Destination,
+        c.TLSSettings,
+        c.ReceiveSection,
+        c.ForwardRule,
+        c.ExportSection,
+        c.MetricsSection,
+    ]
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in sections
+        for f in dataclasses.fields(cls)
+        if f"`{f.name}`" not in readme
+    ]
+    assert missing == [], "document these config keys in README.md: " + ", ".join(missing)
+
+
+def test_json_log_lines_carry_structured_fields() -> None:
+    import io
+    import json
+    import logging
+
+    from node.logs import fields, setup_logging
+
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream)
+    logging.getLogger("node.test").info("stored", extra=fields(sop="1.2.3", path="/a"))
+    record = json.loads(stream.getvalue().splitlines()[-1])
+    assert (record["message"], record["sop"], record["level"]) == ("stored", "1.2.3", "info")
+    setup_logging("INFO", "text", stream)
+    logging.getLogger("node.test").info("again", extra=fields(sop="1.2.3"))
+    assert stream.getvalue().splitlines()[-1].endswith("node.test: again sop=1.2.3")
+    assert sum(h.get_name() == "dicom-node" for h in logging.getLogger().handlers) == 1
