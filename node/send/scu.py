@@ -6,8 +6,16 @@ C-STORE waits ~40 ms for the peer's delayed ACK (Nagle).
 
 Files whose transfer syntax was accepted are sent as they are on disk (the bytes after the
 file meta streamed into P-DATA PDUs, no decode/re-encode); other files are transcoded (see
-``contexts``). The DIMSE exchange itself is in ``dimse`` (one reactor pause per batch,
-responses matched to requests).
+``contexts``). pynetdicom negotiates the association (A-ASSOCIATE, TLS, contexts, PDU
+sizes); the data phase runs on one of two engines:
+
+* ``wire`` (default): our own C-STORE exchange on the socket with pynetdicom's polling
+  threads parked (``wire``): blocking I/O, no per-PDU thread hand-offs;
+* ``pynetdicom``: pynetdicom's DIMSE provider with the reactor paused once per batch
+  (``dimse``), used when the internals ``wire`` needs are missing.
+
+Both match each response to its request; a lost response makes the association unusable
+and the rest of the batch goes back to the queue.
 
 An item is reported exactly once when it was attempted or decided; items left unreported
 were not started (a stop was requested, or the association died before their turn) and the

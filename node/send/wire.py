@@ -104,15 +104,16 @@ def _text(raw: bytes | None) -> str:
 class Wire:
     """Owns the association's socket for the data phase of one batch."""
 
-    def __init__(self, assoc: Association, *, dimse_timeout: float, network_timeout: float):
+    def __init__(self, assoc: Association, *, dimse_timeout: float, network_timeout: float) -> None:
         self.assoc = assoc
         a: Any = assoc
         self.sock: socket.socket = a.dul.socket.socket
         peer_max = int(a.acceptor.maximum_length or 0)
         # PDV fragment size: the peer's maximum PDU length minus the PDV item header (6).
         self.fragment = (peer_max - 6) if peer_max else 4 * 1024 * 1024
-        self.dimse_timeout = dimse_timeout
-        self.network_timeout = network_timeout
+        # 0 or less means "no limit" (a zero socket timeout would mean non-blocking).
+        self.dimse_timeout = dimse_timeout if dimse_timeout > 0 else None
+        self.network_timeout = network_timeout if network_timeout > 0 else None
         self.closed = False
         self._park()
 
