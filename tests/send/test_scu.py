@@ -278,3 +278,22 @@ def test_big_endian_file_is_converted_for_a_little_endian_peer(tmp_path: Path) -
     original = dcmread(get_testdata_file("MR_small_bigendian.dcm"))
     assert np.array_equal(got.pixel_array, original.pixel_array)
     assert got.PatientName == original.PatientName and got.Rows == original.Rows
+
+
+@pytest.mark.dcmtk
+def test_many_small_pdus_arrive_byte_identical(tmp_path: Path) -> None:
+    from tests.peers import run_storescp
+
+    files = [native_sc(tmp_path / f"{i}.dcm", size=96, bits=16) for i in range(30)]
+    files.append(jpeg_object(tmp_path / "j.dcm", width=256, height=192))
+    with run_storescp(tmp_path / "scp", extra=["+xa", "-pdu", "4096"]) as scp:
+        results = _send_all(_dest(scp.port, aet=scp.aet), files)
+        assert set(results.values()) == {"delivered"}
+        got = _received(scp)
+    assert len(got) == len(files)
+    for f in files:
+        original = dcmread(f)
+        received = dcmread(got[original.SOPInstanceUID])
+        assert received.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert received.PixelData == original.PixelData  # 18 KB over 4 KB PDUs
+        assert received.PatientName == original.PatientName
