@@ -21,7 +21,7 @@ from node.config import ExportSection
 from node.errors import ConfigError, ExportError
 from node.export import decode
 from node.export.display import VoiChoice
-from node.export.exporter import Exporter, RenderOptions
+from node.export.exporter import Exporter, RenderOptions, logged_warnings
 from node.service_commands import load_from_args
 
 log = logging.getLogger(__name__)
@@ -240,21 +240,27 @@ def _pdf_batch(cfg: ExportSection, options: RenderOptions, files: list[Path], fs
     failed = 0
     for path in files:
         try:
-            ds = decode.read(path, header_only=True)
+            with logged_warnings(path):
+                ds = decode.read(path, header_only=True)
+                encapsulated = decode.is_encapsulated_pdf(ds)
+                key = str(ds.get("StudyInstanceUID", ""))
+                if cfg.pdf != "study":
+                    key += "/" + str(ds.get("SeriesInstanceUID", ""))
         except ExportError as exc:
             log.error("%s", exc)
             failed += 1
             continue
-        if decode.is_encapsulated_pdf(ds):
+        except decode.MALFORMED as exc:
+            log.error("%s: malformed element value: %s", path, exc)
+            failed += 1
+            continue
+        if encapsulated:
             try:
                 exporter.export_instance(path)
             except ExportError as exc:
                 log.error("%s", exc)
                 failed += 1
             continue
-        key = str(ds.get("StudyInstanceUID", ""))
-        if cfg.pdf != "study":
-            key += "/" + str(ds.get("SeriesInstanceUID", ""))
         groups[key].append(path)
     for paths in groups.values():
         try:

@@ -42,6 +42,9 @@ MALFORMED = (
     KeyError,
     AttributeError,
     RuntimeError,
+    IndexError,
+    OverflowError,
+    NotImplementedError,  # e.g. an unknown VR from a damaged header
     struct.error,
     BytesLengthException,
 )
@@ -266,7 +269,7 @@ def frames(
                 f"{path}: transfer syntax {info.transfer_syntax} "
                 f"({UID(info.transfer_syntax).name}) cannot be decoded here: {exc}"
             ) from None
-        except (IndexError, zlib.error, *MALFORMED) as exc:
+        except (zlib.error, *MALFORMED) as exc:
             raise BadPixelData(
                 f"{path}: {_tag('PixelData')} frame {index + 1} could not be decoded "
                 f"(transfer syntax {UID(info.transfer_syntax).name}): {exc}"

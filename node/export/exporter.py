@@ -289,9 +289,10 @@ class Exporter:
             try:
                 series_no = int(ds.get("SeriesNumber") or 0)
                 number = int(ds.get("InstanceNumber") or 0)
-            except (TypeError, ValueError):
-                series_no = number = 0
-            return (series_no, str(ds.get("SeriesInstanceUID", "")), number, str(item[0]))
+                series = str(ds.get("SeriesInstanceUID", ""))
+            except decode.MALFORMED:
+                series_no, series, number = 0, "", 0
+            return (series_no, series, number, str(item[0]))
 
         items.sort(key=key)
         return items
