@@ -127,16 +127,17 @@ class IngestPipeline:
             "items": [item.__dict__ for item in items],
             "created": time.time(),
         }
-        if items and self.destinations:
-            with self._lock:
-                for item in items:
-                    enqueue_delivery(
-                        self.store,
-                        Path(item.output),
-                        self.destinations,
-                        source="ingest",
-                        extra={"claim": claim_id},
-                    )
+        with self._lock, self.store.transaction():  # one commit for the whole claim
+            if items:
+                self.store.bump("ingested", len(items))
+            for item in items if self.destinations else []:
+                enqueue_delivery(
+                    self.store,
+                    Path(item.output),
+                    self.destinations,
+                    source="ingest",
+                    extra={"claim": claim_id},
+                )
         atomic_write(claim_dir / CLAIM_FILE, json.dumps(record, indent=1).encode())
         self.finish_if_delivered(claim_dir)
 
@@ -183,7 +184,6 @@ class IngestPipeline:
         except (NodeError, OSError, ValueError) as exc:
             self.quarantine(path, f"{type(exc).__name__}: {exc}")
             return None
-        self.store.bump("ingested")
         log.info(
             "converted %s",
             path.name,
@@ -199,7 +199,6 @@ class IngestPipeline:
         except DicomInputError as exc:
             self.quarantine(path, str(exc))
             return []
-        self.store.bump("ingested")
         log.info("accepted DICOM %s as it is", path.name, extra=fields(sop=sop_uid))
         return [Claimed(str(path), str(path), sop_uid)]
 

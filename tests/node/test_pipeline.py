@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 from pathlib import Path
@@ -167,6 +168,8 @@ def test_dicomdir_file_set_resolves_references_inside_the_folder(
     cd = cfg.ingest.inbox / "patient-cd"
     cd.parent.mkdir(parents=True, exist_ok=True)
     fs.write(cd)
+    del fs
+    gc.collect()  # FileSet's staging TemporaryDirectory is cleaned up here, under the filter
     pipeline.take(cd)
     uids = {j.dedup_key for j in deliver_jobs(store)}
     assert uids == {pydicom.dcmread(p).SOPInstanceUID for p in series}
@@ -182,6 +185,8 @@ def test_dicomdir_reference_outside_the_folder_is_refused(cfg: Config, tmp_path:
     cd = cfg.ingest.inbox / "evil-cd"
     cd.parent.mkdir(parents=True, exist_ok=True)
     fs.write(cd)
+    del fs
+    gc.collect()
     dicomdir = pydicom.dcmread(cd / "DICOMDIR")
     with pydicom.config.disable_value_validation():  # a hostile CD does not validate either
         for record in dicomdir.DirectoryRecordSequence:

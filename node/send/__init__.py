@@ -1,0 +1,1 @@
+"""Delivery to PACS: DIMSE status classification, presentation contexts, the C-STORE SCU."""
