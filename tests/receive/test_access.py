@@ -15,8 +15,16 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from node.errors import ReceiveError
 from node.queue.store import JobStore
 from node.receive.scp import StorageSCP, _tls_context, check_access_config
-from tests.peers import LOOPBACK, tool
-from tests.receive.helpers import AET, echoscu, make_config, running_scp
+from tests.peers import LOOPBACK, peer_env, tool
+from tests.receive.helpers import (
+    AET,
+    archived,
+    dataset_bytes,
+    echoscu,
+    image_dataset,
+    make_config,
+    running_scp,
+)
 
 pytestmark = pytest.mark.dcmtk
 
@@ -171,6 +179,20 @@ def test_tls_port_with_client_certificate(tmp_path: Path) -> None:
             ],  # fmt: skip
         )
         assert res.returncode == 0, res.stderr
+        # C-STORE over TLS, several PDUs per object.
+        big = tmp_path / "big.dcm"
+        image_dataset(1024, 1024, bytes(range(256)) * 4096).save_as(big, enforce_file_format=True)
+        res = subprocess.run(
+            [
+                tool("storescu"), "-aet", "MODALITY", "-aec", AET, "-pdu", "16384",
+                "+tls", str(certs["client.key"]), str(certs["client.pem"]),
+                "+cf", str(certs["ca.pem"]), LOOPBACK, str(scp.tls_port), str(big),
+            ],
+            env=peer_env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        (stored,) = archived(scp.archive_root)
+        assert dataset_bytes(stored)[1] == dataset_bytes(big)[1]
         # Without a client certificate the handshake fails; the plain port still serves.
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(str(certs["ca.pem"]))
