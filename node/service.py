@@ -48,6 +48,7 @@ class NodeService:
         self.scp: Any = None
         self.pipeline: Any = None
         self.exporter: Any = None
+        self.wake_delivery: dict[str, threading.Event] = {}
 
     # ------------------------------------------------------------------ building
 
@@ -89,6 +90,7 @@ class NodeService:
         from node.send.worker import DeliveryWorker
 
         for dest in cfg.destinations:
+            wake = self.wake_delivery.setdefault(dest.name, threading.Event())
             for n in range(max(1, cfg.queue.workers_per_destination)):
                 worker = DeliveryWorker(
                     cfg,
@@ -96,6 +98,7 @@ class NodeService:
                     self.store,
                     owner=f"{os.getpid()}-{n}",
                     on_delivered=self._delivered,
+                    wake=wake,
                 )
                 self._thread(f"deliver-{dest.name}-{n}", partial(worker.run, self.stop_event))
 
@@ -113,7 +116,10 @@ class NodeService:
             from node.ingest.watcher import DropFolderWatcher
 
             self.pipeline = IngestPipeline(
-                cfg, self.store, on_converted=self.metrics.observe_conversion
+                cfg,
+                self.store,
+                on_converted=self.metrics.observe_conversion,
+                on_enqueued=self._wake_delivery,
             )
             self.pipeline.recover()
             watcher = DropFolderWatcher(cfg.ingest, self.pipeline.take)
@@ -126,6 +132,12 @@ class NodeService:
         self._thread("housekeeping", self._housekeeping)
 
     # ------------------------------------------------------------------ job handlers
+
+    def _wake_delivery(self, destinations: list[str]) -> None:
+        for name in destinations:
+            event = self.wake_delivery.get(name)
+            if event is not None:
+                event.set()
 
     def _delivered(self, job: Job) -> None:
         self.metrics.observe_delivery(time.time() - job.created_at)
@@ -159,8 +171,10 @@ class NodeService:
         from node.send.worker import enqueue_delivery
 
         files = sorted(study_dir.rglob("*.dcm"))
-        for path in files:
-            enqueue_delivery(self.store, path, [rule.destination], source="forward")
+        with self.store.transaction():
+            for path in files:
+                enqueue_delivery(self.store, path, [rule.destination], source="forward")
+        self._wake_delivery([rule.destination])
         log.info("forwarded study", extra=fields(to=rule.destination, objects=len(files)))
 
     # ------------------------------------------------------------------ life cycle
@@ -179,6 +193,7 @@ class NodeService:
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop: the SCP first (no new work), then every loop."""
         self.stop_event.set()
+        self._wake_delivery(list(self.wake_delivery))
         if self.scp is not None:
             self.scp.stop()
         deadline = time.monotonic() + timeout

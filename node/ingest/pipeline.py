@@ -63,6 +63,7 @@ class IngestPipeline:
         store: JobStore,
         *,
         on_converted: Callable[[float], None] | None = None,
+        on_enqueued: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.ing = cfg.ingest
@@ -71,6 +72,7 @@ class IngestPipeline:
         self.destinations = list(self.ing.destinations) or [d.name for d in cfg.destinations]
         self.pattern = re.compile(self.ing.filename_pattern) if self.ing.filename_pattern else None
         self.on_converted = on_converted
+        self.on_enqueued = on_enqueued
         self._lock = threading.Lock()
         for folder in (self.ing.work, self.ing.done, self.ing.quarantine, self.ing.outgoing):
             folder.mkdir(parents=True, exist_ok=True)
@@ -127,19 +129,29 @@ class IngestPipeline:
             "items": [item.__dict__ for item in items],
             "created": time.time(),
         }
-        with self._lock, self.store.transaction():  # one commit for the whole claim
-            if items:
-                self.store.bump("ingested", len(items))
-            for item in items if self.destinations else []:
+        with self._lock:
+            # Jobs first (one commit for the whole claim), then the claim record: a crash in
+            # between leaves no record, and the claim is processed again (idempotently).
+            self._enqueue(record)
+            atomic_write(claim_dir / CLAIM_FILE, json.dumps(record, indent=1).encode())
+        if items and self.destinations and self.on_enqueued is not None:
+            self.on_enqueued(self.destinations)
+        with self._lock:  # a delivery acknowledged before the record existed is caught here
+            self.finish_if_delivered(claim_dir)
+
+    def _enqueue(self, record: Mapping[str, Any], *, count: bool = True) -> None:
+        """Delivery jobs for every object of a claim (idempotent), in one transaction."""
+        with self.store.transaction():
+            if count and record["items"]:
+                self.store.bump("ingested", len(record["items"]))
+            for item in record["items"] if record["destinations"] else []:
                 enqueue_delivery(
                     self.store,
-                    Path(item.output),
-                    self.destinations,
+                    Path(item["output"]),
+                    record["destinations"],
                     source="ingest",
-                    extra={"claim": claim_id},
+                    extra={"claim": record["claim"]},
                 )
-        atomic_write(claim_dir / CLAIM_FILE, json.dumps(record, indent=1).encode())
-        self.finish_if_delivered(claim_dir)
 
     def _process_folder(self, claim_id: str, folder: Path) -> list[Claimed]:
         """A dropped folder: a DICOM file-set/series as it is, or images as one series."""
@@ -294,6 +306,9 @@ class IngestPipeline:
             if not claim_dir.is_dir():
                 continue
             if (claim_dir / CLAIM_FILE).exists():
+                # Jobs purged or lost meanwhile are queued again (enqueueing is idempotent).
+                record = json.loads((claim_dir / CLAIM_FILE).read_bytes())
+                self._enqueue(record, count=False)
                 self.finish_if_delivered(claim_dir)
             else:
                 log.info("resuming interrupted claim", extra=fields(claim=claim_dir.name))

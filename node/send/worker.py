@@ -120,8 +120,10 @@ class DeliveryWorker:
         sender: Sender | None = None,
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        wake: threading.Event | None = None,
     ) -> None:
         self.cfg = cfg
+        self.wake = wake  # set by whoever enqueues (and on stop): no idle-poll delay
         self.dest = destination
         self.store = store
         self.owner = owner
@@ -149,8 +151,16 @@ class DeliveryWorker:
                 done = 0
                 stop.wait(IDLE_POLL_SECONDS)
             if done == 0:
-                stop.wait(IDLE_POLL_SECONDS)
+                self._idle(stop)
         log.info("delivery worker stopped", extra=fields(destination=self.dest.name))
+
+    def _idle(self, stop: threading.Event) -> None:
+        """Wait for new work: the wake event when there is one, else the poll interval."""
+        if self.wake is None:
+            stop.wait(IDLE_POLL_SECONDS)
+            return
+        self.wake.wait(IDLE_POLL_SECONDS)
+        self.wake.clear()
 
     def run_once(self) -> int:
         """Claim one batch and deliver it; returns the number of jobs decided."""
