@@ -173,6 +173,14 @@ class Exporter:
         sop_uid = str(ds.get("SOPInstanceUID", "") or "")
         study, series = self._dirs(ds)
         if decode.is_encapsulated_pdf(ds):
+            if self.policy.deidentify:
+                # the document's own text (a report) cannot be de-identified here
+                log.warning(
+                    "%s: encapsulated PDF not extracted: export.deidentify is on and the "
+                    "document content cannot be de-identified",
+                    path,
+                )
+                return []
             data = decode.encapsulated_pdf(ds, path)
             number = facts(ds, self.policy).instance_number
             target = self._target(study, series, self._stem(ds, number) + ".pdf")

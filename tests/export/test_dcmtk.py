@@ -114,6 +114,10 @@ def test_bundled_file_matches_dcmtk(name: str, tmp_path: Path) -> None:
                     ours(path, choice)
             continue
         assert_close(ours(path, choice), ref, f"{name} {' '.join(opts)}")
+        if ref.ndim == 2:  # grayscale: 16-bit output too (dcmj2pnm +on2)
+            ref16 = dcmtk_render(path, opts, tmp_path, bits=16)
+            assert ref16 is not None
+            assert_close(ours(path, choice, bits=16), ref16, f"{name} {' '.join(opts)} 16-bit")
     if not compared:
         pytest.skip(f"DCMTK does not render {name}")
 
