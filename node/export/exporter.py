@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 
 from node import __version__
 from node.config import ExportSection
-from node.errors import ExportError
+from node.errors import ConfigError, ExportError
 from node.export import decode, display, png
 from node.export.deid import Facts, Policy, facts
 from node.export.manifest import Manifest, sha256
@@ -71,6 +71,18 @@ def logged_warnings(where: object) -> Iterator[None]:
                 log.warning("%s: %s", where, w.message)
 
 
+def check_config(cfg: ExportSection) -> None:
+    """Value checks for ``[export]`` beyond the schema's types (ConfigError names the key)."""
+    if not 0 <= cfg.png_compress_level <= 9:
+        raise ConfigError(f"export.png_compress_level: {cfg.png_compress_level} is not 0-9")
+    if cfg.workers < 0:
+        raise ConfigError(f"export.workers: {cfg.workers} must be 0 (all cores) or more")
+    if cfg.max_pixels <= 0:
+        raise ConfigError(f"export.max_pixels: {cfg.max_pixels} must be positive")
+    if abs(cfg.date_shift_days) > 365 * 200:
+        raise ConfigError(f"export.date_shift_days: {cfg.date_shift_days} is out of range")
+
+
 def is_image(ds: Dataset) -> bool:
     """True for objects meant to carry pixels (a missing Pixel Data there is an error)."""
     return any(k in ds for k in ("PixelData", "Rows", "FloatPixelData", "DoubleFloatPixelData"))
@@ -86,6 +98,7 @@ class Exporter:
         *,
         fsync: bool = True,
     ) -> None:
+        check_config(cfg)
         decode.quiet_pydicom()
         self.cfg = cfg
         self.options = options or RenderOptions()

@@ -257,3 +257,14 @@ def us_gray_multiframe(path: Path, frames: int = 3) -> Path:
     rng = np.random.default_rng(9)
     pix = rng.integers(0, 256, (frames, 24, 28)).astype(np.uint8)
     return write(dataset(pix, modality="US", sop_class="1.2.840.10008.5.1.4.1.1.3.1"), path)
+
+
+def high_bits(path: Path) -> Path:
+    """Signed 12-bit data in 16-bit words with junk above High Bit (must be masked)."""
+    rng = np.random.default_rng(10)
+    words = rng.integers(-2048, 2048, (32, 40)).astype(np.int16).view(np.uint16) & 0x0FFF
+    words[::3] |= 0x4000
+    words[1::5] |= 0x9000
+    return write(
+        dataset(words.view(np.int16), bits_stored=12, WindowCenter=0, WindowWidth=1000), path
+    )

@@ -138,6 +138,7 @@ def _generated(tmp: Path) -> dict[str, Path]:
         "us_rgb_multiframe": data.us_multiframe(tmp / "us.dcm"),
         "us_gray_multiframe": data.us_gray_multiframe(tmp / "usg.dcm"),
         "modality_lut": data.modality_lut(tmp / "mlut.dcm"),
+        "signed_12_bit_junk_high_bits": data.high_bits(tmp / "hb.dcm"),
     }
 
 
@@ -170,7 +171,7 @@ def test_generated_objects_match_dcmtk(tmp_path: Path, bits: int) -> None:
     names = {n for n, _ in compared}
     assert names >= {"ct", "ct_sigmoid", "ct_inverse", "mr_signed", "cr_mono1", "voi_lut"}
     assert names >= {"cr_mono1_inverse", "cr_mono1_identity", "modality_lut"}
-    assert names >= {"us_gray_multiframe"}
+    assert names >= {"us_gray_multiframe", "signed_12_bit_junk_high_bits"}
     assert ("voi_lut", "+Wl") in compared and ("ct", "+Ww") in compared
 
 

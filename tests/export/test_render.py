@@ -299,3 +299,12 @@ def test_damaged_files_fail_cleanly(tmp_path: Path) -> None:
             assert str(path) in str(exc)
             assert len(outputs(ex.root)) == before
     assert not list(ex.root.rglob(".tmp-*"))
+
+
+def test_export_config_values_are_checked(tmp_path: Path) -> None:
+    from node.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="export.png_compress_level"):
+        exporter(tmp_path, png_compress_level=12)
+    with pytest.raises(ConfigError, match="export.workers"):
+        exporter(tmp_path, workers=-1)
