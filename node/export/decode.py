@@ -218,16 +218,34 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
 _IJG_FIRST = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 
 
-def ybr_to_rgb(arr: np.ndarray, bits: int) -> np.ndarray:
-    """YBR_FULL -> RGB (PS3.3 C.7.6.3.1.2) with dcmimgle's arithmetic (truncating)."""
+def ybr_to_rgb(arr: np.ndarray, bits: int, subsampled: bool = False) -> np.ndarray:
+    """YBR_FULL(_422) -> RGB (PS3.3 C.7.6.3.1.2) with dcmimgle's arithmetic.
+
+    DCMTK converts 8-bit YBR_FULL through integer tables (each term truncated on its own)
+    and YBR_FULL_422 and wider samples in double precision (the sum truncated); both are
+    reproduced exactly, so native YBR renders like dcmj2pnm.
+    """
     top = float((1 << bits) - 1)
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    if bits == 8 and not subsampled:
+        i = np.arange(256, dtype=np.float64)
+        r_cr = np.trunc(1.4020 * i - 0.7010 * top).astype(np.int32)
+        g_cb = np.trunc(-0.3441 * i).astype(np.int32)
+        g_cr = np.trunc(-0.7141 * i + 0.5291 * top).astype(np.int32)
+        b_cb = np.trunc(1.7720 * i - 0.8859 * top).astype(np.int32)
+        luma = arr[..., 0].astype(np.int32)
+        blue, red = arr[..., 1], arr[..., 2]
+        rgb = np.stack(
+            [luma + r_cr[red], luma + g_cb[blue] + g_cr[red], luma + b_cb[blue]], axis=-1
+        )
+        return np.clip(rgb, 0, 255).astype(np.uint8)
     ybr = arr.astype(np.float64)
     y, cb, cr = ybr[..., 0], ybr[..., 1], ybr[..., 2]
     r = y + 1.4020 * cr - 0.7010 * top
     g = y - 0.3441 * cb - 0.7141 * cr + 0.5291 * top
     b = y + 1.7720 * cb - 0.8859 * top
     out = np.clip(np.stack([r, g, b], axis=-1), 0, top)
-    return out.astype(np.uint8 if bits <= 8 else np.uint16)
+    return out.astype(dtype)
 
 
 def _decode(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
@@ -236,7 +254,8 @@ def _decode(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
         UID(info.transfer_syntax).is_compressed and info.transfer_syntax != RLE
     )
     if native_ybr:
-        return ybr_to_rgb(pydicom.pixels.pixel_array(ds, index=which, raw=True), info.bits_stored)
+        raw = pydicom.pixels.pixel_array(ds, index=which, raw=True)
+        return ybr_to_rgb(raw, info.bits_stored, info.photometric == "YBR_FULL_422")
     if info.transfer_syntax in _IJG_FIRST and info.bits_stored <= 8:
         try:
             return pydicom.pixels.pixel_array(ds, index=which, decoding_plugin="pillow")

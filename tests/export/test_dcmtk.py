@@ -25,6 +25,7 @@ pytestmark = pytest.mark.dcmtk
 
 TEST_FILES = Path(os.path.dirname(pydicom.__file__)) / "data" / "test_files"
 JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+SC = "1.2.840.10008.5.1.4.1.1.7"
 LOSSY_12BIT = "lossy 12-bit JPEG: IJG libjpeg 6b (DCMTK) and libjpeg 9 differ in the IDCT"
 
 #: Files DCMTK renders where a pixel comparison is not meaningful, and why.
@@ -185,14 +186,18 @@ def test_ct_window_40_400_exact(tmp_path: Path) -> None:
     assert 0 < float((got == 0).mean()) < 0.9 and float((got == 255).mean()) < 0.9
 
 
-def test_native_ybr_full_close_to_dcmtk(tmp_path: Path) -> None:
-    """Native YBR_FULL: DCMTK's YBR_FULL path uses other coefficients than its YBR_FULL_422 one
-    (which we match exactly, see the bundled SC_ybr_full_422_uncompressed.dcm); stay within 2."""
+def test_native_ybr_full_matches_dcmtk(tmp_path: Path) -> None:
+    """Native YBR_FULL: every (Cb, Cr) pair, and random colours, as dcmj2pnm converts them."""
+    cb, cr = np.meshgrid(np.arange(256), np.arange(256))
+    for y in (0, 77, 128, 255):
+        grid = np.stack([np.full_like(cb, y), cb, cr], axis=-1).astype(np.uint8)
+        ds = data.dataset(grid, photometric="YBR_FULL", modality="OT", sop_class=SC)
+        path = data.write(ds, tmp_path / f"grid{y}.dcm")
+        ref = dcmtk_render(path, ["+Wm"], tmp_path)
+        assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref)
     path = data.ybr_full(tmp_path / "ybr.dcm")
     ref = dcmtk_render(path, ["+Wm"], tmp_path)
-    assert ref is not None
-    diff = np.abs(ours(path, display.VoiChoice()).astype(int) - ref.astype(int))
-    assert diff.max() <= 2 and diff.mean() < 1
+    assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref)
 
 
 def test_fractional_rescale_keeps_precision_dcmtk_truncates(tmp_path: Path) -> None:
