@@ -114,7 +114,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="worker processes for PNG batches (default: export.workers if > 1, else cores)",
+        help="worker processes for batches (PNG files, or PDFs by series) "
+        "(default: export.workers if > 1, else all cores)",
     )
     p.set_defaults(func=cmd_render)
 
@@ -234,7 +235,9 @@ def _png_batch(
     return failed
 
 
-def _pdf_batch(cfg: ExportSection, options: RenderOptions, files: list[Path], fsync: bool) -> int:
+def _pdf_batch(
+    cfg: ExportSection, options: RenderOptions, files: list[Path], jobs: int, fsync: bool
+) -> int:
     exporter = Exporter(cfg, options, fsync=fsync)
     groups: dict[str, list[Path]] = defaultdict(list)
     failed = 0
@@ -262,20 +265,32 @@ def _pdf_batch(cfg: ExportSection, options: RenderOptions, files: list[Path], fs
                 failed += 1
             continue
         groups[key].append(path)
-    for paths in groups.values():
-        try:
-            if cfg.pdf == "study":
-                target = exporter.export_study_pdf(paths)
-            else:
-                target = exporter.export_series_pdf(paths)
-        except (ExportError, OSError) as exc:
-            log.error("%s", exc)
-            failed += len(paths)
-            continue
-        if target is None:
-            log.warning("%d file(s) of one %s: nothing renderable", len(paths), cfg.pdf)
-    failed += exporter.failures
-    return failed
+    batches = list(groups.values())
+    if jobs > 1 and len(batches) > 1:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(min(jobs, len(batches)), _init, (cfg, options, fsync)) as pool:
+            results = list(pool.imap_unordered(_pdf_one, batches))
+    else:
+        _init(cfg, options, fsync)
+        results = [_pdf_one(paths) for paths in batches]
+    return failed + sum(errors for _, errors in results) + exporter.failures
+
+
+def _pdf_one(paths: list[Path]) -> tuple[int, int]:
+    """One series/study PDF in a worker: (files given, files that failed)."""
+    assert _worker is not None
+    before = _worker.failures
+    try:
+        if _worker.cfg.pdf == "study":
+            target = _worker.export_study_pdf(paths)
+        else:
+            target = _worker.export_series_pdf(paths)
+    except (ExportError, OSError) as exc:
+        log.error("%s", exc)
+        return len(paths), len(paths)
+    if target is None:
+        log.warning("%d file(s) of one %s: nothing renderable", len(paths), _worker.cfg.pdf)
+    return len(paths), _worker.failures - before
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -304,9 +319,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not files:
         log.error("render: no DICOM files found in %s", ", ".join(args.inputs))
         return 1
+    jobs = args.jobs or (cfg.workers if cfg.workers > 1 else (os.cpu_count() or 1))
     if args.format == "pdf":
-        failed = _pdf_batch(cfg, options, files, not args.no_fsync)
+        failed = _pdf_batch(cfg, options, files, jobs, not args.no_fsync)
     else:
-        jobs = args.jobs or (cfg.workers if cfg.workers > 1 else (os.cpu_count() or 1))
         failed = _png_batch(cfg, options, files, jobs, not args.no_fsync)
     return 1 if failed or missing else 0

@@ -138,3 +138,16 @@ def test_deidentified_exports_leak_no_patient_data(tmp_path: Path) -> None:
     assert "2023-12-23" in text and "2024-01-02" not in text  # shifted by -10 days
     study = pydicom.dcmread(files[0]).StudyInstanceUID
     assert series_pdf.parent.name == f"st-{uid_hash(study)}"
+
+
+def test_render_pdf_batch_one_pdf_per_series_in_parallel(tmp_path: Path) -> None:
+    for series in ("2", "7"):
+        for i in range(2):
+            ds = pydicom.dcmread(data.ct(tmp_path / "src" / f"{series}-{i}.dcm"))
+            ds.SeriesInstanceUID, ds.SeriesNumber = f"{data.STUDY_UID}.{series}", int(series)
+            data.write(ds, tmp_path / "in" / f"{series}-{i}.dcm")
+    out = tmp_path / "out"
+    assert main(["render", str(tmp_path / "in"), "-o", str(out), "--format", "pdf", "-j", "2"]) == 0
+    pdfs = sorted(out.rglob("*.pdf"))
+    assert [p.name for p in pdfs] == [f"{data.STUDY_UID}.2.pdf", f"{data.STUDY_UID}.7.pdf"]
+    assert "Series 7 AXIAL 5MM - Image 1" in pdftext(pdfs[1])
