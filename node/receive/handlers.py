@@ -31,7 +31,7 @@ from node.receive.guard import (
     install_spill,
     install_wakeup,
 )
-from node.receive.header import Header, HeaderError, read_header
+from node.receive.header import Header, HeaderError, read_header, read_header_file
 from node.receive.ledger import Instance, Ledger
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,7 @@ def _store(event: Any, ctx: StoreContext, buf: Any, command_sop: str) -> int | D
     try:
         if isinstance(buf, SpillBuffer) and buf.spilled:
             spill = buf.finish()
-            with open(spill, "rb") as fp:
-                header = read_header(fp, ts.is_implicit_VR, ts.is_little_endian)
+            header = read_header_file(spill, ts.is_implicit_VR, ts.is_little_endian)
         else:
             assert isinstance(buf, BytesIO)
             view = buf.getbuffer()

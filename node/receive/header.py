@@ -12,9 +12,11 @@ are never copied.
 from __future__ import annotations
 
 import logging
+import mmap
 import struct
 from dataclasses import dataclass, field
 from io import BytesIO
+from pathlib import Path
 from typing import BinaryIO
 
 from pydicom.filereader import read_dataset
@@ -303,3 +305,24 @@ def pixel_flags(h: Header) -> list[str]:
     if h.pixel_length not in (expected, expected + (expected & 1)):
         return ["pixel_length_mismatch"]
     return []
+
+
+def read_header_file(path: Path, implicit: bool, little: bool) -> Header:
+    """:func:`read_header` for a data set in a file (a spilled object): mapped, not read."""
+    with open(path, "rb") as fp:
+        try:
+            with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    header = _fast_header(view, implicit, little)
+                except (_Unusual, struct.error):
+                    header = None
+                finally:
+                    view.release()
+        except (ValueError, OSError):  # empty file, or not mappable
+            header = None
+        if header is not None:
+            header.flags.extend(pixel_flags(header))
+            return header
+        fp.seek(0)
+        return read_header(fp, implicit, little)

@@ -54,6 +54,27 @@ def test_fast_walker_agrees_with_pydicom_on_every_sample() -> None:
     assert compared > 50
 
 
+def test_header_from_a_spilled_file(tmp_path: Path) -> None:
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    data, implicit, little = _dataset_part(path)
+    spill = tmp_path / "spill"
+    spill.write_bytes(data)
+    assert H.read_header_file(spill, implicit, little) == H.read_header(data, implicit, little)
+    # A 4 GB length before Pixel Data: no huge read, the SOP Class before it is found.
+    import struct
+
+    bogus = tmp_path / "bogus"
+    bogus.write_bytes(
+        struct.pack("<HH2sH", 0x0008, 0x0016, b"UI", 4)
+        + b"1.2\x00"
+        + struct.pack("<HH2sHL", 0x0010, 0x0010, b"OB", 0, 0xFFFFFFF0)
+        + b"x" * 4096
+    )
+    header = H.read_header_file(bogus, False, True)
+    assert header.sop_class_uid == "1.2" and header.study_uid == ""
+
+
 def test_walker_falls_back_on_truncated_data() -> None:
     path = get_testdata_file("CT_small.dcm")
     assert path is not None
