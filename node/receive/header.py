@@ -243,7 +243,8 @@ def read_header(data: bytes | memoryview | BinaryIO, implicit: bool, little: boo
     """The identifying elements of ``data`` (dataset bytes without file meta).
 
     In-memory data goes through the fast walker; anything it finds unusual (UN of
-    undefined length, malformed lengths) and spilled files go through pydicom.
+    undefined length, malformed lengths) and file objects go through pydicom, which
+    skips unwanted values by seeking (a bogus 4 GB length allocates nothing).
     """
     if isinstance(data, bytes | bytearray | memoryview):
         try:
