@@ -196,6 +196,11 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
     tsuid = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     tsuid = tsuid or "1.2.840.10008.1.2"
     ts = UID(tsuid)
+    if not ts.is_transfer_syntax:
+        raise ExportError(
+            f"{path}: (0002,0010) TransferSyntaxUID {tsuid} is not a transfer syntax this "
+            "node knows; its pixel data cannot be decoded"
+        )
     if not ts.is_compressed and not ds["PixelData"].is_undefined_length:
         expected = (total * bits_alloc + 7) // 8
         if photometric == "YBR_FULL_422":  # two samples per pixel on the wire (C.7.6.3.1.2)

@@ -172,6 +172,16 @@ def test_undecodable_transfer_syntax_names_it(tmp_path: Path) -> None:
     path = data.write(ds, tmp_path / "lossy.dcm")
     with pytest.raises(ExportError, match=r"JPEG Extended"):
         exporter(tmp_path).export_instance(path)
+    ds = pydicom.dcmread(TEST_FILES / "JPEG2000.dcm")
+    for uid, found in (
+        ("1.2.840.10008.1.2.4.100", r"MPEG2 .*cannot be decoded here"),
+        ("1.2.3.4.5", r"\(0002,0010\) TransferSyntaxUID 1.2.3.4.5 is not a transfer syntax"),
+    ):
+        ds.file_meta.TransferSyntaxUID = uid
+        path = data.write(ds, tmp_path / f"{uid}.dcm")
+        with pytest.raises(ExportError, match=found):
+            exporter(tmp_path).export_instance(path)
+    assert outputs(tmp_path / "out") == []
 
 
 def test_palette_colour_and_jpeg2000_render(tmp_path: Path) -> None:
