@@ -1,8 +1,8 @@
 """The ``dicom-node`` command line: one parser, one sub-command module per room.
 
-Each room owns its sub-commands in a ``commands`` module exposing
-``register(subparsers, common)``; it adds its parsers with ``parents=[common]`` and sets
-``func`` to a callable ``(args) -> int``. ``main(argv=None) -> int`` never calls
+Each room owns its sub-commands in a ``commands`` module (listed in :data:`COMMANDS`)
+exposing ``register(subparsers, common)``; it adds its parsers with ``parents=[common]``
+and sets ``func`` to a callable ``(args) -> int``. ``main(argv=None) -> int`` never calls
 ``sys.exit`` itself, so tests drive it directly.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
@@ -21,15 +20,34 @@ from node.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
-#: Modules that contribute sub-commands, in the order they appear in ``--help``.
-COMMAND_MODULES = (
-    "node.service_commands",  # run, status, check-config
-    "node.ingest.commands",  # convert
-    "node.send.commands",  # send, echo
-    "node.queue.commands",  # queue
-    "node.receive.commands",  # receive
-    "node.export.commands",  # render
-)
+#: Sub-command -> the module that registers it, in the order they appear in ``--help``.
+#: Only the module of the command being run is imported (start-up time matters for batch
+#: tools: pynetdicom, numpy and the renderers are not loaded for ``convert``).
+COMMANDS = {
+    "run": "node.service_commands",
+    "status": "node.service_commands",
+    "check-config": "node.service_commands",
+    "convert": "node.ingest.commands",
+    "send": "node.send.commands",
+    "echo": "node.send.commands",
+    "queue": "node.queue.commands",
+    "receive": "node.receive.commands",
+    "render": "node.export.commands",
+}
+_VALUE_OPTIONS = ("-c", "--config", "--log-level", "--log-format")
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command named in ``argv`` (first positional word), if any."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in _VALUE_OPTIONS:
+            skip = True
+        elif not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -58,7 +76,8 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only the module registering it is imported."""
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="dicom-node",
@@ -67,9 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dicom-node {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
+    modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in modules:
         importlib.import_module(name).register(sub, common)
     return parser
 
@@ -94,7 +112,8 @@ def _log_settings(args: argparse.Namespace) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dicom-node`` and ``python -m node``; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
