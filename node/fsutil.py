@@ -19,6 +19,23 @@ from typing import BinaryIO
 from node.errors import UnsafePath
 
 TMP_PREFIX = ".tmp-"
+
+
+def _process_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` is process-wide)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+#: Mode of files we create: what ``open()`` would give (0666 less the umask), not the
+#: owner-only 0600 of ``mkstemp``, so exports and archives are readable as users expect.
+FILE_MODE = 0o666 & ~_process_umask()
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -48,6 +65,7 @@ def atomic_open(target: Path, *, fsync: bool = True, overwrite: bool = True) -> 
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

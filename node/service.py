@@ -24,11 +24,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from node.config import Config, ForwardRule
+from node.config import Config
 from node.jobs import JobRunner, PermanentJobError
 from node.logs import fields
 from node.metrics import Metrics
 from node.queue import Job, JobStore
+from node.receive.studies import forward_destinations
 
 log = logging.getLogger(__name__)
 
@@ -163,19 +164,24 @@ class NodeService:
             outputs = self.exporter.export_study(study_dir)
             self.store.bump("exported", len(outputs))
             log.info("study exported", extra=fields(study=payload.get("study_uid"), n=len(outputs)))
-        for rule in self.cfg.receive.forward:
-            if _rule_matches(rule, payload, study_dir):
-                self._forward(rule, study_dir)
+        # The rules of the config in force now, matched against every sender and modality.
+        targets = forward_destinations(
+            self.cfg.receive.forward,
+            payload.get("calling_aes") or [payload.get("calling_ae", "")],
+            payload.get("modalities") or [],
+        )
+        if targets:
+            self._forward(targets, study_dir)
 
-    def _forward(self, rule: ForwardRule, study_dir: Path) -> None:
+    def _forward(self, destinations: list[str], study_dir: Path) -> None:
         from node.send.worker import enqueue_delivery
 
         files = sorted(study_dir.rglob("*.dcm"))
         with self.store.transaction():
             for path in files:
-                enqueue_delivery(self.store, path, [rule.destination], source="forward")
-        self._wake_delivery([rule.destination])
-        log.info("forwarded study", extra=fields(to=rule.destination, objects=len(files)))
+                enqueue_delivery(self.store, path, destinations, source="forward")
+        self._wake_delivery(destinations)
+        log.info("forwarded study", extra=fields(to=",".join(destinations), objects=len(files)))
 
     # ------------------------------------------------------------------ life cycle
 
@@ -218,25 +224,3 @@ class NodeService:
         self.stop()
         log.info("dicom-node stopped")
         return 0
-
-
-def _rule_matches(rule: ForwardRule, payload: dict[str, Any], study_dir: Path) -> bool:
-    if rule.calling_ae and payload.get("calling_ae") != rule.calling_ae:
-        return False
-    if rule.modality:
-        modalities = payload.get("modalities") or _study_modalities(study_dir)
-        return rule.modality in modalities
-    return True
-
-
-def _study_modalities(study_dir: Path) -> set[str]:
-    """Modality (0008,0060) of every series of an archived study (one header per series)."""
-    import pydicom
-
-    found: set[str] = set()
-    for series_dir in study_dir.iterdir():
-        first = next(iter(sorted(series_dir.glob("*.dcm"))), None)
-        if first is not None:
-            ds = pydicom.dcmread(first, stop_before_pixels=True, specific_tags=["Modality"])
-            found.add(str(ds.get("Modality", "")))
-    return found

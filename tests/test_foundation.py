@@ -58,6 +58,9 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path: Path) -> None:
         atomic_write(target, b"y", overwrite=False)
     assert target.read_bytes() == b"x"
     assert sorted(p.name for p in target.parent.iterdir()) == ["b.bin"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # like open(), not mkstemp's 0600
     (target.parent / ".tmp-leftover").write_bytes(b"")
     assert clean_temp_files(tmp_path) == 1
 

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from node.fsutil import TMP_PREFIX, fsync_dir
+from node.fsutil import FILE_MODE, TMP_PREFIX, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class GroupCommitWriter:
         fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
         tmp = Path(name)
         try:
+            os.fchmod(fd, FILE_MODE)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
         except BaseException:
