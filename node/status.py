@@ -17,7 +17,8 @@ from node.queue import JobState, JobStore
 ALIVE_SECONDS = 10.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,7 +51,7 @@ def collect_status(cfg: Config) -> dict[str, Any]:
             name: {
                 "pid": pid,
                 "seconds_ago": round(now - seen, 1),
-                "alive": now - seen < ALIVE_SECONDS and _pid_alive(pid),
+                "alive": now - seen < ALIVE_SECONDS and pid_alive(pid),
                 "detail": detail,
             }
             for name, (pid, seen, detail) in store.heartbeats().items()

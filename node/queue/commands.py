@@ -19,6 +19,7 @@ from typing import Any
 from node.errors import QueueError
 from node.queue.store import Job, JobState, JobStore
 from node.service_commands import load_from_args
+from node.status import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +187,6 @@ def cmd_purge(args: argparse.Namespace) -> int:
 DRAIN_OWNER = "drain@{host}:{pid}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def requeue_dead_drains(store: JobStore) -> int:
     """Give back the jobs claimed by ``drain`` processes of this host that no longer run."""
     host = socket.gethostname()
@@ -204,7 +195,7 @@ def requeue_dead_drains(store: JobStore) -> int:
     n = 0
     for owner in owners:
         pid = owner[len(prefix) :] if owner and owner.startswith(prefix) else ""
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             n += store.requeue_claimed(owner)
     return n
 
