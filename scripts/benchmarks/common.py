@@ -155,16 +155,25 @@ def table(rows: list[dict[str, Any]]) -> str:
             med = statistics.median(secs)
             rate = items_of(row) / med if med else 0.0
             mbs = row.get("bytes", 0) / med / 1e6 if med else 0.0
+            if row.get("unit") == "latency":  # a latency row: the note carries p50/p95/p99
+                lines.append(
+                    f"| {workload} | {row['tool']} | {med:.3f} | {min(secs):.3f}–{max(secs):.3f} "
+                    f"| {row.get('note', '')} | — | — | {_mb(row.get('peak_rss'))} |"
+                )
+                continue
             is_ours = str(row["tool"]).startswith("dicom-node")
             ratio = "—" if is_ours or not our_rate or not rate else f"{our_rate / rate:.2f}×"
-            rss = row.get("peak_rss")
-            rss_text = f"{rss / 1e6:.0f}" if rss else "—"
+            rss_text = _mb(row.get("peak_rss"))
             lines.append(
                 f"| {workload} | {row['tool']} | {med:.3f} | {min(secs):.3f}–{max(secs):.3f} "
                 f"| {rate:.1f} {unit_of(row)}/s | {mbs:.1f} | {ratio} | {rss_text} |"
                 + (f" {row['note']}" if row.get("note") else "")
             )
     return head + "\n".join(lines) + "\n"
+
+
+def _mb(value: Any) -> str:
+    return f"{value / 1e6:.0f}" if value else "—"
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:

@@ -16,6 +16,31 @@ import common  # noqa: E402
 WORKLOADS = ("convert", "send", "receive", "render", "e2e")
 
 
+HEADER = (
+    "# dicom-node benchmarks\n\n"
+    "Produced by `scripts/bench`: each workload runs ours and the peers interleaved "
+    "(A B A B ...) in one run, on 127.0.0.1. Ratios are ours/peer from the same run "
+    "(higher is better for us). Re-running one workload replaces only its section.\n\n"
+)
+
+
+def merge(path: Path, sections: dict[str, str]) -> str:
+    """bench/results.md with the given workload sections replaced (others kept)."""
+    old: dict[str, str] = {}
+    if path.exists():
+        current = None
+        for line in path.read_text().splitlines(keepends=True):
+            if line.startswith("## "):
+                current = line[3:].strip()
+                old[current] = ""
+            if current is not None:
+                old[current] += line
+    old.update(sections)
+    ordered = [w for w in WORKLOADS if w in old]
+    body = "\n".join(old[w].rstrip("\n") + "\n" for w in ordered)
+    return HEADER + f"- machine: {common.machine()}\n- versions: {common.versions()}\n\n" + body
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("workload", nargs="?", default="all", choices=(*WORKLOADS, "all"))
@@ -23,28 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     chosen = WORKLOADS if args.workload == "all" else (args.workload,)
-    rows = []
+    sections: dict[str, str] = {}
     work = Path(tempfile.mkdtemp(prefix="dicom-node-bench-"))
     for name in chosen:
         module = importlib.import_module(name)
         print(f"## {name}", flush=True)
         got = module.run(work / name, args.repeats)
         common.print_rows(got)
-        rows += got
-    header = (
-        f"# dicom-node benchmarks\n\n"
-        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
-        f"- machine: {common.machine()}\n"
-        f"- versions: {common.versions()}\n"
-        f"- command: `scripts/bench {args.workload} --repeats {args.repeats}`\n\n"
-        "Ratios are ours/peer from the same run (higher is better for us); runs interleaved.\n\n"
-    )
-    text = header + common.table(rows)
+        sections[name] = (
+            f"## {name}\n\n"
+            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"`scripts/bench {name} --repeats {args.repeats}`\n\n" + common.table(got)
+        )
     out = common.REPO / "bench" / "results.md"
-    if args.workload != "all" and out.exists():
-        out = common.REPO / "bench" / f"results-{args.workload}.md"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
+    out.write_text(merge(out, sections))
     print(f"\nwritten to {out}")
     if not args.keep:
         import shutil
