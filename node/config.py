@@ -150,6 +150,7 @@ class ReceiveSection:
     tls: TLSSettings = field(default_factory=TLSSettings)
     forward: list[ForwardRule] = field(default_factory=list)
     fsync: bool = True
+    fast_path: bool = True
 
 
 @dataclass(frozen=True)

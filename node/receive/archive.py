@@ -102,6 +102,19 @@ def file_meta_bytes(
     return _PREAMBLE + group_length + body
 
 
+@dataclass(frozen=True)
+class Staged:
+    """An object received straight into a file: File Meta Information, then the data set.
+
+    Written by the SCP's own data phase (:mod:`node.receive.dataphase`) into
+    ``<root>/.incoming`` while the PDUs arrive; ``data_offset`` is where the data set
+    starts. :meth:`Archive.place` moves it to its final name.
+    """
+
+    path: Path
+    data_offset: int
+
+
 class Archive:
     """The archive root, its duplicate policy and its free-space floor."""
 
@@ -197,6 +210,32 @@ class Archive:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OutOfSpace(f"file system full while writing {path.name}") from exc
             raise
+        return Stored(path, size, existed=existed, written=True)
+
+    def place(self, path: Path, staged: Staged, *, recorded: bool) -> Stored:
+        """Move a complete staged object (file meta + data set, see :class:`Staged`) to ``path``.
+
+        The staged file is in ``.incoming`` on the archive's file system: with ``fsync`` its
+        data is flushed (``fdatasync``: contents and size), it is renamed into place and
+        the series directory is fsynced, so the object survives a power loss under its
+        final name, complete or not at all. The caller removes the staged file if this
+        does not consume it (duplicate kept, out of space, error).
+        """
+        size = os.stat(staged.path).st_size
+        existed = path.exists()
+        if existed and recorded and self.duplicates == "keep":
+            return Stored(path, size, existed=True, written=False)
+        self.check_space(0)  # the staged copy already occupies its space
+        self._mkdirs(path.parent)
+        if self.fsync:
+            fd = os.open(staged.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        os.replace(staged.path, path)
+        if self.fsync:
+            fsync_dir(path.parent)
         return Stored(path, size, existed=existed, written=True)
 
     def _write(self, path: Path, meta: bytes, data: bytes | memoryview | Path) -> None:

@@ -208,7 +208,18 @@ class _WakeableSocket(AssociationSocket):
     """An ``AssociationSocket`` whose ``ready`` waits in ``select`` for data or a wake-up."""
 
     _node_wakeup: socket.socket | None = None
+    _node_waker: socket.socket | None = None
     _node_wait: float = 0.02
+    #: Set once the A-ASSOCIATE-AC is sent when our own data phase may take over
+    #: (:mod:`node.receive.dataphase`): the DUL then must not read from the socket.
+    _node_hold: bool = False
+
+    def wake(self) -> None:
+        """Wake the DUL thread from its ``select``."""
+        waker = self._node_waker
+        if waker is not None:
+            with contextlib.suppress(OSError):
+                waker.send(b"\0")
 
     @property
     def ready(self) -> bool:
@@ -218,6 +229,13 @@ class _WakeableSocket(AssociationSocket):
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
         wake = self._node_wakeup
+        if self._node_hold:
+            # Not a byte may be read: wait for a wake-up (hold lifted, or told to stop).
+            if wake is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    if select.select([wake], [], [], self._node_wait)[0]:
+                        wake.recv(4096)
+            return False
         watch = [sock] if wake is None else [sock, wake]
         try:
             readable, _, _ = select.select(watch, [], [], self._node_wait)
@@ -269,11 +287,13 @@ def install_wakeup(assoc: Any, counter: SentCounter, wait: float = 0.02) -> Call
     sock = dul.socket
     sock.__class__ = _WakeableSocket
     sock._node_wakeup = reader
+    sock._node_waker = writer
     sock._node_wait = wait
     dul._run_loop_delay = 0.0
 
     def close() -> None:
         sock._node_wakeup = None
+        sock._node_waker = None
         reader.close()
         writer.close()
 

@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 
 from node.errors import UnsafePath
 from node.logs import fields
-from node.receive.archive import Archive, OutOfSpace, file_meta_bytes
+from node.receive.archive import Archive, OutOfSpace, Staged, file_meta_bytes
 from node.receive.guard import (
     SentCounter,
     SpillBuffer,
@@ -103,71 +103,114 @@ def set_nodelay(sock: socket.socket) -> None:
 
 
 def handle_store(event: Any, ctx: StoreContext) -> int | Dataset:
-    """C-STORE: store the object as received, durably, then answer."""
+    """C-STORE (pynetdicom's path): store the object as received, durably, then answer."""
     request = event.request
     command_sop = str(request.AffectedSOPInstanceUID or "").strip("\x00 ")
+    command_class = str(request.AffectedSOPClassUID or "").strip("\x00 ")
     buf = request.DataSet
+    ts = event.context.transfer_syntax
+    calling_ae = str(event.assoc.requestor.ae_title).strip()
+    source: memoryview | Path | None = None
     try:
-        return _store(event, ctx, buf, command_sop)
+        if isinstance(buf, SpillBuffer) and buf.spilled:
+            source = buf.finish()
+        else:
+            assert isinstance(buf, BytesIO)
+            source = buf.getbuffer()
+        status, comment = store_object(
+            ctx,
+            source,
+            transfer_syntax=str(ts),
+            implicit=ts.is_implicit_VR,
+            little=ts.is_little_endian,
+            calling_ae=calling_ae,
+            command_sop=command_sop,
+            command_class=command_class,
+        )
+    finally:
+        if isinstance(source, memoryview):
+            source.release()
+        if isinstance(buf, SpillBuffer):
+            buf.discard()
+    return int(status) if status == StoreStatus.SUCCESS else _failure(status, comment)
+
+
+def store_object(
+    ctx: StoreContext,
+    source: memoryview | Path | Staged,
+    *,
+    transfer_syntax: str,
+    implicit: bool,
+    little: bool,
+    calling_ae: str,
+    command_sop: str,
+    command_class: str,
+) -> tuple[StoreStatus, str]:
+    """Check, store durably and record one received object; ``(status, error comment)``.
+
+    ``source`` is the data set in memory, in a spill file (data set only), or a
+    :class:`Staged` file (file meta + data set, written by :mod:`node.receive.dataphase`).
+    Never raises: an unexpected error is logged and answered 0x0110.
+    """
+    try:
+        return _store(
+            ctx, source, transfer_syntax, implicit, little, calling_ae, command_sop, command_class
+        )
     except Exception as exc:  # never raise into the association
         log.exception(
             "C-STORE failed unexpectedly: %s", exc, extra=fields(sop_instance_uid=command_sop)
         )
-        return _failure(StoreStatus.PROCESSING_FAILURE, f"processing failure: {exc}")
-    finally:
-        if isinstance(buf, SpillBuffer):
-            buf.discard()
+        return StoreStatus.PROCESSING_FAILURE, f"processing failure: {exc}"
 
 
-def _store(event: Any, ctx: StoreContext, buf: Any, command_sop: str) -> int | Dataset:
-    request = event.request
-    ts = event.context.transfer_syntax
-    calling_ae = str(event.assoc.requestor.ae_title).strip()
-    command_class = str(request.AffectedSOPClassUID or "").strip("\x00 ")
+def _store(
+    ctx: StoreContext,
+    source: memoryview | Path | Staged,
+    ts: str,
+    implicit: bool,
+    little: bool,
+    calling_ae: str,
+    command_sop: str,
+    command_class: str,
+) -> tuple[StoreStatus, str]:
     log_fields = fields(sop_instance_uid=command_sop, calling_ae=calling_ae)
-
-    spill: Path | None = None
-    view: memoryview | None = None
     try:
-        if isinstance(buf, SpillBuffer) and buf.spilled:
-            spill = buf.finish()
-            header = read_header_file(spill, ts.is_implicit_VR, ts.is_little_endian)
+        if isinstance(source, Staged):
+            header = read_header_file(source.path, implicit, little, source.data_offset)
+        elif isinstance(source, Path):
+            header = read_header_file(source, implicit, little)
         else:
-            assert isinstance(buf, BytesIO)
-            view = buf.getbuffer()
-            header = read_header(view, ts.is_implicit_VR, ts.is_little_endian)
+            header = read_header(source, implicit, little)
     except HeaderError as exc:
         log.error("C-STORE refused: %s", exc, extra=log_fields)
-        return _failure(StoreStatus.CANNOT_UNDERSTAND, "cannot parse the data set")
+        return StoreStatus.CANNOT_UNDERSTAND, "cannot parse the data set"
 
     problem = _check_identity(header, command_sop, command_class)
     if problem is not None:
         status, message = problem
         log.error("C-STORE refused: %s", message, extra=log_fields)
-        return _failure(status, message)
+        return status, message
 
     try:
         path = ctx.archive.path_for(header.study_uid, header.series_uid, header.sop_instance_uid)
     except UnsafePath as exc:
         log.error("C-STORE refused: %s", exc, extra=log_fields)
-        return _failure(StoreStatus.CANNOT_UNDERSTAND, "invalid UID in data set")
+        return StoreStatus.CANNOT_UNDERSTAND, "invalid UID in data set"
 
-    meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, str(ts), calling_ae)
     recorded = ctx.ledger.known(header.sop_instance_uid)
-    data = spill if spill is not None else view
-    assert data is not None
     try:
-        stored = ctx.archive.store(path, meta, data, recorded=recorded)
+        if isinstance(source, Staged):
+            stored = ctx.archive.place(path, source, recorded=recorded)
+        else:
+            meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid, ts, calling_ae)
+            stored = ctx.archive.store(path, meta, source, recorded=recorded)
     except OutOfSpace as exc:
         log.error("C-STORE refused: %s", exc, extra=log_fields)
-        return _failure(StoreStatus.OUT_OF_RESOURCES, "out of resources: disk floor reached")
-    finally:
-        if isinstance(data, memoryview):
-            data.release()
+        return StoreStatus.OUT_OF_RESOURCES, "out of resources: disk floor reached"
 
     if not stored.written:
         log.info("duplicate SOP Instance UID: kept the first copy", extra=log_fields)
-        return StoreStatus.SUCCESS
+        return StoreStatus.SUCCESS, ""
     if stored.existed and recorded:
         log.info("duplicate SOP Instance UID: overwritten", extra=log_fields)
 
@@ -180,7 +223,7 @@ def _store(event: Any, ctx: StoreContext, buf: Any, command_sop: str) -> int | D
         size=stored.size,
         modality=header.modality,
         calling_ae=calling_ae,
-        transfer_syntax=str(ts),
+        transfer_syntax=ts,
         flags=list(header.flags),
     )
     try:
@@ -191,7 +234,7 @@ def _store(event: Any, ctx: StoreContext, buf: Any, command_sop: str) -> int | D
         if not (stored.existed and recorded):
             ctx.archive.remove(stored.path)
         log.error("C-STORE failed: cannot record the instance: %s", exc, extra=log_fields)
-        return _failure(StoreStatus.OUT_OF_RESOURCES, "cannot record the instance")
+        return StoreStatus.OUT_OF_RESOURCES, "cannot record the instance"
     if header.flags:
         log.warning(
             "stored with flags %s: Pixel Data length does not match Rows x Columns x ...",
@@ -199,7 +242,7 @@ def _store(event: Any, ctx: StoreContext, buf: Any, command_sop: str) -> int | D
             extra=log_fields,
         )
     log.debug("stored %s", stored.path, extra=log_fields)
-    return StoreStatus.SUCCESS
+    return StoreStatus.SUCCESS, ""
 
 
 def _check_identity(

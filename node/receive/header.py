@@ -312,22 +312,24 @@ def pixel_flags(h: Header) -> list[str]:
     return []
 
 
-def read_header_file(path: Path, implicit: bool, little: bool) -> Header:
-    """:func:`read_header` for a data set in a file (a spilled object): mapped, not read."""
+def read_header_file(path: Path, implicit: bool, little: bool, offset: int = 0) -> Header:
+    """:func:`read_header` for a data set in a file from ``offset`` on: mapped, not read."""
     with open(path, "rb") as fp:
         try:
             with mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                view = memoryview(mapped)
+                whole = memoryview(mapped)
+                view = whole[offset:]
                 try:
                     header = _fast_header(view, implicit, little)
                 except (_Unusual, struct.error):
                     header = None
                 finally:
                     view.release()
+                    whole.release()
         except (ValueError, OSError):  # empty file, or not mappable
             header = None
         if header is not None:
             header.flags.extend(pixel_flags(header))
             return header
-        fp.seek(0)
+        fp.seek(offset)
         return read_header(fp, implicit, little)

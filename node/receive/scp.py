@@ -43,8 +43,10 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.config import Config, ReceiveSection, TLSSettings
 from node.errors import ReceiveError
 from node.queue.store import JobStore
+from node.receive import dataphase
 from node.receive.archive import Archive
 from node.receive.commitment import CommitContext, Peer, handle_dimse_sent, handle_n_action
+from node.receive.dataphase import DataPhaseSettings
 from node.receive.guard import pdu_cap
 from node.receive.handlers import (
     StoreContext,
@@ -263,8 +265,15 @@ class StorageSCP:
             for d in self.cfg.destinations
         }
         commit_ctx = CommitContext(ledger=ledger, peers=peers, timeout=r.dimse_timeout)
-        return [
-            (evt.EVT_CONN_OPEN, handle_conn_open, [store_ctx]),
+        handlers: list[Any] = [(evt.EVT_CONN_OPEN, handle_conn_open, [store_ctx])]
+        if r.fast_path:
+            settings = DataPhaseSettings(
+                pdu_cap=pdu_cap(r.max_pdu),
+                network_timeout=r.network_timeout if r.network_timeout > 0 else None,
+                accept_timeout=r.acse_timeout if r.acse_timeout > 0 else 30.0,
+            )
+            handlers.append((evt.EVT_CONN_OPEN, dataphase.handle_conn_open, [store_ctx, settings]))
+        return handlers + [
             (evt.EVT_CONN_CLOSE, handle_conn_close),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [store_ctx]),
@@ -346,7 +355,11 @@ class StorageSCP:
                 time.sleep(0.05)
             for assoc in list(self._ae.active_associations):
                 log.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
-                assoc.abort()
+                phase = getattr(assoc, "_dicom_node_phase", None)
+                if phase is not None:
+                    phase.abort()  # our data phase: A-ABORT, and wake its blocked receive
+                else:
+                    assoc.abort()
             self._ae = None
 
     @property
