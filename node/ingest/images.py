@@ -101,6 +101,20 @@ def check_pixel_cap(name: str, width: int, height: int, max_pixels: int) -> None
         )
 
 
+def _let_the_cap_decide(max_pixels: int) -> None:
+    """Keep Pillow's own bomb limit from overriding ``ingest.max_pixels``.
+
+    ``Image.open`` refuses images over 2 x ``Image.MAX_IMAGE_PIXELS`` (178,956,970 pixels
+    by default) before :func:`check_pixel_cap` can look at them: a 180 Mpx panorama under the
+    default cap of 200 Mpx, or any image under a raised cap, would be refused with a message
+    naming no setting. The limit is only ever raised, to the configured cap (the header is
+    still checked against the cap before a single pixel is decoded).
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and 2 * limit < max_pixels:
+        Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
+
+
 def open_image(
     data: bytes,
     name: str,
@@ -113,6 +127,7 @@ def open_image(
     Pillow reports some damage only as a warning ("Truncated File Read"): that is refused
     as CorruptInput; other warnings become notes.
     """
+    _let_the_cap_decide(max_pixels)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -134,7 +149,10 @@ def open_image(
             if notes is not None:
                 notes.append(f"warning: Pillow: {text}")
     except Image.DecompressionBombError as exc:
-        raise InputTooLarge(f"{name}: {exc}") from None
+        raise InputTooLarge(
+            f"{name}: {exc} (cap: {max_pixels} pixels, ingest.max_pixels / --max-pixels); "
+            "refusing a possible decompression bomb"
+        ) from None
     except UnidentifiedImageError:
         raise UnsupportedInput(f"{name}: not an image format Pillow can read") from None
     except ConversionError:

@@ -46,6 +46,30 @@ def test_bomb_cap_for_png(tmp_path: Path) -> None:
     assert not (tmp_path / "o.dcm").exists()
 
 
+def test_pillow_limit_does_not_override_ingest_max_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ingest.max_pixels decides, not Pillow's own limit (2 x MAX_IMAGE_PIXELS, ~179 Mpx).
+
+    With the default cap of 200 Mpx a 180 Mpx panorama must convert, and a raised cap must
+    be honoured; scaled down here by lowering Pillow's limit instead of making huge files.
+    """
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow refuses > 2,000 px
+    src = corpus.write(tmp_path, "wide.png", corpus.saved(corpus.rgb(60, 50), "PNG"))
+    series = cv.SeriesContext.for_group("cap", "2.25")
+    options = cv.ConvertOptions(max_pixels=10_000, fsync=False)
+    cv.convert_file(src, tmp_path / "o.dcm", options, series, 1)
+    assert pydicom.dcmread(tmp_path / "o.dcm").Columns == 60
+    # Over both limits: our message, naming the setting to change.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    big = corpus.write(tmp_path, "big.png", corpus.saved(corpus.rgb(300, 200), "PNG"))
+    with pytest.raises(ConversionError, match="ingest.max_pixels"):
+        cv.convert_file(big, tmp_path / "b.dcm", options, series, 2)
+    assert not (tmp_path / "b.dcm").exists()
+
+
 def test_unreadable_input(tmp_path: Path) -> None:
     link = tmp_path / "gone.jpg"
     link.symlink_to(tmp_path / "missing.jpg")
