@@ -20,11 +20,11 @@ from typing import Any
 
 from node.config import Config, Destination
 from node.errors import ConfigError, SendError
-from node.queue.store import JobStore
+from node.queue.store import JobState, JobStore
 from node.send.contexts import SendItem
 from node.send.scu import StoreSCU
 from node.send.status import Outcome
-from node.send.worker import enqueue_delivery, read_header
+from node.send.worker import KIND, enqueue_delivery, read_header
 from node.service_commands import load_from_args
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BATCH = 1000
 ENQUEUE_CHUNK = 500
+#: Job states in which `send --queue` leaves an existing job alone (it is on its way).
+PENDING = (JobState.QUEUED, JobState.CLAIMED, JobState.RETRY)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -152,26 +154,47 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
             f"--queue needs a destination configured in [[destinations]] (got {dest.name!r}): "
             "the node's workers deliver by destination name"
         )
-    queued = bad = 0
+    counts = {"queued": 0, "pending": 0, "bad": 0}
     files = iter_files(paths)
     with JobStore(cfg.node.state_dir) as store:
         while True:
             n = 0
             with store.transaction():  # one commit (one fsync) per ENQUEUE_CHUNK files
                 for path in files:
-                    try:
-                        enqueue_delivery(store, path, [dest.name], source="cli")
-                        queued += 1
-                    except SendError as exc:
-                        bad += 1
-                        print(f"skipped  {path}: {exc}")
+                    counts[_enqueue_one(store, dest.name, path)] += 1
                     n += 1
                     if n >= ENQUEUE_CHUNK:
                         break
             if n < ENQUEUE_CHUNK:
                 break
-    print(f"queued {queued} file(s) for {dest.name} in {cfg.node.state_dir}; {bad} skipped")
+    print(
+        f"queued {counts['queued']} file(s) for {dest.name} in {cfg.node.state_dir}; "
+        f"{counts['pending']} already queued, {counts['bad']} skipped"
+    )
+    bad = counts["bad"]
     return EXIT_OK if bad == 0 else EXIT_FAILED
+
+
+def _enqueue_one(store: JobStore, destination: str, path: Path) -> str:
+    """Queue one file for ``send --queue``: "queued", "pending" (already on its way), "bad".
+
+    A job of the same SOP Instance UID that is still pending is left alone (idempotent);
+    one that was delivered or gave up is re-armed with this path, since the user asked for
+    this file to be sent (e.g. the PACS lost it, or the file was fixed).
+    """
+    try:
+        uid = read_header(path)["sop_instance_uid"]
+    except SendError as exc:
+        print(f"skipped  {path}: {exc}")
+        return "bad"
+    old = store.find(KIND, uid, destination)
+    if old is not None and old.state in PENDING:
+        print(f"already queued  {path}: job {old.id} is {old.state}")
+        return "pending"
+    enqueue_delivery(store, path, [destination], source="cli", replace=True)
+    if old is not None:
+        print(f"re-queued  {path}: job {old.id} was {old.state}")
+    return "queued"
 
 
 def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:

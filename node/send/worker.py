@@ -88,18 +88,20 @@ def enqueue_delivery(
     *,
     source: str = "cli",
     extra: Mapping[str, Any] | None = None,
+    replace: bool = False,
 ) -> list[int]:
     """Queue ``path`` for each destination; idempotent per (SOP Instance UID, destination).
 
-    Returns one job id per destination (the existing one when already queued). Raises
-    SendError when the file has no usable header.
+    Returns one job id per destination (the existing one when already queued). With
+    ``replace`` an existing job is re-armed with this path (queued, attempts reset; a claimed
+    one runs once more after its attempt). Raises SendError when the file has no usable header.
     """
     path = Path(path).absolute()
     header = read_header(path)
     payload: dict[str, Any] = {"path": str(path), **header, "source": source}
     payload.update(extra or {})
     items = [(payload, dest, header["sop_instance_uid"]) for dest in destinations]
-    return store.enqueue_many(KIND, items)
+    return store.enqueue_many(KIND, items, replace=replace)
 
 
 # --------------------------------------------------------------------------- the worker

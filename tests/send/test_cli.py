@@ -119,6 +119,38 @@ def test_queue_then_drain_then_manage(tmp_path: Path, capsys: pytest.CaptureFixt
     ]
 
 
+def test_send_queue_again_rearms_done_and_dead_jobs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`send --queue` of a file already delivered (or given up) sends it again, and says so.
+
+    Pending jobs stay as they are (idempotent); nothing is reported as queued that is not.
+    """
+    from node.queue.store import JobState, JobStore
+
+    cfg = _cfg(tmp_path, free_port(), "PACS")
+    a, b = native_sc(tmp_path / "a.dcm"), native_sc(tmp_path / "b.dcm")
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(a), str(b)]) == 0
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(a)]) == 0
+    out = capsys.readouterr().out
+    assert "already queued" in out and "queued 0 file(s)" in out
+    with JobStore(tmp_path / "state") as store:
+        ja, jb = store.select(limit=10)
+        store.claim("t", kinds=["deliver"], destination="pacs", limit=2, lease_seconds=60)
+        store.ack([ja.id])
+        store.dead(jb.id, "0xA900")
+    moved = tmp_path / "fixed" / "b.dcm"
+    moved.parent.mkdir()
+    b.rename(moved)
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(a), str(moved)]) == 0
+    out = capsys.readouterr().out
+    assert "was done" in out and "was dead" in out and "queued 2 file(s)" in out
+    with JobStore(tmp_path / "state") as store:
+        jobs = {j.id: j for j in store.select(limit=10)}
+    assert [j.state for j in jobs.values()] == [JobState.QUEUED, JobState.QUEUED]
+    assert jobs[jb.id].payload["path"] == str(moved) and jobs[jb.id].attempts == 0
+
+
 def test_queue_needs_a_configured_destination(tmp_path: Path) -> None:
     native_sc(tmp_path / "a.dcm")
     assert main(["send", "--dest", "127.0.0.1:104", "--queue", str(tmp_path / "a.dcm")]) == 2
