@@ -9,10 +9,17 @@ case-insensitive), never anything outside it.
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
+from pynetdicom.dsutils import split_dataset
 
 from node.errors import ConversionError
 from node.fsutil import is_valid_uid
@@ -21,6 +28,10 @@ from node.ingest.watcher import input_files
 log = logging.getLogger(__name__)
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PIXEL_DATA = Tag(0x7FE0, 0x0010)
+#: Values larger than this are skipped (not read) while checking that a file is complete.
+DEFER_BYTES = 4096
 
 
 class DicomInputError(ConversionError):
@@ -37,12 +48,101 @@ def is_dicom_file(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def check_complete(path: Path) -> None:
+    """Refuse a truncated file: every element's value must lie inside the file.
+
+    pydicom reads a cut-off file without complaint (the last element short, the rest
+    missing), and the SCU sends the bytes on disk as they are: a file copied from a CD or
+    a share that broke off half-way would reach the PACS damaged. Values are not read
+    (only their lengths are checked; encapsulated pixel data is walked fragment by
+    fragment), so this costs one pass over the element and item headers.
+    """
+    size = path.stat().st_size
+    try:
+        meta, offset = split_dataset(path)
+        ts = UID(str(meta.get("TransferSyntaxUID", "")))
+        if not ts.is_transfer_syntax or ts.is_deflated:
+            return  # unknown syntax: refused elsewhere; deflated: the stream is checked by zlib
+        with open(path, "rb") as fp:
+            end = _walk(path.name, fp, offset, size, ts)
+            fp.seek(end)
+            rest = fp.read(DEFER_BYTES)  # pydicom stops silently before a cut-off header
+            if end < size and rest.strip(b"\0"):
+                raise DicomInputError(
+                    f"{path.name}: truncated: {size - end} byte(s) after the last complete "
+                    "element are the start of a cut-off one; copy the file again from its source"
+                )
+    except DicomInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
+        raise DicomInputError(
+            f"{path.name}: damaged or truncated DICOM file ({type(exc).__name__}: {exc}); "
+            "copy the file again from its source"
+        ) from None
+
+
+def _truncated(name: str, what: str, needed: int, size: int) -> DicomInputError:
+    return DicomInputError(
+        f"{name}: truncated: {what} needs {needed} bytes, the file has {size}; copy the "
+        "file again from its source"
+    )
+
+
+def _walk(name: str, fp: BinaryIO, offset: int, size: int, ts: UID) -> int:
+    """Check the top-level elements from ``offset``; return where the last one ends."""
+    end = offset
+
+    def encapsulated(tag: BaseTag, vr: str | None, length: int) -> bool:
+        return tag == PIXEL_DATA and length == UNDEFINED_LENGTH
+
+    while True:
+        fp.seek(end)
+        elements = data_element_generator(
+            fp,
+            ts.is_implicit_VR,
+            ts.is_little_endian,
+            defer_size=DEFER_BYTES,
+            stop_when=encapsulated,
+        )
+        for elem in elements:
+            end = fp.tell()  # the generator has read (or skipped) this element's value
+            if not isinstance(elem, RawDataElement):
+                continue  # a sequence: pydicom has read its items
+            length = elem.length
+            if length != UNDEFINED_LENGTH and elem.value_tell + length > size:
+                raise _truncated(name, f"element {elem.tag}", elem.value_tell + length, size)
+        fp.seek(end)
+        header = fp.read(8)
+        if len(header) < 8 or Tag(*struct.unpack("<HH", header[:4])) != PIXEL_DATA:
+            return end
+        # Encapsulated pixel data (always little endian): items, then a sequence delimiter.
+        if not ts.is_implicit_VR:
+            header += fp.read(4)
+        while True:
+            item = fp.read(8)
+            if len(item) < 8:
+                raise _truncated(name, "(7FE0,0010) PixelData", fp.tell() + 8, size)
+            group, elem_, length = struct.unpack("<HHL", item)
+            if (group, elem_) == (0xFFFE, 0xE0DD):
+                end = fp.tell()
+                break
+            if (group, elem_) != (0xFFFE, 0xE000):
+                raise DicomInputError(
+                    f"{name}: (7FE0,0010) PixelData: ({group:04X},{elem_:04X}) where an item "
+                    "or the sequence delimiter should be; the file is damaged"
+                )
+            if fp.tell() + length > size:
+                raise _truncated(name, "a (7FE0,0010) PixelData fragment", fp.tell() + length, size)
+            fp.seek(length, 1)
+
+
 def validate_dicom(path: Path) -> str:
     """Check a dropped DICOM file can be delivered as it is; return its SOP Instance UID."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise DicomInputError(f"{path.name}: not a readable DICOM file: {exc}") from None
+    check_complete(path)
     meta = ds.file_meta
     ts = str(meta.get("TransferSyntaxUID", ""))
     if not is_valid_uid(ts):
