@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from node.errors import QueueError
-from node.queue.store import Job, JobState, JobStore
+from node.queue.store import DB_NAME, Job, JobState, JobStore
 from node.service_commands import load_from_args
 from node.status import pid_alive
 
@@ -83,7 +83,16 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 
 def _store(args: argparse.Namespace) -> JobStore:
+    """The node's job store; an error (not a new, empty store) when there is none there."""
     cfg = load_from_args(args)
+    path = cfg.node.state_dir / DB_NAME
+    if not path.exists():
+        # Creating it would answer "the queue is empty" for a mistyped or missing config.
+        where = f"config {args.config}" if getattr(args, "config", None) else "no -c FILE"
+        raise QueueError(
+            f"no job store at {path} ({where}): give the node's config with -c FILE, "
+            "or check node.state_dir / node.base_dir"
+        )
     return JobStore(cfg.node.state_dir)
 
 
