@@ -19,7 +19,9 @@ counting the attempt.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -107,6 +109,19 @@ def enqueue_delivery(
 # --------------------------------------------------------------------------- the worker
 
 
+def heartbeat_name(destination: str, owner: str) -> str:
+    """The worker's component name in the heartbeats table: the same across restarts.
+
+    Lease owners carry the process id (``1234-0``, ``drain@host:1234``) so that claims of
+    different processes never mix; a heartbeat named after them would leave one "NOT
+    RUNNING" line per past process in ``dicom-node status`` for ever (and make a monitor
+    checking that every component is alive fail after the first restart). The pid is
+    recorded in the heartbeat row anyway.
+    """
+    slot = re.sub(rf"(?<!\d){os.getpid()}(?!\d)", "", owner, count=1).strip("-:@") or "0"
+    return f"deliver:{destination}:{slot}"
+
+
 class DeliveryWorker:
     """Delivers the queued jobs of one destination, one association per batch."""
 
@@ -129,6 +144,7 @@ class DeliveryWorker:
         self.dest = destination
         self.store = store
         self.owner = owner
+        self.component = heartbeat_name(destination.name, owner)
         self.on_delivered = on_delivered
         self.on_dead = on_dead
         self.sender: Sender = sender or StoreSCU(destination, calling_ae=cfg.node.ae_title)
@@ -147,7 +163,7 @@ class DeliveryWorker:
         while not stop.is_set():
             try:
                 done = self.run_once()
-                self.store.heartbeat(f"deliver:{self.dest.name}:{self.owner}")
+                self.store.heartbeat(self.component)
             except Exception:  # keep the worker alive; the job lease protects the work
                 log.exception("delivery worker error", extra=fields(destination=self.dest.name))
                 done = 0

@@ -230,3 +230,22 @@ def test_a_slow_batch_keeps_its_lease(tmp_path: Path, store: JobStore) -> None:
     w = _worker(store, FakeSender(answer), _cfg(lease_seconds=0.03))
     assert w.run_once() == 3
     assert seen[1] is not None and seen[0] is not None and seen[1] > seen[0]
+
+
+def test_heartbeat_name_is_stable_across_restarts(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted node's worker replaces the old heartbeat instead of adding one per pid.
+
+    The service names owners "<pid>-<n>" and `queue drain` "drain@<host>:<pid>"; status
+    showed one "NOT RUNNING" line per past process for ever.
+    """
+    import node.send.worker as worker_module
+
+    for pid in (4242, 5353, 1, 0):  # a node restarted, also as a container's pid 1
+        monkeypatch.setattr(worker_module.os, "getpid", lambda pid=pid: pid)
+        for owner in (f"{pid}-0", f"{pid}-1", f"drain@host:{pid}"):
+            w = DeliveryWorker(_cfg(), DEST, store, owner=owner, sender=FakeSender(lambda i: None))
+            store.heartbeat(w.component)
+    names = set(store.heartbeats())
+    assert names == {"deliver:pacs:0", "deliver:pacs:1", "deliver:pacs:drain@host"}
