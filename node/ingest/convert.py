@@ -69,7 +69,14 @@ _MAGIC = (
 
 
 def detect_format(head: bytes) -> str | None:
-    """``jpeg``, ``png``, ``bmp``, ``tiff`` from the first bytes, or None."""
+    """``jpeg``, ``png``, ``bmp``, ``tiff`` from the first bytes, or None.
+
+    A DICOM Part 10 file (``DICM`` at byte 128, when ``head`` reaches that far) is None
+    even when its preamble starts like a TIFF file (PS3.10 7.1 allows such dual-format
+    preambles, and pydicom's and many scanners' files use one).
+    """
+    if head[128:132] == b"DICM":
+        return None
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
@@ -80,7 +87,7 @@ def is_supported_image(path: Path) -> bool:
     """True if ``path`` starts like an image we convert (magic bytes, not the extension)."""
     try:
         with open(path, "rb") as fh:
-            return detect_format(fh.read(16)) is not None
+            return detect_format(fh.read(132)) is not None
     except OSError:
         return False
 
@@ -209,7 +216,7 @@ def convert_file(
     name = str(source)
     if not data:
         raise CorruptInput(f"{name}: empty file (0 bytes)")
-    kind = detect_format(data[:16])
+    kind = detect_format(data[:132])
     if kind is None:
         hint = _what_it_is(data)
         raise UnsupportedInput(

@@ -45,3 +45,20 @@ def test_truncated_files_are_refused(tmp_path: Path, name: str, keep: float | st
     with pytest.raises(DicomInputError, match="truncated|not a readable") as err:
         validate_dicom(broken)
     assert name in str(err.value)
+
+
+def test_dicom_file_with_a_tiff_preamble_is_not_taken_for_an_image(tmp_path: Path) -> None:
+    """PS3.10 lets the preamble make a file look like TIFF ("II*\\0"), as pydicom's CT does.
+
+    convert used to try it as a TIFF ("not an image format Pillow can read") instead of
+    saying it is already DICOM.
+    """
+    from node.errors import UnsupportedInput
+    from node.ingest import convert as cv
+
+    src = _testfile("CT_small.dcm")
+    assert src.read_bytes()[:4] == b"II*\x00"
+    assert not cv.is_supported_image(src)
+    series = cv.SeriesContext.for_group("d", "2.25")
+    with pytest.raises(UnsupportedInput, match="already a DICOM file"):
+        cv.convert_file(src, tmp_path / "o.dcm", cv.ConvertOptions(fsync=False), series, 1)
