@@ -20,8 +20,9 @@ the SOP classes over as many associations as needed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,19 @@ def _big_to_little(ds: Dataset) -> None:
             )
 
 
+@contextlib.contextmanager
+def _quiet_decoders() -> Iterator[None]:
+    """pydicom logs each failing decoder plugin at ERROR with a full traceback; the
+    SendError below already names every plugin's reason, so keep its log out of ours."""
+    logger = logging.getLogger("pydicom.pixels.decoders.base")
+    before = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = before
+
+
 def transcode(path: Path, target: str) -> Dataset:
     """Read ``path`` and return it ready to be encoded in ``target`` (an uncompressed syntax).
 
@@ -161,7 +175,8 @@ def transcode(path: Path, target: str) -> Dataset:
         if "PixelData" not in ds:
             raise SendError(f"{path}: compressed transfer syntax {source.name} but no Pixel Data")
         try:
-            ds.decompress(generate_instance_uid=False)
+            with _quiet_decoders():
+                ds.decompress(generate_instance_uid=False)
         except Exception as exc:  # the decoders raise many types; name the file and the fix
             raise SendError(
                 f"{path}: cannot decode (7FE0,0010) PixelData in {source.name} to send it "

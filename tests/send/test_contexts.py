@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit
 
 from node.send.contexts import MAX_CONTEXTS, SendItem, choose_syntax, plan_associations
@@ -46,3 +48,21 @@ def test_choose_syntax() -> None:
     )
     assert choose_syntax(JPEGBaseline8Bit, [ImplicitVRLittleEndian]) == ImplicitVRLittleEndian
     assert choose_syntax(JPEGBaseline8Bit, []) is None
+
+
+def test_undecodable_file_fails_with_one_message_and_no_traceback_in_the_log(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydicom logs a traceback per failing decoder plugin; the SendError says it all."""
+    from pydicom.data import get_testdata_file
+
+    from node.errors import SendError
+    from node.send.contexts import transcode
+
+    # The export room silences this logger for the whole process: undo that for this test.
+    monkeypatch.setattr(logging.getLogger("pydicom.pixels.decoders.base"), "level", 0)
+    src = get_testdata_file("JPEG-lossy.dcm")  # 12-bit extended JPEG no installed plugin decodes
+    assert src is not None
+    with caplog.at_level(logging.DEBUG), pytest.raises(SendError, match="cannot decode"):
+        transcode(Path(str(src)), str(ExplicitVRLittleEndian))
+    assert not [r for r in caplog.records if r.name.startswith("pydicom")], caplog.text
