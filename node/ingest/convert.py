@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import io
 import logging
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -110,6 +111,11 @@ class ConvertOptions:
     @classmethod
     def from_config(cls, cfg: Config) -> ConvertOptions:
         ing = cfg.ingest
+        if ing.filename_pattern:
+            # Checked once at start-up: a bad group name would otherwise quarantine every
+            # file the pattern matches, one by one.
+            for group in re.compile(ing.filename_pattern).groupindex:
+                metadata.resolve_tag(group, f"ingest.filename_pattern (?P<{group}>...)")
         return cls(
             sop_class=ing.sop_class,
             conversion_type=ing.conversion_type,

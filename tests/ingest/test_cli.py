@@ -278,3 +278,14 @@ def test_group_commit_writer_abort_removes_temporaries(tmp_path: Path) -> None:
     assert len(list(tmp_path.iterdir())) == 1  # a hidden temporary
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_filename_pattern_group_names_checked_at_start_up() -> None:
+    """A group that is not a DICOM keyword is a config error, not one quarantine per file."""
+    from node.config import Config, IngestSection
+
+    bad = Config(ingest=IngestSection(filename_pattern=r"(?P<PatID>\d+)_.*\.jpg"))
+    with pytest.raises(ConversionError, match=r"ingest.filename_pattern \(\?P<PatID>"):
+        cv.ConvertOptions.from_config(bad)
+    good = Config(ingest=IngestSection(filename_pattern=r"(?P<PatientID>\d+)_.*\.jpg"))
+    cv.ConvertOptions.from_config(good)
