@@ -50,11 +50,19 @@ def general_series(ds: Elements, series_uid: str, modality: str, notes: list[str
     elif ds.has("Modality") and not current:
         ds.remove("Modality")  # present-but-empty is an error where it is Type 1 or 3
     ds.present("SeriesNumber")
-    if ds.has_value("Laterality") or ds.has_value("ImageLaterality"):
+    if ds.has_value("Laterality"):
         return
     body_part = ds.text("BodyPartExamined").upper()
-    if body_part in UNPAIRED_BODY_PARTS:
-        return  # Laterality must then be absent
+    if ds.has_value("ImageLaterality") or body_part in UNPAIRED_BODY_PARTS:
+        # Laterality must then be absent: an empty one (e.g. from a template such as a CT,
+        # or a sidecar) is a dciodvfy error next to ImageLaterality (Type 2C condition).
+        if ds.has("Laterality"):
+            ds.remove("Laterality")
+            notes.append(
+                "empty (0020,0060) Laterality removed: it must be absent when "
+                "(0020,0062) ImageLaterality is given or the body part is unpaired"
+            )
+        return
     if not body_part and ds.has_value("AnatomicRegionSequence"):
         return  # coded anatomy: whether it is paired is the user's to say
     if body_part:
