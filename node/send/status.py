@@ -5,6 +5,7 @@ unless the peer said so::
 
     0x0000                        DELIVERED
     0xB000 0xB006 0xB007 (0xBxxx) DELIVERED, the warning is recorded
+    0x0111 duplicate SOP instance DELIVERED (the peer has it), recorded as a warning
     0xA7xx, 0x0213, 0xFE00        RETRY  (out of resources, resource limitation, cancel)
     0xA9xx, 0xCxxx, 0x01xx/0x02xx DEAD   (data set does not match, cannot understand, ...)
     no response, abort, timeout,
@@ -56,6 +57,7 @@ STATUS_NAMES: dict[int, str] = {
 }
 
 _TRANSIENT_STATUSES = {0x0213, 0xFE00}
+DUPLICATE_SOP_INSTANCE = 0x0111
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,13 @@ def classify_status(status: int, comment: str = "") -> Outcome:
         return Outcome(Verdict.DELIVERED, "", status, comment)
     if status & 0xF000 == 0xB000:
         return Outcome(Verdict.DELIVERED, f"peer warning {text}", status, comment)
+    if status == DUPLICATE_SOP_INSTANCE:
+        # The peer already holds this SOP Instance UID (ours are deterministic: a re-send
+        # after a crash, or a re-dropped file). It is stored there, so it is not a failure
+        # to retry or to leave dead for ever; the status stays recorded as a warning.
+        return Outcome(
+            Verdict.DELIVERED, f"peer already holds this instance: {text}", status, comment
+        )
     if status & 0xFF00 == 0xA700 or status in _TRANSIENT_STATUSES:
         return Outcome(Verdict.RETRY, f"peer status {text}", status, comment)
     # 0xA9xx, 0xCxxx, the general 0x01xx/0x02xx failures and anything unknown.
