@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import subprocess
@@ -156,7 +157,8 @@ def _make_certs(d: Path) -> dict[str, Path]:
     return {n: d / n for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
 
 
-def test_tls_port_with_client_certificate(tmp_path: Path) -> None:
+def test_tls_port_with_client_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="node.receive.dataphase")
     certs = _make_certs(tmp_path)
     tls = {
         "enabled": True,
@@ -193,6 +195,8 @@ def test_tls_port_with_client_certificate(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         (stored,) = archived(scp.archive_root)
         assert dataset_bytes(stored)[1] == dataset_bytes(big)[1]
+        # ... received by our own data phase over the TLS socket.
+        assert any("released (1 stored)" in r.getMessage() for r in caplog.records)
         # Without a client certificate the handshake fails; the plain port still serves.
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(str(certs["ca.pem"]))

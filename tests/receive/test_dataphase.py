@@ -1,0 +1,302 @@
+"""The SCP's own data phase (node.receive.dataphase) against DCMTK and raw PDUs."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import subprocess
+import time
+from io import BytesIO
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    SecondaryCaptureImageStorage,
+    StorageCommitmentPushModel,
+    Verification,
+)
+
+from node.receive.dataphase import eligible, parse_command, response_command
+from node.send.wire import Wire, store_rq_command
+from tests.peers import LOOPBACK, peer_env, tool
+from tests.receive.helpers import (
+    AET,
+    archived,
+    dataset_bytes,
+    dcmsend,
+    echoscu,
+    image_dataset,
+    running_scp,
+    sample_files,
+)
+
+pytestmark = pytest.mark.dcmtk
+
+PHASE_LOG = "node.receive.dataphase"
+
+
+def _objects(out: Path, n: int, size: int = 96) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        pixels = bytes((i + k) % 251 for k in range(size * size))
+        path = out / f"obj{i:03d}.dcm"
+        image_dataset(size, size, pixels).save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _storescu(port: int, files: list[Path], *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [tool("storescu"), "-aet", "MODALITY", "-aec", AET, *extra, LOOPBACK, str(port)]
+        + [str(f) for f in files],
+        env=peer_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _assert_identical(files: list[Path], root: Path) -> None:
+    stored = {p.stem: p for p in archived(root)}
+    assert len(stored) == len(files)
+    for src in files:
+        uid = str(dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes(stored[uid]) == dataset_bytes(src), src.name
+        meta = dcmread(stored[uid]).file_meta
+        assert meta.MediaStorageSOPInstanceUID == uid
+        assert meta.SourceApplicationEntityTitle == "MODALITY"
+
+
+def _phase_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == PHASE_LOG]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_small_pdus_many_files_byte_identical(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fast_path: bool
+) -> None:
+    """storescu with a 4 KiB PDU: every object spans several PDUs; both paths agree."""
+    caplog.set_level(logging.INFO, logger=PHASE_LOG)
+    files = _objects(tmp_path / "in", 25)
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _):
+        proc = _storescu(scp.port, files, "-pdu", "4096")
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        _assert_identical(files, scp.archive_root)
+        assert len(store.select(kind="export_instance")) == len(files)
+        assert store.counters()["received"] == len(files)
+        assert not list((scp.archive_root / ".incoming").iterdir())
+    lines = _phase_lines(caplog)
+    if fast_path:
+        assert any("released (25 stored)" in line for line in lines), lines
+    else:
+        assert lines == []
+
+
+def test_every_sample_syntax_through_the_data_phase(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """dcmsend proposes each file's own syntax (big endian, implicit, compressed ...)."""
+    caplog.set_level(logging.INFO, logger=PHASE_LOG)
+    files = sample_files(tmp_path / "in")
+    with running_scp(tmp_path / "node") as (scp, store, _):
+        res = dcmsend(scp.port, files)
+        assert res.returncode == 0, res.stderr
+        stored = archived(scp.archive_root)
+        assert len(stored) == len(files)
+        by_uid = {p.stem: p for p in stored}
+        for src in files:
+            ds = dcmread(src, stop_before_pixels=True)
+            target = by_uid[str(ds.SOPInstanceUID)]
+            src_ts, src_data = dataset_bytes(src)
+            dst_ts, dst_data = dataset_bytes(target)
+            if dst_ts == src_ts:  # DCMTK converts what it cannot propose as is
+                assert dst_data == src_data, src.name
+            assert dcmread(target).SOPInstanceUID == ds.SOPInstanceUID
+        rows = store.select(kind="export_instance")
+        assert len(rows) == len(files)
+    assert any(f"({len(files)} stored)" in line for line in _phase_lines(caplog))
+
+
+def test_concurrent_associations(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=PHASE_LOG)
+    groups = [_objects(tmp_path / f"in{g}", 8, size=64 + g) for g in range(4)]
+    with running_scp(tmp_path / "node") as (scp, store, _):
+        procs = [_storescu(scp.port, files, "-pdu", "16384") for files in groups]
+        for proc in procs:
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 0, out
+        everything = [f for files in groups for f in files]
+        _assert_identical(everything, scp.archive_root)
+        assert len(store.select(kind="export_instance")) == len(everything)
+        assert len(store.select(kind="study_complete")) == len(everything)
+    assert sum("released (8 stored)" in line for line in _phase_lines(caplog)) == 4
+
+
+# ---------------------------------------------------------------- raw PDUs
+
+
+def _wire(port: int, *contexts: str) -> tuple[Wire, dict[str, int]]:
+    ae = AE(ae_title="MODALITY")
+    for cx in contexts:
+        ae.add_requested_context(cx, "1.2.840.10008.1.2.1")
+    assoc = ae.associate(LOOPBACK, port, ae_title=AET, max_pdu=16384)
+    assert assoc.is_established
+    ids = {str(cx.abstract_syntax): int(cx.context_id) for cx in assoc.accepted_contexts}
+    return Wire(assoc, dimse_timeout=10, network_timeout=10), ids
+
+
+def _dataset_bytes(ds: Any) -> bytes:
+    """The data set encoded Explicit VR Little Endian, as a sender puts it on the wire."""
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _wait_empty(directory: Path) -> None:
+    deadline = time.monotonic() + 10
+    while list(directory.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not list(directory.iterdir())
+
+
+@pytest.mark.parametrize("ending", ["abort", "release", "close"])
+def test_ending_mid_object_stores_nothing(tmp_path: Path, ending: str) -> None:
+    ds = image_dataset(200, 200, b"\x01" * 40000)
+    data = _dataset_bytes(ds)
+    with running_scp(tmp_path / "node") as (scp, store, _):
+        wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
+        cx = ids[str(SecondaryCaptureImageStorage)]
+        wire._send_pdv(cx, 0x03, store_rq_command(ds.SOPClassUID, ds.SOPInstanceUID, 1))
+        wire._send_pdv(cx, 0x00, data[:20000])  # half of the data set, not the last fragment
+        if ending == "abort":
+            wire.abort()
+        elif ending == "release":
+            wire.sock.sendall(struct.pack(">BBI", 0x05, 0, 4) + b"\x00" * 4)
+            kind, _ = wire._recv_pdu()
+            assert kind == 0x06  # A-RELEASE-RP
+            wire._close(released=True)
+        else:
+            wire._close(released=False)
+        _wait_empty(scp.archive_root / ".incoming")
+        assert archived(scp.archive_root) == []
+        assert store.select(kind="export_instance") == []
+        assert echoscu(scp.port).returncode == 0
+
+
+@pytest.mark.parametrize("problem", ["c-find", "unknown-context", "data-before-command"])
+def test_protocol_errors_abort(tmp_path: Path, problem: str) -> None:
+    with running_scp(tmp_path / "node") as (scp, _, _):
+        wire, ids = _wire(scp.port, CTImageStorage)
+        cx = ids[str(CTImageStorage)]
+        if problem == "c-find":
+            find = bytearray(store_rq_command(CTImageStorage, "1.2.3", 7))
+            # Turn the CommandField (0000,0100) value from C-STORE-RQ into C-FIND-RQ.
+            at = bytes(find).index(struct.pack("<HHI", 0, 0x0100, 2)) + 8
+            find[at : at + 2] = struct.pack("<H", 0x0020)
+            wire._send_pdv(cx, 0x03, bytes(find))
+        elif problem == "unknown-context":
+            wire._send_pdv(cx + 2, 0x03, store_rq_command(CTImageStorage, "1.2.3", 1))
+        else:
+            wire._send_pdv(cx, 0x02, b"\x08\x00\x16\x00")
+        kind, body = wire._recv_pdu()
+        assert kind == 0x07  # A-ABORT
+        wire._close(released=False)
+        assert echoscu(scp.port).returncode == 0
+
+
+def test_echo_and_store_responses_on_the_wire(tmp_path: Path) -> None:
+    ds = image_dataset(4, 4, b"\x02" * 16)
+    with running_scp(tmp_path / "node") as (scp, store, _):
+        wire, ids = _wire(scp.port, SecondaryCaptureImageStorage, Verification)
+        # C-ECHO-RQ built by hand: CommandField 0x0030, no data set.
+        body = b"".join(
+            struct.pack("<HHI", 0, el, len(v)) + v
+            for el, v in [
+                (0x0002, b"1.2.840.10008.1.1\x00"),
+                (0x0100, struct.pack("<H", 0x0030)),
+                (0x0110, struct.pack("<H", 5)),
+                (0x0800, struct.pack("<H", 0x0101)),
+            ]
+        )
+        echo = struct.pack("<HHI", 0, 0, 4) + struct.pack("<I", len(body)) + body
+        wire._send_pdv(ids[str(Verification)], 0x03, echo)
+        rsp = wire._receive_response(ids[str(Verification)])
+        assert struct.unpack("<H", rsp[0x0100])[0] == 0x8030
+        assert struct.unpack("<H", rsp[0x0120])[0] == 5
+        assert struct.unpack("<H", rsp[0x0900])[0] == 0
+        outcome = wire.store(
+            ids[str(SecondaryCaptureImageStorage)],
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            msg_id=9,
+            data=_dataset_bytes(ds),
+        )
+        assert outcome.delivered and outcome.status == 0, outcome
+        wire.release()
+        (stored,) = archived(scp.archive_root)
+        assert dataset_bytes(stored)[1] == _dataset_bytes(ds)
+        assert len(store.select(kind="export_instance")) == 1
+
+
+def test_stop_aborts_an_idle_data_phase(tmp_path: Path) -> None:
+    with running_scp(tmp_path / "node") as (scp, _, _):
+        wire, _ = _wire(scp.port, CTImageStorage)
+        started = time.monotonic()
+        scp.stop(grace=0.2)
+        kind, _ = wire._recv_pdu()
+        assert kind == 0x07
+        assert time.monotonic() - started < 5
+        wire._close(released=False)
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_response_command_decodes_with_pydicom() -> None:
+    raw = response_command(0x8001, 42, "1.2.840.10008.5.1.4.1.1.7", 0xC000, "1.2.3.4", "bad UID")
+    ds = read_dataset(BytesIO(raw), True, True)
+    assert ds.CommandGroupLength == len(raw) - 12
+    assert ds.CommandField == 0x8001
+    assert ds.MessageIDBeingRespondedTo == 42
+    assert ds.AffectedSOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert ds.AffectedSOPInstanceUID == "1.2.3.4"
+    assert ds.Status == 0xC000
+    assert ds.ErrorComment == "bad UID"
+    assert ds.CommandDataSetType == 0x0101
+    assert parse_command(raw)[0x0120] == struct.pack("<H", 42)
+
+
+def test_parse_command_rejects_malformed() -> None:
+    from node.receive.dataphase import ProtocolError
+
+    with pytest.raises(ProtocolError):
+        parse_command(struct.pack("<HHI", 0, 0x0100, 200) + b"\x01\x00")
+    with pytest.raises(ProtocolError):
+        parse_command(struct.pack("<HHI", 8, 0x0018, 2) + b"\x01\x00")
+
+
+def _cx(abstract: str, as_scp: bool | None = True) -> Any:
+    return SimpleNamespace(abstract_syntax=abstract, as_scp=as_scp)
+
+
+def test_eligibility() -> None:
+    ct, sc = str(CTImageStorage), str(SecondaryCaptureImageStorage)
+    assert eligible(SimpleNamespace(accepted_contexts=[_cx(ct), _cx(str(Verification))]))
+    assert eligible(SimpleNamespace(accepted_contexts=[_cx(sc, None)]))
+    assert not eligible(SimpleNamespace(accepted_contexts=[]))
+    assert not eligible(
+        SimpleNamespace(accepted_contexts=[_cx(ct), _cx(str(StorageCommitmentPushModel))])
+    )
+    assert not eligible(SimpleNamespace(accepted_contexts=[_cx(ct, False)]))
