@@ -33,6 +33,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable
@@ -216,17 +217,37 @@ class DataPhase:
         self.message: _Message | None = None
         self.closed = False
         self._send_lock = threading.Lock()
+        self._flags = 0
         self.stored = 0
 
     # ---------------------------------------------------------------- I/O
+
+    def _use_waitall(self) -> None:
+        """Blocking socket, kernel timeouts, ``MSG_WAITALL``: one call per PDU part.
+
+        A socket with a Python timeout is non-blocking underneath, so each ``recv``
+        returns whatever segment has arrived (several calls per 128 KiB PDU). TLS sockets
+        keep the Python timeout (``recv`` flags are not allowed there).
+        """
+        timeout = self.settings.network_timeout
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.sock.settimeout(timeout)
+            return
+        self.sock.settimeout(None)
+        if timeout:
+            seconds = int(timeout)
+            tv = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        self._flags = socket.MSG_WAITALL
 
     def _recv_into(self, view: memoryview) -> None:
         got = 0
         n = len(view)
         while got < n:
             try:
-                r = self.sock.recv_into(view[got:], n - got)
-            except TimeoutError:
+                r = self.sock.recv_into(view[got:], n - got, self._flags)
+            except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO expired
                 self._abort(0x02, 0x00)
                 raise _Closed(
                     f"no data from {self.peer} for receive.network_timeout seconds"
@@ -283,7 +304,7 @@ class DataPhase:
 
     def run(self) -> str:
         """Serve until release, abort or error; returns how it ended."""
-        self.sock.settimeout(self.settings.network_timeout)
+        self._use_waitall()
         header = bytearray(6)
         hview = memoryview(header)
         try:

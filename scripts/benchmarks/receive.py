@@ -5,7 +5,8 @@ DCMTK ``storescu`` (TCP_NODELAY=1, 128 KiB max PDU, one association) sends
 - 200 CT objects, 512×512 16-bit, Explicit VR Little Endian (~513 KB each), and
 - 200 Secondary Capture objects, JPEG Baseline, 1024×768 RGB (~100 KB each, ``-xy``)
 
-to each receiver, started fresh with an empty output directory for every run:
+to each receiver, started fresh with an empty output directory for every run (the last
+row: storescu and storescp both with DCMTK's defaults, Nagle on, 16 KiB PDU):
 
 - ``dicom-node receive`` (stores durably: fsync file + directory, SQLite commit with
   synchronous=FULL, before answering success), and the same with ``receive.fsync =
@@ -24,6 +25,7 @@ from __future__ import annotations
 import io
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -135,8 +137,11 @@ def _jpeg_files(out: Path) -> list[Path]:
 class Server:
     """One receiver process on a free port, writing into ``out``."""
 
-    def __init__(self, name: str, cmd: Callable[[int, Path], list[str]], work: Path) -> None:
+    def __init__(
+        self, name: str, cmd: Callable[[int, Path], list[str]], work: Path, tuned: bool = True
+    ) -> None:
         self.name = name
+        self.tuned = tuned
         self.cmd = cmd
         self.work = work
         self.proc: subprocess.Popen[bytes] | None = None
@@ -150,7 +155,7 @@ class Server:
         log = open(self.work / "server.log", "wb")  # noqa: SIM115 - closed below
         self.proc = subprocess.Popen(
             self.cmd(self.port, self.work), stdout=log, stderr=subprocess.STDOUT,
-            env=common.peer_env(), cwd=self.work,
+            env=_env(self.tuned), cwd=self.work,
         )  # fmt: skip
         log.close()
         common.wait_port(self.port)
@@ -194,6 +199,18 @@ def _dcmtk_storescp(port: int, work: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _dcmtk_storescp_defaults(port: int, work: Path) -> list[str]:
+    return [common.dcmtk("storescp"), "-aet", AET, "+xa", "-od", "out", str(port)]
+
+
+def _env(tuned: bool) -> dict[str, str]:
+    """TCP_NODELAY=1 for tuned DCMTK; its defaults leave Nagle on."""
+    env = common.peer_env()
+    if not tuned:
+        env.pop("TCP_NODELAY", None)
+    return env
+
+
 def _pynetdicom_storescp(port: int, work: Path) -> list[str]:
     return [
         str(common.VENV_BIN / "python"), "-m", "pynetdicom", "storescp", "-aet", AET,
@@ -201,19 +218,25 @@ def _pynetdicom_storescp(port: int, work: Path) -> list[str]:
     ]  # fmt: skip
 
 
+DEFAULTS = "dcmtk storescp (defaults)"
+
 SERVERS = {
     "dicom-node receive": _dicom_node,
     "dicom-node receive (fsync off)": _dicom_node_nosync,
     "dcmtk storescp": _dcmtk_storescp,
     "pynetdicom storescp": _pynetdicom_storescp,
+    # storescu -> storescp, both with DCMTK's defaults (no TCP_NODELAY, 16 KiB PDU).
+    DEFAULTS: _dcmtk_storescp_defaults,
 }
 
 
-def _send(port: int, files: list[Path], jpeg: bool) -> float:
-    cmd = [common.dcmtk("storescu"), "-aec", AET, "-aet", "BENCHSCU", "-pdu", str(PDU)]
+def _send(port: int, files: list[Path], jpeg: bool, tuned: bool = True) -> float:
+    cmd = [common.dcmtk("storescu"), "-aec", AET, "-aet", "BENCHSCU"]
+    if tuned:
+        cmd += ["-pdu", str(PDU)]
     if jpeg:
         cmd.append("-xy")
-    return common.timed([*cmd, common.LOOPBACK, str(port), *map(str, files)], env=common.peer_env())
+    return common.timed([*cmd, common.LOOPBACK, str(port), *map(str, files)], env=_env(tuned))
 
 
 def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
@@ -232,10 +255,12 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
         }  # fmt: skip
         for _ in range(repeats):
             for name, cmd in SERVERS.items():
-                server = Server(name, cmd, workdir / "srv" / name.replace(" ", "-"))
+                tuned = name != DEFAULTS
+                work = workdir / "srv" / name.replace(" ", "-").replace("(", "").replace(")", "")
+                server = Server(name, cmd, work, tuned)
                 server.start()
                 try:
-                    seconds = _send(server.port, files, jpeg)
+                    seconds = _send(server.port, files, jpeg, tuned)
                 finally:
                     rss = server.stop()
                 stored = server.stored()
@@ -244,6 +269,11 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
                 row = results[name]
                 row["seconds"].append(seconds)
                 row["peak_rss"] = max(row["peak_rss"], rss)
+        nosync, dcmtk = results["dicom-node receive (fsync off)"], results["dcmtk storescp"]
+        if nosync["seconds"] and dcmtk["seconds"]:
+            # Like for like (neither fsyncs): the table's ratio column uses the durable row.
+            ratio = statistics.median(dcmtk["seconds"]) / statistics.median(nosync["seconds"])
+            nosync["note"] = f"(not durable) vs dcmtk storescp: {ratio:.2f}×"
         rows += results.values()
     return rows
 
