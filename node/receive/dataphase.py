@@ -49,6 +49,7 @@ from node.fsutil import TMP_PREFIX
 from node.logs import fields
 from node.receive.archive import OutOfSpace, Staged, file_meta_bytes
 from node.receive.handlers import StoreContext, StoreStatus, store_object
+from node.receive.header import read_header_prefix
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ C_ECHO_RSP = 0x8030
 NO_DATA_SET = 0x0101
 #: The longest command set accepted (a C-STORE-RQ is ~200 bytes).
 MAX_COMMAND = 64 << 10
+#: The data set's first bytes kept in memory: its header is read from them when they
+#: reach Pixel Data (else from the staged file).
+HEAD_BYTES = 64 << 10
 #: Free-space checks while a big data set streams in, every this many bytes.
 CHECK_EVERY = 64 << 20
 
@@ -180,6 +184,7 @@ class _Message:
         self.data_offset = 0
         self.size = 0
         self.since_check = 0
+        self.head = bytearray()  # the data set's first bytes, for its header
         self.refusal: tuple[StoreStatus, str] | None = None
 
     def discard(self) -> None:
@@ -463,6 +468,8 @@ class DataPhase:
         if msg.fields is None:
             raise ProtocolError("data set fragment before the command set")
         msg.size += len(fragment)
+        if len(msg.head) < HEAD_BYTES:
+            msg.head += fragment[: HEAD_BYTES - len(msg.head)]
         if msg.fd is not None:
             self._write(msg, fragment)
             msg.since_check += len(fragment)
@@ -507,6 +514,12 @@ class DataPhase:
                 calling_ae=self.calling_ae,
                 command_sop=sop_instance,
                 command_class=sop_class,
+                header=read_header_prefix(
+                    msg.head,
+                    ts.is_implicit_VR,
+                    ts.is_little_endian,
+                    complete=msg.size <= len(msg.head),
+                ),
             )
         finally:
             msg.discard()  # a staged file not moved into the archive

@@ -145,16 +145,26 @@ def store_object(
     calling_ae: str,
     command_sop: str,
     command_class: str,
+    header: Header | None = None,
 ) -> tuple[StoreStatus, str]:
     """Check, store durably and record one received object; ``(status, error comment)``.
 
     ``source`` is the data set in memory, in a spill file (data set only), or a
     :class:`Staged` file (file meta + data set, written by :mod:`node.receive.dataphase`).
+    ``header``: already read from the data set's first bytes (else read here).
     Never raises: an unexpected error is logged and answered 0x0110.
     """
     try:
         return _store(
-            ctx, source, transfer_syntax, implicit, little, calling_ae, command_sop, command_class
+            ctx,
+            source,
+            transfer_syntax,
+            implicit,
+            little,
+            calling_ae,
+            command_sop,
+            command_class,
+            header,
         )
     except Exception as exc:  # never raise into the association
         log.exception(
@@ -172,10 +182,13 @@ def _store(
     calling_ae: str,
     command_sop: str,
     command_class: str,
+    known_header: Header | None = None,
 ) -> tuple[StoreStatus, str]:
     log_fields = fields(sop_instance_uid=command_sop, calling_ae=calling_ae)
     try:
-        if isinstance(source, Staged):
+        if known_header is not None:
+            header = known_header
+        elif isinstance(source, Staged):
             header = read_header_file(source.path, implicit, little, source.data_offset)
         elif isinstance(source, Path):
             header = read_header_file(source, implicit, little)

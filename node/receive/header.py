@@ -125,11 +125,12 @@ class _Unusual(Exception):
 class _Walker:
     """A minimal walk over the top level of an encoded data set (no value decoding)."""
 
-    def __init__(self, buf: bytes | memoryview, implicit: bool, little: bool) -> None:
+    def __init__(self, buf: bytes | bytearray | memoryview, implicit: bool, little: bool) -> None:
         self.buf = buf
         self.n = len(buf)
         self.implicit = implicit
         self.e = "<" if little else ">"
+        self.stopped = False  # top_level() met an element at or past Pixel Data
 
     def element(self, pos: int) -> tuple[int, bytes | None, int, int]:
         """(tag, VR, value length, header length) of the element at ``pos``."""
@@ -192,6 +193,7 @@ class _Walker:
         while pos < self.n:
             tag, vr, length, hdr = self.element(pos)
             if tag >= PIXEL_DATA:
+                self.stopped = True
                 if tag != PIXEL_DATA:
                     return found, None
                 return found, (-1 if length == _UNDEFINED else length)
@@ -211,6 +213,31 @@ class _Walker:
 
 def _fast_header(buf: bytes | memoryview, implicit: bool, little: bool) -> Header:
     found, pixel_length = _Walker(buf, implicit, little).top_level()
+    return _header_from(found, pixel_length, little)
+
+
+def read_header_prefix(
+    prefix: bytes | bytearray | memoryview, implicit: bool, little: bool, *, complete: bool
+) -> Header | None:
+    """The header from the first bytes of a data set, or None if they do not settle it.
+
+    They settle it when they hold the whole data set (``complete``) or the walk reached
+    an element at or past (7FE0,0010) Pixel Data within them: every identifying element
+    precedes it. Otherwise (or on anything unusual) read the whole data set instead.
+    """
+    walker = _Walker(prefix, implicit, little)
+    try:
+        found, pixel_length = walker.top_level()
+    except (_Unusual, struct.error):
+        return None
+    if not complete and not walker.stopped:
+        return None
+    header = _header_from(found, pixel_length, little)
+    header.flags.extend(pixel_flags(header))
+    return header
+
+
+def _header_from(found: dict[int, bytes], pixel_length: int | None, little: bool) -> Header:
     e = "<" if little else ">"
 
     def text(tag: int) -> str:

@@ -106,6 +106,13 @@ class Ledger:
         now = time.time()
         store = self.store
         with store.transaction() as db:
+            new = (
+                db.execute(
+                    "SELECT 1 FROM received_instances WHERE sop_instance_uid=?",
+                    (inst.sop_instance_uid,),
+                ).fetchone()
+                is None
+            )
             db.execute(
                 "INSERT INTO received_instances(sop_instance_uid, sop_class_uid, study_uid,"
                 " series_uid, modality, calling_ae, transfer_syntax, path, size, flags,"
@@ -131,9 +138,9 @@ class Ledger:
             )
             db.execute(
                 "INSERT INTO received_series(study_uid, series_uid, modality, calling_ae,"
-                " instances) VALUES (?,?,?,?,1) ON CONFLICT(study_uid, series_uid) DO UPDATE"
-                " SET instances=instances+1, calling_ae=excluded.calling_ae",
-                (inst.study_uid, inst.series_uid, inst.modality, inst.calling_ae),
+                " instances) VALUES (?,?,?,?,?) ON CONFLICT(study_uid, series_uid) DO UPDATE"
+                " SET instances=instances+excluded.instances, calling_ae=excluded.calling_ae",
+                (inst.study_uid, inst.series_uid, inst.modality, inst.calling_ae, int(new)),
             )
             store.enqueue(
                 EXPORT_KIND,
@@ -150,7 +157,7 @@ class Ledger:
                 replace=True,
             )
             rows = db.execute(
-                "SELECT series_uid, modality, calling_ae FROM received_series"
+                "SELECT series_uid, modality, calling_ae, instances FROM received_series"
                 " WHERE study_uid=? ORDER BY rowid",
                 (inst.study_uid,),
             ).fetchall()
@@ -166,12 +173,8 @@ class Ledger:
                     calling_aes=aes,
                     series=series,
                     modalities=modalities,
-                    instances=int(
-                        db.execute(
-                            "SELECT COUNT(*) FROM received_instances WHERE study_uid=?",
-                            (inst.study_uid,),
-                        ).fetchone()[0]
-                    ),
+                    # Per-series counts of distinct instances: no scan of the study's rows.
+                    instances=sum(int(r[3]) for r in rows),
                     rules=self.forward,
                 ),
                 dedup_key=inst.study_uid,

@@ -300,3 +300,21 @@ def test_eligibility() -> None:
         SimpleNamespace(accepted_contexts=[_cx(ct), _cx(str(StorageCommitmentPushModel))])
     )
     assert not eligible(SimpleNamespace(accepted_contexts=[_cx(ct, False)]))
+
+
+def test_header_from_the_first_bytes_only_when_they_settle_it() -> None:
+    from node.receive.header import read_header, read_header_prefix
+
+    ds = image_dataset(64, 64, b"\x03" * 4096)
+    data = _dataset_bytes(ds)
+    full = read_header(data, False, True)
+    pixel_at = data.index(b"\xe0\x7f\x10\x00")
+    # Up to and including the Pixel Data element header: settled, identical to the full read.
+    head = read_header_prefix(data[: pixel_at + 12], False, True, complete=False)
+    assert head == full
+    assert read_header_prefix(data, False, True, complete=True) == full
+    # Ending at an element boundary before Pixel Data: not settled (UIDs may follow).
+    boundary = data.index(b"\x08\x00\x18\x00")  # (0008,0018) SOPInstanceUID starts here
+    assert read_header_prefix(data[:boundary], False, True, complete=False) is None
+    # Ending inside an element: not settled either.
+    assert read_header_prefix(data[: boundary + 5], False, True, complete=False) is None
