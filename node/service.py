@@ -123,7 +123,9 @@ class NodeService:
                 on_enqueued=self._wake_delivery,
             )
             self.pipeline.recover()
-            watcher = DropFolderWatcher(cfg.ingest, self.pipeline.take)
+            watcher = DropFolderWatcher(
+                cfg.ingest, self.pipeline.take, on_orphan=self.pipeline.orphan_sidecar
+            )
             self._thread(
                 "watcher",
                 lambda: watcher.run(self.stop_event, lambda: self.store.heartbeat("watcher")),

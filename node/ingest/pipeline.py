@@ -246,6 +246,14 @@ class IngestPipeline:
         log.warning("quarantined %s: %s", path.name, reason, extra=fields(to=str(target)))
         return target
 
+    def orphan_sidecar(self, path: Path) -> None:
+        """The watcher's callback for a sidecar whose image is not in the inbox."""
+        self.quarantine(
+            path,
+            "sidecar without its image: the image was taken before this sidecar arrived, or "
+            "never came. Copy the sidecar before its image (or drop both in a folder)",
+        )
+
     def finish_if_delivered(self, claim_dir: Path) -> bool:
         """If every object of the claim is acknowledged by every destination, finish it."""
         record_path = claim_dir / CLAIM_FILE

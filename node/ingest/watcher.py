@@ -6,7 +6,8 @@ the inbox and hands over the entries that are *complete*:
 
 - not ignored (hidden files, rsync's ``.name.XXXXXX``, ``*.part``, ``*.tmp``,
   ``*.crdownload``, ``~*``, our own ``*.error.txt``; sidecar ``.json`` files travel with
-  their image and are never inputs on their own);
+  their image and are never inputs on their own; one left without its image for
+  ``ingest.incomplete_seconds`` is handed to ``on_orphan``, i.e. quarantined);
 - the size and mtime (for a folder: of every file inside it) unchanged for
   ``ingest.stable_seconds``;
 - the file opens, and a JPEG ends with an EOI marker. A file that stays unchanged but
@@ -151,11 +152,13 @@ class DropFolderWatcher:
         cfg: IngestSection,
         on_ready: Callable[[Path], None],
         *,
+        on_orphan: Callable[[Path], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.inbox = cfg.inbox
         self.on_ready = on_ready
+        self.on_orphan = on_orphan
         self.tracker = StabilityTracker(cfg.stable_seconds, clock)
         self._wake = threading.Event()
         self._observer: Observer | None = None  # type: ignore[valid-type]
@@ -188,9 +191,28 @@ class DropFolderWatcher:
         except OSError as exc:
             log.error("cannot list inbox %s: %s", self.inbox, exc)
             return []
+        names = {e.name for e in entries if not is_sidecar(Path(e.name))}
+        stems = {Path(n).stem for n in names}
+        orphans: list[Path] = []
         for entry in entries:
             path = Path(entry.path)
-            if is_ignored(entry.name) or (entry.is_file() and is_sidecar(path)):
+            if is_ignored(entry.name):
+                continue
+            if entry.is_file() and is_sidecar(path):
+                # A sidecar travels with its image. One whose image is not (or no longer)
+                # here is an orphan once it has waited incomplete_seconds: it goes to
+                # quarantine with a reason rather than lingering in the inbox.
+                if path.stem in names or path.stem in stems:
+                    continue
+                key = "sidecar:" + entry.name
+                present.add(key)
+                sig = signature(path)
+                if (
+                    sig is not None
+                    and self.tracker.observe(key, sig)
+                    and self.tracker.unchanged_for(key) >= self.cfg.incomplete_seconds
+                ):
+                    orphans.append(path)
                 continue
             sig = signature(path)
             if sig is None:
@@ -212,6 +234,13 @@ class DropFolderWatcher:
                 )
                 ready.append(path)
         self.tracker.keep_only(present)
+        for path in orphans:
+            self.tracker.forget(["sidecar:" + path.name])
+            if self.on_orphan is not None:
+                try:
+                    self.on_orphan(path)
+                except Exception:
+                    log.exception("could not set aside orphan sidecar %s", path)
         for path in ready:
             self.tracker.forget([path.name])
             try:

@@ -92,3 +92,20 @@ def test_scan_hands_over_each_complete_entry_once(tmp_path: Path) -> None:
     now[0] += cfg.incomplete_seconds
     assert [p.name for p in watcher.scan()] == ["c.jpg"]
     assert sorted(taken) == ["a.jpg", "b.jpg", "c.jpg", "series"]
+
+
+def test_orphan_sidecar_is_handed_over_after_the_grace_period(tmp_path: Path) -> None:
+    now = [0.0]
+    orphans: list[str] = []
+    cfg = IngestSection(inbox=tmp_path / "inbox", stable_seconds=1.0, incomplete_seconds=30.0)
+    cfg.inbox.mkdir()
+    watcher = DropFolderWatcher(
+        cfg, lambda p: None, on_orphan=lambda p: orphans.append(p.name), clock=lambda: now[0]
+    )
+    (cfg.inbox / "late.jpg.json").write_text("{}")  # its image was taken already
+    (cfg.inbox / "waiting.json").write_text("{}")
+    (cfg.inbox / "waiting.png").write_bytes(b"\x89PNG")  # still with its image
+    for step in (0, 10, 20, 31, 32):
+        now[0] = step
+        watcher.scan()
+    assert orphans == ["late.jpg.json"]
