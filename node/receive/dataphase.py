@@ -223,6 +223,7 @@ class DataPhase:
         self.closed = False
         self._send_lock = threading.Lock()
         self._flags = 0
+        self._spare: tuple[int, Path] | None = None
         self.stored = 0
 
     # ---------------------------------------------------------------- I/O
@@ -365,6 +366,7 @@ class DataPhase:
             if self.message is not None:
                 self.message.discard()
                 self.message = None
+            self._drop_spare()
 
     # ---------------------------------------------------------------- P-DATA
 
@@ -446,11 +448,40 @@ class DataPhase:
             msg.refusal = (StoreStatus.OUT_OF_RESOURCES, "out of resources: disk floor reached")
             return
         meta = file_meta_bytes(sop_class, sop_instance, str(ts), self.calling_ae)
+        try:
+            fd, staged = self._take_staging_file()
+        except OSError as exc:
+            log.error("cannot create a staging file in %s: %s", self.ctx.archive.incoming, exc)
+            msg.refusal = (StoreStatus.OUT_OF_RESOURCES, "out of resources: cannot write")
+            return
+        msg.fd, msg.staged, msg.data_offset = fd, staged, len(meta)
+        self._write(msg, memoryview(meta))
+
+    def _take_staging_file(self) -> tuple[int, Path]:
+        """The spare staging file made while the sender prepared this object, or a new one."""
+        spare, self._spare = self._spare, None
+        return spare if spare is not None else self._new_staging_file()
+
+    def _new_staging_file(self) -> tuple[int, Path]:
         name = f"{TMP_PREFIX}rx-{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
         staged = self.ctx.archive.incoming / name
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        msg.fd, msg.staged, msg.data_offset = fd, staged, len(meta)
-        self._write(msg, memoryview(meta))
+        return fd, staged
+
+    def _prepare_spare(self) -> None:
+        """Create the next staging file now: creating a file costs ~0.1-0.3 ms on ext4,
+        spent here while the sender reads its next file instead of on the critical path."""
+        if self._spare is None and not self.closed:
+            with contextlib.suppress(OSError):
+                self._spare = self._new_staging_file()
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            with contextlib.suppress(OSError):
+                os.close(spare[0])
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spare[1])
 
     def _write(self, msg: _Message, data: memoryview) -> None:
         assert msg.fd is not None
@@ -526,6 +557,7 @@ class DataPhase:
         if status == StoreStatus.SUCCESS:
             self.stored += 1
         self._answer(msg, C_STORE_RSP, 0, refusal=None if status == 0 else (status, comment))
+        self._prepare_spare()
 
     def _answer(
         self,
