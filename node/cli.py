@@ -127,3 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `dicom-node check-config | head`
+        sys.stderr.close()
+        return 0

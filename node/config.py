@@ -345,6 +345,25 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"ingest.filename_pattern: not a valid regex: {exc}") from None
     if cfg.ingest.max_pixels <= 0 or cfg.export.max_pixels <= 0:
         raise ConfigError("ingest.max_pixels / export.max_pixels: must be positive")
+    q = cfg.queue
+    for key, value, low, high in (
+        ("queue.retry_jitter", q.retry_jitter, 0.0, 1.0),
+        ("queue.retry_initial_seconds", q.retry_initial_seconds, 0.0, None),
+        ("queue.retry_max_seconds", q.retry_max_seconds, q.retry_initial_seconds, None),
+        ("queue.retry_multiplier", q.retry_multiplier, 1.0, None),
+        ("queue.lease_seconds", q.lease_seconds, 1.0, None),
+        ("queue.batch_size", q.batch_size, 1, 100_000),
+        ("queue.workers_per_destination", q.workers_per_destination, 1, 64),
+        ("queue.max_attempts", q.max_attempts, 0, None),
+        ("queue.max_age_seconds", q.max_age_seconds, 0.0, None),
+        ("ingest.stable_seconds", cfg.ingest.stable_seconds, 0.0, None),
+        ("ingest.rescan_seconds", cfg.ingest.rescan_seconds, 0.1, None),
+        ("ingest.incomplete_seconds", cfg.ingest.incomplete_seconds, 0.0, None),
+        ("receive.study_quiet_seconds", cfg.receive.study_quiet_seconds, 0.0, None),
+    ):
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ConfigError(f"{key}: {value} is out of range (must be {bound})")
 
 
 def config_from_dict(table: dict[str, Any], base: Path, source: Path | None = None) -> Config:

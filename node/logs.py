@@ -65,6 +65,9 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) ->
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python warnings (e.g. watchdog's) go through logging too: with --log-format json every
+    # line on stderr stays one JSON object.
+    logging.captureWarnings(True)
     # pynetdicom is chatty at INFO/DEBUG; keep its warnings and errors visible.
     pnd = logging.getLogger("pynetdicom")
     pnd.setLevel(logging.WARNING if root.level <= logging.WARNING else root.level)

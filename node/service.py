@@ -67,17 +67,41 @@ class NodeService:
         self.threads.append(thread)
 
     def start(self) -> None:
-        """Recover from any previous crash, then start every enabled stage."""
+        """Recover from any previous crash, then start every enabled stage.
+
+        Everything that can refuse the config is built first, and interrupted ingest claims
+        are resumed before any worker runs, so no worker sees a half-recovered claim.
+        """
         cfg = self.cfg
+        from node.service_commands import check_rooms
+
+        check_rooms(cfg)  # refuse a bad config before anything starts
         requeued = self.store.requeue_claimed()
         if requeued:
             log.info("requeued %d jobs claimed by a previous run", requeued)
-        self.metrics.start()
 
         if cfg.export.enabled:
             from node.export.exporter import Exporter
 
             self.exporter = Exporter(cfg.export)
+        watcher = None
+        if cfg.ingest.enabled:
+            from node.ingest.pipeline import IngestPipeline
+            from node.ingest.watcher import DropFolderWatcher
+
+            self.pipeline = IngestPipeline(
+                cfg,
+                self.store,
+                on_converted=self.metrics.observe_conversion,
+                on_enqueued=self._wake_delivery,
+            )
+            watcher = DropFolderWatcher(
+                cfg.ingest, self.pipeline.take, on_orphan=self.pipeline.orphan_sidecar
+            )
+            self.pipeline.recover()
+            if not cfg.destinations:
+                log.warning("no [[destinations]]: converted objects are kept, not delivered")
+        self.metrics.start()
 
         if cfg.receive.enabled:
             from node.receive.scp import StorageSCP
@@ -112,24 +136,9 @@ class NodeService:
         for n in range(max(1, cfg.export.workers)):
             self._thread(f"export-{n}", partial(runner.run, self.stop_event))
 
-        if cfg.ingest.enabled:
-            from node.ingest.pipeline import IngestPipeline
-            from node.ingest.watcher import DropFolderWatcher
-
-            self.pipeline = IngestPipeline(
-                cfg,
-                self.store,
-                on_converted=self.metrics.observe_conversion,
-                on_enqueued=self._wake_delivery,
-            )
-            self.pipeline.recover()
-            watcher = DropFolderWatcher(
-                cfg.ingest, self.pipeline.take, on_orphan=self.pipeline.orphan_sidecar
-            )
-            self._thread(
-                "watcher",
-                lambda: watcher.run(self.stop_event, lambda: self.store.heartbeat("watcher")),
-            )
+        if watcher is not None:
+            beat = partial(self.store.heartbeat, "watcher")
+            self._thread("watcher", partial(watcher.run, self.stop_event, beat))
             log.info("watching %s", cfg.ingest.inbox)
 
         self._thread("housekeeping", self._housekeeping)
@@ -190,7 +199,7 @@ class NodeService:
     def _housekeeping(self) -> None:
         last_sweep = 0.0
         while not self.stop_event.is_set():
-            self.store.heartbeat("node", f"pid {os.getpid()}")
+            self.store.heartbeat("node")
             if self.scp is not None:
                 self.store.heartbeat("scp", f"port {self.scp.port}")
             if self.pipeline is not None and time.monotonic() - last_sweep > SWEEP_SECONDS:

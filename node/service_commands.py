@@ -38,7 +38,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "check-config",
         parents=[common],
-        help="validate the config and print it resolved (paths absolute, defaults filled)",
+        help="validate the config as `run` does and print it resolved (absolute paths, "
+        "defaults filled)",
     )
     p.set_defaults(func=cmd_check_config)
 
@@ -61,7 +62,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_rooms(cfg: Config) -> None:
+    """The rooms' own checks (values the schema alone cannot judge), as ``run`` makes them:
+    ``[ingest.defaults]`` keywords and values against the DICOM dictionary and their VRs,
+    the file-name pattern's group names, ``[export]`` ranges."""
+    from node.export.exporter import check_config as check_export
+    from node.ingest.convert import ConvertOptions
+
+    ConvertOptions.from_config(cfg)
+    check_export(cfg.export)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
+    check_rooms(cfg)
     print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=False))
     return 0

@@ -193,3 +193,22 @@ def test_json_log_lines_carry_structured_fields() -> None:
     logging.getLogger("node.test").info("again", extra=fields(sop="1.2.3"))
     assert stream.getvalue().splitlines()[-1].endswith("node.test: again sop=1.2.3")
     assert sum(h.get_name() == "dicom-node" for h in logging.getLogger().handlers) == 1
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[ingest.defaults]\nPatientNme = "x"\n', "PatientNme"),
+        ('[ingest.defaults]\nStudyDate = "2020-01-01"\n', "StudyDate"),
+        ("[queue]\nretry_jitter = 5\n", "queue.retry_jitter: 5.0 is out of range"),
+        ("[queue]\nbatch_size = -1\n", "queue.batch_size"),
+        ("[export]\npng_compress_level = 12\n", "export.png_compress_level"),
+    ],
+)
+def test_check_config_refuses_what_run_refuses(
+    tmp_path: Path, toml: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(toml)
+    assert cli.main(["check-config", "-c", str(config)]) == 2
+    assert message in caplog.text

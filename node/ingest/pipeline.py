@@ -17,8 +17,10 @@ idempotent per (SOP Instance UID, destination), so nothing is sent twice.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -30,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from node.config import Config
-from node.errors import ConversionError, NodeError
-from node.fsutil import atomic_write
+from node.errors import ConfigError, ConversionError, NodeError
+from node.fsutil import atomic_write, fsync_dir
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file, sidecar_for
 from node.ingest.dicom_inputs import DicomInputError, dicom_files_in, is_dicom_file
 from node.ingest.watcher import input_files
@@ -74,25 +76,42 @@ class IngestPipeline:
         self.on_converted = on_converted
         self.on_enqueued = on_enqueued
         self._lock = threading.Lock()
-        for folder in (self.ing.work, self.ing.done, self.ing.quarantine, self.ing.outgoing):
-            folder.mkdir(parents=True, exist_ok=True)
+        _check_one_file_system(
+            {
+                "ingest.work": self.ing.work,
+                "ingest.done": self.ing.done,
+                "ingest.quarantine": self.ing.quarantine,
+                "ingest.outgoing": self.ing.outgoing,
+            }
+        )
 
     # ------------------------------------------------------------------ claiming
 
     def claim(self, path: Path) -> Path | None:
-        """Move ``path`` (and its sidecar) into a fresh work folder; None if it vanished."""
+        """Move ``path`` (and its sidecar) into a fresh work folder; None if it vanished.
+
+        The claim is an atomic rename. An inbox on another file system (a network share)
+        cannot be renamed from: the entry is then copied into the work folder under a
+        temporary name, fsynced, renamed into place, and only then removed from the inbox.
+        A crash in between leaves it in both places; it is claimed again and, its UIDs being
+        deterministic, delivered as the same object.
+        """
         claim_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         claim_dir = self.ing.work / claim_id
         (claim_dir / SRC).mkdir(parents=True)
         sidecar = None if path.is_dir() else sidecar_for(path)
         try:
-            path.rename(claim_dir / SRC / path.name)
+            _move(path, claim_dir / SRC / path.name)
+            if sidecar is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    _move(sidecar, claim_dir / SRC / sidecar.name)
         except FileNotFoundError:
             shutil.rmtree(claim_dir, ignore_errors=True)
             return None
-        if sidecar is not None:
-            with contextlib.suppress(FileNotFoundError):
-                sidecar.rename(claim_dir / SRC / sidecar.name)
+        except OSError as exc:
+            shutil.rmtree(claim_dir, ignore_errors=True)
+            log.error("cannot claim %s: %s (check permissions of the inbox)", path.name, exc)
+            return None
         log.info("claimed %s", path.name, extra=fields(claim=claim_id))
         return claim_dir
 
@@ -140,7 +159,13 @@ class IngestPipeline:
             self.finish_if_delivered(claim_dir)
 
     def _enqueue(self, record: Mapping[str, Any], *, count: bool = True) -> None:
-        """Delivery jobs for every object of a claim (idempotent), in one transaction."""
+        """Delivery jobs for every object of a claim, in one transaction.
+
+        Idempotent per (SOP Instance UID, destination): a job still on its way is left
+        alone, and a dropped file whose object was delivered (or gave up) before is sent
+        again under the same SOP Instance UID: the user asked for it, e.g. because the PACS
+        lost it. The PACS sees the same object, never a duplicate.
+        """
         with self.store.transaction():
             if count and record["items"]:
                 self.store.bump("ingested", len(record["items"]))
@@ -151,6 +176,7 @@ class IngestPipeline:
                     record["destinations"],
                     source="ingest",
                     extra={"claim": record["claim"]},
+                    replace=count,
                 )
 
     def _process_folder(self, claim_id: str, folder: Path) -> list[Claimed]:
@@ -319,8 +345,9 @@ class IngestPipeline:
                 self._enqueue(record, count=False)
                 self.finish_if_delivered(claim_dir)
             else:
+                # Conversion is deterministic and its writes atomic: outputs already there
+                # are simply written again, identical.
                 log.info("resuming interrupted claim", extra=fields(claim=claim_dir.name))
-                shutil.rmtree(self.ing.outgoing / claim_dir.name, ignore_errors=True)
                 self.process(claim_dir)
 
     def sweep(self) -> None:
@@ -348,3 +375,45 @@ def _folder_key(folder: Path) -> str:
     """A key for a dropped folder: the names and sizes of its inputs."""
     parts = [f"{p.relative_to(folder).as_posix()}:{p.stat().st_size}" for p in input_files(folder)]
     return "|".join(parts)
+
+
+def _move(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; across file systems, copy (durably) then remove."""
+    try:
+        src.rename(dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    tmp = dst.with_name(f".{dst.name}.copying")
+    if src.is_dir():
+        shutil.copytree(src, tmp)
+        for root, _dirs, files in os.walk(tmp):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as fh:
+                    os.fsync(fh.fileno())
+    else:
+        shutil.copy2(src, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    tmp.rename(dst)
+    fsync_dir(dst.parent)
+    if src.is_dir():
+        shutil.rmtree(src)
+    else:
+        src.unlink()
+
+
+def _check_one_file_system(folders: Mapping[str, Path]) -> None:
+    """work/done/quarantine/outgoing must share a file system: moves between them are
+    atomic renames. (The inbox may be elsewhere, e.g. a share: claims then copy.)"""
+    devices: dict[int, str] = {}
+    for key, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        devices.setdefault(folder.stat().st_dev, key)
+    if len(devices) > 1:
+        keys = ", ".join(f"{k} = {folders[k]}" for k in folders)
+        raise ConfigError(
+            f"{keys}: these folders are on different file systems; put them on one (moves "
+            "between them must be atomic renames). Only ingest.inbox may live elsewhere"
+        )

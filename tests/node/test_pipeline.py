@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 from pydicom.fileset import FileSet
 
 from node.config import Config, config_from_dict
+from node.errors import ConfigError
 from node.ingest.pipeline import CLAIM_FILE, IngestPipeline
 from node.queue import JobState, JobStore
 from tests.node.series import write_ct_series
@@ -91,17 +93,54 @@ def test_single_image_with_sidecar_and_name_pattern(cfg: Config) -> None:
     assert (done / "dicom" / "12345_ACC9_wound.jpg.dcm").exists()
 
 
-def test_redrop_yields_same_sop_instance_uid_and_no_new_job(cfg: Config) -> None:
+def test_redrop_yields_same_sop_instance_uid_and_sends_again(cfg: Config) -> None:
     store = JobStore(cfg.node.state_dir)
     pipeline = IngestPipeline(cfg, store)
     data = jpeg(2)
     pipeline.take(drop(cfg, "photo.jpg", data))
     first = {j.dedup_key for j in deliver_jobs(store)}
     ack_all(store, pipeline)
+    assert not any(cfg.ingest.work.iterdir())
+    # dropped again (e.g. the PACS lost it): the same object is sent again, no new UID
     pipeline.take(drop(cfg, "photo.jpg", data))
-    assert {j.dedup_key for j in deliver_jobs(store)} == first
-    assert len(deliver_jobs(store)) == 2  # one per destination, not four
-    assert not any(cfg.ingest.work.iterdir())  # already delivered: finished at once
+    jobs = deliver_jobs(store)
+    assert {j.dedup_key for j in jobs} == first
+    assert len(jobs) == 2  # one per destination: re-armed, not duplicated
+    assert {j.state for j in jobs} == {JobState.QUEUED}
+    ack_all(store, pipeline)
+    assert not any(cfg.ingest.work.iterdir())
+    assert len(list(cfg.ingest.done.iterdir())) == 2
+
+
+def test_inbox_on_another_file_system_is_claimed_by_copy(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    with tempfile.TemporaryDirectory(dir=shm) as inbox:
+        table = {
+            "node": {"base_dir": str(tmp_path)},
+            "ingest": {"inbox": inbox, "defaults": {"ImageLaterality": "U"}},
+            "destinations": [{"name": "a", "host": "127.0.0.1", "port": 104}],
+        }
+        cfg = config_from_dict(table, tmp_path)
+        pipeline = IngestPipeline(cfg, JobStore(cfg.node.state_dir))
+        image = drop(cfg, "share.jpg", jpeg(9))
+        (cfg.ingest.inbox / "share.json").write_text('{"PatientID": "S1"}')
+        pipeline.take(image)
+        assert list(Path(inbox).iterdir()) == []
+        (job,) = pipeline.store.select(kind="deliver")
+        assert pydicom.dcmread(job.payload["path"]).PatientID == "S1"
+
+
+def test_work_folders_on_different_file_systems_are_refused(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    with tempfile.TemporaryDirectory(dir=shm) as quarantine:
+        table = {"node": {"base_dir": str(tmp_path)}, "ingest": {"quarantine": quarantine}}
+        cfg = config_from_dict(table, tmp_path)
+        with pytest.raises(ConfigError, match="ingest.quarantine"):
+            IngestPipeline(cfg, JobStore(cfg.node.state_dir))
 
 
 def test_folder_becomes_one_series_in_name_order(cfg: Config) -> None:
