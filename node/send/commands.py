@@ -182,9 +182,14 @@ def _enqueue_one(store: JobStore, destination: str, path: Path) -> str:
     one that was delivered or gave up is re-armed with this path, since the user asked for
     this file to be sent (e.g. the PACS lost it, or the file was fixed).
     """
+    from node.ingest.dicom_inputs import DicomInputError, check_complete
+
     try:
         uid = read_header(path)["sop_instance_uid"]
-    except SendError as exc:
+        # A truncated file makes the peer abort, which is a retry: it would be retried for
+        # queue.max_age_seconds. Refuse it here, where the user can still fix it.
+        check_complete(path)
+    except (SendError, DicomInputError) as exc:
         print(f"skipped  {path}: {exc}")
         return "bad"
     old = store.find(KIND, uid, destination)

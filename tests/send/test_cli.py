@@ -174,3 +174,17 @@ def test_pynetdicom_warnings_reach_the_log() -> None:
     out = stream.getvalue()
     assert "Received unexpected C-STORE service message" in out
     assert "chatty" not in out
+
+
+def test_send_queue_refuses_a_truncated_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cut-off file would make the peer abort (a retry, for days): refused at the door."""
+    cfg = _cfg(tmp_path, free_port(), "PACS")
+    whole = native_sc(tmp_path / "whole.dcm")
+    cut = tmp_path / "cut.dcm"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) - 100])
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(whole), str(cut)]) == 1
+    out = capsys.readouterr().out
+    assert "skipped" in out and "cut.dcm" in out and "queued 1 file(s)" in out
