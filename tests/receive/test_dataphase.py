@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import subprocess
@@ -319,3 +320,26 @@ def test_header_from_the_first_bytes_only_when_they_settle_it() -> None:
     assert read_header_prefix(data[:boundary], False, True, complete=False) is None
     # Ending inside an element: not settled either.
     assert read_header_prefix(data[: boundary + 5], False, True, complete=False) is None
+
+
+def test_hostile_pdus_in_the_data_phase(tmp_path: Path) -> None:
+    with running_scp(tmp_path / "node") as (scp, _, _):
+        # An unknown PDU type after the association is accepted: A-ABORT, reason 1.
+        wire, _ = _wire(scp.port, CTImageStorage)
+        wire.sock.sendall(struct.pack(">BBI", 0x4A, 0, 4) + b"\x00" * 4)
+        kind, body = wire._recv_pdu()
+        assert kind == 0x07 and body[2:4] == b"\x02\x01"  # service provider, unrecognized PDU
+        wire._close(released=False)
+        # A P-DATA-TF announcing 4 GB: dropped at the header, the body is never read.
+        wire, _ = _wire(scp.port, CTImageStorage)
+        wire.sock.sendall(struct.pack(">BBI", 0x04, 0, 0xFFFFFFF0))
+        sent = 0
+        chunk = b"\x00" * (1 << 20)
+        with contextlib.suppress(OSError):
+            for _ in range(64):
+                wire.sock.sendall(chunk)
+                sent += len(chunk)
+        assert sent < 64 * (1 << 20), "the SCP kept reading a 4 GB PDU"
+        wire._close(released=False)
+        _wait_empty(scp.archive_root / ".incoming")
+        assert echoscu(scp.port).returncode == 0
