@@ -8,9 +8,10 @@ DCMTK ``storescu`` (TCP_NODELAY=1, 128 KiB max PDU, one association) sends
 to each receiver, started fresh with an empty output directory for every run (the last
 row: storescu and storescp both with DCMTK's defaults, Nagle on, 16 KiB PDU):
 
-- ``dicom-node receive`` (stores durably: fsync file + directory, SQLite commit with
-  synchronous=FULL, before answering success), and the same with ``receive.fsync =
-  false`` to show what durability costs on this disk;
+- ``dicom-node receive`` (stores durably: fdatasync of the file, fsync of its directory,
+  SQLite commit with synchronous=FULL, before answering success), and the same with
+  ``receive.fsync = false`` to show what durability costs on this disk (its row notes the
+  like-for-like ratio to storescp, which never fsyncs);
 - ``/usr/bin/storescp +xa -pdu 131072`` (DCMTK; writes files, no fsync);
 - ``python -m pynetdicom storescp -pdu 131072`` (stock pynetdicom app; no fsync, and it
   decodes each data set).
