@@ -102,16 +102,21 @@ class IngestPipeline:
         sidecar = None if path.is_dir() else sidecar_for(path)
         try:
             _move(path, claim_dir / SRC / path.name)
-            if sidecar is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    _move(sidecar, claim_dir / SRC / sidecar.name)
         except FileNotFoundError:
             shutil.rmtree(claim_dir, ignore_errors=True)
             return None
-        except OSError as exc:
+        except OSError as exc:  # nothing was taken: the input is still in the inbox
             shutil.rmtree(claim_dir, ignore_errors=True)
             log.error("cannot claim %s: %s (check permissions of the inbox)", path.name, exc)
             return None
+        # From here the input is ours: an error with its sidecar must not undo the claim.
+        if sidecar is not None:
+            try:
+                _move(sidecar, claim_dir / SRC / sidecar.name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("sidecar %s stays in the inbox: %s", sidecar.name, exc)
         log.info("claimed %s", path.name, extra=fields(claim=claim_id))
         return claim_dir
 
@@ -398,10 +403,13 @@ def _move(src: Path, dst: Path) -> None:
             os.fsync(fh.fileno())
     tmp.rename(dst)
     fsync_dir(dst.parent)
-    if src.is_dir():
-        shutil.rmtree(src)
-    else:
-        src.unlink()
+    try:  # the copy is complete and durable: the claim stands whatever happens now
+        if src.is_dir():
+            shutil.rmtree(src)
+        else:
+            src.unlink()
+    except OSError as exc:
+        log.error("claimed %s by copy but cannot remove it from the inbox: %s", src, exc)
 
 
 def _check_one_file_system(folders: Mapping[str, Path]) -> None:
