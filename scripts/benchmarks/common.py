@@ -136,40 +136,53 @@ def versions() -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """The markdown results table, ratios computed within each workload."""
+    """The markdown results table, ratios computed within each workload.
+
+    On a peer's row the ratio is our (first) row's rate over that peer's; on each of our
+    rows, that row's rate over the first peer's (named in the cell).
+    """
     head = (
-        "| workload | tool | median s | min–max s | rate (/s) | MB/s | ratio ours/peer "
-        "| peak RSS MB |\n|---|---|---|---|---|---|---|---|\n"
+        "| workload | tool | median s | min–max s | rate | MB/s | ratio ours/peer "
+        "| peak RSS MB | note |\n|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     by_workload: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_workload.setdefault(row["workload"], []).append(row)
     for workload, group in by_workload.items():
-        ours = [r for r in group if str(r["tool"]).startswith("dicom-node")]
-        our_rate = items_of(ours[0]) / statistics.median(ours[0]["seconds"]) if ours else None
-        for row in group:
+        timed_rows = [r for r in group if r["seconds"]]
+        ours = [r for r in timed_rows if _is_ours(r)]
+        peers = [r for r in timed_rows if not _is_ours(r)]
+        our_rate = _rate(ours[0]) if ours else 0.0
+        peer_rate = _rate(peers[0]) if peers else 0.0
+        for row in timed_rows:
             secs = row["seconds"]
-            if not secs:
-                continue
             med = statistics.median(secs)
-            rate = items_of(row) / med if med else 0.0
+            rate = _rate(row)
             mbs = row.get("bytes", 0) / med / 1e6 if med else 0.0
-            if row.get("unit") == "latency":  # a latency row: the note carries p50/p95/p99
-                lines.append(
-                    f"| {workload} | {row['tool']} | {med:.3f} | {min(secs):.3f}–{max(secs):.3f} "
-                    f"| {row.get('note', '')} | — | — | {_mb(row.get('peak_rss'))} |"
-                )
-                continue
-            is_ours = str(row["tool"]).startswith("dicom-node")
-            ratio = "—" if is_ours or not our_rate or not rate else f"{our_rate / rate:.2f}×"
-            rss_text = _mb(row.get("peak_rss"))
+            note = str(row.get("note", ""))
+            if row.get("unit") == "latency":  # the note carries p50/p95/p99
+                rate_text, mbs_text, ratio = "see note", "—", "—"
+            else:
+                rate_text, mbs_text = f"{rate:.1f} {unit_of(row)}/s", f"{mbs:.1f}"
+                if _is_ours(row):
+                    ratio = f"{rate / peer_rate:.2f}× vs {peers[0]['tool']}" if peer_rate else "—"
+                else:
+                    ratio = f"{our_rate / rate:.2f}×" if our_rate and rate else "—"
             lines.append(
                 f"| {workload} | {row['tool']} | {med:.3f} | {min(secs):.3f}–{max(secs):.3f} "
-                f"| {rate:.1f} {unit_of(row)}/s | {mbs:.1f} | {ratio} | {rss_text} |"
-                + (f" {row['note']}" if row.get("note") else "")
+                f"| {rate_text} | {mbs_text} | {ratio} | {_mb(row.get('peak_rss'))} | {note} |"
             )
     return head + "\n".join(lines) + "\n"
+
+
+def _is_ours(row: dict[str, Any]) -> bool:
+    return str(row["tool"]).startswith("dicom-node")
+
+
+def _rate(row: dict[str, Any]) -> float:
+    med = statistics.median(row["seconds"])
+    return items_of(row) / med if med else 0.0
 
 
 def _mb(value: Any) -> str:

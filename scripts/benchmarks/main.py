@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 import tempfile
 import time
@@ -22,6 +23,13 @@ HEADER = (
     "(A B A B ...) in one run, on 127.0.0.1. Ratios are ours/peer from the same run "
     "(higher is better for us). Re-running one workload replaces only its section.\n\n"
 )
+
+
+def section(name: str, rows: list[dict], raw: Path, repeats: int | None = None) -> str:
+    """One workload's part of results.md."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(raw.stat().st_mtime))
+    how = f"`scripts/bench {name} --repeats {repeats}`" if repeats else f"`scripts/bench {name}`"
+    return f"## {name}\n\n- {when}, {how}; raw rows in `bench/{raw.name}`\n\n" + common.table(rows)
 
 
 def merge(path: Path, sections: dict[str, str]) -> str:
@@ -46,20 +54,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workload", nargs="?", default="all", choices=(*WORKLOADS, "all"))
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per tool")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="only re-render bench/results.md from the last raw-*.json of each workload",
+    )
     args = parser.parse_args(argv)
     chosen = WORKLOADS if args.workload == "all" else (args.workload,)
     sections: dict[str, str] = {}
+    if args.table_only:
+        for name in chosen:
+            raw = common.REPO / "bench" / f"raw-{name}.json"
+            if raw.exists():
+                sections[name] = section(name, json.loads(raw.read_text()), raw)
+        out = common.REPO / "bench" / "results.md"
+        out.write_text(merge(out, sections))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="dicom-node-bench-"))
     for name in chosen:
         module = importlib.import_module(name)
         print(f"## {name}", flush=True)
         got = module.run(work / name, args.repeats)
         common.print_rows(got)
-        sections[name] = (
-            f"## {name}\n\n"
-            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-            f"`scripts/bench {name} --repeats {args.repeats}`\n\n" + common.table(got)
-        )
+        raw = common.REPO / "bench" / f"raw-{name}.json"
+        raw.parent.mkdir(exist_ok=True)
+        raw.write_text(json.dumps(got, indent=1, default=str))
+        sections[name] = section(name, got, raw, args.repeats)
     out = common.REPO / "bench" / "results.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(merge(out, sections))
