@@ -200,7 +200,7 @@ class NodeService:
         last_sweep = 0.0
         while not self.stop_event.is_set():
             self.store.heartbeat("node")
-            if self.scp is not None:
+            if self.scp is not None and self.scp.alive:  # a dead listener stops beating
                 self.store.heartbeat("scp", f"port {self.scp.port}")
             if self.pipeline is not None and time.monotonic() - last_sweep > SWEEP_SECONDS:
                 self.pipeline.sweep()

@@ -370,6 +370,11 @@ class StorageSCP:
         return int(self._servers[0][0].server_address[1])
 
     @property
+    def alive(self) -> bool:
+        """True while every listening thread is serving (for the node's heartbeat)."""
+        return bool(self._servers) and all(thread.is_alive() for _, thread in self._servers)
+
+    @property
     def tls_port(self) -> int | None:
         """The bound TLS port, or None without TLS."""
         if len(self._servers) < 2:
