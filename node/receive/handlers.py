@@ -11,6 +11,7 @@ status. Dependencies are bound when the handlers are registered (``(evt, fn, [ct
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from enum import IntEnum
@@ -31,7 +32,14 @@ from node.receive.guard import (
     install_spill,
     install_wakeup,
 )
-from node.receive.header import Header, HeaderError, read_header, read_header_file
+from node.receive.header import (
+    Header,
+    HeaderError,
+    read_header,
+    read_header_file,
+    truncation,
+    truncation_file,
+)
 from node.receive.ledger import Instance, Ledger
 
 log = logging.getLogger(__name__)
@@ -210,6 +218,11 @@ def _store(
         log.error("C-STORE refused: %s", exc, extra=log_fields)
         return StoreStatus.CANNOT_UNDERSTAND, "invalid UID in data set"
 
+    cut = _truncation(source, header, implicit, little)
+    if cut is not None:
+        log.error("C-STORE refused: %s: the object is incomplete", cut, extra=log_fields)
+        return StoreStatus.CANNOT_UNDERSTAND, "data set truncated: ends inside an element"
+
     recorded = ctx.ledger.known(header.sop_instance_uid)
     try:
         if isinstance(source, Staged):
@@ -256,6 +269,35 @@ def _store(
         )
     log.debug("stored %s", stored.path, extra=log_fields)
     return StoreStatus.SUCCESS, ""
+
+
+def _truncation(
+    source: memoryview | Path | Staged, header: Header, implicit: bool, little: bool
+) -> str | None:
+    """Why the received data set is cut short, or None (see :func:`header.truncation`).
+
+    Native Pixel Data ending exactly at the end of the data set (the usual image) is
+    settled from the header alone; anything else is walked element by element.
+    """
+    if isinstance(source, Staged):
+        size = os.stat(source.path).st_size - source.data_offset
+    elif isinstance(source, Path):
+        size = os.stat(source).st_size
+    else:
+        size = len(source)
+    if header.pixel_end is not None:
+        if header.pixel_end == size:
+            return None
+        if header.pixel_end > size:
+            return (
+                f"the data set ends inside (7FE0,0010) PixelData "
+                f"({header.pixel_end - size} bytes missing)"
+            )
+    if isinstance(source, Staged):
+        return truncation_file(source.path, implicit, little, source.data_offset)
+    if isinstance(source, Path):
+        return truncation_file(source, implicit, little)
+    return truncation(source, implicit, little)
 
 
 def _check_identity(

@@ -64,6 +64,8 @@ class Header:
     bits_allocated: int | None = None
     frames: int | None = None
     pixel_length: int | None = None  # None: no Pixel Data; -1: encapsulated (undefined length)
+    #: Offset just past the Pixel Data value (defined length, fast walker only), else None.
+    pixel_end: int | None = field(default=None, compare=False)
     flags: list[str] = field(default_factory=list)
 
 
@@ -122,6 +124,10 @@ class _Unusual(Exception):
     """The fast walker met something it leaves to pydicom."""
 
 
+class _Truncated(_Unusual):
+    """The data set ends inside an element (its header, its value or a sequence item)."""
+
+
 class _Walker:
     """A minimal walk over the top level of an encoded data set (no value decoding)."""
 
@@ -131,11 +137,12 @@ class _Walker:
         self.implicit = implicit
         self.e = "<" if little else ">"
         self.stopped = False  # top_level() met an element at or past Pixel Data
+        self.pixel_end: int | None = None  # set by top_level() at a defined-length Pixel Data
 
     def element(self, pos: int) -> tuple[int, bytes | None, int, int]:
         """(tag, VR, value length, header length) of the element at ``pos``."""
         if pos + 8 > self.n:
-            raise _Unusual("truncated element header")
+            raise _Truncated(f"ends inside the element header at byte {pos}")
         group, elem = struct.unpack_from(self.e + "HH", self.buf, pos)
         tag = group << 16 | elem
         if self.implicit or group == 0xFFFE:
@@ -144,7 +151,7 @@ class _Walker:
         vr = bytes(self.buf[pos + 4 : pos + 6])
         if vr in _LONG_VRS:
             if pos + 12 > self.n:
-                raise _Unusual("truncated element header")
+                raise _Truncated(f"ends inside the element header at byte {pos}")
             (length,) = struct.unpack_from(self.e + "L", self.buf, pos + 8)
             return tag, vr, length, 12
         if not vr.isalpha():
@@ -168,7 +175,7 @@ class _Walker:
             else:
                 pos += length
             if pos > self.n:
-                raise _Unusual("item runs past the end")
+                raise _Truncated("ends inside a sequence item")
 
     def skip_dataset(self, pos: int, depth: int) -> int:
         """Skip a nested data set up to and including its item delimiter."""
@@ -184,7 +191,7 @@ class _Walker:
             else:
                 pos += length
             if pos > self.n:
-                raise _Unusual("element runs past the end")
+                raise _Truncated("ends inside an element of a sequence item")
 
     def top_level(self) -> tuple[dict[int, bytes], int | None]:
         """The wanted raw values, and the Pixel Data length (-1 encapsulated, None absent)."""
@@ -196,6 +203,8 @@ class _Walker:
                 self.stopped = True
                 if tag != PIXEL_DATA:
                     return found, None
+                if length != _UNDEFINED:
+                    self.pixel_end = pos + hdr + length
                 return found, (-1 if length == _UNDEFINED else length)
             pos += hdr
             if length == _UNDEFINED:
@@ -207,13 +216,72 @@ class _Walker:
                 found[tag] = bytes(self.buf[pos : pos + length])
             pos += length
         if pos != self.n:
-            raise _Unusual("last element runs past the end")
+            raise _Truncated(f"ends inside the value of ({tag >> 16:04X},{tag & 0xFFFF:04X})")
         return found, None
+
+    def truncation(self) -> str | None:
+        """Why this (complete) data set ends inside an element, or None if it ends cleanly.
+
+        Walks every top-level element by its length, through Pixel Data (native, or
+        encapsulated fragments as items) and what follows it. Something the walker does
+        not handle proves nothing: None.
+        """
+        pos = 0
+        try:
+            while pos < self.n:
+                tag, vr, length, hdr = self.element(pos)
+                pos += hdr
+                if length == _UNDEFINED:
+                    if vr == b"UN" or tag >> 16 == 0xFFFE:
+                        return None
+                    pos = self.skip_sequence(pos, 0)  # a sequence, or encapsulated pixels
+                    continue
+                pos += length
+                if pos > self.n:
+                    return (
+                        f"the data set ends inside the value of "
+                        f"({tag >> 16:04X},{tag & 0xFFFF:04X}) ({pos - self.n} bytes missing)"
+                    )
+        except _Truncated as exc:
+            if pos + 8 > self.n and not any(self.buf[pos:]):
+                return None  # a few zero bytes of padding after the last element
+            return f"the data set {exc}"
+        except (_Unusual, struct.error):
+            return None
+        return None
 
 
 def _fast_header(buf: bytes | memoryview, implicit: bool, little: bool) -> Header:
-    found, pixel_length = _Walker(buf, implicit, little).top_level()
-    return _header_from(found, pixel_length, little)
+    walker = _Walker(buf, implicit, little)
+    found, pixel_length = walker.top_level()
+    return _header_from(found, pixel_length, little, walker.pixel_end)
+
+
+def truncation(data: bytes | bytearray | memoryview, implicit: bool, little: bool) -> str | None:
+    """Why ``data`` (a whole encoded data set) ends inside an element; None if it does not.
+
+    A sender whose file was cut short (a copy that failed, a disk that filled) still marks
+    its last fragment as the last: storing and acknowledging that object would lose the
+    rest of it without anyone knowing.
+    """
+    return _Walker(data, implicit, little).truncation()
+
+
+def truncation_file(path: Path, implicit: bool, little: bool, offset: int = 0) -> str | None:
+    """:func:`truncation` for the data set in ``path`` from ``offset`` on (mapped, not read)."""
+    with open(path, "rb") as fp:
+        try:
+            mapped = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):  # empty file
+            return None
+        with mapped:
+            whole = memoryview(mapped)
+            view = whole[offset:]
+            try:
+                return truncation(view, implicit, little)
+            finally:
+                view.release()
+                whole.release()
 
 
 def read_header_prefix(
@@ -232,12 +300,14 @@ def read_header_prefix(
         return None
     if not complete and not walker.stopped:
         return None
-    header = _header_from(found, pixel_length, little)
+    header = _header_from(found, pixel_length, little, walker.pixel_end)
     header.flags.extend(pixel_flags(header))
     return header
 
 
-def _header_from(found: dict[int, bytes], pixel_length: int | None, little: bool) -> Header:
+def _header_from(
+    found: dict[int, bytes], pixel_length: int | None, little: bool, pixel_end: int | None = None
+) -> Header:
     e = "<" if little else ">"
 
     def text(tag: int) -> str:
@@ -267,6 +337,7 @@ def _header_from(found: dict[int, bytes], pixel_length: int | None, little: bool
         bits_allocated=us(0x00280100),
         frames=frames,
         pixel_length=pixel_length,
+        pixel_end=pixel_end,
     )
 
 

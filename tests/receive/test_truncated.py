@@ -1,0 +1,84 @@
+"""A data set cut short (its sender's file was truncated) is refused, never stored.
+
+The sender marks its last fragment as the last whatever its file held: the SCP must see
+that the data set ends inside an element, answer 0xC000 and store nothing, on both the
+data phase and pynetdicom's path.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pytest
+from pydicom.encaps import encapsulate
+from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
+
+from node.receive.header import truncation
+from tests.receive.helpers import archived, echoscu, image_dataset, running_scp
+from tests.receive.test_dataphase import _dataset_bytes, _wait_empty, _wire
+
+pytestmark = pytest.mark.dcmtk
+
+
+def _native() -> tuple[object, bytes]:
+    ds = image_dataset(64, 64, b"\x05" * 4096)
+    return ds, _dataset_bytes(ds)
+
+
+def _encapsulated() -> tuple[object, bytes]:
+    ds = image_dataset(64, 64, b"")
+    ds.PixelData = encapsulate([b"\xff\xd8" + b"\x11" * 3000 + b"\xff\xd9"])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds, _dataset_bytes(ds)
+
+
+def _no_pixels() -> tuple[object, bytes]:
+    ds = image_dataset(4, 4, b"")
+    del ds.PixelData
+    ds.ImageComments = "c" * 3000  # (0020,4000) after the UIDs
+    return ds, _dataset_bytes(ds)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("kind", ["native", "encapsulated", "no-pixels"])
+def test_truncated_data_set_is_refused(tmp_path: Path, kind: str, fast_path: bool) -> None:
+    ds, data = {"native": _native, "encapsulated": _encapsulated, "no-pixels": _no_pixels}[kind]()
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _):
+        wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
+        cx = ids[str(SecondaryCaptureImageStorage)]
+        outcome = wire.store(
+            cx,
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            msg_id=3,
+            data=data[:-1000],
+        )
+        assert outcome.status == 0xC000, outcome
+        # The same object complete, on the same association: stored.
+        outcome = wire.store(
+            cx,
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            msg_id=4,
+            data=data,
+        )
+        assert outcome.delivered and outcome.status == 0, outcome
+        wire.release()
+        (stored,) = archived(scp.archive_root)
+        assert stored.read_bytes().endswith(data)
+        assert len(store.select(kind="export_instance")) == 1
+        _wait_empty(scp.archive_root / ".incoming")
+        assert echoscu(scp.port).returncode == 0
+
+
+def test_truncation_walk() -> None:
+    for make in (_native, _encapsulated, _no_pixels):
+        _, data = make()
+        assert truncation(data, False, True) is None
+        assert truncation(data + b"\x00\x00", False, True) is None  # stray zero padding
+        for cut in (1, 7, 9, 500):
+            assert truncation(data[:-cut], False, True) is not None, (make.__name__, cut)
+    # Garbage proves nothing (the header check refuses it on its own).
+    assert truncation(b"\x01\x02\x03\x04AB" + struct.pack("<H", 2) + b"xx", False, True) is None
