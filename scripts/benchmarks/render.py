@@ -24,55 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from corpus import ct_series  # noqa: E402
 
 FILES = 200
-SIZE = 512
 _TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_OK) else []
-
-
-def ct_series(directory: Path, count: int = FILES) -> list[Path]:
-    """``count`` CT slices: a water disk with bone ring and lung-like holes, plus noise."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    directory.mkdir(parents=True, exist_ok=True)
-    existing = sorted(directory.glob("*.dcm"))
-    if len(existing) == count:
-        return existing
-    y, x = np.mgrid[0:SIZE, 0:SIZE]
-    r = np.hypot(x - SIZE / 2, y - SIZE / 2)
-    base = np.where(r < 230, 1024 + 40, 24)  # water-ish disk in air (stored = HU + 1024)
-    base = np.where((r > 210) & (r < 228), 1024 + 900, base)  # bone ring
-    study, series = generate_uid(), generate_uid()
-    rng = np.random.default_rng(7)
-    paths = []
-    for i in range(count):
-        holes = np.hypot(x - SIZE / 2 - 80 * np.sin(i / 20), y - SIZE / 2) < 60
-        pix = np.where(holes, 1024 - 800, base) + rng.normal(0, 12, (SIZE, SIZE))
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.PatientName, ds.PatientID, ds.Modality = "BENCH^CT", "BENCH1", "CT"
-        ds.StudyDate, ds.SeriesNumber, ds.InstanceNumber = "20240101", 1, i + 1
-        ds.Rows = ds.Columns = SIZE
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.WindowCenter, ds.WindowWidth = 40, 400
-        ds.PixelData = np.clip(pix, 0, 4095).astype("<u2").tobytes()
-        path = directory / f"ct{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 def _dcm2pnm_all(paths: list[Path], out: Path) -> None:
@@ -88,7 +46,7 @@ def _dcm2pnm_all(paths: list[Path], out: Path) -> None:
 def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / "ct"
-    paths = ct_series(src)
+    paths = ct_series(src, FILES)
     total = sum(p.stat().st_size for p in paths)
     peaks: dict[str, int] = {}
 

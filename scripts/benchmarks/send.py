@@ -20,7 +20,6 @@ for scripts/bench; ``python send.py [--repeats N]`` prints instances/s, MB/s and
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import shutil
@@ -35,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+from corpus import ct_series, jpeg_sc  # noqa: E402
 
 COUNT = 200
 PDU = 131072
@@ -44,88 +44,6 @@ _TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_
 
 
 # ------------------------------------------------------------------------------ data
-
-
-def _meta_ds(sop_class: str, ts: str, i: int) -> Any:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import generate_uid
-
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ts
-    ds.SOPClassUID = sop_class
-    ds.PatientName = "Bench^Send"
-    ds.PatientID = "BENCH"
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1234.1"
-    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1234.1." + ("1" if "7" in sop_class else "2")
-    ds.InstanceNumber = i + 1
-    return ds
-
-
-def jpeg_files(out: Path, count: int = COUNT) -> list[Path]:
-    """SC objects with encapsulated baseline JPEG (Pillow, 4:2:2), 512×384."""
-    import numpy as np
-    from PIL import Image
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
-
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(3)
-    y, x = np.mgrid[0:384, 0:512]
-    base = np.stack([x // 2, y * 255 // 384, (x + y) % 256], axis=-1).astype(np.int16)
-    paths = []
-    for i in range(count):
-        arr = (base + rng.integers(-12, 12, base.shape)).clip(0, 255).astype(np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(arr, "RGB").save(buf, "JPEG", quality=85, subsampling=1)
-        ds = _meta_ds(SecondaryCaptureImageStorage, JPEGBaseline8Bit, i)
-        ds.Modality = "OT"
-        ds.ConversionType = "WSD"
-        ds.Rows, ds.Columns = 384, 512
-        ds.SamplesPerPixel = 3
-        ds.PhotometricInterpretation = "YBR_FULL_422"
-        ds.PlanarConfiguration = 0
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit = 7
-        ds.PixelRepresentation = 0
-        ds.LossyImageCompression = "01"
-        ds.PixelData = encapsulate([buf.getvalue()])
-        ds["PixelData"].VR = "OB"
-        path = out / f"sc{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
-
-
-def ct_files(out: Path, count: int = COUNT) -> list[Path]:
-    """CT objects, 512×512 16-bit signed, Explicit VR Little Endian."""
-    import numpy as np
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-
-    out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(7)
-    paths = []
-    for i in range(count):
-        ds = _meta_ds(CTImageStorage, ExplicitVRLittleEndian, i)
-        ds.Modality = "CT"
-        ds.Rows = ds.Columns = 512
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
-        ds.PixelData = rng.integers(-1000, 2000, (512, 512), dtype=np.int16).tobytes()
-        ds["PixelData"].VR = "OW"
-        path = out / f"ct{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 # ------------------------------------------------------------------------------ running
@@ -197,8 +115,8 @@ def _timed_rss(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[f
 def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     workdir.mkdir(parents=True, exist_ok=True)
     workloads = {
-        "send JPEG SC 512x384 ×200": (jpeg_files(workdir / "jpeg"), ["-xy"]),
-        "send CT 512x512 16-bit ×200": (ct_files(workdir / "ct"), []),
+        "send JPEG SC 512x384 ×200": (jpeg_sc(workdir / "jpeg", COUNT), ["-xy"]),
+        "send CT 512x512 16-bit ×200": (ct_series(workdir / "ct", COUNT), []),
     }
     rows: list[dict[str, Any]] = []
     receiver = Receiver(workdir)
