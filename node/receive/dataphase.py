@@ -36,6 +36,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,8 @@ MAX_COMMAND = 64 << 10
 #: The data set's first bytes kept in memory: its header is read from them when they
 #: reach Pixel Data (else from the staged file).
 HEAD_BYTES = 64 << 10
+#: A PDU body must arrive within ``network_timeout`` + its length / this (bytes/s).
+PDU_MIN_RATE = 64 << 10
 #: Free-space checks while a big data set streams in, every this many bytes.
 CHECK_EVERY = 64 << 20
 
@@ -84,6 +87,10 @@ class ProtocolError(Exception):
 
 class _Closed(Exception):
     """The connection ended (closed by the peer, timed out, or aborted by us)."""
+
+    def __init__(self, message: str, level: int = logging.INFO) -> None:
+        super().__init__(message)
+        self.level = level
 
 
 @dataclass(frozen=True)
@@ -247,10 +254,23 @@ class DataPhase:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self._flags = socket.MSG_WAITALL
 
-    def _recv_into(self, view: memoryview) -> None:
+    def _recv_into(self, view: memoryview, deadline: float | None = None) -> None:
+        """Fill ``view``; a peer still short of it after ``deadline`` is aborted.
+
+        The kernel timeout bounds each wait for the next bytes, not a whole PDU: without
+        the deadline a peer dripping one byte a minute would hold its association slot
+        (and a staging file) for ever.
+        """
         got = 0
         n = len(view)
         while got < n:
+            if got and deadline is not None and time.monotonic() > deadline:
+                self._abort(0x02, 0x00)
+                raise _Closed(
+                    f"{self.peer} sent only {got} of the {n} bytes of a PDU in "
+                    "receive.network_timeout + 1 s per 64 KiB: too slow, aborted",
+                    logging.WARNING,
+                )
             try:
                 r = self.sock.recv_into(view[got:], n - got, self._flags)
             except (TimeoutError, BlockingIOError):  # BlockingIOError: SO_RCVTIMEO expired
@@ -263,6 +283,12 @@ class DataPhase:
             if r == 0:
                 raise _Closed(f"{self.peer} closed the connection")
             got += r
+
+    def _deadline(self, length: int) -> float | None:
+        """When the body of a PDU of ``length`` bytes, announced now, must have arrived:
+        ``network_timeout`` plus one second per 64 KiB (PDU_MIN_RATE)."""
+        timeout = self.settings.network_timeout
+        return time.monotonic() + timeout + length / PDU_MIN_RATE if timeout else None
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
@@ -334,7 +360,7 @@ class DataPhase:
                 if length > len(self.buf):
                     self.buf = bytearray(length)
                 body = memoryview(self.buf)[:length]
-                self._recv_into(body)
+                self._recv_into(body, self._deadline(length))
                 if kind == 0x04:
                     self._p_data(body)
                 elif kind == 0x05:  # A-RELEASE-RQ
@@ -358,15 +384,32 @@ class DataPhase:
             self._abort(0x00, 0x00)
             return "aborted"
         except _Closed as exc:
-            log.info("%s", exc)
+            log.log(exc.level, "%s", exc)
             with self._send_lock:
                 self._close_locked()
             return "closed"
         finally:
             if self.message is not None:
-                self.message.discard()
-                self.message = None
+                self._discard_partial()
             self._drop_spare()
+
+    def _discard_partial(self) -> None:
+        """The association ended inside a message: say whose object was lost, drop it."""
+        msg, self.message = self.message, None
+        assert msg is not None
+        if msg.fields is not None and _us(msg.fields.get(0x0100)) == C_STORE_RQ:
+            log.warning(
+                "association with %s (%s) ended in the middle of a C-STORE data set "
+                "(%d bytes received): partial object discarded, nothing stored",
+                self.calling_ae,
+                self.peer,
+                msg.size,
+                extra=fields(
+                    sop_instance_uid=_uid_text(msg.fields.get(0x1000)),
+                    calling_ae=self.calling_ae,
+                ),
+            )
+        msg.discard()
 
     # ---------------------------------------------------------------- P-DATA
 
@@ -404,6 +447,10 @@ class DataPhase:
         if not last:
             return
         msg.fields = parse_command(msg.command)
+        if _us(msg.fields.get(0x0110)) is None:
+            # Checked before anything is staged: an object stored but never answered
+            # would be retried (and exported) twice.
+            raise ProtocolError("(0000,0110) MessageID missing from the command set")
         field = _us(msg.fields.get(0x0100))
         has_data = _us(msg.fields.get(0x0800)) != NO_DATA_SET
         if field == C_ECHO_RQ and not has_data:

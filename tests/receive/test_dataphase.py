@@ -343,3 +343,25 @@ def test_hostile_pdus_in_the_data_phase(tmp_path: Path) -> None:
         wire._close(released=False)
         _wait_empty(scp.archive_root / ".incoming")
         assert echoscu(scp.port).returncode == 0
+
+
+def test_store_without_message_id_aborts_before_storing(tmp_path: Path) -> None:
+    """Without (0000,0110) no response can be sent: abort at the command, store nothing."""
+    ds = image_dataset(4, 4, b"\x02" * 16)
+    command = parse_command(store_rq_command(ds.SOPClassUID, ds.SOPInstanceUID, 1))
+    del command[0x0110]
+    del command[0x0000]
+    body = b"".join(struct.pack("<HHI", 0, el, len(v)) + v for el, v in sorted(command.items()))
+    with running_scp(tmp_path / "node") as (scp, store, _):
+        wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
+        cx = ids[str(SecondaryCaptureImageStorage)]
+        wire._send_pdv(cx, 0x03, body)
+        with contextlib.suppress(OSError):
+            wire._send_pdv(cx, 0x02, _dataset_bytes(ds))
+        kind, _ = wire._recv_pdu()
+        assert kind == 0x07  # A-ABORT
+        wire._close(released=False)
+        _wait_empty(scp.archive_root / ".incoming")
+        assert archived(scp.archive_root) == []
+        assert store.select(kind="export_instance") == []
+        assert echoscu(scp.port).returncode == 0

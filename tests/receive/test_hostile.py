@@ -147,3 +147,50 @@ def test_disk_floor_answers_a700_and_writes_nothing(tmp_path: Path) -> None:
         assert archived(scp.archive_root) == []
         assert not list(scp.archive_root.rglob(".tmp-*"))
         assert store.select(kind="export_instance") == []
+
+
+def test_a_peer_dripping_a_pdu_is_aborted_and_frees_its_slot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One byte every 0.1 s never trips the kernel's per-read timeout: a PDU deadline does."""
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    from node.send.wire import store_rq_command
+    from tests.receive.test_dataphase import _dataset_bytes, _wire
+
+    ds = image_dataset(8, 8, b"\x01" * 64)
+    data = _dataset_bytes(ds)
+    cfg = {"network_timeout": 1.0, "max_associations": 1}
+    with running_scp(tmp_path / "node", **cfg) as (scp, _, _):
+        wire, ids = _wire(scp.port, SecondaryCaptureImageStorage, CTImageStorage)
+        cx = ids[str(SecondaryCaptureImageStorage)]
+        wire._send_pdv(cx, 0x03, store_rq_command(ds.SOPClassUID, ds.SOPInstanceUID, 1))
+        pdu = struct.pack(">BBI", 0x04, 0, len(data) + 6)
+        pdu += struct.pack(">IBB", len(data) + 2, cx, 0x02) + data
+        started = time.monotonic()
+        cut = False
+        for i in range(len(pdu)):
+            try:
+                wire.sock.sendall(pdu[i : i + 1])
+            except OSError:
+                cut = True
+                break
+            time.sleep(0.1)
+            if time.monotonic() - started > 8:
+                break
+        else:  # pragma: no cover - the whole PDU went through
+            pass
+        if not cut:  # the abort may be waiting unread
+            wire.sock.settimeout(0.5)
+            try:
+                kind, _ = wire._recv_pdu()
+                cut = kind == 0x07
+            except OSError:
+                cut = False
+        assert cut, "a peer sending one byte every 0.1 s kept its association for 8 s"
+        wire._close(released=False)
+        assert archived(scp.archive_root) == []
+        # The slot is free again (max_associations = 1) and nothing is left staged.
+        assert echoscu(scp.port).returncode == 0
+        assert not list((scp.archive_root / ".incoming").iterdir())
+    assert any("too slow" in r.getMessage() for r in caplog.records)
