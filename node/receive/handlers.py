@@ -223,7 +223,20 @@ def _store(
         log.error("C-STORE refused: %s: the object is incomplete", cut, extra=log_fields)
         return StoreStatus.CANNOT_UNDERSTAND, "data set truncated: ends inside an element"
 
-    recorded = ctx.ledger.known(header.sop_instance_uid)
+    previous = ctx.ledger.lookup(header.sop_instance_uid)
+    recorded = previous is not None
+    # The same SOP Instance UID recorded under another study or series (a corrected
+    # Study/Series Instance UID): one instance must not end up as two files.
+    moved_from = previous[1] if previous is not None and previous[1] != path else None
+    if moved_from is not None and not moved_from.exists():
+        moved_from = None
+    if moved_from is not None and ctx.archive.duplicates == "keep":
+        log.warning(
+            "duplicate SOP Instance UID under another study/series: kept the first copy %s",
+            moved_from,
+            extra=log_fields,
+        )
+        return StoreStatus.SUCCESS, ""
     try:
         if isinstance(source, Staged):
             stored = ctx.archive.place(path, source, recorded=recorded)
@@ -261,6 +274,13 @@ def _store(
             ctx.archive.remove(stored.path)
         log.error("C-STORE failed: cannot record the instance: %s", exc, extra=log_fields)
         return StoreStatus.OUT_OF_RESOURCES, "cannot record the instance"
+    if moved_from is not None:
+        ctx.archive.remove(moved_from)
+        log.warning(
+            "duplicate SOP Instance UID under another study/series: overwritten, %s removed",
+            moved_from,
+            extra=log_fields,
+        )
     if header.flags:
         log.warning(
             "stored with flags %s: Pixel Data length does not match Rows x Columns x ...",

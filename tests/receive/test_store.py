@@ -187,3 +187,25 @@ def test_large_object_received_in_chunks_to_disk(tmp_path: Path) -> None:
         (stored,) = archived(scp.archive_root)
         assert dataset_bytes(stored)[1] == dataset_bytes(src)[1]
         assert list((scp.archive_root / ".incoming").iterdir()) == []
+
+
+@pytest.mark.parametrize("policy", ["keep", "overwrite"])
+def test_duplicate_under_another_study_is_one_file(tmp_path: Path, policy: str) -> None:
+    """The same SOP Instance UID re-sent with a corrected Study/Series Instance UID."""
+    first = tmp_path / "first.dcm"
+    image_dataset(
+        2, 2, b"\x01\x02\x03\x04", sop="1.2.3.4.7", study="1.2.3", series="1.2.3.4"
+    ).save_as(first, enforce_file_format=True)
+    second = tmp_path / "second.dcm"
+    image_dataset(
+        2, 2, b"\x09\x09\x09\x09", sop="1.2.3.4.7", study="1.2.9", series="1.2.9.4"
+    ).save_as(second, enforce_file_format=True)
+    with running_scp(tmp_path / "node", duplicates=policy) as (scp, store, _):
+        assert dcmsend(scp.port, [first]).returncode == 0
+        assert dcmsend(scp.port, [second]).returncode == 0
+        (stored,) = archived(scp.archive_root)
+        expected = first if policy == "keep" else second
+        assert dataset_bytes(stored)[1] == dataset_bytes(expected)[1]
+        assert stored.parent.parent.name == ("1.2.3" if policy == "keep" else "1.2.9")
+        (job,) = store.select(kind="export_instance")
+        assert Path(job.payload["path"]) == stored
