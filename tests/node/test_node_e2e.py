@@ -151,10 +151,12 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[[Path], NodeProcess]]:
             node.proc.wait()
 
 
-def drop_batch(inbox: Path, start: int, count: int, corrupt_at: int | None = None) -> list[str]:
+def drop_batch(
+    inbox: Path, start: int, count: int, corrupt_at: int | None = None
+) -> list[tuple[str, str]]:
     """Drop images the ways users do: plain, slow chunked copies, rsync temp names, sidecars.
 
-    Returns the PatientIDs expected in the PACS.
+    Returns the (PatientID, PatientName) pairs expected in the PACS.
     """
     expected = []
     for i in range(start, start + count):
@@ -164,7 +166,7 @@ def drop_batch(inbox: Path, start: int, count: int, corrupt_at: int | None = Non
             (inbox / name).write_bytes(data[: len(data) // 2])  # truncated for good
             continue
         pid = f"P{i % 7}"
-        expected.append(pid)
+        expected.append((pid, f"Doe^Pat{i % 7}"))
         sidecar = {"PatientID": pid, "PatientName": f"Doe^Pat{i % 7}"}
         (inbox / f"{name}.json").write_text(json.dumps(sidecar))
         kind = i % 3
@@ -183,10 +185,9 @@ def drop_batch(inbox: Path, start: int, count: int, corrupt_at: int | None = Non
     return expected
 
 
-def patient_ids(orthanc: Orthanc) -> list[str]:
-    return sorted(
-        orthanc.get(f"/instances/{oid}/simplified-tags")["PatientID"] for oid in orthanc.instances()
-    )
+def patients(orthanc: Orthanc) -> list[tuple[str, str]]:
+    tags = [orthanc.get(f"/instances/{oid}/simplified-tags") for oid in orthanc.instances()]
+    return sorted((t["PatientID"], t["PatientName"]) for t in tags)
 
 
 @pytest.mark.orthanc
@@ -210,7 +211,7 @@ def test_drop_100_with_kill_and_restart_delivers_exactly_99(
     wait_for("the corrupt file in quarantine", lambda: (quarantine / "img017.jpg").exists())
     time.sleep(1.0)
     assert len(orthanc.instances()) == 99
-    assert patient_ids(orthanc) == sorted(expected)
+    assert patients(orthanc) == sorted(expected)
     reason = (quarantine / "img017.jpg.error.txt").read_text()
     assert "img017.jpg" in reason and "reason:" in reason
     wait_for("every claim finished", lambda: not any((tmp_path / "var" / "work").iterdir()))
