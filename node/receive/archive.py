@@ -53,7 +53,8 @@ class Stored:
 
 def check_uid(value: str, tag: str, keyword: str) -> str:
     """``value`` if it is a UID safe to use as a path component, else :class:`UnsafePath`."""
-    if not is_valid_uid(value):
+    # is_valid_uid's "$" also matches before a final newline: "1.2.3\n" must not pass.
+    if not is_valid_uid(value) or value.endswith("\n"):
         shown = value if len(value) <= 80 else value[:77] + "..."
         raise UnsafePath(
             f"{tag} {keyword} {shown!r} is not a valid UID (digits and dots, 1-64 characters,"

@@ -46,9 +46,11 @@ from pydicom.uid import UID
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from node.errors import UnsafePath
 from node.fsutil import TMP_PREFIX
 from node.logs import fields
-from node.receive.archive import OutOfSpace, Staged, file_meta_bytes
+from node.receive.archive import OutOfSpace, Staged, check_uid, file_meta_bytes
+from node.receive.guard import PDU_MIN_RATE
 from node.receive.handlers import StoreContext, StoreStatus, store_object
 from node.receive.header import read_header_prefix
 
@@ -73,8 +75,6 @@ MAX_COMMAND = 64 << 10
 #: The data set's first bytes kept in memory: its header is read from them when they
 #: reach Pixel Data (else from the staged file).
 HEAD_BYTES = 64 << 10
-#: A PDU body must arrive within ``network_timeout`` + its length / this (bytes/s).
-PDU_MIN_RATE = 64 << 10
 #: Free-space checks while a big data set streams in, every this many bytes.
 CHECK_EVERY = 64 << 20
 
@@ -388,6 +388,14 @@ class DataPhase:
             with self._send_lock:
                 self._close_locked()
             return "closed"
+        except Exception:  # a bug of ours: the peer gets an A-ABORT, the SCP goes on
+            log.exception(
+                "unexpected error in the data phase with %s (%s): aborting",
+                self.calling_ae,
+                self.peer,
+            )
+            self._abort(0x02, 0x00)
+            return "aborted"
         finally:
             if self.message is not None:
                 self._discard_partial()
@@ -484,6 +492,19 @@ class DataPhase:
                 "(0000,0002)/(0000,1000) missing in the C-STORE-RQ",
             )
             return
+        for tag, keyword, value in (
+            ("(0000,0002)", "AffectedSOPClassUID", sop_class),
+            ("(0000,1000)", "AffectedSOPInstanceUID", sop_instance),
+        ):
+            try:
+                check_uid(value, tag, keyword)
+            except UnsafePath as exc:
+                log.error(
+                    "C-STORE from %s (%s) refused: %s", self.calling_ae, self.peer, exc,
+                    extra=fields(calling_ae=self.calling_ae),
+                )  # fmt: skip
+                msg.refusal = (StoreStatus.CANNOT_UNDERSTAND, f"{tag} {keyword} invalid")
+                return
         try:
             self.ctx.archive.check_space(0)
         except OutOfSpace as exc:

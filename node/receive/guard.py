@@ -32,6 +32,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -45,6 +46,8 @@ from node.fsutil import TMP_PREFIX
 log = logging.getLogger(__name__)
 
 MIN_PDU_CAP = 1 << 20
+#: A PDU (part) must arrive within the socket timeout + its length / this (bytes/s).
+PDU_MIN_RATE = 64 << 10
 UNLIMITED_PDU_CAP = 64 << 20
 
 
@@ -77,7 +80,20 @@ def guard_recv(assoc_socket: Any, cap: int, peer: str) -> None:
         buf = bytearray(nr_bytes)
         view = memoryview(buf)
         got = 0
+        # The socket timeout bounds each wait for more bytes, not the whole read: a peer
+        # dripping a byte at a time would hold the association (and its slot) for ever.
+        timeout = sock.gettimeout()
+        deadline = time.monotonic() + timeout + nr_bytes / PDU_MIN_RATE if timeout else None
         while got < nr_bytes:
+            if got and deadline is not None and time.monotonic() > deadline:
+                log.warning(
+                    "peer %s sent only %d of %d bytes in receive.network_timeout"
+                    " + 1 s per 64 KiB: too slow, dropping it",
+                    peer,
+                    got,
+                    nr_bytes,
+                )
+                raise TimeoutError(f"{peer}: PDU arriving too slowly")
             n = sock.recv_into(view[got:], nr_bytes - got)
             if n == 0:
                 del view

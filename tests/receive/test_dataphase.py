@@ -365,3 +365,29 @@ def test_store_without_message_id_aborts_before_storing(tmp_path: Path) -> None:
         assert archived(scp.archive_root) == []
         assert store.select(kind="export_instance") == []
         assert echoscu(scp.port).returncode == 0
+
+
+@pytest.mark.parametrize("uid", [b"1.2.3\xe9\x00", b"1.2/../../x\x00", b"1.2.3\\4\x00", b"1.2.3\n"])
+def test_command_uid_not_a_uid_is_refused_before_staging(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, uid: bytes
+) -> None:
+    """A non-ASCII byte in (0000,1000) crashed the association's thread (no response)."""
+    ds = image_dataset(4, 4, b"\x02" * 16)
+    command = parse_command(store_rq_command(ds.SOPClassUID, ds.SOPInstanceUID, 1))
+    command[0x1000] = uid
+    del command[0x0000]
+    body = b"".join(struct.pack("<HHI", 0, el, len(v)) + v for el, v in sorted(command.items()))
+    with running_scp(tmp_path / "node") as (scp, store, _):
+        wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
+        cx = ids[str(SecondaryCaptureImageStorage)]
+        wire._send_pdv(cx, 0x03, body)
+        wire._send_pdv(cx, 0x02, _dataset_bytes(ds))
+        rsp = wire._receive_response(cx)
+        assert struct.unpack("<H", rsp[0x0900])[0] == 0xC000
+        assert b"(0000,1000)" in rsp[0x0902]
+        wire.release()
+        assert archived(scp.archive_root) == []
+        assert store.select(kind="export_instance") == []
+        _wait_empty(scp.archive_root / ".incoming")
+        assert echoscu(scp.port).returncode == 0
+    assert any("AffectedSOPInstanceUID" in r.getMessage() for r in caplog.records)

@@ -115,7 +115,9 @@ def test_file_meta_is_valid_part10(tmp_path: Path) -> None:
     assert ds.file_meta.FileMetaInformationGroupLength == len(meta) - 128 - 4 - 12
 
 
-@pytest.mark.parametrize("bad", ["../x", "1.2/3", "1..2", ".1", "1.", "", "1" * 65, "1.2\x00"])
+@pytest.mark.parametrize(
+    "bad", ["../x", "1.2/3", "1..2", ".1", "1.", "", "1" * 65, "1.2\x00", "1.2\n"]
+)
 def test_archive_refuses_unsafe_uids(tmp_path: Path, bad: str) -> None:
     archive = Archive(tmp_path)
     with pytest.raises(UnsafePath):
