@@ -36,12 +36,12 @@ def _process_umask() -> int:
 #: Mode of files we create: what ``open()`` would give (0666 less the umask), not the
 #: owner-only 0600 of ``mkstemp``, so exports and archives are readable as users expect.
 FILE_MODE = 0o666 & ~_process_umask()
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 def is_valid_uid(uid: str) -> bool:
     """True for a DICOM UID usable as a file name: digits and dots, 1..64 chars, no empty part."""
-    return 0 < len(uid) <= 64 and bool(_UID_RE.match(uid))
+    return 0 < len(uid) <= 64 and bool(_UID_RE.fullmatch(uid))
 
 
 def fsync_dir(path: Path) -> None:

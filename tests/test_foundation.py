@@ -82,6 +82,7 @@ def test_safe_join_refuses_escape(tmp_path: Path, bad: str) -> None:
         ("1.2.a", False),
         ("../../x", False),
         ("1" * 65, False),
+        ("1.2.3\n", False),
     ],
 )
 def test_uid_validation(uid: str, ok: bool) -> None:
