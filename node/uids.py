@@ -26,7 +26,9 @@ IMPLEMENTATION_VERSION_NAME = f"DICOMNODE_{__version__}"[:16]
 def validate_root(root: str) -> str:
     """Check a UID root: digits and dots, no empty or zero-padded component, short enough."""
     parts = root.split(".")
-    if not root or any(not p.isdigit() or (len(p) > 1 and p[0] == "0") for p in parts):
+    if not root or any(
+        not (p.isascii() and p.isdigit()) or (len(p) > 1 and p[0] == "0") for p in parts
+    ):
         raise ConfigError(
             f"uid_root {root!r} is not a valid UID root: use digits separated by dots, "
             "no component with a leading zero (e.g. 1.2.826.0.1.3680043.10.123)"
