@@ -193,6 +193,7 @@ class DropFolderWatcher:
             return []
         names = {e.name for e in entries if not is_sidecar(Path(e.name))}
         stems = {Path(n).stem for n in names}
+        in_transit = [e.name for e in entries if is_ignored(e.name)]  # e.g. .photo.jpg.Xa12
         orphans: list[Path] = []
         for entry in entries:
             path = Path(entry.path)
@@ -204,6 +205,8 @@ class DropFolderWatcher:
                 # quarantine with a reason rather than lingering in the inbox.
                 if path.stem in names or path.stem in stems:
                     continue
+                if any(path.stem in other for other in in_transit):
+                    continue  # its image is still being copied under a temporary name
                 key = "sidecar:" + entry.name
                 present.add(key)
                 sig = signature(path)

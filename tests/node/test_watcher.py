@@ -105,6 +105,8 @@ def test_orphan_sidecar_is_handed_over_after_the_grace_period(tmp_path: Path) ->
     (cfg.inbox / "late.jpg.json").write_text("{}")  # its image was taken already
     (cfg.inbox / "waiting.json").write_text("{}")
     (cfg.inbox / "waiting.png").write_bytes(b"\x89PNG")  # still with its image
+    (cfg.inbox / "copying.jpg.json").write_text("{}")
+    (cfg.inbox / ".copying.jpg.Xa12Bc").write_bytes(b"\xff\xd8")  # image still in transit
     for step in (0, 10, 20, 31, 32):
         now[0] = step
         watcher.scan()
