@@ -65,11 +65,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def check_rooms(cfg: Config) -> None:
     """The rooms' own checks (values the schema alone cannot judge), as ``run`` makes them:
     ``[ingest.defaults]`` keywords and values against the DICOM dictionary and their VRs,
-    the file-name pattern's group names, ``[export]`` ranges."""
+    the file-name pattern's group names, the ingest folders sharing one file system,
+    ``[export]`` ranges."""
     from node.export.exporter import check_config as check_export
     from node.ingest.convert import ConvertOptions
+    from node.ingest.pipeline import check_one_file_system, work_folders
 
     ConvertOptions.from_config(cfg)
+    if cfg.ingest.enabled:
+        check_one_file_system(work_folders(cfg), create=False)
     check_export(cfg.export)
 
 

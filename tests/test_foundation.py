@@ -213,3 +213,15 @@ def test_check_config_refuses_what_run_refuses(
     config.write_text(toml)
     assert cli.main(["check-config", "-c", str(config)]) == 2
     assert message in caplog.text
+
+
+def test_job_replaced_while_claimed_by_a_process_that_died_runs_once(tmp_path: Path) -> None:
+    store = JobStore(tmp_path)
+    store.enqueue("export", {"v": 1}, dedup_key="s")
+    (job,) = store.claim("dead-worker")
+    store.enqueue("export", {"v": 2}, dedup_key="s", replace=True)  # re-run asked for
+    assert store.requeue_claimed() == 1  # restart: the dead worker's claim comes back
+    (again,) = store.claim("w")
+    assert again.payload == {"v": 2}
+    store.ack([again.id])
+    assert store.get(again.id).state == JobState.DONE  # type: ignore[union-attr]

@@ -33,10 +33,10 @@ from typing import Any
 
 from node.config import Config
 from node.errors import ConfigError, ConversionError, NodeError
-from node.fsutil import atomic_write, fsync_dir
+from node.fsutil import atomic_write, clean_temp_files, fsync_dir
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file, sidecar_for
 from node.ingest.dicom_inputs import DicomInputError, dicom_files_in, is_dicom_file
-from node.ingest.watcher import input_files
+from node.ingest.watcher import input_files, is_ignored
 from node.logs import fields
 from node.queue import JobState, JobStore
 from node.send.worker import enqueue_delivery
@@ -44,6 +44,7 @@ from node.send.worker import enqueue_delivery
 log = logging.getLogger(__name__)
 
 CLAIM_FILE = "claim.json"
+COPYING = ".copying"  # suffix of a cross-device claim's copy until it is complete
 SRC = "src"
 
 
@@ -76,14 +77,7 @@ class IngestPipeline:
         self.on_converted = on_converted
         self.on_enqueued = on_enqueued
         self._lock = threading.Lock()
-        _check_one_file_system(
-            {
-                "ingest.work": self.ing.work,
-                "ingest.done": self.ing.done,
-                "ingest.quarantine": self.ing.quarantine,
-                "ingest.outgoing": self.ing.outgoing,
-            }
-        )
+        check_one_file_system(work_folders(cfg))
 
     # ------------------------------------------------------------------ claiming
 
@@ -133,7 +127,16 @@ class IngestPipeline:
         claim_id = claim_dir.name
         src_root = claim_dir / SRC
         entries = sorted(src_root.iterdir()) if src_root.exists() else []
-        inputs = [e for e in entries if not (e.is_file() and e.suffix.lower() == ".json")]
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(COPYING):
+                # A cross-device claim cut short: the original is still in the inbox and
+                # will be claimed again; this partial copy is not an input.
+                _remove(entry)
+        inputs = [
+            e
+            for e in entries
+            if not is_ignored(e.name) and not (e.is_file() and e.suffix.lower() == ".json")
+        ]
         items: list[Claimed] = []
         for entry in inputs:
             if entry.is_dir():
@@ -163,26 +166,40 @@ class IngestPipeline:
         with self._lock:  # a delivery acknowledged before the record existed is caught here
             self.finish_if_delivered(claim_dir)
 
-    def _enqueue(self, record: Mapping[str, Any], *, count: bool = True) -> None:
+    def _enqueue(self, record: Mapping[str, Any], *, rearm: bool = True) -> None:
         """Delivery jobs for every object of a claim, in one transaction.
 
         Idempotent per (SOP Instance UID, destination): a job still on its way is left
-        alone, and a dropped file whose object was delivered (or gave up) before is sent
-        again under the same SOP Instance UID: the user asked for it, e.g. because the PACS
-        lost it. The PACS sees the same object, never a duplicate.
+        alone, and (with ``rearm``) a dropped file whose object was delivered (or gave up)
+        before is sent again under the same SOP Instance UID: the user asked for it, e.g.
+        because the PACS lost it. The PACS sees the same object, never a duplicate. Objects
+        this very claim enqueued already (a claim resumed after a crash) are neither counted
+        nor re-armed again.
         """
+        claim = record["claim"]
         with self.store.transaction():
-            if count and record["items"]:
-                self.store.bump("ingested", len(record["items"]))
-            for item in record["items"] if record["destinations"] else []:
+            fresh = [item for item in record["items"] if not self._enqueued_by(claim, item)]
+            if rearm and fresh:
+                self.store.bump("ingested", len(fresh))
+            for item in fresh if record["destinations"] else []:
                 enqueue_delivery(
                     self.store,
                     Path(item["output"]),
                     record["destinations"],
                     source="ingest",
-                    extra={"claim": record["claim"]},
-                    replace=count,
+                    extra={"claim": claim},
+                    replace=rearm,
                 )
+
+    def _enqueued_by(self, claim: str, item: Mapping[str, Any]) -> bool:
+        """True when every destination's job for ``item`` was enqueued by ``claim``."""
+        if not self.destinations:
+            return False
+        for dest in self.destinations:
+            job = self.store.find("deliver", item["sop_instance_uid"], dest)
+            if job is None or job.payload.get("claim") != claim:
+                return False
+        return True
 
     def _process_folder(self, claim_id: str, folder: Path) -> list[Claimed]:
         """A dropped folder: a DICOM file-set/series as it is, or images as one series."""
@@ -339,6 +356,10 @@ class IngestPipeline:
 
     def recover(self) -> None:
         """At start-up: redo claims cut short by a crash, finish delivered ones."""
+        for folder in (self.ing.work, self.ing.outgoing):
+            removed = clean_temp_files(folder)  # writes a crash cut short, never visible
+            if removed:
+                log.info("removed %d temporary files left in %s", removed, folder)
         if not self.ing.work.exists():
             return
         for claim_dir in sorted(self.ing.work.iterdir()):
@@ -347,7 +368,7 @@ class IngestPipeline:
             if (claim_dir / CLAIM_FILE).exists():
                 # Jobs purged or lost meanwhile are queued again (enqueueing is idempotent).
                 record = json.loads((claim_dir / CLAIM_FILE).read_bytes())
-                self._enqueue(record, count=False)
+                self._enqueue(record, rearm=False)
                 self.finish_if_delivered(claim_dir)
             else:
                 # Conversion is deterministic and its writes atomic: outputs already there
@@ -382,6 +403,13 @@ def _folder_key(folder: Path) -> str:
     return "|".join(parts)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _move(src: Path, dst: Path) -> None:
     """Rename ``src`` to ``dst``; across file systems, copy (durably) then remove."""
     try:
@@ -390,7 +418,7 @@ def _move(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    tmp = dst.with_name(f".{dst.name}.copying")
+    tmp = dst.with_name(f".{dst.name}{COPYING}")
     if src.is_dir():
         shutil.copytree(src, tmp)
         for root, _dirs, files in os.walk(tmp):
@@ -412,16 +440,35 @@ def _move(src: Path, dst: Path) -> None:
         log.error("claimed %s by copy but cannot remove it from the inbox: %s", src, exc)
 
 
-def _check_one_file_system(folders: Mapping[str, Path]) -> None:
+def check_one_file_system(folders: Mapping[str, Path], *, create: bool = True) -> None:
     """work/done/quarantine/outgoing must share a file system: moves between them are
-    atomic renames. (The inbox may be elsewhere, e.g. a share: claims then copy.)"""
+    atomic renames. (The inbox may be elsewhere, e.g. a share: claims then copy.)
+
+    Without ``create`` (``check-config``), a folder that does not exist yet is judged by
+    its nearest existing parent.
+    """
     devices: dict[int, str] = {}
     for key, folder in folders.items():
-        folder.mkdir(parents=True, exist_ok=True)
-        devices.setdefault(folder.stat().st_dev, key)
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        existing = folder
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        devices.setdefault(existing.stat().st_dev, key)
     if len(devices) > 1:
         keys = ", ".join(f"{k} = {folders[k]}" for k in folders)
         raise ConfigError(
             f"{keys}: these folders are on different file systems; put them on one (moves "
             "between them must be atomic renames). Only ingest.inbox may live elsewhere"
         )
+
+
+def work_folders(cfg: Config) -> dict[str, Path]:
+    """The ingest folders that must share one file system, by config key."""
+    ing = cfg.ingest
+    return {
+        "ingest.work": ing.work,
+        "ingest.done": ing.done,
+        "ingest.quarantine": ing.quarantine,
+        "ingest.outgoing": ing.outgoing,
+    }

@@ -299,9 +299,11 @@ class JobStore:
             if not ids:
                 return []
             marks = ",".join("?" * len(ids))
+            # rerun_at=NULL: this claim runs the latest payload, which covers a re-run
+            # asked for while an earlier (expired) claim held the job.
             db.execute(
                 "UPDATE jobs SET state='claimed', lease_owner=?, lease_expires=?,"
-                f" attempts=attempts+1, updated_at=? WHERE id IN ({marks})",
+                f" attempts=attempts+1, rerun_at=NULL, updated_at=? WHERE id IN ({marks})",
                 (owner, now + lease_seconds, now, *ids),
             )
             claimed = db.execute(
@@ -373,21 +375,22 @@ class JobStore:
         return cur.rowcount
 
     def requeue_claimed(self, owner_prefix: str | None = None) -> int:
-        """On start-up: every claimed job (of a dead process) goes back to queued."""
+        """On start-up: every claimed job (of a dead process) goes back to queued.
+
+        A pending re-run (the job was replaced while claimed) is folded in: the requeued
+        job runs once, with the replacement's payload, not twice.
+        """
         now = time.time()
+        sql = (
+            "UPDATE jobs SET state='queued', lease_owner=NULL, lease_expires=NULL,"
+            " next_attempt_at=MAX(next_attempt_at, COALESCE(rerun_at, 0)), rerun_at=NULL,"
+            " updated_at=? WHERE state='claimed'"
+        )
         with self._tx() as db:
             if owner_prefix is None:
-                cur = db.execute(
-                    "UPDATE jobs SET state='queued', lease_owner=NULL, lease_expires=NULL,"
-                    " updated_at=? WHERE state='claimed'",
-                    (now,),
-                )
+                cur = db.execute(sql, (now,))
             else:
-                cur = db.execute(
-                    "UPDATE jobs SET state='queued', lease_owner=NULL, lease_expires=NULL,"
-                    " updated_at=? WHERE state='claimed' AND lease_owner LIKE ?",
-                    (now, owner_prefix + "%"),
-                )
+                cur = db.execute(sql + " AND lease_owner LIKE ?", (now, owner_prefix + "%"))
         return cur.rowcount
 
     def rearm(self, job_ids: Iterable[int] | None = None, *, state: JobState | None = None) -> int:

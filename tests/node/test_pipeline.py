@@ -248,3 +248,52 @@ def test_recover_processes_a_claim_cut_short_by_a_crash(cfg: Config) -> None:
     assert (claim / CLAIM_FILE).exists()
     assert len(deliver_jobs(store)) == 2
     assert {j.state for j in deliver_jobs(store)} == {JobState.QUEUED}
+
+
+def test_claim_resumed_after_a_crash_neither_recounts_nor_resends(cfg: Config) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    claim = pipeline.claim(drop(cfg, "once.jpg", jpeg(11)))
+    assert claim is not None
+    pipeline.process(claim)
+    ack_all(store, pipeline)  # delivered everywhere, claim finished...
+    # ... but say the node died after committing the jobs and before writing claim.json:
+    claim = pipeline.claim(drop(cfg, "twice.jpg", jpeg(12)))
+    assert claim is not None
+    pipeline.process(claim)
+    (claim / CLAIM_FILE).unlink()
+    for job in deliver_jobs(store):
+        store.ack([job.id])  # the deliveries went through before the crash
+    restarted = IngestPipeline(cfg, JobStore(cfg.node.state_dir))
+    restarted.recover()
+    assert store.counters()["ingested"] == 2
+    assert {j.state for j in deliver_jobs(store)} == {JobState.DONE}  # nothing sent again
+    assert not any(cfg.ingest.work.iterdir())
+
+
+def test_recover_drops_partial_copies_and_temporary_files(cfg: Config) -> None:
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    claim = pipeline.claim(drop(cfg, "real.jpg", jpeg(13)))
+    assert claim is not None
+    (claim / "src" / ".share.jpg.copying").write_bytes(jpeg(14)[:100])  # cut-short copy
+    leftover = cfg.ingest.outgoing / claim.name / ".tmp-abc123"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a file")
+    IngestPipeline(cfg, JobStore(cfg.node.state_dir)).recover()
+    assert not leftover.exists()
+    assert not (claim / "src" / ".share.jpg.copying").exists()
+    assert {Path(j.payload["path"]).name for j in deliver_jobs(store)} == {"real.jpg.dcm"}
+    assert not any(cfg.ingest.quarantine.iterdir())
+
+
+def test_check_config_refuses_work_folders_on_different_file_systems(tmp_path: Path) -> None:
+    from node import cli
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nbase_dir = "{tmp_path}"\n[ingest]\nwork = "/dev/shm/dn-x/w"\n')
+    assert cli.main(["check-config", "-c", str(config)]) == 2
+    assert not Path("/dev/shm/dn-x").exists()  # checking creates nothing
