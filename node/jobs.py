@@ -26,6 +26,7 @@ from node.queue.retry import give_up_reason, next_attempt
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Job], None]
+HEARTBEAT_SECONDS = 2.0
 
 
 class PermanentJobError(Exception):
@@ -96,9 +97,17 @@ class JobRunner:
             return
         self.store.ack([job.id])
 
-    def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set; a claimed job always finishes before stopping."""
+    def run(self, stop: threading.Event, heartbeat: str | None = None) -> None:
+        """Loop until ``stop`` is set; a claimed job always finishes before stopping.
+
+        With ``heartbeat``, the loop records that component as alive (every few seconds)
+        for ``dicom-node status``.
+        """
+        last_beat = 0.0
         while not stop.is_set():
+            if heartbeat is not None and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                self.store.heartbeat(heartbeat)
+                last_beat = time.monotonic()
             try:
                 handled = self.run_once()
             except Exception:

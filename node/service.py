@@ -134,7 +134,7 @@ class NodeService:
             name="export",
         )
         for n in range(max(1, cfg.export.workers)):
-            self._thread(f"export-{n}", partial(runner.run, self.stop_event))
+            self._thread(f"export-{n}", partial(runner.run, self.stop_event, f"export-{n}"))
 
         if watcher is not None:
             beat = partial(self.store.heartbeat, "watcher")

@@ -308,6 +308,8 @@ port = {metrics_port}
     with urllib.request.urlopen(f"http://{LOOPBACK}:{metrics_port}/metrics", timeout=10) as r:
         metrics = r.read().decode()
     assert "dicom_node_received_total 5.0" in metrics
+    components = node.status()["components"]
+    assert all(components[name]["alive"] for name in ("node", "scp", "export-0"))
     assert 'dicom_node_queue_depth{destination="research",kind="deliver",state="done"} 5.0' in (
         metrics
     )
