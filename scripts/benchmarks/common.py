@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 DICOM_NODE = str(VENV_BIN / "dicom-node")
 LOOPBACK = "127.0.0.1"
+#: GNU time reports the peak RSS of exactly the timed process (Debian package "time").
+GNU_TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_OK) else []
 
 
 def peer_env() -> dict[str, str]:

@@ -14,7 +14,6 @@ files/s and the ratios on its own.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import statistics
@@ -30,8 +29,7 @@ import camera  # noqa: E402
 import common  # noqa: E402
 
 FILES = 240
-# GNU time reports the peak RSS of exactly our process (Debian package "time").
-_TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_OK) else []
+_TIME = common.GNU_TIME
 
 
 def _img2dcm_all(paths: list[Path], out: Path) -> None:

@@ -14,7 +14,6 @@ rows for scripts/bench; ``python render.py [REPEATS]`` prints images/s and the r
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import statistics
@@ -30,7 +29,7 @@ import common  # noqa: E402
 from corpus import ct_series  # noqa: E402
 
 FILES = 200
-_TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_OK) else []
+_TIME = common.GNU_TIME
 
 
 def _dcm2pnm_all(paths: list[Path], out: Path) -> None:

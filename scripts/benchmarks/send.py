@@ -20,7 +20,6 @@ for scripts/bench; ``python send.py [--repeats N]`` prints instances/s, MB/s and
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -40,7 +39,7 @@ COUNT = 200
 PDU = 131072
 AET = "BENCHSCP"
 TRANSFER = "dicom-node send (transfer only, start-up excluded)"
-_TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_OK) else []
+_TIME = common.GNU_TIME
 
 
 # ------------------------------------------------------------------------------ data

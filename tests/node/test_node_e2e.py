@@ -190,15 +190,23 @@ def patients(orthanc: Orthanc) -> list[tuple[str, str]]:
     return sorted((t["PatientID"], t["PatientName"]) for t in tags)
 
 
-@pytest.mark.orthanc
-def test_drop_100_with_kill_and_restart_delivers_exactly_99(
+def start_drop_node(
     tmp_path: Path, orthanc: Orthanc, node_factory: Callable[[Path], NodeProcess]
-) -> None:
+) -> tuple[Path, Path, NodeProcess]:
+    """A node with a drop folder delivering to ``orthanc`` (no SCP), started."""
     config = write_config(tmp_path, orthanc, free_port(), receive="enabled = false")
     inbox = tmp_path / "var" / "inbox"
     inbox.mkdir(parents=True)
     node = node_factory(config)
     node.start()
+    return config, inbox, node
+
+
+@pytest.mark.orthanc
+def test_drop_100_with_kill_and_restart_delivers_exactly_99(
+    tmp_path: Path, orthanc: Orthanc, node_factory: Callable[[Path], NodeProcess]
+) -> None:
+    config, inbox, node = start_drop_node(tmp_path, orthanc, node_factory)
     expected = drop_batch(inbox, 0, 50, corrupt_at=17)
     wait_for("some deliveries", lambda: len(orthanc.instances()) >= 10)
     node.kill()  # SIGKILL in the middle of the batch
@@ -225,11 +233,7 @@ def test_drop_100_with_kill_and_restart_delivers_exactly_99(
 def test_pacs_outage_keeps_everything_queued_then_delivers(
     tmp_path: Path, orthanc: Orthanc, node_factory: Callable[[Path], NodeProcess]
 ) -> None:
-    config = write_config(tmp_path, orthanc, free_port(), receive="enabled = false")
-    inbox = tmp_path / "var" / "inbox"
-    inbox.mkdir(parents=True)
-    node = node_factory(config)
-    node.start()
+    config, inbox, node = start_drop_node(tmp_path, orthanc, node_factory)
     drop_batch(inbox, 0, 10)
     wait_for("the first deliveries", lambda: len(orthanc.instances()) >= 10)
     orthanc.stop()
