@@ -196,6 +196,12 @@ def test_tls_port_with_client_certificate(tmp_path: Path, caplog: pytest.LogCapt
         (stored,) = archived(scp.archive_root)
         assert dataset_bytes(stored)[1] == dataset_bytes(big)[1]
         # ... received by our own data phase over the TLS socket.
+        # The SCP logs this after sending A-RELEASE-RP, so storescu may have exited first.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            "released (1 stored)" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.05)
         assert any("released (1 stored)" in r.getMessage() for r in caplog.records)
         # Without a client certificate the handshake fails; the plain port still serves.
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
