@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import tempfile
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def _load_syncfs() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them
         return libc.syncfs  # type: ignore[no-any-return]
     except (OSError, AttributeError):
         return None

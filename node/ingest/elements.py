@@ -4,25 +4,96 @@ pydicom's Dataset validates and wraps every value on assignment (~20-40 µs per 
 the converter sets ~40 elements per file and aims at >1,000 files/s, so instances are
 assembled in this plain dict and encoded by :mod:`node.ingest.encoder`. User input
 (``-k``, sidecars, templates) is still parsed and validated by pydicom once, then copied in.
+
+The attributes the converter itself writes are looked up in a small built-in table
+(``CORE_DICTIONARY``, checked against pydicom's data dictionary by the tests), so that
+converting a JPEG with built-in metadata never imports pydicom (~0.25 s of start-up with
+numpy and Pillow); any other keyword is looked up in pydicom's dictionary on first use.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
 Attr = tuple[str, Any]
 
 
+#: ``keyword -> (tag, VR)`` for the attributes the converter writes or reads itself: the
+#: same as pydicom's dictionary (first VR where it lists several; tested).
+CORE_DICTIONARY: dict[str, tuple[int, str]] = {
+    "SpecificCharacterSet": (0x00080005, "CS"),
+    "ImageType": (0x00080008, "CS"),
+    "SOPClassUID": (0x00080016, "UI"),
+    "SOPInstanceUID": (0x00080018, "UI"),
+    "StudyDate": (0x00080020, "DA"),
+    "ContentDate": (0x00080023, "DA"),
+    "AcquisitionDateTime": (0x0008002A, "DT"),
+    "StudyTime": (0x00080030, "TM"),
+    "ContentTime": (0x00080033, "TM"),
+    "AccessionNumber": (0x00080050, "SH"),
+    "Modality": (0x00080060, "CS"),
+    "ConversionType": (0x00080064, "CS"),
+    "Manufacturer": (0x00080070, "LO"),
+    "ReferringPhysicianName": (0x00080090, "PN"),
+    "ManufacturerModelName": (0x00081090, "LO"),
+    "AnatomicRegionSequence": (0x00082218, "SQ"),
+    "PatientName": (0x00100010, "PN"),
+    "PatientID": (0x00100020, "LO"),
+    "PatientBirthDate": (0x00100030, "DA"),
+    "PatientSex": (0x00100040, "CS"),
+    "BodyPartExamined": (0x00180015, "CS"),
+    "SecondaryCaptureDeviceManufacturer": (0x00181016, "LO"),
+    "SecondaryCaptureDeviceManufacturerModelName": (0x00181018, "LO"),
+    "SecondaryCaptureDeviceSoftwareVersions": (0x00181019, "LO"),
+    "PageNumberVector": (0x00182001, "IS"),
+    "StudyInstanceUID": (0x0020000D, "UI"),
+    "SeriesInstanceUID": (0x0020000E, "UI"),
+    "StudyID": (0x00200010, "SH"),
+    "SeriesNumber": (0x00200011, "IS"),
+    "InstanceNumber": (0x00200013, "IS"),
+    "PatientOrientation": (0x00200020, "CS"),
+    "Laterality": (0x00200060, "CS"),
+    "ImageLaterality": (0x00200062, "CS"),
+    "SamplesPerPixel": (0x00280002, "US"),
+    "PhotometricInterpretation": (0x00280004, "CS"),
+    "PlanarConfiguration": (0x00280006, "US"),
+    "NumberOfFrames": (0x00280008, "IS"),
+    "FrameIncrementPointer": (0x00280009, "AT"),
+    "Rows": (0x00280010, "US"),
+    "Columns": (0x00280011, "US"),
+    "BitsAllocated": (0x00280100, "US"),
+    "BitsStored": (0x00280101, "US"),
+    "HighBit": (0x00280102, "US"),
+    "PixelRepresentation": (0x00280103, "US"),
+    "BurnedInAnnotation": (0x00280301, "CS"),
+    "RescaleIntercept": (0x00281052, "DS"),
+    "RescaleSlope": (0x00281053, "DS"),
+    "RescaleType": (0x00281054, "LO"),
+    "ICCProfile": (0x00282000, "OB"),
+    "LossyImageCompression": (0x00282110, "CS"),
+    "LossyImageCompressionRatio": (0x00282112, "DS"),
+    "LossyImageCompressionMethod": (0x00282114, "CS"),
+    "AcquisitionContextSequence": (0x00400555, "SQ"),
+    "PresentationLUTShape": (0x20500020, "CS"),
+    "PixelData": (0x7FE00010, "OB"),
+}
+
+
 @cache
 def tag_vr(keyword: str) -> tuple[int, str]:
     """``(tag, VR)`` for a dictionary keyword (first VR when the dictionary lists several)."""
+    core = CORE_DICTIONARY.get(keyword)
+    if core is not None:
+        return core
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
     tag = tag_for_keyword(keyword)
     if tag is None:
         raise KeyError(keyword)
@@ -79,6 +150,8 @@ class Elements(dict[int, Attr]):
 
     def to_dataset(self) -> Dataset:
         """A pydicom Dataset with the same content (tests and the reference writer)."""
+        from pydicom.dataset import Dataset
+
         ds = Dataset()
         for tag, (vr, value) in sorted(self.items()):
             ds.add_new(tag, vr, value)

@@ -8,19 +8,17 @@ Output is byte-identical to pydicom's for the elements handled here (tested).
 
 Text is encoded as UTF-8: the converter only ever writes ASCII (default repertoire) or
 declares ``ISO_IR 192``.
+
+pydicom is imported only when a value needs it (the fallback writer, or a value that came
+from a pydicom dataset, i.e. a sidecar or template that already imported it).
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import sys
 from typing import Any
-
-from pydicom.dataelem import DataElement
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
-from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
 
 from node.ingest.elements import Elements
 from node.ingest.modules import EncapsulatedPixels
@@ -49,7 +47,19 @@ def _header(tag: int, vr: str, length: int) -> bytes:
 def _text(value: object) -> str | None:
     if value is None:
         return ""
-    if isinstance(value, str | PersonName | int | float):
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value):
+        return "\\".join(str(v) for v in value)
+    return _pydicom_text(value)
+
+
+def _pydicom_text(value: object) -> str | None:
+    """Text of a PersonName or MultiValue (from a sidecar or template), else None."""
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import PersonName
+
+    if isinstance(value, PersonName):
         return str(value)
     if isinstance(value, list | tuple | MultiValue) and all(
         isinstance(v, str | PersonName | int | float) for v in value
@@ -72,7 +82,7 @@ def encode_element(tag: int, vr: str, value: Any) -> bytes:
         fmt = _PACK[vr]
         if value is None or value == "":
             return _header(tag, vr, 0)
-        items = value if isinstance(value, list | tuple | MultiValue) else [value]
+        items = value if isinstance(value, list | tuple) or _is_multivalue(value) else [value]
         if all(isinstance(v, int | float) for v in items):
             data = struct.pack("<" + fmt[1] * len(items), *items)
             return _header(tag, vr, len(data)) + data
@@ -83,7 +93,15 @@ def encode_element(tag: int, vr: str, value: Any) -> bytes:
         return _header(tag, vr, len(value) + len(pad)) + value + pad
     elif vr == "SQ" and (value is None or len(value) == 0):
         return _header(tag, vr, 0)
-    return _fallback(DataElement(tag, vr, value))
+    return _fallback(tag, vr, value)
+
+
+def _is_multivalue(value: object) -> bool:
+    if "pydicom.multival" not in sys.modules:  # no MultiValue can exist yet
+        return False
+    from pydicom.multival import MultiValue
+
+    return isinstance(value, MultiValue)
 
 
 def encapsulated_parts(tag: int, value: EncapsulatedPixels) -> list[bytes]:
@@ -98,7 +116,13 @@ def encapsulated_parts(tag: int, value: EncapsulatedPixels) -> list[bytes]:
     return parts
 
 
-def _fallback(elem: DataElement) -> bytes:
+def _fallback(tag: int, vr: str, value: Any) -> bytes:
+    """pydicom's element writer, for what the fast paths above do not handle."""
+    from pydicom.dataelem import DataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    elem = DataElement(tag, vr, value)
     fp = DicomBytesIO()
     fp.is_little_endian = True
     fp.is_implicit_VR = False

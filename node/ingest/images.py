@@ -9,6 +9,8 @@ syntax, and the lossy history. Three producers:
   progressive, CMYK/YCCK, RGB-coded for VL Photographic, or needs its EXIF Orientation
   applied) written as native little-endian pixels, bit-exact to what Pillow decoded;
 - ``open_raster``: opens PNG/BMP/TIFF safely (pixel cap checked before decoding).
+
+numpy and Pillow are imported on first use: the JPEG pass-through path needs neither.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass, field
-
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from typing import TYPE_CHECKING
 
 from node.errors import ConversionError, CorruptInput, InputTooLarge, UnsupportedInput
 from node.ingest.jpeg import JpegInfo
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +36,16 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
 JPEG_METHOD = "ISO_10918_1"
 
-#: EXIF Orientation -> the Pillow transpose that displays the image upright.
+#: EXIF Orientation -> the Pillow transpose (``Image.Transpose`` member) that displays the
+#: image upright.
 ORIENTATION_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
 }
 
 
@@ -110,6 +115,8 @@ def _let_the_cap_decide(max_pixels: int) -> None:
     naming no setting. The limit is only ever raised, to the configured cap (the header is
     still checked against the cap before a single pixel is decoded).
     """
+    from PIL import Image
+
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and 2 * limit < max_pixels:
         Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
@@ -127,6 +134,8 @@ def open_image(
     Pillow reports some damage only as a warning ("Truncated File Read"): that is refused
     as CorruptInput; other warnings become notes.
     """
+    from PIL import Image, UnidentifiedImageError
+
     _let_the_cap_decide(max_pixels)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -168,11 +177,13 @@ def open_image(
 
 def apply_orientation(im: Image.Image, orientation: int, notes: list[str]) -> Image.Image:
     """Turn ``im`` upright per EXIF Orientation (a lossless pixel permutation)."""
+    from PIL import Image
+
     method = ORIENTATION_TRANSPOSE.get(orientation)
     if method is None:
         return im
     notes.append(f"EXIF Orientation {orientation} applied (image turned upright)")
-    return im.transpose(method)
+    return im.transpose(Image.Transpose[method])
 
 
 def decoded(
@@ -186,6 +197,8 @@ def decoded(
     transformed: bool = False,
 ) -> Pixels:
     """Native pixels from a loaded Pillow image; values are exactly Pillow's."""
+    import numpy as np
+
     mode = im.mode
     if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
         notes.append(f"alpha channel dropped ({mode} -> {mode.rstrip('Aa') or 'RGB'})")
@@ -225,6 +238,8 @@ def _native(
     icc: bytes | None,
     transformed: bool,
 ) -> Pixels:
+    import numpy as np
+
     data = np.ascontiguousarray(arr).tobytes()
     if len(data) % 2:
         data += b"\x00"

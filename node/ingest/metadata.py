@@ -10,6 +10,9 @@ Attributes that describe the pixels or identify the instance (Image Pixel module
 compression history, SOP Class/Instance UID, the file meta group) are computed by the
 converter; templates never contribute them and the user-facing sources are refused with a
 message naming the tag.
+
+pydicom (parsing, validation, the data dictionary) is imported on first use: a run
+without user metadata (no ``-k``, sidecar, template or ``[ingest.defaults]``) never needs it.
 """
 
 from __future__ import annotations
@@ -19,18 +22,15 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydicom import config, dcmread
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.tag import BaseTag, Tag
-from pydicom.valuerep import validate_value
+from typing import TYPE_CHECKING, Any, Literal
 
 from node.errors import ConversionError
-from node.ingest.elements import Elements
+from node.ingest.elements import Elements, tag_vr
+
+if TYPE_CHECKING:
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+    from pydicom.tag import BaseTag
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ PROTECTED_KEYWORDS = frozenset(
         "SpecificCharacterSet",
     }
 )
-_PROTECTED_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in PROTECTED_KEYWORDS)
+_PROTECTED_TAGS = frozenset(tag_vr(k)[0] for k in PROTECTED_KEYWORDS)
 
 #: Attributes ``--study-from`` copies (Patient, Patient Study and General Study modules).
 STUDY_KEYWORDS = (
@@ -131,6 +131,9 @@ TemplateScope = Literal["dataset", "study", "series"]
 
 def resolve_tag(name: str, where: str) -> BaseTag:
     """A tag from a keyword (``PatientName``) or ``(gggg,eeee)``/``gggg,eeee``/``ggggeeee``."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.tag import Tag
+
     text = name.strip()
     tag = tag_for_keyword(text)
     if tag is not None:
@@ -149,12 +152,19 @@ def resolve_tag(name: str, where: str) -> BaseTag:
 
 def describe(tag: BaseTag) -> str:
     """``(0010,0010) PatientName`` for messages."""
+    from pydicom.datadict import keyword_for_tag
+
     kw = keyword_for_tag(tag) or "private/unknown"
     return f"({tag.group:04X},{tag.element:04X}) {kw}"
 
 
 def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
     """A DataElement for ``tag`` with ``value`` (str, number, list or None) from ``where``."""
+    from pydicom import config
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import DataElement
+    from pydicom.valuerep import validate_value
+
     if int(tag) in _PROTECTED_TAGS or tag.group == 0x0002:
         raise ConversionError(
             f"{where}: {describe(tag)} is computed from the image and cannot be set; remove it"
@@ -197,6 +207,8 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
 
 def dataset_from_pairs(pairs: Iterable[tuple[str, Any]], where: str) -> Dataset:
     """A Dataset from (keyword-or-tag, value) pairs; later pairs win."""
+    from pydicom.dataset import Dataset
+
     ds = Dataset()
     for name, value in pairs:
         tag = resolve_tag(name, where)
@@ -244,6 +256,8 @@ def load_sidecar(path: Path) -> Dataset:
     if not isinstance(table, dict):
         raise ConversionError(f"sidecar {path}: expected a JSON object of keyword -> value")
     if _is_dicom_json(table):
+        from pydicom.dataset import Dataset
+
         try:
             ds = Dataset.from_json(table)
         except (ValueError, TypeError, KeyError) as exc:
@@ -270,6 +284,10 @@ def load_sidecar(path: Path) -> Dataset:
 
 def load_template(path: Path, scope: TemplateScope) -> Dataset:
     """Attributes to take from a template DICOM file (never its SOP Instance UID)."""
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.errors import InvalidDicomError
+
     try:
         src = dcmread(path, stop_before_pixels=True)
     except (OSError, InvalidDicomError) as exc:
