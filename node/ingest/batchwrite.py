@@ -8,17 +8,22 @@ files (and at ``close``) the data is flushed with one ``syncfs(2)`` of that file
 then the temporaries are renamed into place and each directory is fsynced once. A crash
 leaves only hidden ``.tmp-*`` files (``node.fsutil.clean_temp_files`` removes them),
 never a partial output.
+
+Writing and committing are separable (``write_temp`` then ``add``) so that worker
+processes forked from the batch can write their outputs while the parent alone commits
+them. Temporary names carry the batch's process id (``.tmp-b<pid>-...``): ``abort`` also
+removes those a worker wrote but never got to report.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import logging
 import os
-import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from node.fsutil import FILE_MODE, TMP_PREFIX, fsync_dir
@@ -60,19 +65,56 @@ class GroupCommitWriter:
         self._pending: list[tuple[Path, Path]] = []
         self._lock = threading.Lock()
         self._committed: set[Path] = set()
+        self._tag = f"{TMP_PREFIX}b{os.getpid()}-"  # the batch's pid, inherited by workers
+        self._seq = itertools.count()
+        self._made: set[Path] = set()  # directories known to exist (one mkdir each)
 
     def __call__(self, target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)
-        tmp = Path(name)
+        self.add(self.write_temp(target, data), target)
+
+    def write_temp(self, target: Path, data: bytes) -> Path:
+        """Write ``data`` to a new hidden temporary next to ``target``; return its path.
+
+        Not flushed: ``add`` it, and the group commit makes it durable and renames it.
+        """
+        parent = target.parent
+        if parent not in self._made:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(parent)
+        fd, tmp = self._create(parent)
         try:
             os.fchmod(fd, FILE_MODE)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         except BaseException:
+            os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
+        try:
+            os.close(fd)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return tmp
+
+    def _create(self, parent: Path) -> tuple[int, Path]:
+        """A new file ``.tmp-b<batch pid>-<writer pid>-<n>`` in ``parent`` (O_EXCL)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        for _ in range(100):
+            tmp = parent / f"{self._tag}{os.getpid()}-{next(self._seq)}"
+            try:
+                return os.open(tmp, flags, FILE_MODE), tmp
+            except FileExistsError:  # a leftover of an earlier process with the same pid
+                continue
+            except FileNotFoundError:  # the directory was removed under us: make it again
+                parent.mkdir(parents=True, exist_ok=True)
+        raise FileExistsError(f"cannot create a temporary file in {parent}")
+
+    def add(self, tmp: Path, target: Path) -> None:
+        """Queue ``tmp`` (complete, written by ``write_temp``) to become ``target``."""
         with self._lock:
             self._pending.append((tmp, target))
             if len(self._pending) < self.group:
@@ -91,13 +133,30 @@ class GroupCommitWriter:
             batch, self._pending = self._pending, []
         self._commit(batch)
 
-    def abort(self) -> None:
-        """Remove pending temporaries (interrupted batch): nothing half-done stays behind."""
+    def abort(self, directories: Iterable[Path] = ()) -> None:
+        """Remove pending temporaries (interrupted batch): nothing half-done stays behind.
+
+        ``directories``: where workers may have written temporaries of this batch that were
+        never ``add``-ed; those (``.tmp-b<this pid>-*``) are removed too.
+        """
         with self._lock:
             batch, self._pending = self._pending, []
         for tmp, _ in batch:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        self.remove_strays(directories)
+
+    def remove_strays(self, directories: Iterable[Path]) -> None:
+        """Remove this batch's temporaries in ``directories`` that were never ``add``-ed
+        (a worker killed after writing one); pending ones stay."""
+        with self._lock:
+            keep = {str(tmp) for tmp, _ in self._pending}
+        for directory in set(directories):
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(directory):
+                    if entry.name.startswith(self._tag) and entry.path not in keep:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
 
     def _commit(self, batch: list[tuple[Path, Path]]) -> None:
         if not batch:

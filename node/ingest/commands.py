@@ -6,9 +6,11 @@ import argparse
 import ctypes
 import hashlib
 import logging
+import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, TextIO
 
 from node.config import Config
 from node.errors import ConfigError, ConversionError, NodeError
-from node.ingest import metadata
+from node.ingest import forkpool, metadata
 from node.ingest.batchwrite import GroupCommitWriter
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file
 from node.ingest.iods import SOP_KINDS
@@ -97,11 +99,19 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--series-from", metavar="F", help="take patient, study and series attributes from F"
     )
     p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes converting in parallel (default: the number of CPUs); "
+        "1 converts in this process with --threads threads",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=4,
         metavar="N",
-        help="files converted concurrently (I/O overlap within one process; default: 4)",
+        help="with --processes 1: files converted concurrently in this process (default: 4)",
     )
     p.add_argument(
         "--no-fsync",
@@ -216,6 +226,51 @@ def _group_contexts(jobs: list[Job], uid_root: str) -> dict[Path, SeriesContext]
     return contexts
 
 
+def _convert_forked(
+    jobs: list[Job],
+    processes: int,
+    one: Callable[[Job, Callable[[Path, bytes], None]], str | None],
+    writer: GroupCommitWriter,
+    record: Callable[[int, Job, str | None], None],
+) -> None:
+    """Convert in forked worker processes; this process commits and reports in input order.
+
+    Each worker writes its outputs to hidden temporaries (``write_temp``) and reports
+    their names; only this process adds them to the group commit, so a file still appears
+    under its final name only complete and durable. UIDs do not depend on the worker: the
+    Study/Series contexts and instance numbers were fixed before the fork.
+    """
+
+    died: list[int] = []
+
+    def in_worker(index: int) -> tuple[str | None, str | None]:
+        written: list[str] = []
+
+        def write(target: Path, data: bytes) -> None:
+            written.append(str(writer.write_temp(target, data)))
+
+        error = one(jobs[index], write)
+        return (written[-1] if written and error is None else None), error
+
+    def on_result(index: int, result: tuple[str | None, str | None] | forkpool.ChildDied) -> None:
+        job = jobs[index]
+        if isinstance(result, forkpool.ChildDied):
+            died.append(index)
+            record(index + 1, job, f"{job.source}: not converted: {result} while converting it")
+            return
+        tmp, error = result
+        if tmp is not None:
+            try:
+                writer.add(Path(tmp), job.output)
+            except OSError as exc:  # the group commit failed (as in the threaded loop)
+                error = f"{job.source}: cannot write {job.output}: {exc.strerror or exc}"
+        record(index + 1, job, error)
+
+    forkpool.run_forked(len(jobs), processes, in_worker, on_result)
+    if died:  # a worker killed after writing a temporary: remove what it left behind
+        writer.remove_strays({job.output.parent for job in jobs})
+
+
 class Progress:
     """A one-line progress bar on a terminal; silent otherwise."""
 
@@ -282,10 +337,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     writer = GroupCommitWriter(fsync=options.fsync)
 
-    def one(job: Job) -> str | None:
+    def one(job: Job, write: Callable[[Path, bytes], None] = writer) -> str | None:
         try:
             convert_file(
-                job.source, job.output, options, contexts[job.group], job.number, writer=writer
+                job.source, job.output, options, contexts[job.group], job.number, writer=write
             )
         except ConversionError as exc:
             return str(exc)
@@ -295,21 +350,28 @@ def cmd_convert(args: argparse.Namespace) -> int:
             return f"{job.source}: cannot write {job.output}: {exc.strerror or exc}"
         return None
 
-    # A few threads overlap file-system waits (open, fsync, rename release the GIL) with
-    # the parsing and encoding of the next files; results are reported in input order.
-    workers = max(1, min(args.threads, len(jobs)))
+    def record(i: int, job: Job, error: str | None) -> None:
+        if error is None:
+            summary.converted += 1
+        else:
+            summary.refused.append((job.source, error))
+            log.error("refused %s", error)
+        progress.update(i, len(summary.refused))
+
+    processes = args.processes if args.processes is not None else (os.cpu_count() or 1)
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
-            results = zip(jobs, pool.map(one, jobs), strict=True)
-            for i, (job, error) in enumerate(results, start=1):
-                if error is None:
-                    summary.converted += 1
-                else:
-                    summary.refused.append((job.source, error))
-                    log.error("refused %s", error)
-                progress.update(i, len(summary.refused))
+        if processes > 1 and len(jobs) > 1 and forkpool.available():
+            _convert_forked(jobs, processes, one, writer, record)
+        else:
+            # A few threads overlap file-system waits (open, fsync, rename release the GIL)
+            # with the parsing and encoding of the next files; results in input order.
+            workers = max(1, min(args.threads, len(jobs)))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
+                results = zip(jobs, pool.map(one, jobs), strict=True)
+                for i, (job, error) in enumerate(results, start=1):
+                    record(i, job, error)
     except BaseException:  # Ctrl-C or a bug: leave no hidden temporaries behind
-        writer.abort()
+        writer.abort({job.output.parent for job in jobs})
         raise
     try:
         writer.close()
