@@ -39,12 +39,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import Destination
 from node.errors import SendError
+from node.filemeta import read_file_meta_from
 from node.send import dimse, wire
 from node.send import status as st
 from node.send.contexts import SendItem, choose_syntax, plan_associations, transcode
@@ -363,15 +364,16 @@ class StoreSCU:
         dataset: Dataset | None,
     ) -> Outcome:
         if dataset is None:
-            _meta, offset = split_dataset(item.path)
-            return link.store(
-                context_id,
-                sop_class_uid=item.sop_class_uid,
-                sop_instance_uid=item.sop_instance_uid,
-                msg_id=msg_id,
-                path=item.path,
-                offset=offset,
-            )
+            with open(item.path, "rb") as fp:  # one open: meta header, then the data set
+                offset = read_file_meta_from(fp, item.path).data_offset
+                return link.store(
+                    context_id,
+                    sop_class_uid=item.sop_class_uid,
+                    sop_instance_uid=item.sop_instance_uid,
+                    msg_id=msg_id,
+                    source=fp,
+                    offset=offset,
+                )
         data = encode(dataset, UID(target).is_implicit_VR, True, False)
         if data is None:
             return st.dead(f"{item.path}: pydicom could not encode the data set in {target}")

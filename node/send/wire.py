@@ -25,7 +25,7 @@ import socket
 import ssl
 import struct
 import time
-from pathlib import Path
+from io import BufferedReader
 from typing import Any
 
 from pynetdicom.association import Association
@@ -166,18 +166,19 @@ class Wire:
         sop_class_uid: str,
         sop_instance_uid: str,
         msg_id: int,
-        path: Path | None = None,
+        source: BufferedReader | None = None,
         data: bytes | None = None,
         offset: int = 0,
     ) -> Outcome:
-        """Send one C-STORE-RQ (file from ``offset``, or ``data``) and classify the answer."""
+        """Send one C-STORE-RQ (an open file's bytes from ``offset``, or ``data``) and
+        classify the answer."""
         try:
             self.sock.settimeout(self.network_timeout)
             self._send_pdv(
                 context_id, 0x03, store_rq_command(sop_class_uid, sop_instance_uid, msg_id)
             )
-            if path is not None:
-                self._send_file(context_id, path, offset)
+            if source is not None:
+                self._send_file(context_id, source, offset)
             else:
                 self._send_bytes(context_id, data or b"")
             self.sock.settimeout(self.dimse_timeout)
@@ -195,20 +196,21 @@ class Wire:
             return st.retry(reason)
         return self._classify(command, msg_id, sop_instance_uid)
 
-    def _send_file(self, context_id: int, path: Path, offset: int) -> None:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2) - offset
-            f.seek(offset)
-            buf = bytearray(min(self.fragment, max(size, 0)))
-            view = memoryview(buf)
-            left = size
-            while True:
-                n = f.readinto(view[: min(len(buf), left)]) if left > 0 else 0
-                left -= n
-                if left <= 0 or n == 0:
-                    self._send_pdv(context_id, 0x02, view[:n])
-                    return
-                self._send_pdv(context_id, 0x00, view[:n])
+    def _send_file(self, context_id: int, f: BufferedReader, offset: int) -> None:
+        size = f.seek(0, 2) - offset
+        f.seek(offset)
+        buf = bytearray(min(self.fragment, max(size, 0)))
+        view = memoryview(buf)
+        left = size
+        while True:
+            n = f.readinto(view[: min(len(buf), left)]) if left > 0 else 0
+            left -= n
+            if left <= 0:
+                self._send_pdv(context_id, 0x02, view[:n])
+                return
+            if n == 0:  # the file shrank while being sent: never send a cut data set
+                raise WireError(f"the file ended {left} bytes early while being sent")
+            self._send_pdv(context_id, 0x00, view[:n])
 
     def _send_bytes(self, context_id: int, data: bytes) -> None:
         view = memoryview(data)

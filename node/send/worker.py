@@ -28,11 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydicom.filereader import read_file_meta_info
-from pydicom.misc import is_dicom
-
 from node.config import Config, Destination
 from node.errors import SendError
+from node.filemeta import FileMetaError, read_file_meta
 from node.logs import fields
 from node.queue.retry import give_up_reason, next_attempt
 from node.queue.store import Job, JobStore
@@ -57,30 +55,11 @@ def read_header(path: Path) -> dict[str, str]:
     Raises SendError naming the file and the missing element.
     """
     try:
-        if not is_dicom(path):
-            raise SendError(f"{path}: not a DICOM file (no DICM prefix after the preamble)")
-        meta = read_file_meta_info(path)
+        return read_file_meta(path).as_dict()
     except OSError as exc:
         raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except SendError:
-        raise
-    except Exception as exc:  # pydicom raises several types on damaged headers
-        raise SendError(f"{path}: damaged file meta information: {exc}") from None
-    out = {}
-    for key, keyword, tag in (
-        ("sop_class_uid", "MediaStorageSOPClassUID", "(0002,0002)"),
-        ("sop_instance_uid", "MediaStorageSOPInstanceUID", "(0002,0003)"),
-        ("transfer_syntax", "TransferSyntaxUID", "(0002,0010)"),
-    ):
-        value = str(meta.get(keyword, "") or "").strip()
-        if not value:
-            raise SendError(
-                f"{path}: {tag} {keyword} is missing from the file meta information; "
-                "rewrite the file with a complete meta header (e.g. dcmconv or pydicom "
-                "save_as(enforce_file_format=True))"
-            )
-        out[key] = value
-    return out
+    except FileMetaError as exc:
+        raise SendError(str(exc)) from None
 
 
 def enqueue_delivery(
