@@ -42,6 +42,20 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _load_syncfs()
 
 
+def _load_start_writeback() -> Callable[[int, int, int, int], int] | None:
+    try:
+        libc = ctypes.CDLL(None)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return fn  # type: ignore[no-any-return]
+
+
+_SYNC_FILE_RANGE = _load_start_writeback()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
 def _syncfs(directory: Path) -> None:
     """syncfs(2) on the file system holding ``directory`` (Linux); ``os.sync()`` elsewhere."""
     if _SYNCFS is None:
@@ -87,6 +101,10 @@ class GroupCommitWriter:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            if self.fsync and _SYNC_FILE_RANGE is not None:
+                # Start writing it back now (no wait, no durability claim): the group's
+                # syncfs then finds most of the data already on its way to the disk.
+                _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):

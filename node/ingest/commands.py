@@ -164,7 +164,17 @@ def _is_input(path: Path, root: Path) -> bool:
     """Not a sidecar, not hidden, not inside a hidden directory (.thumbnails, .git ...)."""
     if path.suffix.lower() == ".json":
         return False
-    return not any(part.startswith(".") for part in path.relative_to(root).parts)
+    return not any(part.startswith(".") for part in path.parts[len(root.parts) :])
+
+
+def _resolved(path: Path, directories: dict[Path, Path]) -> Path:
+    """``path.resolve()``, with each directory resolved once (a symlink: in full)."""
+    if path.is_symlink():
+        return path.resolve()
+    parent = directories.get(path.parent)
+    if parent is None:
+        parent = directories[path.parent] = path.parent.resolve()
+    return parent / path.name
 
 
 def collect(inputs: list[str], output: Path) -> list[Job]:
@@ -175,12 +185,13 @@ def collect(inputs: list[str], output: Path) -> list[Job]:
         path = Path(item)
         if path.is_dir():
             out_root = output.resolve()
+            resolved: dict[Path, Path] = {}
             found = (
                 p
                 for p in path.rglob("*")
                 if p.is_file()
                 and _is_input(p, path)
-                and not p.resolve().is_relative_to(out_root)  # our own earlier outputs
+                and not _resolved(p, resolved).is_relative_to(out_root)  # our earlier outputs
             )
             for f in sorted(found):
                 rel = f.relative_to(path)
