@@ -11,7 +11,9 @@ the whole directory:
 
 - ``dicom-node send --max-pdu 131072 HOST:PORT DIR`` (files whose syntax is accepted go
   straight from disk);
-- ``/usr/bin/storescu -pdu 131072 +sd [-xy for JPEG]`` with TCP_NODELAY=1.
+- ``/usr/bin/storescu -pdu 131072 +sd [-xy for JPEG]`` with TCP_NODELAY=1;
+- the same storescu with DCMTK's defaults (Nagle on, 16 KiB PDU) into a second storescp
+  with its defaults: the pair most sites run, for the "30x DCMTK defaults" comparison.
 
 Runs are interleaved (ours, DCMTK, ours, DCMTK ...). ``run(workdir, repeats)`` returns rows
 for scripts/bench; ``python send.py [--repeats N]`` prints instances/s, MB/s and the ratio.
@@ -39,6 +41,7 @@ COUNT = 200
 PDU = 131072
 AET = "BENCHSCP"
 TRANSFER = "dicom-node send (transfer only, start-up excluded)"
+DEFAULTS = "DCMTK storescu (defaults, into storescp defaults)"
 _TIME = common.GNU_TIME
 
 
@@ -49,26 +52,27 @@ _TIME = common.GNU_TIME
 
 
 class Receiver:
-    """storescp +xa, TCP_NODELAY=1, 128 KiB PDU, into a scratch directory."""
+    """storescp +xa into a scratch directory: tuned (TCP_NODELAY=1, 128 KiB PDU) or with
+    DCMTK's defaults (Nagle on, 16 KiB PDU)."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.out = workdir / "received"
+    def __init__(self, workdir: Path, tuned: bool = True) -> None:
+        name = "received" if tuned else "received-defaults"
+        self.out = workdir / name
         self.out.mkdir(parents=True, exist_ok=True)
         self.port = common.free_port()
-        self.log = open(workdir / "storescp.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(workdir / f"storescp-{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
                 common.dcmtk("storescp"),
                 "-aet",
                 AET,
                 "+xa",
-                "-pdu",
-                str(PDU),
+                *(["-pdu", str(PDU)] if tuned else []),
                 "-od",
                 str(self.out),
                 str(self.port),
             ],
-            env=common.peer_env(),
+            env=_env(tuned),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -85,6 +89,14 @@ class Receiver:
         self.proc.terminate()
         self.proc.wait(10)
         self.log.close()
+
+
+def _env(tuned: bool) -> dict[str, str]:
+    """TCP_NODELAY=1 for tuned DCMTK; its defaults leave Nagle on."""
+    env = common.peer_env()
+    if not tuned:
+        env.pop("TCP_NODELAY", None)
+    return env
 
 
 _SUMMARY = re.compile(r"delivered to .*?; ([0-9.]+) s, ")
@@ -119,6 +131,7 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     }
     rows: list[dict[str, Any]] = []
     receiver = Receiver(workdir)
+    slow_receiver = Receiver(workdir, tuned=False)
     try:
         for workload, (paths, ts_opts) in workloads.items():
             src = paths[0].parent
@@ -147,18 +160,23 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
                 str(receiver.port),
                 str(src),
             ]
+            defaults_cmd = [
+                common.dcmtk("storescu"), "-aec", AET, *ts_opts, "+sd", common.LOOPBACK,
+                str(slow_receiver.port), str(src),
+            ]  # fmt: skip
             tools = {
-                "dicom-node send": (ours_cmd, None),
-                "DCMTK storescu": (dcmtk_cmd, common.peer_env()),
+                "dicom-node send": (ours_cmd, None, receiver),
+                "DCMTK storescu": (dcmtk_cmd, common.peer_env(), receiver),
+                DEFAULTS: (defaults_cmd, _env(False), slow_receiver),
             }
             seconds: dict[str, list[float]] = {name: [] for name in tools}
             seconds[TRANSFER] = []
             rss: dict[str, int] = dict.fromkeys(tools, 0)
             for _ in range(repeats):
-                for name, (cmd, env) in tools.items():
-                    receiver.clear()
+                for name, (cmd, env, into) in tools.items():
+                    into.clear()
                     secs, peak, out = _timed_rss(cmd, env)
-                    got = receiver.count()
+                    got = into.count()
                     if got != len(paths):
                         raise RuntimeError(f"{name}: storescp holds {got} of {len(paths)} files")
                     seconds[name].append(secs)
@@ -178,6 +196,7 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
                 )
     finally:
         receiver.stop()
+        slow_receiver.stop()
     return rows
 
 
@@ -205,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         by.setdefault(row["workload"], {})[row["tool"]] = statistics.median(row["seconds"])
     for workload, t in by.items():
         for ours in ("dicom-node send", TRANSFER):
-            if ours in t:
-                ratio = t["DCMTK storescu"] / t[ours]
-                print(f"{workload}: {ours} vs DCMTK storescu = {ratio:.2f}x")
+            for peer in ("DCMTK storescu", DEFAULTS):
+                if ours in t and peer in t:
+                    print(f"{workload}: {ours} vs {peer} = {t[peer] / t[ours]:.2f}x")
     return 0
 
 
