@@ -234,7 +234,7 @@ def test_association_limit_and_idle_timeout(tmp_path: Path) -> None:
         prim = event.assoc.acceptor.primitive
         seen.append((prim.result, prim.result_source, int(prim.diagnostic)))
 
-    with running_scp(tmp_path, max_associations=1, network_timeout=1.0) as (scp, _, _):
+    with running_scp(tmp_path, max_associations=1, network_timeout=3.0) as (scp, _, _):
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(Verification)
         first = ae.associate(LOOPBACK, scp.port, ae_title=AET)
