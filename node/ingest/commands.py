@@ -11,7 +11,6 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -376,6 +375,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         else:
             # A few threads overlap file-system waits (open, fsync, rename release the GIL)
             # with the parsing and encoding of the next files; results in input order.
+            from concurrent.futures import ThreadPoolExecutor
+
             workers = max(1, min(args.threads, len(jobs)))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
                 results = zip(jobs, pool.map(one, jobs), strict=True)

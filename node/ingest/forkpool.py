@@ -28,7 +28,6 @@ import signal
 import struct
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -106,7 +105,8 @@ def _feed(work_w: int, count: int) -> None:
 def _child(work_r: int, res_w: int, convert_one: Callable[[int], Any]) -> None:
     code = 0
     try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: the parent cleans up
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: the parent cleans up
         while True:
             raw = os.read(work_r, _INDEX.size)
             if len(raw) < _INDEX.size:
@@ -116,6 +116,8 @@ def _child(work_r: int, res_w: int, convert_one: Callable[[int], Any]) -> None:
             try:
                 result = convert_one(index)
             except Exception:  # noqa: BLE001 - a bug: the parent re-raises it
+                import traceback  # only now: it costs ~4 ms of start-up
+
                 _send(res_w, (_BUG, index, traceback.format_exc()))
                 code = 1
                 break
@@ -142,6 +144,7 @@ def _collect(
     buffers = {fd: bytearray() for fd in children}
     taken: dict[int, int | None] = dict.fromkeys(children)  # fd -> index being converted
     ready: dict[int, Any] = {}
+    ended = "the worker processes ended"
     next_index = 0
     open_fds = set(children)
     while open_fds:
@@ -152,7 +155,8 @@ def _collect(
                 open_fds.discard(fd)
                 lost = taken[fd]
                 if lost is not None:  # died in the middle of a job
-                    ready[lost] = ChildDied(_exit_status(children[fd]))
+                    ended = _exit_status(children[fd])
+                    ready[lost] = ChildDied(ended)
                 continue
             buf = buffers[fd]
             buf += chunk
@@ -172,8 +176,10 @@ def _collect(
         while next_index in ready:
             on_result(next_index, ready.pop(next_index))
             next_index += 1
-    if next_index != count:  # every child gone with jobs left: should not happen
-        raise WorkerError(f"worker processes ended after {next_index} of {count} jobs")
+    if next_index != count:  # every child died with jobs left (e.g. all killed)
+        raise WorkerError(
+            f"no worker process left ({ended}): {count - next_index} of {count} files not converted"
+        )
 
 
 def _exit_status(pid: int) -> str:

@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -162,3 +163,30 @@ def test_abort_removes_temporaries_workers_never_reported(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".tmp-other", reported.name])
     writer.abort([tmp_path])
     assert [p.name for p in tmp_path.iterdir()] == [".tmp-other"]
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_no_temporaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "in"
+    for i in range(10):
+        corpus.write(src, f"IMG_{i}.jpg", corpus.jpeg(corpus.rgb(20, 10, seed=i)))
+    real = cv.convert_file
+
+    def stuck(source: Path, *args: object, **kwargs: object) -> object:
+        result = real(source, *args, **kwargs)  # type: ignore[arg-type]
+        if source.name == "IMG_6.jpg":  # written, then hangs: a temporary never reported
+            time.sleep(60)
+        return result
+
+    monkeypatch.setattr(commands, "convert_file", stuck)
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    try:
+        code = main(["convert", str(src), "-o", str(tmp_path / "out"), "--processes", "2"])
+    finally:
+        timer.cancel()
+    assert code == 130
+    assert time.monotonic() - started < 30  # the stuck worker was killed, not waited for
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
