@@ -102,7 +102,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="worker processes converting in parallel (default: the number of CPUs); "
+        help="worker processes converting in parallel (default: the CPUs it may use); "
         "1 converts in this process with --threads threads",
     )
     p.add_argument(
@@ -332,6 +332,13 @@ def _keep_buffers_mapped() -> None:
         return
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     _keep_buffers_mapped()
     cfg = load_from_args(args)
@@ -368,7 +375,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             log.error("refused %s", error)
         progress.update(i, len(summary.refused))
 
-    processes = args.processes if args.processes is not None else (os.cpu_count() or 1)
+    processes = args.processes if args.processes is not None else _usable_cpus()
     try:
         if processes > 1 and len(jobs) > 1 and forkpool.available():
             _convert_forked(jobs, processes, one, writer, record)
