@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import resource
 import shutil
 import socket
@@ -30,9 +31,14 @@ LOOPBACK = "127.0.0.1"
 GNU_TIME = ["/usr/bin/time", "-f", "maxrss=%M"] if os.access("/usr/bin/time", os.X_OK) else []
 
 
-def peer_env() -> dict[str, str]:
+def peer_env(tuned: bool = True) -> dict[str, str]:
+    """Environment for DCMTK/Orthanc: TCP_NODELAY=1 when tuned; DCMTK's defaults leave
+    Nagle on."""
     env = dict(os.environ)
-    env["TCP_NODELAY"] = "1"
+    if tuned:
+        env["TCP_NODELAY"] = "1"
+    else:
+        env.pop("TCP_NODELAY", None)
     return env
 
 
@@ -69,6 +75,29 @@ def timed(cmd: Sequence[str], **kwargs: Any) -> float:
         out = (res.stdout or b"")[-1500:] + (res.stderr or b"")[-1500:]
         raise RuntimeError(f"{cmd[0]} exited {res.returncode}: {out.decode(errors='replace')}")
     return elapsed
+
+
+def run_per_file(name: str, commands: Sequence[Sequence[str]]) -> None:
+    """Run one process per file (how DCMTK's img2dcm/dcm2pnm take their inputs)."""
+    for cmd in commands:
+        res = subprocess.run(list(cmd), capture_output=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"{name} failed on {cmd}: {res.stderr.decode(errors='replace')}")
+
+
+def timed_rss(
+    cmd: Sequence[str], env: dict[str, str] | None = None
+) -> tuple[float, int, subprocess.CompletedProcess[str]]:
+    """Run ``cmd`` under GNU time: ``(seconds, peak RSS bytes, result)``; raises on failure."""
+    start = time.perf_counter()
+    res = subprocess.run([*GNU_TIME, *cmd], capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - start
+    if res.returncode != 0:
+        raise RuntimeError(
+            f"{cmd[0]} exited {res.returncode}: {res.stdout[-800:]}{res.stderr[-1500:]}"
+        )
+    rss = re.search(r"maxrss=(\d+)", res.stderr)
+    return elapsed, int(rss.group(1)) * 1024 if rss else 0, res
 
 
 def child_peak_rss() -> int:

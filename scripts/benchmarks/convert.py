@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,18 +29,13 @@ import camera  # noqa: E402
 import common  # noqa: E402
 
 FILES = 240
-_TIME = common.GNU_TIME
 
 
 def _img2dcm_all(paths: list[Path], out: Path) -> None:
-    img2dcm = common.dcmtk("img2dcm")
-    for i, path in enumerate(paths):
-        res = subprocess.run(
-            [img2dcm, str(path), str(out / f"{i:05d}.dcm")],
-            capture_output=True,
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"img2dcm failed on {path}: {res.stderr.decode(errors='replace')}")
+    exe = common.dcmtk("img2dcm")
+    common.run_per_file(
+        "img2dcm", [[exe, str(p), str(out / f"{i:05d}.dcm")] for i, p in enumerate(paths)]
+    )
 
 
 def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
@@ -55,17 +49,11 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     def ours(out: Path, *extra: str) -> float:
         name = " ".join(["dicom-node convert", *extra])
         cmd = [common.DICOM_NODE, "convert", str(src), "-o", str(out), "--log-level", "WARNING"]
-        start = time.perf_counter()
-        res = subprocess.run([*_TIME, *cmd, *extra], capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if res.returncode != 0:
-            raise RuntimeError(f"dicom-node convert exited {res.returncode}: {res.stderr[-1500:]}")
+        elapsed, rss, res = common.timed_rss([*cmd, *extra])
         found = re.search(r"in ([0-9.]+) s \(", res.stderr)
         if found:
             inner[name].append(float(found.group(1)))
-        rss = re.search(r"maxrss=(\d+)", res.stderr)
-        if rss:
-            peaks[name] = max(peaks.get(name, 0), int(rss.group(1)) * 1024)
+        peaks[name] = max(peaks.get(name, 0), rss)
         return elapsed
 
     tools: dict[str, Any] = {

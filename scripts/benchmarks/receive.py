@@ -71,7 +71,7 @@ class Server:
         log = open(self.work / "server.log", "wb")  # noqa: SIM115 - closed below
         self.proc = subprocess.Popen(
             self.cmd(self.port, self.work), stdout=log, stderr=subprocess.STDOUT,
-            env=_env(self.tuned), cwd=self.work,
+            env=common.peer_env(self.tuned), cwd=self.work,
         )  # fmt: skip
         log.close()
         common.wait_port(self.port)
@@ -119,14 +119,6 @@ def _dcmtk_storescp_defaults(port: int, work: Path) -> list[str]:
     return [common.dcmtk("storescp"), "-aet", AET, "+xa", "-od", "out", str(port)]
 
 
-def _env(tuned: bool) -> dict[str, str]:
-    """TCP_NODELAY=1 for tuned DCMTK; its defaults leave Nagle on."""
-    env = common.peer_env()
-    if not tuned:
-        env.pop("TCP_NODELAY", None)
-    return env
-
-
 def _pynetdicom_storescp(port: int, work: Path) -> list[str]:
     return [
         str(common.VENV_BIN / "python"), "-m", "pynetdicom", "storescp", "-aet", AET,
@@ -157,9 +149,12 @@ def _send(
         cmd.append("-xy")
     if per_object:
         return sum(
-            common.timed([*cmd, common.LOOPBACK, str(port), str(f)], env=_env(tuned)) for f in files
+            common.timed([*cmd, common.LOOPBACK, str(port), str(f)], env=common.peer_env(tuned))
+            for f in files
         )
-    return common.timed([*cmd, common.LOOPBACK, str(port), *map(str, files)], env=_env(tuned))
+    return common.timed(
+        [*cmd, common.LOOPBACK, str(port), *map(str, files)], env=common.peer_env(tuned)
+    )
 
 
 def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:

@@ -14,10 +14,8 @@ rows for scripts/bench; ``python render.py [REPEATS]`` prints images/s and the r
 
 from __future__ import annotations
 
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,17 +27,14 @@ import common  # noqa: E402
 from corpus import ct_series  # noqa: E402
 
 FILES = 200
-_TIME = common.GNU_TIME
 
 
 def _dcm2pnm_all(paths: list[Path], out: Path) -> None:
     exe = common.dcmtk("dcm2pnm")
-    for i, path in enumerate(paths):
-        res = subprocess.run(
-            [exe, "+Wi", "1", "+on", str(path), str(out / f"{i:05d}.png")], capture_output=True
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"dcm2pnm failed on {path}: {res.stderr.decode(errors='replace')}")
+    common.run_per_file(
+        "dcm2pnm",
+        [[exe, "+Wi", "1", "+on", str(p), str(out / f"{i:05d}.png")] for i, p in enumerate(paths)],
+    )
 
 
 def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
@@ -52,17 +47,11 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     def ours(out: Path, *extra: str) -> float:
         name = " ".join(["dicom-node render", *extra])
         cmd = [common.DICOM_NODE, "render", str(src), "-o", str(out), "--log-level", "WARNING"]
-        start = time.perf_counter()
-        res = subprocess.run([*_TIME, *cmd, *extra], capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if res.returncode != 0:
-            raise RuntimeError(f"dicom-node render exited {res.returncode}: {res.stderr[-1500:]}")
+        elapsed, rss, _res = common.timed_rss([*cmd, *extra])
         made = len(list(out.rglob("*.png")))
         if made != len(paths):
             raise RuntimeError(f"dicom-node render wrote {made} PNGs for {len(paths)} files")
-        rss = re.search(r"maxrss=(\d+)", res.stderr)
-        if rss:
-            peaks[name] = max(peaks.get(name, 0), int(rss.group(1)) * 1024)
+        peaks[name] = max(peaks.get(name, 0), rss)
         return elapsed
 
     def dcmtk(out: Path) -> float:

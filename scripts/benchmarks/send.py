@@ -27,8 +27,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +40,6 @@ PDU = 131072
 AET = "BENCHSCP"
 TRANSFER = "dicom-node send (transfer only, start-up excluded)"
 DEFAULTS = "DCMTK storescu (defaults, into storescp defaults)"
-_TIME = common.GNU_TIME
 
 
 # ------------------------------------------------------------------------------ data
@@ -72,7 +69,7 @@ class Receiver:
                 str(self.out),
                 str(self.port),
             ],
-            env=_env(tuned),
+            env=common.peer_env(tuned),
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -91,14 +88,6 @@ class Receiver:
         self.log.close()
 
 
-def _env(tuned: bool) -> dict[str, str]:
-    """TCP_NODELAY=1 for tuned DCMTK; its defaults leave Nagle on."""
-    env = common.peer_env()
-    if not tuned:
-        env.pop("TCP_NODELAY", None)
-    return env
-
-
 _SUMMARY = re.compile(r"delivered to .*?; ([0-9.]+) s, ")
 
 
@@ -106,21 +95,6 @@ def _transfer_seconds(stdout: str) -> float | None:
     """The sending time ``dicom-node send`` reports in its summary (start-up excluded)."""
     m = _SUMMARY.search(stdout)
     return float(m.group(1)) if m else None
-
-
-def _timed_rss(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int, str]:
-    start = time.perf_counter()
-    res = subprocess.run([*_TIME, *cmd], capture_output=True, text=True, env=env)
-    elapsed = time.perf_counter() - start
-    if res.returncode != 0:
-        raise RuntimeError(
-            f"{cmd[0]} exited {res.returncode}: {res.stdout[-800:]}{res.stderr[-800:]}"
-        )
-    rss = 0
-    for line in res.stderr.splitlines():
-        if line.startswith("maxrss="):
-            rss = int(line.split("=", 1)[1]) * 1024
-    return elapsed, rss, res.stdout
 
 
 def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
@@ -167,7 +141,7 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
             tools = {
                 "dicom-node send": (ours_cmd, None, receiver),
                 "DCMTK storescu": (dcmtk_cmd, common.peer_env(), receiver),
-                DEFAULTS: (defaults_cmd, _env(False), slow_receiver),
+                DEFAULTS: (defaults_cmd, common.peer_env(False), slow_receiver),
             }
             seconds: dict[str, list[float]] = {name: [] for name in tools}
             seconds[TRANSFER] = []
@@ -175,7 +149,8 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
             for _ in range(repeats):
                 for name, (cmd, env, into) in tools.items():
                     into.clear()
-                    secs, peak, out = _timed_rss(cmd, env)
+                    secs, peak, res = common.timed_rss(cmd, env)
+                    out = res.stdout
                     got = into.count()
                     if got != len(paths):
                         raise RuntimeError(f"{name}: storescp holds {got} of {len(paths)} files")
@@ -183,12 +158,12 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
                     rss[name] = max(rss[name], peak)
                     if name == "dicom-node send" and (inner := _transfer_seconds(out)):
                         seconds[TRANSFER].append(inner)
-            for name, secs in seconds.items():
+            for name, runs in seconds.items():
                 rows.append(
                     {
                         "workload": workload,
                         "tool": name,
-                        "seconds": secs,
+                        "seconds": runs,
                         "instances": len(paths),
                         "bytes": size,
                         "peak_rss": rss.get(name, rss["dicom-node send"]),

@@ -28,6 +28,12 @@ from tests.ingest import corpus
 pytestmark = pytest.mark.skipif(not forkpool.available(), reason="needs os.fork")
 
 
+def _small_jpegs(folder: Path, count: int) -> None:
+    """``IMG_0.jpg`` ... in ``folder``: small distinct JPEGs."""
+    for i in range(count):
+        corpus.write(folder, f"IMG_{i}.jpg", corpus.jpeg(corpus.rgb(20, 10, seed=i)))
+
+
 def _corpus(root: Path) -> Path:
     """Good cases of every kind in two folders, plus refusals, plus a nested folder."""
     good = corpus.good_cases()
@@ -88,8 +94,7 @@ def test_a_dying_worker_costs_only_its_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     src = tmp_path / "in"
-    for i in range(8):
-        corpus.write(src, f"IMG_{i}.jpg", corpus.jpeg(corpus.rgb(20, 10, seed=i)))
+    _small_jpegs(src, 8)
     real = cv.convert_file
 
     def crashing(source: Path, *args: object, **kwargs: object) -> object:
@@ -114,8 +119,7 @@ def test_a_bug_in_a_worker_is_raised_and_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = tmp_path / "in"
-    for i in range(6):
-        corpus.write(src, f"IMG_{i}.jpg", corpus.jpeg(corpus.rgb(20, 10, seed=i)))
+    _small_jpegs(src, 6)
     real = cv.convert_file
 
     def buggy(source: Path, *args: object, **kwargs: object) -> object:
@@ -169,8 +173,7 @@ def test_ctrl_c_stops_the_workers_and_leaves_no_temporaries(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = tmp_path / "in"
-    for i in range(10):
-        corpus.write(src, f"IMG_{i}.jpg", corpus.jpeg(corpus.rgb(20, 10, seed=i)))
+    _small_jpegs(src, 10)
     real = cv.convert_file
 
     def stuck(source: Path, *args: object, **kwargs: object) -> object:
