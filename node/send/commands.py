@@ -248,7 +248,7 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
         f"{ok} of {total + counts['skipped']} delivered to {scu.where} "
         f"({counts['warning']} with warnings), {counts['retry']} failed transiently, "
         f"{counts['dead']} failed permanently, {counts['skipped']} skipped; "
-        f"{elapsed:.2f} s, {ok / elapsed if elapsed else 0:.1f} files/s, "
+        f"{elapsed:.3f} s, {ok / elapsed if elapsed else 0:.1f} files/s, "
         f"{sizes / elapsed / 1e6 if elapsed else 0:.1f} MB/s"
     )
     return EXIT_OK if ok == total + counts["skipped"] and total > 0 else EXIT_FAILED
