@@ -166,6 +166,11 @@ def _dataset_bytes(ds: Any) -> bytes:
     return fp.getvalue()
 
 
+def _command_set(elements: list[tuple[int, bytes]]) -> bytes:
+    """A command set's elements (group 0000, Implicit VR LE) without the group length."""
+    return b"".join(struct.pack("<HHI", 0, el, len(v)) + v for el, v in elements)
+
+
 def _wait_empty(directory: Path) -> None:
     deadline = time.monotonic() + 10
     while list(directory.iterdir()) and time.monotonic() < deadline:
@@ -223,9 +228,8 @@ def test_echo_and_store_responses_on_the_wire(tmp_path: Path) -> None:
     with running_scp(tmp_path / "node") as (scp, store, _):
         wire, ids = _wire(scp.port, SecondaryCaptureImageStorage, Verification)
         # C-ECHO-RQ built by hand: CommandField 0x0030, no data set.
-        body = b"".join(
-            struct.pack("<HHI", 0, el, len(v)) + v
-            for el, v in [
+        body = _command_set(
+            [
                 (0x0002, b"1.2.840.10008.1.1\x00"),
                 (0x0100, struct.pack("<H", 0x0030)),
                 (0x0110, struct.pack("<H", 5)),
@@ -351,7 +355,7 @@ def test_store_without_message_id_aborts_before_storing(tmp_path: Path) -> None:
     command = parse_command(store_rq_command(ds.SOPClassUID, ds.SOPInstanceUID, 1))
     del command[0x0110]
     del command[0x0000]
-    body = b"".join(struct.pack("<HHI", 0, el, len(v)) + v for el, v in sorted(command.items()))
+    body = _command_set(sorted(command.items()))
     with running_scp(tmp_path / "node") as (scp, store, _):
         wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
         cx = ids[str(SecondaryCaptureImageStorage)]
@@ -376,7 +380,7 @@ def test_command_uid_not_a_uid_is_refused_before_staging(
     command = parse_command(store_rq_command(ds.SOPClassUID, ds.SOPInstanceUID, 1))
     command[0x1000] = uid
     del command[0x0000]
-    body = b"".join(struct.pack("<HHI", 0, el, len(v)) + v for el, v in sorted(command.items()))
+    body = _command_set(sorted(command.items()))
     with running_scp(tmp_path / "node") as (scp, store, _):
         wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
         cx = ids[str(SecondaryCaptureImageStorage)]
