@@ -25,24 +25,23 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
-from pynetdicom.presentation import PresentationContext, build_context
+from typing import TYPE_CHECKING
 
 from node.errors import SendError
+
+if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128
-UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
+#: One proposed presentation context: (abstract syntax, transfer syntax).
+Context = tuple[str, str]
 
 #: Transfer syntaxes that are always lossy -> (0028,2114) LossyImageCompressionMethod
 #: (PS3.3 C.7.6.1.1.5.1). JPEG 2000, JPEG-LS near-lossless and HTJ2K may be reversible, so for
@@ -85,7 +84,7 @@ def proposed_syntaxes(own: Iterable[str], preferences: Sequence[str] = ()) -> li
 
 def plan_associations(
     items: Sequence[SendItem], preferences: Sequence[str] = ()
-) -> list[tuple[list[PresentationContext], list[SendItem]]]:
+) -> list[tuple[list[Context], list[SendItem]]]:
     """Split ``items`` into association-sized groups with the contexts each one proposes.
 
     Items of one SOP class stay in one group; groups keep the items' original order.
@@ -93,8 +92,8 @@ def plan_associations(
     by_class: dict[str, list[SendItem]] = {}
     for item in items:
         by_class.setdefault(item.sop_class_uid, []).append(item)
-    groups: list[tuple[list[PresentationContext], list[SendItem]]] = []
-    contexts: list[PresentationContext] = []
+    groups: list[tuple[list[Context], list[SendItem]]] = []
+    contexts: list[Context] = []
     members: list[SendItem] = []
     for sop_class, class_items in by_class.items():
         syntaxes = proposed_syntaxes(
@@ -102,7 +101,7 @@ def plan_associations(
         )
         if not syntaxes:
             syntaxes = list(preferences)
-        new = [build_context(sop_class, ts) for ts in syntaxes[:MAX_CONTEXTS]]
+        new = [(sop_class, ts) for ts in syntaxes[:MAX_CONTEXTS]]
         if contexts and len(contexts) + len(new) > MAX_CONTEXTS:
             groups.append((contexts, members))
             contexts, members = [], []
@@ -168,10 +167,13 @@ def transcode(path: Path, target: str) -> Dataset:
     Compressed pixel data is decoded; big endian and deflated files are simply re-encoded.
     Raises SendError naming the file when the pixel data cannot be decoded.
     """
+    from pydicom import dcmread
+    from pydicom.uid import UID
+
     ds = dcmread(path)
     source = UID(ds.file_meta.TransferSyntaxUID)
     lossy_before = ds.get("LossyImageCompression")
-    if source.is_compressed and source != DeflatedExplicitVRLittleEndian:
+    if source.is_compressed and source != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         if "PixelData" not in ds:
             raise SendError(f"{path}: compressed transfer syntax {source.name} but no Pixel Data")
         try:
@@ -189,8 +191,21 @@ def transcode(path: Path, target: str) -> Dataset:
             ds.LossyImageCompression = "01"
             if "LossyImageCompressionMethod" not in ds:
                 ds.LossyImageCompressionMethod = LOSSY_METHODS[source]
-    elif source == ExplicitVRBigEndian:
+    elif source == EXPLICIT_VR_BIG_ENDIAN:
         _big_to_little(ds)
     ds.file_meta.TransferSyntaxUID = UID(target)
     ds.set_original_encoding(UID(target).is_implicit_VR, True, ds.original_character_set)
     return ds
+
+
+def encode_dataset(ds: Dataset, target: str) -> bytes:
+    """The data set's bytes in ``target`` (Explicit or Implicit VR Little Endian), as they go
+    into P-DATA (no preamble, no file meta)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = target == IMPLICIT_VR_LITTLE_ENDIAN
+    write_dataset(fp, ds)
+    return fp.getvalue()

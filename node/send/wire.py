@@ -1,8 +1,7 @@
-"""The C-STORE data phase on the raw socket, after pynetdicom negotiated the association.
+"""The DIMSE data phase of the C-STORE SCU on the raw socket (PS3.7, PS3.8 9.3.5).
 
-pynetdicom negotiates (A-ASSOCIATE, TLS, presentation contexts, maximum PDU length). For
-the batch we then park its two threads (reactor and DUL: they poll with sleeps) and speak
-PS3.8 ourselves on the same socket, blocking in ``recv``:
+``acse`` establishes the association; :class:`Wire` then speaks on its socket, blocking in
+``recv`` (no polling threads, no per-PDU hand-offs):
 
 * C-STORE-RQ: the command set (Implicit VR Little Endian, PS3.7 9.3.1.1) in one PDV, then
   the data set streamed from the file (bytes after the file meta) or from memory, in
@@ -10,11 +9,11 @@ PS3.8 ourselves on the same socket, blocking in ``recv``:
 * C-STORE-RSP: PDVs collected until the last command fragment, the command set parsed, the
   response matched to the request (Message ID Being Responded To, Affected SOP Instance
   UID) and classified;
+* C-ECHO-RQ/RSP the same way, without a data set;
 * A-RELEASE-RQ/RP at the end, or A-ABORT on any protocol error.
 
 Any error is a retry for the file in flight; the association is then unusable and the rest
-of the batch goes back to the queue. :class:`Wire` is used only when pynetdicom exposes what
-it needs (:func:`available`); otherwise ``dimse`` (pynetdicom's own DIMSE) is used.
+of the batch goes back to the queue.
 """
 
 from __future__ import annotations
@@ -24,11 +23,7 @@ import logging
 import socket
 import ssl
 import struct
-import time
 from io import BufferedReader
-from typing import Any
-
-from pynetdicom.association import Association
 
 from node.send import status as st
 from node.send.status import Outcome
@@ -38,20 +33,13 @@ log = logging.getLogger(__name__)
 _PDU_HEADER = struct.Struct(">BBI")
 _PDV_HEADER = struct.Struct(">IBB")
 _ELEM = struct.Struct("<HHI")
+VERIFICATION = "1.2.840.10008.1.1"
+#: Responses (command sets, A-RELEASE-RP, A-ABORT) are small; a longer PDU is a broken peer.
+MAX_RESPONSE_PDU = 16 * 1024 * 1024
 
 
 class WireError(Exception):
     """The association cannot go on (protocol error, abort, timeout, closed socket)."""
-
-
-def available(assoc: Association) -> bool:
-    a: Any = assoc
-    return (
-        hasattr(a, "_reactor_checkpoint")
-        and hasattr(a, "_kill")
-        and hasattr(getattr(a, "dul", None), "_kill_thread")
-        and getattr(getattr(getattr(a, "dul", None), "socket", None), "socket", None) is not None
-    )
 
 
 # --------------------------------------------------------------------------- command sets
@@ -66,6 +54,12 @@ def _us(value: int) -> bytes:
     return struct.pack("<H", value)
 
 
+def _command_set(elems: list[tuple[int, bytes]]) -> bytes:
+    """Group 0000 elements, Implicit VR Little Endian, CommandGroupLength first."""
+    body = b"".join(_ELEM.pack(0x0000, el, len(v)) + v for el, v in elems)
+    return _ELEM.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body
+
+
 def store_rq_command(sop_class_uid: str, sop_instance_uid: str, msg_id: int) -> bytes:
     """C-STORE-RQ command set, Implicit VR Little Endian, group length first."""
     elems = [
@@ -76,8 +70,19 @@ def store_rq_command(sop_class_uid: str, sop_instance_uid: str, msg_id: int) -> 
         (0x0800, _us(0x0000)),  # CommandDataSetType: a data set follows
         (0x1000, _uid(sop_instance_uid)),  # AffectedSOPInstanceUID
     ]
-    body = b"".join(_ELEM.pack(0x0000, el, len(v)) + v for el, v in elems)
-    return _ELEM.pack(0x0000, 0x0000, 4) + struct.pack("<I", len(body)) + body
+    return _command_set(elems)
+
+
+def echo_rq_command(msg_id: int) -> bytes:
+    """C-ECHO-RQ command set (PS3.7 9.3.5.1): Verification SOP Class, no data set."""
+    return _command_set(
+        [
+            (0x0002, _uid(VERIFICATION)),  # AffectedSOPClassUID
+            (0x0100, _us(0x0030)),  # CommandField: C-ECHO-RQ
+            (0x0110, _us(msg_id)),  # MessageID
+            (0x0800, _us(0x0101)),  # CommandDataSetType: no data set
+        ]
+    )
 
 
 def parse_command(data: bytes) -> dict[int, bytes]:
@@ -104,29 +109,22 @@ def _text(raw: bytes | None) -> str:
 class Wire:
     """Owns the association's socket for the data phase of one batch."""
 
-    def __init__(self, assoc: Association, *, dimse_timeout: float, network_timeout: float) -> None:
-        self.assoc = assoc
-        a: Any = assoc
-        self.sock: socket.socket = a.dul.socket.socket
-        peer_max = int(a.acceptor.maximum_length or 0)
+    def __init__(
+        self,
+        sock: socket.socket,
+        peer_max_pdu: int,
+        *,
+        dimse_timeout: float,
+        network_timeout: float,
+    ) -> None:
+        self.sock = sock
         # PDV fragment size: the peer's maximum PDU length minus the PDV item header (6).
-        self.fragment = (peer_max - 6) if peer_max else 4 * 1024 * 1024
+        self.fragment = (peer_max_pdu - 6) if peer_max_pdu else 4 * 1024 * 1024
         # 0 or less means "no limit" (a zero socket timeout would mean non-blocking).
         self.dimse_timeout = dimse_timeout if dimse_timeout > 0 else None
         self.network_timeout = network_timeout if network_timeout > 0 else None
         self.closed = False
-        self._park()
-
-    def _park(self) -> None:
-        """Stop pynetdicom's reactor and DUL threads, leaving the socket open and idle."""
-        a: Any = self.assoc
-        a._kill = True
-        a._reactor_checkpoint.set()
-        a.dul._kill_thread = True
-        deadline = time.monotonic() + 5
-        for thread in (a.dul, a):
-            if thread.is_alive():
-                thread.join(max(deadline - time.monotonic(), 0.1))
+        self.released = False
         self.sock.settimeout(self.network_timeout)
 
     # ------------------------------------------------------------------ PDUs
@@ -155,6 +153,8 @@ class Wire:
 
     def _recv_pdu(self) -> tuple[int, bytes]:
         kind, _, length = _PDU_HEADER.unpack(self._recv_exact(6))
+        if length > MAX_RESPONSE_PDU:
+            raise WireError(f"PDU 0x{kind:02X} of {length} bytes: a response is never that long")
         return kind, self._recv_exact(length)
 
     # ------------------------------------------------------------------ C-STORE
@@ -230,7 +230,9 @@ class Wire:
                     f"the peer aborted the association (source {source}, reason {reason})"
                 )
             if kind != 0x04:
-                raise WireError(f"unexpected PDU type 0x{kind:02X} while waiting for C-STORE-RSP")
+                raise WireError(
+                    f"unexpected PDU type 0x{kind:02X} while waiting for a DIMSE response"
+                )
             pos = 0
             while pos + 6 <= len(body):
                 length, _cx, control = _PDV_HEADER.unpack_from(body, pos)
@@ -263,6 +265,29 @@ class Wire:
         status = struct.unpack("<H", status_raw)[0]
         return st.classify_status(status, _text(command.get(0x0902)))
 
+    # ------------------------------------------------------------------ C-ECHO
+
+    def echo(self, context_id: int, msg_id: int = 1) -> Outcome:
+        """One C-ECHO on the Verification context: delivered when the peer answers 0x0000."""
+        try:
+            self.sock.settimeout(self.network_timeout)
+            self._send_pdv(context_id, 0x03, echo_rq_command(msg_id))
+            self.sock.settimeout(self.dimse_timeout)
+            command = self._receive_response(context_id)
+        except (OSError, WireError) as exc:
+            self.abort()
+            return st.retry(f"no C-ECHO response: {exc}")
+        field = struct.unpack("<H", command.get(0x0100, b"\x00\x00"))[0]
+        responding = command.get(0x0120)
+        status_raw = command.get(0x0900)
+        if field != 0x8030 or responding != _us(msg_id) or status_raw is None:
+            self.abort()
+            return st.retry("unexpected DIMSE message instead of the C-ECHO response")
+        status = struct.unpack("<H", status_raw)[0]
+        if status == 0x0000:
+            return st.DELIVERED
+        return st.dead(f"C-ECHO failed: {st.status_text(status, _text(command.get(0x0902)))}")
+
     # ------------------------------------------------------------------ ending
 
     def release(self) -> None:
@@ -294,12 +319,7 @@ class Wire:
 
     def _close(self, *, released: bool) -> None:
         self.closed = True
+        self.released = released
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
-        a: Any = self.assoc
-        a.is_established = False
-        if released:
-            a.is_released = True
-        else:
-            a.is_aborted = True

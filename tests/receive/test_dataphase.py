@@ -17,7 +17,6 @@ from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
-from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     SecondaryCaptureImageStorage,
@@ -26,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from node.receive.dataphase import eligible, parse_command, response_command
+from node.send import acse
 from node.send.wire import Wire, store_rq_command
 from tests.peers import LOOPBACK, peer_env, tool
 from tests.receive.helpers import (
@@ -148,13 +148,16 @@ def test_concurrent_associations(tmp_path: Path, caplog: pytest.LogCaptureFixtur
 
 
 def _wire(port: int, *contexts: str) -> tuple[Wire, dict[str, int]]:
-    ae = AE(ae_title="MODALITY")
-    for cx in contexts:
-        ae.add_requested_context(cx, "1.2.840.10008.1.2.1")
-    assoc = ae.associate(LOOPBACK, port, ae_title=AET, max_pdu=16384)
-    assert assoc.is_established
-    ids = {str(cx.abstract_syntax): int(cx.context_id) for cx in assoc.accepted_contexts}
-    return Wire(assoc, dimse_timeout=10, network_timeout=10), ids
+    """Our SCU's own association (node.send.acse) and data phase, driven by hand."""
+    proposed = [(str(cx), "1.2.840.10008.1.2.1") for cx in contexts]
+    sock = acse.connect(LOOPBACK, port, timeout=10)
+    assoc = acse.negotiate(
+        sock, called_ae=AET, calling_ae="MODALITY", contexts=proposed, max_pdu=16384, timeout=10
+    )
+    assert len(assoc.contexts) == len(proposed)
+    ids = {sop_class: cx_id for (sop_class, _), cx_id in assoc.contexts.items()}
+    wire = Wire(assoc.sock, assoc.peer_max_pdu, dimse_timeout=10, network_timeout=10)
+    return wire, ids
 
 
 def _dataset_bytes(ds: Any) -> bytes:

@@ -86,6 +86,15 @@ def scripted_scp(
 @contextlib.contextmanager
 def rejecting_server(result: int, source: int = 1, reason: int = 1) -> Iterator[int]:
     """A TCP server answering every A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
+    with answering_server(struct.pack(">BBIBBBB", 0x03, 0, 4, 0, result, source, reason)) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def answering_server(answer: bytes | None, *, hold: bool = True) -> Iterator[int]:
+    """A TCP server that reads one A-ASSOCIATE-RQ per connection and answers ``answer``
+    (raw bytes, sent as they are), or nothing at all when ``answer`` is None; then it waits
+    for the peer to close (``hold``) or closes the connection itself."""
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind((LOOPBACK, 0))
     srv.listen(4)
@@ -110,8 +119,10 @@ def rejecting_server(result: int, source: int = 1, reason: int = 1) -> Iterator[
                             if not chunk:
                                 break
                             length -= len(chunk)
-                    conn.sendall(struct.pack(">BBIBBBB", 0x03, 0, 4, 0, result, source, reason))
-                    conn.recv(1)  # wait for the peer to close
+                    if answer is not None:
+                        conn.sendall(answer)
+                    if hold:
+                        conn.recv(1)  # wait for the peer to close
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

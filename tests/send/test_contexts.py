@@ -18,10 +18,10 @@ def _item(i: int, sop_class: str, ts: str) -> SendItem:
 def test_one_context_per_syntax_own_first() -> None:
     items = [_item(1, "1.2.840.10008.5.1.4.1.1.7", JPEGBaseline8Bit)]
     [(contexts, members)] = plan_associations(items)
-    assert [cx.transfer_syntax for cx in contexts] == [
-        [JPEGBaseline8Bit],
-        [ExplicitVRLittleEndian],
-        [ImplicitVRLittleEndian],
+    assert [ts for _, ts in contexts] == [
+        JPEGBaseline8Bit,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
     ]
     assert members == items
 
@@ -33,13 +33,13 @@ def test_more_than_128_contexts_split_over_associations_keeping_classes_together
     assert all(len(cx) <= MAX_CONTEXTS for cx, _ in groups)
     assert [m for _, ms in groups for m in ms] == items
     for contexts, members in groups:
-        assert {cx.abstract_syntax for cx in contexts} == {m.sop_class_uid for m in members}
+        assert {sop_class for sop_class, _ in contexts} == {m.sop_class_uid for m in members}
 
 
 def test_destination_preferences_limit_the_proposal() -> None:
     items = [_item(1, "1.2.3", JPEGBaseline8Bit)]
     [(contexts, _)] = plan_associations(items, [ExplicitVRLittleEndian])
-    assert [cx.transfer_syntax for cx in contexts] == [[ExplicitVRLittleEndian]]
+    assert [ts for _, ts in contexts] == [ExplicitVRLittleEndian]
 
 
 def test_choose_syntax() -> None:
