@@ -12,7 +12,6 @@ not a second object.
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 from node import __version__
 from node.errors import ConfigError
@@ -58,4 +57,6 @@ def uid_from_seed(root: str, *seed: str | bytes) -> str:
 
 def new_uid(root: str = DEFAULT_ROOT) -> str:
     """A fresh random UID under ``root``."""
+    import uuid  # imports platform (a dozen regexes): only where random UIDs are made
+
     return _from_int(root, uuid.uuid4().int)

@@ -24,12 +24,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import ssl
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+if TYPE_CHECKING:  # ssl (~12 ms to import) only when a destination uses TLS
+    import ssl
 
 log = logging.getLogger(__name__)
 

@@ -16,16 +16,17 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.config import Config, Destination
 from node.errors import ConfigError, SendError
-from node.queue.store import JobState, JobStore
-from node.send.contexts import SendItem
+from node.send.contexts import SendItem, read_header
 from node.send.scu import StoreSCU
 from node.send.status import Outcome
-from node.send.worker import KIND, enqueue_delivery, read_header
 from node.service_commands import load_from_args
+
+if TYPE_CHECKING:
+    from node.queue.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BATCH = 1000
 ENQUEUE_CHUNK = 500
 #: Job states in which `send --queue` leaves an existing job alone (it is on its way).
-PENDING = (JobState.QUEUED, JobState.CLAIMED, JobState.RETRY)
+PENDING = ("queued", "claimed", "retry")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -154,6 +155,8 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
             f"--queue needs a destination configured in [[destinations]] (got {dest.name!r}): "
             "the node's workers deliver by destination name"
         )
+    from node.queue.store import JobStore  # SQLite: only when queueing
+
     counts = {"queued": 0, "pending": 0, "bad": 0}
     files = iter_files(paths)
     with JobStore(cfg.node.state_dir) as store:
@@ -183,6 +186,7 @@ def _enqueue_one(store: JobStore, destination: str, path: Path) -> str:
     this file to be sent (e.g. the PACS lost it, or the file was fixed).
     """
     from node.ingest.dicom_inputs import DicomInputError, check_complete
+    from node.send.worker import KIND, enqueue_delivery
 
     try:
         uid = read_header(path)["sop_instance_uid"]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from node.errors import SendError
+from node.filemeta import FileMetaError, read_file_meta
 
 if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
     from pydicom.dataset import Dataset
@@ -70,6 +71,19 @@ class SendItem:
     sop_instance_uid: str
     transfer_syntax: str
     key: int = 0  # the caller's handle (the job id in the worker)
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """SOP Class/Instance UID and transfer syntax from the file meta (group 0002 only).
+
+    Raises SendError naming the file and the missing element.
+    """
+    try:
+        return read_file_meta(path).as_dict()
+    except OSError as exc:
+        raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except FileMetaError as exc:
+        raise SendError(str(exc)) from None
 
 
 def proposed_syntaxes(own: Iterable[str], preferences: Sequence[str] = ()) -> list[str]:

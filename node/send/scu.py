@@ -29,7 +29,6 @@ The :class:`Sender` protocol is what the worker needs; tests inject a fake.
 from __future__ import annotations
 
 import logging
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -49,9 +48,10 @@ from node.send.contexts import (
     transcode,
 )
 from node.send.status import Outcome, Verdict
-from node.send.tls import client_context
 
 if TYPE_CHECKING:
+    import ssl
+
     from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,12 @@ class WireChannel:
             self.link.release()
 
 
+def _is_tls_error(exc: OSError) -> bool:
+    import ssl
+
+    return isinstance(exc, ssl.SSLError)
+
+
 class StoreSCU:
     """The real Sender: associations to one :class:`Destination`."""
 
@@ -156,6 +162,8 @@ class StoreSCU:
         self.where = f"{destination.called_ae}@{destination.host}:{destination.port}"
         self._tls: ssl.SSLContext | None = None
         if destination.tls.enabled:
+            from node.send.tls import client_context  # ssl only for TLS destinations
+
             self._tls = client_context(destination.tls, f"destinations.{destination.name}.tls")
         engine = engine or DEFAULT_ENGINE
         if engine not in ENGINES:
@@ -178,9 +186,11 @@ class StoreSCU:
         host, port = self.dest.host, self.dest.port
         try:
             sock = acse.connect(host, port, timeout=self.dest.acse_timeout, tls=self._tls)
-        except ssl.SSLError as exc:
-            return None, st.retry(f"cannot connect to {host}:{port}: TLS handshake failed ({exc})")
         except OSError as exc:
+            if self._tls is not None and _is_tls_error(exc):
+                return None, st.retry(
+                    f"cannot connect to {host}:{port}: TLS handshake failed ({exc})"
+                )
             return None, st.retry(
                 f"cannot connect to {host}:{port} "
                 f"(connection refused, unreachable or timed out: {exc})"

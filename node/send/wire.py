@@ -21,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import ssl
 import struct
+import sys
 from io import BufferedReader
 
 from node.send import status as st
@@ -125,6 +125,9 @@ class Wire:
         self.network_timeout = network_timeout if network_timeout > 0 else None
         self.closed = False
         self.released = False
+        ssl = sys.modules.get("ssl")  # not imported at all unless some connection uses TLS
+        # TLS sockets have no sendmsg (scatter/gather): they get header + fragment joined.
+        self._gather = not (ssl is not None and isinstance(sock, ssl.SSLSocket))
         self.sock.settimeout(self.network_timeout)
 
     # ------------------------------------------------------------------ PDUs
@@ -133,7 +136,7 @@ class Wire:
         header = _PDU_HEADER.pack(0x04, 0, len(data) + 6) + _PDV_HEADER.pack(
             len(data) + 2, context_id, control
         )
-        if isinstance(self.sock, ssl.SSLSocket):  # no sendmsg on TLS sockets
+        if not self._gather:
             self.sock.sendall(header + bytes(data))
             return
         total = len(header) + len(data)

@@ -29,12 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from node.config import Config, Destination
-from node.errors import SendError
-from node.filemeta import FileMetaError, read_file_meta
 from node.logs import fields
 from node.queue.retry import give_up_reason, next_attempt
 from node.queue.store import Job, JobStore
-from node.send.contexts import SendItem
+from node.send.contexts import SendItem, read_header
 from node.send.scu import Sender, StoreSCU
 from node.send.status import Outcome, Verdict
 
@@ -47,19 +45,6 @@ IDLE_POLL_SECONDS = 1.0
 
 
 # --------------------------------------------------------------------------- enqueueing
-
-
-def read_header(path: Path) -> dict[str, str]:
-    """SOP Class/Instance UID and transfer syntax from the file meta (group 0002 only).
-
-    Raises SendError naming the file and the missing element.
-    """
-    try:
-        return read_file_meta(path).as_dict()
-    except OSError as exc:
-        raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except FileMetaError as exc:
-        raise SendError(str(exc)) from None
 
 
 def enqueue_delivery(
