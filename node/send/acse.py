@@ -292,9 +292,8 @@ def connect(
     sock = socket.create_connection((host, port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls is not None:
-            hostname = host if tls.check_hostname else None
-            return tls.wrap_socket(sock, server_hostname=hostname)
+        if tls is not None:  # server_hostname: SNI, and the name checked if check_hostname
+            return tls.wrap_socket(sock, server_hostname=host)
     except BaseException:
         sock.close()
         raise

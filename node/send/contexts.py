@@ -214,12 +214,15 @@ def transcode(path: Path, target: str) -> Dataset:
 
 def encode_dataset(ds: Dataset, target: str) -> bytes:
     """The data set's bytes in ``target`` (Explicit or Implicit VR Little Endian), as they go
-    into P-DATA (no preamble, no file meta)."""
+    into P-DATA (no preamble, no file meta). SendError when pydicom cannot write it."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
     fp = DicomBytesIO()
     fp.is_little_endian = True
     fp.is_implicit_VR = target == IMPLICIT_VR_LITTLE_ENDIAN
-    write_dataset(fp, ds)
+    try:
+        write_dataset(fp, ds)
+    except Exception as exc:  # pydicom's writer raises many types for a value it cannot write
+        raise SendError(f"pydicom cannot encode the data set in {target}: {exc}") from exc
     return fp.getvalue()

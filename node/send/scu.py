@@ -320,6 +320,8 @@ class StoreSCU:
             return st.dead(f"{item.path}: file is gone")
         except OSError as exc:
             return st.retry(f"{item.path}: read error while sending: {exc}")
+        except SendError as exc:
+            return st.dead(f"{item.path}: {exc}")
         except (AttributeError, ValueError, KeyError, TypeError) as exc:
             return st.dead(f"{item.path}: cannot be sent: {exc}")
         log.debug(

@@ -172,10 +172,10 @@ def test_accept_through_the_socket_then_release(tmp_path: Path) -> None:
 def test_scu_reports_a_silent_peer_as_retry(tmp_path: Path) -> None:
     f = native_sc(tmp_path / "a.dcm")
     item = SendItem(path=f, sop_class_uid=SC, sop_instance_uid="1.2.3", transfer_syntax=EXPLICIT)
-    dest = Destination(name="p", host=LOOPBACK, port=0, called_ae="PACS", acse_timeout=0.3)
     out = []
     with answering_server(None) as port:
-        scu = StoreSCU(Destination(**{**dest.__dict__, "port": port}), calling_ae="ME")
+        dest = Destination(name="p", host=LOOPBACK, port=port, called_ae="PACS", acse_timeout=0.3)
+        scu = StoreSCU(dest, calling_ae="ME")
         scu.send([item], lambda _item, outcome: out.append(outcome.describe()))
     assert out == [
         f"retry: association with PACS@{LOOPBACK}:{port} failed: "

@@ -188,3 +188,42 @@ def test_send_queue_refuses_a_truncated_file(
     assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(whole), str(cut)]) == 1
     out = capsys.readouterr().out
     assert "skipped" in out and "cut.dcm" in out and "queued 1 file(s)" in out
+
+
+_PROBE = """
+import sys
+from node.cli import main
+code = main(sys.argv[1:])
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"pydicom", "pynetdicom", "numpy"})
+print("HEAVY=" + ",".join(heavy))
+sys.exit(code)
+"""
+
+
+@pytest.mark.dcmtk
+def test_send_as_stored_imports_no_pydicom(
+    tmp_path: Path, storescp_any: Storescp, storescp: Storescp
+) -> None:
+    """Files whose syntax the peer accepts go out without pydicom, pynetdicom or numpy
+    (start-up time); a file that must be decompressed still is, importing them then."""
+    import subprocess
+    import sys
+
+    native_sc(tmp_path / "in" / "a.dcm")
+    jpeg_object(tmp_path / "in" / "b.dcm")
+
+    def send(scp: Storescp) -> subprocess.CompletedProcess[str]:
+        target = f"{LOOPBACK}:{scp.port}"
+        cmd = [sys.executable, "-c", _PROBE, "send", "--aec", scp.aet, target]
+        return subprocess.run(
+            [*cmd, str(tmp_path / "in")], capture_output=True, text=True, timeout=120
+        )
+
+    as_stored = send(storescp_any)  # +xa: the JPEG goes as it is
+    assert as_stored.returncode == 0, as_stored.stdout + as_stored.stderr
+    assert "2 of 2 delivered" in as_stored.stdout and "HEAVY=\n" in as_stored.stdout
+    assert len(storescp_any.files()) == 2
+    decoded = send(storescp)  # uncompressed only: the JPEG is decoded with pydicom
+    assert decoded.returncode == 0, decoded.stdout + decoded.stderr
+    assert "2 of 2 delivered" in decoded.stdout and "HEAVY=numpy,pydicom\n" in decoded.stdout
+    assert len(storescp.files()) == 2
