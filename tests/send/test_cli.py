@@ -209,6 +209,7 @@ def test_send_as_stored_imports_no_pydicom(
     import subprocess
     import sys
 
+    (tmp_path / "in").mkdir()
     native_sc(tmp_path / "in" / "a.dcm")
     jpeg_object(tmp_path / "in" / "b.dcm")
 
