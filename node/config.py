@@ -114,6 +114,9 @@ class Destination:
     network_timeout: float = 60.0
     transfer_syntaxes: list[str] = field(default_factory=list)
     tls: TLSSettings = field(default_factory=TLSSettings)
+    #: Who runs the association: "wire" (ours, the default when unset) or "pynetdicom"
+    #: (slower; an escape hatch when a peer and our association do not get along).
+    engine: Literal["wire", "pynetdicom"] | None = None
 
 
 @dataclass(frozen=True)

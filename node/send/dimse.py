@@ -1,7 +1,7 @@
 """The pynetdicom engine of the C-STORE SCU: its association and DIMSE, for whole batches.
 
 The SCU's default engine is our own (``acse`` + ``wire``); this one is the cross-check and
-the fallback (``scu.DEFAULT_ENGINE = "pynetdicom"``): pynetdicom negotiates the
+the escape hatch (a destination's ``engine = "pynetdicom"``): pynetdicom negotiates the
 association and runs the DIMSE exchange.
 
 Why not ``Association.send_c_store`` for every file: it pauses the association's reactor

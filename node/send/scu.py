@@ -165,7 +165,7 @@ class StoreSCU:
             from node.send.tls import client_context  # ssl only for TLS destinations
 
             self._tls = client_context(destination.tls, f"destinations.{destination.name}.tls")
-        engine = engine or DEFAULT_ENGINE
+        engine = engine or destination.engine or DEFAULT_ENGINE
         if engine not in ENGINES:
             raise ValueError(f"unknown SCU engine {engine!r} (known: {', '.join(ENGINES)})")
         self.engine = engine

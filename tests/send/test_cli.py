@@ -13,7 +13,8 @@ from tests.send.data import jpeg_object, native_sc
 from tests.send.peers import scripted_scp
 
 
-def _cfg(tmp_path: Path, port: int, aet: str) -> str:
+def _cfg(tmp_path: Path, port: int, aet: str, extra: str = "") -> str:
+    """A config with one destination "pacs" (``extra``: more keys for it); its path."""
     path = tmp_path / "node.toml"
     path.write_text(
         f"""
@@ -24,6 +25,7 @@ name = "pacs"
 host = "{LOOPBACK}"
 port = {port}
 called_ae = "{aet}"
+{extra}
 """
     )
     return str(path)
@@ -228,3 +230,22 @@ def test_send_as_stored_imports_no_pydicom(
     assert decoded.returncode == 0, decoded.stdout + decoded.stderr
     assert "2 of 2 delivered" in decoded.stdout and "HEAVY=numpy,pydicom\n" in decoded.stdout
     assert len(storescp.files()) == 2
+
+
+@pytest.mark.dcmtk
+@pytest.mark.parametrize("engine", ["wire", "pynetdicom"])
+def test_destination_engine_from_the_config(
+    tmp_path: Path, storescp: Storescp, capsys: pytest.CaptureFixture[str], engine: str
+) -> None:
+    from node.config import load_config
+    from node.send.scu import StoreSCU
+
+    cfg = Path(_cfg(tmp_path, storescp.port, storescp.aet, f'engine = "{engine}"'))
+    dest = load_config(cfg).destination("pacs")
+    assert StoreSCU(dest, calling_ae="ME").engine == engine
+    native_sc(tmp_path / "a.dcm")
+    assert main(["send", "-c", str(cfg), str(tmp_path / "a.dcm")]) == 0
+    assert "1 of 1 delivered" in capsys.readouterr().out
+    _cfg(tmp_path, storescp.port, storescp.aet, 'engine = "dcmtk"')
+    assert main(["send", "-c", str(cfg), str(tmp_path / "a.dcm")]) == 2
+    assert "destinations[0].engine: 'dcmtk' is not one of" in capsys.readouterr().err
