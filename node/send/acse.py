@@ -109,9 +109,12 @@ class Association:
 
 
 def _ae(title: str) -> bytes:
-    raw = title.encode("ascii")
-    if not 0 < len(raw.strip()) <= 16:
-        raise ValueError(f"AE title {title!r} must be 1 to 16 characters")
+    raw = title.encode("ascii", "replace")
+    if not 0 < len(raw.strip()) <= 16 or not title.isascii() or "\\" in title:
+        raise ValueError(
+            f"AE title {title!r} must be 1 to 16 ASCII characters without a backslash "
+            "(PS3.5 AE)"
+        )
     return raw.ljust(16, b" ")
 
 
@@ -247,11 +250,18 @@ def negotiate(
 ) -> Association:
     """Send the A-ASSOCIATE-RQ on a connected socket and read the answer.
 
-    Raises :class:`Rejected` or :class:`AssociationError`; the socket is then closed.
+    Raises :class:`Rejected` or :class:`AssociationError`, or ValueError for a request
+    that cannot be encoded (an AE title that is empty, too long or not ASCII; more than
+    128 contexts); the socket is then closed.
     """
     try:
+        request = encode_request(called_ae, calling_ae, contexts, max_pdu)
+    except ValueError:
+        _close(sock, abort=False)
+        raise
+    try:
         sock.settimeout(timeout)
-        sock.sendall(encode_request(called_ae, calling_ae, contexts, max_pdu))
+        sock.sendall(request)
         kind, _, length = _PDU_HEADER.unpack(_recv_exact(sock, 6))
         if length > MAX_ANSWER:
             raise AssociationError(f"answer PDU 0x{kind:02X} of {length} bytes is too long")

@@ -209,6 +209,8 @@ class StoreSCU:
             return None, st.retry(text) if rj.transient else st.dead(text)
         except acse.AssociationError as exc:
             return None, st.retry(f"association with {self.where} failed: {exc}")
+        except ValueError as exc:  # our side: e.g. an AE title given on the command line
+            return None, st.dead(f"cannot request an association with {self.where}: {exc}")
         channel = WireChannel(assoc, self.dest)
         if not assoc.contexts:
             channel.release()

@@ -74,8 +74,8 @@ def test_request_reads_back_identically_in_pynetdicom() -> None:
 @pytest.mark.parametrize(
     ("called", "contexts", "message"),
     [
-        ("", PROPOSED, "1 to 16 characters"),
-        ("A" * 17, PROPOSED, "1 to 16 characters"),
+        ("", PROPOSED, "1 to 16 ASCII characters"),
+        ("A" * 17, PROPOSED, "1 to 16 ASCII characters"),
         ("PACS", [(SC, EXPLICIT)] * 129, "at most 128"),
     ],
 )
@@ -202,3 +202,15 @@ def test_dcmtk_storescp_accepts_what_it_supports(tmp_path: Path) -> None:
         assert wire.echo(7).delivered
         wire.release()
         assert wire.closed and wire.released
+
+
+@pytest.mark.parametrize("called", ["ABCDEFGHIJKLMNOPQ", "ÄRZTE"])
+def test_scu_reports_an_unusable_ae_title_as_dead(tmp_path: Path, called: str) -> None:
+    f = native_sc(tmp_path / "a.dcm")
+    item = SendItem(path=f, sop_class_uid=SC, sop_instance_uid="1.2.3", transfer_syntax=EXPLICIT)
+    out = []
+    with answering_server(None) as port:
+        dest = Destination(name="p", host=LOOPBACK, port=port, called_ae=called)
+        StoreSCU(dest, calling_ae="ME").send([item], lambda _i, o: out.append(o.describe()))
+    assert len(out) == 1 and out[0].startswith("dead: cannot request an association with ")
+    assert "AE title" in out[0]
