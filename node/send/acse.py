@@ -112,8 +112,7 @@ def _ae(title: str) -> bytes:
     raw = title.encode("ascii", "replace")
     if not 0 < len(raw.strip()) <= 16 or not title.isascii() or "\\" in title:
         raise ValueError(
-            f"AE title {title!r} must be 1 to 16 ASCII characters without a backslash "
-            "(PS3.5 AE)"
+            f"AE title {title!r} must be 1 to 16 ASCII characters without a backslash (PS3.5 AE)"
         )
     return raw.ljust(16, b" ")
 
