@@ -174,6 +174,18 @@ def _command_set(elements: list[tuple[int, bytes]]) -> bytes:
     return b"".join(struct.pack("<HHI", 0, el, len(v)) + v for el, v in elements)
 
 
+def _store_command_with(ds: Any, changes: dict[int, bytes | None]) -> bytes:
+    """Our C-STORE-RQ command set for ``ds`` with elements replaced (or removed: None),
+    without the group length (the SCP must not need it)."""
+    command = parse_command(store_rq_command(ds.SOPClassUID, ds.SOPInstanceUID, 1))
+    for element, value in {**changes, 0x0000: None}.items():
+        if value is None:
+            del command[element]
+        else:
+            command[element] = value
+    return _command_set(sorted(command.items()))
+
+
 def _wait_empty(directory: Path) -> None:
     deadline = time.monotonic() + 10
     while list(directory.iterdir()) and time.monotonic() < deadline:
@@ -355,10 +367,7 @@ def test_hostile_pdus_in_the_data_phase(tmp_path: Path) -> None:
 def test_store_without_message_id_aborts_before_storing(tmp_path: Path) -> None:
     """Without (0000,0110) no response can be sent: abort at the command, store nothing."""
     ds = image_dataset(4, 4, b"\x02" * 16)
-    command = parse_command(store_rq_command(ds.SOPClassUID, ds.SOPInstanceUID, 1))
-    del command[0x0110]
-    del command[0x0000]
-    body = _command_set(sorted(command.items()))
+    body = _store_command_with(ds, {0x0110: None})  # no MessageID
     with running_scp(tmp_path / "node") as (scp, store, _):
         wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
         cx = ids[str(SecondaryCaptureImageStorage)]
@@ -380,10 +389,7 @@ def test_command_uid_not_a_uid_is_refused_before_staging(
 ) -> None:
     """A non-ASCII byte in (0000,1000) crashed the association's thread (no response)."""
     ds = image_dataset(4, 4, b"\x02" * 16)
-    command = parse_command(store_rq_command(ds.SOPClassUID, ds.SOPInstanceUID, 1))
-    command[0x1000] = uid
-    del command[0x0000]
-    body = _command_set(sorted(command.items()))
+    body = _store_command_with(ds, {0x1000: uid})
     with running_scp(tmp_path / "node") as (scp, store, _):
         wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
         cx = ids[str(SecondaryCaptureImageStorage)]
