@@ -3,16 +3,20 @@
 Each room owns its sub-commands in a ``commands`` module (listed in :data:`COMMANDS`)
 exposing ``register(subparsers, common)``; it adds its parsers with ``parents=[common]``
 and sets ``func`` to a callable ``(args) -> int``. ``main(argv=None) -> int`` never calls
-``sys.exit`` itself, so tests drive it directly.
+``sys.exit`` itself, so tests drive it directly; :func:`console` is the installed script.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
+import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from node import __version__
 from node.errors import NodeError
@@ -130,3 +134,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `dicom-node check-config | head`
         sys.stderr.close()
         return 0
+
+
+def console() -> NoReturn:
+    """The ``dicom-node`` console script and ``python -m node``: :func:`main`, then exit.
+
+    Once a command has returned, tearing the interpreter down (clearing every module, the
+    final garbage collections) takes 20-30 ms here: a tenth of a whole ``convert`` or
+    ``send`` of a few hundred files, spent after the work is done and durable. So when
+    :func:`main` returns and no other non-daemon thread is alive, the ``atexit`` handlers
+    run (they flush and close the log handlers), the standard streams are flushed and the
+    process leaves with :func:`os._exit`, skipping only the teardown. An exception, a
+    thread still running or a stream that cannot be flushed takes the normal exit.
+    """
+    code = main()
+    main_thread = threading.main_thread()
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)  # CPython's own exit path
+    if run_exitfuncs is None or any(
+        t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main_thread
+    ):
+        sys.exit(code)
+    run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: let Python report it as usual
+        sys.exit(code)
+    os._exit(code)

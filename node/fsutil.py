@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -60,6 +59,8 @@ def atomic_open(target: Path, *, fsync: bool = True, overwrite: bool = True) -> 
     On an exception the temporary file is removed and ``target`` is untouched. With
     ``overwrite=False`` an existing target is kept and ``FileExistsError`` is raised.
     """
+    import tempfile  # ~6 ms of imports (shutil, random): not on every command's start-up
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=target.parent)

@@ -11,8 +11,6 @@ not a second object.
 
 from __future__ import annotations
 
-import hashlib
-
 from node import __version__
 from node.errors import ConfigError
 
@@ -47,6 +45,8 @@ def _from_int(root: str, value: int) -> str:
 
 def uid_from_seed(root: str, *seed: str | bytes) -> str:
     """A UID derived deterministically from ``seed`` (strings or bytes) under ``root``."""
+    import hashlib  # loads OpenSSL (~7 ms): only where UIDs are derived, not for `send`
+
     h = hashlib.sha256()
     for part in seed:
         data = part.encode("utf-8") if isinstance(part, str) else part

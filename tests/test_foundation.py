@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -225,3 +228,54 @@ def test_job_replaced_while_claimed_by_a_process_that_died_runs_once(tmp_path: P
     assert again.payload == {"v": 2}
     store.ack([again.id])
     assert store.get(again.id).state == JobState.DONE  # type: ignore[union-attr]
+
+
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` with block-buffered standard streams (as a service or pipe has them)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
+
+
+def _console(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (which ends in ``node.cli.console()``) in a fresh interpreter."""
+    return _python("-c", code)
+
+
+def test_console_exit_delivers_piped_output_log_lines_and_status(tmp_path: Path) -> None:
+    """The quick exit of the console script loses no output, log line or exit status."""
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[node]\nae_title = "QUICKEXIT"\n')
+    res = _python("-m", "node", "check-config", "-c", str(cfg))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["node"]["ae_title"] == "QUICKEXIT"  # all of it, parseable
+    res = _python("-m", "node", "convert", str(tmp_path / "missing"), "-o", str(tmp_path))
+    assert res.returncode == 1
+    # the log line (through the handler, flushed at exit) and the summary (print) both came
+    assert "ERROR" in res.stderr and "missing: cannot read the file" in res.stderr
+    assert "converted 0, refused 1 of 1 file(s)" in res.stderr
+
+
+def test_console_runs_atexit_handlers_and_waits_for_running_threads() -> None:
+    res = _console(
+        "import atexit, threading, time\n"
+        "import node.cli as cli\n"
+        "atexit.register(lambda: print('atexit handler ran', flush=True))\n"
+        "cli.main = lambda argv=None: 3\n"
+        "cli.console()\n"
+    )
+    assert (res.returncode, res.stdout) == (3, "atexit handler ran\n"), res.stderr
+    res = _console(
+        "import threading, time\n"
+        "import node.cli as cli\n"
+        "def late():\n"
+        "    time.sleep(0.3)\n"
+        "    print('thread finished', flush=True)\n"
+        "def main(argv=None):\n"
+        "    threading.Thread(target=late).start()\n"
+        "    return 0\n"
+        "cli.main = main\n"
+        "cli.console()\n"
+    )
+    assert (res.returncode, res.stdout) == (0, "thread finished\n"), res.stderr
