@@ -220,12 +220,17 @@ def install_spill(
     dimse.receive_primitive = receive_primitive
 
 
+#: How long the DUL thread waits in ``select`` when it has nothing to do (it is woken at
+#: once for incoming data, a PDU to send or a queued event; this only paces its timers).
+IDLE_WAIT = 0.02
+
+
 class _WakeableSocket(AssociationSocket):
     """An ``AssociationSocket`` whose ``ready`` waits in ``select`` for data or a wake-up."""
 
     _node_wakeup: socket.socket | None = None
     _node_waker: socket.socket | None = None
-    _node_wait: float = 0.02
+    _node_wait: float = IDLE_WAIT
     #: Set once the A-ASSOCIATE-AC is sent when our own data phase may take over
     #: (:mod:`node.receive.dataphase`): the DUL then must not read from the socket.
     _node_hold: bool = False
@@ -245,16 +250,20 @@ class _WakeableSocket(AssociationSocket):
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
         wake = self._node_wakeup
+        # The DUL handles one event per turn of its loop and asks us in between: with an
+        # event still queued (the A-ASSOCIATE-RQ's, right after it was read) it must not
+        # wait here, or every association set-up would take IDLE_WAIT longer.
+        wait = 0.0 if self.event_queue.qsize() else self._node_wait
         if self._node_hold:
             # Not a byte may be read: wait for a wake-up (hold lifted, or told to stop).
             if wake is not None:
                 with contextlib.suppress(OSError, ValueError):
-                    if select.select([wake], [], [], self._node_wait)[0]:
+                    if select.select([wake], [], [], wait)[0]:
                         wake.recv(4096)
             return False
         watch = [sock] if wake is None else [sock, wake]
         try:
-            readable, _, _ = select.select(watch, [], [], self._node_wait)
+            readable, _, _ = select.select(watch, [], [], wait)
         except (OSError, ValueError):
             self.event_queue.put("Evt17")  # transport connection closed
             return False
@@ -281,7 +290,9 @@ class SentCounter:
             return self._cond.wait_for(lambda: self.value >= target, timeout)
 
 
-def install_wakeup(assoc: Any, counter: SentCounter, wait: float = 0.02) -> Callable[[], None]:
+def install_wakeup(
+    assoc: Any, counter: SentCounter, wait: float | None = None
+) -> Callable[[], None]:
     """Make ``assoc``'s DUL thread event-driven; returns a function closing the wake-up pair.
 
     ``counter`` is bumped after each PDU is queued for sending (storage commitment uses it
@@ -304,7 +315,7 @@ def install_wakeup(assoc: Any, counter: SentCounter, wait: float = 0.02) -> Call
     sock.__class__ = _WakeableSocket
     sock._node_wakeup = reader
     sock._node_waker = writer
-    sock._node_wait = wait
+    sock._node_wait = IDLE_WAIT if wait is None else wait
     dul._run_loop_delay = 0.0
 
     def close() -> None:

@@ -17,6 +17,7 @@ from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
+from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     SecondaryCaptureImageStorage,
@@ -24,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from node.receive import guard
 from node.receive.dataphase import eligible, parse_command, response_command
 from node.send import acse
 from node.send.wire import Wire, store_rq_command
@@ -102,6 +104,34 @@ def test_small_pdus_many_files_byte_identical(
         assert any("released (25 stored)" in line for line in lines), lines
     else:
         assert lines == []
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_association_set_up_never_waits_for_the_dul_idle_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_path: bool
+) -> None:
+    """The DUL thread sleeps only when idle: with its idle wait at 10 minutes an echo,
+    a store and a Storage Commitment association still complete within DCMTK's and
+    pynetdicom's 10 s ACSE/DIMSE timeouts (it used to sit out the wait with the
+    A-ASSOCIATE-RQ's event queued, 20 ms per association at the default).
+    """
+    monkeypatch.setattr(guard, "IDLE_WAIT", 600.0)
+    files = _objects(tmp_path / "in", 2)
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, _, _):
+        timeouts = ["-ta", "10", "-td", "10", "-to", "10"]
+        res = echoscu(scp.port, extra=timeouts)
+        assert res.returncode == 0, res.stdout + res.stderr
+        proc = _storescu(scp.port, files, *timeouts)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        _assert_identical(files, scp.archive_root)
+        ae = AE(ae_title="MODALITY")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET)
+        assert assoc.is_established
+        assoc.release()
+        assert assoc.is_released
 
 
 def test_every_sample_syntax_through_the_data_phase(
@@ -194,7 +224,10 @@ def _wait_empty(directory: Path) -> None:
 
 
 @pytest.mark.parametrize("ending", ["abort", "release", "close"])
-def test_ending_mid_object_stores_nothing(tmp_path: Path, ending: str) -> None:
+def test_ending_mid_object_stores_nothing(
+    tmp_path: Path, ending: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=PHASE_LOG)
     ds = image_dataset(200, 200, b"\x01" * 40000)
     data = _dataset_bytes(ds)
     with running_scp(tmp_path / "node") as (scp, store, _):
@@ -211,6 +244,14 @@ def test_ending_mid_object_stores_nothing(tmp_path: Path, ending: str) -> None:
             wire._close(released=True)
         else:
             wire._close(released=False)
+        # The SCP may still be reading when the client is gone: wait until it has
+        # given the partial object up, then nothing of it may remain.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            "partial object discarded" in line for line in _phase_lines(caplog)
+        ):
+            time.sleep(0.02)
+        assert any("partial object discarded" in line for line in _phase_lines(caplog))
         _wait_empty(scp.archive_root / ".incoming")
         assert archived(scp.archive_root) == []
         assert store.select(kind="export_instance") == []
