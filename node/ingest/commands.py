@@ -159,21 +159,53 @@ class Summary:
     refused: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _is_input(path: Path, root: Path) -> bool:
-    """Not a sidecar, not hidden, not inside a hidden directory (.thumbnails, .git ...)."""
-    if path.suffix.lower() == ".json":
-        return False
-    return not any(part.startswith(".") for part in path.parts[len(root.parts) :])
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _resolved(path: Path, directories: dict[Path, Path]) -> Path:
-    """``path.resolve()``, with each directory resolved once (a symlink: in full)."""
-    if path.is_symlink():
-        return path.resolve()
-    parent = directories.get(path.parent)
-    if parent is None:
-        parent = directories[path.parent] = path.parent.resolve()
-    return parent / path.name
+def _input_files(root: Path, out_root: Path) -> list[tuple[Path, Path]]:
+    """Files under the directory ``root`` as ``(path, its directory relative to root)``.
+
+    Skipped: hidden entries and everything inside hidden directories (.thumbnails, .git
+    ...), sidecars (``*.json``), anything that resolves under ``out_root`` (our earlier
+    outputs), unreadable directories. Symbolic links to files are inputs; symbolic links
+    to directories are not followed (as ``Path.rglob``). One ``scandir`` per directory:
+    the entries' types come with the listing, so a plain file costs no extra system call.
+    Sorted as paths are (component by component).
+    """
+    out = str(out_root)
+    found: list[tuple[tuple[str, ...], str, tuple[str, ...]]] = []
+    pending: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
+    while pending:
+        directory, rel = pending.pop()
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except (PermissionError, FileNotFoundError, NotADirectoryError):
+            continue
+        dir_is_output: bool | None = None
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, (*rel, name)))
+                    continue
+                if name.lower().endswith(".json") or not entry.is_file():
+                    continue
+                if entry.is_symlink():
+                    is_output = _under(os.path.realpath(entry.path), out)
+                else:
+                    if dir_is_output is None:
+                        dir_is_output = _under(os.path.realpath(directory), out)
+                    is_output = dir_is_output
+            except OSError:
+                continue
+            if not is_output:
+                found.append(((*rel, name), directory, rel))
+    found.sort()
+    return [(Path(directory, key[-1]), Path(*rel)) for key, directory, rel in found]
 
 
 def collect(inputs: list[str], output: Path) -> list[Job]:
@@ -183,18 +215,8 @@ def collect(inputs: list[str], output: Path) -> list[Job]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            out_root = output.resolve()
-            resolved: dict[Path, Path] = {}
-            found = (
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and _is_input(p, path)
-                and not _resolved(p, resolved).is_relative_to(out_root)  # our earlier outputs
-            )
-            for f in sorted(found):
-                rel = f.relative_to(path)
-                jobs.append(Job(f, output / rel.parent / (rel.stem + ".dcm"), f.parent))
+            for f, rel in _input_files(path, output.resolve()):
+                jobs.append(Job(f, output / rel / (f.stem + ".dcm"), f.parent))
         else:
             jobs.append(Job(path, output if single else output / (path.stem + ".dcm"), path.parent))
     if single and len(jobs) != 1:

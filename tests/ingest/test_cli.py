@@ -216,6 +216,43 @@ def test_output_inside_the_input_directory_is_not_read_back(tmp_path: Path) -> N
     assert [p.name for p in _files(src / "dicom")] == ["a.dcm"]
 
 
+def test_input_walk_matches_a_path_rglob_walk(tmp_path: Path) -> None:
+    """The scandir walk of ``convert DIR`` selects and orders files as the rglob-based
+    walk it replaced: nested folders (names that sort differently as strings and as
+    paths), hidden entries, sidecars, symbolic links to files (in) and to directories
+    (not followed), outputs under the input (out), a dangling link."""
+    from node.ingest.commands import _input_files
+
+    src = tmp_path / "in"
+    names = ["a/x.jpg", "a b/x.jpg", "a-b/x.jpg", "a/b/c/deep.jpg", "A/y.jpg", "z.jpg",
+             "a/.hidden.jpg", ".cache/a.jpg", "a/x.json", "out/old.dcm", "a/ü é.jpg"]  # fmt: skip
+    for name in names:
+        corpus.write(src / Path(name).parent, Path(name).name, b"x")
+    elsewhere = tmp_path / "elsewhere"
+    corpus.write(elsewhere, "linked.jpg", b"x")
+    (src / "file-link.jpg").symlink_to(elsewhere / "linked.jpg")
+    (src / "dir-link").symlink_to(elsewhere, target_is_directory=True)
+    (src / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
+    (src / "a" / "into-output.dcm").symlink_to(src / "out" / "old.dcm")
+    out_root = (src / "out").resolve()
+
+    def reference() -> list[Path]:
+        return sorted(
+            p
+            for p in src.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() != ".json"
+            and not any(part.startswith(".") for part in p.relative_to(src).parts)
+            and not p.resolve().is_relative_to(out_root)
+        )
+
+    walked = _input_files(src, out_root)
+    assert [path for path, _ in walked] == reference()
+    assert all(rel == path.parent.relative_to(src) for path, rel in walked)
+    assert src / "file-link.jpg" in [path for path, _ in walked]
+    assert not any("dir-link" in str(path) for path, _ in walked)
+
+
 def test_group_commit_writer_shows_only_complete_files(tmp_path: Path) -> None:
     from node.ingest.batchwrite import GroupCommitWriter
 
