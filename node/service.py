@@ -111,6 +111,12 @@ class NodeService:
             log.info(
                 "SCP %s listening on %s:%d", cfg.receive.ae_title, cfg.receive.host, self.scp.port
             )
+            from node.receive.commitment import REPORT_KIND
+
+            reports = JobRunner(
+                self.store, {REPORT_KIND: self.scp.deliver_report}, cfg.queue, name="commitment"
+            )
+            self._thread("commitment", partial(reports.run, self.stop_event))
 
         from node.send.worker import DeliveryWorker
 

@@ -15,8 +15,15 @@ SOP Class UID and its file is in the archive. Failure reasons (PS3.4 J.3.2.1.1):
 
 If the requester has already released that association, the report goes on a new
 association to it (we propose the SCP role for the SOP class, PS3.4 J.3.3), addressed from
-the ``[[destinations]]`` entry whose ``called_ae`` is the requester's AE title. Without such
-an entry the report is logged as undelivered, and the modality asks again.
+the ``[[destinations]]`` entry whose ``called_ae`` is the requester's AE title.
+
+The request is also a durable job (kind :data:`REPORT_KIND`, keyed by its Transaction UID)
+committed *before* the N-ACTION is answered: the report cannot be forgotten. Delivered on
+the association or on the first new one, the job is done; otherwise (the requester cannot
+be reached, or the node stopped before sending) ``dicom-node run`` delivers it on a new
+association, retried with the queue's backoff, and builds it again from the ledger at that
+time. A job of a requester with no ``[[destinations]]`` entry goes to ``dead`` with the
+reason (``dicom-node queue`` lists it); the modality may still ask again.
 """
 
 from __future__ import annotations
@@ -33,13 +40,18 @@ from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from node.fsutil import is_valid_uid
+from node.jobs import PermanentJobError
 from node.logs import fields
+from node.queue import Job
 from node.receive.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 #: The well-known SOP Instance UID of the Storage Commitment Push Model (PS3.4 J.3.5).
 WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
+#: Job kind of a storage commitment report to deliver (payload: transaction_uid, refs,
+#: calling_ae).
+REPORT_KIND = "commitment_report"
 
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
@@ -138,12 +150,31 @@ def handle_n_action(event: Any, ctx: CommitContext) -> tuple[int, Dataset | None
 
     calling_ae = str(event.assoc.requestor.ae_title).strip()
     report = build_report(ctx.ledger, transaction_uid, refs)
+    try:
+        # Durable before the answer. Not due until the report on the association (or the
+        # first new one) had every chance; a node that stops before then leaves it due.
+        job_id = ctx.ledger.store.enqueue(
+            REPORT_KIND,
+            {"transaction_uid": transaction_uid, "refs": refs, "calling_ae": calling_ae},
+            dedup_key=transaction_uid,
+            replace=True,
+            not_before=time.time() + _immediate_budget(ctx),
+        )
+    except Exception as exc:
+        log.error("storage commitment request not recorded, refused: %s", exc)
+        return PROCESSING_FAILURE, None
     pending = getattr(event.assoc, "_dicom_node_commit_pending", None)
     if pending is None:
         pending = {}
         event.assoc._dicom_node_commit_pending = pending
-    pending[int(request.MessageID)] = (report, calling_ae, ctx)
+    pending[int(request.MessageID)] = (report, calling_ae, ctx, job_id)
     return 0x0000, None
+
+
+def _immediate_budget(ctx: CommitContext) -> float:
+    """Longest the immediate report may take: the response's send, the release grace, a
+    report on the association, then an association and a report on a new one."""
+    return 4 * ctx.timeout + ctx.release_grace + 5.0
 
 
 def handle_dimse_sent(event: Any) -> None:
@@ -157,13 +188,13 @@ def handle_dimse_sent(event: Any) -> None:
     item = pending.pop(int(message.command_set.MessageIDBeingRespondedTo), None)
     if item is None:
         return
-    report, calling_ae, ctx = item
+    report, calling_ae, ctx, job_id = item
     counter = getattr(event.assoc, "_dicom_node_sent", None)
     # The response is one P-DATA PDU, queued right after this event returns.
     target = counter.value + 1 if counter is not None else 0
     thread = threading.Thread(
         target=_send_report,
-        args=(event.assoc, report, calling_ae, ctx, counter, target),
+        args=(event.assoc, report, calling_ae, ctx, counter, target, job_id),
         name="commitment-report",
         daemon=True,
     )
@@ -171,21 +202,22 @@ def handle_dimse_sent(event: Any) -> None:
 
 
 def _send_report(
-    assoc: Any, report: Dataset, calling_ae: str, ctx: CommitContext, counter: Any, target: int
+    assoc: Any,
+    report: Dataset,
+    calling_ae: str,
+    ctx: CommitContext,
+    counter: Any,
+    target: int,
+    job_id: int,
 ) -> None:
     """Send the N-EVENT-REPORT on the association once its N-ACTION response is queued;
-    if the requester released it already, on a new association to the requester."""
-    failed = len(report.get("FailedSOPSequence", []))
-    committed = len(report.get("ReferencedSOPSequence", []))
-    event_type = 2 if failed else 1
-    log_fields = fields(
-        transaction_uid=str(report.TransactionUID),
-        calling_ae=calling_ae,
-        committed=committed,
-        failed=failed,
-    )
+    if the requester released it already, on a new association to the requester. The
+    job is then done, or due at once for ``dicom-node run`` to retry."""
+    store = ctx.ledger.store
+    log_fields = _report_fields(report, calling_ae)
     if counter is not None and not counter.wait_for(target, ctx.timeout):
         log.error("storage commitment report not sent: N-ACTION response never went out")
+        store.retry(job_id, time.time(), "the N-ACTION response never went out")
         return
     # Requesters that want the report on a new association release right after the
     # N-ACTION response: give them a moment to do so before using this association.
@@ -195,31 +227,81 @@ def _send_report(
     status = None
     if assoc.is_established:
         try:
-            # send_n_event_report pauses the association's reactor before sending.
-            status = assoc.send_n_event_report(
-                report, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
+            # send_n_event_report pauses the association's reactor before sending; it
+            # returns (status, reply), the status empty when no response came.
+            status, _ = assoc.send_n_event_report(
+                report, _event_type(report), StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
             )
         except Exception as exc:
             log.info("storage commitment report: same association failed: %s", exc)
     code = getattr(status, "Status", None)
+    if code is None and calling_ae in ctx.peers:
+        code = _report_on_new_association(report, calling_ae, ctx)
     if code is None:
-        code = _report_on_new_association(report, event_type, calling_ae, ctx)
-    if code is None:
-        log.error(
-            "storage commitment report not delivered: the requester released the association"
-            " and no [[destinations]] entry has called_ae = %r to reach it",
-            calling_ae,
-            extra=log_fields,
+        reason = f"the requester released the association and {_unreachable(calling_ae, ctx)}"
+        log.warning(
+            "storage commitment report not delivered yet (%s): queued", reason, extra=log_fields
         )
-    elif code != 0:
+        store.retry(job_id, time.time(), reason)
+        return
+    _answered(code, log_fields)
+    store.ack([job_id], note=f"answered 0x{code:04X}" if code else None)
+
+
+def deliver_queued_report(job: Job, ctx: CommitContext) -> None:
+    """:class:`~node.jobs.JobRunner` handler of :data:`REPORT_KIND`: a report not delivered
+    at once, or left by a node that stopped, goes on a new association, built again from
+    the ledger now. Unreachable: raised (retried); no way to reach the requester: dead."""
+    payload = job.payload
+    calling_ae = str(payload["calling_ae"])
+    if calling_ae not in ctx.peers:
+        raise PermanentJobError(
+            f"storage commitment report for {calling_ae!r} cannot be delivered: "
+            f"{_unreachable(calling_ae, ctx)}"
+        )
+    refs = [(str(cls), str(inst)) for cls, inst in payload["refs"]]
+    report = build_report(ctx.ledger, str(payload["transaction_uid"]), refs)
+    code = _report_on_new_association(report, calling_ae, ctx)
+    if code is None:
+        peer = ctx.peers[calling_ae]
+        raise ConnectionError(
+            f"storage commitment report: no association with {peer.called_ae} at "
+            f"{peer.host}:{peer.port}"
+        )
+    _answered(code, _report_fields(report, calling_ae))
+
+
+def _event_type(report: Dataset) -> int:
+    return 2 if report.get("FailedSOPSequence") else 1  # 2: some failed
+
+
+def _report_fields(report: Dataset, calling_ae: str) -> dict[str, Any]:
+    return fields(
+        transaction_uid=str(report.TransactionUID),
+        calling_ae=calling_ae,
+        committed=len(report.get("ReferencedSOPSequence", [])),
+        failed=len(report.get("FailedSOPSequence", [])),
+    )
+
+
+def _unreachable(calling_ae: str, ctx: CommitContext) -> str:
+    peer = ctx.peers.get(calling_ae)
+    if peer is None:
+        return (
+            f"no [[destinations]] entry has called_ae = {calling_ae!r} to reach it (add one "
+            "with the modality's host and port)"
+        )
+    return f"{peer.called_ae} at {peer.host}:{peer.port} did not accept an association"
+
+
+def _answered(code: int, log_fields: dict[str, Any]) -> None:
+    if code != 0:
         log.warning("storage commitment report answered 0x%04X", code, extra=log_fields)
     else:
         log.info("storage commitment reported", extra=log_fields)
 
 
-def _report_on_new_association(
-    report: Dataset, event_type: int, calling_ae: str, ctx: CommitContext
-) -> int | None:
+def _report_on_new_association(report: Dataset, calling_ae: str, ctx: CommitContext) -> int | None:
     """Open an association to the requester (we take the SCP role) and send the report."""
     peer = ctx.peers.get(calling_ae)
     if peer is None:
@@ -239,8 +321,8 @@ def _report_on_new_association(
         )
         return None
     try:
-        status = assoc.send_n_event_report(
-            report, event_type, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
+        status, _ = assoc.send_n_event_report(
+            report, _event_type(report), StorageCommitmentPushModel, WELL_KNOWN_INSTANCE
         )
         code = getattr(status, "Status", None)
         return int(code) if code is not None else None

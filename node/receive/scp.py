@@ -44,10 +44,17 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import Config, ReceiveSection, TLSSettings
 from node.errors import ReceiveError
+from node.queue import Job
 from node.queue.store import JobStore
 from node.receive import dataphase
 from node.receive.archive import Archive
-from node.receive.commitment import CommitContext, Peer, handle_dimse_sent, handle_n_action
+from node.receive.commitment import (
+    CommitContext,
+    Peer,
+    deliver_queued_report,
+    handle_dimse_sent,
+    handle_n_action,
+)
 from node.receive.dataphase import DataPhaseSettings
 from node.receive.guard import pdu_cap
 from node.receive.handlers import (
@@ -264,6 +271,7 @@ class StorageSCP:
         )
         self._servers: list[tuple[_Server, threading.Thread]] = []
         self._ae: AE | None = None
+        self._commit_ctx: CommitContext | None = None
 
     # ------------------------------------------------------------------ set-up
 
@@ -304,6 +312,7 @@ class StorageSCP:
             for d in self.cfg.destinations
         }
         commit_ctx = CommitContext(ledger=ledger, peers=peers, timeout=r.dimse_timeout)
+        self._commit_ctx = commit_ctx
         handlers: list[Any] = [(evt.EVT_CONN_OPEN, handle_conn_open, [store_ctx])]
         if r.fast_path:
             settings = DataPhaseSettings(
@@ -400,6 +409,12 @@ class StorageSCP:
                 else:
                     assoc.abort()
             self._ae = None
+
+    def deliver_report(self, job: Job) -> None:
+        """Job handler for queued storage commitment reports (see node.receive.commitment)."""
+        if self._commit_ctx is None:
+            raise ReceiveError("the SCP is not running")
+        deliver_queued_report(job, self._commit_ctx)
 
     @property
     def port(self) -> int:

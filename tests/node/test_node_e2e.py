@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import sysconfig
@@ -18,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -317,6 +319,100 @@ port = {metrics_port}
     assert 'dicom_node_queue_depth{destination="research",kind="deliver",state="done"} 5.0' in (
         metrics
     )
+    assert node.stop() == 0
+
+
+@pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
+def test_commitment_report_outlives_a_killed_node(
+    tmp_path: Path, node_factory: Callable[[Path], NodeProcess]
+) -> None:
+    """A modality stores a series, asks for storage commitment, releases at once and is
+    not listening: the node queues the report; SIGKILL; the modality starts listening;
+    the restarted node delivers the report on a new association."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+    from tests.node.series import write_ct_series
+
+    scp_port, modality_port = free_port(), free_port()
+    config = write_config(
+        tmp_path, None, scp_port, ingest="enabled = false", export="enabled = false"
+    )
+    with open(config, "a") as fh:
+        fh.write(
+            f"""
+[[destinations]]
+name = "ct01"
+host = "{LOOPBACK}"
+port = {modality_port}
+called_ae = "CT01"
+"""
+        )
+    node = node_factory(config)
+    node.start()
+    wait_echo(scp_port, "DICOMNODE", timeout=60)
+    files = write_ct_series(tmp_path / "ct", count=3)
+    sent = subprocess.run(
+        [tool("storescu"), "-aet", "CT01", "-aec", "DICOMNODE", LOOPBACK, str(scp_port)]
+        + [str(f) for f in files],
+        env=peer_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    refs = [pydicom.dcmread(f) for f in files]
+    request = Dataset()
+    request.TransactionUID = pydicom.uid.generate_uid()
+    request.ReferencedSOPSequence = Sequence()
+    for ds in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = ds.SOPClassUID
+        item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        request.ReferencedSOPSequence.append(item)
+    modality = AE(ae_title="CT01")
+    modality.add_requested_context(StorageCommitmentPushModel)
+    modality.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    assoc = modality.associate(LOOPBACK, scp_port, ae_title="DICOMNODE")
+    assert assoc.is_established
+    status, _ = assoc.send_n_action(
+        request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+    )
+    assoc.release()
+    assert status.Status == 0
+
+    def report_state() -> str:
+        db = sqlite3.connect(tmp_path / "state" / "queue.sqlite3")
+        try:
+            row = db.execute("SELECT state FROM jobs WHERE kind='commitment_report'").fetchone()
+        finally:
+            db.close()
+        return row[0] if row else ""
+
+    wait_for("the report queued for a retry", lambda: report_state() == "retry", timeout=60)
+    node.kill()
+
+    got: list[tuple[int, str, set[str]]] = []
+
+    def on_report(event: Any) -> tuple[int, None]:
+        info = event.event_information
+        uids = {str(i.ReferencedSOPInstanceUID) for i in info.ReferencedSOPSequence}
+        got.append((event.request.EventTypeID, str(info.TransactionUID), uids))
+        return 0, None
+
+    server = modality.start_server(
+        (LOOPBACK, modality_port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    assert server is not None
+    try:
+        node.start()
+        wait_for("the report after the restart", lambda: bool(got), timeout=90)
+        wait_for("the report job done", lambda: report_state() == "done", timeout=30)
+    finally:
+        server.shutdown()
+    assert got == [(1, str(request.TransactionUID), {str(ds.SOPInstanceUID) for ds in refs})]
     assert node.stop() == 0
 
 
