@@ -160,6 +160,7 @@ class Summary:
 
 
 def _under(path: str, root: str) -> bool:
+    """``path`` is ``root`` or inside it (both absolute and resolved)."""
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 

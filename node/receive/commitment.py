@@ -238,7 +238,7 @@ def _send_report(
     if code is None and calling_ae in ctx.peers:
         code = _report_on_new_association(report, calling_ae, ctx)
     if code is None:
-        reason = f"the requester released the association and {_unreachable(calling_ae, ctx)}"
+        reason = f"not delivered on the requesting association, and {_unreachable(calling_ae, ctx)}"
         log.warning(
             "storage commitment report not delivered yet (%s): queued", reason, extra=log_fields
         )
@@ -307,7 +307,8 @@ def _report_on_new_association(report: Dataset, calling_ae: str, ctx: CommitCont
     if peer is None:
         return None
     ae = AE(ae_title=peer.calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ctx.timeout
+    # A bounded connect too: the queued copy falls due after _immediate_budget.
+    ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ctx.timeout
     ae.add_requested_context(StorageCommitmentPushModel)
     # PS3.4 J.3.3: on an association it initiates, the SCP proposes the SCP role.
     role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
