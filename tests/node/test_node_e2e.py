@@ -192,6 +192,19 @@ def patients(orthanc: Orthanc) -> list[tuple[str, str]]:
     return sorted((t["PatientID"], t["PatientName"]) for t in tags)
 
 
+def store_as_ct01(scp_port: int, files: list[Path]) -> None:
+    """DCMTK storescu as the modality CT01, one association, into the node's SCP."""
+    sent = subprocess.run(
+        [tool("storescu"), "-aet", "CT01", "-aec", "DICOMNODE", LOOPBACK, str(scp_port)]
+        + [str(f) for f in files],
+        env=peer_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+
+
 def start_drop_node(
     tmp_path: Path, orthanc: Orthanc, node_factory: Callable[[Path], NodeProcess]
 ) -> tuple[Path, Path, NodeProcess]:
@@ -286,15 +299,7 @@ port = {metrics_port}
     wait_echo(scp_port, "DICOMNODE", timeout=60)
     series_dir = tmp_path / "ct"
     files = write_ct_series(series_dir, count=5)
-    sent = subprocess.run(
-        [tool("storescu"), "-aet", "CT01", "-aec", "DICOMNODE", LOOPBACK, str(scp_port)]
-        + [str(f) for f in files],
-        env=peer_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    store_as_ct01(scp_port, files)
     archive = tmp_path / "var" / "archive"
     export = tmp_path / "var" / "export"
     wait_for("5 archived objects", lambda: len(list(archive.rglob("*.dcm"))) == 5)
@@ -354,15 +359,7 @@ called_ae = "CT01"
     node.start()
     wait_echo(scp_port, "DICOMNODE", timeout=60)
     files = write_ct_series(tmp_path / "ct", count=3)
-    sent = subprocess.run(
-        [tool("storescu"), "-aet", "CT01", "-aec", "DICOMNODE", LOOPBACK, str(scp_port)]
-        + [str(f) for f in files],
-        env=peer_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    store_as_ct01(scp_port, files)
     refs = [pydicom.dcmread(f) for f in files]
     request = Dataset()
     request.TransactionUID = pydicom.uid.generate_uid()

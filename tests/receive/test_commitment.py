@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,36 @@ def _request(transaction: str, refs: list[tuple[str, str]]) -> Dataset:
         items.append(item)
     ds.ReferencedSOPSequence = Sequence(items)
     return ds
+
+
+def _modality() -> AE:
+    """A modality that asks for commitment and takes reports on associations it accepts."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    ae.add_requested_context(StorageCommitmentPushModel)
+    return ae
+
+
+def _reachable_at(port: int) -> dict[str, Any]:
+    """Config tables giving the node a way back to the modality (``[[destinations]]``)."""
+    return {
+        "destinations": [
+            {"name": "modality", "host": LOOPBACK, "port": port, "called_ae": "MODALITY"}
+        ]
+    }
+
+
+@contextlib.contextmanager
+def _listening(modality: AE, port: int, on_report: Any) -> Iterator[None]:
+    """The modality accepting associations on ``port``, ``on_report`` handling reports."""
+    server = modality.start_server(
+        (LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
+    )
+    assert server is not None
+    try:
+        yield
+    finally:
+        server.shutdown()
 
 
 def test_commitment_reports_stored_and_missing_instances(tmp_path: Path) -> None:
@@ -147,36 +179,26 @@ def test_report_on_a_new_association_when_the_requester_released(tmp_path: Path)
         done.set()
         return 0, None
 
-    modality = AE(ae_title="MODALITY")
-    modality.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
-    modality.add_requested_context(StorageCommitmentPushModel)
+    modality = _modality()
     port = free_port()
-    server = modality.start_server(
-        (LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
-    )
-    assert server is not None
-    destinations = {
-        "destinations": [
-            {"name": "modality", "host": LOOPBACK, "port": port, "called_ae": "MODALITY"}
-        ]
-    }
+    destinations = _reachable_at(port)
     transaction = generate_uid()
-    try:
-        with running_scp(tmp_path / "node", destinations) as (scp, _, _):
-            assert dcmsend(scp.port, [src]).returncode == 0
-            assoc = modality.associate(LOOPBACK, scp.port, ae_title=AET)
-            assert assoc.is_established
-            status, _ = assoc.send_n_action(
-                _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
-                1,
-                StorageCommitmentPushModel,
-                WELL_KNOWN_INSTANCE,
-            )
-            assoc.release()  # at once, before any report
-            assert status.Status == 0
-            assert done.wait(20), "no N-EVENT-REPORT on a new association"
-    finally:
-        server.shutdown()
+    with (
+        _listening(modality, port, on_report),
+        running_scp(tmp_path / "node", destinations) as (scp, _, _),
+    ):
+        assert dcmsend(scp.port, [src]).returncode == 0
+        assoc = modality.associate(LOOPBACK, scp.port, ae_title=AET)
+        assert assoc.is_established
+        status, _ = assoc.send_n_action(
+            _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
+            1,
+            StorageCommitmentPushModel,
+            WELL_KNOWN_INSTANCE,
+        )
+        assoc.release()  # at once, before any report
+        assert status.Status == 0
+        assert done.wait(20), "no N-EVENT-REPORT on a new association"
     assert got == [(1, transaction, AET)]
 
 
@@ -209,45 +231,35 @@ def test_a_report_delivered_on_the_association_is_a_done_job_and_sent_once(
         reports.append(str(event.event_information.TransactionUID))
         return 0, None
 
-    modality = AE(ae_title="MODALITY")
-    modality.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
-    modality.add_requested_context(StorageCommitmentPushModel)
+    modality = _modality()
     port = free_port()
-    server = modality.start_server(
-        (LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
-    )
-    assert server is not None
-    destinations = {
-        "destinations": [
-            {"name": "modality", "host": LOOPBACK, "port": port, "called_ae": "MODALITY"}
-        ]
-    }
+    destinations = _reachable_at(port)
     transaction = generate_uid()
-    try:
-        with running_scp(tmp_path / "node", destinations) as (scp, store, _):
-            assert dcmsend(scp.port, [src]).returncode == 0
-            assoc = modality.associate(
-                LOOPBACK,
-                scp.port,
-                ae_title=AET,
-                evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+    with (
+        _listening(modality, port, on_report),
+        running_scp(tmp_path / "node", destinations) as (scp, store, _),
+    ):
+        assert dcmsend(scp.port, [src]).returncode == 0
+        assoc = modality.associate(
+            LOOPBACK,
+            scp.port,
+            ae_title=AET,
+            evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
+        )
+        try:
+            status, _ = assoc.send_n_action(
+                _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
+                1,
+                StorageCommitmentPushModel,
+                WELL_KNOWN_INSTANCE,
             )
-            try:
-                status, _ = assoc.send_n_action(
-                    _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
-                    1,
-                    StorageCommitmentPushModel,
-                    WELL_KNOWN_INSTANCE,
-                )
-                assert status.Status == 0
-                job = _wait_state(store, "done")
-            finally:
-                assoc.release()
-            assert job.payload["transaction_uid"] == transaction
-            assert job.payload["calling_ae"] == "MODALITY"
-            assert len(_report_jobs(store)) == 1
-    finally:
-        server.shutdown()
+            assert status.Status == 0
+            job = _wait_state(store, "done")
+        finally:
+            assoc.release()
+        assert job.payload["transaction_uid"] == transaction
+        assert job.payload["calling_ae"] == "MODALITY"
+        assert len(_report_jobs(store)) == 1
     assert reports == [transaction]
 
 
@@ -278,16 +290,9 @@ def test_an_undeliverable_report_waits_in_the_queue_and_survives_a_restart(
         done.set()
         return 0, None
 
-    modality = AE(ae_title="MODALITY")
-    modality.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
-    modality.add_requested_context(StorageCommitmentPushModel)
+    modality = _modality()
     port = free_port()
-    destinations = {
-        "destinations": [
-            {"name": "modality", "host": LOOPBACK, "port": port, "called_ae": "MODALITY"}
-        ],
-        "queue": {"retry_initial_seconds": 0.1},
-    }
+    destinations = {**_reachable_at(port), "queue": {"retry_initial_seconds": 0.1}}
     transaction = generate_uid()
     with running_scp(tmp_path / "node", destinations) as (scp, store, _):
         assert dcmsend(scp.port, [src]).returncode == 0
@@ -302,18 +307,14 @@ def test_an_undeliverable_report_waits_in_the_queue_and_survives_a_restart(
         assert status.Status == 0
         job = _wait_state(store, "retry")
         assert "did not accept an association" in (job.last_error or "")
-    server = modality.start_server(
-        (LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
-    )
-    assert server is not None
-    try:
-        with running_scp(tmp_path / "node", destinations) as (scp, store, cfg):
-            runner = JobRunner(store, {REPORT_KIND: scp.deliver_report}, cfg.queue)
-            assert runner.run_once() == 1
-            assert done.wait(20)
-            assert _wait_state(store, "done").id == job.id
-    finally:
-        server.shutdown()
+    with (
+        _listening(modality, port, on_report),
+        running_scp(tmp_path / "node", destinations) as (scp, store, cfg),
+    ):
+        runner = JobRunner(store, {REPORT_KIND: scp.deliver_report}, cfg.queue)
+        assert runner.run_once() == 1
+        assert done.wait(20)
+        assert _wait_state(store, "done").id == job.id
     assert got == [(1, transaction, [stored.SOPInstanceUID])]
 
 
