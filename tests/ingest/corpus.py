@@ -392,3 +392,19 @@ def write(folder: Path, name: str, data: bytes) -> Path:
     path = folder / name
     path.write_bytes(data)
     return path
+
+
+def template(path: Path, **elements: object) -> Path:
+    """A DICOM template file (``convert --template``): an SC object with ``elements``."""
+    import pydicom
+
+    ds = pydicom.Dataset()
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    if "SOPInstanceUID" not in ds:
+        ds.SOPInstanceUID = "1.2.3.4"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -128,16 +128,13 @@ def test_rerun_gives_identical_files(tmp_path: Path) -> None:
 @pytest.mark.dciodvfy
 def test_single_file_to_dcm_path_with_template_and_keys(tmp_path: Path) -> None:
     src = corpus.write(tmp_path, "photo.jpg", corpus.jpeg(corpus.rgb(32, 16)))
-    template = tmp_path / "tpl.dcm"
-    ds = pydicom.Dataset()
-    ds.PatientName = "Tpl^Name"
-    ds.PatientID = "TPL"
-    ds.StudyInstanceUID = "1.2.3.44"
-    ds.SOPInstanceUID = "1.2.3.45"
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.save_as(template, enforce_file_format=True)
+    template = corpus.template(
+        tmp_path / "tpl.dcm",
+        PatientName="Tpl^Name",
+        PatientID="TPL",
+        StudyInstanceUID="1.2.3.44",
+        SOPInstanceUID="1.2.3.45",
+    )
     out = tmp_path / "result.dcm"
     keys = ["-k", "StudyDate=20240101", "-k", "StudyTime=120000", "-k", "StudyID=1"]
     keys += ["-k", "SeriesNumber=1", "-k", "(0020,0062)=U"]

@@ -97,17 +97,13 @@ def test_template_and_sidecar_values_encode_like_pydicom(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """PersonName and MultiValue values (template, DICOM JSON sidecar) take the lazy path."""
-    template = tmp_path / "t.dcm"
-    ds = pydicom.Dataset()
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "T1"
-    ds.OtherPatientIDs = ["A", "B"]
-    ds.PatientWeight = "70.5"
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    ds.SOPInstanceUID = "1.2.3.4"
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
-    ds.save_as(template, enforce_file_format=True)
+    template = corpus.template(
+        tmp_path / "t.dcm",
+        PatientName="Doe^Jane",
+        PatientID="T1",
+        OtherPatientIDs=["A", "B"],
+        PatientWeight="70.5",
+    )
     src = _camera_folder(tmp_path / "in") / "IMG_0.jpg"
     (src.parent / "IMG_0.json").write_text(
         json.dumps(
