@@ -128,8 +128,6 @@ def options_from_args(args: argparse.Namespace, cfg: Config) -> ConvertOptions:
         if path:
             template = metadata.load_template(Path(path), scope)  # type: ignore[arg-type]
     keys = tuple(metadata.parse_key(k) for k in args.key)
-    for name, _ in keys:
-        metadata.resolve_tag(name, "--key")
     options = ConvertOptions(
         sop_class=args.sop_class or base.sop_class,
         conversion_type=args.conversion_type or base.conversion_type,

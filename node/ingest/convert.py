@@ -137,18 +137,15 @@ class ConvertOptions:
                 f"SOP class {self.sop_class!r} unknown (known: {', '.join(iods.SOP_KINDS)})"
             )
         # Parsed once (and validated: a bad keyword fails here, before any file is read).
-        # Without any, pydicom is not needed (nor imported).
-        defaults = (
-            metadata.dataset_from_pairs(self.defaults.items(), "[ingest.defaults]")
-            if self.defaults
-            else None
-        )
-        keys = metadata.dataset_from_pairs(self.keys, "--key") if self.keys else None
-        for kw in ("SOPInstanceUID",):
-            if keys is not None and kw in keys:
-                raise ConversionError(f"--key {kw}: derived from the content; it cannot be set")
-        object.__setattr__(self, "_defaults", Elements.from_dataset(defaults))
-        object.__setattr__(self, "_keys", Elements.from_dataset(keys))
+        # Built-in keywords with valid text values need no pydicom (nor import it).
+        defaults = metadata.elements_from_pairs(self.defaults.items(), "[ingest.defaults]")
+        keys = metadata.elements_from_pairs(self.keys, "--key")
+        if keys.has("SOPInstanceUID"):
+            raise ConversionError(
+                "--key SOPInstanceUID: derived from the content; it cannot be set"
+            )
+        object.__setattr__(self, "_defaults", defaults)
+        object.__setattr__(self, "_keys", keys)
         object.__setattr__(self, "_template", Elements.from_dataset(self.template))
 
     def layer(self, name: str) -> Elements:
@@ -452,14 +449,14 @@ def _sources(
     sidecar_path = sidecar_for(source)
     sidecar = metadata.load_sidecar(sidecar_path) if sidecar_path else None
     over = (
-        metadata.dataset_from_pairs(overrides.items(), "file-name pattern") if overrides else None
+        metadata.elements_from_pairs(overrides.items(), "file-name pattern") if overrides else None
     )
     partial = metadata.MetadataSources(
         defaults=options.layer("defaults"),
         template=options.layer("template"),
         sidecar=Elements.from_dataset(sidecar),
         exif=None,
-        overrides=Elements.from_dataset(over),
+        overrides=over,
         keys=options.layer("keys"),
     )
     exif_el = Elements()

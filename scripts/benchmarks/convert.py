@@ -8,6 +8,11 @@
 - ``/usr/bin/img2dcm`` one process per file (how it is used in practice: it takes one file);
 - ``cp -r`` of the same directory, the floor for reading and writing the bytes.
 
+Both converters get the same patient, study and series data (:data:`METADATA`, as ``-k``
+keys), so that the objects are complete: every output of the first ``dicom-node convert``
+run is then checked with dicom3tools' ``dciodvfy`` (untimed); the errors and warnings
+found are in that row's note.
+
 Runs are interleaved (tool A, B, C, A, B, C ...) so machine noise hits all alike.
 ``run(workdir, repeats)`` returns the rows for scripts/bench; ``python convert.py`` prints
 files/s and the ratios on its own.
@@ -15,9 +20,11 @@ files/s and the ratios on its own.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,12 +36,34 @@ import camera  # noqa: E402
 import common  # noqa: E402
 
 FILES = 240
+#: Patient/study/series data given to both converters (``-k``): dciodvfy wants these.
+METADATA = [
+    "PatientID=BENCH-01", "PatientName=Bench^Camera", "StudyID=1", "SeriesNumber=1",
+    "AccessionNumber=A0001", "StudyDescription=Wound care", "ImageLaterality=U",
+]  # fmt: skip
+KEYS = [arg for pair in METADATA for arg in ("-k", pair)]
+
+
+def dciodvfy_summary(out: Path) -> str:
+    """``dciodvfy`` on every ``.dcm`` under ``out``: errors and warnings, as a note."""
+    exe = "/usr/bin/dciodvfy"
+    if not os.access(exe, os.X_OK):
+        return "dciodvfy not installed: outputs not validated"
+    files = sorted(out.rglob("*.dcm"))
+    errors = warnings = 0
+    for f in files:
+        res = subprocess.run([exe, str(f)], capture_output=True, text=True, timeout=60)
+        lines = (res.stdout + res.stderr).splitlines()
+        errors += sum(1 for line in lines if line.startswith("Error"))
+        warnings += sum(1 for line in lines if line.startswith("Warning"))
+    return f"dciodvfy on all {len(files)} outputs: {errors} errors, {warnings} warnings"
 
 
 def _img2dcm_all(paths: list[Path], out: Path) -> None:
     exe = common.dcmtk("img2dcm")
     common.run_per_file(
-        "img2dcm", [[exe, str(p), str(out / f"{i:05d}.dcm")] for i, p in enumerate(paths)]
+        "img2dcm",
+        [[exe, *KEYS, str(p), str(out / f"{i:05d}.dcm")] for i, p in enumerate(paths)],
     )
 
 
@@ -49,6 +78,7 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     def ours(out: Path, *extra: str) -> float:
         name = " ".join(["dicom-node convert", *extra])
         cmd = [common.DICOM_NODE, "convert", str(src), "-o", str(out), "--log-level", "WARNING"]
+        cmd += KEYS
         elapsed, rss, res = common.timed_rss([*cmd, *extra])
         found = re.search(r"in ([0-9.]+) s \(", res.stderr)
         if found:
@@ -63,6 +93,7 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
         "cp -r": lambda out: common.timed(["cp", "-r", str(src), str(out)]),
     }
     seconds: dict[str, list[float]] = {name: [] for name in tools}
+    validated = ""
     for rep in range(repeats):
         for name, fn in tools.items():
             out = workdir / f"out-{rep}-{len(seconds[name])}-{abs(hash(name)) % 10000}"
@@ -71,6 +102,8 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
             if name == "cp -r":
                 out.rmdir()
             seconds[name].append(fn(out))
+            if name == "dicom-node convert" and rep == 0:
+                validated = dciodvfy_summary(out)
             shutil.rmtree(out, ignore_errors=True)
     rows = []
     for name, secs in seconds.items():
@@ -82,7 +115,14 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
                 "files": len(paths),
                 "bytes": total,
                 "peak_rss": peaks.get(name),
-                "note": _inner_note(inner.get(name), len(paths)),
+                "note": "; ".join(
+                    n
+                    for n in (
+                        _inner_note(inner.get(name), len(paths)),
+                        validated if name == "dicom-node convert" else "",
+                    )
+                    if n
+                ),
             }
         )
     return rows
