@@ -2,8 +2,10 @@
 
 pydicom's Dataset validates and wraps every value on assignment (~20-40 µs per element);
 the converter sets ~40 elements per file and aims at >1,000 files/s, so instances are
-assembled in this plain dict and encoded by :mod:`node.ingest.encoder`. User input
-(``-k``, sidecars, templates) is still parsed and validated by pydicom once, then copied in.
+assembled in this plain dict and encoded by :mod:`node.ingest.encoder`. User input is
+parsed and validated once, then copied in: sidecars and templates by pydicom; ``-k``,
+``[ingest.defaults]`` and file-name pattern values of keywords in this table with text VRs
+by :mod:`node.ingest.metadata` itself (pydicom's rules), anything else by pydicom.
 
 The attributes the converter itself writes are looked up in a small built-in table
 (``CORE_DICTIONARY``, checked against pydicom's data dictionary by the tests), so that
