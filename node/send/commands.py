@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BATCH = 1000
 ENQUEUE_CHUNK = 500
-#: Job states in which `send --queue` leaves an existing job alone (it is on its way).
+#: Job states in which `send --queue` leaves an existing job alone (it is on its way);
+#: JobState's values as text, so that a send without --queue does not import the queue
+#: (and sqlite3).
 PENDING = ("queued", "claimed", "retry")
 
 
