@@ -80,8 +80,11 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; with ``command``, only the module registering it is imported."""
+def build_parser(command: str | None = None, *, commands: bool = True) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only the module registering it is imported.
+
+    ``commands=False`` registers no sub-command at all (for ``--version``).
+    """
     common = common_options()
     parser = argparse.ArgumentParser(
         prog="dicom-node",
@@ -90,7 +93,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"dicom-node {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules = [COMMANDS[command]] if command in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    if command in COMMANDS:
+        modules = [COMMANDS[command]]
+    else:
+        modules = list(dict.fromkeys(COMMANDS.values())) if commands else []
     for name in modules:
         importlib.import_module(name).register(sub, common)
     return parser
@@ -117,7 +123,10 @@ def _log_settings(args: argparse.Namespace) -> tuple[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dicom-node`` and ``python -m node``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_in(argv))
+    command = _command_in(argv)
+    # `dicom-node --version` needs no sub-command: do not import all of them for it.
+    version_only = command is None and "--version" in argv and not {"-h", "--help"} & set(argv)
+    parser = build_parser(command, commands=not version_only)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -391,6 +390,8 @@ def load_config(path: Path | str | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    import tomllib  # ~4 ms of imports: only when there is a file to parse
+
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from node.errors import UnsafePath
 
 TMP_PREFIX = ".tmp-"
+
+#: What the writers take: one buffer, or the pieces of a file in order (written with
+#: ``writev``, so a file built from a header and a large payload is never joined in memory).
+Data = bytes | Sequence[bytes]
+_IOV_MAX = 1024  # the POSIX minimum for writev's vector length; Linux's is 1024 as well
 
 
 def _process_umask() -> int:
@@ -86,10 +91,27 @@ def atomic_open(target: Path, *, fsync: bool = True, overwrite: bool = True) -> 
         raise
 
 
-def atomic_write(target: Path, data: bytes, *, fsync: bool = True, overwrite: bool = True) -> None:
+def write_all(fd: int, data: Data) -> None:
+    """Write all of ``data`` (one buffer or pieces in order) to ``fd``, short writes resumed."""
+    if isinstance(data, bytes):
+        data = (data,)
+    views = [memoryview(piece) for piece in data if piece]
+    first = 0
+    while first < len(views):
+        written = os.writev(fd, views[first : first + _IOV_MAX])
+        while written:
+            size = len(views[first])
+            if written < size:  # a short write ends inside this piece
+                views[first] = views[first][written:]
+                break
+            written -= size
+            first += 1
+
+
+def atomic_write(target: Path, data: Data, *, fsync: bool = True, overwrite: bool = True) -> None:
     """Write ``data`` to ``target`` atomically (temp file, fsync, rename, fsync dir)."""
     with atomic_open(target, fsync=fsync, overwrite=overwrite) as fh:
-        fh.write(data)
+        write_all(fh.fileno(), data)  # unbuffered: nothing goes through fh's buffer
 
 
 def safe_join(root: Path, *parts: str) -> Path:

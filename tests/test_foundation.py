@@ -68,6 +68,37 @@ def test_atomic_write_leaves_no_temp_on_failure(tmp_path: Path) -> None:
     assert clean_temp_files(tmp_path) == 1
 
 
+def test_write_all_resumes_short_writes_inside_and_across_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pieces = [
+        b"head",
+        b"",
+        b"x" * 5000,
+        b"tail!",
+        *[bytes([i % 256]) * (i % 7 + 1) for i in range(1100)],
+    ]
+    expected = b"".join(pieces)
+    real_writev = os.writev
+    calls = []
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        calls.append(len(buffers))
+        # at most 7 bytes per call: every piece boundary is crossed by a short write
+        return real_writev(fd, [bytes(b"".join(bytes(b) for b in buffers)[:7])])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    target = tmp_path / "parts.bin"
+    atomic_write(target, pieces, fsync=False)
+    assert target.read_bytes() == expected
+    assert max(calls) <= 1024  # never more than IOV_MAX buffers per call
+    monkeypatch.undo()
+    atomic_write(target, pieces, fsync=False)  # the real writev, all at once
+    assert target.read_bytes() == expected
+    atomic_write(target, b"one buffer", fsync=False)
+    assert target.read_bytes() == b"one buffer"
+
+
 @pytest.mark.parametrize("bad", ["..", "../x", "1.2/../../etc", ".hidden", "", "a\x00b"])
 def test_safe_join_refuses_escape(tmp_path: Path, bad: str) -> None:
     with pytest.raises(UnsafePath):
@@ -279,3 +310,24 @@ def test_console_runs_atexit_handlers_and_waits_for_running_threads() -> None:
         "cli.console()\n"
     )
     assert (res.returncode, res.stdout) == (0, "thread finished\n"), res.stderr
+
+
+def test_version_imports_no_sub_command_and_help_still_lists_them() -> None:
+    code = (
+        "import sys\n"
+        "from node import cli\n"
+        "try:\n"
+        "    cli.main(['--version'])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0\n"
+        "loaded = sorted(m for m in cli.COMMANDS.values() if m in sys.modules)\n"
+        "print('loaded:', loaded, 'pydicom' in sys.modules)\n"
+    )
+    done = _python("-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("dicom-node ")
+    assert "loaded: [] False" in done.stdout
+    shown = _python("-m", "node", "--version", "--help")  # --version first: argparse's order
+    assert shown.returncode == 0 and shown.stdout.startswith("dicom-node ")
+    helped = _python("-m", "node", "--help", "--version")
+    assert helped.returncode == 0 and all(c in helped.stdout for c in cli.COMMANDS)

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from node.fsutil import FILE_MODE, TMP_PREFIX, fsync_dir
+from node.fsutil import FILE_MODE, TMP_PREFIX, Data, fsync_dir, write_all
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,10 @@ class GroupCommitWriter:
         self._seq = itertools.count()
         self._made: set[Path] = set()  # directories known to exist (one mkdir each)
 
-    def __call__(self, target: Path, data: bytes) -> None:
+    def __call__(self, target: Path, data: Data) -> None:
         self.add(self.write_temp(target, data), target)
 
-    def write_temp(self, target: Path, data: bytes) -> Path:
+    def write_temp(self, target: Path, data: Data) -> Path:
         """Write ``data`` to a new hidden temporary next to ``target``; return its path.
 
         Not flushed: ``add`` it, and the group commit makes it durable and renames it.
@@ -98,9 +98,7 @@ class GroupCommitWriter:
         fd, tmp = self._create(parent)
         try:
             os.fchmod(fd, FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if self.fsync and _SYNC_FILE_RANGE is not None:
                 # Start writing it back now (no wait, no durability claim): the group's
                 # syncfs then finds most of the data already on its way to the disk.

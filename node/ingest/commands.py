@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from node.config import Config
 from node.errors import ConfigError, ConversionError, NodeError
+from node.fsutil import Data
 from node.ingest import forkpool, metadata
 from node.ingest.batchwrite import GroupCommitWriter
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file
@@ -260,7 +261,7 @@ def _group_contexts(jobs: list[Job], uid_root: str) -> dict[Path, SeriesContext]
 def _convert_forked(
     jobs: list[Job],
     processes: int,
-    one: Callable[[Job, Callable[[Path, bytes], None]], str | None],
+    one: Callable[[Job, Callable[[Path, Data], None]], str | None],
     writer: GroupCommitWriter,
     record: Callable[[int, Job, str | None], None],
 ) -> None:
@@ -277,7 +278,7 @@ def _convert_forked(
     def in_worker(index: int) -> tuple[str | None, str | None]:
         written: list[str] = []
 
-        def write(target: Path, data: bytes) -> None:
+        def write(target: Path, data: Data) -> None:
             written.append(str(writer.write_temp(target, data)))
 
         error = one(jobs[index], write)
@@ -375,7 +376,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     writer = GroupCommitWriter(fsync=options.fsync)
 
-    def one(job: Job, write: Callable[[Path, bytes], None] = writer) -> str | None:
+    def one(job: Job, write: Callable[[Path, Data], None] = writer) -> str | None:
         try:
             convert_file(
                 job.source, job.output, options, contexts[job.group], job.number, writer=write

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from node.config import Config
 from node.errors import ConversionError, CorruptInput, MissingMetadata, UnsupportedInput
-from node.fsutil import atomic_write
+from node.fsutil import Data, atomic_write
 from node.ingest import encoder, iods, metadata, modules
 from node.ingest import exif as exif_mod
 from node.ingest.elements import Elements
@@ -205,7 +205,7 @@ def convert_file(
     series: SeriesContext,
     instance_number: int,
     overrides: Mapping[str, str] | None = None,
-    writer: Callable[[Path, bytes], None] | None = None,
+    writer: Callable[[Path, Data], None] | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into the DICOM file ``output`` (written atomically).
 
@@ -248,11 +248,11 @@ def convert_file(
     sop_uid = uid_from_seed(options.uid_root, "sop", study_uid, series_uid, digest)
     ids = iods.InstanceIds(study_uid, series_uid, sop_uid, instance_number)
     sop_class = iods.build(options.sop_class, ds, pixels, ids, options.conversion_type, name)
-    blob = encode(ds, sop_class, sop_uid, pixels.transfer_syntax)
+    parts = encode(ds, sop_class, sop_uid, pixels.transfer_syntax)
     if writer is not None:
-        writer(Path(output), blob)
+        writer(Path(output), parts)
     else:
-        atomic_write(Path(output), blob, fsync=options.fsync)
+        atomic_write(Path(output), parts, fsync=options.fsync)
     for note in pixels.notes:
         log.log(_note_level(note), "%s: %s", name, note)
     return ConvertResult(
@@ -522,9 +522,10 @@ def _check_strict(ds: Elements, name: str) -> None:
 # ----------------------------------------------------------------------- encoding
 
 
-def encode(ds: Elements, sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
-    """The complete Part 10 file (preamble, file meta with our implementation UID, dataset)."""
-    return encoder.encode_file(ds, sop_class, sop_uid, transfer_syntax)
+def encode(ds: Elements, sop_class: str, sop_uid: str, transfer_syntax: str) -> list[bytes]:
+    """The complete Part 10 file (preamble, file meta with our implementation UID, dataset),
+    as pieces in file order: the writers ``writev`` them, the pixel data is never copied."""
+    return encoder.encode_parts(ds, sop_class, sop_uid, transfer_syntax)
 
 
 def encode_with_pydicom(

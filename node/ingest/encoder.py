@@ -15,6 +15,7 @@ from a pydicom dataset, i.e. a sidecar or template that already imported it).
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 import sys
@@ -68,8 +69,23 @@ def _pydicom_text(value: object) -> str | None:
     return None
 
 
+#: Value types whose encoding is memoised: immutable, and compared by value *and* type.
+_SCALARS = frozenset({str, int, float, type(None)})
+
+
 def encode_element(tag: int, vr: str, value: Any) -> bytes:
-    """One element in Explicit VR Little Endian."""
+    """One element in Explicit VR Little Endian.
+
+    A batch writes the same patient, study, series and equipment attributes into every
+    file: the encodings of scalar values are memoised (a bounded cache of ``bytes``, which
+    are immutable), the rest is encoded each time.
+    """
+    if value.__class__ in _SCALARS:
+        return _encode_scalar(tag, vr, value)
+    return _encode(tag, vr, value)
+
+
+def _encode(tag: int, vr: str, value: Any) -> bytes:
     if vr in _TEXT_VRS:
         text = _text(value)
         if text is not None and (vr != "UI" or text.isascii()):
@@ -94,6 +110,9 @@ def encode_element(tag: int, vr: str, value: Any) -> bytes:
     elif vr == "SQ" and (value is None or len(value) == 0):
         return _header(tag, vr, 0)
     return _fallback(tag, vr, value)
+
+
+_encode_scalar = functools.lru_cache(maxsize=1024, typed=True)(_encode)
 
 
 def _is_multivalue(value: object) -> bool:
@@ -162,6 +181,11 @@ def _sh(tag: int, text: str) -> bytes:
 
 def encode_file(ds: Elements, sop_class: str, sop_uid: str, transfer_syntax: str) -> bytes:
     """The complete Part 10 file for ``ds`` (Explicit VR Little Endian or encapsulated)."""
+    return b"".join(encode_parts(ds, sop_class, sop_uid, transfer_syntax))
+
+
+def encode_parts(ds: Elements, sop_class: str, sop_uid: str, transfer_syntax: str) -> list[bytes]:
+    """``encode_file`` as pieces in file order, for ``writev``: the pixel data is not copied."""
     parts = [file_meta(sop_class, sop_uid, transfer_syntax)]
     for tag in sorted(ds):
         if tag >> 16 == 0x0002:
@@ -171,4 +195,4 @@ def encode_file(ds: Elements, sop_class: str, sop_uid: str, transfer_syntax: str
             parts += encapsulated_parts(tag, value)  # no copy of the frames until the join
         else:
             parts.append(encode_element(tag, vr, value))
-    return b"".join(parts)
+    return parts

@@ -21,7 +21,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from node.errors import ConversionError
 from node.ingest import convert as cv
 from node.ingest.elements import CORE_DICTIONARY, Elements
-from node.ingest.encoder import encode_file
+from node.ingest.encoder import encode_parts
 from tests.ingest import corpus
 from tests.peers import dciodvfy
 
@@ -119,9 +119,9 @@ def test_template_and_sidecar_values_encode_like_pydicom(
     )
     captured: list[tuple[Elements, str, str, str]] = []
 
-    def spy(elems: Elements, sop_class: str, sop_uid: str, ts: str) -> bytes:
+    def spy(elems: Elements, sop_class: str, sop_uid: str, ts: str) -> list[bytes]:
         captured.append((Elements(elems), sop_class, sop_uid, ts))
-        return encode_file(elems, sop_class, sop_uid, ts)
+        return encode_parts(elems, sop_class, sop_uid, ts)
 
     monkeypatch.setattr(cv, "encode", spy)
     options = cv.ConvertOptions(
