@@ -22,8 +22,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="run the C-STORE SCP alone (like storescp) until SIGINT/SIGTERM",
         description=(
             "Receive DICOM objects into the archive (<archive>/<Study>/<Series>/<SOP>.dcm), "
-            "record them and queue their export jobs in node.state_dir. Stops gracefully on "
-            "SIGINT or SIGTERM."
+            "record them and queue their export jobs in node.state_dir (`dicom-node run` "
+            "exports them). Storage commitment reports a requester could not take at once are "
+            "retried here. Stops gracefully on SIGINT or SIGTERM."
         ),
     )
     group = p.add_argument_group("receive options")
@@ -69,8 +70,10 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     from node.errors import ConfigError
+    from node.jobs import JobRunner
     from node.logs import setup_logging
     from node.queue.store import JobStore
+    from node.receive.commitment import REPORT_KIND
     from node.receive.scp import StorageSCP
     from node.service_commands import load_from_args
 
@@ -92,11 +95,20 @@ def cmd_receive(args: argparse.Namespace) -> int:
     with JobStore(cfg.node.state_dir, durable=cfg.receive.fsync) as store:
         scp = StorageSCP(cfg, store)
         scp.start()
+        # Storage commitment reports the requester could not take at once are queued
+        # jobs: retried here too (on new associations, with the [queue] backoff).
+        reports = JobRunner(store, {REPORT_KIND: scp.deliver_report}, cfg.queue, name="commitment")
+        retrying = threading.Thread(
+            target=reports.run, args=(stop,), name="commitment", daemon=True
+        )
+        retrying.start()
         # A line a supervisor (or a test) can wait for.
         print(f"listening on {cfg.receive.host}:{scp.port}", flush=True)
         try:
             while not stop.wait(1.0):
                 pass
         finally:
+            stop.set()
             scp.stop()
+            retrying.join(timeout=cfg.receive.dimse_timeout + 5)
     return 0

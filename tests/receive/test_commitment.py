@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -337,3 +340,61 @@ def test_a_report_with_no_way_to_the_requester_is_dead_with_the_reason(tmp_path:
         job = _report_jobs(store)[0]
         assert job.state == "dead"
         assert "no [[destinations]] entry has called_ae = 'MODALITY'" in (job.last_error or "")
+
+
+def test_dicom_node_receive_alone_retries_a_queued_report(tmp_path: Path) -> None:
+    """`dicom-node receive` (no `run`) delivers a report the requester could not take at
+    first, once it listens, on a new association."""
+    stored = image_dataset(2, 2, b"\x00" * 4)
+    src = tmp_path / "stored.dcm"
+    stored.save_as(src, enforce_file_format=True)
+    port = free_port()
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[node]\nstate_dir = "state"\n[receive]\narchive = "archive"\nmin_free_bytes = 0\n'
+        "[queue]\nretry_initial_seconds = 0.2\nretry_max_seconds = 0.5\n"
+        f'[[destinations]]\nname = "modality"\nhost = "{LOOPBACK}"\nport = {port}\n'
+        'called_ae = "MODALITY"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "receive", "--config", str(config), "--port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    got: list[str] = []
+    done = threading.Event()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        got.append(str(event.event_information.TransactionUID))
+        done.set()
+        return 0, None
+
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on"), line
+        node_port = int(line.rsplit(":", 1)[1])
+        assert dcmsend(node_port, [src]).returncode == 0
+        modality = _modality()
+        transaction = generate_uid()
+        assoc = modality.associate(LOOPBACK, node_port, ae_title=AET)
+        status, _ = assoc.send_n_action(
+            _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
+            1,
+            StorageCommitmentPushModel,
+            WELL_KNOWN_INSTANCE,
+        )
+        assoc.release()  # and not listening yet: the report cannot be delivered now
+        assert status.Status == 0
+        time.sleep(1.0)  # a few failed retries
+        assert not got
+        with _listening(modality, port, on_report):
+            assert done.wait(30), "the queued report never arrived"
+        assert got == [transaction]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        if proc.stdout is not None:
+            proc.stdout.close()
