@@ -31,6 +31,7 @@ from node.export.voi import (
     apply_voi,
     domain,
     modality,
+    output_signed,
     plan_voi,
     rescale,
     window_table,
@@ -75,7 +76,7 @@ def render_gray(
     bits: int,
 ) -> list[Rendered]:
     """Render grayscale frames (stored values) through modality, VOI and presentation."""
-    plan = plan_voi(ds, choice, path, info.signed)
+    plan = plan_voi(ds, choice, path, output_signed(ds, info.signed, info.bits_stored))
     invert = _inverted(ds, info.photometric)
     high = (1 << bits) - 1
     dtype = np.uint8 if bits == 8 else np.uint16

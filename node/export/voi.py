@@ -69,7 +69,10 @@ class Lut:
     explanation: str
 
     def lookup(self, values: np.ndarray) -> np.ndarray:
-        idx = np.clip(np.trunc(values) - self.first, 0, len(self.data) - 1).astype(np.int64)
+        # float64 first: on (u)int16 input ``values - first`` would wrap around, sending
+        # values below the first mapped one to the last entry instead of the first
+        inputs = np.trunc(np.asarray(values, dtype=np.float64))
+        idx = np.clip(inputs - self.first, 0, len(self.data) - 1).astype(np.int64)
         return self.data[idx].astype(np.float64)
 
 
@@ -138,6 +141,22 @@ def window_table(
     table = np.clip(out, 0, high).astype(np.uint8 if bits == 8 else np.uint16)
     table.flags.writeable = False
     return table
+
+
+def output_signed(ds: Dataset, signed: bool, bits_stored: int) -> bool:
+    """Whether the Modality LUT output can be negative (the VOI LUT input domain).
+
+    A VOI LUT Descriptor's first mapped value (0028,3002) is read as signed when it is, as
+    dcmimgle does: over the range Bits Stored allows, Rescale Slope/Intercept can make
+    unsigned stored values negative (CT: 0..4095 - 1024), and a Modality LUT Sequence
+    always outputs unsigned values.
+    """
+    if ds.get("ModalityLUTSequence"):
+        return False
+    m, b = rescale(ds)
+    bits = max(1, min(bits_stored, 32))
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return min(m * lo + b, m * hi + b) < 0
 
 
 def modality(ds: Dataset, values: np.ndarray, path: Path, signed: bool) -> np.ndarray:
@@ -237,11 +256,16 @@ def plan_voi(ds: Dataset, choice: VoiChoice, path: Path, signed: bool) -> VoiPla
                 f"WindowWidth hold {len(windows)}"
             )
         c, w, expl = windows[i]
-        if not (math.isfinite(c) and math.isfinite(w) and w >= 1):
+        # PS3.3 C.11.2.1.2: width >= 1 for LINEAR (and SIGMOID, as dcmimgle), > 0 for
+        # LINEAR_EXACT (C.11.2.1.3.2)
+        narrowest = "> 0" if fn == "LINEAR_EXACT" else ">= 1"
+        usable = w > 0 if fn == "LINEAR_EXACT" else w >= 1
+        if not (math.isfinite(c) and math.isfinite(w) and usable):
             if choice.kind == "window":
                 raise BadPixelData(
                     f"{path}: window {i + 1} in (0028,1050) WindowCenter / (0028,1051) "
-                    f"WindowWidth is not usable (C={c}, W={w}); width must be >= 1"
+                    f"WindowWidth is not usable (C={c}, W={w}); with (0028,1056) "
+                    f"VOILUTFunction {fn} the width must be {narrowest}"
                 )
             log.warning("%s: window 1 (C=%s, W=%s) unusable, falling back", path, c, w)
         else:
@@ -268,10 +292,11 @@ def apply_voi(
     if plan.kind == "lut":
         assert plan.lut is not None
         looked = plan.lut.lookup(values)
-        if invert:
-            looked = float((1 << plan.lut.bits) - 1) - looked
-        # dcmimgle scales LUT entries by 2^out_bits / 2^lut_bits (a bit shift)
-        return looked * float(high + 1) / float(1 << plan.lut.bits), plan.label
+        # dcmimgle: low + entry * (high - low + 1) / 2^lut_bits, with low/high swapped when
+        # inverting; i.e. 2^out_bits / 2^lut_bits (a bit shift) normally, and
+        # high - entry * (high - 1) / 2^lut_bits inverted (entry 0 -> high, never 0)
+        scale = float(high + 1) if not invert else -float(high - 1)
+        return low_v + looked * scale / float(1 << plan.lut.bits), plan.label
     if plan.kind == "minmax":
         center = (mod_min + mod_max + 1) / 2
         width = mod_max - mod_min + 1

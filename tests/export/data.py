@@ -268,3 +268,59 @@ def high_bits(path: Path) -> Path:
     return write(
         dataset(words.view(np.int16), bits_stored=12, WindowCenter=0, WindowWidth=1000), path
     )
+
+
+def modality_lut_8bit(path: Path) -> Path:
+    """Modality LUT Sequence with 8-bit entries whose first mapped value is 100: stored values
+    below 100 map to the first entry (PS3.3 C.11.1.1), those above the last to the last."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [256, 100, 8])  # LUTDescriptor
+    item.ModalityLUTType = "OD"
+    item.add_new(0x00283006, "US", [int(255 * (i / 255) ** 0.5) for i in range(256)])
+    rng = np.random.default_rng(11)
+    return write(
+        dataset(
+            rng.integers(0, 400, (25, 27)).astype(np.uint16),
+            bits_stored=12,
+            modality="OT",
+            ModalityLUTSequence=Sequence([item]),
+        ),
+        path,
+    )
+
+
+def voi_lut_inverse(path: Path, photometric: str = "MONOCHROME2", **extra: Any) -> Path:
+    """A 12-bit VOI LUT with Presentation LUT Shape INVERSE (or on MONOCHROME1)."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 12])  # LUTDescriptor
+    item.add_new(0x00283006, "US", [int(4095 * (i / 4095) ** 0.5) for i in range(4096)])
+    return write(
+        dataset(
+            ct_pixels(seed=12),
+            photometric=photometric,
+            bits_stored=12,
+            VOILUTSequence=Sequence([item]),
+            **extra,
+        ),
+        path,
+    )
+
+
+def voi_lut_signed_input(path: Path) -> Path:
+    """CT (rescale -1024) whose VOI LUT starts at -1024 HU, the descriptor written as US
+    (64512), as implicit-VR files and many writers have it. Stored values stay >= 1100, so
+    only the range Bits Stored allows, not the data, makes the LUT input signed."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 65536 - 1024, 12])  # LUTDescriptor
+    item.add_new(0x00283006, "US", list(range(4096)))
+    rng = np.random.default_rng(13)
+    return write(
+        dataset(
+            rng.integers(1100, 3000, (40, 40)).astype(np.uint16),
+            bits_stored=12,
+            RescaleIntercept=-1024,
+            RescaleSlope=1,
+            VOILUTSequence=Sequence([item]),
+        ),
+        path,
+    )

@@ -140,6 +140,10 @@ def _generated(tmp: Path) -> dict[str, Path]:
         "us_gray_multiframe": data.us_gray_multiframe(tmp / "usg.dcm"),
         "modality_lut": data.modality_lut(tmp / "mlut.dcm"),
         "signed_12_bit_junk_high_bits": data.high_bits(tmp / "hb.dcm"),
+        "modality_lut_8bit_first_100": data.modality_lut_8bit(tmp / "mlut8.dcm"),
+        "voi_lut_inverse": data.voi_lut_inverse(tmp / "voiinv.dcm", PresentationLUTShape="INVERSE"),
+        "voi_lut_mono1": data.voi_lut_inverse(tmp / "voim1.dcm", "MONOCHROME1"),
+        "voi_lut_signed_input": data.voi_lut_signed_input(tmp / "voisgn.dcm"),
     }
 
 
@@ -174,6 +178,9 @@ def test_generated_objects_match_dcmtk(tmp_path: Path, bits: int) -> None:
     assert names >= {"cr_mono1_inverse", "cr_mono1_identity", "modality_lut"}
     assert names >= {"us_gray_multiframe", "signed_12_bit_junk_high_bits"}
     assert ("voi_lut", "+Wl") in compared and ("ct", "+Ww") in compared
+    for name in ("voi_lut_inverse", "voi_lut_mono1", "voi_lut_signed_input"):
+        assert (name, "+Wl") in compared, name
+    assert ("modality_lut_8bit_first_100", "+Wm") in compared
 
 
 def test_ct_window_40_400_exact(tmp_path: Path) -> None:

@@ -74,6 +74,21 @@ def test_linear_exact_and_sigmoid_follow_ps33(tmp_path: Path) -> None:
     assert sig[0] == pytest.approx(255 / (1 + np.exp(2.4))) and sig[-1] > 245
 
 
+def test_linear_exact_window_narrower_than_one_is_valid(tmp_path: Path) -> None:
+    """PS3.3 C.11.2.1.3.2 allows LINEAR_EXACT widths > 0 (LINEAR needs >= 1): W=0.5 is a
+    threshold at the centre, not an unusable window."""
+    exact = data.ct(
+        tmp_path / "e.dcm", WindowCenter=40, WindowWidth=0.5, VOILUTFunction="LINEAR_EXACT"
+    )
+    frame = render_one(exact, display.VoiChoice("window", 0))[0]
+    hu = pydicom.dcmread(exact).pixel_array.astype(int) - 1024
+    assert frame.voi == "window C=40 W=0.5"
+    assert (frame.pixels[hu <= 39] == 0).all() and (frame.pixels[hu >= 41] == 255).all()
+    linear = data.ct(tmp_path / "l.dcm", WindowCenter=40, WindowWidth=0.5)
+    with pytest.raises(BadPixelData, match=r"VOILUTFunction LINEAR the width must be >= 1"):
+        render_one(linear, display.VoiChoice("window", 0))
+
+
 def test_multiframe_one_png_per_frame_or_the_chosen_one(tmp_path: Path) -> None:
     path = data.us_multiframe(tmp_path / "us.dcm", frames=3)
     ex = exporter(tmp_path)
