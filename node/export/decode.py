@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
@@ -139,6 +140,12 @@ class PixelInfo:
     signed: bool
     photometric: str
     transfer_syntax: str
+    high_bit: int = -1  # (0028,0102); -1: Bits Stored - 1
+
+    @property
+    def shift(self) -> int:
+        """How far the stored bits sit above bit 0 (High Bit + 1 - Bits Stored)."""
+        return max(0, self.high_bit + 1 - self.bits_stored)
 
 
 def _int(ds: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
@@ -182,6 +189,13 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
             f"{path}: {_tag('BitsAllocated')} {bits_alloc} / {_tag('BitsStored')} "
             f"{bits_stored} is not a pixel layout that can be rendered"
         )
+    high_bit = _int(ds, "HighBit", path, bits_stored - 1)
+    if bits_alloc > 1 and not bits_stored - 1 <= high_bit < bits_alloc:
+        raise BadPixelData(
+            f"{path}: {_tag('HighBit')} {high_bit} does not fit {_tag('BitsStored')} "
+            f"{bits_stored} in {_tag('BitsAllocated')} {bits_alloc} (it must be "
+            f"{bits_stored - 1}..{bits_alloc - 1}); the stored bits cannot be located"
+        )
     if not photometric:
         raise BadPixelData(f"{path}: {_tag('PhotometricInterpretation')} is missing")
     total = rows * cols * frames * samples
@@ -214,7 +228,16 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
                 f"needs {expected}: the data is truncated or the description is wrong"
             )
     return PixelInfo(
-        rows, cols, frames, samples, bits_alloc, bits_stored, signed, photometric, tsuid
+        rows,
+        cols,
+        frames,
+        samples,
+        bits_alloc,
+        bits_stored,
+        signed,
+        photometric,
+        tsuid,
+        high_bit if bits_alloc > 1 else bits_stored - 1,
     )
 
 
@@ -253,20 +276,88 @@ def ybr_to_rgb(arr: np.ndarray, bits: int, subsampled: bool = False) -> np.ndarr
     return out.astype(dtype)
 
 
-def _decode(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
+def _stored_bits(words: np.ndarray, info: PixelInfo) -> np.ndarray:
+    """Whole unsigned words -> the Bits Stored field ending at High Bit, sign-extended."""
+    size = words.dtype.itemsize
+    values = (words >> info.shift) & ((1 << info.bits_stored) - 1)
+    if not info.signed:
+        return values
+    sign = 1 << (info.bits_stored - 1)
+    signed = values.astype(np.int64)
+    signed = np.where(signed & sign, signed - (sign << 1), signed)
+    return signed.astype(f"i{size}")
+
+
+#: Transfer syntaxes whose frames are JPEG-family code streams ending in FFD9 (JPEG EOI,
+#: JPEG-LS EOI, JPEG 2000 / HTJ2K EOC).
+_FFD9_STREAMS = (
+    *(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93)),
+    *(f"1.2.840.10008.1.2.4.{n}" for n in (201, 202, 203)),
+)
+#: JPEG 8/12-bit DCT syntaxes: pydicom converts their YBR only for 8-bit samples
+_JPEG_DCT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+
+
+def check_stream_end(ds: Dataset, info: PixelInfo, index: int, path: Path) -> None:
+    """Refuse a JPEG-family frame with no end marker after its last scan (truncated).
+
+    Decoders fill what is missing of a cut stream with grey or repeated rows without an
+    error (pylibjpeg, CharLS); DCMTK refuses such frames. FFD9 cannot occur inside scan
+    data (JPEG byte stuffing, JPEG-LS bit stuffing, JPEG 2000 packet rules), so a stream
+    whose last FFD9 comes before its last start of scan (FFDA) / data (FF93) is cut short.
+    """
+    if info.transfer_syntax not in _FFD9_STREAMS:
+        return
+    try:
+        frame = get_frame(ds.PixelData, index, number_of_frames=info.frames)
+    except MALFORMED:
+        return  # the decoder reports damaged encapsulation itself
+    data = bytes(frame).rstrip(b"\x00")  # even-length padding
+    scan = max(data.rfind(b"\xff\xda"), data.rfind(b"\xff\x93"))
+    if data.rfind(b"\xff\xd9") < scan:
+        raise BadPixelData(
+            f"{path}: {_tag('PixelData')} frame {index + 1}: the "
+            f"{UID(info.transfer_syntax).name} stream ({len(data)} bytes) has no end marker "
+            "(FFD9) after its last scan: the compressed data is truncated"
+        )
+
+
+def _decode(
+    ds: Dataset, info: PixelInfo, index: int, cache: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     which = index if info.frames > 1 else None
-    native_ybr = info.photometric in ("YBR_FULL", "YBR_FULL_422") and not (
+    frame_bits = info.rows * info.columns * info.samples
+    if info.bits_allocated == 1 and which is not None and frame_bits % 8:
+        # 1-bit frames that do not end on a byte boundary: pydicom cannot find frame N on
+        # its own, so unpack all frames once and take N
+        cache = {} if cache is None else cache
+        if "all" not in cache:
+            cache["all"] = pydicom.pixels.pixel_array(ds)
+        return cache["all"][index]
+    # pydicom reads the low Bits Stored bits; when High Bit says they sit higher (High Bit
+    # 15, Bits Stored 12), take whole words and extract the field here, as dcmimgle does
+    whole: dict[str, int] = {}
+    if info.shift and info.bits_allocated in (8, 16, 32):
+        whole = {"bits_stored": info.bits_allocated, "pixel_representation": 0}
+    ybr = info.photometric in ("YBR_FULL", "YBR_FULL_422")
+    native_ybr = ybr and not (
         UID(info.transfer_syntax).is_compressed and info.transfer_syntax != RLE
     )
+    # 12-bit lossy JPEG colour: the decoders leave YCbCr as is and pydicom converts only
+    # 8-bit samples, so convert here as for native data
+    native_ybr |= ybr and info.transfer_syntax in _JPEG_DCT and info.bits_stored > 8
     if native_ybr:
-        raw = pydicom.pixels.pixel_array(ds, index=which, raw=True)
+        raw = pydicom.pixels.pixel_array(ds, index=which, raw=True, **whole)
+        if whole:
+            raw = _stored_bits(raw, info)
         return ybr_to_rgb(raw, info.bits_stored, info.photometric == "YBR_FULL_422")
-    if info.transfer_syntax in _IJG_FIRST and info.bits_stored <= 8:
+    if info.transfer_syntax in _IJG_FIRST and info.bits_stored <= 8 and not whole:
         try:
             return pydicom.pixels.pixel_array(ds, index=which, decoding_plugin="pillow")
         except (RuntimeError, ValueError, OSError) as exc:
             log.debug("Pillow could not decode, trying pylibjpeg: %s", exc)
-    return pydicom.pixels.pixel_array(ds, index=which)
+    arr = pydicom.pixels.pixel_array(ds, index=which, **whole)
+    return _stored_bits(arr, info) if whole else arr
 
 
 def frames(
@@ -279,15 +370,17 @@ def frames(
     dcmimgle's arithmetic, JPEG-family decoders convert their own colour space.
     """
     wanted = list(range(info.frames)) if indices is None else indices
+    cache: dict[str, np.ndarray] = {}
     for index in wanted:
         if not 0 <= index < info.frames:
             raise ExportError(
                 f"{path}: frame {index + 1} requested but {_tag('NumberOfFrames')} is {info.frames}"
             )
+        check_stream_end(ds, info, index, path)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                arr = _decode(ds, info, index)
+                arr = _decode(ds, info, index, cache)
         except NotImplementedError as exc:
             raise ExportError(
                 f"{path}: transfer syntax {info.transfer_syntax} "

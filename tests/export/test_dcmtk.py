@@ -222,3 +222,108 @@ def test_fractional_rescale_keeps_precision_dcmtk_truncates(tmp_path: Path) -> N
     theirs = dcmtk_render(fine, ["+Wi", "1"], tmp_path, bits=16)
     assert theirs is not None and len(np.unique(theirs)) <= 31
     assert len(np.unique(ours(fine, display.VoiChoice(), bits=16))) > 1000
+
+
+# ------------------------------------------------------------------ pixel layouts and codecs
+
+
+def _dcmtk_convert(args: list[str], src: Path, dst: Path) -> Path:
+    subprocess.run([tool(args[0]), *args[1:], str(src), str(dst)], check=True, timeout=60)
+    return dst
+
+
+def test_high_bit_above_bits_stored_matches_dcmtk(tmp_path: Path) -> None:
+    """Bits Stored 12 with High Bit 15 (the stored bits at the top of each word, junk below):
+    native, RLE, JPEG lossless and JPEG-LS twins all render as dcmj2pnm renders them."""
+    rng = np.random.default_rng(21)
+    junk = rng.integers(0, 16, (33, 31)).astype(np.uint16)
+    unsigned = rng.integers(0, 4096, (33, 31)).astype(np.uint16)
+    signed = rng.integers(-2048, 2048, (33, 31)).astype(np.int16).view(np.uint16) & 0x0FFF
+    cases = {"unsigned": (unsigned, np.uint16, 2048), "signed": (signed, np.int16, 0)}
+    compared = 0
+    for name, (stored, dtype, center) in cases.items():
+        words = ((stored << 4) | junk).view(dtype)
+        ds = data.dataset(words, bits_stored=12, WindowCenter=center, WindowWidth=3000)
+        ds.HighBit = 15
+        native = data.write(ds, tmp_path / f"{name}.dcm")
+        twins = [native]
+        for codec in (["dcmcrle"], ["dcmcjpeg", "+e1"], ["dcmcjpls"]):
+            twins.append(_dcmtk_convert(codec, native, tmp_path / f"{name}-{codec[0]}.dcm"))
+        for path in twins:
+            for opts, choice in CASES[:1] + CASES[2:3]:  # +Wi 1, +Wm
+                ref = dcmtk_render(path, opts, tmp_path)
+                assert ref is not None, path
+                assert_close(ours(path, choice), ref, f"{path.name} {' '.join(opts)}")
+                compared += 1
+    assert compared == 16
+
+
+def test_one_bit_multiframe_frames_off_byte_boundaries_match_dcmtk(tmp_path: Path) -> None:
+    """1-bit frames of 7 x 9 = 63 bits: frame 2 starts in the middle of a byte."""
+    from pydicom.pixels import pack_bits
+
+    bits = np.random.default_rng(22).integers(0, 2, (3, 7, 9)).astype(np.uint8)
+    ds = data.dataset(bits, modality="OT", sop_class=SC)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    ds.PixelData = pack_bits(bits.ravel())
+    path = data.write(ds, tmp_path / "bits.dcm")
+    for frame in range(3):
+        ref = dcmtk_render(path, ["+Wm"], tmp_path, frame)
+        assert ref is not None
+        got = ours(path, display.VoiChoice("minmax"), frame)
+        assert np.array_equal(got, ref) and np.array_equal(got > 0, bits[frame] > 0), frame
+
+
+def test_12_bit_lossy_jpeg_colour_renders_like_dcmtk(tmp_path: Path) -> None:
+    """dcmcjpeg +ee on 16-bit RGB writes 12-bit YBR_FULL_422 JPEG; pydicom converts YBR only
+    for 8-bit samples, so this used to be refused. Lossy 12-bit: IDCTs differ by 1."""
+    y, x = np.mgrid[0:64, 0:64]
+    rgb = np.stack([x * 1000, y * 900, (x + y) * 500], axis=-1).astype(np.uint16)
+    native = data.write(
+        data.dataset(rgb, photometric="RGB", modality="OT", sop_class=SC), tmp_path / "rgb.dcm"
+    )
+    path = _dcmtk_convert(["dcmcjpeg", "+ee"], native, tmp_path / "ybr12.dcm")
+    assert pydicom.dcmread(path).PhotometricInterpretation == "YBR_FULL_422"
+    ref = dcmtk_render(path, [], tmp_path)
+    assert ref is not None
+    diff = np.abs(ours(path, display.VoiChoice()).astype(int) - ref.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.9
+
+
+def _cut(path: Path, keep: float, dst: Path) -> Path:
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(path)
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: int(len(frame) * keep)]])
+    return data.write(ds, dst)
+
+
+def test_truncated_jpeg_family_streams_are_refused_like_dcmtk(tmp_path: Path) -> None:
+    """Cut JPEG baseline / lossless / JPEG-LS / JPEG 2000 streams decode without an error
+    in pylibjpeg and CharLS (grey or repeated rows); DCMTK refuses them, and so do we."""
+    gray = data.write(
+        data.dataset(
+            np.random.default_rng(23).integers(0, 256, (31, 33)).astype(np.uint8),
+            modality="OT",
+            sop_class=SC,
+        ),
+        tmp_path / "gray.dcm",
+    )
+    streams = {
+        "baseline": _dcmtk_convert(["dcmcjpeg", "+eb"], gray, tmp_path / "b.dcm"),
+        "lossless": _dcmtk_convert(
+            ["dcmcjpeg", "+e1"], data.ct(tmp_path / "ct.dcm"), tmp_path / "l.dcm"
+        ),
+        "jpeg-ls": _dcmtk_convert(["dcmcjpls"], gray, tmp_path / "ls.dcm"),
+    }
+    streams["jpeg2000"] = TEST_FILES / "MR_small_jp2klossless.dcm"
+    for name, path in streams.items():
+        ours(path, display.VoiChoice("minmax"))  # whole: renders
+        cut = _cut(path, 0.6, tmp_path / f"cut-{name}.dcm")
+        with pytest.raises(
+            decode.BadPixelData, match=r"\(7FE0,0010\) PixelData frame 1: .* no end marker"
+        ):
+            ours(cut, display.VoiChoice("minmax"))
+        if name != "jpeg2000":  # this DCMTK has no JPEG 2000 decoder
+            assert dcmtk_render(cut, ["+Wm"], tmp_path) is None, name
