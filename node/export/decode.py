@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -336,7 +337,7 @@ def _decode(
         return cache["all"][index]
     # pydicom reads the low Bits Stored bits; when High Bit says they sit higher (High Bit
     # 15, Bits Stored 12), take whole words and extract the field here, as dcmimgle does
-    whole: dict[str, int] = {}
+    whole: dict[str, Any] = {}
     if info.shift and info.bits_allocated in (8, 16, 32):
         whole = {"bits_stored": info.bits_allocated, "pixel_representation": 0}
     ybr = info.photometric in ("YBR_FULL", "YBR_FULL_422")
