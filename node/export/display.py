@@ -6,6 +6,9 @@ Grayscale (MONOCHROME1/2)::
                  -> Presentation LUT Shape INVERSE / MONOCHROME1 inversion
                  -> 8- or 16-bit output, graphics overlays (60xx) burnt in
 
+Enhanced multi-frame objects take each frame's rescale and windows from their functional
+groups (:mod:`node.export.groups`).
+
 For integer stored values of up to 16 bits the whole chain is folded into one lookup table
 (256 or 65536 entries) per object, so each pixel costs one table look-up.
 
@@ -26,6 +29,7 @@ from pydicom.dataset import Dataset
 
 from node.errors import BadPixelData
 from node.export.decode import PixelInfo
+from node.export.groups import frame_view, has_groups, view_key
 from node.export.voi import (
     VoiChoice,
     apply_voi,
@@ -75,7 +79,46 @@ def render_gray(
     choice: VoiChoice,
     bits: int,
 ) -> list[Rendered]:
-    """Render grayscale frames (stored values) through modality, VOI and presentation."""
+    """Render grayscale frames (stored values) through modality, VOI and presentation.
+
+    Enhanced multi-frame objects take each frame's rescale and windows from its functional
+    groups (:mod:`node.export.groups`); frames that share them are rendered together.
+    """
+    if not has_groups(ds):
+        return _render_gray(ds, info, arrays, path, choice, bits)
+    batches: dict[tuple[object, ...], tuple[Dataset, list[tuple[int, np.ndarray]]]] = {}
+    for index, arr in arrays:
+        view = frame_view(ds, index)
+        batches.setdefault(view_key(view), (view, []))[1].append((index, arr))
+    span = None
+    if len(batches) > 1:
+        # min-max is one window for the whole object (as without groups): over the modality
+        # values of all frames, each through its own rescale
+        signed = info.signed
+        lows, highs = [], []
+        for view, group in batches.values():
+            for _, arr in group:
+                values = modality(view, arr, path, signed)
+                lows.append(float(values.min()))
+                highs.append(float(values.max()))
+        span = (min(lows), max(highs))
+    out: list[Rendered] = []
+    for view, group in batches.values():
+        out.extend(_render_gray(view, info, group, path, choice, bits, span))
+    return sorted(out, key=lambda r: r.frame)
+
+
+def _render_gray(
+    ds: Dataset,
+    info: PixelInfo,
+    arrays: list[tuple[int, np.ndarray]],
+    path: Path,
+    choice: VoiChoice,
+    bits: int,
+    span: tuple[float, float] | None = None,
+) -> list[Rendered]:
+    """Render frames that share one modality and VOI description (``ds``); ``span`` is the
+    min-max range to use instead of these frames' own."""
     plan = plan_voi(ds, choice, path, output_signed(ds, info.signed, info.bits_stored))
     invert = _inverted(ds, info.photometric)
     high = (1 << bits) - 1
@@ -93,7 +136,9 @@ def render_gray(
     if use_table:
         mod_table = modality(ds, domain(first.dtype), path, info.signed)
         mod_min = mod_max = 0.0
-        if plan.kind == "minmax":
+        if plan.kind == "minmax" and span is not None:
+            mod_min, mod_max = span
+        elif plan.kind == "minmax":
             present = np.zeros(mod_table.size, dtype=bool)
             for _, arr in arrays:
                 present |= np.bincount(arr.view(udt).ravel(), minlength=mod_table.size) > 0
@@ -103,8 +148,11 @@ def render_gray(
         table = np.clip(out_table, 0, high).astype(dtype)  # astype truncates like dcmimgle
         return [Rendered(np.take(table, arr.view(udt)), label, i) for i, arr in arrays]
     mods = [(index, modality(ds, arr, path, info.signed)) for index, arr in arrays]
-    mod_min = min(float(m.min()) for _, m in mods)
-    mod_max = max(float(m.max()) for _, m in mods)
+    if span is not None:
+        mod_min, mod_max = span
+    else:
+        mod_min = min(float(m.min()) for _, m in mods)
+        mod_max = max(float(m.max()) for _, m in mods)
     out = []
     for index, m in mods:
         vals, label = apply_voi(plan, m, high, invert, mod_min, mod_max)

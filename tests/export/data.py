@@ -324,3 +324,53 @@ def voi_lut_signed_input(path: Path) -> Path:
         ),
         path,
     )
+
+
+def _item(**values: Any) -> Dataset:
+    item = Dataset()
+    for key, value in values.items():
+        setattr(item, key, value)
+    return item
+
+
+#: Per-frame (intercept, centre, width) of :func:`enhanced_ct`.
+ENHANCED_FRAMES = ((-1024, 40, 400), (-924, 400, 2000), (-824, 42, 400))
+
+
+def enhanced_ct(path: Path, shared_rescale: bool = False) -> Path:
+    """Enhanced CT (3 frames) whose rescale and windows are only in functional groups:
+    per frame (:data:`ENHANCED_FRAMES`), or the rescale shared (-1024) and windows per frame."""
+    pixels = np.stack([ct_pixels(seed=20 + f) for f in range(len(ENHANCED_FRAMES))])
+    ds = dataset(pixels, bits_stored=12, sop_class="1.2.840.10008.5.1.4.1.1.2.1")
+    shared = Dataset()
+    if shared_rescale:
+        shared.PixelValueTransformationSequence = Sequence(
+            [_item(RescaleIntercept=-1024, RescaleSlope=1, RescaleType="HU")]
+        )
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for intercept, center, width in ENHANCED_FRAMES:
+        group = Dataset()
+        if not shared_rescale:
+            group.PixelValueTransformationSequence = Sequence(
+                [_item(RescaleIntercept=intercept, RescaleSlope=1, RescaleType="HU")]
+            )
+        group.FrameVOILUTSequence = Sequence([_item(WindowCenter=center, WindowWidth=width)])
+        per_frame.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    return write(ds, path)
+
+
+def classic_twin(enhanced: Path, frame: int, path: Path) -> Path:
+    """Frame ``frame`` of an :func:`enhanced_ct` as a classic CT with its rescale and window
+    at the top level (what a DCMTK without functional group support renders correctly)."""
+    from pydicom import dcmread
+
+    src = dcmread(enhanced)
+    groups = [src.SharedFunctionalGroupsSequence[0], src.PerFrameFunctionalGroupsSequence[frame]]
+    extra: dict[str, Any] = {}
+    for group in groups:
+        for macro in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            if macro in group:
+                extra.update({e.keyword: e.value for e in group[macro][0]})
+    return write(dataset(src.pixel_array[frame], bits_stored=12, **extra), path)

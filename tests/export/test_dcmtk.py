@@ -327,3 +327,34 @@ def test_truncated_jpeg_family_streams_are_refused_like_dcmtk(tmp_path: Path) ->
             ours(cut, display.VoiChoice("minmax"))
         if name != "jpeg2000":  # this DCMTK has no JPEG 2000 decoder
             assert dcmtk_render(cut, ["+Wm"], tmp_path) is None, name
+
+
+@pytest.mark.parametrize("shared_rescale", [False, True])
+def test_enhanced_multiframe_uses_functional_groups_like_classic_twins(
+    tmp_path: Path, shared_rescale: bool
+) -> None:
+    """Enhanced CT: each frame's rescale (Pixel Value Transformation) and window (Frame VOI
+    LUT) live in the functional groups (PS3.3 C.7.6.16). Every frame renders as dcmj2pnm
+    renders a classic CT with those values at the top level (+Wi 1, and a user window on
+    HU). DCMTK 3.6.7 itself reads only a shared rescale and no functional-group window."""
+    path = data.enhanced_ct(tmp_path / "enhanced.dcm", shared_rescale)
+    ds = decode.read(path)
+    info = decode.pixel_info(ds, path, 10**9)
+    arrays = list(decode.frames(ds, path, info))
+    for choice, opts in (
+        (display.VoiChoice(), ["+Wi", "1"]),
+        (display.VoiChoice("user", center=40, width=400), ["+Ww", "40", "400"]),
+    ):
+        rendered = display.render(ds, info, arrays, path, choice, 8)
+        assert [r.frame for r in rendered] == [0, 1, 2]
+        for frame, r in enumerate(rendered):
+            twin = data.classic_twin(path, frame, tmp_path / f"twin{frame}.dcm")
+            ref = dcmtk_render(twin, opts, tmp_path)
+            assert ref is not None
+            assert np.array_equal(r.pixels, ref), (frame, opts)
+            if choice.kind == "auto":
+                _, center, width = data.ENHANCED_FRAMES[frame]
+                assert r.voi == f"window C={center} W={width}"
+    if shared_rescale:  # what DCMTK reads itself agrees too
+        ref = dcmtk_render(path, ["+Ww", "40", "400"], tmp_path, frame=1)
+        assert np.array_equal(ours(path, display.VoiChoice("user", center=40, width=400), 1), ref)

@@ -89,6 +89,18 @@ def test_linear_exact_window_narrower_than_one_is_valid(tmp_path: Path) -> None:
         render_one(linear, display.VoiChoice("window", 0))
 
 
+def test_enhanced_minmax_is_one_window_over_all_frames_own_rescales(tmp_path: Path) -> None:
+    """Min-max over an enhanced object spans every frame's modality values, each frame
+    through its own per-frame rescale (one window for the cine, as for classic objects)."""
+    path = data.enhanced_ct(tmp_path / "e.dcm")
+    rendered = render_one(path, display.VoiChoice("minmax"))
+    stored = pydicom.dcmread(path).pixel_array.astype(int)
+    hu = [stored[f] + intercept for f, (intercept, _, _) in enumerate(data.ENHANCED_FRAMES)]
+    lo, hi = min(int(h.min()) for h in hu), max(int(h.max()) for h in hu)
+    labels = {r.voi for r in rendered}
+    assert labels == {f"min-max C={(lo + hi + 1) / 2:g} W={hi - lo + 1}"}
+
+
 def test_multiframe_one_png_per_frame_or_the_chosen_one(tmp_path: Path) -> None:
     path = data.us_multiframe(tmp_path / "us.dcm", frames=3)
     ex = exporter(tmp_path)
