@@ -34,8 +34,10 @@ from node.export.voi import (
     VoiChoice,
     apply_voi,
     domain,
+    little_endian,
     modality,
     output_signed,
+    ow_as_little_endian,
     plan_voi,
     rescale,
     window_table,
@@ -215,6 +217,30 @@ def _to_bits(arr: np.ndarray, in_bits: int, bits: int) -> np.ndarray:
     return (a.astype(np.float64) * scale).astype(dtype)
 
 
+def _palette_source(ds: Dataset) -> Dataset:
+    """``ds``, or for a big-endian file a copy of its palette with the OW LUT Data in
+    little-endian order: pydicom reads (0028,1201..1204) in the machine's byte order
+    (segmented palettes it reads correctly)."""
+    if little_endian(ds) or "RedPaletteColorLookupTableData" not in ds:
+        return ds
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    copy = Dataset()
+    copy.file_meta = FileMetaDataset()
+    copy.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for colour in ("Red", "Green", "Blue", "Alpha"):
+        desc = f"{colour}PaletteColorLookupTableDescriptor"
+        data = f"{colour}PaletteColorLookupTableData"
+        if desc in ds:
+            copy[desc] = ds[desc]
+        if data in ds:
+            value = ds[data].value
+            swapped = ow_as_little_endian(bytes(value)) if value else value
+            copy.add_new(ds[data].tag, "OW", swapped)
+    return copy
+
+
 def render_palette(
     ds: Dataset, info: PixelInfo, arrays: list[tuple[int, np.ndarray]], path: Path, bits: int
 ) -> list[Rendered]:
@@ -229,6 +255,7 @@ def render_palette(
         )
     n, first, lut_bits = (int(v) for v in desc)
     n = n or 65536
+    source = _palette_source(ds)
     out = []
     for index, arr in arrays:
         lo, hi = int(arr.min()), int(arr.max())
@@ -239,7 +266,7 @@ def render_palette(
                 "RedPaletteColorLookupTableDescriptor"
             )
         try:
-            rgb = apply_color_lut(arr, ds)
+            rgb = apply_color_lut(arr, source)
         except (ValueError, KeyError, IndexError, AttributeError) as exc:
             raise BadPixelData(
                 f"{path}: palette (0028,1201..1203 / 0028,1221..1223) unusable: {exc}"

@@ -63,6 +63,11 @@ def _overlay(view: Dataset, group: Dataset | None) -> None:
 def frame_view(ds: Dataset, index: int) -> Dataset:
     """The pipeline attributes of frame ``index`` (0-based): top level < shared < per-frame."""
     view = Dataset()
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        view.file_meta = meta  # the transfer syntax: byte order of OW LUT Data
+    implicit, little = ds.original_encoding
+    view.set_original_encoding(implicit, little, ds.original_character_set)
     for keyword in PIPELINE:
         elem = ds.data_element(keyword) if keyword in ds else None
         if elem is not None:

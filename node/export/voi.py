@@ -31,6 +31,7 @@ from node.errors import BadPixelData, ExportError
 log = logging.getLogger(__name__)
 
 VoiKind = Literal["auto", "window", "user", "lut", "minmax"]
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,25 @@ class Lut:
         return self.data[idx].astype(np.float64)
 
 
-def _lut_item(item: Dataset, path: Path, seq: str, signed: bool) -> Lut:
+def little_endian(ds: Dataset) -> bool:
+    """Whether ``ds`` was encoded little endian (its OB/OW values are in that byte order)."""
+    meta = getattr(ds, "file_meta", None)
+    tsuid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsuid:
+        return str(tsuid) != BIG_ENDIAN
+    little = ds.original_encoding[1]
+    return True if little is None else bool(little)
+
+
+def ow_as_little_endian(raw: bytes) -> bytes:
+    """OW bytes of a big-endian data set in little-endian word order (what pydicom's
+    palette code and :func:`_lut_item` read); 8-bit entries packed two to a word come
+    back in their order too."""
+    even = len(raw) - len(raw) % 2
+    return np.frombuffer(raw[:even], dtype=">u2").astype("<u2").tobytes() + raw[even:]
+
+
+def _lut_item(item: Dataset, path: Path, seq: str, signed: bool, little: bool = True) -> Lut:
     desc = item.get("LUTDescriptor")
     data = item.get("LUTData")
     if desc is None or data is None or len(desc) != 3:
@@ -89,6 +108,8 @@ def _lut_item(item: Dataset, path: Path, seq: str, signed: bool) -> Lut:
         first -= 65536
     raw = data
     if isinstance(raw, bytes | bytearray):
+        if not little:  # OW in a big-endian file: pydicom leaves the bytes as written
+            raw = ow_as_little_endian(bytes(raw))
         arr = np.frombuffer(raw, dtype="<u2" if len(raw) >= 2 * n else "u1")
     else:
         arr = np.asarray(list(raw) if isinstance(raw, MultiValue | list) else [raw])
@@ -163,7 +184,8 @@ def modality(ds: Dataset, values: np.ndarray, path: Path, signed: bool) -> np.nd
     """Stored values -> modality values (float64)."""
     seq = ds.get("ModalityLUTSequence")
     if seq:
-        return _lut_item(seq[0], path, "(0028,3000) ModalityLUTSequence", signed).lookup(values)
+        lut = _lut_item(seq[0], path, "(0028,3000) ModalityLUTSequence", signed, little_endian(ds))
+        return lut.lookup(values)
     m, b = rescale(ds)
     out = values.astype(np.float64)
     if m != 1.0:
@@ -278,7 +300,7 @@ def plan_voi(ds: Dataset, choice: VoiChoice, path: Path, signed: bool) -> VoiPla
                 f"{path}: VOI LUT {i + 1} requested but (0028,3010) VOILUTSequence holds "
                 f"{len(luts)} item(s)"
             )
-        lut = _lut_item(luts[i], path, "(0028,3010) VOILUTSequence", signed)
+        lut = _lut_item(luts[i], path, "(0028,3010) VOILUTSequence", signed, little_endian(ds))
         label = f"VOI LUT {i + 1}" + (f" {lut.explanation}" if lut.explanation else "")
         return VoiPlan("lut", lut=lut, label=label)
     return VoiPlan("minmax", function=fn, label="min-max")

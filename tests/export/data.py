@@ -18,6 +18,7 @@ PATIENT = {
     "InstitutionName": "SECRETHOSPITAL",
 }
 STUDY_UID = "1.2.826.0.1.3680043.10.543.1"
+SC = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def dataset(
@@ -374,3 +375,47 @@ def classic_twin(enhanced: Path, frame: int, path: Path) -> Path:
             if macro in group:
                 extra.update({e.keyword: e.value for e in group[macro][0]})
     return write(dataset(src.pixel_array[frame], bits_stored=12, **extra), path)
+
+
+def ow_luts(directory: Path) -> dict[str, Path]:
+    """Objects whose LUT Data is OW (byte order follows the transfer syntax): a 16-bit VOI
+    LUT, a 16-bit Modality LUT with a window on HU-like output, 16-bit and packed 8-bit
+    palettes, and a segmented palette."""
+    rng = np.random.default_rng(14)
+    out: dict[str, Path] = {}
+    voi = Dataset()
+    voi.add_new(0x00283002, "US", [4096, 0, 16])
+    voi.add_new(
+        0x00283006, "OW", np.asarray([(i * 37) % 65536 for i in range(4096)], "<u2").tobytes()
+    )
+    ds = dataset(ct_pixels(seed=15), bits_stored=12, VOILUTSequence=Sequence([voi]))
+    out["voi_lut_ow"] = write(ds, directory / "voi-ow.dcm")
+    mod = Dataset()
+    mod.add_new(0x00283002, "US", [4096, 0, 16])
+    mod.ModalityLUTType = "OD"
+    mod.add_new(0x00283006, "OW", np.asarray([i * 11 for i in range(4096)], "<u2").tobytes())
+    ds = dataset(
+        ct_pixels(seed=16),
+        bits_stored=12,
+        modality="OT",
+        ModalityLUTSequence=Sequence([mod]),
+        WindowCenter=20000,
+        WindowWidth=30000,
+    )
+    out["modality_lut_ow"] = write(ds, directory / "mod-ow.dcm")
+    index = rng.integers(0, 256, (18, 22)).astype(np.uint8)
+    for name, bits, dtype in (("palette16", 16, "<u2"), ("palette8_packed", 8, "u1")):
+        ds = dataset(index, photometric="PALETTE COLOR", modality="OT", sop_class=SC)
+        for i, colour in enumerate(("Red", "Green", "Blue")):
+            values = (np.arange(256) * (i + 3) * 97) % (1 << bits)
+            ds.add_new(
+                pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 0, bits]
+            )
+            ds.add_new(
+                pydicom_tag(f"{colour}PaletteColorLookupTableData"),
+                "OW",
+                np.asarray(values, dtype=dtype).tobytes(),
+            )
+        out[name] = write(ds, directory / f"{name}.dcm")
+    out["segmented_palette"] = segmented_palette(directory / "segmented.dcm")
+    return out

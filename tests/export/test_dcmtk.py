@@ -358,3 +358,30 @@ def test_enhanced_multiframe_uses_functional_groups_like_classic_twins(
     if shared_rescale:  # what DCMTK reads itself agrees too
         ref = dcmtk_render(path, ["+Ww", "40", "400"], tmp_path, frame=1)
         assert np.array_equal(ours(path, display.VoiChoice("user", center=40, width=400), 1), ref)
+
+
+def test_ow_lut_data_of_big_endian_files_matches_dcmtk(tmp_path: Path) -> None:
+    """OW LUT Data keeps the file's byte order in pydicom: VOI LUT, Modality LUT and
+    palettes of an Explicit VR Big Endian file (dcmconv +tb) render as their little-endian
+    originals do, and as dcmj2pnm renders them."""
+    for name, little in data.ow_luts(tmp_path).items():
+        big = _dcmtk_convert(["dcmconv", "+tb"], little, tmp_path / f"{name}-be.dcm")
+        ds = pydicom.dcmread(big, stop_before_pixels=True)
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
+        gray = ds.PhotometricInterpretation != "PALETTE COLOR"
+        opts, choice = (
+            (["+Wl", "1"], display.VoiChoice("lut", 0))
+            if "VOILUTSequence" in ds
+            else (
+                (["+Wi", "1"], display.VoiChoice("window", 0))
+                if gray
+                else ([], display.VoiChoice())
+            )
+        )
+        got = ours(big, choice)
+        assert np.array_equal(got, ours(little, choice)), name
+        if name == "segmented_palette":
+            continue  # dcmj2pnm: "segmented palettes not yet supported"
+        ref = dcmtk_render(big, opts, tmp_path)
+        assert ref is not None, name
+        assert np.array_equal(got, ref), name
