@@ -295,6 +295,8 @@ _FFD9_STREAMS = (
     *(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93)),
     *(f"1.2.840.10008.1.2.4.{n}" for n in (201, 202, 203)),
 )
+#: Compressed syntaxes whose decoders return YBR samples as stored (no colour transform).
+_AS_STORED = (RLE, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 #: JPEG 8/12-bit DCT syntaxes: pydicom converts their YBR only for 8-bit samples
 _JPEG_DCT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 
@@ -341,8 +343,11 @@ def _decode(
     if info.shift and info.bits_allocated in (8, 16, 32):
         whole = {"bits_stored": info.bits_allocated, "pixel_representation": 0}
     ybr = info.photometric in ("YBR_FULL", "YBR_FULL_422")
+    # the samples of native, RLE and JPEG-LS data are YBR as stored (CharLS applies no
+    # colour transform; DCMTK converts them with dcmimgle's arithmetic); JPEG decoders
+    # convert their own YCbCr as DCMTK's IJG codec does
     native_ybr = ybr and not (
-        UID(info.transfer_syntax).is_compressed and info.transfer_syntax != RLE
+        UID(info.transfer_syntax).is_compressed and info.transfer_syntax not in _AS_STORED
     )
     # 12-bit lossy JPEG colour: the decoders leave YCbCr as is and pydicom converts only
     # 8-bit samples, so convert here as for native data

@@ -217,28 +217,47 @@ def _to_bits(arr: np.ndarray, in_bits: int, bits: int) -> np.ndarray:
     return (a.astype(np.float64) * scale).astype(dtype)
 
 
-def _palette_source(ds: Dataset) -> Dataset:
-    """``ds``, or for a big-endian file a copy of its palette with the OW LUT Data in
-    little-endian order: pydicom reads (0028,1201..1204) in the machine's byte order
-    (segmented palettes it reads correctly)."""
-    if little_endian(ds) or "RedPaletteColorLookupTableData" not in ds:
-        return ds
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+def _palette_source(ds: Dataset, first: int) -> Dataset:
+    """The palette of ``ds`` as pydicom's ``apply_color_lut`` reads it right.
 
+    ``ds`` itself when it can; else a copy of the palette elements (the values shared, not
+    copied) with the first mapped value 0, the caller passing indices minus ``first``
+    (pydicom reads a descriptor written US, 65436, as it stands where the pixels are
+    signed and it means -100), and, for a big-endian file, the OW Palette Color LUT Data
+    in little-endian order (pydicom reads them in the machine's byte order; segmented
+    ones it reads in the transfer syntax's, so they stay as they are).
+    """
+    big = not little_endian(ds)
+    if first == 0 and not big:
+        return ds
     copy = Dataset()
-    copy.file_meta = FileMetaDataset()
-    copy.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        copy.file_meta = meta
+    implicit, little = ds.original_encoding
+    copy.set_original_encoding(implicit, little, ds.original_character_set)
     for colour in ("Red", "Green", "Blue", "Alpha"):
         desc = f"{colour}PaletteColorLookupTableDescriptor"
-        data = f"{colour}PaletteColorLookupTableData"
         if desc in ds:
-            copy[desc] = ds[desc]
-        if data in ds:
+            n, _, bits = (int(v) for v in ds[desc].value)
+            copy.add_new(ds[desc].tag, "US", [n, 0, bits])
+        for data in (
+            f"{colour}PaletteColorLookupTableData",
+            f"Segmented{colour}PaletteColorLookupTableData",
+        ):
+            if data not in ds:
+                continue
             value = ds[data].value
-            swapped = ow_as_little_endian(bytes(value)) if value else value
-            copy.add_new(ds[data].tag, "OW", swapped)
+            if big and value and not data.startswith("Segmented"):
+                value = ow_as_little_endian(bytes(value))
+            copy.add_new(ds[data].tag, "OW", value)
     return copy
+
+
+def _from_zero(arr: np.ndarray, first: int, entries: int) -> np.ndarray:
+    """Palette indices (checked to lie in ``first .. first + entries - 1``) counted from 0."""
+    dtype = np.uint8 if entries <= 256 else (np.uint16 if entries <= 65536 else np.uint32)
+    return (arr.astype(np.int64) - first).astype(dtype)
 
 
 def render_palette(
@@ -255,7 +274,9 @@ def render_palette(
         )
     n, first, lut_bits = (int(v) for v in desc)
     n = n or 65536
-    source = _palette_source(ds)
+    if info.signed and first > 32767:  # written US where the indices are signed (US or SS)
+        first -= 65536
+    source = _palette_source(ds, first)
     out = []
     for index, arr in arrays:
         lo, hi = int(arr.min()), int(arr.max())
@@ -266,7 +287,7 @@ def render_palette(
                 "RedPaletteColorLookupTableDescriptor"
             )
         try:
-            rgb = apply_color_lut(arr, source)
+            rgb = apply_color_lut(arr if source is ds else _from_zero(arr, first, n), source)
         except (ValueError, KeyError, IndexError, AttributeError) as exc:
             raise BadPixelData(
                 f"{path}: palette (0028,1201..1203 / 0028,1221..1223) unusable: {exc}"

@@ -385,3 +385,44 @@ def test_ow_lut_data_of_big_endian_files_matches_dcmtk(tmp_path: Path) -> None:
         ref = dcmtk_render(big, opts, tmp_path)
         assert ref is not None, name
         assert np.array_equal(got, ref), name
+
+
+def test_ybr_full_through_each_lossless_codec_matches_dcmtk(tmp_path: Path) -> None:
+    """YBR_FULL kept as YBR by the codec (RLE, JPEG-LS: converted with dcmimgle's
+    arithmetic) or converted by it (JPEG lossless: IJG's), bit-identical either way."""
+    y, x = np.mgrid[0:20, 0:22]
+    ybr = np.stack([(x * 11) % 256, (y * 12) % 256, ((x + y) * 5) % 256], -1).astype(np.uint8)
+    native = data.write(
+        data.dataset(ybr, photometric="YBR_FULL", modality="OT", sop_class=SC),
+        tmp_path / "ybr.dcm",
+    )
+    for codec in (["dcmcrle"], ["dcmcjpeg", "+el"], ["dcmcjpls"]):
+        path = _dcmtk_convert(codec, native, tmp_path / f"ybr-{codec[0]}.dcm")
+        assert pydicom.dcmread(path).PhotometricInterpretation == "YBR_FULL"
+        ref = dcmtk_render(path, [], tmp_path)
+        assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref), codec
+
+
+def test_palette_with_signed_indices_matches_dcmtk(tmp_path: Path) -> None:
+    """Pixel Representation 1 with the descriptor's first mapped value written US (65436
+    for -100): indices -100..155 map to entries 0..255, as dcmj2pnm maps them."""
+    rng = np.random.default_rng(24)
+    ds = data.dataset(
+        rng.integers(-100, 156, (10, 12)).astype(np.int16),
+        photometric="PALETTE COLOR",
+        modality="OT",
+        sop_class=SC,
+    )
+    for i, colour in enumerate(("Red", "Green", "Blue")):
+        entries = (np.arange(256) * (i + 1) * 251) % 65536
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 65436, 16]
+        )
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableData"),
+            "OW",
+            np.asarray(entries, dtype="<u2").tobytes(),
+        )
+    path = data.write(ds, tmp_path / "palette.dcm")
+    ref = dcmtk_render(path, [], tmp_path)
+    assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref)
