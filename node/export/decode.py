@@ -199,6 +199,12 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
         )
     if not photometric:
         raise BadPixelData(f"{path}: {_tag('PhotometricInterpretation')} is missing")
+    wanted = 1 if photometric in ONE_SAMPLE else 3 if photometric in THREE_SAMPLES else samples
+    if samples != wanted:  # before decoding: the decoder's complaint would name another element
+        raise BadPixelData(
+            f"{path}: {_tag('PhotometricInterpretation')} {photometric} with "
+            f"{_tag('SamplesPerPixel')} {samples}; expected {wanted}"
+        )
     total = rows * cols * frames * samples
     if total > max_pixels:
         raise BadPixelData(
@@ -295,6 +301,9 @@ _FFD9_STREAMS = (
     *(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93)),
     *(f"1.2.840.10008.1.2.4.{n}" for n in (201, 202, 203)),
 )
+ONE_SAMPLE = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
+THREE_SAMPLES = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
+
 #: Compressed syntaxes whose decoders return YBR samples as stored (no colour transform).
 _AS_STORED = (RLE, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 #: JPEG 8/12-bit DCT syntaxes: pydicom converts their YBR only for 8-bit samples

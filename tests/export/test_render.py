@@ -172,6 +172,7 @@ def _bad(tmp: Path, name: str, **changes: object) -> Path:
         ("no-rows", {"Rows": None}, r"\(0028,0010\) Rows is missing"),
         ("bits", {"BitsAllocated": 12}, r"\(0028,0100\) BitsAllocated 12"),
         ("photometric", {"PhotometricInterpretation": "CMYK"}, r"\(0028,0004\)"),
+        ("samples", {"SamplesPerPixel": 3}, r"MONOCHROME2 with \(0028,0002\) SamplesPerPixel 3"),
         # dcmj2pnm: "invalid combination of values for BitsAllocated, BitsStored and HighBit"
         ("high-bit-low", {"HighBit": 3}, r"\(0028,0102\) HighBit 3 does not fit"),
         ("high-bit-high", {"HighBit": 16}, r"\(0028,0102\) HighBit 16 does not fit"),
