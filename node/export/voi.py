@@ -121,6 +121,17 @@ def _lut_item(item: Dataset, path: Path, seq: str, signed: bool, little: bool = 
     arr = arr[:n].astype(np.int64)
     if not 8 <= bits <= 16:
         bits = max(8, int(arr.max()).bit_length())
+    elif int(arr.max()) >= 1 << bits:
+        # dcmimgle keeps only the low bits (4096 -> 0 in a 12-bit LUT); saturating keeps
+        # the LUT monotonic where it was, so say what was done
+        log.warning(
+            "%s: %s (0028,3006) LUTData holds %d, more than the %d bits of (0028,3002) "
+            "LUTDescriptor allow; such entries are shown as the maximum",
+            path,
+            seq,
+            int(arr.max()),
+            bits,
+        )
     explanation = str(item.get("LUTExplanation", "") or "")
     return Lut(first, arr, bits, explanation)
 

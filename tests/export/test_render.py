@@ -101,6 +101,23 @@ def test_enhanced_minmax_is_one_window_over_all_frames_own_rescales(tmp_path: Pa
     assert labels == {f"min-max C={(lo + hi + 1) / 2:g} W={hi - lo + 1}"}
 
 
+def test_voi_lut_entries_beyond_their_bits_saturate_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 12-bit VOI LUT holding 8190: dcmj2pnm keeps the low 12 bits (4096 -> black); we
+    saturate (4096 -> white) and say so, naming the elements."""
+    ds = pydicom.dcmread(data.voi_lut(tmp_path / "src.dcm"))
+    item = ds.VOILUTSequence[0]
+    item.LUTDescriptor = [2048, 0, 12]
+    item.LUTData = [min(8191, i * 4) for i in range(2048)]
+    path = data.write(ds, tmp_path / "over.dcm")
+    with caplog.at_level("WARNING"):
+        frame = render_one(path, display.VoiChoice("lut", 0))[0]
+    stored = ds.pixel_array
+    assert (frame.pixels[stored >= 1024] == 255).all()
+    assert "(0028,3006) LUTData holds 8188, more than the 12 bits" in caplog.text
+
+
 def test_multiframe_one_png_per_frame_or_the_chosen_one(tmp_path: Path) -> None:
     path = data.us_multiframe(tmp_path / "us.dcm", frames=3)
     ex = exporter(tmp_path)
