@@ -224,7 +224,7 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
         )
     if not ts.is_compressed and not ds["PixelData"].is_undefined_length:
         expected = (total * bits_alloc + 7) // 8
-        if photometric == "YBR_FULL_422":  # two samples per pixel on the wire (C.7.6.3.1.2)
+        if photometric in SUBSAMPLED:  # two samples per pixel on the wire (C.7.6.3.1.2)
             expected = expected * 2 // 3
         actual = len(ds.PixelData)
         if actual < expected:
@@ -283,6 +283,22 @@ def ybr_to_rgb(arr: np.ndarray, bits: int, subsampled: bool = False) -> np.ndarr
     return out.astype(dtype)
 
 
+def ybr_partial_to_rgb(arr: np.ndarray, bits: int) -> np.ndarray:
+    """YBR_PARTIAL_422 (retired; Y 16..235, Cb/Cr 16..240 for 8 bits) -> RGB.
+
+    The BT.601 expansion with the coefficients and the truncation dcmimage uses, so native
+    data renders as dcmj2pnm renders it (the chroma of each pixel pair is shared).
+    """
+    top = float((1 << bits) - 1)
+    ybr = arr.astype(np.float64)
+    y, cb, cr = ybr[..., 0] * 1.1631, ybr[..., 1], ybr[..., 2]
+    r = y + 1.5969 * cr - 0.8713 * top
+    g = y - 0.3913 * cb - 0.8121 * cr + 0.5290 * top
+    b = y + 2.0177 * cb - 1.0820 * top
+    out = np.clip(np.stack([r, g, b], axis=-1), 0, top)
+    return out.astype(np.uint8 if bits <= 8 else np.uint16)
+
+
 def _stored_bits(words: np.ndarray, info: PixelInfo) -> np.ndarray:
     """Whole unsigned words -> the Bits Stored field ending at High Bit, sign-extended."""
     size = words.dtype.itemsize
@@ -302,7 +318,17 @@ _FFD9_STREAMS = (
     *(f"1.2.840.10008.1.2.4.{n}" for n in (201, 202, 203)),
 )
 ONE_SAMPLE = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
-THREE_SAMPLES = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
+THREE_SAMPLES = (
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_PARTIAL_422",
+    "YBR_RCT",
+    "YBR_ICT",
+    "YBR_PARTIAL_420",
+)
+#: Native 4:2:2 data: Y1 Y2 Cb Cr for each two pixels of a row.
+SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422")
 
 #: Compressed syntaxes whose decoders return YBR samples as stored (no colour transform).
 _AS_STORED = (RLE, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
@@ -358,6 +384,12 @@ def _decode(
     native_ybr = ybr and not (
         UID(info.transfer_syntax).is_compressed and info.transfer_syntax not in _AS_STORED
     )
+    if info.photometric == "YBR_PARTIAL_422" and not UID(info.transfer_syntax).is_compressed:
+        # pydicom expands 4:2:2 only under the YBR_FULL_422 name; the samples are the same
+        raw = pydicom.pixels.pixel_array(
+            ds, index=which, raw=True, photometric_interpretation="YBR_FULL_422", **whole
+        )
+        return ybr_partial_to_rgb(_stored_bits(raw, info) if whole else raw, info.bits_stored)
     # 12-bit lossy JPEG colour: the decoders leave YCbCr as is and pydicom converts only
     # 8-bit samples, so convert here as for native data
     native_ybr |= ybr and info.transfer_syntax in _JPEG_DCT and info.bits_stored > 8

@@ -28,7 +28,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node.errors import BadPixelData
-from node.export.decode import PixelInfo
+from node.export.decode import THREE_SAMPLES, PixelInfo
 from node.export.groups import frame_view, has_groups, view_key
 from node.export.voi import (
     VoiChoice,
@@ -58,7 +58,7 @@ class Rendered:
 
 
 GRAY = ("MONOCHROME1", "MONOCHROME2")
-COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
+COLOUR = THREE_SAMPLES
 
 
 # ----------------------------------------------------------------------------- grayscale
@@ -355,5 +355,6 @@ def render(
         return render_colour(ds, info, arrays, path, bits, icc)
     raise BadPixelData(
         f"{path}: (0028,0004) PhotometricInterpretation {info.photometric!r} is not rendered "
-        "(supported: MONOCHROME1/2, PALETTE COLOR, RGB, YBR_FULL, YBR_FULL_422, YBR_RCT/ICT)"
+        "(supported: MONOCHROME1/2, PALETTE COLOR, RGB, YBR_FULL, YBR_FULL_422, "
+        "YBR_PARTIAL_422, YBR_RCT/ICT)"
     )

@@ -426,3 +426,23 @@ def test_palette_with_signed_indices_matches_dcmtk(tmp_path: Path) -> None:
     path = data.write(ds, tmp_path / "palette.dcm")
     ref = dcmtk_render(path, [], tmp_path)
     assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref)
+
+
+def test_native_ybr_partial_422_matches_dcmtk(tmp_path: Path) -> None:
+    """Retired YBR_PARTIAL_422 (old ultrasound): every (Cb, Cr) pair at several Y, 4:2:2 on
+    the wire, bit-identical to dcmj2pnm (it was refused as not rendered)."""
+    cb, cr = np.meshgrid(np.arange(256), np.arange(256))
+    for y in (0, 16, 128, 235, 255):
+        wire = np.empty((256, 1024), np.uint8)
+        wire[:, 0::4], wire[:, 1::4] = y, min(255, y + 3)  # Y1, Y2 of each pixel pair
+        wire[:, 2::4], wire[:, 3::4] = cb, cr
+        ds = data.dataset(
+            np.zeros((256, 512, 3), np.uint8),
+            photometric="YBR_PARTIAL_422",
+            modality="OT",
+            sop_class=SC,
+        )
+        ds.PixelData = wire.tobytes()
+        path = data.write(ds, tmp_path / f"partial{y}.dcm")
+        ref = dcmtk_render(path, [], tmp_path)
+        assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref), y
