@@ -222,7 +222,9 @@ def _window(
     # LINEAR (PS3.3 C.11.2.1.2.1), in dcmimgle's arithmetic
     width_1 = width - 1.0
     if width_1 <= 0:
-        return np.where(values < center - 0.5, low, high).astype(np.float64)
+        # PS3.3 C.11.2.1.2.1 with w = 1: x <= c - 0.5 -> min, else max (a constant image's
+        # min-max window, c = x + 0.5, puts x at the boundary: black, as dcmimgle)
+        return np.where(values <= center - 0.5, low, high).astype(np.float64)
     left = center - 0.5 - width_1 / 2
     right = center - 0.5 + width_1 / 2
     offset = high - ((center - 0.5) / width_1 + 0.5) * outrange

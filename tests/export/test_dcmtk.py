@@ -446,3 +446,26 @@ def test_native_ybr_partial_422_matches_dcmtk(tmp_path: Path) -> None:
         path = data.write(ds, tmp_path / f"partial{y}.dcm")
         ref = dcmtk_render(path, [], tmp_path)
         assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref), y
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("function", ["LINEAR", "SIGMOID"])
+def test_constant_image_min_max_matches_dcmtk(
+    tmp_path: Path, photometric: str, function: str
+) -> None:
+    """A blank image (every pixel 100): min-max gives C=100.5 W=1, which puts every pixel on
+    the window's lower edge (PS3.3 C.11.2.1.2.1: x <= c - 0.5 -> minimum). It rendered white
+    on MONOCHROME2 (black on MONOCHROME1); dcmj2pnm renders it as the minimum."""
+    ds = data.dataset(
+        np.full((8, 10), 100, np.uint16),
+        photometric=photometric,
+        bits_stored=12,
+        modality="OT",
+        VOILUTFunction=function,
+    )
+    path = data.write(ds, tmp_path / "blank.dcm")
+    for bits in (8, 16):
+        ref = dcmtk_render(path, ["+Wm"], tmp_path, bits=bits)
+        assert ref is not None
+        got = ours(path, display.VoiChoice(), bits=bits)  # the default: no window -> min-max
+        assert np.array_equal(got, ref), (bits, np.unique(got), np.unique(ref))
