@@ -8,7 +8,14 @@ a message naming the file and the element instead of a crash or a silently wrong
 * (7FE0,0010) Pixel Data missing (or only Float/Double Float Pixel Data present);
 * Rows x Columns x Number of Frames x Samples per Pixel over the configured pixel cap;
 * native Pixel Data shorter than Rows x Columns x Frames x Samples x Bits Allocated says;
+* a High Bit that does not place Bits Stored inside Bits Allocated, and Samples per Pixel
+  that does not fit the Photometric Interpretation;
+* a JPEG-family frame cut short (no end marker after its last scan), which decoders would
+  otherwise complete with filler;
 * a transfer syntax no installed decoder handles, or a decoder that fails.
+
+Stored values are taken where High Bit puts them (High Bit 15 with Bits Stored 12 is the
+top 12 bits of each word), as dcmimgle does; pydicom alone would take the low 12.
 """
 
 from __future__ import annotations
@@ -339,10 +346,11 @@ _JPEG_DCT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 def check_stream_end(ds: Dataset, info: PixelInfo, index: int, path: Path) -> None:
     """Refuse a JPEG-family frame with no end marker after its last scan (truncated).
 
-    Decoders fill what is missing of a cut stream with grey or repeated rows without an
-    error (pylibjpeg, CharLS); DCMTK refuses such frames. FFD9 cannot occur inside scan
-    data (JPEG byte stuffing, JPEG-LS bit stuffing, JPEG 2000 packet rules), so a stream
-    whose last FFD9 comes before its last start of scan (FFDA) / data (FF93) is cut short.
+    pylibjpeg (libjpeg 9, which also reads JPEG-LS) fills what is missing of a cut stream
+    with grey or repeated rows without an error; DCMTK refuses such frames. FFD9 cannot
+    occur inside scan data (JPEG byte stuffing, JPEG-LS bit stuffing, JPEG 2000 packet
+    rules), so a stream whose last FFD9 comes before its last start of scan (FFDA) / data
+    (FF93) is cut short.
     """
     if info.transfer_syntax not in _FFD9_STREAMS:
         return
