@@ -354,8 +354,15 @@ def check_stream_end(ds: Dataset, info: PixelInfo, index: int, path: Path) -> No
     """
     if info.transfer_syntax not in _FFD9_STREAMS:
         return
+    eot = ds.get("ExtendedOffsetTable")
+    lengths = ds.get("ExtendedOffsetTableLengths")
     try:
-        frame = get_frame(ds.PixelData, index, number_of_frames=info.frames)
+        frame = get_frame(
+            ds.PixelData,
+            index,
+            extended_offsets=(eot, lengths) if eot and lengths else None,
+            number_of_frames=info.frames,
+        )
     except MALFORMED:
         return  # the decoder reports damaged encapsulation itself
     data = bytes(frame).rstrip(b"\x00")  # even-length padding
