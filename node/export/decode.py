@@ -10,8 +10,8 @@ a message naming the file and the element instead of a crash or a silently wrong
 * native Pixel Data shorter than Rows x Columns x Frames x Samples x Bits Allocated says;
 * a High Bit that does not place Bits Stored inside Bits Allocated, and Samples per Pixel
   that does not fit the Photometric Interpretation;
-* a JPEG-family frame cut short (no end marker after its last scan), which decoders would
-  otherwise complete with filler;
+* a JPEG-family frame cut short, or whose frame header disagrees with Rows, Columns or
+  Samples per Pixel (:mod:`node.export.streams`);
 * a transfer syntax no installed decoder handles, or a decoder that fails.
 
 Stored values are taken where High Bit puts them (High Bit 15 with Bits Stored 12 is the
@@ -37,6 +37,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from node.errors import BadPixelData, ExportError
+from node.export import streams
 
 log = logging.getLogger(__name__)
 
@@ -318,12 +319,6 @@ def _stored_bits(words: np.ndarray, info: PixelInfo) -> np.ndarray:
     return signed.astype(f"i{size}")
 
 
-#: Transfer syntaxes whose frames are JPEG-family code streams ending in FFD9 (JPEG EOI,
-#: JPEG-LS EOI, JPEG 2000 / HTJ2K EOC).
-_FFD9_STREAMS = (
-    *(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93)),
-    *(f"1.2.840.10008.1.2.4.{n}" for n in (201, 202, 203)),
-)
 ONE_SAMPLE = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
 THREE_SAMPLES = (
     "RGB",
@@ -343,16 +338,11 @@ _AS_STORED = (RLE, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 _JPEG_DCT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 
 
-def check_stream_end(ds: Dataset, info: PixelInfo, index: int, path: Path) -> None:
-    """Refuse a JPEG-family frame with no end marker after its last scan (truncated).
-
-    pylibjpeg (libjpeg 9, which also reads JPEG-LS) fills what is missing of a cut stream
-    with grey or repeated rows without an error; DCMTK refuses such frames. FFD9 cannot
-    occur inside scan data (JPEG byte stuffing, JPEG-LS bit stuffing, JPEG 2000 packet
-    rules), so a stream whose last FFD9 comes before its last start of scan (FFDA) / data
-    (FF93) is cut short.
-    """
-    if info.transfer_syntax not in _FFD9_STREAMS:
+def check_stream(ds: Dataset, info: PixelInfo, index: int, path: Path) -> None:
+    """Refuse a JPEG-family frame that is cut short or is not the image the header
+    describes, before a decoder fills it up or fails in terms of array shapes
+    (:mod:`node.export.streams`)."""
+    if not streams.checked(info.transfer_syntax):
         return
     eot = ds.get("ExtendedOffsetTable")
     lengths = ds.get("ExtendedOffsetTableLengths")
@@ -365,14 +355,14 @@ def check_stream_end(ds: Dataset, info: PixelInfo, index: int, path: Path) -> No
         )
     except MALFORMED:
         return  # the decoder reports damaged encapsulation itself
-    data = bytes(frame).rstrip(b"\x00")  # even-length padding
-    scan = max(data.rfind(b"\xff\xda"), data.rfind(b"\xff\x93"))
-    if data.rfind(b"\xff\xd9") < scan:
-        raise BadPixelData(
-            f"{path}: {_tag('PixelData')} frame {index + 1}: the "
-            f"{UID(info.transfer_syntax).name} stream ({len(data)} bytes) has no end marker "
-            "(FFD9) after its last scan: the compressed data is truncated"
-        )
+    streams.check_frame(
+        bytes(frame),
+        info.transfer_syntax,
+        UID(info.transfer_syntax).name,
+        (info.columns, info.rows, info.samples),
+        index + 1,
+        path,
+    )
 
 
 def _decode(
@@ -438,7 +428,7 @@ def frames(
             raise ExportError(
                 f"{path}: frame {index + 1} requested but {_tag('NumberOfFrames')} is {info.frames}"
             )
-        check_stream_end(ds, info, index, path)
+        check_stream(ds, info, index, path)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")

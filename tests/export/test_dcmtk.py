@@ -469,3 +469,39 @@ def test_constant_image_min_max_matches_dcmtk(
         assert ref is not None
         got = ours(path, display.VoiChoice(), bits=bits)  # the default: no window -> min-max
         assert np.array_equal(got, ref), (bits, np.unique(got), np.unique(ref))
+
+
+def test_compressed_frame_not_matching_the_description_is_refused_by_element(
+    tmp_path: Path,
+) -> None:
+    """A JPEG, JPEG-LS or JPEG 2000 frame whose header disagrees with Rows, Columns or
+    Samples per Pixel: refused naming both sides (the decoders said "could not broadcast
+    input array from shape (1023,) into shape (1320,)")."""
+    gray = data.write(
+        data.dataset(
+            np.random.default_rng(25).integers(0, 256, (32, 40)).astype(np.uint8),
+            modality="OT",
+            sop_class=SC,
+        ),
+        tmp_path / "gray.dcm",
+    )
+    streams = {
+        "baseline": _dcmtk_convert(["dcmcjpeg", "+eb"], gray, tmp_path / "b.dcm"),
+        "jpeg-ls": _dcmtk_convert(["dcmcjpls"], gray, tmp_path / "ls.dcm"),
+        "jpeg2000": TEST_FILES / "MR_small_jp2klossless.dcm",
+    }
+    for name, path in streams.items():
+        ds = pydicom.dcmread(path)
+        cols, rows = ds.Columns, ds.Rows
+        for change, value in (("Rows", rows // 2), ("Columns", cols + 2), ("SamplesPerPixel", 3)):
+            bad = pydicom.dcmread(path)
+            setattr(bad, change, value)
+            if change == "SamplesPerPixel":
+                bad.PhotometricInterpretation, bad.PlanarConfiguration = "RGB", 0
+            target = data.write(bad, tmp_path / f"{name}-{change}.dcm")
+            with pytest.raises(decode.BadPixelData) as info:
+                ours(target, display.VoiChoice("minmax"))
+            message = str(info.value)
+            assert f"holds {cols} x {rows} pixels with 1 component(s)" in message, message
+            assert f"(0028,0011) Columns {bad.Columns} x (0028,0010) Rows {bad.Rows}" in message
+            assert f"(0028,0002) SamplesPerPixel {bad.SamplesPerPixel}" in message
