@@ -214,7 +214,8 @@ def _window(
 ) -> np.ndarray:
     outrange = high - low
     if function == "SIGMOID":
-        return outrange / (1.0 + np.exp(-4.0 * (values - center) / width)) + low
+        with np.errstate(over="ignore"):  # exp -> inf far below the centre: output low
+            return outrange / (1.0 + np.exp(-4.0 * (values - center) / width)) + low
     if function == "LINEAR_EXACT":
         out = ((values - center) / width + 0.5) * outrange + low
         out = np.where(values <= center - width / 2, low, out)

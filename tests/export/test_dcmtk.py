@@ -505,3 +505,21 @@ def test_compressed_frame_not_matching_the_description_is_refused_by_element(
             assert f"holds {cols} x {rows} pixels with 1 component(s)" in message, message
             assert f"(0028,0011) Columns {bad.Columns} x (0028,0010) Rows {bad.Rows}" in message
             assert f"(0028,0002) SamplesPerPixel {bad.SamplesPerPixel}" in message
+
+
+def test_min_max_ignores_the_pad_byte_of_odd_length_pixel_data(tmp_path: Path) -> None:
+    """29 x 29 8-bit pixels need a pad byte (0). dcmj2pnm +Wm counts it as a pixel (the
+    window becomes 0..102 and the image goes grey); we use the 841 pixels only, which is
+    what dcmj2pnm renders when the pad byte holds an in-range value."""
+    pixels = np.random.default_rng(26).integers(100, 103, (29, 29)).astype(np.uint8)
+    path = data.write(data.dataset(pixels, modality="OT", sop_class=SC), tmp_path / "odd.dcm")
+    got = ours(path, display.VoiChoice("minmax"))
+    assert set(np.unique(got)) == {0, 127, 255}
+    ds = pydicom.dcmread(path)
+    assert len(ds.PixelData) == 842 and ds.PixelData[-1:] == b"\x00"
+    ds.PixelData = ds.PixelData[:-1] + b"\x65"  # pad byte 101: inside the pixels' range
+    neutral = data.write(ds, tmp_path / "neutral.dcm")
+    ref = dcmtk_render(neutral, ["+Wm"], tmp_path)
+    assert ref is not None and np.array_equal(got, ref)
+    skewed = dcmtk_render(path, ["+Wm"], tmp_path)  # DCMTK with the 0 pad byte
+    assert skewed is not None and not np.array_equal(got, skewed)
