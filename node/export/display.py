@@ -93,7 +93,12 @@ def render_gray(
         view = frame_view(ds, index)
         batches.setdefault(view_key(view), (view, []))[1].append((index, arr))
     span = None
-    if len(batches) > 1:
+    minmax = any(
+        plan_voi(view, choice, path, output_signed(view, info.signed, info.bits_stored)).kind
+        == "minmax"
+        for view, _ in batches.values()
+    )
+    if len(batches) > 1 and minmax:
         # min-max is one window for the whole object (as without groups): over the modality
         # values of all frames, each through its own rescale
         signed = info.signed
