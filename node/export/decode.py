@@ -334,8 +334,8 @@ SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422")
 
 #: Compressed syntaxes whose decoders return YBR samples as stored (no colour transform).
 _AS_STORED = (RLE, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
-#: JPEG 8/12-bit DCT syntaxes: pydicom converts their YBR only for 8-bit samples
-_JPEG_DCT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
+#: JPEG syntaxes (DCT and lossless): pydicom converts their YBR only for 8-bit samples
+_JPEG = tuple(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70))
 
 
 def check_stream(ds: Dataset, info: PixelInfo, index: int, path: Path) -> None:
@@ -395,9 +395,9 @@ def _decode(
             ds, index=which, raw=True, photometric_interpretation="YBR_FULL_422", **whole
         )
         return ybr_partial_to_rgb(_stored_bits(raw, info) if whole else raw, info.bits_stored)
-    # 12-bit lossy JPEG colour: the decoders leave YCbCr as is and pydicom converts only
-    # 8-bit samples, so convert here as for native data
-    native_ybr |= ybr and info.transfer_syntax in _JPEG_DCT and info.bits_stored > 8
+    # JPEG colour wider than 8 bits (12-bit lossy, 16-bit lossless): the decoders leave
+    # YCbCr as is and pydicom converts only 8-bit samples, so convert here as for native
+    native_ybr |= ybr and info.transfer_syntax in _JPEG and info.bits_stored > 8
     if native_ybr:
         raw = pydicom.pixels.pixel_array(ds, index=which, raw=True, **whole)
         if whole:

@@ -523,3 +523,24 @@ def test_min_max_ignores_the_pad_byte_of_odd_length_pixel_data(tmp_path: Path) -
     assert ref is not None and np.array_equal(got, ref)
     skewed = dcmtk_render(path, ["+Wm"], tmp_path)  # DCMTK with the 0 pad byte
     assert skewed is not None and not np.array_equal(got, skewed)
+
+
+def test_16_bit_lossless_jpeg_ybr_renders_as_its_native_twin(tmp_path: Path) -> None:
+    """16-bit YBR_FULL through JPEG lossless (dcmcjpeg +el): pydicom converts YBR only for
+    8-bit samples, so this was refused. Lossless, it must render exactly as the native
+    object; dcmj2pnm's IJG converts the colour itself and differs by 1 on < 1 % of pixels."""
+    y, x = np.mgrid[0:32, 0:34]
+    ybr = np.stack([x * 1900, y * 1800, (x + y) * 900], axis=-1).astype(np.uint16)
+    native = data.write(
+        data.dataset(ybr, photometric="YBR_FULL", modality="OT", sop_class=SC),
+        tmp_path / "ybr16.dcm",
+    )
+    path = _dcmtk_convert(["dcmcjpeg", "+el"], native, tmp_path / "ybr16-ll.dcm")
+    got = ours(path, display.VoiChoice())
+    assert np.array_equal(got, ours(native, display.VoiChoice()))
+    ref = dcmtk_render(native, [], tmp_path)
+    assert ref is not None and np.array_equal(got, ref)
+    theirs = dcmtk_render(path, [], tmp_path)
+    assert theirs is not None
+    diff = np.abs(got.astype(int) - theirs.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.98
