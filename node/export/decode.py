@@ -332,8 +332,12 @@ THREE_SAMPLES = (
 #: Native 4:2:2 data: Y1 Y2 Cb Cr for each two pixels of a row.
 SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422")
 
-#: Compressed syntaxes whose decoders return YBR samples as stored (no colour transform).
-_AS_STORED = (RLE, "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+#: Compressed syntaxes whose decoders return YBR_FULL samples as stored (no colour
+#: transform): RLE, JPEG-LS, JPEG 2000 (its own transforms are labelled YBR_RCT/YBR_ICT).
+_AS_STORED = (
+    RLE,
+    *(f"1.2.840.10008.1.2.4.{n}" for n in (80, 81, 90, 91, 92, 93, 201, 202, 203)),
+)
 #: JPEG syntaxes (DCT and lossless): pydicom converts their YBR only for 8-bit samples
 _JPEG = tuple(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70))
 
@@ -383,9 +387,9 @@ def _decode(
     if info.shift and info.bits_allocated in (8, 16, 32):
         whole = {"bits_stored": info.bits_allocated, "pixel_representation": 0}
     ybr = info.photometric in ("YBR_FULL", "YBR_FULL_422")
-    # the samples of native, RLE and JPEG-LS data are YBR as stored (CharLS applies no
-    # colour transform; DCMTK converts them with dcmimgle's arithmetic); JPEG decoders
-    # convert their own YCbCr as DCMTK's IJG codec does
+    # the samples of native, RLE, JPEG-LS and JPEG 2000 data are YBR as stored (DCMTK
+    # converts them with dcmimgle's arithmetic); JPEG decoders convert their own YCbCr as
+    # DCMTK's IJG codec does
     native_ybr = ybr and not (
         UID(info.transfer_syntax).is_compressed and info.transfer_syntax not in _AS_STORED
     )

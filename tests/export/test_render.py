@@ -366,3 +366,24 @@ def test_export_config_values_are_checked(tmp_path: Path) -> None:
         exporter(tmp_path, png_compress_level=12)
     with pytest.raises(ConfigError, match="export.workers"):
         exporter(tmp_path, workers=-1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_jpeg2000_ybr_full_renders_as_its_native_twin(tmp_path: Path, dtype: type) -> None:
+    """YBR_FULL components stored as such in JPEG 2000 (no multi-component transform):
+    16-bit was refused (pydicom converts YBR only for 8-bit samples), 8-bit came out up to
+    2 off (pydicom's arithmetic, not dcmimgle's). Lossless: equal to the native object."""
+    from pydicom.uid import JPEG2000Lossless
+
+    top = np.iinfo(dtype).max + 1
+    y, x = np.mgrid[0:64, 0:64]
+    ybr = np.stack([(x * 900) % top, (y * 800) % top, ((x + y) * 400) % top], -1).astype(dtype)
+    native = data.write(
+        data.dataset(ybr, photometric="YBR_FULL", modality="OT", sop_class=data.SC),
+        tmp_path / "native.dcm",
+    )
+    ds = pydicom.dcmread(native)
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", use_mct=False)
+    assert ds.PhotometricInterpretation == "YBR_FULL"
+    j2k = data.write(ds, tmp_path / "j2k.dcm")
+    assert np.array_equal(render_one(j2k)[0].pixels, render_one(native)[0].pixels)
