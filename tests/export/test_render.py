@@ -387,3 +387,13 @@ def test_jpeg2000_ybr_full_renders_as_its_native_twin(tmp_path: Path, dtype: typ
     assert ds.PhotometricInterpretation == "YBR_FULL"
     j2k = data.write(ds, tmp_path / "j2k.dcm")
     assert np.array_equal(render_one(j2k)[0].pixels, render_one(native)[0].pixels)
+
+
+def test_rescale_intercept_without_slope_is_applied(tmp_path: Path) -> None:
+    """Rescale Intercept -1024 without Rescale Slope (invalid: both Type 1C): the slope is
+    taken as 1, so the HU window lands where it does with both (DCMTK drops the rescale)."""
+    both = data.ct(tmp_path / "both.dcm")
+    ds = pydicom.dcmread(both)
+    del ds.RescaleSlope
+    only = data.write(ds, tmp_path / "intercept-only.dcm")
+    assert np.array_equal(render_one(only)[0].pixels, render_one(both)[0].pixels)
