@@ -230,10 +230,15 @@ def _palette_source(ds: Dataset, first: int) -> Dataset:
     (pydicom reads a descriptor written US, 65436, as it stands where the pixels are
     signed and it means -100), and, for a big-endian file, the OW Palette Color LUT Data
     in little-endian order (pydicom reads them in the machine's byte order; segmented
-    ones it reads in the transfer syntax's, so they stay as they are).
+    ones it reads in the transfer syntax's, so they stay as they are), and 8-bit entries
+    packed two to a word, more than 256 of them, widened to one per word (pydicom indexes
+    8-bit palettes with uint8 indices: entry 958 came out as entry 958 % 256).
     """
     big = not little_endian(ds)
-    if first == 0 and not big:
+    entries = int(ds.RedPaletteColorLookupTableDescriptor[0]) or 65536
+    red = ds.get("RedPaletteColorLookupTableData")
+    packed_wide = entries > 256 and red is not None and len(red) < 2 * entries
+    if first == 0 and not big and not packed_wide:
         return ds
     copy = Dataset()
     meta = getattr(ds, "file_meta", None)
@@ -253,8 +258,11 @@ def _palette_source(ds: Dataset, first: int) -> Dataset:
             if data not in ds:
                 continue
             value = ds[data].value
-            if big and value and not data.startswith("Segmented"):
-                value = ow_as_little_endian(bytes(value))
+            if value and not data.startswith("Segmented"):
+                if big:
+                    value = ow_as_little_endian(bytes(value))
+                if packed_wide:
+                    value = np.frombuffer(value, np.uint8)[:entries].astype("<u2").tobytes()
             copy.add_new(ds[data].tag, "OW", value)
     return copy
 

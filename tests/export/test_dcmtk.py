@@ -544,3 +544,40 @@ def test_16_bit_lossless_jpeg_ybr_renders_as_its_native_twin(tmp_path: Path) -> 
     assert theirs is not None
     diff = np.abs(got.astype(int) - theirs.astype(int))
     assert diff.max() <= 1 and (diff == 0).mean() > 0.98
+
+
+def test_palette_of_more_than_256_packed_8_bit_entries_matches_dcmtk(tmp_path: Path) -> None:
+    """1024 8-bit entries packed two to a word, 16-bit indices: pydicom indexed them with
+    uint8 (entry 958 came out as entry 958 % 256). Random entries, so no period hides it;
+    little and big endian."""
+    rng = np.random.default_rng(27)
+    ds = data.dataset(
+        rng.integers(40, 40 + 1024, (20, 24)).astype(np.uint16),
+        photometric="PALETTE COLOR",
+        modality="OT",
+        sop_class=SC,
+    )
+    for colour in ("Red", "Green", "Blue"):
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [1024, 40, 8]
+        )
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableData"),
+            "OW",
+            rng.integers(0, 256, 1024).astype(np.uint8).tobytes(),
+        )
+    little = data.write(ds, tmp_path / "palette.dcm")
+    big = _dcmtk_convert(["dcmconv", "+tb"], little, tmp_path / "palette-be.dcm")
+    expected = np.stack(
+        [
+            np.frombuffer(ds[f"{c}PaletteColorLookupTableData"].value, np.uint8)[
+                ds.pixel_array - 40
+            ]
+            for c in ("Red", "Green", "Blue")
+        ],
+        axis=-1,
+    )
+    for path in (little, big):
+        ref = dcmtk_render(path, [], tmp_path)
+        got = ours(path, display.VoiChoice())
+        assert ref is not None and np.array_equal(got, ref) and np.array_equal(got, expected)
