@@ -222,7 +222,7 @@ def _to_bits(arr: np.ndarray, in_bits: int, bits: int) -> np.ndarray:
     return (a.astype(np.float64) * scale).astype(dtype)
 
 
-def _palette_source(ds: Dataset, first: int) -> Dataset:
+def _palette_source(ds: Dataset, first: int, path: Path) -> Dataset:
     """The palette of ``ds`` as pydicom's ``apply_color_lut`` reads it right.
 
     ``ds`` itself when it can; else a copy of the palette elements (the values shared, not
@@ -235,10 +235,14 @@ def _palette_source(ds: Dataset, first: int) -> Dataset:
     8-bit palettes with uint8 indices: entry 958 came out as entry 958 % 256).
     """
     big = not little_endian(ds)
-    entries = int(ds.RedPaletteColorLookupTableDescriptor[0]) or 65536
+    entries, _, lut_bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
+    entries = entries or 65536
     red = ds.get("RedPaletteColorLookupTableData")
     packed_wide = entries > 256 and red is not None and len(red) < 2 * entries
-    if first == 0 and not big and not packed_wide:
+    segmented_wide = entries > 256 and lut_bits == 8 and red is None
+    if segmented_wide:
+        _check_segments_widen(ds, big, path)
+    if first == 0 and not big and not packed_wide and not segmented_wide:
         return ds
     copy = Dataset()
     meta = getattr(ds, "file_meta", None)
@@ -250,7 +254,7 @@ def _palette_source(ds: Dataset, first: int) -> Dataset:
         desc = f"{colour}PaletteColorLookupTableDescriptor"
         if desc in ds:
             n, _, bits = (int(v) for v in ds[desc].value)
-            copy.add_new(ds[desc].tag, "US", [n, 0, bits])
+            copy.add_new(ds[desc].tag, "US", [n, 0, 16 if segmented_wide else bits])
         for data in (
             f"{colour}PaletteColorLookupTableData",
             f"Segmented{colour}PaletteColorLookupTableData",
@@ -263,8 +267,28 @@ def _palette_source(ds: Dataset, first: int) -> Dataset:
                     value = ow_as_little_endian(bytes(value))
                 if packed_wide:
                     value = np.frombuffer(value, np.uint8)[:entries].astype("<u2").tobytes()
+            elif value and segmented_wide:  # each byte (opcode, length, value) as a word
+                value = np.frombuffer(value, np.uint8).astype("<u2").tobytes()
             copy.add_new(ds[data].tag, "OW", value)
     return copy
+
+
+def _check_segments_widen(ds: Dataset, big: bool, path: Path) -> None:
+    """8-bit segmented palettes of more than 256 entries are read as 16-bit ones (each byte
+    a word; pydicom would index them with uint8): possible for discrete and linear segments
+    in a little-endian file; an indirect segment (its offset spans 4 bytes) or big-endian
+    8-bit segments are refused rather than shown wrong."""
+    where = f"{path}: (0028,1221..1223) Segmented Palette Color LUT Data with 8-bit entries"
+    if big:
+        raise BadPixelData(f"{where}, more than 256, in a big-endian file: not rendered")
+    for colour in ("Red", "Green", "Blue"):
+        data = bytes(ds.get(f"Segmented{colour}PaletteColorLookupTableData") or b"")
+        pos = 0
+        while pos + 1 < len(data):
+            opcode, length = data[pos], data[pos + 1]
+            if opcode == 2:
+                raise BadPixelData(f"{where}, more than 256, with indirect segments: not rendered")
+            pos += 2 + (length if opcode == 0 else 1)
 
 
 def _from_zero(arr: np.ndarray, first: int, entries: int) -> np.ndarray:
@@ -289,7 +313,7 @@ def render_palette(
     n = n or 65536
     if info.signed and first > 32767:  # written US where the indices are signed (US or SS)
         first -= 65536
-    source = _palette_source(ds, first)
+    source = _palette_source(ds, first, path)
     out = []
     for index, arr in arrays:
         lo, hi = int(arr.min()), int(arr.max())

@@ -397,3 +397,33 @@ def test_rescale_intercept_without_slope_is_applied(tmp_path: Path) -> None:
     del ds.RescaleSlope
     only = data.write(ds, tmp_path / "intercept-only.dcm")
     assert np.array_equal(render_one(only)[0].pixels, render_one(both)[0].pixels)
+
+
+def test_segmented_palette_of_more_than_256_8_bit_entries(tmp_path: Path) -> None:
+    """1024 8-bit entries in discrete segments of 128, 16-bit indices: pydicom indexed them
+    with uint8 (index 958 showed entry 958 % 256). DCMTK has no segmented palettes, so the
+    expected colours are the entries themselves. Indirect segments are refused by name."""
+    rng = np.random.default_rng(28)
+    index = rng.integers(0, 1024, (10, 12)).astype(np.uint16)
+    ds = data.dataset(index, photometric="PALETTE COLOR", modality="OT", sop_class=data.SC)
+    entries = {}
+    for colour in ("Red", "Green", "Blue"):
+        entries[colour] = rng.integers(0, 256, 1024).astype(np.uint8)
+        segments: list[int] = []
+        for k in range(8):  # 8-bit segment lengths stop at 255
+            segments += [0, 128, *entries[colour][k * 128 : (k + 1) * 128].tolist()]
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [1024, 0, 8]
+        )
+        ds.add_new(
+            data.pydicom_tag(f"Segmented{colour}PaletteColorLookupTableData"), "OW", bytes(segments)
+        )
+    path = data.write(ds, tmp_path / "segmented.dcm")
+    expected = np.stack([entries[c][index] for c in ("Red", "Green", "Blue")], axis=-1)
+    assert np.array_equal(render_one(path)[0].pixels, expected)
+    ds.SegmentedBluePaletteColorLookupTableData = bytes([0, 1, 7, 2, 1, 0, 0, 0, 0] + [0] * 1023)
+    indirect = data.write(ds, tmp_path / "indirect.dcm")
+    with pytest.raises(
+        BadPixelData, match=r"indirect.dcm: \(0028,1221..1223\) .* indirect segments"
+    ):
+        render_one(indirect)
