@@ -90,7 +90,7 @@ def render_gray(
         return _render_gray(ds, info, arrays, path, choice, bits)
     batches: dict[tuple[object, ...], tuple[Dataset, list[tuple[int, np.ndarray]]]] = {}
     for index, arr in arrays:
-        view = frame_view(ds, index)
+        view = frame_view(ds, index, path)
         batches.setdefault(view_key(view), (view, []))[1].append((index, arr))
     span = None
     minmax = any(

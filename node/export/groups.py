@@ -17,6 +17,7 @@ attributes share one view, so a series-wide rescale still folds into one cached 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
@@ -60,7 +61,7 @@ def _overlay(view: Dataset, group: Dataset | None) -> None:
             view[elem.tag] = elem
 
 
-def frame_view(ds: Dataset, index: int) -> Dataset:
+def frame_view(ds: Dataset, index: int, path: Path | str = "") -> Dataset:
     """The pipeline attributes of frame ``index`` (0-based): top level < shared < per-frame."""
     view = Dataset()
     meta = getattr(ds, "file_meta", None)
@@ -79,8 +80,9 @@ def frame_view(ds: Dataset, index: int) -> Dataset:
             _overlay(view, per_frame[index])
         elif index == len(per_frame):  # say it once per object, not once per frame
             log.warning(
-                "(5200,9230) PerFrameFunctionalGroupsSequence has %d item(s), fewer than the "
-                "frames; frames from %d on use the shared and top-level values",
+                "%s: (5200,9230) PerFrameFunctionalGroupsSequence has %d item(s), fewer than "
+                "the frames; frames from %d on use the shared and top-level values",
+                path,
                 len(per_frame),
                 index + 1,
             )
