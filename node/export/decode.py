@@ -8,7 +8,14 @@ a message naming the file and the element instead of a crash or a silently wrong
 * (7FE0,0010) Pixel Data missing (or only Float/Double Float Pixel Data present);
 * Rows x Columns x Number of Frames x Samples per Pixel over the configured pixel cap;
 * native Pixel Data shorter than Rows x Columns x Frames x Samples x Bits Allocated says;
+* a High Bit that does not place Bits Stored inside Bits Allocated, and Samples per Pixel
+  that does not fit the Photometric Interpretation;
+* a JPEG-family frame cut short, or whose frame header disagrees with Rows, Columns or
+  Samples per Pixel (:mod:`node.export.streams`);
 * a transfer syntax no installed decoder handles, or a decoder that fails.
+
+Stored values are taken where High Bit puts them (High Bit 15 with Bits Stored 12 is the
+top 12 bits of each word), as dcmimgle does; pydicom alone would take the low 12.
 """
 
 from __future__ import annotations
@@ -20,14 +27,17 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import UID
 
 from node.errors import BadPixelData, ExportError
+from node.export import streams
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +149,12 @@ class PixelInfo:
     signed: bool
     photometric: str
     transfer_syntax: str
+    high_bit: int = -1  # (0028,0102); -1: Bits Stored - 1
+
+    @property
+    def shift(self) -> int:
+        """How far the stored bits sit above bit 0 (High Bit + 1 - Bits Stored)."""
+        return max(0, self.high_bit + 1 - self.bits_stored)
 
 
 def _int(ds: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
@@ -182,8 +198,21 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
             f"{path}: {_tag('BitsAllocated')} {bits_alloc} / {_tag('BitsStored')} "
             f"{bits_stored} is not a pixel layout that can be rendered"
         )
+    high_bit = _int(ds, "HighBit", path, bits_stored - 1)
+    if bits_alloc > 1 and not bits_stored - 1 <= high_bit < bits_alloc:
+        raise BadPixelData(
+            f"{path}: {_tag('HighBit')} {high_bit} does not fit {_tag('BitsStored')} "
+            f"{bits_stored} in {_tag('BitsAllocated')} {bits_alloc} (it must be "
+            f"{bits_stored - 1}..{bits_alloc - 1}); the stored bits cannot be located"
+        )
     if not photometric:
         raise BadPixelData(f"{path}: {_tag('PhotometricInterpretation')} is missing")
+    wanted = 1 if photometric in ONE_SAMPLE else 3 if photometric in THREE_SAMPLES else samples
+    if samples != wanted:  # before decoding: the decoder's complaint would name another element
+        raise BadPixelData(
+            f"{path}: {_tag('PhotometricInterpretation')} {photometric} with "
+            f"{_tag('SamplesPerPixel')} {samples}; expected {wanted}"
+        )
     total = rows * cols * frames * samples
     if total > max_pixels:
         raise BadPixelData(
@@ -203,7 +232,7 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
         )
     if not ts.is_compressed and not ds["PixelData"].is_undefined_length:
         expected = (total * bits_alloc + 7) // 8
-        if photometric == "YBR_FULL_422":  # two samples per pixel on the wire (C.7.6.3.1.2)
+        if photometric in SUBSAMPLED:  # two samples per pixel on the wire (C.7.6.3.1.2)
             expected = expected * 2 // 3
         actual = len(ds.PixelData)
         if actual < expected:
@@ -214,7 +243,16 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
                 f"needs {expected}: the data is truncated or the description is wrong"
             )
     return PixelInfo(
-        rows, cols, frames, samples, bits_alloc, bits_stored, signed, photometric, tsuid
+        rows,
+        cols,
+        frames,
+        samples,
+        bits_alloc,
+        bits_stored,
+        signed,
+        photometric,
+        tsuid,
+        high_bit if bits_alloc > 1 else bits_stored - 1,
     )
 
 
@@ -253,20 +291,129 @@ def ybr_to_rgb(arr: np.ndarray, bits: int, subsampled: bool = False) -> np.ndarr
     return out.astype(dtype)
 
 
-def _decode(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
-    which = index if info.frames > 1 else None
-    native_ybr = info.photometric in ("YBR_FULL", "YBR_FULL_422") and not (
-        UID(info.transfer_syntax).is_compressed and info.transfer_syntax != RLE
+def ybr_partial_to_rgb(arr: np.ndarray, bits: int) -> np.ndarray:
+    """YBR_PARTIAL_422 (retired; Y 16..235, Cb/Cr 16..240 for 8 bits) -> RGB.
+
+    The BT.601 expansion with the coefficients and the truncation dcmimage uses, so native
+    data renders as dcmj2pnm renders it (the chroma of each pixel pair is shared).
+    """
+    top = float((1 << bits) - 1)
+    ybr = arr.astype(np.float64)
+    y, cb, cr = ybr[..., 0] * 1.1631, ybr[..., 1], ybr[..., 2]
+    r = y + 1.5969 * cr - 0.8713 * top
+    g = y - 0.3913 * cb - 0.8121 * cr + 0.5290 * top
+    b = y + 2.0177 * cb - 1.0820 * top
+    out = np.clip(np.stack([r, g, b], axis=-1), 0, top)
+    return out.astype(np.uint8 if bits <= 8 else np.uint16)
+
+
+def _stored_bits(words: np.ndarray, info: PixelInfo) -> np.ndarray:
+    """Whole unsigned words -> the Bits Stored field ending at High Bit, sign-extended."""
+    size = words.dtype.itemsize
+    values = (words >> info.shift) & ((1 << info.bits_stored) - 1)
+    if not info.signed:
+        return values
+    sign = 1 << (info.bits_stored - 1)
+    signed = values.astype(np.int64)
+    signed = np.where(signed & sign, signed - (sign << 1), signed)
+    return signed.astype(f"i{size}")
+
+
+ONE_SAMPLE = ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
+THREE_SAMPLES = (
+    "RGB",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_PARTIAL_422",
+    "YBR_RCT",
+    "YBR_ICT",
+    "YBR_PARTIAL_420",
+)
+#: Native 4:2:2 data: Y1 Y2 Cb Cr for each two pixels of a row.
+SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422")
+
+#: Compressed syntaxes whose decoders return YBR_FULL samples as stored (no colour
+#: transform): RLE, JPEG-LS, JPEG 2000 (its own transforms are labelled YBR_RCT/YBR_ICT).
+_AS_STORED = (
+    RLE,
+    *(f"1.2.840.10008.1.2.4.{n}" for n in (80, 81, 90, 91, 92, 93, 201, 202, 203)),
+)
+#: JPEG syntaxes (DCT and lossless): pydicom converts their YBR only for 8-bit samples
+_JPEG = tuple(f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70))
+
+
+def check_stream(ds: Dataset, info: PixelInfo, index: int, path: Path) -> None:
+    """Refuse a JPEG-family frame that is cut short or is not the image the header
+    describes, before a decoder fills it up or fails in terms of array shapes
+    (:mod:`node.export.streams`)."""
+    if not streams.checked(info.transfer_syntax):
+        return
+    eot = ds.get("ExtendedOffsetTable")
+    lengths = ds.get("ExtendedOffsetTableLengths")
+    try:
+        frame = get_frame(
+            ds.PixelData,
+            index,
+            extended_offsets=(eot, lengths) if eot and lengths else None,
+            number_of_frames=info.frames,
+        )
+    except MALFORMED:
+        return  # the decoder reports damaged encapsulation itself
+    streams.check_frame(
+        bytes(frame),
+        info.transfer_syntax,
+        UID(info.transfer_syntax).name,
+        (info.columns, info.rows, info.samples),
+        index + 1,
+        path,
     )
+
+
+def _decode(
+    ds: Dataset, info: PixelInfo, index: int, cache: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    which = index if info.frames > 1 else None
+    frame_bits = info.rows * info.columns * info.samples
+    if info.bits_allocated == 1 and which is not None and frame_bits % 8:
+        # 1-bit frames that do not end on a byte boundary: pydicom cannot find frame N on
+        # its own, so unpack all frames once and take N
+        cache = {} if cache is None else cache
+        if "all" not in cache:
+            cache["all"] = pydicom.pixels.pixel_array(ds)
+        return cache["all"][index]
+    # pydicom reads the low Bits Stored bits; when High Bit says they sit higher (High Bit
+    # 15, Bits Stored 12), take whole words and extract the field here, as dcmimgle does
+    whole: dict[str, Any] = {}
+    if info.shift and info.bits_allocated in (8, 16, 32):
+        whole = {"bits_stored": info.bits_allocated, "pixel_representation": 0}
+    ybr = info.photometric in ("YBR_FULL", "YBR_FULL_422")
+    # the samples of native, RLE, JPEG-LS and JPEG 2000 data are YBR as stored (DCMTK
+    # converts them with dcmimgle's arithmetic); JPEG decoders convert their own YCbCr as
+    # DCMTK's IJG codec does
+    native_ybr = ybr and not (
+        UID(info.transfer_syntax).is_compressed and info.transfer_syntax not in _AS_STORED
+    )
+    if info.photometric == "YBR_PARTIAL_422" and not UID(info.transfer_syntax).is_compressed:
+        # pydicom expands 4:2:2 only under the YBR_FULL_422 name; the samples are the same
+        raw = pydicom.pixels.pixel_array(
+            ds, index=which, raw=True, photometric_interpretation="YBR_FULL_422", **whole
+        )
+        return ybr_partial_to_rgb(_stored_bits(raw, info) if whole else raw, info.bits_stored)
+    # JPEG colour wider than 8 bits (12-bit lossy, 16-bit lossless): the decoders leave
+    # YCbCr as is and pydicom converts only 8-bit samples, so convert here as for native
+    native_ybr |= ybr and info.transfer_syntax in _JPEG and info.bits_stored > 8
     if native_ybr:
-        raw = pydicom.pixels.pixel_array(ds, index=which, raw=True)
+        raw = pydicom.pixels.pixel_array(ds, index=which, raw=True, **whole)
+        if whole:
+            raw = _stored_bits(raw, info)
         return ybr_to_rgb(raw, info.bits_stored, info.photometric == "YBR_FULL_422")
-    if info.transfer_syntax in _IJG_FIRST and info.bits_stored <= 8:
+    if info.transfer_syntax in _IJG_FIRST and info.bits_stored <= 8 and not whole:
         try:
             return pydicom.pixels.pixel_array(ds, index=which, decoding_plugin="pillow")
         except (RuntimeError, ValueError, OSError) as exc:
             log.debug("Pillow could not decode, trying pylibjpeg: %s", exc)
-    return pydicom.pixels.pixel_array(ds, index=which)
+    arr = pydicom.pixels.pixel_array(ds, index=which, **whole)
+    return _stored_bits(arr, info) if whole else arr
 
 
 def frames(
@@ -279,15 +426,17 @@ def frames(
     dcmimgle's arithmetic, JPEG-family decoders convert their own colour space.
     """
     wanted = list(range(info.frames)) if indices is None else indices
+    cache: dict[str, np.ndarray] = {}
     for index in wanted:
         if not 0 <= index < info.frames:
             raise ExportError(
                 f"{path}: frame {index + 1} requested but {_tag('NumberOfFrames')} is {info.frames}"
             )
+        check_stream(ds, info, index, path)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                arr = _decode(ds, info, index)
+                arr = _decode(ds, info, index, cache)
         except NotImplementedError as exc:
             raise ExportError(
                 f"{path}: transfer syntax {info.transfer_syntax} "

@@ -6,6 +6,9 @@ Grayscale (MONOCHROME1/2)::
                  -> Presentation LUT Shape INVERSE / MONOCHROME1 inversion
                  -> 8- or 16-bit output, graphics overlays (60xx) burnt in
 
+Enhanced multi-frame objects take each frame's rescale and windows from their functional
+groups (:mod:`node.export.groups`).
+
 For integer stored values of up to 16 bits the whole chain is folded into one lookup table
 (256 or 65536 entries) per object, so each pixel costs one table look-up.
 
@@ -25,12 +28,16 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node.errors import BadPixelData
-from node.export.decode import PixelInfo
+from node.export.decode import THREE_SAMPLES, PixelInfo
+from node.export.groups import frame_view, has_groups, view_key
 from node.export.voi import (
     VoiChoice,
     apply_voi,
     domain,
+    little_endian,
     modality,
+    output_signed,
+    ow_as_little_endian,
     plan_voi,
     rescale,
     window_table,
@@ -51,7 +58,7 @@ class Rendered:
 
 
 GRAY = ("MONOCHROME1", "MONOCHROME2")
-COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
+COLOUR = THREE_SAMPLES
 
 
 # ----------------------------------------------------------------------------- grayscale
@@ -74,8 +81,52 @@ def render_gray(
     choice: VoiChoice,
     bits: int,
 ) -> list[Rendered]:
-    """Render grayscale frames (stored values) through modality, VOI and presentation."""
-    plan = plan_voi(ds, choice, path, info.signed)
+    """Render grayscale frames (stored values) through modality, VOI and presentation.
+
+    Enhanced multi-frame objects take each frame's rescale and windows from its functional
+    groups (:mod:`node.export.groups`); frames that share them are rendered together.
+    """
+    if not has_groups(ds):
+        return _render_gray(ds, info, arrays, path, choice, bits)
+    batches: dict[tuple[object, ...], tuple[Dataset, list[tuple[int, np.ndarray]]]] = {}
+    for index, arr in arrays:
+        view = frame_view(ds, index, path)
+        batches.setdefault(view_key(view), (view, []))[1].append((index, arr))
+    span = None
+    minmax = any(
+        plan_voi(view, choice, path, output_signed(view, info.signed, info.bits_stored)).kind
+        == "minmax"
+        for view, _ in batches.values()
+    )
+    if len(batches) > 1 and minmax:
+        # min-max is one window for the whole object (as without groups): over the modality
+        # values of all frames, each through its own rescale
+        signed = info.signed
+        lows, highs = [], []
+        for view, group in batches.values():
+            for _, arr in group:
+                values = modality(view, arr, path, signed)
+                lows.append(float(values.min()))
+                highs.append(float(values.max()))
+        span = (min(lows), max(highs))
+    out: list[Rendered] = []
+    for view, group in batches.values():
+        out.extend(_render_gray(view, info, group, path, choice, bits, span))
+    return sorted(out, key=lambda r: r.frame)
+
+
+def _render_gray(
+    ds: Dataset,
+    info: PixelInfo,
+    arrays: list[tuple[int, np.ndarray]],
+    path: Path,
+    choice: VoiChoice,
+    bits: int,
+    span: tuple[float, float] | None = None,
+) -> list[Rendered]:
+    """Render frames that share one modality and VOI description (``ds``); ``span`` is the
+    min-max range to use instead of these frames' own."""
+    plan = plan_voi(ds, choice, path, output_signed(ds, info.signed, info.bits_stored))
     invert = _inverted(ds, info.photometric)
     high = (1 << bits) - 1
     dtype = np.uint8 if bits == 8 else np.uint16
@@ -92,7 +143,9 @@ def render_gray(
     if use_table:
         mod_table = modality(ds, domain(first.dtype), path, info.signed)
         mod_min = mod_max = 0.0
-        if plan.kind == "minmax":
+        if plan.kind == "minmax" and span is not None:
+            mod_min, mod_max = span
+        elif plan.kind == "minmax":
             present = np.zeros(mod_table.size, dtype=bool)
             for _, arr in arrays:
                 present |= np.bincount(arr.view(udt).ravel(), minlength=mod_table.size) > 0
@@ -102,8 +155,11 @@ def render_gray(
         table = np.clip(out_table, 0, high).astype(dtype)  # astype truncates like dcmimgle
         return [Rendered(np.take(table, arr.view(udt)), label, i) for i, arr in arrays]
     mods = [(index, modality(ds, arr, path, info.signed)) for index, arr in arrays]
-    mod_min = min(float(m.min()) for _, m in mods)
-    mod_max = max(float(m.max()) for _, m in mods)
+    if span is not None:
+        mod_min, mod_max = span
+    else:
+        mod_min = min(float(m.min()) for _, m in mods)
+        mod_max = max(float(m.max()) for _, m in mods)
     out = []
     for index, m in mods:
         vals, label = apply_voi(plan, m, high, invert, mod_min, mod_max)
@@ -166,6 +222,81 @@ def _to_bits(arr: np.ndarray, in_bits: int, bits: int) -> np.ndarray:
     return (a.astype(np.float64) * scale).astype(dtype)
 
 
+def _palette_source(ds: Dataset, first: int, path: Path) -> Dataset:
+    """The palette of ``ds`` as pydicom's ``apply_color_lut`` reads it right.
+
+    ``ds`` itself when it can; else a copy of the palette elements (the values shared, not
+    copied) with the first mapped value 0, the caller passing indices minus ``first``
+    (pydicom reads a descriptor written US, 65436, as it stands where the pixels are
+    signed and it means -100), and, for a big-endian file, the OW Palette Color LUT Data
+    in little-endian order (pydicom reads them in the machine's byte order; segmented
+    ones it reads in the transfer syntax's, so they stay as they are), and 8-bit entries
+    packed two to a word, more than 256 of them, widened to one per word (pydicom indexes
+    8-bit palettes with uint8 indices: entry 958 came out as entry 958 % 256).
+    """
+    big = not little_endian(ds)
+    entries, _, lut_bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
+    entries = entries or 65536
+    red = ds.get("RedPaletteColorLookupTableData")
+    packed_wide = entries > 256 and red is not None and len(red) < 2 * entries
+    segmented_wide = entries > 256 and lut_bits == 8 and red is None
+    if segmented_wide:
+        _check_segments_widen(ds, big, path)
+    if first == 0 and not big and not packed_wide and not segmented_wide:
+        return ds
+    copy = Dataset()
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        copy.file_meta = meta
+    implicit, little = ds.original_encoding
+    copy.set_original_encoding(implicit, little, ds.original_character_set)
+    for colour in ("Red", "Green", "Blue", "Alpha"):
+        desc = f"{colour}PaletteColorLookupTableDescriptor"
+        if desc in ds:
+            n, _, bits = (int(v) for v in ds[desc].value)
+            copy.add_new(ds[desc].tag, "US", [n, 0, 16 if segmented_wide else bits])
+        for data in (
+            f"{colour}PaletteColorLookupTableData",
+            f"Segmented{colour}PaletteColorLookupTableData",
+        ):
+            if data not in ds:
+                continue
+            value = ds[data].value
+            if value and not data.startswith("Segmented"):
+                if big:
+                    value = ow_as_little_endian(bytes(value))
+                if packed_wide:
+                    value = np.frombuffer(value, np.uint8)[:entries].astype("<u2").tobytes()
+            elif value and segmented_wide:  # each byte (opcode, length, value) as a word
+                value = np.frombuffer(value, np.uint8).astype("<u2").tobytes()
+            copy.add_new(ds[data].tag, "OW", value)
+    return copy
+
+
+def _check_segments_widen(ds: Dataset, big: bool, path: Path) -> None:
+    """8-bit segmented palettes of more than 256 entries are read as 16-bit ones (each byte
+    a word; pydicom would index them with uint8): possible for discrete and linear segments
+    in a little-endian file; an indirect segment (its offset spans 4 bytes) or big-endian
+    8-bit segments are refused rather than shown wrong."""
+    where = f"{path}: (0028,1221..1223) Segmented Palette Color LUT Data with 8-bit entries"
+    if big:
+        raise BadPixelData(f"{where}, more than 256, in a big-endian file: not rendered")
+    for colour in ("Red", "Green", "Blue"):
+        data = bytes(ds.get(f"Segmented{colour}PaletteColorLookupTableData") or b"")
+        pos = 0
+        while pos + 1 < len(data):
+            opcode, length = data[pos], data[pos + 1]
+            if opcode == 2:
+                raise BadPixelData(f"{where}, more than 256, with indirect segments: not rendered")
+            pos += 2 + (length if opcode == 0 else 1)
+
+
+def _from_zero(arr: np.ndarray, first: int, entries: int) -> np.ndarray:
+    """Palette indices (checked to lie in ``first .. first + entries - 1``) counted from 0."""
+    dtype = np.uint8 if entries <= 256 else (np.uint16 if entries <= 65536 else np.uint32)
+    return (arr.astype(np.int64) - first).astype(dtype)
+
+
 def render_palette(
     ds: Dataset, info: PixelInfo, arrays: list[tuple[int, np.ndarray]], path: Path, bits: int
 ) -> list[Rendered]:
@@ -180,6 +311,9 @@ def render_palette(
         )
     n, first, lut_bits = (int(v) for v in desc)
     n = n or 65536
+    if info.signed and first > 32767:  # written US where the indices are signed (US or SS)
+        first -= 65536
+    source = _palette_source(ds, first, path)
     out = []
     for index, arr in arrays:
         lo, hi = int(arr.min()), int(arr.max())
@@ -190,7 +324,7 @@ def render_palette(
                 "RedPaletteColorLookupTableDescriptor"
             )
         try:
-            rgb = apply_color_lut(arr, ds)
+            rgb = apply_color_lut(arr if source is ds else _from_zero(arr, first, n), source)
         except (ValueError, KeyError, IndexError, AttributeError) as exc:
             raise BadPixelData(
                 f"{path}: palette (0028,1201..1203 / 0028,1221..1223) unusable: {exc}"
@@ -258,5 +392,6 @@ def render(
         return render_colour(ds, info, arrays, path, bits, icc)
     raise BadPixelData(
         f"{path}: (0028,0004) PhotometricInterpretation {info.photometric!r} is not rendered "
-        "(supported: MONOCHROME1/2, PALETTE COLOR, RGB, YBR_FULL, YBR_FULL_422, YBR_RCT/ICT)"
+        "(supported: MONOCHROME1/2, PALETTE COLOR, RGB, YBR_FULL, YBR_FULL_422, "
+        "YBR_PARTIAL_422, YBR_RCT/ICT)"
     )

@@ -31,6 +31,7 @@ from node.errors import BadPixelData, ExportError
 log = logging.getLogger(__name__)
 
 VoiKind = Literal["auto", "window", "user", "lut", "minmax"]
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,32 @@ class Lut:
     explanation: str
 
     def lookup(self, values: np.ndarray) -> np.ndarray:
-        idx = np.clip(np.trunc(values) - self.first, 0, len(self.data) - 1).astype(np.int64)
+        # float64 first: on (u)int16 input ``values - first`` would wrap around, sending
+        # values below the first mapped one to the last entry instead of the first
+        inputs = np.trunc(np.asarray(values, dtype=np.float64))
+        idx = np.clip(inputs - self.first, 0, len(self.data) - 1).astype(np.int64)
         return self.data[idx].astype(np.float64)
 
 
-def _lut_item(item: Dataset, path: Path, seq: str, signed: bool) -> Lut:
+def little_endian(ds: Dataset) -> bool:
+    """Whether ``ds`` was encoded little endian (its OB/OW values are in that byte order)."""
+    meta = getattr(ds, "file_meta", None)
+    tsuid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsuid:
+        return str(tsuid) != BIG_ENDIAN
+    little = ds.original_encoding[1]
+    return True if little is None else bool(little)
+
+
+def ow_as_little_endian(raw: bytes) -> bytes:
+    """OW bytes of a big-endian data set in little-endian word order (what pydicom's
+    palette code and :func:`_lut_item` read); 8-bit entries packed two to a word come
+    back in their order too."""
+    even = len(raw) - len(raw) % 2
+    return np.frombuffer(raw[:even], dtype=">u2").astype("<u2").tobytes() + raw[even:]
+
+
+def _lut_item(item: Dataset, path: Path, seq: str, signed: bool, little: bool = True) -> Lut:
     desc = item.get("LUTDescriptor")
     data = item.get("LUTData")
     if desc is None or data is None or len(desc) != 3:
@@ -86,6 +108,8 @@ def _lut_item(item: Dataset, path: Path, seq: str, signed: bool) -> Lut:
         first -= 65536
     raw = data
     if isinstance(raw, bytes | bytearray):
+        if not little:  # OW in a big-endian file: pydicom leaves the bytes as written
+            raw = ow_as_little_endian(bytes(raw))
         arr = np.frombuffer(raw, dtype="<u2" if len(raw) >= 2 * n else "u1")
     else:
         arr = np.asarray(list(raw) if isinstance(raw, MultiValue | list) else [raw])
@@ -97,6 +121,17 @@ def _lut_item(item: Dataset, path: Path, seq: str, signed: bool) -> Lut:
     arr = arr[:n].astype(np.int64)
     if not 8 <= bits <= 16:
         bits = max(8, int(arr.max()).bit_length())
+    elif int(arr.max()) >= 1 << bits:
+        # dcmimgle keeps only the low bits (4096 -> 0 in a 12-bit LUT); saturating keeps
+        # the LUT monotonic where it was, so say what was done
+        log.warning(
+            "%s: %s (0028,3006) LUTData holds %d, more than the %d bits of (0028,3002) "
+            "LUTDescriptor allow; such entries are shown as the maximum",
+            path,
+            seq,
+            int(arr.max()),
+            bits,
+        )
     explanation = str(item.get("LUTExplanation", "") or "")
     return Lut(first, arr, bits, explanation)
 
@@ -140,11 +175,28 @@ def window_table(
     return table
 
 
+def output_signed(ds: Dataset, signed: bool, bits_stored: int) -> bool:
+    """Whether the Modality LUT output can be negative (the VOI LUT input domain).
+
+    A VOI LUT Descriptor's first mapped value (0028,3002) is read as signed when it is, as
+    dcmimgle does: over the range Bits Stored allows, Rescale Slope/Intercept can make
+    unsigned stored values negative (CT: 0..4095 - 1024), and a Modality LUT Sequence
+    always outputs unsigned values.
+    """
+    if ds.get("ModalityLUTSequence"):
+        return False
+    m, b = rescale(ds)
+    bits = max(1, min(bits_stored, 32))
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    return min(m * lo + b, m * hi + b) < 0
+
+
 def modality(ds: Dataset, values: np.ndarray, path: Path, signed: bool) -> np.ndarray:
     """Stored values -> modality values (float64)."""
     seq = ds.get("ModalityLUTSequence")
     if seq:
-        return _lut_item(seq[0], path, "(0028,3000) ModalityLUTSequence", signed).lookup(values)
+        lut = _lut_item(seq[0], path, "(0028,3000) ModalityLUTSequence", signed, little_endian(ds))
+        return lut.lookup(values)
     m, b = rescale(ds)
     out = values.astype(np.float64)
     if m != 1.0:
@@ -162,7 +214,8 @@ def _window(
 ) -> np.ndarray:
     outrange = high - low
     if function == "SIGMOID":
-        return outrange / (1.0 + np.exp(-4.0 * (values - center) / width)) + low
+        with np.errstate(over="ignore"):  # exp -> inf far below the centre: output low
+            return outrange / (1.0 + np.exp(-4.0 * (values - center) / width)) + low
     if function == "LINEAR_EXACT":
         out = ((values - center) / width + 0.5) * outrange + low
         out = np.where(values <= center - width / 2, low, out)
@@ -170,7 +223,9 @@ def _window(
     # LINEAR (PS3.3 C.11.2.1.2.1), in dcmimgle's arithmetic
     width_1 = width - 1.0
     if width_1 <= 0:
-        return np.where(values < center - 0.5, low, high).astype(np.float64)
+        # PS3.3 C.11.2.1.2.1 with w = 1: x <= c - 0.5 -> min, else max (a constant image's
+        # min-max window, c = x + 0.5, puts x at the boundary: black, as dcmimgle)
+        return np.where(values <= center - 0.5, low, high).astype(np.float64)
     left = center - 0.5 - width_1 / 2
     right = center - 0.5 + width_1 / 2
     offset = high - ((center - 0.5) / width_1 + 0.5) * outrange
@@ -237,11 +292,16 @@ def plan_voi(ds: Dataset, choice: VoiChoice, path: Path, signed: bool) -> VoiPla
                 f"WindowWidth hold {len(windows)}"
             )
         c, w, expl = windows[i]
-        if not (math.isfinite(c) and math.isfinite(w) and w >= 1):
+        # PS3.3 C.11.2.1.2: width >= 1 for LINEAR (and SIGMOID, as dcmimgle), > 0 for
+        # LINEAR_EXACT (C.11.2.1.3.2)
+        narrowest = "> 0" if fn == "LINEAR_EXACT" else ">= 1"
+        usable = w > 0 if fn == "LINEAR_EXACT" else w >= 1
+        if not (math.isfinite(c) and math.isfinite(w) and usable):
             if choice.kind == "window":
                 raise BadPixelData(
                     f"{path}: window {i + 1} in (0028,1050) WindowCenter / (0028,1051) "
-                    f"WindowWidth is not usable (C={c}, W={w}); width must be >= 1"
+                    f"WindowWidth is not usable (C={c}, W={w}); with (0028,1056) "
+                    f"VOILUTFunction {fn} the width must be {narrowest}"
                 )
             log.warning("%s: window 1 (C=%s, W=%s) unusable, falling back", path, c, w)
         else:
@@ -254,7 +314,7 @@ def plan_voi(ds: Dataset, choice: VoiChoice, path: Path, signed: bool) -> VoiPla
                 f"{path}: VOI LUT {i + 1} requested but (0028,3010) VOILUTSequence holds "
                 f"{len(luts)} item(s)"
             )
-        lut = _lut_item(luts[i], path, "(0028,3010) VOILUTSequence", signed)
+        lut = _lut_item(luts[i], path, "(0028,3010) VOILUTSequence", signed, little_endian(ds))
         label = f"VOI LUT {i + 1}" + (f" {lut.explanation}" if lut.explanation else "")
         return VoiPlan("lut", lut=lut, label=label)
     return VoiPlan("minmax", function=fn, label="min-max")
@@ -268,10 +328,11 @@ def apply_voi(
     if plan.kind == "lut":
         assert plan.lut is not None
         looked = plan.lut.lookup(values)
-        if invert:
-            looked = float((1 << plan.lut.bits) - 1) - looked
-        # dcmimgle scales LUT entries by 2^out_bits / 2^lut_bits (a bit shift)
-        return looked * float(high + 1) / float(1 << plan.lut.bits), plan.label
+        # dcmimgle: low + entry * (high - low + 1) / 2^lut_bits, with low/high swapped when
+        # inverting; i.e. 2^out_bits / 2^lut_bits (a bit shift) normally, and
+        # high - entry * (high - 1) / 2^lut_bits inverted (entry 0 -> high, never 0)
+        scale = float(high + 1) if not invert else -float(high - 1)
+        return low_v + looked * scale / float(1 << plan.lut.bits), plan.label
     if plan.kind == "minmax":
         center = (mod_min + mod_max + 1) / 2
         width = mod_max - mod_min + 1

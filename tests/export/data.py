@@ -18,6 +18,7 @@ PATIENT = {
     "InstitutionName": "SECRETHOSPITAL",
 }
 STUDY_UID = "1.2.826.0.1.3680043.10.543.1"
+SC = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def dataset(
@@ -268,3 +269,153 @@ def high_bits(path: Path) -> Path:
     return write(
         dataset(words.view(np.int16), bits_stored=12, WindowCenter=0, WindowWidth=1000), path
     )
+
+
+def modality_lut_8bit(path: Path) -> Path:
+    """Modality LUT Sequence with 8-bit entries whose first mapped value is 100: stored values
+    below 100 map to the first entry (PS3.3 C.11.1.1), those above the last to the last."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [256, 100, 8])  # LUTDescriptor
+    item.ModalityLUTType = "OD"
+    item.add_new(0x00283006, "US", [int(255 * (i / 255) ** 0.5) for i in range(256)])
+    rng = np.random.default_rng(11)
+    return write(
+        dataset(
+            rng.integers(0, 400, (25, 27)).astype(np.uint16),
+            bits_stored=12,
+            modality="OT",
+            ModalityLUTSequence=Sequence([item]),
+        ),
+        path,
+    )
+
+
+def voi_lut_inverse(path: Path, photometric: str = "MONOCHROME2", **extra: Any) -> Path:
+    """A 12-bit VOI LUT with Presentation LUT Shape INVERSE (or on MONOCHROME1)."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 12])  # LUTDescriptor
+    item.add_new(0x00283006, "US", [int(4095 * (i / 4095) ** 0.5) for i in range(4096)])
+    return write(
+        dataset(
+            ct_pixels(seed=12),
+            photometric=photometric,
+            bits_stored=12,
+            VOILUTSequence=Sequence([item]),
+            **extra,
+        ),
+        path,
+    )
+
+
+def voi_lut_signed_input(path: Path) -> Path:
+    """CT (rescale -1024) whose VOI LUT starts at -1024 HU, the descriptor written as US
+    (64512), as implicit-VR files and many writers have it. Stored values stay >= 1100, so
+    only the range Bits Stored allows, not the data, makes the LUT input signed."""
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 65536 - 1024, 12])  # LUTDescriptor
+    item.add_new(0x00283006, "US", list(range(4096)))
+    rng = np.random.default_rng(13)
+    return write(
+        dataset(
+            rng.integers(1100, 3000, (40, 40)).astype(np.uint16),
+            bits_stored=12,
+            RescaleIntercept=-1024,
+            RescaleSlope=1,
+            VOILUTSequence=Sequence([item]),
+        ),
+        path,
+    )
+
+
+def _item(**values: Any) -> Dataset:
+    item = Dataset()
+    for key, value in values.items():
+        setattr(item, key, value)
+    return item
+
+
+#: Per-frame (intercept, centre, width) of :func:`enhanced_ct`.
+ENHANCED_FRAMES = ((-1024, 40, 400), (-924, 400, 2000), (-824, 42, 400))
+
+
+def enhanced_ct(path: Path, shared_rescale: bool = False) -> Path:
+    """Enhanced CT (3 frames) whose rescale and windows are only in functional groups:
+    per frame (:data:`ENHANCED_FRAMES`), or the rescale shared (-1024) and windows per frame."""
+    pixels = np.stack([ct_pixels(seed=20 + f) for f in range(len(ENHANCED_FRAMES))])
+    ds = dataset(pixels, bits_stored=12, sop_class="1.2.840.10008.5.1.4.1.1.2.1")
+    shared = Dataset()
+    if shared_rescale:
+        shared.PixelValueTransformationSequence = Sequence(
+            [_item(RescaleIntercept=-1024, RescaleSlope=1, RescaleType="HU")]
+        )
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame = []
+    for intercept, center, width in ENHANCED_FRAMES:
+        group = Dataset()
+        if not shared_rescale:
+            group.PixelValueTransformationSequence = Sequence(
+                [_item(RescaleIntercept=intercept, RescaleSlope=1, RescaleType="HU")]
+            )
+        group.FrameVOILUTSequence = Sequence([_item(WindowCenter=center, WindowWidth=width)])
+        per_frame.append(group)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    return write(ds, path)
+
+
+def classic_twin(enhanced: Path, frame: int, path: Path) -> Path:
+    """Frame ``frame`` of an :func:`enhanced_ct` as a classic CT with its rescale and window
+    at the top level (what a DCMTK without functional group support renders correctly)."""
+    from pydicom import dcmread
+
+    src = dcmread(enhanced)
+    groups = [src.SharedFunctionalGroupsSequence[0], src.PerFrameFunctionalGroupsSequence[frame]]
+    extra: dict[str, Any] = {}
+    for group in groups:
+        for macro in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            if macro in group:
+                extra.update({e.keyword: e.value for e in group[macro][0]})
+    return write(dataset(src.pixel_array[frame], bits_stored=12, **extra), path)
+
+
+def ow_luts(directory: Path) -> dict[str, Path]:
+    """Objects whose LUT Data is OW (byte order follows the transfer syntax): a 16-bit VOI
+    LUT, a 16-bit Modality LUT with a window on HU-like output, 16-bit and packed 8-bit
+    palettes, and a segmented palette."""
+    rng = np.random.default_rng(14)
+    out: dict[str, Path] = {}
+    voi = Dataset()
+    voi.add_new(0x00283002, "US", [4096, 0, 16])
+    voi.add_new(
+        0x00283006, "OW", np.asarray([(i * 37) % 65536 for i in range(4096)], "<u2").tobytes()
+    )
+    ds = dataset(ct_pixels(seed=15), bits_stored=12, VOILUTSequence=Sequence([voi]))
+    out["voi_lut_ow"] = write(ds, directory / "voi-ow.dcm")
+    mod = Dataset()
+    mod.add_new(0x00283002, "US", [4096, 0, 16])
+    mod.ModalityLUTType = "OD"
+    mod.add_new(0x00283006, "OW", np.asarray([i * 11 for i in range(4096)], "<u2").tobytes())
+    ds = dataset(
+        ct_pixels(seed=16),
+        bits_stored=12,
+        modality="OT",
+        ModalityLUTSequence=Sequence([mod]),
+        WindowCenter=20000,
+        WindowWidth=30000,
+    )
+    out["modality_lut_ow"] = write(ds, directory / "mod-ow.dcm")
+    index = rng.integers(0, 256, (18, 22)).astype(np.uint8)
+    for name, bits, dtype in (("palette16", 16, "<u2"), ("palette8_packed", 8, "u1")):
+        ds = dataset(index, photometric="PALETTE COLOR", modality="OT", sop_class=SC)
+        for i, colour in enumerate(("Red", "Green", "Blue")):
+            values = (np.arange(256) * (i + 3) * 97) % (1 << bits)
+            ds.add_new(
+                pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 0, bits]
+            )
+            ds.add_new(
+                pydicom_tag(f"{colour}PaletteColorLookupTableData"),
+                "OW",
+                np.asarray(values, dtype=dtype).tobytes(),
+            )
+        out[name] = write(ds, directory / f"{name}.dcm")
+    out["segmented_palette"] = segmented_palette(directory / "segmented.dcm")
+    return out

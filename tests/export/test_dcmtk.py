@@ -140,6 +140,10 @@ def _generated(tmp: Path) -> dict[str, Path]:
         "us_gray_multiframe": data.us_gray_multiframe(tmp / "usg.dcm"),
         "modality_lut": data.modality_lut(tmp / "mlut.dcm"),
         "signed_12_bit_junk_high_bits": data.high_bits(tmp / "hb.dcm"),
+        "modality_lut_8bit_first_100": data.modality_lut_8bit(tmp / "mlut8.dcm"),
+        "voi_lut_inverse": data.voi_lut_inverse(tmp / "voiinv.dcm", PresentationLUTShape="INVERSE"),
+        "voi_lut_mono1": data.voi_lut_inverse(tmp / "voim1.dcm", "MONOCHROME1"),
+        "voi_lut_signed_input": data.voi_lut_signed_input(tmp / "voisgn.dcm"),
     }
 
 
@@ -174,6 +178,9 @@ def test_generated_objects_match_dcmtk(tmp_path: Path, bits: int) -> None:
     assert names >= {"cr_mono1_inverse", "cr_mono1_identity", "modality_lut"}
     assert names >= {"us_gray_multiframe", "signed_12_bit_junk_high_bits"}
     assert ("voi_lut", "+Wl") in compared and ("ct", "+Ww") in compared
+    for name in ("voi_lut_inverse", "voi_lut_mono1", "voi_lut_signed_input"):
+        assert (name, "+Wl") in compared, name
+    assert ("modality_lut_8bit_first_100", "+Wm") in compared
 
 
 def test_ct_window_40_400_exact(tmp_path: Path) -> None:
@@ -215,3 +222,362 @@ def test_fractional_rescale_keeps_precision_dcmtk_truncates(tmp_path: Path) -> N
     theirs = dcmtk_render(fine, ["+Wi", "1"], tmp_path, bits=16)
     assert theirs is not None and len(np.unique(theirs)) <= 31
     assert len(np.unique(ours(fine, display.VoiChoice(), bits=16))) > 1000
+
+
+# ------------------------------------------------------------------ pixel layouts and codecs
+
+
+def _dcmtk_convert(args: list[str], src: Path, dst: Path) -> Path:
+    subprocess.run([tool(args[0]), *args[1:], str(src), str(dst)], check=True, timeout=60)
+    return dst
+
+
+def test_high_bit_above_bits_stored_matches_dcmtk(tmp_path: Path) -> None:
+    """Bits Stored 12 with High Bit 15 (the stored bits at the top of each word, junk below):
+    native, RLE, JPEG lossless and JPEG-LS twins all render as dcmj2pnm renders them."""
+    rng = np.random.default_rng(21)
+    junk = rng.integers(0, 16, (33, 31)).astype(np.uint16)
+    unsigned = rng.integers(0, 4096, (33, 31)).astype(np.uint16)
+    signed = rng.integers(-2048, 2048, (33, 31)).astype(np.int16).view(np.uint16) & 0x0FFF
+    cases = {"unsigned": (unsigned, np.uint16, 2048), "signed": (signed, np.int16, 0)}
+    compared = 0
+    for name, (stored, dtype, center) in cases.items():
+        words = ((stored << 4) | junk).view(dtype)
+        ds = data.dataset(words, bits_stored=12, WindowCenter=center, WindowWidth=3000)
+        ds.HighBit = 15
+        native = data.write(ds, tmp_path / f"{name}.dcm")
+        twins = [native]
+        for codec in (["dcmcrle"], ["dcmcjpeg", "+e1"], ["dcmcjpls"]):
+            twins.append(_dcmtk_convert(codec, native, tmp_path / f"{name}-{codec[0]}.dcm"))
+        for path in twins:
+            for opts, choice in CASES[:1] + CASES[2:3]:  # +Wi 1, +Wm
+                ref = dcmtk_render(path, opts, tmp_path)
+                assert ref is not None, path
+                assert_close(ours(path, choice), ref, f"{path.name} {' '.join(opts)}")
+                compared += 1
+    assert compared == 16
+
+
+def test_one_bit_multiframe_frames_off_byte_boundaries_match_dcmtk(tmp_path: Path) -> None:
+    """1-bit frames of 7 x 9 = 63 bits: frame 2 starts in the middle of a byte."""
+    from pydicom.pixels import pack_bits
+
+    bits = np.random.default_rng(22).integers(0, 2, (3, 7, 9)).astype(np.uint8)
+    ds = data.dataset(bits, modality="OT", sop_class=SC)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    ds.PixelData = pack_bits(bits.ravel())
+    path = data.write(ds, tmp_path / "bits.dcm")
+    for frame in range(3):
+        ref = dcmtk_render(path, ["+Wm"], tmp_path, frame)
+        assert ref is not None
+        got = ours(path, display.VoiChoice("minmax"), frame)
+        assert np.array_equal(got, ref) and np.array_equal(got > 0, bits[frame] > 0), frame
+
+
+def test_12_bit_lossy_jpeg_colour_renders_like_dcmtk(tmp_path: Path) -> None:
+    """dcmcjpeg +ee on 16-bit RGB writes 12-bit YBR_FULL_422 JPEG; pydicom converts YBR only
+    for 8-bit samples, so this used to be refused. Lossy 12-bit: IDCTs differ by 1."""
+    y, x = np.mgrid[0:64, 0:64]
+    rgb = np.stack([x * 1000, y * 900, (x + y) * 500], axis=-1).astype(np.uint16)
+    native = data.write(
+        data.dataset(rgb, photometric="RGB", modality="OT", sop_class=SC), tmp_path / "rgb.dcm"
+    )
+    path = _dcmtk_convert(["dcmcjpeg", "+ee"], native, tmp_path / "ybr12.dcm")
+    assert pydicom.dcmread(path).PhotometricInterpretation == "YBR_FULL_422"
+    ref = dcmtk_render(path, [], tmp_path)
+    assert ref is not None
+    diff = np.abs(ours(path, display.VoiChoice()).astype(int) - ref.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.9
+
+
+def _cut(path: Path, keep: float, dst: Path) -> Path:
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(path)
+    (frame,) = generate_frames(ds.PixelData, number_of_frames=1)
+    ds.PixelData = encapsulate([frame[: int(len(frame) * keep)]])
+    return data.write(ds, dst)
+
+
+def test_truncated_jpeg_family_streams_are_refused_like_dcmtk(tmp_path: Path) -> None:
+    """Cut JPEG baseline / lossless / JPEG-LS / JPEG 2000 streams decode without an error
+    in pylibjpeg and CharLS (grey or repeated rows); DCMTK refuses them, and so do we."""
+    gray = data.write(
+        data.dataset(
+            np.random.default_rng(23).integers(0, 256, (31, 33)).astype(np.uint8),
+            modality="OT",
+            sop_class=SC,
+        ),
+        tmp_path / "gray.dcm",
+    )
+    streams = {
+        "baseline": _dcmtk_convert(["dcmcjpeg", "+eb"], gray, tmp_path / "b.dcm"),
+        "lossless": _dcmtk_convert(
+            ["dcmcjpeg", "+e1"], data.ct(tmp_path / "ct.dcm"), tmp_path / "l.dcm"
+        ),
+        "jpeg-ls": _dcmtk_convert(["dcmcjpls"], gray, tmp_path / "ls.dcm"),
+    }
+    streams["jpeg2000"] = TEST_FILES / "MR_small_jp2klossless.dcm"
+    for name, path in streams.items():
+        ours(path, display.VoiChoice("minmax"))  # whole: renders
+        cut = _cut(path, 0.6, tmp_path / f"cut-{name}.dcm")
+        with pytest.raises(
+            decode.BadPixelData, match=r"\(7FE0,0010\) PixelData frame 1: .* no end marker"
+        ):
+            ours(cut, display.VoiChoice("minmax"))
+        if name != "jpeg2000":  # this DCMTK has no JPEG 2000 decoder
+            assert dcmtk_render(cut, ["+Wm"], tmp_path) is None, name
+
+
+@pytest.mark.parametrize("shared_rescale", [False, True])
+def test_enhanced_multiframe_uses_functional_groups_like_classic_twins(
+    tmp_path: Path, shared_rescale: bool
+) -> None:
+    """Enhanced CT: each frame's rescale (Pixel Value Transformation) and window (Frame VOI
+    LUT) live in the functional groups (PS3.3 C.7.6.16). Every frame renders as dcmj2pnm
+    renders a classic CT with those values at the top level (+Wi 1, and a user window on
+    HU). DCMTK 3.6.7 itself reads only a shared rescale and no functional-group window."""
+    path = data.enhanced_ct(tmp_path / "enhanced.dcm", shared_rescale)
+    ds = decode.read(path)
+    info = decode.pixel_info(ds, path, 10**9)
+    arrays = list(decode.frames(ds, path, info))
+    for choice, opts in (
+        (display.VoiChoice(), ["+Wi", "1"]),
+        (display.VoiChoice("user", center=40, width=400), ["+Ww", "40", "400"]),
+    ):
+        rendered = display.render(ds, info, arrays, path, choice, 8)
+        assert [r.frame for r in rendered] == [0, 1, 2]
+        for frame, r in enumerate(rendered):
+            twin = data.classic_twin(path, frame, tmp_path / f"twin{frame}.dcm")
+            ref = dcmtk_render(twin, opts, tmp_path)
+            assert ref is not None
+            assert np.array_equal(r.pixels, ref), (frame, opts)
+            if choice.kind == "auto":
+                _, center, width = data.ENHANCED_FRAMES[frame]
+                assert r.voi == f"window C={center} W={width}"
+    if shared_rescale:  # what DCMTK reads itself agrees too
+        ref = dcmtk_render(path, ["+Ww", "40", "400"], tmp_path, frame=1)
+        assert np.array_equal(ours(path, display.VoiChoice("user", center=40, width=400), 1), ref)
+
+
+def test_ow_lut_data_of_big_endian_files_matches_dcmtk(tmp_path: Path) -> None:
+    """OW LUT Data keeps the file's byte order in pydicom: VOI LUT, Modality LUT and
+    palettes of an Explicit VR Big Endian file (dcmconv +tb) render as their little-endian
+    originals do, and as dcmj2pnm renders them."""
+    for name, little in data.ow_luts(tmp_path).items():
+        big = _dcmtk_convert(["dcmconv", "+tb"], little, tmp_path / f"{name}-be.dcm")
+        ds = pydicom.dcmread(big, stop_before_pixels=True)
+        assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
+        gray = ds.PhotometricInterpretation != "PALETTE COLOR"
+        opts, choice = (
+            (["+Wl", "1"], display.VoiChoice("lut", 0))
+            if "VOILUTSequence" in ds
+            else (
+                (["+Wi", "1"], display.VoiChoice("window", 0))
+                if gray
+                else ([], display.VoiChoice())
+            )
+        )
+        got = ours(big, choice)
+        assert np.array_equal(got, ours(little, choice)), name
+        if name == "segmented_palette":
+            continue  # dcmj2pnm: "segmented palettes not yet supported"
+        ref = dcmtk_render(big, opts, tmp_path)
+        assert ref is not None, name
+        assert np.array_equal(got, ref), name
+
+
+def test_ybr_full_through_each_lossless_codec_matches_dcmtk(tmp_path: Path) -> None:
+    """YBR_FULL kept as YBR by the codec (RLE, JPEG-LS: converted with dcmimgle's
+    arithmetic) or converted by it (JPEG lossless: IJG's), bit-identical either way."""
+    y, x = np.mgrid[0:20, 0:22]
+    ybr = np.stack([(x * 11) % 256, (y * 12) % 256, ((x + y) * 5) % 256], -1).astype(np.uint8)
+    native = data.write(
+        data.dataset(ybr, photometric="YBR_FULL", modality="OT", sop_class=SC),
+        tmp_path / "ybr.dcm",
+    )
+    for codec in (["dcmcrle"], ["dcmcjpeg", "+el"], ["dcmcjpls"]):
+        path = _dcmtk_convert(codec, native, tmp_path / f"ybr-{codec[0]}.dcm")
+        assert pydicom.dcmread(path).PhotometricInterpretation == "YBR_FULL"
+        ref = dcmtk_render(path, [], tmp_path)
+        assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref), codec
+
+
+def test_palette_with_signed_indices_matches_dcmtk(tmp_path: Path) -> None:
+    """Pixel Representation 1 with the descriptor's first mapped value written US (65436
+    for -100): indices -100..155 map to entries 0..255, as dcmj2pnm maps them."""
+    rng = np.random.default_rng(24)
+    ds = data.dataset(
+        rng.integers(-100, 156, (10, 12)).astype(np.int16),
+        photometric="PALETTE COLOR",
+        modality="OT",
+        sop_class=SC,
+    )
+    for i, colour in enumerate(("Red", "Green", "Blue")):
+        entries = (np.arange(256) * (i + 1) * 251) % 65536
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 65436, 16]
+        )
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableData"),
+            "OW",
+            np.asarray(entries, dtype="<u2").tobytes(),
+        )
+    path = data.write(ds, tmp_path / "palette.dcm")
+    ref = dcmtk_render(path, [], tmp_path)
+    assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref)
+
+
+def test_native_ybr_partial_422_matches_dcmtk(tmp_path: Path) -> None:
+    """Retired YBR_PARTIAL_422 (old ultrasound): every (Cb, Cr) pair at several Y, 4:2:2 on
+    the wire, bit-identical to dcmj2pnm (it was refused as not rendered)."""
+    cb, cr = np.meshgrid(np.arange(256), np.arange(256))
+    for y in (0, 16, 128, 235, 255):
+        wire = np.empty((256, 1024), np.uint8)
+        wire[:, 0::4], wire[:, 1::4] = y, min(255, y + 3)  # Y1, Y2 of each pixel pair
+        wire[:, 2::4], wire[:, 3::4] = cb, cr
+        ds = data.dataset(
+            np.zeros((256, 512, 3), np.uint8),
+            photometric="YBR_PARTIAL_422",
+            modality="OT",
+            sop_class=SC,
+        )
+        ds.PixelData = wire.tobytes()
+        path = data.write(ds, tmp_path / f"partial{y}.dcm")
+        ref = dcmtk_render(path, [], tmp_path)
+        assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref), y
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize("function", ["LINEAR", "SIGMOID"])
+def test_constant_image_min_max_matches_dcmtk(
+    tmp_path: Path, photometric: str, function: str
+) -> None:
+    """A blank image (every pixel 100): min-max gives C=100.5 W=1, which puts every pixel on
+    the window's lower edge (PS3.3 C.11.2.1.2.1: x <= c - 0.5 -> minimum). It rendered white
+    on MONOCHROME2 (black on MONOCHROME1); dcmj2pnm renders it as the minimum."""
+    ds = data.dataset(
+        np.full((8, 10), 100, np.uint16),
+        photometric=photometric,
+        bits_stored=12,
+        modality="OT",
+        VOILUTFunction=function,
+    )
+    path = data.write(ds, tmp_path / "blank.dcm")
+    for bits in (8, 16):
+        ref = dcmtk_render(path, ["+Wm"], tmp_path, bits=bits)
+        assert ref is not None
+        got = ours(path, display.VoiChoice(), bits=bits)  # the default: no window -> min-max
+        assert np.array_equal(got, ref), (bits, np.unique(got), np.unique(ref))
+
+
+def test_compressed_frame_not_matching_the_description_is_refused_by_element(
+    tmp_path: Path,
+) -> None:
+    """A JPEG, JPEG-LS or JPEG 2000 frame whose header disagrees with Rows, Columns or
+    Samples per Pixel: refused naming both sides (the decoders said "could not broadcast
+    input array from shape (1023,) into shape (1320,)")."""
+    gray = data.write(
+        data.dataset(
+            np.random.default_rng(25).integers(0, 256, (32, 40)).astype(np.uint8),
+            modality="OT",
+            sop_class=SC,
+        ),
+        tmp_path / "gray.dcm",
+    )
+    streams = {
+        "baseline": _dcmtk_convert(["dcmcjpeg", "+eb"], gray, tmp_path / "b.dcm"),
+        "jpeg-ls": _dcmtk_convert(["dcmcjpls"], gray, tmp_path / "ls.dcm"),
+        "jpeg2000": TEST_FILES / "MR_small_jp2klossless.dcm",
+    }
+    for name, path in streams.items():
+        ds = pydicom.dcmread(path)
+        cols, rows = ds.Columns, ds.Rows
+        for change, value in (("Rows", rows // 2), ("Columns", cols + 2), ("SamplesPerPixel", 3)):
+            bad = pydicom.dcmread(path)
+            setattr(bad, change, value)
+            if change == "SamplesPerPixel":
+                bad.PhotometricInterpretation, bad.PlanarConfiguration = "RGB", 0
+            target = data.write(bad, tmp_path / f"{name}-{change}.dcm")
+            with pytest.raises(decode.BadPixelData) as info:
+                ours(target, display.VoiChoice("minmax"))
+            message = str(info.value)
+            assert f"holds {cols} x {rows} pixels with 1 component(s)" in message, message
+            assert f"(0028,0011) Columns {bad.Columns} x (0028,0010) Rows {bad.Rows}" in message
+            assert f"(0028,0002) SamplesPerPixel {bad.SamplesPerPixel}" in message
+
+
+def test_min_max_ignores_the_pad_byte_of_odd_length_pixel_data(tmp_path: Path) -> None:
+    """29 x 29 8-bit pixels need a pad byte (0). dcmj2pnm +Wm counts it as a pixel (the
+    window becomes 0..102 and the image goes grey); we use the 841 pixels only, which is
+    what dcmj2pnm renders when the pad byte holds an in-range value."""
+    pixels = np.random.default_rng(26).integers(100, 103, (29, 29)).astype(np.uint8)
+    path = data.write(data.dataset(pixels, modality="OT", sop_class=SC), tmp_path / "odd.dcm")
+    got = ours(path, display.VoiChoice("minmax"))
+    assert set(np.unique(got)) == {0, 127, 255}
+    ds = pydicom.dcmread(path)
+    assert len(ds.PixelData) == 842 and ds.PixelData[-1:] == b"\x00"
+    ds.PixelData = ds.PixelData[:-1] + b"\x65"  # pad byte 101: inside the pixels' range
+    neutral = data.write(ds, tmp_path / "neutral.dcm")
+    ref = dcmtk_render(neutral, ["+Wm"], tmp_path)
+    assert ref is not None and np.array_equal(got, ref)
+    skewed = dcmtk_render(path, ["+Wm"], tmp_path)  # DCMTK with the 0 pad byte
+    assert skewed is not None and not np.array_equal(got, skewed)
+
+
+def test_16_bit_lossless_jpeg_ybr_renders_as_its_native_twin(tmp_path: Path) -> None:
+    """16-bit YBR_FULL through JPEG lossless (dcmcjpeg +el): pydicom converts YBR only for
+    8-bit samples, so this was refused. Lossless, it must render exactly as the native
+    object; dcmj2pnm's IJG converts the colour itself and differs by 1 on < 1 % of pixels."""
+    y, x = np.mgrid[0:32, 0:34]
+    ybr = np.stack([x * 1900, y * 1800, (x + y) * 900], axis=-1).astype(np.uint16)
+    native = data.write(
+        data.dataset(ybr, photometric="YBR_FULL", modality="OT", sop_class=SC),
+        tmp_path / "ybr16.dcm",
+    )
+    path = _dcmtk_convert(["dcmcjpeg", "+el"], native, tmp_path / "ybr16-ll.dcm")
+    got = ours(path, display.VoiChoice())
+    assert np.array_equal(got, ours(native, display.VoiChoice()))
+    ref = dcmtk_render(native, [], tmp_path)
+    assert ref is not None and np.array_equal(got, ref)
+    theirs = dcmtk_render(path, [], tmp_path)
+    assert theirs is not None
+    diff = np.abs(got.astype(int) - theirs.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.98
+
+
+def test_palette_of_more_than_256_packed_8_bit_entries_matches_dcmtk(tmp_path: Path) -> None:
+    """1024 8-bit entries packed two to a word, 16-bit indices: pydicom indexed them with
+    uint8 (entry 958 came out as entry 958 % 256). Random entries, so no period hides it;
+    little and big endian."""
+    rng = np.random.default_rng(27)
+    ds = data.dataset(
+        rng.integers(40, 40 + 1024, (20, 24)).astype(np.uint16),
+        photometric="PALETTE COLOR",
+        modality="OT",
+        sop_class=SC,
+    )
+    for colour in ("Red", "Green", "Blue"):
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [1024, 40, 8]
+        )
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableData"),
+            "OW",
+            rng.integers(0, 256, 1024).astype(np.uint8).tobytes(),
+        )
+    little = data.write(ds, tmp_path / "palette.dcm")
+    big = _dcmtk_convert(["dcmconv", "+tb"], little, tmp_path / "palette-be.dcm")
+    expected = np.stack(
+        [
+            np.frombuffer(ds[f"{c}PaletteColorLookupTableData"].value, np.uint8)[
+                ds.pixel_array - 40
+            ]
+            for c in ("Red", "Green", "Blue")
+        ],
+        axis=-1,
+    )
+    for path in (little, big):
+        ref = dcmtk_render(path, [], tmp_path)
+        got = ours(path, display.VoiChoice())
+        assert ref is not None and np.array_equal(got, ref) and np.array_equal(got, expected)

@@ -74,6 +74,50 @@ def test_linear_exact_and_sigmoid_follow_ps33(tmp_path: Path) -> None:
     assert sig[0] == pytest.approx(255 / (1 + np.exp(2.4))) and sig[-1] > 245
 
 
+def test_linear_exact_window_narrower_than_one_is_valid(tmp_path: Path) -> None:
+    """PS3.3 C.11.2.1.3.2 allows LINEAR_EXACT widths > 0 (LINEAR needs >= 1): W=0.5 is a
+    threshold at the centre, not an unusable window."""
+    exact = data.ct(
+        tmp_path / "e.dcm", WindowCenter=40, WindowWidth=0.5, VOILUTFunction="LINEAR_EXACT"
+    )
+    frame = render_one(exact, display.VoiChoice("window", 0))[0]
+    hu = pydicom.dcmread(exact).pixel_array.astype(int) - 1024
+    assert frame.voi == "window C=40 W=0.5"
+    assert (frame.pixels[hu <= 39] == 0).all() and (frame.pixels[hu >= 41] == 255).all()
+    linear = data.ct(tmp_path / "l.dcm", WindowCenter=40, WindowWidth=0.5)
+    with pytest.raises(BadPixelData, match=r"VOILUTFunction LINEAR the width must be >= 1"):
+        render_one(linear, display.VoiChoice("window", 0))
+
+
+def test_enhanced_minmax_is_one_window_over_all_frames_own_rescales(tmp_path: Path) -> None:
+    """Min-max over an enhanced object spans every frame's modality values, each frame
+    through its own per-frame rescale (one window for the cine, as for classic objects)."""
+    path = data.enhanced_ct(tmp_path / "e.dcm")
+    rendered = render_one(path, display.VoiChoice("minmax"))
+    stored = pydicom.dcmread(path).pixel_array.astype(int)
+    hu = [stored[f] + intercept for f, (intercept, _, _) in enumerate(data.ENHANCED_FRAMES)]
+    lo, hi = min(int(h.min()) for h in hu), max(int(h.max()) for h in hu)
+    labels = {r.voi for r in rendered}
+    assert labels == {f"min-max C={(lo + hi + 1) / 2:g} W={hi - lo + 1}"}
+
+
+def test_voi_lut_entries_beyond_their_bits_saturate_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 12-bit VOI LUT holding 8190: dcmj2pnm keeps the low 12 bits (4096 -> black); we
+    saturate (4096 -> white) and say so, naming the elements."""
+    ds = pydicom.dcmread(data.voi_lut(tmp_path / "src.dcm"))
+    item = ds.VOILUTSequence[0]
+    item.LUTDescriptor = [2048, 0, 12]
+    item.LUTData = [min(8191, i * 4) for i in range(2048)]
+    path = data.write(ds, tmp_path / "over.dcm")
+    with caplog.at_level("WARNING"):
+        frame = render_one(path, display.VoiChoice("lut", 0))[0]
+    stored = ds.pixel_array
+    assert (frame.pixels[stored >= 1024] == 255).all()
+    assert "(0028,3006) LUTData holds 8188, more than the 12 bits" in caplog.text
+
+
 def test_multiframe_one_png_per_frame_or_the_chosen_one(tmp_path: Path) -> None:
     path = data.us_multiframe(tmp_path / "us.dcm", frames=3)
     ex = exporter(tmp_path)
@@ -145,6 +189,10 @@ def _bad(tmp: Path, name: str, **changes: object) -> Path:
         ("no-rows", {"Rows": None}, r"\(0028,0010\) Rows is missing"),
         ("bits", {"BitsAllocated": 12}, r"\(0028,0100\) BitsAllocated 12"),
         ("photometric", {"PhotometricInterpretation": "CMYK"}, r"\(0028,0004\)"),
+        ("samples", {"SamplesPerPixel": 3}, r"MONOCHROME2 with \(0028,0002\) SamplesPerPixel 3"),
+        # dcmj2pnm: "invalid combination of values for BitsAllocated, BitsStored and HighBit"
+        ("high-bit-low", {"HighBit": 3}, r"\(0028,0102\) HighBit 3 does not fit"),
+        ("high-bit-high", {"HighBit": 16}, r"\(0028,0102\) HighBit 16 does not fit"),
     ],
 )
 def test_hostile_input_is_refused_by_element_without_output(
@@ -318,3 +366,64 @@ def test_export_config_values_are_checked(tmp_path: Path) -> None:
         exporter(tmp_path, png_compress_level=12)
     with pytest.raises(ConfigError, match="export.workers"):
         exporter(tmp_path, workers=-1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_jpeg2000_ybr_full_renders_as_its_native_twin(tmp_path: Path, dtype: type) -> None:
+    """YBR_FULL components stored as such in JPEG 2000 (no multi-component transform):
+    16-bit was refused (pydicom converts YBR only for 8-bit samples), 8-bit came out up to
+    2 off (pydicom's arithmetic, not dcmimgle's). Lossless: equal to the native object."""
+    from pydicom.uid import JPEG2000Lossless
+
+    top = np.iinfo(dtype).max + 1
+    y, x = np.mgrid[0:64, 0:64]
+    ybr = np.stack([(x * 900) % top, (y * 800) % top, ((x + y) * 400) % top], -1).astype(dtype)
+    native = data.write(
+        data.dataset(ybr, photometric="YBR_FULL", modality="OT", sop_class=data.SC),
+        tmp_path / "native.dcm",
+    )
+    ds = pydicom.dcmread(native)
+    ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", use_mct=False)
+    assert ds.PhotometricInterpretation == "YBR_FULL"
+    j2k = data.write(ds, tmp_path / "j2k.dcm")
+    assert np.array_equal(render_one(j2k)[0].pixels, render_one(native)[0].pixels)
+
+
+def test_rescale_intercept_without_slope_is_applied(tmp_path: Path) -> None:
+    """Rescale Intercept -1024 without Rescale Slope (invalid: both Type 1C): the slope is
+    taken as 1, so the HU window lands where it does with both (DCMTK drops the rescale)."""
+    both = data.ct(tmp_path / "both.dcm")
+    ds = pydicom.dcmread(both)
+    del ds.RescaleSlope
+    only = data.write(ds, tmp_path / "intercept-only.dcm")
+    assert np.array_equal(render_one(only)[0].pixels, render_one(both)[0].pixels)
+
+
+def test_segmented_palette_of_more_than_256_8_bit_entries(tmp_path: Path) -> None:
+    """1024 8-bit entries in discrete segments of 128, 16-bit indices: pydicom indexed them
+    with uint8 (index 958 showed entry 958 % 256). DCMTK has no segmented palettes, so the
+    expected colours are the entries themselves. Indirect segments are refused by name."""
+    rng = np.random.default_rng(28)
+    index = rng.integers(0, 1024, (10, 12)).astype(np.uint16)
+    ds = data.dataset(index, photometric="PALETTE COLOR", modality="OT", sop_class=data.SC)
+    entries = {}
+    for colour in ("Red", "Green", "Blue"):
+        entries[colour] = rng.integers(0, 256, 1024).astype(np.uint8)
+        segments: list[int] = []
+        for k in range(8):  # 8-bit segment lengths stop at 255
+            segments += [0, 128, *entries[colour][k * 128 : (k + 1) * 128].tolist()]
+        ds.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [1024, 0, 8]
+        )
+        ds.add_new(
+            data.pydicom_tag(f"Segmented{colour}PaletteColorLookupTableData"), "OW", bytes(segments)
+        )
+    path = data.write(ds, tmp_path / "segmented.dcm")
+    expected = np.stack([entries[c][index] for c in ("Red", "Green", "Blue")], axis=-1)
+    assert np.array_equal(render_one(path)[0].pixels, expected)
+    ds.SegmentedBluePaletteColorLookupTableData = bytes([0, 1, 7, 2, 1, 0, 0, 0, 0] + [0] * 1023)
+    indirect = data.write(ds, tmp_path / "indirect.dcm")
+    with pytest.raises(
+        BadPixelData, match=r"indirect.dcm: \(0028,1221..1223\) .* indirect segments"
+    ):
+        render_one(indirect)
