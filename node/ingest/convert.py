@@ -39,6 +39,7 @@ from node.ingest.images import (
     lossy_ratio,
     open_image,
     refuse_reduced_depth,
+    white_is_zero,
 )
 from node.ingest.jpeg import JpegInfo, coded_image, parse_jpeg, strip_segments
 from node.ingest.metadata import sidecar_for
@@ -325,9 +326,11 @@ def _jpeg_pixels(
         )
     if exif.orientation != 1:
         reasons.append(f"EXIF Orientation {exif.orientation} must be applied")
+    if not options.keep_appn or reasons:
+        _note_after_eoi(data, info, notes)
     if not reasons:
         frame = data if options.keep_appn else strip_segments(data, info)
-        if not options.keep_appn and len(frame) != len(data):
+        if not options.keep_appn and info.metadata_segments:
             notes.append(f"{len(info.metadata_segments)} metadata segment(s) removed")
         photometric = {"GRAY": "MONOCHROME2", "YCbCr": "YBR_FULL_422", "RGB": "RGB"}[colour]
         pixels = jpeg_passthrough(frame, info, photometric)
@@ -341,7 +344,11 @@ def _jpeg_pixels(
         )
     for reason in reasons:
         notes.append(f"decoded to native pixels: {reason}")
-    im = open_image(data, name, options.max_pixels, notes)
+    # Only the first image, without its metadata segments and what follows its EOI: from
+    # an MPO's MPF segment (APP2) Pillow would read the file as several frames and refuse
+    # it. Nothing removed matters to decoding (JFIF, ICC and Adobe stay; the orientation
+    # was read from EXIF above).
+    im = open_image(strip_segments(data, info), name, options.max_pixels, notes)
     if im.size != (info.columns, info.rows):
         raise CorruptInput(
             f"{name}: the frame header says {info.columns}x{info.rows} but the image "
@@ -359,6 +366,20 @@ def _jpeg_pixels(
         transformed=exif.orientation != 1,
     )
     return pixels, exif
+
+
+def _note_after_eoi(data: bytes, info: JpegInfo, notes: list[str]) -> None:
+    """Say what is dropped after the first image's EOI (MPO images, padding, junk)."""
+    extra = len(data) - info.eoi
+    if extra <= 0:
+        return
+    if b"\xff\xd8\xff" in data[info.eoi :]:
+        notes.append(
+            f"warning: {extra} bytes after the JPEG's EOI marker hold another image (an MPO "
+            "or multi-picture file): only the first image is converted"
+        )
+    else:
+        notes.append(f"{extra} bytes after the JPEG's EOI marker removed")
 
 
 def _check_frame(info: JpegInfo, name: str) -> None:
@@ -429,6 +450,7 @@ def _raster_pixels(
                 notes=notes if index == 0 else [],
                 icc=icc,
                 transformed=exif.orientation != 1,
+                white=white_is_zero(im),
             )
         )
     if count > 1:

@@ -1,0 +1,159 @@
+"""Inputs found by an adversarial sweep: each one was converted wrongly, crashed the
+command, or was refused with a misleading reason before its fix.
+
+Checked against the real tools where they can judge: dciodvfy on every output, DCMTK
+``dcmj2pnm`` renderings compared with the expected pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image, ImageOps
+
+from node.cli import main
+from node.ingest import convert as cv
+from tests.ingest import corpus
+from tests.peers import dciodvfy, tool
+
+FULL_KEYS = (
+    ("PatientID", "PID-0001"),
+    ("PatientName", "Doe^Jane"),
+    ("StudyDate", "20240102"),
+    ("StudyTime", "030405"),
+    ("StudyID", "STUDY1"),
+    ("SeriesNumber", "7"),
+    ("ImageLaterality", "U"),
+)
+
+
+def _convert(src: Path, out: Path, **options: object) -> cv.ConvertResult:
+    series = cv.SeriesContext.for_group("edge", "2.25")
+    opts = cv.ConvertOptions(keys=FULL_KEYS, fsync=False, **options)  # type: ignore[arg-type]
+    return cv.convert_file(src, out, opts, series, 1)
+
+
+def _render(dcm: Path, bits: int = 8) -> np.ndarray:
+    png = dcm.with_suffix(".png")
+    subprocess.run(
+        [tool("dcmj2pnm"), "+on2" if bits > 8 else "+on", str(dcm), str(png)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return np.asarray(Image.open(png))
+
+
+def _clean(dcm: Path) -> None:
+    report = dciodvfy(dcm)
+    assert report.errors == [] and report.warnings == [], report.output
+
+
+# ----------------------------------------------------------------------- size limits
+
+
+def test_a_side_over_65535_is_refused_and_the_batch_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows/Columns are US: a 70000-pixel-wide PNG used to crash the whole command with a
+    struct.error traceback while encoding Columns (the other files were lost too)."""
+    src = tmp_path / "in"
+    corpus.write(src, "a-panorama.png", corpus.saved(Image.new("L", (70000, 1), 9), "PNG"))
+    corpus.write(src, "b-photo.jpg", corpus.jpeg(corpus.rgb(16, 8)))
+    corpus.write(src, "c-edge.png", corpus.saved(Image.new("L", (65535, 1), 7), "PNG"))
+    out = tmp_path / "out"
+    code = main(["convert", "--processes", "1", "--no-fsync", str(src), "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "a-panorama.png: 70000x1 pixels: (0028,0011) Columns" in err
+    assert sorted(p.name for p in out.iterdir()) == ["b-photo.dcm", "c-edge.dcm"]
+    edge = pydicom.dcmread(out / "c-edge.dcm")
+    assert (edge.Rows, edge.Columns) == (1, 65535)
+
+
+# ----------------------------------------------------------------------- MPO / after EOI
+
+
+def _mpo(**kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    corpus.rgb(40, 30).save(
+        buf, "MPO", save_all=True, append_images=[corpus.rgb(40, 30, 5)], **kwargs
+    )
+    return buf.getvalue()
+
+
+@pytest.mark.dcmtk
+@pytest.mark.dciodvfy
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("orientation", lambda: _mpo(exif=corpus.exif_block(orientation=6))),
+        ("progressive", lambda: _mpo(progressive=True)),
+    ],
+)
+def test_mpo_that_must_be_decoded_converts_its_first_image(
+    tmp_path: Path, name: str, make: object
+) -> None:
+    """A camera's MPO (stereo / multi-picture) file whose first image had to be decoded
+    was refused as "2 pages/frames ... use --sop-class nsc" (Pillow read the MPF segment),
+    although the same MPO without orientation converts; now the first image is decoded,
+    and a warning says the second one is not converted."""
+    data = make()  # type: ignore[operator]
+    src = corpus.write(tmp_path, f"{name}.jpg", data)
+    for kind in ("sc", "vlp"):
+        out = tmp_path / f"{name}-{kind}.dcm"
+        result = _convert(src, out, sop_class=kind)
+        assert any("hold another image" in note for note in result.notes), result.notes
+        _clean(out)
+        with Image.open(src) as im:  # the first image, as a viewer shows it
+            want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        ds = pydicom.dcmread(out)
+        assert ds.LossyImageCompression == "01"
+        np.testing.assert_array_equal(ds.pixel_array, want)
+        np.testing.assert_array_equal(_render(out), want)
+
+
+def test_bytes_after_eoi_are_reported_not_as_metadata_segments(tmp_path: Path) -> None:
+    plain = corpus.jpeg(corpus.rgb(16, 8))
+    src = corpus.write(tmp_path, "junk.jpg", plain + b"trailing junk")
+    notes = _convert(src, tmp_path / "junk.dcm").notes
+    assert notes == ["13 bytes after the JPEG's EOI marker removed"]
+    mpo = corpus.write(tmp_path, "mpo.jpg", _mpo())
+    notes = _convert(mpo, tmp_path / "mpo.dcm").notes
+    assert any(n.startswith("warning:") and "hold another image" in n for n in notes), notes
+
+
+# ----------------------------------------------------------------------- TIFF / PNG depth
+
+
+@pytest.mark.dcmtk
+@pytest.mark.dciodvfy
+def test_sixteen_bit_white_is_zero_tiff_is_not_shown_inverted(tmp_path: Path) -> None:
+    """TIFF PhotometricInterpretation 0 (WhiteIsZero): Pillow inverts 8-bit grey itself
+    but hands 16-bit samples over as they are, which were written as MONOCHROME2: a
+    negative image. The object must render exactly like the same picture stored
+    BlackIsZero."""
+    raw = (np.arange(12 * 20, dtype=np.uint16).reshape(12, 20) * 271).astype(np.uint16)
+    white = corpus.write(tmp_path, "white.tif", corpus.tiff_raw(raw, 0))
+    black = corpus.write(tmp_path, "black.tif", corpus.tiff_raw(65535 - raw, 1))
+    for kind in ("sc", "nsc"):
+        w_out, b_out = tmp_path / f"w-{kind}.dcm", tmp_path / f"b-{kind}.dcm"
+        result = _convert(white, w_out, sop_class=kind)
+        _convert(black, b_out, sop_class=kind)
+        assert any("WhiteIsZero" in note for note in result.notes)
+        _clean(w_out)
+        w = pydicom.dcmread(w_out)
+        assert pydicom.dcmread(b_out).pixel_array.tolist() == (65535 - raw).tolist()
+        assert w.PhotometricInterpretation == "MONOCHROME2" and w.LossyImageCompression == "00"
+        np.testing.assert_array_equal(w.pixel_array, 65535 - raw)
+        np.testing.assert_array_equal(_render(w_out, 16), _render(b_out, 16))
+    # 8-bit WhiteIsZero (inverted by Pillow) must not be inverted a second time.
+    raw8 = (np.arange(12 * 20).reshape(12, 20) % 256).astype(np.uint8)
+    white8 = corpus.write(tmp_path, "white8.tif", corpus.tiff_raw(raw8, 0))
+    _convert(white8, tmp_path / "w8.dcm")
+    np.testing.assert_array_equal(pydicom.dcmread(tmp_path / "w8.dcm").pixel_array, 255 - raw8)
