@@ -151,9 +151,18 @@ def resolve_tag(name: str, where: str) -> BaseTag:
         except ValueError:
             pass
     raise ConversionError(
-        f"{where}: {name!r} is neither a DICOM keyword nor a (gggg,eeee) tag "
-        "(keywords are case-sensitive, e.g. PatientName)"
+        f"{where.rstrip(':')}: {name!r} is neither a DICOM keyword nor a (gggg,eeee) tag "
+        f"({_did_you_mean(text)}keywords are case-sensitive, e.g. PatientName)"
     )
+
+
+def _did_you_mean(text: str) -> str:
+    import difflib
+
+    from pydicom.datadict import keyword_dict
+
+    close = difflib.get_close_matches(text, list(keyword_dict), n=1, cutoff=0.8)
+    return f"did you mean {close[0]}? " if close else ""
 
 
 def describe(tag: BaseTag) -> str:
@@ -193,6 +202,11 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
         vr = vr.split(" or ")[0]
     if value is None or value == "":
         return DataElement(tag, vr, None if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "")
+    if _has_bool(value):
+        raise ConversionError(
+            f"{where}: {describe(tag)} (VR {vr}) needs text or a number, got "
+            f"{json.dumps(value)} (a JSON/TOML boolean)"
+        )
     items = value if isinstance(value, list) else str(value).split("\\")
     try:
         if vr in _NUMERIC_VRS:
@@ -205,10 +219,101 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
                 validate_value(vr, v, config.RAISE)
     except ValueError as exc:
         what = "needs numbers" if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "invalid value"
+        reason = re.split(r"\.(?:\s|$)", str(exc))[0]
         raise ConversionError(
-            f"{where}: {describe(tag)} (VR {vr}) {what}, got {value!r} ({str(exc).split('.')[0]})"
+            f"{where}: {describe(tag)} (VR {vr}) {what}, got {_shown(value)} ({reason})"
         ) from None
+    check_values(tag, vr, conv, where)
     return DataElement(tag, vr, conv[0] if len(conv) == 1 else conv)
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (
+        isinstance(value, list) and any(isinstance(v, bool) for v in value)
+    )
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, shortened for messages (a sidecar value may be kilobytes long)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str) else len(text)
+    return f"{text[:limit]}... ({size} characters)"
+
+
+#: Control characters dciodvfy refuses (measured): none at all in the short text VRs,
+#: only LF, FF and CR in ST/LT/UT (not TAB). ESC is refused too: the converter writes
+#: ASCII or UTF-8 (ISO_IR 192), where ISO 2022 escape sequences have no place.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x09\x0b\x0e-\x1f\x7f]")
+_LONG_TEXT_VRS = frozenset({"ST", "LT", "UT"})
+_STRING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
+    | {"UR", "UT"}
+)
+#: PS3.5 6.2 maximum lengths that dciodvfy checks in bytes (UTF-8 may need 3 per character).
+_MAX_BYTES = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "PN": 64}
+
+
+def text_problem(vr: str, value: str) -> str | None:
+    """Why ``value`` cannot be written with ``vr`` although pydicom accepts it: a control
+    character, or too many bytes once encoded as UTF-8; None when it is fine."""
+    if vr not in _STRING_VRS:
+        return None
+    found = (_CONTROL_IN_TEXT if vr in _LONG_TEXT_VRS else _CONTROL).search(value)
+    if found:
+        allowed = " (only LF, FF and CR are allowed in it)" if vr in _LONG_TEXT_VRS else ""
+        return f"contains the control character U+{ord(found.group()):04X}{allowed}"
+    limit = _MAX_BYTES.get(vr)
+    if limit is not None and not value.isascii():
+        parts = value.split("=") if vr == "PN" else [value]
+        size = max(len(part.encode("utf-8")) for part in parts)
+        if size > limit:
+            unit = "a name component group" if vr == "PN" else "the value"
+            return (
+                f"is {size} bytes in UTF-8 where VR {vr} allows {limit} for {unit} "
+                "(dciodvfy and many systems count bytes, not characters): shorten it"
+            )
+    return None
+
+
+def vm_allows(vm: str, count: int) -> bool:
+    """Whether ``count`` values fit a dictionary VM such as ``1``, ``2``, ``1-n``, ``2-2n``."""
+    low_text, _, high_text = vm.partition("-")
+    high_text = high_text or low_text
+    try:
+        low = int(low_text)
+        if high_text.endswith("n"):
+            step = int(high_text[:-1] or 1)
+            return count >= low and count % step == 0
+        return low <= count <= int(high_text)
+    except ValueError:
+        return True  # a VM this parser does not know: do not refuse on it
+
+
+def check_values(tag: BaseTag, vr: str, values: list[Any], where: str) -> None:
+    """Refuse what pydicom accepts but dciodvfy would flag: a value multiplicity the
+    dictionary does not allow (``A\\B`` is two values), control characters, and text too
+    long once encoded as UTF-8."""
+    from pydicom.datadict import dictionary_VM
+
+    try:
+        vm = dictionary_VM(tag)
+    except KeyError:
+        vm = ""
+    if vm and values and not vm_allows(vm, len(values)):
+        raise ConversionError(
+            f"{where}: {describe(tag)} takes {vm} value(s) (VM {vm}), got {len(values)}: "
+            f"{_shown(values)} (a backslash \\ or a JSON list separates values)"
+        )
+    for value in values:
+        text = str(value) if isinstance(value, str) or vr == "PN" else None
+        problem = text_problem(vr, text) if text is not None else None
+        if problem:
+            raise ConversionError(
+                f"{where}: {describe(tag)} (VR {vr}) {problem}, got {_shown(text)}"
+            )
 
 
 def _date_time_range(one: str) -> re.Pattern[str]:
@@ -233,6 +338,9 @@ _CHARS = {
     "UI": re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"),
 }
 _CHECKED_VRS = frozenset(_MAX_CHARS) | frozenset(_CHARS) | {"PN"}
+#: Keywords of the built-in dictionary whose VM refuses a single value (tested against
+#: pydicom's dictionary): one value for them goes to pydicom's path, which refuses it.
+NEEDS_SEVERAL_VALUES = frozenset({"ImageType", "PatientOrientation"})
 
 
 def _valid_text(vr: str, value: str) -> bool:
@@ -257,8 +365,12 @@ def _checked_here(name: str, value: Any) -> tuple[int, Attr] | None:
     tag, vr = core
     if value is None or value == "":
         return tag, (vr, "")
+    if _has_bool(value):
+        return None
     items = [str(v) for v in (value if isinstance(value, list) else str(value).split("\\"))]
-    if not all(_valid_text(vr, v) for v in items):
+    if len(items) > 1 or name.strip() in NEEDS_SEVERAL_VALUES:
+        return None  # the value multiplicity is checked there, against pydicom's dictionary
+    if not all(_valid_text(vr, v) and text_problem(vr, v) is None for v in items):
         return None
     if vr == "IS":  # pydicom's IS keeps the stripped text
         items = [v.strip() for v in items]
@@ -340,6 +452,7 @@ def load_sidecar(path: Path) -> Dataset:
                 raise ConversionError(
                     f"sidecar {path}: {describe(elem.tag)} is computed from the image; remove it"
                 )
+            _check_json_element(elem, f"sidecar {path}")
         return ds
     for key, value in table.items():
         if isinstance(value, dict) or (
@@ -350,6 +463,48 @@ def load_sidecar(path: Path) -> Dataset:
                 '({"ggggeeee": {"vr": ..., "Value": [...]}})'
             )
     return dataset_from_pairs(table.items(), f"sidecar {path}:")
+
+
+def _check_json_element(elem: DataElement, where: str) -> None:
+    """The checks of :func:`element_from_value` for an element of a DICOM JSON sidecar
+    (pydicom's ``from_json`` validates nothing); sequence items are checked recursively."""
+    from pydicom import config
+    from pydicom.datadict import dictionary_VR
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import VR, validate_value
+
+    if elem.VR not in {m for m in VR.__members__ if "_" not in m}:
+        raise ConversionError(
+            f"{where}: {describe(elem.tag)} has the unknown VR {elem.VR!r} (PS3.5 6.2 lists "
+            "the value representations)"
+        )
+    try:
+        expected = [v.strip() for v in dictionary_VR(elem.tag).split(" or ")]
+    except KeyError:
+        expected = []  # a private or unknown tag: its VR is the sidecar's to say
+    if expected and elem.VR not in expected:
+        raise ConversionError(
+            f"{where}: {describe(elem.tag)} has VR {elem.VR!r} in the sidecar, but the DICOM "
+            f'dictionary says {" or ".join(expected)}: correct the "vr"'
+        )
+    if elem.VR == "SQ":
+        for item in elem.value or []:
+            for inner in item:
+                _check_json_element(inner, where)
+        return
+    if elem.VR not in _STRING_VRS or elem.value is None or elem.value == "":
+        return
+    values = list(elem.value) if isinstance(elem.value, MultiValue | list) else [elem.value]
+    for value in values:
+        try:
+            validate_value(elem.VR, str(value), config.RAISE)
+        except ValueError as exc:
+            reason = re.split(r"\.(?:\s|$)", str(exc))[0]
+            raise ConversionError(
+                f"{where}: {describe(elem.tag)} (VR {elem.VR}) invalid value, got "
+                f"{_shown(str(value))} ({reason})"
+            ) from None
+    check_values(elem.tag, elem.VR, values, where)
 
 
 # ----------------------------------------------------------------------- template dataset
