@@ -295,3 +295,74 @@ def test_value_multiplicity_rules() -> None:
     assert vm_allows("2-2n", 4) and not vm_allows("2-2n", 3)
     assert vm_allows("3-3n", 6) and not vm_allows("3-3n", 4)
     assert vm_allows("1-3", 3) and not vm_allows("1-3", 4)
+
+
+# ----------------------------------------------------------------------- EXIF values
+
+
+def _exif_app1(make: bytes, model: bytes, when: bytes) -> bytes:
+    """An APP1 EXIF segment written by hand: IFD0 Make/Model (raw bytes, as cameras write
+    them, UTF-8 or Latin-1), and the EXIF sub-IFD's DateTimeOriginal."""
+    import struct
+
+    def ifd(entries: list[tuple[int, int, bytes]], base: int) -> bytes:
+        # (tag, type, payload); ASCII payloads go after the IFD.
+        head = struct.pack("<H", len(entries))
+        tail = b""
+        data_at = base + 2 + 12 * len(entries) + 4
+        for tag, kind, payload in entries:
+            if kind == 4:
+                head += struct.pack("<HHI", tag, kind, 1) + payload
+            elif len(payload) < 4:  # up to 4 bytes sit in the entry itself
+                value = payload + b"\x00"
+                head += struct.pack("<HHI", tag, kind, len(value)) + value.ljust(4, b"\x00")
+            else:
+                value = payload + b"\x00"
+                head += struct.pack("<HHII", tag, kind, len(value), data_at + len(tail))
+                tail += value + b"\x00" * (len(value) % 2)
+        return head + b"\x00\x00\x00\x00" + tail
+
+    sub_entries = [(0x9003, 2, when)]
+    first = [(0x010F, 2, make), (0x0110, 2, model), (0x8769, 4, b"\x00\x00\x00\x00")]
+    ifd0 = ifd(first, 8)
+    sub_at = 8 + len(ifd0)
+    first[2] = (0x8769, 4, struct.pack("<I", sub_at))
+    tiff = b"II*\x00" + struct.pack("<I", 8) + ifd(first, 8) + ifd(sub_entries, sub_at)
+    body = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body
+
+
+@pytest.mark.dciodvfy
+@pytest.mark.parametrize(
+    ("make", "model", "when", "manufacturer", "model_name", "content_date"),
+    [
+        (b"Cam\tX", b"M\r\nY", b"2024:01:02 03:04:05", "Cam X", "M Y", "20240102"),
+        (b"A\\B", b"C\\D", b"2024:13:45 25:61:61", "A B", "C D", None),
+        ("Müller Optik".encode(), "é".encode("latin-1") * 64, b"", "Müller Optik", "é" * 32, None),
+        ("山".encode() * 30, b"ok", b"0000:00:00 00:00:00", "山" * 21, "ok", None),
+    ],
+)
+def test_exif_text_and_dates_become_valid_dicom_values(
+    tmp_path: Path,
+    make: bytes,
+    model: bytes,
+    when: bytes,
+    manufacturer: str,
+    model_name: str,
+    content_date: str | None,
+) -> None:
+    """Camera text went into Manufacturer/ManufacturerModelName as it was (tabs, CR/LF,
+    a backslash that splits the value in two, Latin-1 read as-is, 64 characters of UTF-8
+    over LO's 64 bytes) and an impossible DateTimeOriginal into ContentDate/Time and
+    AcquisitionDateTime: dciodvfy errors on a camera file that is itself fine."""
+    plain = corpus.jpeg(corpus.rgb(16, 8))
+    src = corpus.write(tmp_path, "cam.jpg", plain[:2] + _exif_app1(make, model, when) + plain[2:])
+    out = tmp_path / "cam.dcm"
+    _convert(src, out, sop_class="vlp")
+    _clean(out)
+    ds = pydicom.dcmread(out)
+    assert (ds.Manufacturer, ds.ManufacturerModelName) == (manufacturer, model_name)
+    if content_date:
+        assert ds.ContentDate == content_date and ds.AcquisitionDateTime.startswith(content_date)
+    else:
+        assert "AcquisitionDateTime" not in ds
