@@ -181,8 +181,9 @@ def open_image(
         kind = _kind_of(data)
         if kind:
             raise UnsupportedInput(
-                f"{name}: a {kind} variant Pillow cannot read (unusual bit depth, number of "
-                "samples or compression): save it as 8-bit grey or RGB, or 16-bit grey"
+                f"{name}: a {kind} file Pillow cannot read: damaged or truncated, or an "
+                "unusual variant (bit depth, number of samples, compression); save it again "
+                "as 8-bit grey or RGB, or 16-bit grey"
             ) from None
         raise UnsupportedInput(f"{name}: not an image format Pillow can read") from None
     except ConversionError:

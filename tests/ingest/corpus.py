@@ -380,6 +380,13 @@ def bad_cases() -> list[tuple[str, str, Callable[[], bytes], type[ConversionErro
             "at most 65535",
         ),
         (
+            "png-header-only",
+            "cut.png",
+            lambda: saved(rgb(64, 48), "PNG")[:40],
+            UnsupportedInput,
+            "a PNG file Pillow cannot read: damaged or truncated",
+        ),
+        (
             "tiff-signed-16",
             "signed.tif",
             lambda: tiff_raw(np.arange(-6, 6, dtype=np.int16).reshape(3, 4), 1, 2),
