@@ -418,8 +418,11 @@ def parse_key(text: str) -> tuple[str, str]:
 def sidecar_for(source: Path) -> Path | None:
     """The sidecar of ``source``: ``NAME.json`` or else ``NAME.jpg.json``, if it exists."""
     for candidate in (source.with_suffix(".json"), source.with_name(source.name + ".json")):
-        if candidate != source and candidate.is_file():
-            return candidate
+        try:
+            if candidate != source and candidate.is_file():
+                return candidate
+        except OSError:  # e.g. ENAMETOOLONG: a 255-byte NAME.jpg has no NAME.jpg.json
+            continue
     return None
 
 

@@ -36,6 +36,7 @@ from node.errors import ConfigError, ConversionError, NodeError
 from node.fsutil import atomic_write, clean_temp_files, fsync_dir
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file, sidecar_for
 from node.ingest.dicom_inputs import DicomInputError, dicom_files_in, is_dicom_file
+from node.ingest.names import fit_name
 from node.ingest.watcher import input_files, is_ignored
 from node.logs import fields
 from node.queue import JobState, JobStore
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_FILE = "claim.json"
 COPYING = ".copying"  # suffix of a cross-device claim's copy until it is complete
+ERROR_SUFFIX = ".error.txt"  # the reason file beside a quarantined input
 SRC = "src"
 
 
@@ -231,7 +233,7 @@ class IngestPipeline:
                 return accepted[0] if accepted else None
             out_dir = self.ing.outgoing / claim_id
             rel = path.relative_to(self.ing.work / claim_id / SRC)
-            output = out_dir / (rel.as_posix().replace("/", "_") + ".dcm")
+            output = out_dir / fit_name(rel.as_posix().replace("/", "_"), ".dcm")
             started = time.monotonic()
             result = convert_file(
                 path, output, self.options, series, number, overrides=self._from_name(path)
@@ -243,6 +245,17 @@ class IngestPipeline:
             return None
         except (NodeError, OSError, ValueError) as exc:
             self.quarantine(path, f"{type(exc).__name__}: {exc}")
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the claim stuck
+            # Without this the claim would stay in work/ with no record, fail again at
+            # every start, and hold back the other files of its folder: the input goes to
+            # quarantine with the error instead, and the traceback to the log.
+            log.exception("converting %s failed unexpectedly", path.name)
+            self.quarantine(
+                path,
+                f"internal error while converting ({type(exc).__name__}: {exc}); this is a "
+                "bug in dicom-node: please report it with this file",
+            )
             return None
         log.info(
             "converted %s",
@@ -276,16 +289,19 @@ class IngestPipeline:
     def quarantine(self, path: Path, reason: str) -> Path:
         """Move ``path`` (and its sidecar) to quarantine/ with ``NAME.error.txt``."""
         self.ing.quarantine.mkdir(parents=True, exist_ok=True)
-        target = self.ing.quarantine / path.name
-        if target.exists() or (self.ing.quarantine / f"{path.name}.error.txt").exists():
-            target = self.ing.quarantine / f"{path.stem}-{uuid.uuid4().hex[:6]}{path.suffix}"
+        # NAME.error.txt must fit the file system too (a dropped name may be 255 bytes).
+        name = fit_name(path.name, ERROR_SUFFIX)[: -len(ERROR_SUFFIX)]
+        target = self.ing.quarantine / name
+        if target.exists() or (self.ing.quarantine / f"{name}{ERROR_SUFFIX}").exists():
+            unique = f"{Path(name).stem}-{uuid.uuid4().hex[:6]}{Path(name).suffix}"
+            target = self.ing.quarantine / fit_name(unique, ERROR_SUFFIX)[: -len(ERROR_SUFFIX)]
         sidecar = None if path.is_dir() else sidecar_for(path)
         note = (
             f"file: {path.name}\nreason: {reason}\n"
             f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
             "fix the cause and drop the file into the inbox again\n"
         )
-        atomic_write(target.with_name(target.name + ".error.txt"), note.encode())
+        atomic_write(target.with_name(target.name + ERROR_SUFFIX), note.encode())
         path.rename(target)
         if sidecar is not None:
             with contextlib.suppress(OSError):
@@ -418,7 +434,7 @@ def _move(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    tmp = dst.with_name(f".{dst.name}{COPYING}")
+    tmp = dst.with_name(fit_name(f".{dst.name}", COPYING))
     if src.is_dir():
         shutil.copytree(src, tmp)
         for root, _dirs, files in os.walk(tmp):

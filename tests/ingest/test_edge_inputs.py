@@ -18,7 +18,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from node.cli import main
+from node.config import Config, config_from_dict
 from node.ingest import convert as cv
+from node.ingest.pipeline import IngestPipeline
+from node.queue import JobStore
 from tests.ingest import corpus
 from tests.peers import dciodvfy, tool
 
@@ -366,3 +369,111 @@ def test_exif_text_and_dates_become_valid_dicom_values(
         assert ds.ContentDate == content_date and ds.AcquisitionDateTime.startswith(content_date)
     else:
         assert "AcquisitionDateTime" not in ds
+
+
+# ----------------------------------------------------------------------- drop folder
+
+
+@pytest.fixture
+def node_cfg(tmp_path: Path) -> Config:
+    table = {
+        "node": {"base_dir": str(tmp_path)},
+        "ingest": {
+            "defaults": {"ImageLaterality": "U"},
+            "stable_seconds": 0.0,
+            "incomplete_seconds": 0.0,
+        },
+        "destinations": [{"name": "pacs", "host": "127.0.0.1", "port": 104}],
+    }
+    return config_from_dict(table, tmp_path)
+
+
+def _states(cfg: Config, store: JobStore) -> tuple[list[str], list[str], int]:
+    """(names left in the inbox, quarantined inputs, delivery jobs)."""
+    inbox = sorted(p.name for p in cfg.ingest.inbox.iterdir())
+    quarantined = sorted(
+        p.name[: -len(".error.txt")] for p in cfg.ingest.quarantine.glob("*.error.txt")
+    )
+    assert all((cfg.ingest.quarantine / name).exists() for name in quarantined)
+    return inbox, quarantined, len(store.select(kind="deliver"))
+
+
+def test_names_of_255_bytes_are_converted_or_quarantined_not_stuck(node_cfg: Config) -> None:
+    """NAME.jpg.json (sidecar look-up), NAME.jpg.dcm (outgoing) and NAME.error.txt
+    (quarantine) of a 255-byte name exceed NAME_MAX: the input stayed in the inbox (the
+    watcher failed to take it at every scan), a folder holding one stayed in work/ with
+    no record, and an orphan sidecar could not be quarantined."""
+    from node.ingest.watcher import DropFolderWatcher
+
+    store = JobStore(node_cfg.node.state_dir)
+    pipeline = IngestPipeline(node_cfg, store)
+    inbox = node_cfg.ingest.inbox
+    inbox.mkdir(parents=True)
+    jpg = corpus.jpeg(corpus.rgb(16, 8))
+    long_jpg = "ü" * 125 + ".jpg"  # 254 bytes
+    assert len(long_jpg.encode()) == 254
+    (inbox / long_jpg).write_bytes(jpg)
+    (inbox / ("t" * 255)).write_bytes(b"not an image")
+    (inbox / ("s" * 250 + ".json")).write_text("{}")  # a sidecar without image
+    folder = inbox / "visit"
+    folder.mkdir()
+    (folder / ("d" * 251 + ".jpg")).write_bytes(jpg)
+    (folder / "x.jpg").write_bytes(corpus.jpeg(corpus.rgb(16, 8, 1)))
+    watcher = DropFolderWatcher(
+        node_cfg.ingest, pipeline.take, on_orphan=pipeline.orphan_sidecar, clock=lambda: 0.0
+    )
+    for _ in range(3):
+        watcher.scan()
+    left, quarantined, jobs = _states(node_cfg, store)
+    assert left == []
+    assert jobs == 3  # the long-named JPEG and both files of the folder
+    assert len(quarantined) == 2  # the text file and the orphan sidecar
+    for reason in node_cfg.ingest.quarantine.glob("*.error.txt"):
+        text = reason.read_text()
+        assert ("t" * 255) in text or ("s" * 250 + ".json") in text  # the original name
+        assert len(reason.name.encode()) <= 255
+    outputs = [Path(j.payload["path"]) for j in store.select(kind="deliver")]
+    assert all(p.is_file() and len(p.name.encode()) <= 255 for p in outputs)
+    assert len({p.name for p in outputs}) == 3
+
+
+def test_an_unexpected_error_quarantines_the_file_and_the_folder_goes_on(
+    node_cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while converting one file (any exception outside the expected ones) used to
+    escape the claim: the whole folder stayed in work/ without a record, retried and
+    failing again at every start. Now that file is quarantined with the error."""
+    from node.ingest import pipeline as pipeline_mod
+
+    real = pipeline_mod.convert_file
+
+    def flaky(src: Path, *args: object, **kwargs: object) -> cv.ConvertResult:
+        if src.name == "poison.jpg":
+            raise RuntimeError("decoder exploded")
+        return real(src, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline_mod, "convert_file", flaky)
+    store = JobStore(node_cfg.node.state_dir)
+    pipeline = IngestPipeline(node_cfg, store)
+    folder = node_cfg.ingest.inbox / "visit"
+    folder.mkdir(parents=True)
+    for seed, name in enumerate(("a.jpg", "poison.jpg", "z.jpg")):
+        (folder / name).write_bytes(corpus.jpeg(corpus.rgb(16, 8, seed)))
+    pipeline.take(folder)
+    left, quarantined, jobs = _states(node_cfg, store)
+    assert (left, quarantined, jobs) == ([], ["poison.jpg"], 2)
+    reason = (node_cfg.ingest.quarantine / "poison.jpg.error.txt").read_text()
+    assert "internal error while converting (RuntimeError: decoder exploded)" in reason
+    assert [p.name for p in node_cfg.ingest.work.glob("*/claim.json")] == ["claim.json"]
+
+
+def test_fit_name_keeps_short_names_and_shortens_long_ones_distinctly() -> None:
+    from node.ingest.names import fit_name
+
+    assert fit_name("photo.jpg", ".dcm") == "photo.jpg.dcm"
+    a = fit_name("山" * 84 + "a.jpg", ".error.txt")
+    b = fit_name("山" * 84 + "b.jpg", ".error.txt")
+    assert a != b
+    for name in (a, b):
+        assert len(name.encode()) <= 255 and name.endswith(".jpg.error.txt")
+        name.encode().decode("utf-8")  # cut on a character boundary
