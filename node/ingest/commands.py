@@ -21,6 +21,7 @@ from node.ingest import forkpool, metadata
 from node.ingest.batchwrite import GroupCommitWriter
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file
 from node.ingest.iods import SOP_KINDS
+from node.ingest.names import fit_name
 from node.service_commands import load_from_args
 
 log = logging.getLogger(__name__)
@@ -215,9 +216,10 @@ def collect(inputs: list[str], output: Path) -> list[Job]:
         path = Path(item)
         if path.is_dir():
             for f, rel in _input_files(path, output.resolve()):
-                jobs.append(Job(f, output / rel / (f.stem + ".dcm"), f.parent))
+                jobs.append(Job(f, output / rel / fit_name(f.stem, ".dcm"), f.parent))
         else:
-            jobs.append(Job(path, output if single else output / (path.stem + ".dcm"), path.parent))
+            target = output if single else output / fit_name(path.stem, ".dcm")
+            jobs.append(Job(path, target, path.parent))
     if single and len(jobs) != 1:
         raise ConfigError(
             f"-o {output}: a .dcm file name needs exactly one input, got {len(jobs)}; "
@@ -228,7 +230,7 @@ def collect(inputs: list[str], output: Path) -> list[Job]:
         seen[job.output] += 1
     for job in jobs:
         if seen[job.output] > 1:  # photo.jpg and photo.png: keep both
-            job.output = job.output.with_name(job.source.name + ".dcm")
+            job.output = job.output.with_name(fit_name(job.source.name, ".dcm"))
     return jobs
 
 

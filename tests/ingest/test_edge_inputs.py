@@ -477,3 +477,24 @@ def test_fit_name_keeps_short_names_and_shortens_long_ones_distinctly() -> None:
     for name in (a, b):
         assert len(name.encode()) <= 255 and name.endswith(".jpg.error.txt")
         name.encode().decode("utf-8")  # cut on a character boundary
+
+
+def test_convert_writes_outputs_for_255_byte_input_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 255-byte name (no extension, or photo.jpg next to photo.png) gave "cannot write
+    ...: File name too long" although the input is fine; so did -o out.dcm, because the
+    sidecar look-up NAME.jpg.json raised ENAMETOOLONG."""
+    src = tmp_path / "in"
+    jpg = corpus.jpeg(corpus.rgb(16, 8))
+    corpus.write(src, "n" * 255, jpg)
+    corpus.write(src, "p" * 251 + ".jpg", jpg)
+    corpus.write(src, "p" * 251 + ".png", corpus.saved(corpus.rgb(16, 8), "PNG"))
+    out = tmp_path / "out"
+    assert main(["convert", "--processes", "1", "--no-fsync", str(src), "-o", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 3 and all(len(n.encode()) <= 255 for n in names), names
+    assert all(n.endswith(".dcm") for n in names)
+    single = tmp_path / "one.dcm"
+    assert main(["convert", "--no-fsync", str(src / ("p" * 251 + ".jpg")), "-o", str(single)]) == 0
+    assert pydicom.dcmread(single).Rows == 8
