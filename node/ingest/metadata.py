@@ -265,6 +265,8 @@ def text_problem(vr: str, value: str) -> str | None:
     if found:
         allowed = " (only LF, FF and CR are allowed in it)" if vr in _LONG_TEXT_VRS else ""
         return f"contains the control character U+{ord(found.group()):04X}{allowed}"
+    if vr == "PN" and any(group.count("^") > 4 for group in value.split("=")):
+        return "has more than 5 name components (family^given^middle^prefix^suffix)"
     limit = _MAX_BYTES.get(vr)
     if limit is not None and not value.isascii():
         parts = value.split("=") if vr == "PN" else [value]
@@ -275,6 +277,29 @@ def text_problem(vr: str, value: str) -> str | None:
                 f"is {size} bytes in UTF-8 where VR {vr} allows {limit} for {unit} "
                 "(dciodvfy and many systems count bytes, not characters): shorten it"
             )
+    return None
+
+
+#: Enumerated values (PS3.3) of attributes a user commonly sets on these objects: dciodvfy
+#: reports anything else as an error. PatientOrientation values are made of these letters.
+ENUMERATED = {
+    "PatientSex": ("M", "F", "O"),
+    "Laterality": ("R", "L"),
+    "ImageLaterality": ("R", "L", "U", "B"),
+    "BurnedInAnnotation": ("YES", "NO"),
+    "RecognizableVisualFeatures": ("YES", "NO"),
+    "PatientIdentityRemoved": ("YES", "NO"),
+}
+_ORIENTATION_LETTERS = frozenset("LRAPHF")
+
+
+def enumerated_problem(keyword: str, value: str) -> str | None:
+    """Why ``value`` is not one of ``keyword``'s enumerated values; None when it is."""
+    allowed = ENUMERATED.get(keyword)
+    if allowed is not None and value and value not in allowed:
+        return f"must be one of {', '.join(allowed)} (enumerated values)"
+    if keyword == "PatientOrientation" and value and not set(value) <= _ORIENTATION_LETTERS:
+        return "must be made of the letters L, R, A, P, H, F (e.g. A\\F)"
     return None
 
 
@@ -307,9 +332,14 @@ def check_values(tag: BaseTag, vr: str, values: list[Any], where: str) -> None:
             f"{where}: {describe(tag)} takes {vm} value(s) (VM {vm}), got {len(values)}: "
             f"{_shown(values)} (a backslash \\ or a JSON list separates values)"
         )
+    from pydicom.datadict import keyword_for_tag
+
+    keyword = keyword_for_tag(tag)
     for value in values:
         text = str(value) if isinstance(value, str) or vr == "PN" else None
         problem = text_problem(vr, text) if text is not None else None
+        if problem is None and text is not None:
+            problem = enumerated_problem(keyword, text)
         if problem:
             raise ConversionError(
                 f"{where}: {describe(tag)} (VR {vr}) {problem}, got {_shown(text)}"
@@ -370,7 +400,12 @@ def _checked_here(name: str, value: Any) -> tuple[int, Attr] | None:
     items = [str(v) for v in (value if isinstance(value, list) else str(value).split("\\"))]
     if len(items) > 1 or name.strip() in NEEDS_SEVERAL_VALUES:
         return None  # the value multiplicity is checked there, against pydicom's dictionary
-    if not all(_valid_text(vr, v) and text_problem(vr, v) is None for v in items):
+    if not all(
+        _valid_text(vr, v)
+        and text_problem(vr, v) is None
+        and not enumerated_problem(name.strip(), v)
+        for v in items
+    ):
         return None
     if vr == "IS":  # pydicom's IS keeps the stripped text
         items = [v.strip() for v in items]
