@@ -10,7 +10,8 @@ the inbox and hands over the entries that are *complete*:
   ``ingest.incomplete_seconds`` is handed to ``on_orphan``, i.e. quarantined);
 - the size and mtime (for a folder: of every file inside it) unchanged for
   ``ingest.stable_seconds``;
-- the file opens, and a JPEG ends with an EOI marker. A file that stays unchanged but
+- the file opens and is not empty, a JPEG ends with an EOI marker, a PNG with its IEND
+  chunk, a BMP is as long as its header says. A file that stays unchanged but
   incomplete for ``ingest.incomplete_seconds`` is handed over anyway, so that it ends in
   quarantine with a reason rather than sitting in the inbox forever.
 
@@ -81,23 +82,40 @@ def signature(path: Path) -> Signature | None:
         return None
 
 
-def jpeg_complete(path: Path) -> bool:
-    """A JPEG is complete when its last marker is EOI (trailing padding tolerated)."""
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk, CRC included
+
+
+def file_complete(path: Path) -> bool:
+    """Whether a file looks completely written, as far as its format tells.
+
+    Empty: not yet (a copy creates the file before it writes). JPEG: its last marker is EOI
+    (trailing padding tolerated). PNG: it ends with the IEND chunk. BMP: it is at least as
+    long as its header's file size. Other files: nothing to check here.
+    """
     with open(path, "rb") as fh:
-        head = fh.read(2)
-        if head != b"\xff\xd8":
-            return True  # not a JPEG: nothing more to check here
+        head = fh.read(6)
         size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        if head.startswith(b"\x89PNG"):
+            fh.seek(max(0, size - len(_PNG_END)))
+            return fh.read() == _PNG_END
+        if head.startswith(b"BM") and len(head) == 6:
+            declared = int.from_bytes(head[2:6], "little")
+            return declared <= size  # 0 (unknown) counts as complete
+        if not head.startswith(b"\xff\xd8"):
+            return True  # nothing more to check here
         fh.seek(max(0, size - 4096))
         tail = fh.read().rstrip(b"\x00\r\n ")
     return tail.endswith(b"\xff\xd9")
 
 
 def looks_complete(path: Path) -> bool:
-    """The entry opens, and every JPEG in it has its EOI marker."""
+    """The entry opens, and every file in it looks completely written (not empty; a JPEG
+    has its EOI marker, a PNG its IEND chunk, a BMP its declared size)."""
     try:
         files = input_files(path) if path.is_dir() else [path]
-        return all(jpeg_complete(f) for f in files)
+        return all(file_complete(f) for f in files)
     except OSError:
         return False
 

@@ -532,3 +532,42 @@ def test_laterality_given_twice_gives_a_clean_object_or_a_clear_refusal(
     assert ds.Laterality == "L"
     with pytest.raises(cv.ConversionError, match="Laterality R contradicts .* ImageLaterality L"):
         convert(("Laterality", "R"), ("ImageLaterality", "L"))
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "complete"),
+    [
+        ("empty.jpg", b"", False),
+        ("whole.png", corpus.saved(corpus.rgb(20, 10), "PNG"), True),
+        ("cut.png", corpus.saved(corpus.rgb(20, 10), "PNG")[:-12], False),
+        ("whole.bmp", corpus.saved(corpus.rgb(20, 10), "BMP"), True),
+        ("cut.bmp", corpus.saved(corpus.rgb(20, 10), "BMP")[:-100], False),
+        ("whole.tif", corpus.saved(corpus.rgb(20, 10), "TIFF"), True),
+    ],
+)
+def test_watcher_waits_for_files_still_being_written(
+    tmp_path: Path, name: str, data: bytes, complete: bool
+) -> None:
+    """Only JPEGs were checked for completeness: a PNG or BMP whose copy paused longer
+    than stable_seconds (a slow share), or a file just created and still empty, was taken
+    at once and quarantined as truncated/empty instead of being waited for."""
+    from node.ingest.watcher import DropFolderWatcher, looks_complete
+
+    cfg = config_from_dict(
+        {"node": {"base_dir": str(tmp_path)}, "ingest": {"stable_seconds": 1.0}}, tmp_path
+    )
+    inbox = cfg.ingest.inbox
+    inbox.mkdir(parents=True)
+    (inbox / name).write_bytes(data)
+    assert looks_complete(inbox / name) is complete
+    now = [0.0]
+    taken: list[str] = []
+    watcher = DropFolderWatcher(cfg.ingest, lambda p: taken.append(p.name), clock=lambda: now[0])
+    watcher.scan()
+    now[0] = 2.0
+    watcher.scan()
+    assert taken == ([name] if complete else [])
+    if not complete:  # unchanged that long and still incomplete: handed over for quarantine
+        now[0] = 2.0 + cfg.ingest.incomplete_seconds
+        watcher.scan()
+        assert taken == [name]
