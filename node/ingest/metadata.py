@@ -182,7 +182,7 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
 
     if int(tag) in _PROTECTED_TAGS or tag.group == 0x0002:
         raise ConversionError(
-            f"{where}: {describe(tag)} is computed from the image and cannot be set; remove it"
+            f"{where}: {describe(tag)} {_computed(int(tag))} and cannot be set; remove it"
         )
     try:
         vr = dictionary_VR(tag)
@@ -346,6 +346,19 @@ def check_values(tag: BaseTag, vr: str, values: list[Any], where: str) -> None:
             )
 
 
+def _computed(tag: int) -> str:
+    """How the converter decides a protected attribute, for refusal messages."""
+    if tag == 0x00080005:
+        return "is chosen by the converter (ISO_IR 192 when any text is not ASCII, else none)"
+    if tag in (0x00080016, 0x00080018):
+        return (
+            "is chosen by the converter (SOP class from --sop-class, instance UID from the content)"
+        )
+    if tag >> 16 == 0x0002:
+        return "belongs to the file meta information the converter writes"
+    return "is computed from the image"
+
+
 def _date_time_range(one: str) -> re.Pattern[str]:
     """A DA/DT/TM value or range (PS3.4 C.2.2.2.5), as pydicom's ``_range_regex``."""
     return re.compile(rf"^{one}$|^\-{one} ?$|^{one}\- ?$|^{one}\-{one} ?$")
@@ -488,7 +501,7 @@ def load_sidecar(path: Path) -> Dataset:
         for elem in ds:
             if int(elem.tag) in _PROTECTED_TAGS or elem.tag.group == 0x0002:
                 raise ConversionError(
-                    f"sidecar {path}: {describe(elem.tag)} is computed from the image; remove it"
+                    f"sidecar {path}: {describe(elem.tag)} {_computed(int(elem.tag))}; remove it"
                 )
             _check_json_element(elem, f"sidecar {path}")
         return ds

@@ -265,6 +265,8 @@ def re_escape(text: str) -> str:
         ({"PatientNmae": "x"}, "did you mean PatientName?"),
         ({"StudyInstanceUID": "1.2.03.x"}, "Invalid value for VR UI: '1.2.03.x'"),
         ({"PatientComments": "x" * 11000}, "... (11000 characters)"),
+        ({"SpecificCharacterSet": "ISO_IR 100"}, "chosen by the converter (ISO_IR 192 when"),
+        ({"00080005": {"vr": "CS", "Value": ["ISO_IR 100"]}}, "chosen by the converter"),
     ],
 )
 def test_sidecar_type_errors_are_refused_clearly(
