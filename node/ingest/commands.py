@@ -192,7 +192,7 @@ def _input_files(root: Path, out_root: Path) -> list[tuple[Path, Path]]:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((entry.path, (*rel, name)))
                     continue
-                if name.lower().endswith(".json") or not entry.is_file():
+                if metadata.is_sidecar_name(name) or not entry.is_file():
                     continue
                 if entry.is_symlink():
                     is_output = _under(os.path.realpath(entry.path), out)

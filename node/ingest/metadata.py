@@ -463,9 +463,26 @@ def parse_key(text: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------- sidecar JSON
 
 
+#: The suffixes of sidecar files (exactly these spellings; ``NAME.Json`` is not one).
+SIDECAR_SUFFIXES = (".json", ".JSON")
+
+
+def is_sidecar_name(name: str) -> bool:
+    """True for ``NAME.json`` / ``NAME.JSON``: a sidecar, never an image input."""
+    return name.endswith(SIDECAR_SUFFIXES)
+
+
 def sidecar_for(source: Path) -> Path | None:
-    """The sidecar of ``source``: ``NAME.json`` or else ``NAME.jpg.json``, if it exists."""
-    for candidate in (source.with_suffix(".json"), source.with_name(source.name + ".json")):
+    """The sidecar of ``source``: ``NAME.json`` or else ``NAME.jpg.json``, if it exists
+    (``.JSON`` too: the drop folder and the CLI walk never take a ``*.json``/``*.JSON`` as
+    an image, so one spelt ``NAME.JSON`` must be applied, not silently skipped)."""
+    candidates = (
+        source.with_suffix(".json"),
+        source.with_suffix(".JSON"),
+        source.with_name(source.name + ".json"),
+        source.with_name(source.name + ".JSON"),
+    )
+    for candidate in candidates:
         try:
             if candidate != source and candidate.is_file():
                 return candidate

@@ -36,6 +36,7 @@ from node.errors import ConfigError, ConversionError, NodeError
 from node.fsutil import atomic_write, clean_temp_files, fsync_dir
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file, sidecar_for
 from node.ingest.dicom_inputs import DicomInputError, dicom_files_in, is_dicom_file
+from node.ingest.metadata import is_sidecar_name
 from node.ingest.names import fit_name
 from node.ingest.watcher import input_files, is_ignored
 from node.logs import fields
@@ -137,7 +138,7 @@ class IngestPipeline:
         inputs = [
             e
             for e in entries
-            if not is_ignored(e.name) and not (e.is_file() and e.suffix.lower() == ".json")
+            if not is_ignored(e.name) and not (e.is_file() and is_sidecar_name(e.name))
         ]
         items: list[Claimed] = []
         for entry in inputs:

@@ -37,7 +37,7 @@ from node.config import IngestSection
 log = logging.getLogger(__name__)
 
 IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload", ".error.txt", ".partial", ".swp")
-SIDECAR_SUFFIX = ".json"
+SIDECAR_SUFFIXES = (".json", ".JSON")  # as node.ingest.metadata.SIDECAR_SUFFIXES
 
 Signature = tuple[object, ...]
 
@@ -49,8 +49,10 @@ def is_ignored(name: str) -> bool:
 
 
 def is_sidecar(path: Path) -> bool:
-    """True for ``NAME.json`` / ``NAME.jpg.json`` beside an image: it travels with it."""
-    return path.suffix.lower() == SIDECAR_SUFFIX
+    """True for ``NAME.json`` / ``NAME.jpg.json`` (or ``.JSON``) beside an image: it travels
+    with it. Other spellings (``.Json``) are inputs, refused as "not an image" (visible)
+    rather than skipped without being applied."""
+    return path.name.endswith(SIDECAR_SUFFIXES)
 
 
 def input_files(folder: Path) -> list[Path]:

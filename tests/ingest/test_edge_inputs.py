@@ -573,3 +573,32 @@ def test_watcher_waits_for_files_still_being_written(
         now[0] = 2.0 + cfg.ingest.incomplete_seconds
         watcher.scan()
         assert taken == [name]
+
+
+def test_upper_case_sidecar_is_applied_not_skipped(
+    tmp_path: Path, node_cfg: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """photo.JSON was skipped as an input (a sidecar) but never looked up as one: the
+    image was converted without its patient data, silently."""
+    src = tmp_path / "in"
+    corpus.write(src, "photo.jpg", corpus.jpeg(corpus.rgb(16, 8)))
+    corpus.write(src, "photo.JSON", b'{"PatientID": "UPPER"}')
+    corpus.write(src, "scan.PNG", corpus.saved(corpus.rgb(16, 8), "PNG"))
+    corpus.write(src, "scan.PNG.JSON", b'{"PatientID": "UPPER2"}')
+    corpus.write(src, "other.Json", b'{"PatientID": "MIXED"}')  # not a sidecar spelling
+    out = tmp_path / "out"
+    assert main(["convert", "--processes", "1", "--no-fsync", str(src), "-o", str(out)]) == 1
+    assert "other.Json: not a JPEG, PNG, BMP or TIFF image" in capsys.readouterr().err
+    assert pydicom.dcmread(out / "photo.dcm").PatientID == "UPPER"
+    assert pydicom.dcmread(out / "scan.dcm").PatientID == "UPPER2"
+    # The drop folder takes it along with its image.
+    store = JobStore(node_cfg.node.state_dir)
+    pipeline = IngestPipeline(node_cfg, store)
+    inbox = node_cfg.ingest.inbox
+    inbox.mkdir(parents=True)
+    (inbox / "photo.jpg").write_bytes(corpus.jpeg(corpus.rgb(16, 8)))
+    (inbox / "photo.JSON").write_text('{"PatientID": "DROPPED"}')
+    pipeline.take(inbox / "photo.jpg")
+    assert list(inbox.iterdir()) == []
+    (job,) = store.select(kind="deliver")
+    assert pydicom.dcmread(job.payload["path"]).PatientID == "DROPPED"
