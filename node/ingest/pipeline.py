@@ -109,7 +109,12 @@ class IngestPipeline:
         # From here the input is ours: an error with its sidecar must not undo the claim.
         if sidecar is not None:
             try:
-                _move(sidecar, claim_dir / SRC / sidecar.name)
+                if _shared_sidecar(path, sidecar):
+                    # photo.json also belongs to photo.png still in the inbox (as in the
+                    # CLI): take a copy and leave it for the last image of that name.
+                    atomic_write(claim_dir / SRC / sidecar.name, sidecar.read_bytes())
+                else:
+                    _move(sidecar, claim_dir / SRC / sidecar.name)
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -418,6 +423,24 @@ def _folder_key(folder: Path) -> str:
     """A key for a dropped folder: the names and sizes of its inputs."""
     parts = [f"{p.relative_to(folder).as_posix()}:{p.stat().st_size}" for p in input_files(folder)]
     return "|".join(parts)
+
+
+def _shared_sidecar(image: Path, sidecar: Path) -> bool:
+    """True if ``sidecar`` is a ``NAME.json`` that another image in the inbox (``NAME.png``
+    beside ``NAME.jpg``) will look up too."""
+    if sidecar.name not in (image.stem + ".json", image.stem + ".JSON"):
+        return False  # NAME.jpg.json belongs to NAME.jpg alone
+    try:
+        entries = list(os.scandir(image.parent))
+    except OSError:
+        return False
+    return any(
+        e.name != image.name
+        and Path(e.name).stem == image.stem
+        and not is_sidecar_name(e.name)
+        and not is_ignored(e.name)
+        for e in entries
+    )
 
 
 def _remove(path: Path) -> None:

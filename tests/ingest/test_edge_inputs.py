@@ -602,3 +602,25 @@ def test_upper_case_sidecar_is_applied_not_skipped(
     assert list(inbox.iterdir()) == []
     (job,) = store.select(kind="deliver")
     assert pydicom.dcmread(job.payload["path"]).PatientID == "DROPPED"
+
+
+def test_a_sidecar_shared_by_two_images_applies_to_both_in_the_drop_folder(
+    node_cfg: Config,
+) -> None:
+    """photo.json beside photo.jpg and photo.png: the CLI applies it to both, but the drop
+    folder moved it away with the first image claimed, and the second one was converted
+    without its patient data."""
+    store = JobStore(node_cfg.node.state_dir)
+    pipeline = IngestPipeline(node_cfg, store)
+    inbox = node_cfg.ingest.inbox
+    inbox.mkdir(parents=True)
+    (inbox / "photo.jpg").write_bytes(corpus.jpeg(corpus.rgb(16, 8)))
+    (inbox / "photo.png").write_bytes(corpus.saved(corpus.rgb(16, 8, 3), "PNG"))
+    (inbox / "photo.json").write_text('{"PatientID": "SHARED"}')
+    pipeline.take(inbox / "photo.jpg")
+    assert (inbox / "photo.json").exists()  # still needed by photo.png
+    pipeline.take(inbox / "photo.png")
+    assert list(inbox.iterdir()) == []
+    jobs = store.select(kind="deliver")
+    assert len(jobs) == 2
+    assert {pydicom.dcmread(j.payload["path"]).PatientID for j in jobs} == {"SHARED"}
