@@ -15,7 +15,9 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
 import re
+import stat
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -191,7 +193,18 @@ class ConvertResult:
 
 def _read(source: Path) -> bytes:
     try:
-        with open(source, "rb") as fh:
+        # A FIFO would block the read forever and a device (/dev/zero) never end: only
+        # regular files are images. O_NONBLOCK keeps the open itself from waiting on a FIFO.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as fh:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise UnsupportedInput(
+                    f"{source}: not a regular file (a FIFO, socket or device); "
+                    "save the image to a file first"
+                )
             return fh.read()
     except IsADirectoryError:
         raise UnsupportedInput(f"{source}: is a directory, not an image file") from None

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -140,6 +141,8 @@ class IngestPipeline:
                 # A cross-device claim cut short: the original is still in the inbox and
                 # will be claimed again; this partial copy is not an input.
                 _remove(entry)
+        self._set_aside_special_files(src_root)
+        entries = sorted(src_root.iterdir()) if src_root.exists() else []
         inputs = [
             e
             for e in entries
@@ -173,6 +176,27 @@ class IngestPipeline:
             self.on_enqueued(self.destinations)
         with self._lock:  # a delivery acknowledged before the record existed is caught here
             self.finish_if_delivered(claim_dir)
+
+    def _set_aside_special_files(self, root: Path) -> None:
+        """Quarantine what is not a regular file or folder (a FIFO, socket, device, or a
+        broken symbolic link) before anything opens it: opening a FIFO blocks forever,
+        reading a device never ends."""
+        if not root.exists():
+            return
+        for folder, dirs, files in os.walk(root):
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                path = Path(folder, name)
+                try:
+                    mode = path.stat().st_mode
+                except OSError:
+                    self.quarantine(path, "a broken symbolic link: its target does not exist")
+                    continue
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    self.quarantine(
+                        path,
+                        "not a regular file (a FIFO, socket or device); save the image to a "
+                        "file and drop that",
+                    )
 
     def _enqueue(self, record: Mapping[str, Any], *, rearm: bool = True) -> None:
         """Delivery jobs for every object of a claim, in one transaction.

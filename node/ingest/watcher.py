@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -69,7 +70,11 @@ def input_files(folder: Path) -> list[Path]:
 def signature(path: Path) -> Signature | None:
     """What must stay unchanged for ``path`` to count as complete; None if it vanished."""
     try:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            link = path.lstat()  # a broken symbolic link: tracked, then quarantined
+            return ("broken link", link.st_mtime_ns)
         if not path.is_dir():
             return (st.st_size, st.st_mtime_ns)
         parts: list[object] = []
@@ -90,10 +95,14 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk, CRC included
 def file_complete(path: Path) -> bool:
     """Whether a file looks completely written, as far as its format tells.
 
-    Empty: not yet (a copy creates the file before it writes). JPEG: its last marker is EOI
+    Not a regular file (a FIFO would block the open): nothing to wait for, the converter
+    refuses it and it ends in quarantine. Empty: not yet (a copy creates the file before
+    it writes). JPEG: its last marker is EOI
     (trailing padding tolerated). PNG: it ends with the IEND chunk. BMP: it is at least as
     long as its header's file size. Other files: nothing to check here.
     """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return True  # a FIFO or device: never opened here; the converter refuses it
     with open(path, "rb") as fh:
         head = fh.read(6)
         size = fh.seek(0, os.SEEK_END)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -400,7 +401,7 @@ def _states(cfg: Config, store: JobStore) -> tuple[list[str], list[str], int]:
     quarantined = sorted(
         p.name[: -len(".error.txt")] for p in cfg.ingest.quarantine.glob("*.error.txt")
     )
-    assert all((cfg.ingest.quarantine / name).exists() for name in quarantined)
+    assert all(os.path.lexists(cfg.ingest.quarantine / name) for name in quarantined)
     return inbox, quarantined, len(store.select(kind="deliver"))
 
 
@@ -624,3 +625,38 @@ def test_a_sidecar_shared_by_two_images_applies_to_both_in_the_drop_folder(
     jobs = store.select(kind="deliver")
     assert len(jobs) == 2
     assert {pydicom.dcmread(j.payload["path"]).PatientID for j in jobs} == {"SHARED"}
+
+
+def test_a_fifo_in_the_inbox_neither_hangs_the_watcher_nor_stays(node_cfg: Config) -> None:
+    """Checking whether a file was complete opened it: a FIFO dropped into the inbox
+    blocked the watcher forever, and no other file was taken again. ``convert FIFO`` or
+    ``convert /dev/zero`` hung (or read without end) as well."""
+    import threading
+
+    from node.ingest.watcher import DropFolderWatcher
+
+    store = JobStore(node_cfg.node.state_dir)
+    pipeline = IngestPipeline(node_cfg, store)
+    inbox = node_cfg.ingest.inbox
+    inbox.mkdir(parents=True)
+    os.mkfifo(inbox / "pipe.jpg")
+    (inbox / "photo.jpg").write_bytes(corpus.jpeg(corpus.rgb(16, 8)))
+    (inbox / "gone.jpg").symlink_to(inbox / "nowhere.jpg")  # stayed in the inbox for ever
+    folder = inbox / "visit"
+    folder.mkdir()
+    os.mkfifo(folder / "pipe2.jpg")
+    (folder / "x.jpg").write_bytes(corpus.jpeg(corpus.rgb(16, 8, 1)))
+    watcher = DropFolderWatcher(node_cfg.ingest, pipeline.take, clock=lambda: 0.0)
+    scans = threading.Thread(target=lambda: [watcher.scan() for _ in range(3)], daemon=True)
+    scans.start()
+    scans.join(20)
+    assert not scans.is_alive(), "the watcher hangs on the FIFO"
+    left, quarantined, jobs = _states(node_cfg, store)
+    assert (left, quarantined, jobs) == ([], ["gone.jpg", "pipe.jpg", "pipe2.jpg"], 2)
+    reason = (node_cfg.ingest.quarantine / "pipe.jpg.error.txt").read_text()
+    assert "not a regular file (a FIFO, socket or device)" in reason
+    series = cv.SeriesContext.for_group("dev", "2.25")
+    with pytest.raises(cv.UnsupportedInput, match="not a regular file"):
+        cv.convert_file(
+            Path("/dev/zero"), node_cfg.ingest.work / "z.dcm", cv.ConvertOptions(), series, 1
+        )
