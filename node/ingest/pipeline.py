@@ -81,6 +81,7 @@ class IngestPipeline:
         self.on_converted = on_converted
         self.on_enqueued = on_enqueued
         self._lock = threading.Lock()
+        self._names: dict[str, set[str]] = {}
         check_one_file_system(work_folders(cfg))
 
     # ------------------------------------------------------------------ claiming
@@ -149,6 +150,11 @@ class IngestPipeline:
             if not is_ignored(e.name) and not (e.is_file() and is_sidecar_name(e.name))
         ]
         items: list[Claimed] = []
+        # Output names already given in this claim: flattening "a/x.jpg" and "a_x.jpg" of
+        # one folder gives the same name, and the second output replaced the first (which
+        # was then never delivered). Inputs come in a fixed order, so a resumed claim gives
+        # every input the same name again.
+        self._names[claim_id] = set()
         for entry in inputs:
             if entry.is_dir():
                 items += self._process_folder(claim_id, entry)
@@ -161,6 +167,7 @@ class IngestPipeline:
                 )
                 if item is not None:
                     items.append(item)
+        self._names.pop(claim_id, None)
         record = {
             "claim": claim_id,
             "destinations": self.destinations,
@@ -263,7 +270,7 @@ class IngestPipeline:
                 return accepted[0] if accepted else None
             out_dir = self.ing.outgoing / claim_id
             rel = path.relative_to(self.ing.work / claim_id / SRC)
-            output = out_dir / fit_name(rel.as_posix().replace("/", "_"), ".dcm")
+            output = out_dir / self._output_name(claim_id, rel.as_posix().replace("/", "_"))
             started = time.monotonic()
             result = convert_file(
                 path, output, self.options, series, number, overrides=self._from_name(path)
@@ -293,6 +300,17 @@ class IngestPipeline:
             extra=fields(claim=claim_id, sop=result.sop_instance_uid, out=result.output.name),
         )
         return Claimed(str(path), str(result.output), result.sop_instance_uid)
+
+    def _output_name(self, claim_id: str, flat: str) -> str:
+        """``flat.dcm``, or ``flat~2.dcm`` ... when an earlier input of the claim has it."""
+        used = self._names.setdefault(claim_id, set())
+        name = fit_name(flat, ".dcm")
+        counter = 1
+        while name in used:
+            counter += 1
+            name = fit_name(flat, f"~{counter}.dcm")
+        used.add(name)
+        return name
 
     def _accept_dicom(self, path: Path) -> list[Claimed]:
         from node.ingest.dicom_inputs import validate_dicom

@@ -660,3 +660,19 @@ def test_a_fifo_in_the_inbox_neither_hangs_the_watcher_nor_stays(node_cfg: Confi
         cv.convert_file(
             Path("/dev/zero"), node_cfg.ingest.work / "z.dcm", cv.ConvertOptions(), series, 1
         )
+
+
+def test_folder_inputs_whose_flat_names_collide_are_all_delivered(node_cfg: Config) -> None:
+    """visit/a/x.jpg and visit/a_x.jpg both became outgoing/visit_a_x.jpg.dcm: the second
+    output replaced the first, whose image was never delivered."""
+    store = JobStore(node_cfg.node.state_dir)
+    pipeline = IngestPipeline(node_cfg, store)
+    folder = node_cfg.ingest.inbox / "visit"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "x.jpg").write_bytes(corpus.jpeg(corpus.rgb(16, 8, 1)))
+    (folder / "a_x.jpg").write_bytes(corpus.jpeg(corpus.rgb(24, 8, 2)))
+    pipeline.take(folder)
+    jobs = store.select(kind="deliver")
+    paths = sorted(Path(j.payload["path"]) for j in jobs)
+    assert [p.name for p in paths] == ["visit_a_x.jpg.dcm", "visit_a_x.jpg~2.dcm"]
+    assert sorted(pydicom.dcmread(p).Columns for p in paths) == [16, 24]
