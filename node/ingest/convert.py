@@ -353,7 +353,8 @@ def _jpeg_pixels(
     if info.precision != 8:
         raise UnsupportedInput(
             f"{name}: {info.precision}-bit {info.process} JPEG would have to be decoded "
-            f"({reasons[0]}), which is only supported for 8-bit JPEG"
+            f"({reasons[0]}), which is only supported for 8-bit JPEG: re-save it as "
+            "sequential (not progressive) JPEG without an EXIF rotation, or as 16-bit PNG/TIFF"
         )
     for reason in reasons:
         notes.append(f"decoded to native pixels: {reason}")
@@ -400,7 +401,8 @@ def _check_frame(info: JpegInfo, name: str) -> None:
     if info.sof not in (0xC0, 0xC1, 0xC2):
         raise UnsupportedInput(
             f"{name}: {info.process} JPEG is not supported (baseline, extended and "
-            "progressive Huffman JPEG are)"
+            "progressive Huffman JPEG are): re-save it as baseline JPEG, or as PNG/TIFF to "
+            "keep it lossless"
         )
     if info.precision not in (8, 12) or (info.sof == 0xC0 and info.precision != 8):
         raise CorruptInput(f"{name}: {info.process} with {info.precision}-bit samples is invalid")
