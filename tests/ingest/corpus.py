@@ -380,6 +380,14 @@ def bad_cases() -> list[tuple[str, str, Callable[[], bytes], type[ConversionErro
             "at most 65535",
         ),
         (
+            "arithmetic-sof9",
+            "arith.jpg",
+            lambda: jpeg(rgb(16, 16)).replace(b"\xff\xc0", b"\xff\xc9", 1),
+            UnsupportedInput,
+            "arithmetic (SOF9) JPEG is not supported (baseline, extended and progressive "
+            "Huffman JPEG are): re-save it as baseline JPEG",
+        ),
+        (
             "png-header-only",
             "cut.png",
             lambda: saved(rgb(64, 48), "PNG")[:40],
