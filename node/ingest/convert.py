@@ -358,6 +358,11 @@ def _jpeg_pixels(
         )
     for reason in reasons:
         notes.append(f"decoded to native pixels: {reason}")
+    if options.keep_appn and info.metadata_segments:
+        notes.append(
+            "warning: --keep-appn cannot keep the APPn/COM segments of a decoded JPEG "
+            "(native pixels carry no JPEG segments)"
+        )
     # Only the first image, without its metadata segments and what follows its EOI: from
     # an MPO's MPF segment (APP2) Pillow would read the file as several frames and refuse
     # it. Nothing removed matters to decoding (JFIF, ICC and Adobe stay; the orientation

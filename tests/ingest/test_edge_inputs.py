@@ -676,3 +676,10 @@ def test_folder_inputs_whose_flat_names_collide_are_all_delivered(node_cfg: Conf
     paths = sorted(Path(j.payload["path"]) for j in jobs)
     assert [p.name for p in paths] == ["visit_a_x.jpg.dcm", "visit_a_x.jpg~2.dcm"]
     assert sorted(pydicom.dcmread(p).Columns for p in paths) == [16, 24]
+
+
+def test_keep_appn_says_when_it_cannot_keep_the_segments(tmp_path: Path) -> None:
+    data = corpus.jpeg(corpus.rgb(24, 16), exif=corpus.exif_block(orientation=6))
+    src = corpus.write(tmp_path, "turned.jpg", data)
+    notes = _convert(src, tmp_path / "t.dcm", keep_appn=True).notes
+    assert any("--keep-appn cannot keep" in n for n in notes), notes
