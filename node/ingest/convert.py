@@ -220,11 +220,17 @@ def convert_file(
     instance_number: int,
     overrides: Mapping[str, str] | None = None,
     writer: Callable[[Path, bytes], None] | None = None,
+    instance_key: str | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into the DICOM file ``output`` (written atomically).
 
     ``writer`` replaces the default atomic write (temporary file, fsync, rename, fsync of
     the directory); the CLI's batch mode passes a group-commit writer.
+
+    ``instance_key`` names the input within its group (default: the file name; the drop
+    folder passes the path inside a dropped folder); it is part of the SOP Instance UID's
+    seed, so that two copies of one image in a group (with different sidecars, say) are two
+    instances, not one UID for two different objects.
 
     ``overrides`` (keyword -> value, e.g. from a file-name pattern) rank just below the
     ``-k`` keys. The sidecar (``NAME.json`` / ``NAME.jpg.json``) is read here. Raises a
@@ -259,7 +265,8 @@ def convert_file(
     study_uid = ds.text("StudyInstanceUID") or series.study_uid
     series_uid = ds.text("SeriesInstanceUID") or series.series_uid
     digest = hashlib.sha256(data).digest()
-    sop_uid = uid_from_seed(options.uid_root, "sop", study_uid, series_uid, digest)
+    key = source.name if instance_key is None else instance_key
+    sop_uid = uid_from_seed(options.uid_root, "sop", study_uid, series_uid, digest, key)
     ids = iods.InstanceIds(study_uid, series_uid, sop_uid, instance_number)
     sop_class = iods.build(options.sop_class, ds, pixels, ids, options.conversion_type, name)
     blob = encode(ds, sop_class, sop_uid, pixels.transfer_syntax)

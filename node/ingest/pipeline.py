@@ -273,7 +273,13 @@ class IngestPipeline:
             output = out_dir / self._output_name(claim_id, rel.as_posix().replace("/", "_"))
             started = time.monotonic()
             result = convert_file(
-                path, output, self.options, series, number, overrides=self._from_name(path)
+                path,
+                output,
+                self.options,
+                series,
+                number,
+                overrides=self._from_name(path),
+                instance_key=rel.as_posix(),
             )
             if self.on_converted is not None:
                 self.on_converted(time.monotonic() - started)

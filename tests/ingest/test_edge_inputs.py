@@ -683,3 +683,36 @@ def test_keep_appn_says_when_it_cannot_keep_the_segments(tmp_path: Path) -> None
     src = corpus.write(tmp_path, "turned.jpg", data)
     notes = _convert(src, tmp_path / "t.dcm", keep_appn=True).notes
     assert any("--keep-appn cannot keep" in n for n in notes), notes
+
+
+def test_two_copies_of_one_image_in_a_group_are_two_instances(
+    tmp_path: Path, node_cfg: Config
+) -> None:
+    """The SOP Instance UID was derived from the bytes and the Study/Series only: a.jpg and
+    b.jpg with the same bytes in one folder, one with a.json (PatientID P1) and one with
+    b.json (P2), became two objects of different patients under one SOP Instance UID; in
+    the drop folder the second was not even delivered."""
+    jpg = corpus.jpeg(corpus.rgb(16, 8))
+    src = tmp_path / "in"
+    for name, pid in (("a", "P1"), ("b", "P2")):
+        corpus.write(src, f"{name}.jpg", jpg)
+        corpus.write(src, f"{name}.json", json.dumps({"PatientID": pid}).encode())
+    out = tmp_path / "out"
+    argv = ["convert", "--processes", "1", "--no-fsync", str(src), "-o", str(out)]
+    assert main(argv) == 0
+    a, b = (pydicom.dcmread(out / f"{n}.dcm") for n in "ab")
+    assert (a.PatientID, b.PatientID) == ("P1", "P2")
+    assert a.SOPInstanceUID != b.SOPInstanceUID
+    first = a.SOPInstanceUID
+    assert main(argv) == 0  # converting again: the same UIDs
+    assert pydicom.dcmread(out / "a.dcm").SOPInstanceUID == first
+    # Drop folder: one series across sub-folders, the same name in two of them.
+    store = JobStore(node_cfg.node.state_dir)
+    pipeline = IngestPipeline(node_cfg, store)
+    folder = node_cfg.ingest.inbox / "visit"
+    for sub in ("left", "right"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "x.jpg").write_bytes(jpg)
+    pipeline.take(folder)
+    uids = {pydicom.dcmread(j.payload["path"]).SOPInstanceUID for j in store.select(kind="deliver")}
+    assert len(uids) == 2
