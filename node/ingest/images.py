@@ -169,7 +169,7 @@ def open_image(
         for w in caught:
             text = str(w.message)
             if "runcated" in text or "orrupt" in text and "EXIF" not in text:
-                raise CorruptInput(f"{name}: damaged image: {text}")
+                raise CorruptInput(f"{name}: damaged image: {text}{_AGAIN}")
             if notes is not None:
                 notes.append(f"warning: Pillow: {text}")
     except Image.DecompressionBombError as exc:
@@ -192,9 +192,12 @@ def open_image(
         # (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error, EOFError ...
         # seen with fuzzed TIFF/PNG); every one of them means "this file is damaged".
         raise CorruptInput(
-            f"{name}: cannot decode the image ({type(exc).__name__}: {exc})"
+            f"{name}: cannot decode the image ({type(exc).__name__}: {exc}){_AGAIN}"
         ) from None
     return im
+
+
+_AGAIN = ": the file is damaged or incomplete; copy or export it again"
 
 
 def _kind_of(data: bytes) -> str:

@@ -388,6 +388,13 @@ def bad_cases() -> list[tuple[str, str, Callable[[], bytes], type[ConversionErro
             "Huffman JPEG are): re-save it as baseline JPEG",
         ),
         (
+            "png-cut-in-the-pixels",
+            "half.png",
+            lambda: (lambda d: d[: len(d) // 2])(saved(rgb(64, 48), "PNG")),
+            CorruptInput,
+            "the file is damaged or incomplete; copy or export it again",
+        ),
+        (
             "png-header-only",
             "cut.png",
             lambda: saved(rgb(64, 48), "PNG")[:40],
