@@ -242,7 +242,9 @@ def convert_file(
     data = _read(source)
     name = str(source)
     if not data:
-        raise CorruptInput(f"{name}: empty file (0 bytes)")
+        raise CorruptInput(
+            f"{name}: empty file (0 bytes): its copy failed or was not made; copy it again"
+        )
     kind = detect_format(data[:132])
     if kind is None:
         hint = _what_it_is(data)
@@ -328,7 +330,12 @@ def _looks_like_text(head: bytes) -> bool:
 def _jpeg_pixels(
     data: bytes, name: str, options: ConvertOptions, notes: list[str]
 ) -> tuple[Pixels, exif_mod.ExifValues]:
-    info = parse_jpeg(data, name)
+    try:
+        info = parse_jpeg(data, name)
+    except CorruptInput as exc:
+        raise CorruptInput(
+            f"{exc}: the file is damaged or incomplete; copy or export it again"
+        ) from None
     check_pixel_cap(name, info.columns, info.rows, options.max_pixels)
     _check_frame(info, name)
     exif = exif_mod.read_exif(info.exif)

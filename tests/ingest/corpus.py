@@ -332,7 +332,13 @@ def bad_cases() -> list[tuple[str, str, Callable[[], bytes], type[ConversionErro
     """(name, filename, make, exception, phrase in the message)."""
     return [
         ("empty", "empty.jpg", lambda: b"", CorruptInput, "empty file"),
-        ("truncated", "truncated.jpg", _truncated, CorruptInput, "truncated"),
+        (
+            "truncated",
+            "truncated.jpg",
+            _truncated,
+            CorruptInput,
+            "): the file is damaged or incomplete; copy or export it again",
+        ),
         ("no-eoi", "noeoi.jpg", lambda: jpeg(rgb(16, 16))[:-2], CorruptInput, "EOI"),
         (
             "text",
