@@ -97,9 +97,9 @@ def file_complete(path: Path) -> bool:
 
     Not a regular file (a FIFO would block the open): nothing to wait for, the converter
     refuses it and it ends in quarantine. Empty: not yet (a copy creates the file before
-    it writes). JPEG: its last marker is EOI
-    (trailing padding tolerated). PNG: it ends with the IEND chunk. BMP: it is at least as
-    long as its header's file size. Other files: nothing to check here.
+    it writes). JPEG: its last marker is EOI (trailing padding tolerated). PNG: its IEND
+    chunk is there (near the end). BMP: it is at least as long as its header's file size.
+    Other files: nothing to check here.
     """
     if not stat.S_ISREG(os.stat(path).st_mode):
         return True  # a FIFO or device: never opened here; the converter refuses it
@@ -109,8 +109,8 @@ def file_complete(path: Path) -> bool:
         if size == 0:
             return False
         if head.startswith(b"\x89PNG"):
-            fh.seek(max(0, size - len(_PNG_END)))
-            return fh.read() == _PNG_END
+            fh.seek(max(0, size - 4096))
+            return _PNG_END in fh.read()  # data appended after IEND is tolerated
         if head.startswith(b"BM") and len(head) == 6:
             declared = int.from_bytes(head[2:6], "little")
             return declared <= size  # 0 (unknown) counts as complete

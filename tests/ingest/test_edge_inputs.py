@@ -543,6 +543,7 @@ def test_laterality_given_twice_gives_a_clean_object_or_a_clear_refusal(
         ("empty.jpg", b"", False),
         ("whole.png", corpus.saved(corpus.rgb(20, 10), "PNG"), True),
         ("cut.png", corpus.saved(corpus.rgb(20, 10), "PNG")[:-12], False),
+        ("appended.png", corpus.saved(corpus.rgb(20, 10), "PNG") + b"extra data", True),
         ("whole.bmp", corpus.saved(corpus.rgb(20, 10), "BMP"), True),
         ("cut.bmp", corpus.saved(corpus.rgb(20, 10), "BMP")[:-100], False),
         ("whole.tif", corpus.saved(corpus.rgb(20, 10), "TIFF"), True),
