@@ -603,11 +603,37 @@ def load_template(path: Path, scope: TemplateScope) -> Dataset:
                 continue
             out.add(elem)
         return out
+        _check_utf8_lengths(out, path)
+        return out
     keywords = STUDY_KEYWORDS + (SERIES_KEYWORDS if scope == "series" else ())
     for kw in keywords:
         if kw in src:
             out.add(src[kw])
+    _check_utf8_lengths(out, path)
     return out
+
+
+def _check_utf8_lengths(ds: Dataset, path: Path) -> None:
+    """Refuse template text that fits its VR in the template's character set but not in
+    the UTF-8 the converter writes (33 "ü" are 33 bytes in Latin-1, 66 in UTF-8: over
+    PN's 64, a dciodvfy error in every object made from the template)."""
+    from pydicom.multival import MultiValue
+
+    for elem in ds.iterall():
+        limit = _MAX_BYTES.get(elem.VR)
+        if limit is None or elem.value is None or elem.value == "":
+            continue
+        values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
+        for value in values:
+            text = str(value)
+            parts = text.split("=") if elem.VR == "PN" else [text]
+            size = max(len(part.encode("utf-8")) for part in parts)
+            if size > limit:
+                raise ConversionError(
+                    f"template {path}: {describe(elem.tag)} (VR {elem.VR}) is {size} bytes "
+                    f"in UTF-8, which the converter writes, where {elem.VR} allows {limit}: "
+                    f"shorten it in the template, got {_shown(text)}"
+                )
 
 
 # ----------------------------------------------------------------------- merging

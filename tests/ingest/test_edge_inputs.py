@@ -717,3 +717,33 @@ def test_two_copies_of_one_image_in_a_group_are_two_instances(
     pipeline.take(folder)
     uids = {pydicom.dcmread(j.payload["path"]).SOPInstanceUID for j in store.select(kind="deliver")}
     assert len(uids) == 2
+
+
+@pytest.mark.dciodvfy
+def test_latin1_template_text_that_overflows_in_utf8_is_refused(tmp_path: Path) -> None:
+    """A Latin-1 template's accented name of 33 characters fits PN's 64 bytes there but
+    is 65 bytes in the UTF-8 the converter writes: every object made from it failed
+    dciodvfy ("Length invalid for this VR")."""
+    from node.ingest.metadata import load_template
+
+    def template(name: str) -> Path:
+        tpl = tmp_path / f"t{len(name)}.dcm"
+        corpus.template(tpl, SpecificCharacterSet="ISO_IR 100", PatientName=name)
+        assert name.encode("latin-1") in tpl.read_bytes()
+        return tpl
+
+    with pytest.raises(
+        cv.ConversionError, match=r"\(0010,0010\) PatientName \(VR PN\) is 65 bytes"
+    ):
+        load_template(template("ü" * 16 + "^" + "ü" * 16), "study")
+    src = corpus.write(tmp_path, "photo.jpg", corpus.jpeg(corpus.rgb(16, 8)))
+    out = tmp_path / "ok.dcm"
+    keys = tuple(kv for kv in FULL_KEYS if kv[0] != "PatientName")
+    options = cv.ConvertOptions(
+        template=load_template(template("ü" * 16 + "^" + "ü" * 15), "study"),
+        keys=keys,
+        fsync=False,
+    )
+    cv.convert_file(src, out, options, cv.SeriesContext.for_group("t", "2.25"), 1)
+    assert pydicom.dcmread(out).PatientName == "ü" * 16 + "^" + "ü" * 15
+    _clean(out)
