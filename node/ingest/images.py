@@ -256,18 +256,19 @@ def decoded(
         im = im.convert("RGB")
     if im.mode in _WIDE_GREY:
         arr = np.asarray(im)
-        if im.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 0xFFFF):
-            raise UnsupportedInput(
-                f"{name}: 32-bit integer pixels from {arr.min()} to {arr.max()}, outside "
-                "0..65535: save the image as 16-bit unsigned grey"
-            )
-        arr = arr.astype("<u2", copy=False)
         if white is not None:
             # TIFF WhiteIsZero: Pillow inverts 1- and 8-bit grey itself, not wider samples.
-            arr = (white - arr.astype(np.int64)).clip(0, 0xFFFF).astype("<u2")
+            arr = white - arr.astype(np.int64)
             notes.append(
                 "TIFF WhiteIsZero grey turned into MONOCHROME2 (values inverted, lossless)"
             )
+        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFF):
+            raise UnsupportedInput(
+                f"{name}: integer pixels from {arr.min()} to {arr.max()}, outside 0..65535"
+                f"{' once WhiteIsZero is inverted' if white is not None else ''}: save the "
+                "image as 16-bit unsigned grey"
+            )
+        arr = arr.astype("<u2", copy=False)
         return _native(arr, 1, "MONOCHROME2", 16, lossy, ratio, notes, icc, transformed)
     if im.mode == "L":
         return _native(np.asarray(im), 1, "MONOCHROME2", 8, lossy, ratio, notes, icc, transformed)

@@ -747,3 +747,16 @@ def test_latin1_template_text_that_overflows_in_utf8_is_refused(tmp_path: Path) 
     cv.convert_file(src, out, options, cv.SeriesContext.for_group("t", "2.25"), 1)
     assert pydicom.dcmread(out).PatientName == "ü" * 16 + "^" + "ü" * 15
     _clean(out)
+
+
+def test_wide_white_is_zero_is_range_checked_after_inversion() -> None:
+    """Inverting 32-bit WhiteIsZero samples gives values far above 65535; they were clipped
+    to 65535 (a white image) instead of being refused."""
+    from node.ingest.images import decoded
+
+    im = Image.fromarray(np.arange(12, dtype=np.int32).reshape(3, 4) * 100, "I")
+    with pytest.raises(cv.UnsupportedInput, match="outside 0..65535 once WhiteIsZero"):
+        decoded(im, "w.tif", lossy=False, ratio=None, notes=[], white=2**32 - 1)
+    pixels = decoded(im, "w.tif", lossy=False, ratio=None, notes=[], white=0xFFFF)
+    got = np.frombuffer(pixels.pixel_data, "<u2").reshape(3, 4)
+    np.testing.assert_array_equal(got, 0xFFFF - np.arange(12).reshape(3, 4) * 100)
