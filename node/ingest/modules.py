@@ -292,8 +292,19 @@ def acquisition_context(ds: Elements) -> None:
 
 # ICC Profile (C.11.15)
 def icc_profile(ds: Elements, pixels: Pixels) -> None:
-    if pixels.icc and pixels.samples == 3:
-        ds.set("ICCProfile", pixels.icc + (b"\x00" if len(pixels.icc) % 2 else b""))
+    """The source's ICC profile, when it describes the pixels written: colour pixels and a
+    profile whose data colour space (header bytes 16-19) is RGB. A CMYK file's profile
+    describes CMYK, not the RGB the converter made of it, and is left out (noted)."""
+    if not pixels.icc or pixels.samples != 3:
+        return
+    space = pixels.icc[16:20]
+    if space != b"RGB ":
+        pixels.notes.append(
+            f"ICC profile of colour space {space.decode('latin-1').strip()!r} left out: it "
+            "does not describe the RGB pixels written"
+        )
+        return
+    ds.set("ICCProfile", pixels.icc + (b"\x00" if len(pixels.icc) % 2 else b""))
 
 
 # SOP Common (C.12.1)

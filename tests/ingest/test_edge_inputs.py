@@ -760,3 +760,35 @@ def test_wide_white_is_zero_is_range_checked_after_inversion() -> None:
     pixels = decoded(im, "w.tif", lossy=False, ratio=None, notes=[], white=0xFFFF)
     got = np.frombuffer(pixels.pixel_data, "<u2").reshape(3, 4)
     np.testing.assert_array_equal(got, 0xFFFF - np.arange(12).reshape(3, 4) * 100)
+
+
+def _cmyk_profile() -> bytes:
+    """An ICC header claiming a CMYK data colour space (enough for where it is read)."""
+    header = bytearray(128)
+    header[0:4] = (128 + 4).to_bytes(4, "big")
+    header[12:16] = b"prtr"
+    header[16:20] = b"CMYK"
+    header[20:24] = b"Lab "
+    header[36:40] = b"acsp"
+    return bytes(header) + b"\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])
+def test_a_cmyk_profile_is_not_attached_to_the_rgb_pixels(tmp_path: Path, fmt: str) -> None:
+    """CMYK input is converted to RGB, but its CMYK ICC profile was written as the
+    object's ICCProfile, which must describe the RGB pixel data: a colour-managed viewer
+    would render it wrongly."""
+    cmyk = corpus.rgb(16, 8).convert("CMYK")
+    src = corpus.write(
+        tmp_path, f"cmyk.{fmt.lower()}", corpus.saved(cmyk, fmt, icc_profile=_cmyk_profile())
+    )
+    result = _convert(src, tmp_path / "c.dcm")
+    ds = pydicom.dcmread(tmp_path / "c.dcm")
+    assert ds.PhotometricInterpretation == "RGB" and "ICCProfile" not in ds
+    assert any("colour space 'CMYK' left out" in n for n in result.notes), result.notes
+    # An RGB profile still goes with RGB pixels.
+    rgb = corpus.write(
+        tmp_path, "rgb.jpg", corpus.jpeg(corpus.rgb(16, 8), icc_profile=corpus.srgb_icc())
+    )
+    _convert(rgb, tmp_path / "r.dcm")
+    assert pydicom.dcmread(tmp_path / "r.dcm").ICCProfile[16:20] == b"RGB "
