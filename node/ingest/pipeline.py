@@ -350,6 +350,10 @@ class IngestPipeline:
             unique = f"{Path(name).stem}-{uuid.uuid4().hex[:6]}{Path(name).suffix}"
             target = self.ing.quarantine / fit_name(unique, ERROR_SUFFIX)[: -len(ERROR_SUFFIX)]
         sidecar = None if path.is_dir() else sidecar_for(path)
+        # The reason names the claimed copy (work/CLAIM/src/...): the user knows the inbox.
+        src_root = self._claimed_root(path)
+        if src_root is not None:
+            reason = reason.replace(f"{src_root}{os.sep}", "")
         note = (
             f"file: {path.name}\nreason: {reason}\n"
             f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
@@ -363,6 +367,14 @@ class IngestPipeline:
         self.store.bump("quarantined")
         log.warning("quarantined %s: %s", path.name, reason, extra=fields(to=str(target)))
         return target
+
+    def _claimed_root(self, path: Path) -> Path | None:
+        """``work/CLAIM/src`` when ``path`` lies in a claim, else None."""
+        try:
+            claim = path.relative_to(self.ing.work).parts[0]
+        except (ValueError, IndexError):
+            return None
+        return self.ing.work / claim / SRC
 
     def orphan_sidecar(self, path: Path) -> None:
         """The watcher's callback for a sidecar whose image is not in the inbox."""

@@ -792,3 +792,18 @@ def test_a_cmyk_profile_is_not_attached_to_the_rgb_pixels(tmp_path: Path, fmt: s
     )
     _convert(rgb, tmp_path / "r.dcm")
     assert pydicom.dcmread(tmp_path / "r.dcm").ICCProfile[16:20] == b"RGB "
+
+
+def test_reason_files_name_the_inbox_path_not_the_claim(node_cfg: Config) -> None:
+    """Reasons named the claimed copy (.../work/20261122T...-1a2b3c4d/src/visit/bad.json),
+    a path the user never saw."""
+    store = JobStore(node_cfg.node.state_dir)
+    pipeline = IngestPipeline(node_cfg, store)
+    folder = node_cfg.ingest.inbox / "visit"
+    folder.mkdir(parents=True)
+    (folder / "bad.jpg").write_bytes(corpus.jpeg(corpus.rgb(16, 8)))
+    (folder / "bad.json").write_text('{"PatientSex": "X"}')
+    pipeline.take(folder)
+    reason = (node_cfg.ingest.quarantine / "bad.jpg.error.txt").read_text()
+    assert "sidecar visit/bad.json: PatientSex" in reason
+    assert str(node_cfg.ingest.work) not in reason
