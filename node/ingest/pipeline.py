@@ -352,10 +352,13 @@ class IngestPipeline:
         sidecar = None if path.is_dir() else sidecar_for(path)
         # The reason names the claimed copy (work/CLAIM/src/...): the user knows the inbox.
         src_root = self._claimed_root(path)
+        shown = path.name
         if src_root is not None:
             reason = reason.replace(f"{src_root}{os.sep}", "")
+            with contextlib.suppress(ValueError):
+                shown = path.relative_to(src_root).as_posix()
         note = (
-            f"file: {path.name}\nreason: {reason}\n"
+            f"file: {shown}\nreason: {reason}\n"
             f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
             "fix the cause and drop the file into the inbox again\n"
         )

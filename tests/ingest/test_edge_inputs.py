@@ -806,4 +806,5 @@ def test_reason_files_name_the_inbox_path_not_the_claim(node_cfg: Config) -> Non
     pipeline.take(folder)
     reason = (node_cfg.ingest.quarantine / "bad.jpg.error.txt").read_text()
     assert "sidecar visit/bad.json: PatientSex" in reason
+    assert reason.startswith("file: visit/bad.jpg\n")
     assert str(node_cfg.ingest.work) not in reason
