@@ -32,6 +32,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from node.errors import ConversionError
 from node.ingest.elements import CORE_DICTIONARY, Attr, Elements, tag_vr
+from node.ingest.values import (
+    MAX_BYTES,
+    STRING_VRS,
+    check_values,
+    describe,
+    enumerated_problem,
+    has_bool,
+    shown,
+    text_problem,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataelem import DataElement
@@ -165,14 +175,6 @@ def _did_you_mean(text: str) -> str:
     return f"did you mean {close[0]}? " if close else ""
 
 
-def describe(tag: BaseTag) -> str:
-    """``(0010,0010) PatientName`` for messages."""
-    from pydicom.datadict import keyword_for_tag
-
-    kw = keyword_for_tag(tag) or "private/unknown"
-    return f"({tag.group:04X},{tag.element:04X}) {kw}"
-
-
 def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
     """A DataElement for ``tag`` with ``value`` (str, number, list or None) from ``where``."""
     from pydicom import config
@@ -202,7 +204,7 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
         vr = vr.split(" or ")[0]
     if value is None or value == "":
         return DataElement(tag, vr, None if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "")
-    if _has_bool(value):
+    if has_bool(value):
         raise ConversionError(
             f"{where}: {describe(tag)} (VR {vr}) needs text or a number, got "
             f"{json.dumps(value)} (a JSON/TOML boolean)"
@@ -221,129 +223,10 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
         what = "needs numbers" if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "invalid value"
         reason = re.split(r"\.(?:\s|$)", str(exc))[0]
         raise ConversionError(
-            f"{where}: {describe(tag)} (VR {vr}) {what}, got {_shown(value)} ({reason})"
+            f"{where}: {describe(tag)} (VR {vr}) {what}, got {shown(value)} ({reason})"
         ) from None
     check_values(tag, vr, conv, where)
     return DataElement(tag, vr, conv[0] if len(conv) == 1 else conv)
-
-
-def _has_bool(value: Any) -> bool:
-    return isinstance(value, bool) or (
-        isinstance(value, list) and any(isinstance(v, bool) for v in value)
-    )
-
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, shortened for messages (a sidecar value may be kilobytes long)."""
-    text = repr(value)
-    if len(text) <= limit:
-        return text
-    size = len(value) if isinstance(value, str) else len(text)
-    return f"{text[:limit]}... ({size} characters)"
-
-
-#: Control characters dciodvfy refuses (measured): none at all in the short text VRs,
-#: only LF, FF and CR in ST/LT/UT (not TAB). ESC is refused too: the converter writes
-#: ASCII or UTF-8 (ISO_IR 192), where ISO 2022 escape sequences have no place.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_IN_TEXT = re.compile(r"[\x00-\x09\x0b\x0e-\x1f\x7f]")
-_LONG_TEXT_VRS = frozenset({"ST", "LT", "UT"})
-_STRING_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI"}
-    | {"UR", "UT"}
-)
-#: PS3.5 6.2 maximum lengths that dciodvfy checks in bytes (UTF-8 may need 3 per character).
-_MAX_BYTES = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "PN": 64}
-
-
-def text_problem(vr: str, value: str) -> str | None:
-    """Why ``value`` cannot be written with ``vr`` although pydicom accepts it: a control
-    character, or too many bytes once encoded as UTF-8; None when it is fine."""
-    if vr not in _STRING_VRS:
-        return None
-    found = (_CONTROL_IN_TEXT if vr in _LONG_TEXT_VRS else _CONTROL).search(value)
-    if found:
-        allowed = " (only LF, FF and CR are allowed in it)" if vr in _LONG_TEXT_VRS else ""
-        return f"contains the control character U+{ord(found.group()):04X}{allowed}"
-    if vr == "PN" and any(group.count("^") > 4 for group in value.split("=")):
-        return "has more than 5 name components (family^given^middle^prefix^suffix)"
-    limit = _MAX_BYTES.get(vr)
-    if limit is not None and not value.isascii():
-        parts = value.split("=") if vr == "PN" else [value]
-        size = max(len(part.encode("utf-8")) for part in parts)
-        if size > limit:
-            unit = "a name component group" if vr == "PN" else "the value"
-            return (
-                f"is {size} bytes in UTF-8 where VR {vr} allows {limit} for {unit} "
-                "(dciodvfy and many systems count bytes, not characters): shorten it"
-            )
-    return None
-
-
-#: Enumerated values (PS3.3) of attributes a user commonly sets on these objects: dciodvfy
-#: reports anything else as an error. PatientOrientation values are made of these letters.
-ENUMERATED = {
-    "PatientSex": ("M", "F", "O"),
-    "Laterality": ("R", "L"),
-    "ImageLaterality": ("R", "L", "U", "B"),
-    "BurnedInAnnotation": ("YES", "NO"),
-    "RecognizableVisualFeatures": ("YES", "NO"),
-    "PatientIdentityRemoved": ("YES", "NO"),
-}
-_ORIENTATION_LETTERS = frozenset("LRAPHF")
-
-
-def enumerated_problem(keyword: str, value: str) -> str | None:
-    """Why ``value`` is not one of ``keyword``'s enumerated values; None when it is."""
-    allowed = ENUMERATED.get(keyword)
-    if allowed is not None and value and value not in allowed:
-        return f"must be one of {', '.join(allowed)} (enumerated values)"
-    if keyword == "PatientOrientation" and value and not set(value) <= _ORIENTATION_LETTERS:
-        return "must be made of the letters L, R, A, P, H, F (e.g. A\\F)"
-    return None
-
-
-def vm_allows(vm: str, count: int) -> bool:
-    """Whether ``count`` values fit a dictionary VM such as ``1``, ``2``, ``1-n``, ``2-2n``."""
-    low_text, _, high_text = vm.partition("-")
-    high_text = high_text or low_text
-    try:
-        low = int(low_text)
-        if high_text.endswith("n"):
-            step = int(high_text[:-1] or 1)
-            return count >= low and count % step == 0
-        return low <= count <= int(high_text)
-    except ValueError:
-        return True  # a VM this parser does not know: do not refuse on it
-
-
-def check_values(tag: BaseTag, vr: str, values: list[Any], where: str) -> None:
-    """Refuse what pydicom accepts but dciodvfy would flag: a value multiplicity the
-    dictionary does not allow (``A\\B`` is two values), control characters, and text too
-    long once encoded as UTF-8."""
-    from pydicom.datadict import dictionary_VM
-
-    try:
-        vm = dictionary_VM(tag)
-    except KeyError:
-        vm = ""
-    if vm and values and not vm_allows(vm, len(values)):
-        raise ConversionError(
-            f"{where}: {describe(tag)} takes {vm} value(s) (VM {vm}), got {len(values)}: "
-            f"{_shown(values)} (a backslash \\ or a JSON list separates values)"
-        )
-    from pydicom.datadict import keyword_for_tag
-
-    keyword = keyword_for_tag(tag)
-    for value in values:
-        text = str(value) if isinstance(value, str) or vr == "PN" else None
-        problem = text_problem(vr, text) if text is not None else None
-        if problem is None and text is not None:
-            problem = enumerated_problem(keyword, text)
-        if problem:
-            raise ConversionError(
-                f"{where}: {describe(tag)} (VR {vr}) {problem}, got {_shown(text)}"
-            )
 
 
 def _computed(tag: int) -> str:
@@ -408,7 +291,7 @@ def _checked_here(name: str, value: Any) -> tuple[int, Attr] | None:
     tag, vr = core
     if value is None or value == "":
         return tag, (vr, "")
-    if _has_bool(value):
+    if has_bool(value):
         return None
     items = [str(v) for v in (value if isinstance(value, list) else str(value).split("\\"))]
     if len(items) > 1 or name.strip() in NEEDS_SEVERAL_VALUES:
@@ -560,7 +443,7 @@ def _check_json_element(elem: DataElement, where: str) -> None:
             for inner in item:
                 _check_json_element(inner, where)
         return
-    if elem.VR not in _STRING_VRS or elem.value is None or elem.value == "":
+    if elem.VR not in STRING_VRS or elem.value is None or elem.value == "":
         return
     values = list(elem.value) if isinstance(elem.value, MultiValue | list) else [elem.value]
     for value in values:
@@ -570,7 +453,7 @@ def _check_json_element(elem: DataElement, where: str) -> None:
             reason = re.split(r"\.(?:\s|$)", str(exc))[0]
             raise ConversionError(
                 f"{where}: {describe(elem.tag)} (VR {elem.VR}) invalid value, got "
-                f"{_shown(str(value))} ({reason})"
+                f"{shown(str(value))} ({reason})"
             ) from None
     check_values(elem.tag, elem.VR, values, where)
 
@@ -620,7 +503,7 @@ def _check_utf8_lengths(ds: Dataset, path: Path) -> None:
     from pydicom.multival import MultiValue
 
     for elem in ds.iterall():
-        limit = _MAX_BYTES.get(elem.VR)
+        limit = MAX_BYTES.get(elem.VR)
         if limit is None or elem.value is None or elem.value == "":
             continue
         values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
@@ -632,7 +515,7 @@ def _check_utf8_lengths(ds: Dataset, path: Path) -> None:
                 raise ConversionError(
                     f"template {path}: {describe(elem.tag)} (VR {elem.VR}) is {size} bytes "
                     f"in UTF-8, which the converter writes, where {elem.VR} allows {limit}: "
-                    f"shorten it in the template, got {_shown(text)}"
+                    f"shorten it in the template, got {shown(text)}"
                 )
 
 

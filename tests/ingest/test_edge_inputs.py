@@ -290,14 +290,15 @@ def test_single_value_refusals_known_without_pydicom_match_its_dictionary() -> N
     from pydicom.datadict import dictionary_VM
 
     from node.ingest.elements import CORE_DICTIONARY
-    from node.ingest.metadata import NEEDS_SEVERAL_VALUES, vm_allows
+    from node.ingest.metadata import NEEDS_SEVERAL_VALUES
+    from node.ingest.values import vm_allows
 
     several = {k for k, (tag, _) in CORE_DICTIONARY.items() if not vm_allows(dictionary_VM(tag), 1)}
     assert several == NEEDS_SEVERAL_VALUES
 
 
 def test_value_multiplicity_rules() -> None:
-    from node.ingest.metadata import vm_allows
+    from node.ingest.values import vm_allows
 
     assert vm_allows("1", 1) and not vm_allows("1", 2)
     assert vm_allows("2", 2) and not vm_allows("2", 1) and not vm_allows("2", 3)
