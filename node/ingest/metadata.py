@@ -18,6 +18,9 @@ identification, laterality ...) with a text VR are checked here by the same rule
 pydicom's ``validate_value`` (PS3.5 6.2 lengths and character sets; tested to agree)
 without importing it (~0.2 s with numpy); anything else, and any value these checks refuse
 (for pydicom's own message), goes through pydicom. Sidecars and templates always do.
+What pydicom accepts but dciodvfy reports as an error (control characters, value
+multiplicity, UTF-8 byte lengths, enumerated values) is refused by
+:mod:`node.ingest.values`.
 """
 
 from __future__ import annotations
