@@ -252,10 +252,26 @@ class IngestPipeline:
             for path in dicoms:
                 items += self._accept_dicom(path)
             return items
+        inputs = input_files(folder)
+        if not inputs:
+            # Nothing to convert (only sidecars, partial or hidden files): the claim would
+            # finish empty and its folder be removed without a trace.
+            found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+            listing = ", ".join(found[:5]) + (
+                f" and {len(found) - 5} more" if len(found) > 5 else ""
+            )
+            self.quarantine(
+                folder,
+                "the folder holds no image or DICOM file to convert"
+                + (f" (only: {listing})" if found else " (it is empty)")
+                + "; sidecars (*.json) need their images, *.part/*.tmp and hidden files are "
+                "ignored",
+            )
+            return []
         series = SeriesContext.for_group(
             "dir:" + folder.name + ":" + _folder_key(folder), self.options.uid_root
         )
-        for number, path in enumerate(input_files(folder), start=1):
+        for number, path in enumerate(inputs, start=1):
             item = self._process_one(claim_id, path, series, number)
             if item is not None:
                 items.append(item)

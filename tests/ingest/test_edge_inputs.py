@@ -809,3 +809,20 @@ def test_reason_files_name_the_inbox_path_not_the_claim(node_cfg: Config) -> Non
     assert "sidecar visit/bad.json: PatientSex" in reason
     assert reason.startswith("file: visit/bad.jpg\n")
     assert str(node_cfg.ingest.work) not in reason
+
+
+def test_a_folder_without_any_input_is_quarantined_not_removed(node_cfg: Config) -> None:
+    """A dropped folder holding only sidecars, partial or hidden files finished as an
+    empty claim, and its folder was removed without a trace."""
+    store = JobStore(node_cfg.node.state_dir)
+    pipeline = IngestPipeline(node_cfg, store)
+    folder = node_cfg.ingest.inbox / "visit"
+    folder.mkdir(parents=True)
+    (folder / "notes.json").write_text('{"PatientID": "X"}')
+    (folder / "scan.jpg.part").write_bytes(b"partial")
+    pipeline.take(folder)
+    kept = node_cfg.ingest.quarantine / "visit"
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.json", "scan.jpg.part"]
+    reason = (node_cfg.ingest.quarantine / "visit.error.txt").read_text()
+    assert "holds no image or DICOM file to convert (only: notes.json, scan.jpg.part)" in reason
+    assert list(node_cfg.ingest.work.iterdir()) == []
