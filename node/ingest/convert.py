@@ -294,7 +294,8 @@ def _note_level(note: str) -> int:
     """Warnings as WARNING; routine stripping at DEBUG (one line per file in a batch)."""
     if note.startswith("warning"):
         return logging.WARNING
-    return logging.DEBUG if "metadata segment" in note else logging.INFO
+    routine = "metadata segment" in note or "padding bytes" in note
+    return logging.DEBUG if routine else logging.INFO
 
 
 def _what_it_is(data: bytes) -> str:
@@ -406,7 +407,10 @@ def _note_after_eoi(data: bytes, info: JpegInfo, notes: list[str]) -> None:
     extra = len(data) - info.eoi
     if extra <= 0:
         return
-    if b"\xff\xd8\xff" in data[info.eoi :]:
+    tail = data[info.eoi :]
+    if not tail.strip(b"\x00\xff"):
+        notes.append(f"{extra} padding bytes after the JPEG's EOI marker removed")
+    elif b"\xff\xd8\xff" in tail:
         notes.append(
             f"warning: {extra} bytes after the JPEG's EOI marker hold another image (an MPO "
             "or multi-picture file): only the first image is converted"

@@ -128,6 +128,10 @@ def test_bytes_after_eoi_are_reported_not_as_metadata_segments(tmp_path: Path) -
     src = corpus.write(tmp_path, "junk.jpg", plain + b"trailing junk")
     notes = _convert(src, tmp_path / "junk.dcm").notes
     assert notes == ["13 bytes after the JPEG's EOI marker removed"]
+    padded = corpus.write(tmp_path, "padded.jpg", plain + b"\x00" * 500)
+    assert _convert(padded, tmp_path / "padded.dcm").notes == [
+        "500 padding bytes after the JPEG's EOI marker removed"
+    ]
     mpo = corpus.write(tmp_path, "mpo.jpg", _mpo())
     notes = _convert(mpo, tmp_path / "mpo.dcm").notes
     assert any(n.startswith("warning:") and "hold another image" in n for n in notes), notes
