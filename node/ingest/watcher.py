@@ -24,11 +24,13 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -99,7 +101,7 @@ def file_complete(path: Path) -> bool:
     refuses it and it ends in quarantine. Empty: not yet (a copy creates the file before
     it writes). JPEG: its last marker is EOI (trailing padding tolerated). PNG: its IEND
     chunk is there (near the end). BMP: it is at least as long as its header's file size.
-    Other files: nothing to check here.
+    TIFF: its IFDs, strips and tiles lie inside the file. Other files: nothing to check.
     """
     if not stat.S_ISREG(os.stat(path).st_mode):
         return True  # a FIFO or device: never opened here; the converter refuses it
@@ -111,6 +113,11 @@ def file_complete(path: Path) -> bool:
         if head.startswith(b"\x89PNG"):
             fh.seek(max(0, size - 4096))
             return _PNG_END in fh.read()  # data appended after IEND is tolerated
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            try:
+                return tiff_complete(fh, size)
+            except (struct.error, ValueError, OverflowError):
+                return True  # malformed, not short: the converter says what is wrong
         if head.startswith(b"BM") and len(head) == 6:
             declared = int.from_bytes(head[2:6], "little")
             return declared <= size  # 0 (unknown) counts as complete
@@ -119,6 +126,60 @@ def file_complete(path: Path) -> bool:
         fh.seek(max(0, size - 4096))
         tail = fh.read().rstrip(b"\x00\r\n ")
     return tail.endswith(b"\xff\xd9")
+
+
+_TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8
+_TIFF_DATA = ((273, 279), (324, 325))  # StripOffsets/StripByteCounts, Tile...
+
+
+def tiff_complete(fh: BinaryIO, size: int, max_pages: int = 4096) -> bool:
+    """Every IFD of a classic TIFF, and every strip or tile it points to, lies inside the
+    file's ``size`` bytes (a TIFF being copied ends short of them)."""
+    fh.seek(0)
+    head = fh.read(8)
+    end = "<" if head[:2] == b"II" else ">"
+    offset = struct.unpack(end + "I", head[4:8])[0]
+    for _ in range(max_pages):
+        if offset == 0:
+            return True
+        if offset + 2 > size:
+            return False
+        fh.seek(offset)
+        (count,) = struct.unpack(end + "H", fh.read(2))
+        table = fh.read(12 * count + 4)
+        if len(table) < 12 * count + 4:
+            return False
+        entries = {}
+        for i in range(count):
+            tag, kind, n, raw = struct.unpack(end + "HHI4s", table[12 * i : 12 * i + 12])
+            entries[tag] = (kind, n, raw)
+        for offsets_tag, counts_tag in _TIFF_DATA:
+            if offsets_tag in entries and counts_tag in entries:
+                starts = _tiff_values(fh, end, size, *entries[offsets_tag])
+                lengths = _tiff_values(fh, end, size, *entries[counts_tag])
+                if starts is None or lengths is None:
+                    return False
+                if any(a + b > size for a, b in zip(starts, lengths, strict=False)):
+                    return False
+        (offset,) = struct.unpack(end + "I", table[12 * count :])
+    return True
+
+
+def _tiff_values(
+    fh: BinaryIO, end: str, size: int, kind: int, n: int, raw: bytes
+) -> list[int] | None:
+    """The numbers of one IFD entry (inline or at its offset); None if they lie past ``size``."""
+    code, width = _TIFF_TYPES.get(kind, ("I", 4))
+    total = width * n
+    if total <= 4:
+        data = raw[:total]
+    else:
+        (where,) = struct.unpack(end + "I", raw)
+        if where + total > size:
+            return None
+        fh.seek(where)
+        data = fh.read(total)
+    return list(struct.unpack(f"{end}{n}{code}", data))
 
 
 def looks_complete(path: Path) -> bool:

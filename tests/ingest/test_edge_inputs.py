@@ -552,12 +552,25 @@ def test_laterality_given_twice_gives_a_clean_object_or_a_clear_refusal(
         ("whole.bmp", corpus.saved(corpus.rgb(20, 10), "BMP"), True),
         ("cut.bmp", corpus.saved(corpus.rgb(20, 10), "BMP")[:-100], False),
         ("whole.tif", corpus.saved(corpus.rgb(20, 10), "TIFF"), True),
+        ("cut.tif", corpus.saved(corpus.rgb(20, 10), "TIFF")[:-1], False),
+        (
+            "cut-lzw.tif",
+            corpus.saved(corpus.rgb(64, 48), "TIFF", compression="tiff_lzw")[:-200],
+            False,
+        ),
+        (
+            "pages.tif",
+            corpus.saved(
+                corpus.rgb(20, 10), "TIFF", save_all=True, append_images=[corpus.rgb(20, 10)]
+            ),
+            True,
+        ),
     ],
 )
 def test_watcher_waits_for_files_still_being_written(
     tmp_path: Path, name: str, data: bytes, complete: bool
 ) -> None:
-    """Only JPEGs were checked for completeness: a PNG or BMP whose copy paused longer
+    """Only JPEGs were checked for completeness: a PNG, BMP or TIFF whose copy paused longer
     than stable_seconds (a slow share), or a file just created and still empty, was taken
     at once and quarantined as truncated/empty instead of being waited for."""
     from node.ingest.watcher import DropFolderWatcher, looks_complete
