@@ -515,6 +515,7 @@ def _shared_sidecar(image: Path, sidecar: Path) -> bool:
         return False
     return any(
         e.name != image.name
+        and e.is_file()
         and Path(e.name).stem == image.stem
         and not is_sidecar_name(e.name)
         and not is_ignored(e.name)
