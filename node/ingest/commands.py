@@ -22,6 +22,7 @@ from node.ingest import forkpool, metadata
 from node.ingest.batchwrite import GroupCommitWriter
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file
 from node.ingest.iods import SOP_KINDS
+from node.ingest.names import fit_name
 from node.service_commands import load_from_args
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def _input_files(root: Path, out_root: Path) -> list[tuple[Path, Path]]:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append((entry.path, (*rel, name)))
                     continue
-                if name.lower().endswith(".json") or not entry.is_file():
+                if metadata.is_sidecar_name(name) or not entry.is_file():
                     continue
                 if entry.is_symlink():
                     is_output = _under(os.path.realpath(entry.path), out)
@@ -216,9 +217,10 @@ def collect(inputs: list[str], output: Path) -> list[Job]:
         path = Path(item)
         if path.is_dir():
             for f, rel in _input_files(path, output.resolve()):
-                jobs.append(Job(f, output / rel / (f.stem + ".dcm"), f.parent))
+                jobs.append(Job(f, output / rel / fit_name(f.stem, ".dcm"), f.parent))
         else:
-            jobs.append(Job(path, output if single else output / (path.stem + ".dcm"), path.parent))
+            target = output if single else output / fit_name(path.stem, ".dcm")
+            jobs.append(Job(path, target, path.parent))
     if single and len(jobs) != 1:
         raise ConfigError(
             f"-o {output}: a .dcm file name needs exactly one input, got {len(jobs)}; "
@@ -229,7 +231,7 @@ def collect(inputs: list[str], output: Path) -> list[Job]:
         seen[job.output] += 1
     for job in jobs:
         if seen[job.output] > 1:  # photo.jpg and photo.png: keep both
-            job.output = job.output.with_name(job.source.name + ".dcm")
+            job.output = job.output.with_name(fit_name(job.source.name, ".dcm"))
     return jobs
 
 

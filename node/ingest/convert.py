@@ -15,7 +15,9 @@ import dataclasses
 import hashlib
 import io
 import logging
+import os
 import re
+import stat
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +41,7 @@ from node.ingest.images import (
     lossy_ratio,
     open_image,
     refuse_reduced_depth,
+    white_is_zero,
 )
 from node.ingest.jpeg import JpegInfo, coded_image, parse_jpeg, strip_segments
 from node.ingest.metadata import sidecar_for
@@ -190,7 +193,18 @@ class ConvertResult:
 
 def _read(source: Path) -> bytes:
     try:
-        with open(source, "rb") as fh:
+        # A FIFO would block the read forever and a device (/dev/zero) never end: only
+        # regular files are images. O_NONBLOCK keeps the open itself from waiting on a FIFO.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as fh:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError
+            if not stat.S_ISREG(mode):
+                raise UnsupportedInput(
+                    f"{source}: not a regular file (a FIFO, socket or device); "
+                    "save the image to a file first"
+                )
             return fh.read()
     except IsADirectoryError:
         raise UnsupportedInput(f"{source}: is a directory, not an image file") from None
@@ -206,11 +220,17 @@ def convert_file(
     instance_number: int,
     overrides: Mapping[str, str] | None = None,
     writer: Callable[[Path, Data], None] | None = None,
+    instance_key: str | None = None,
 ) -> ConvertResult:
     """Convert ``source`` into the DICOM file ``output`` (written atomically).
 
     ``writer`` replaces the default atomic write (temporary file, fsync, rename, fsync of
     the directory); the CLI's batch mode passes a group-commit writer.
+
+    ``instance_key`` names the input within its group (default: the file name; the drop
+    folder passes the path inside a dropped folder); it is part of the SOP Instance UID's
+    seed, so that two copies of one image in a group (with different sidecars, say) are two
+    instances, not one UID for two different objects.
 
     ``overrides`` (keyword -> value, e.g. from a file-name pattern) rank just below the
     ``-k`` keys. The sidecar (``NAME.json`` / ``NAME.jpg.json``) is read here. Raises a
@@ -222,7 +242,9 @@ def convert_file(
     data = _read(source)
     name = str(source)
     if not data:
-        raise CorruptInput(f"{name}: empty file (0 bytes)")
+        raise CorruptInput(
+            f"{name}: empty file (0 bytes): its copy failed or was not made; copy it again"
+        )
     kind = detect_format(data[:132])
     if kind is None:
         hint = _what_it_is(data)
@@ -245,7 +267,8 @@ def convert_file(
     study_uid = ds.text("StudyInstanceUID") or series.study_uid
     series_uid = ds.text("SeriesInstanceUID") or series.series_uid
     digest = hashlib.sha256(data).digest()
-    sop_uid = uid_from_seed(options.uid_root, "sop", study_uid, series_uid, digest)
+    key = source.name if instance_key is None else instance_key
+    sop_uid = uid_from_seed(options.uid_root, "sop", study_uid, series_uid, digest, key)
     ids = iods.InstanceIds(study_uid, series_uid, sop_uid, instance_number)
     sop_class = iods.build(options.sop_class, ds, pixels, ids, options.conversion_type, name)
     parts = encode(ds, sop_class, sop_uid, pixels.transfer_syntax)
@@ -271,7 +294,8 @@ def _note_level(note: str) -> int:
     """Warnings as WARNING; routine stripping at DEBUG (one line per file in a batch)."""
     if note.startswith("warning"):
         return logging.WARNING
-    return logging.DEBUG if "metadata segment" in note else logging.INFO
+    routine = "metadata segment" in note or "padding bytes" in note
+    return logging.DEBUG if routine else logging.INFO
 
 
 def _what_it_is(data: bytes) -> str:
@@ -307,7 +331,12 @@ def _looks_like_text(head: bytes) -> bool:
 def _jpeg_pixels(
     data: bytes, name: str, options: ConvertOptions, notes: list[str]
 ) -> tuple[Pixels, exif_mod.ExifValues]:
-    info = parse_jpeg(data, name)
+    try:
+        info = parse_jpeg(data, name)
+    except CorruptInput as exc:
+        raise CorruptInput(
+            f"{exc}: the file is damaged or incomplete; copy or export it again"
+        ) from None
     check_pixel_cap(name, info.columns, info.rows, options.max_pixels)
     _check_frame(info, name)
     exif = exif_mod.read_exif(info.exif)
@@ -325,9 +354,11 @@ def _jpeg_pixels(
         )
     if exif.orientation != 1:
         reasons.append(f"EXIF Orientation {exif.orientation} must be applied")
+    if not options.keep_appn or reasons:
+        _note_after_eoi(data, info, notes)
     if not reasons:
         frame = data if options.keep_appn else strip_segments(data, info)
-        if not options.keep_appn and len(frame) != len(data):
+        if not options.keep_appn and info.metadata_segments:
             notes.append(f"{len(info.metadata_segments)} metadata segment(s) removed")
         photometric = {"GRAY": "MONOCHROME2", "YCbCr": "YBR_FULL_422", "RGB": "RGB"}[colour]
         pixels = jpeg_passthrough(frame, info, photometric)
@@ -337,11 +368,21 @@ def _jpeg_pixels(
     if info.precision != 8:
         raise UnsupportedInput(
             f"{name}: {info.precision}-bit {info.process} JPEG would have to be decoded "
-            f"({reasons[0]}), which is only supported for 8-bit JPEG"
+            f"({reasons[0]}), which is only supported for 8-bit JPEG: re-save it as "
+            "sequential (not progressive) JPEG without an EXIF rotation, or as 16-bit PNG/TIFF"
         )
     for reason in reasons:
         notes.append(f"decoded to native pixels: {reason}")
-    im = open_image(data, name, options.max_pixels, notes)
+    if options.keep_appn and info.metadata_segments:
+        notes.append(
+            "warning: --keep-appn cannot keep the APPn/COM segments of a decoded JPEG "
+            "(native pixels carry no JPEG segments)"
+        )
+    # Only the first image, without its metadata segments and what follows its EOI: from
+    # an MPO's MPF segment (APP2) Pillow would read the file as several frames and refuse
+    # it. Nothing removed matters to decoding (JFIF, ICC and Adobe stay; the orientation
+    # was read from EXIF above).
+    im = open_image(strip_segments(data, info), name, options.max_pixels, notes)
     if im.size != (info.columns, info.rows):
         raise CorruptInput(
             f"{name}: the frame header says {info.columns}x{info.rows} but the image "
@@ -361,12 +402,30 @@ def _jpeg_pixels(
     return pixels, exif
 
 
+def _note_after_eoi(data: bytes, info: JpegInfo, notes: list[str]) -> None:
+    """Say what is dropped after the first image's EOI (MPO images, padding, junk)."""
+    extra = len(data) - info.eoi
+    if extra <= 0:
+        return
+    tail = data[info.eoi :]
+    if not tail.strip(b"\x00\xff"):
+        notes.append(f"{extra} padding bytes after the JPEG's EOI marker removed")
+    elif b"\xff\xd8\xff" in tail:
+        notes.append(
+            f"warning: {extra} bytes after the JPEG's EOI marker hold another image (an MPO "
+            "or multi-picture file): only the first image is converted"
+        )
+    else:
+        notes.append(f"{extra} bytes after the JPEG's EOI marker removed")
+
+
 def _check_frame(info: JpegInfo, name: str) -> None:
     """Refuse processes we do not carry, and frames the scan data cannot possibly fill."""
     if info.sof not in (0xC0, 0xC1, 0xC2):
         raise UnsupportedInput(
             f"{name}: {info.process} JPEG is not supported (baseline, extended and "
-            "progressive Huffman JPEG are)"
+            "progressive Huffman JPEG are): re-save it as baseline JPEG, or as PNG/TIFF to "
+            "keep it lossless"
         )
     if info.precision not in (8, 12) or (info.sof == 0xC0 and info.precision != 8):
         raise CorruptInput(f"{name}: {info.process} with {info.precision}-bit samples is invalid")
@@ -429,6 +488,7 @@ def _raster_pixels(
                 notes=notes if index == 0 else [],
                 icc=icc,
                 transformed=exif.orientation != 1,
+                white=white_is_zero(im),
             )
         )
     if count > 1:

@@ -36,10 +36,30 @@ class ExifValues:
     problem: str = ""  # why EXIF could not be read, if it could not
 
 
+def _decode(raw: bytes) -> str:
+    """EXIF "ASCII" as cameras really write it: UTF-8, else Latin-1."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 def _text(value: object) -> str:
     if isinstance(value, bytes):
-        value = value.decode("latin-1", "replace")
+        value = _decode(value)
     return str(value).replace("\x00", "").strip() if value is not None else ""
+
+
+#: What an LO value may not hold (dciodvfy): control characters, and the backslash, which
+#: would split the value in two.
+_NOT_IN_LO = re.compile(r"[\x00-\x1f\x7f\\]+")
+
+
+def _lo(value: object) -> str:
+    """EXIF text as a valid LO value: control characters and backslashes become spaces,
+    and it is cut to the 64 bytes (UTF-8) that dciodvfy allows."""
+    text = " ".join(_NOT_IN_LO.sub(" ", _text(value)).split())
+    return text.encode("utf-8")[:64].decode("utf-8", "ignore").rstrip()
 
 
 def read_exif(raw: bytes | None) -> ExifValues:
@@ -93,7 +113,7 @@ def _read_ifd(raw: bytes, offset: int, end: str, wanted: set[int]) -> dict[int, 
             data = value[:n] if n <= 4 else raw[_u32(value, end) : _u32(value, end) + n]
             if n > 4 and len(data) != n:
                 raise ValueError(f"EXIF tag 0x{tag:04X} points outside the block")
-            out[tag] = data.split(b"\x00", 1)[0].decode("latin-1")
+            out[tag] = _decode(data.split(b"\x00", 1)[0])
         elif typ == 3:
             out[tag] = struct.unpack_from(end + "H", value)[0]
         elif typ == 4:
@@ -114,7 +134,8 @@ def exif_values(ifd0: dict[int, object], sub: dict[int, object]) -> ExifValues:
         orientation = 1
     date = time = dt = ""
     m = _DT_RE.match(_text(sub.get(_DATETIME_ORIGINAL)))
-    if m and m.group(1) != "0000":
+    # "2024:13:45 25:61:61" is no date: DA/TM/DT made of it would be invalid (dciodvfy).
+    if m and _plausible(*m.groups()):
         y, mo, d, hh, mm, ss = m.groups()
         date, time = f"{y}{mo}{d}", f"{hh}{mm}{ss}"
         frac = re.sub(r"\D", "", _text(sub.get(_SUBSEC_ORIGINAL)))[:6]
@@ -122,13 +143,25 @@ def exif_values(ifd0: dict[int, object], sub: dict[int, object]) -> ExifValues:
             time += f".{frac}"
         dt = date + time
         off = _OFFSET_RE.match(_text(sub.get(_OFFSET_ORIGINAL)))
-        if off:
+        if off and int(off.group(2)) <= 14 and int(off.group(3)) <= 59:
             dt += f"{off.group(1)}{off.group(2)}{off.group(3)}"
     return ExifValues(
-        make=_text(ifd0.get(_MAKE))[:64],
-        model=_text(ifd0.get(_MODEL))[:64],
+        make=_lo(ifd0.get(_MAKE)),
+        model=_lo(ifd0.get(_MODEL)),
         orientation=orientation if 1 <= orientation <= 8 else 1,
         date=date,
         time=time,
         datetime=dt,
+    )
+
+
+def _plausible(year: str, month: str, day: str, hour: str, minute: str, second: str) -> bool:
+    """A calendar date and clock time DICOM's DA and TM accept (year 0000 is "unset")."""
+    return (
+        year != "0000"
+        and 1 <= int(month) <= 12
+        and 1 <= int(day) <= 31
+        and int(hour) <= 23
+        and int(minute) <= 59
+        and int(second) <= 60
     )

@@ -98,6 +98,20 @@ def jpeg_passthrough(frame: bytes, info: JpegInfo, photometric: str) -> Pixels:
 # ----------------------------------------------------------------------- Pillow side
 
 
+#: (0028,0010) Rows and (0028,0011) Columns have VR US: neither can exceed 65535.
+MAX_SIDE = 0xFFFF
+
+
+def check_dimensions(name: str, width: int, height: int) -> None:
+    """Refuse images that DICOM's Rows/Columns (US) cannot describe."""
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise UnsupportedInput(
+            f"{name}: {width}x{height} pixels: (0028,0011) Columns and (0028,0010) Rows are "
+            f"US in DICOM, at most {MAX_SIDE} each; split, crop or scale the image to at most "
+            f"{MAX_SIDE} pixels per side"
+        )
+
+
 def check_pixel_cap(name: str, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InputTooLarge(
@@ -142,6 +156,7 @@ def open_image(
             warnings.simplefilter("always")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
+            check_dimensions(name, im.width, im.height)
             check_pixel_cap(name, im.width, im.height, max_pixels)
             frames = int(getattr(im, "n_frames", 1))
             if frames > 1 and not multi_frame:
@@ -154,7 +169,7 @@ def open_image(
         for w in caught:
             text = str(w.message)
             if "runcated" in text or "orrupt" in text and "EXIF" not in text:
-                raise CorruptInput(f"{name}: damaged image: {text}")
+                raise CorruptInput(f"{name}: damaged image: {text}{_AGAIN}")
             if notes is not None:
                 notes.append(f"warning: Pillow: {text}")
     except Image.DecompressionBombError as exc:
@@ -163,6 +178,13 @@ def open_image(
             "refusing a possible decompression bomb"
         ) from None
     except UnidentifiedImageError:
+        kind = _kind_of(data)
+        if kind:
+            raise UnsupportedInput(
+                f"{name}: a {kind} file Pillow cannot read: damaged or truncated, or an "
+                "unusual variant (bit depth, number of samples, compression); save it again "
+                "as 8-bit grey or RGB, or 16-bit grey"
+            ) from None
         raise UnsupportedInput(f"{name}: not an image format Pillow can read") from None
     except ConversionError:
         raise
@@ -170,9 +192,25 @@ def open_image(
         # (OSError, SyntaxError, ValueError, TypeError, KeyError, struct.error, EOFError ...
         # seen with fuzzed TIFF/PNG); every one of them means "this file is damaged".
         raise CorruptInput(
-            f"{name}: cannot decode the image ({type(exc).__name__}: {exc})"
+            f"{name}: cannot decode the image ({type(exc).__name__}: {exc}){_AGAIN}"
         ) from None
     return im
+
+
+_AGAIN = ": the file is damaged or incomplete; copy or export it again"
+
+
+def _kind_of(data: bytes) -> str:
+    for magic, kind in (
+        (b"\x89PNG\r\n\x1a\n", "PNG"),
+        (b"II*\x00", "TIFF"),
+        (b"MM\x00*", "TIFF"),
+        (b"BM", "BMP"),
+        (b"\xff\xd8\xff", "JPEG"),
+    ):
+        if data.startswith(magic):
+            return kind
+    return ""
 
 
 def apply_orientation(im: Image.Image, orientation: int, notes: list[str]) -> Image.Image:
@@ -195,8 +233,10 @@ def decoded(
     notes: list[str],
     icc: bytes | None = None,
     transformed: bool = False,
+    white: int | None = None,
 ) -> Pixels:
-    """Native pixels from a loaded Pillow image; values are exactly Pillow's."""
+    """Native pixels from a loaded Pillow image; values are exactly Pillow's, except that
+    ``white`` (see :func:`white_is_zero`) inverts WhiteIsZero grey into MONOCHROME2."""
     import numpy as np
 
     mode = im.mode
@@ -214,17 +254,51 @@ def decoded(
         if mode == "CMYK":
             notes.append("warning: CMYK converted to RGB (colours approximate, no ICC transform)")
         im = im.convert("RGB")
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    if im.mode in _WIDE_GREY:
         arr = np.asarray(im)
-        if im.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 0xFFFF):
-            raise UnsupportedInput(f"{name}: 32-bit integer pixels outside 0..65535")
+        if white is not None:
+            # TIFF WhiteIsZero: Pillow inverts 1- and 8-bit grey itself, not wider samples.
+            arr = white - arr.astype(np.int64)
+            notes.append(
+                "TIFF WhiteIsZero grey turned into MONOCHROME2 (values inverted, lossless)"
+            )
+        if arr.size and (arr.min() < 0 or arr.max() > 0xFFFF):
+            raise UnsupportedInput(
+                f"{name}: integer pixels from {arr.min()} to {arr.max()}, outside 0..65535"
+                f"{' once WhiteIsZero is inverted' if white is not None else ''}: save the "
+                "image as 16-bit unsigned grey"
+            )
         arr = arr.astype("<u2", copy=False)
         return _native(arr, 1, "MONOCHROME2", 16, lossy, ratio, notes, icc, transformed)
     if im.mode == "L":
         return _native(np.asarray(im), 1, "MONOCHROME2", 8, lossy, ratio, notes, icc, transformed)
     if im.mode == "RGB":
         return _native(np.asarray(im), 3, "RGB", 8, lossy, ratio, notes, icc, transformed)
-    raise UnsupportedInput(f"{name}: Pillow image mode {im.mode!r} is not supported")
+    what = _MODE_NAMES.get(im.mode, f"Pillow image mode {im.mode!r}")
+    raise UnsupportedInput(
+        f"{name}: {what} is not supported: save the image as 8-bit grey or RGB, or 16-bit grey"
+    )
+
+
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_MODE_NAMES = {
+    "F": "32-bit floating-point grey (Pillow mode 'F')",
+    "LAB": "CIELab colour (Pillow mode 'LAB')",
+    "HSV": "HSV colour (Pillow mode 'HSV')",
+    "I;16S": "signed 16-bit grey",
+}
+
+
+def white_is_zero(im: Image.Image) -> int | None:
+    """The maximum sample value of a TIFF WhiteIsZero grey image that Pillow did not invert
+    (16-bit and wider samples; it inverts 1- and 8-bit ones itself), else None."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None or tags.get(262) != 0 or im.mode not in _WIDE_GREY:
+        return None
+    bits = tags.get(258, 16)
+    if isinstance(bits, tuple):
+        bits = bits[0]
+    return (1 << int(bits)) - 1
 
 
 def _native(
@@ -293,8 +367,23 @@ def refuse_reduced_depth(data: bytes, im: Image.Image, name: str) -> None:
                 f"{name}: 16-bit colour PNG; Pillow would reduce it to 8 bits, so it is "
                 "refused rather than silently degraded (save it as 8-bit RGB or 16-bit grey)"
             )
+        if depth == 16 and colour_type == 4:
+            raise UnsupportedInput(
+                f"{name}: 16-bit grey PNG with an alpha channel; Pillow would reduce it to "
+                "8-bit colour, so it is refused rather than silently degraded (save it as "
+                "16-bit grey without alpha)"
+            )
     tags = getattr(im, "tag_v2", None)
     if tags is not None:
+        formats = tags.get(339, 1)
+        kind = max(formats) if isinstance(formats, tuple) else formats
+        if kind in (2, 3):
+            what = "signed integer" if kind == 2 else "floating-point"
+            raise UnsupportedInput(
+                f"{name}: TIFF with {what} samples (SampleFormat {kind}); they would be "
+                "misread or cannot be stored as DICOM pixels here: save the image with "
+                "unsigned 8- or 16-bit samples"
+            )
         bps = tags.get(258)
         spp = tags.get(277, 1)
         if isinstance(bps, tuple) and spp and int(spp) >= 3 and max(bps) > 8:

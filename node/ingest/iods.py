@@ -93,7 +93,7 @@ def build(
     modules.general_study(ds, ids.study_uid)
     if kind == "vlp":
         # General Series (Modality XC), General Equipment, Acquisition Context
-        modules.general_series(ds, ids.series_uid, "XC", notes)
+        modules.general_series(ds, ids.series_uid, "XC", notes, name)
         modules.general_equipment(ds)
         image_type = (
             ("DERIVED", "PRIMARY") if pixels.spatially_transformed else ("ORIGINAL", "PRIMARY")
@@ -101,7 +101,8 @@ def build(
         modules.acquisition_context(ds)
     else:
         # General Series (Modality OT unless supplied), SC Equipment
-        modules.general_series(ds, ids.series_uid, "" if ds.has("Modality") else "OT", notes)
+        modality = "" if ds.has("Modality") else "OT"
+        modules.general_series(ds, ids.series_uid, modality, notes, name)
         modules.general_equipment(ds)
         modules.sc_equipment(ds, conversion_type)
         image_type = ("DERIVED", "SECONDARY")

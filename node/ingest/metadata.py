@@ -18,6 +18,9 @@ identification, laterality ...) with a text VR are checked here by the same rule
 pydicom's ``validate_value`` (PS3.5 6.2 lengths and character sets; tested to agree)
 without importing it (~0.2 s with numpy); anything else, and any value these checks refuse
 (for pydicom's own message), goes through pydicom. Sidecars and templates always do.
+What pydicom accepts but dciodvfy reports as an error (control characters, value
+multiplicity, UTF-8 byte lengths, enumerated values) is refused by
+:mod:`node.ingest.values`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from node.errors import ConversionError
 from node.ingest.elements import CORE_DICTIONARY, Attr, Elements, tag_vr
+from node.ingest.values import (
+    MAX_BYTES,
+    STRING_VRS,
+    check_values,
+    describe,
+    enumerated_problem,
+    has_bool,
+    shown,
+    text_problem,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataelem import DataElement
@@ -151,17 +164,18 @@ def resolve_tag(name: str, where: str) -> BaseTag:
         except ValueError:
             pass
     raise ConversionError(
-        f"{where}: {name!r} is neither a DICOM keyword nor a (gggg,eeee) tag "
-        "(keywords are case-sensitive, e.g. PatientName)"
+        f"{where.rstrip(':')}: {name!r} is neither a DICOM keyword nor a (gggg,eeee) tag "
+        f"({_did_you_mean(text)}keywords are case-sensitive, e.g. PatientName)"
     )
 
 
-def describe(tag: BaseTag) -> str:
-    """``(0010,0010) PatientName`` for messages."""
-    from pydicom.datadict import keyword_for_tag
+def _did_you_mean(text: str) -> str:
+    import difflib
 
-    kw = keyword_for_tag(tag) or "private/unknown"
-    return f"({tag.group:04X},{tag.element:04X}) {kw}"
+    from pydicom.datadict import keyword_dict
+
+    close = difflib.get_close_matches(text, list(keyword_dict), n=1, cutoff=0.8)
+    return f"did you mean {close[0]}? " if close else ""
 
 
 def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
@@ -173,7 +187,7 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
 
     if int(tag) in _PROTECTED_TAGS or tag.group == 0x0002:
         raise ConversionError(
-            f"{where}: {describe(tag)} is computed from the image and cannot be set; remove it"
+            f"{where}: {describe(tag)} {_computed(int(tag))} and cannot be set; remove it"
         )
     try:
         vr = dictionary_VR(tag)
@@ -193,6 +207,11 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
         vr = vr.split(" or ")[0]
     if value is None or value == "":
         return DataElement(tag, vr, None if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "")
+    if has_bool(value):
+        raise ConversionError(
+            f"{where}: {describe(tag)} (VR {vr}) needs text or a number, got "
+            f"{json.dumps(value)} (a JSON/TOML boolean)"
+        )
     items = value if isinstance(value, list) else str(value).split("\\")
     try:
         if vr in _NUMERIC_VRS:
@@ -205,10 +224,25 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
                 validate_value(vr, v, config.RAISE)
     except ValueError as exc:
         what = "needs numbers" if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "invalid value"
+        reason = re.split(r"\.(?:\s|$)", str(exc))[0]
         raise ConversionError(
-            f"{where}: {describe(tag)} (VR {vr}) {what}, got {value!r} ({str(exc).split('.')[0]})"
+            f"{where}: {describe(tag)} (VR {vr}) {what}, got {shown(value)} ({reason})"
         ) from None
+    check_values(tag, vr, conv, where)
     return DataElement(tag, vr, conv[0] if len(conv) == 1 else conv)
+
+
+def _computed(tag: int) -> str:
+    """How the converter decides a protected attribute, for refusal messages."""
+    if tag == 0x00080005:
+        return "is chosen by the converter (ISO_IR 192 when any text is not ASCII, else none)"
+    if tag in (0x00080016, 0x00080018):
+        return (
+            "is chosen by the converter (SOP class from --sop-class, instance UID from the content)"
+        )
+    if tag >> 16 == 0x0002:
+        return "belongs to the file meta information the converter writes"
+    return "is computed from the image"
 
 
 def _date_time_range(one: str) -> re.Pattern[str]:
@@ -233,6 +267,9 @@ _CHARS = {
     "UI": re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"),
 }
 _CHECKED_VRS = frozenset(_MAX_CHARS) | frozenset(_CHARS) | {"PN"}
+#: Keywords of the built-in dictionary whose VM refuses a single value (tested against
+#: pydicom's dictionary): one value for them goes to pydicom's path, which refuses it.
+NEEDS_SEVERAL_VALUES = frozenset({"ImageType", "PatientOrientation"})
 
 
 def _valid_text(vr: str, value: str) -> bool:
@@ -257,8 +294,17 @@ def _checked_here(name: str, value: Any) -> tuple[int, Attr] | None:
     tag, vr = core
     if value is None or value == "":
         return tag, (vr, "")
+    if has_bool(value):
+        return None
     items = [str(v) for v in (value if isinstance(value, list) else str(value).split("\\"))]
-    if not all(_valid_text(vr, v) for v in items):
+    if len(items) > 1 or name.strip() in NEEDS_SEVERAL_VALUES:
+        return None  # the value multiplicity is checked there, against pydicom's dictionary
+    if not all(
+        _valid_text(vr, v)
+        and text_problem(vr, v) is None
+        and not enumerated_problem(name.strip(), v)
+        for v in items
+    ):
         return None
     if vr == "IS":  # pydicom's IS keeps the stripped text
         items = [v.strip() for v in items]
@@ -303,11 +349,31 @@ def parse_key(text: str) -> tuple[str, str]:
 # ----------------------------------------------------------------------- sidecar JSON
 
 
+#: The suffixes of sidecar files (exactly these spellings; ``NAME.Json`` is not one).
+SIDECAR_SUFFIXES = (".json", ".JSON")
+
+
+def is_sidecar_name(name: str) -> bool:
+    """True for ``NAME.json`` / ``NAME.JSON``: a sidecar, never an image input."""
+    return name.endswith(SIDECAR_SUFFIXES)
+
+
 def sidecar_for(source: Path) -> Path | None:
-    """The sidecar of ``source``: ``NAME.json`` or else ``NAME.jpg.json``, if it exists."""
-    for candidate in (source.with_suffix(".json"), source.with_name(source.name + ".json")):
-        if candidate != source and candidate.is_file():
-            return candidate
+    """The sidecar of ``source``: ``NAME.json`` or else ``NAME.jpg.json``, if it exists
+    (``.JSON`` too: the drop folder and the CLI walk never take a ``*.json``/``*.JSON`` as
+    an image, so one spelt ``NAME.JSON`` must be applied, not silently skipped)."""
+    candidates = (
+        source.with_suffix(".json"),
+        source.with_suffix(".JSON"),
+        source.with_name(source.name + ".json"),
+        source.with_name(source.name + ".JSON"),
+    )
+    for candidate in candidates:
+        try:
+            if candidate != source and candidate.is_file():
+                return candidate
+        except OSError:  # e.g. ENAMETOOLONG: a 255-byte NAME.jpg has no NAME.jpg.json
+            continue
     return None
 
 
@@ -338,8 +404,9 @@ def load_sidecar(path: Path) -> Dataset:
         for elem in ds:
             if int(elem.tag) in _PROTECTED_TAGS or elem.tag.group == 0x0002:
                 raise ConversionError(
-                    f"sidecar {path}: {describe(elem.tag)} is computed from the image; remove it"
+                    f"sidecar {path}: {describe(elem.tag)} {_computed(int(elem.tag))}; remove it"
                 )
+            _check_json_element(elem, f"sidecar {path}")
         return ds
     for key, value in table.items():
         if isinstance(value, dict) or (
@@ -350,6 +417,48 @@ def load_sidecar(path: Path) -> Dataset:
                 '({"ggggeeee": {"vr": ..., "Value": [...]}})'
             )
     return dataset_from_pairs(table.items(), f"sidecar {path}:")
+
+
+def _check_json_element(elem: DataElement, where: str) -> None:
+    """The checks of :func:`element_from_value` for an element of a DICOM JSON sidecar
+    (pydicom's ``from_json`` validates nothing); sequence items are checked recursively."""
+    from pydicom import config
+    from pydicom.datadict import dictionary_VR
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import VR, validate_value
+
+    if elem.VR not in {m for m in VR.__members__ if "_" not in m}:
+        raise ConversionError(
+            f"{where}: {describe(elem.tag)} has the unknown VR {elem.VR!r} (PS3.5 6.2 lists "
+            "the value representations)"
+        )
+    try:
+        expected = [v.strip() for v in dictionary_VR(elem.tag).split(" or ")]
+    except KeyError:
+        expected = []  # a private or unknown tag: its VR is the sidecar's to say
+    if expected and elem.VR not in expected:
+        raise ConversionError(
+            f"{where}: {describe(elem.tag)} has VR {elem.VR!r} in the sidecar, but the DICOM "
+            f'dictionary says {" or ".join(expected)}: correct the "vr"'
+        )
+    if elem.VR == "SQ":
+        for item in elem.value or []:
+            for inner in item:
+                _check_json_element(inner, where)
+        return
+    if elem.VR not in STRING_VRS or elem.value is None or elem.value == "":
+        return
+    values = list(elem.value) if isinstance(elem.value, MultiValue | list) else [elem.value]
+    for value in values:
+        try:
+            validate_value(elem.VR, str(value), config.RAISE)
+        except ValueError as exc:
+            reason = re.split(r"\.(?:\s|$)", str(exc))[0]
+            raise ConversionError(
+                f"{where}: {describe(elem.tag)} (VR {elem.VR}) invalid value, got "
+                f"{shown(str(value))} ({reason})"
+            ) from None
+    check_values(elem.tag, elem.VR, values, where)
 
 
 # ----------------------------------------------------------------------- template dataset
@@ -380,11 +489,37 @@ def load_template(path: Path, scope: TemplateScope) -> Dataset:
                 continue
             out.add(elem)
         return out
+        _check_utf8_lengths(out, path)
+        return out
     keywords = STUDY_KEYWORDS + (SERIES_KEYWORDS if scope == "series" else ())
     for kw in keywords:
         if kw in src:
             out.add(src[kw])
+    _check_utf8_lengths(out, path)
     return out
+
+
+def _check_utf8_lengths(ds: Dataset, path: Path) -> None:
+    """Refuse template text that fits its VR in the template's character set but not in
+    the UTF-8 the converter writes (33 "ü" are 33 bytes in Latin-1, 66 in UTF-8: over
+    PN's 64, a dciodvfy error in every object made from the template)."""
+    from pydicom.multival import MultiValue
+
+    for elem in ds.iterall():
+        limit = MAX_BYTES.get(elem.VR)
+        if limit is None or elem.value is None or elem.value == "":
+            continue
+        values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
+        for value in values:
+            text = str(value)
+            parts = text.split("=") if elem.VR == "PN" else [text]
+            size = max(len(part.encode("utf-8")) for part in parts)
+            if size > limit:
+                raise ConversionError(
+                    f"template {path}: {describe(elem.tag)} (VR {elem.VR}) is {size} bytes "
+                    f"in UTF-8, which the converter writes, where {elem.VR} allows {limit}: "
+                    f"shorten it in the template, got {shown(text)}"
+                )
 
 
 # ----------------------------------------------------------------------- merging

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from node import __version__
+from node.errors import ConversionError
 from node.ingest.elements import Elements
 from node.ingest.images import JPEG_METHOD, Pixels
 
@@ -30,7 +31,9 @@ def general_study(ds: Elements, study_uid: str) -> None:
 
 
 # General Series (C.7.3.1)
-def general_series(ds: Elements, series_uid: str, modality: str, notes: list[str]) -> None:
+def general_series(
+    ds: Elements, series_uid: str, modality: str, notes: list[str], name: str = "input"
+) -> None:
     """Modality (forced for IODs that fix it), Series UID, SeriesNumber, Laterality (2C).
 
     Laterality is Type 2C (required for paired body parts). It is left alone when Laterality
@@ -50,9 +53,10 @@ def general_series(ds: Elements, series_uid: str, modality: str, notes: list[str
     elif ds.has("Modality") and not current:
         ds.remove("Modality")  # present-but-empty is an error where it is Type 1 or 3
     ds.present("SeriesNumber")
-    if ds.has_value("Laterality"):
-        return
     body_part = ds.text("BodyPartExamined").upper()
+    if ds.has_value("Laterality"):
+        _one_laterality(ds, body_part, notes, name)
+        return
     if ds.has_value("ImageLaterality") or body_part in UNPAIRED_BODY_PARTS:
         # Laterality must then be absent: an empty one (e.g. from a template such as a CT,
         # or a sidecar) is a dciodvfy error next to ImageLaterality (Type 2C condition).
@@ -71,6 +75,38 @@ def general_series(ds: Elements, series_uid: str, modality: str, notes: list[str
             "part: supply (0020,0060) Laterality R/L or (0020,0062) ImageLaterality"
         )
     ds.present("Laterality")
+
+
+def _one_laterality(ds: Elements, body_part: str, notes: list[str], name: str) -> None:
+    """Laterality (series) given with ImageLaterality or an unpaired body part.
+
+    dciodvfy reports Laterality as "present when condition unsatisfied" (an error) next to
+    ImageLaterality or an unpaired BodyPartExamined. The same side given twice keeps
+    ImageLaterality alone; Laterality with an unpaired body part becomes ImageLaterality
+    (the same claim, made for the image); two different sides are a contradiction that only
+    the user can resolve.
+    """
+    side = ds.text("Laterality")
+    image_side = ds.text("ImageLaterality")
+    if image_side:
+        if image_side != side:
+            raise ConversionError(
+                f"{name}: (0020,0060) Laterality {side} contradicts (0020,0062) "
+                f"ImageLaterality {image_side}: give one of them (ImageLaterality for an "
+                "image of one side)"
+            )
+        ds.remove("Laterality")
+        notes.append(
+            f"(0020,0060) Laterality {side} left out: (0020,0062) ImageLaterality {side} "
+            "says the same, and DICOM allows only one of them here"
+        )
+    elif body_part in UNPAIRED_BODY_PARTS:
+        ds.remove("Laterality")
+        ds.set("ImageLaterality", side)
+        notes.append(
+            f"(0020,0060) Laterality {side} written as (0020,0062) ImageLaterality: "
+            f"{body_part} is not a paired body part, so Laterality must be absent"
+        )
 
 
 #: BodyPartExamined defined terms that are not paired (measured: dciodvfy accepts them
@@ -256,8 +292,19 @@ def acquisition_context(ds: Elements) -> None:
 
 # ICC Profile (C.11.15)
 def icc_profile(ds: Elements, pixels: Pixels) -> None:
-    if pixels.icc and pixels.samples == 3:
-        ds.set("ICCProfile", pixels.icc + (b"\x00" if len(pixels.icc) % 2 else b""))
+    """The source's ICC profile, when it describes the pixels written: colour pixels and a
+    profile whose data colour space (header bytes 16-19) is RGB. A CMYK file's profile
+    describes CMYK, not the RGB the converter made of it, and is left out (noted)."""
+    if not pixels.icc or pixels.samples != 3:
+        return
+    space = pixels.icc[16:20]
+    if space != b"RGB ":
+        pixels.notes.append(
+            f"ICC profile of colour space {space.decode('latin-1').strip()!r} left out: it "
+            "does not describe the RGB pixels written"
+        )
+        return
+    ds.set("ICCProfile", pixels.icc + (b"\x00" if len(pixels.icc) % 2 else b""))
 
 
 # SOP Common (C.12.1)

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -36,6 +37,8 @@ from node.errors import ConfigError, ConversionError, NodeError
 from node.fsutil import atomic_write, clean_temp_files, fsync_dir
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file, sidecar_for
 from node.ingest.dicom_inputs import DicomInputError, dicom_files_in, is_dicom_file
+from node.ingest.metadata import is_sidecar_name
+from node.ingest.names import fit_name
 from node.ingest.watcher import input_files, is_ignored
 from node.logs import fields
 from node.queue import JobState, JobStore
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_FILE = "claim.json"
 COPYING = ".copying"  # suffix of a cross-device claim's copy until it is complete
+ERROR_SUFFIX = ".error.txt"  # the reason file beside a quarantined input
 SRC = "src"
 
 
@@ -77,6 +81,7 @@ class IngestPipeline:
         self.on_converted = on_converted
         self.on_enqueued = on_enqueued
         self._lock = threading.Lock()
+        self._names: dict[str, set[str]] = {}
         check_one_file_system(work_folders(cfg))
 
     # ------------------------------------------------------------------ claiming
@@ -106,7 +111,12 @@ class IngestPipeline:
         # From here the input is ours: an error with its sidecar must not undo the claim.
         if sidecar is not None:
             try:
-                _move(sidecar, claim_dir / SRC / sidecar.name)
+                if _shared_sidecar(path, sidecar):
+                    # photo.json also belongs to photo.png still in the inbox (as in the
+                    # CLI): take a copy and leave it for the last image of that name.
+                    atomic_write(claim_dir / SRC / sidecar.name, sidecar.read_bytes())
+                else:
+                    _move(sidecar, claim_dir / SRC / sidecar.name)
             except FileNotFoundError:
                 pass
             except OSError as exc:
@@ -132,12 +142,19 @@ class IngestPipeline:
                 # A cross-device claim cut short: the original is still in the inbox and
                 # will be claimed again; this partial copy is not an input.
                 _remove(entry)
+        self._set_aside_special_files(src_root)
+        entries = sorted(src_root.iterdir()) if src_root.exists() else []
         inputs = [
             e
             for e in entries
-            if not is_ignored(e.name) and not (e.is_file() and e.suffix.lower() == ".json")
+            if not is_ignored(e.name) and not (e.is_file() and is_sidecar_name(e.name))
         ]
         items: list[Claimed] = []
+        # Output names already given in this claim: flattening "a/x.jpg" and "a_x.jpg" of
+        # one folder gives the same name, and the second output replaced the first (which
+        # was then never delivered). Inputs come in a fixed order, so a resumed claim gives
+        # every input the same name again.
+        self._names[claim_id] = set()
         for entry in inputs:
             if entry.is_dir():
                 items += self._process_folder(claim_id, entry)
@@ -150,6 +167,7 @@ class IngestPipeline:
                 )
                 if item is not None:
                     items.append(item)
+        self._names.pop(claim_id, None)
         record = {
             "claim": claim_id,
             "destinations": self.destinations,
@@ -165,6 +183,27 @@ class IngestPipeline:
             self.on_enqueued(self.destinations)
         with self._lock:  # a delivery acknowledged before the record existed is caught here
             self.finish_if_delivered(claim_dir)
+
+    def _set_aside_special_files(self, root: Path) -> None:
+        """Quarantine what is not a regular file or folder (a FIFO, socket, device, or a
+        broken symbolic link) before anything opens it: opening a FIFO blocks forever,
+        reading a device never ends."""
+        if not root.exists():
+            return
+        for folder, dirs, files in os.walk(root):
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                path = Path(folder, name)
+                try:
+                    mode = path.stat().st_mode
+                except OSError:
+                    self.quarantine(path, "a broken symbolic link: its target does not exist")
+                    continue
+                if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                    self.quarantine(
+                        path,
+                        "not a regular file (a FIFO, socket or device); save the image to a "
+                        "file and drop that",
+                    )
 
     def _enqueue(self, record: Mapping[str, Any], *, rearm: bool = True) -> None:
         """Delivery jobs for every object of a claim, in one transaction.
@@ -213,10 +252,26 @@ class IngestPipeline:
             for path in dicoms:
                 items += self._accept_dicom(path)
             return items
+        inputs = input_files(folder)
+        if not inputs:
+            # Nothing to convert (only sidecars, partial or hidden files): the claim would
+            # finish empty and its folder be removed without a trace.
+            found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+            listing = ", ".join(found[:5]) + (
+                f" and {len(found) - 5} more" if len(found) > 5 else ""
+            )
+            self.quarantine(
+                folder,
+                "the folder holds no image or DICOM file to convert"
+                + (f" (only: {listing})" if found else " (it is empty)")
+                + "; sidecars (*.json) need their images, *.part/*.tmp and hidden files are "
+                "ignored",
+            )
+            return []
         series = SeriesContext.for_group(
             "dir:" + folder.name + ":" + _folder_key(folder), self.options.uid_root
         )
-        for number, path in enumerate(input_files(folder), start=1):
+        for number, path in enumerate(inputs, start=1):
             item = self._process_one(claim_id, path, series, number)
             if item is not None:
                 items.append(item)
@@ -231,10 +286,16 @@ class IngestPipeline:
                 return accepted[0] if accepted else None
             out_dir = self.ing.outgoing / claim_id
             rel = path.relative_to(self.ing.work / claim_id / SRC)
-            output = out_dir / (rel.as_posix().replace("/", "_") + ".dcm")
+            output = out_dir / self._output_name(claim_id, rel.as_posix().replace("/", "_"))
             started = time.monotonic()
             result = convert_file(
-                path, output, self.options, series, number, overrides=self._from_name(path)
+                path,
+                output,
+                self.options,
+                series,
+                number,
+                overrides=self._from_name(path),
+                instance_key=rel.as_posix(),
             )
             if self.on_converted is not None:
                 self.on_converted(time.monotonic() - started)
@@ -244,12 +305,34 @@ class IngestPipeline:
         except (NodeError, OSError, ValueError) as exc:
             self.quarantine(path, f"{type(exc).__name__}: {exc}")
             return None
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the claim stuck
+            # Without this the claim would stay in work/ with no record, fail again at
+            # every start, and hold back the other files of its folder: the input goes to
+            # quarantine with the error instead, and the traceback to the log.
+            log.exception("converting %s failed unexpectedly", path.name)
+            self.quarantine(
+                path,
+                f"internal error while converting ({type(exc).__name__}: {exc}); this is a "
+                "bug in dicom-node: please report it with this file",
+            )
+            return None
         log.info(
             "converted %s",
             path.name,
             extra=fields(claim=claim_id, sop=result.sop_instance_uid, out=result.output.name),
         )
         return Claimed(str(path), str(result.output), result.sop_instance_uid)
+
+    def _output_name(self, claim_id: str, flat: str) -> str:
+        """``flat.dcm``, or ``flat~2.dcm`` ... when an earlier input of the claim has it."""
+        used = self._names.setdefault(claim_id, set())
+        name = fit_name(flat, ".dcm")
+        counter = 1
+        while name in used:
+            counter += 1
+            name = fit_name(flat, f"~{counter}.dcm")
+        used.add(name)
+        return name
 
     def _accept_dicom(self, path: Path) -> list[Claimed]:
         from node.ingest.dicom_inputs import validate_dicom
@@ -276,16 +359,26 @@ class IngestPipeline:
     def quarantine(self, path: Path, reason: str) -> Path:
         """Move ``path`` (and its sidecar) to quarantine/ with ``NAME.error.txt``."""
         self.ing.quarantine.mkdir(parents=True, exist_ok=True)
-        target = self.ing.quarantine / path.name
-        if target.exists() or (self.ing.quarantine / f"{path.name}.error.txt").exists():
-            target = self.ing.quarantine / f"{path.stem}-{uuid.uuid4().hex[:6]}{path.suffix}"
+        # NAME.error.txt must fit the file system too (a dropped name may be 255 bytes).
+        name = fit_name(path.name, ERROR_SUFFIX)[: -len(ERROR_SUFFIX)]
+        target = self.ing.quarantine / name
+        if target.exists() or (self.ing.quarantine / f"{name}{ERROR_SUFFIX}").exists():
+            unique = f"{Path(name).stem}-{uuid.uuid4().hex[:6]}{Path(name).suffix}"
+            target = self.ing.quarantine / fit_name(unique, ERROR_SUFFIX)[: -len(ERROR_SUFFIX)]
         sidecar = None if path.is_dir() else sidecar_for(path)
+        # The reason names the claimed copy (work/CLAIM/src/...): the user knows the inbox.
+        src_root = self._claimed_root(path)
+        shown = path.name
+        if src_root is not None:
+            reason = reason.replace(f"{src_root}{os.sep}", "")
+            with contextlib.suppress(ValueError):
+                shown = path.relative_to(src_root).as_posix()
         note = (
-            f"file: {path.name}\nreason: {reason}\n"
+            f"file: {shown}\nreason: {reason}\n"
             f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
             "fix the cause and drop the file into the inbox again\n"
         )
-        atomic_write(target.with_name(target.name + ".error.txt"), note.encode())
+        atomic_write(target.with_name(target.name + ERROR_SUFFIX), note.encode())
         path.rename(target)
         if sidecar is not None:
             with contextlib.suppress(OSError):
@@ -293,6 +386,14 @@ class IngestPipeline:
         self.store.bump("quarantined")
         log.warning("quarantined %s: %s", path.name, reason, extra=fields(to=str(target)))
         return target
+
+    def _claimed_root(self, path: Path) -> Path | None:
+        """``work/CLAIM/src`` when ``path`` lies in a claim, else None."""
+        try:
+            claim = path.relative_to(self.ing.work).parts[0]
+        except (ValueError, IndexError):
+            return None
+        return self.ing.work / claim / SRC
 
     def orphan_sidecar(self, path: Path) -> None:
         """The watcher's callback for a sidecar whose image is not in the inbox."""
@@ -403,6 +504,25 @@ def _folder_key(folder: Path) -> str:
     return "|".join(parts)
 
 
+def _shared_sidecar(image: Path, sidecar: Path) -> bool:
+    """True if ``sidecar`` is a ``NAME.json`` that another image in the inbox (``NAME.png``
+    beside ``NAME.jpg``) will look up too."""
+    if sidecar.name not in (image.stem + ".json", image.stem + ".JSON"):
+        return False  # NAME.jpg.json belongs to NAME.jpg alone
+    try:
+        entries = list(os.scandir(image.parent))
+    except OSError:
+        return False
+    return any(
+        e.name != image.name
+        and e.is_file()
+        and Path(e.name).stem == image.stem
+        and not is_sidecar_name(e.name)
+        and not is_ignored(e.name)
+        for e in entries
+    )
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -418,7 +538,7 @@ def _move(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    tmp = dst.with_name(f".{dst.name}{COPYING}")
+    tmp = dst.with_name(fit_name(f".{dst.name}", COPYING))
     if src.is_dir():
         shutil.copytree(src, tmp)
         for root, _dirs, files in os.walk(tmp):

@@ -10,7 +10,8 @@ the inbox and hands over the entries that are *complete*:
   ``ingest.incomplete_seconds`` is handed to ``on_orphan``, i.e. quarantined);
 - the size and mtime (for a folder: of every file inside it) unchanged for
   ``ingest.stable_seconds``;
-- the file opens, and a JPEG ends with an EOI marker. A file that stays unchanged but
+- the file opens and is not empty, a JPEG ends with an EOI marker, a PNG with its IEND
+  chunk, a BMP is as long as its header says. A file that stays unchanged but
   incomplete for ``ingest.incomplete_seconds`` is handed over anyway, so that it ends in
   quarantine with a reason rather than sitting in the inbox forever.
 
@@ -22,11 +23,14 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -36,7 +40,7 @@ from node.config import IngestSection
 log = logging.getLogger(__name__)
 
 IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload", ".error.txt", ".partial", ".swp")
-SIDECAR_SUFFIX = ".json"
+SIDECAR_SUFFIXES = (".json", ".JSON")  # as node.ingest.metadata.SIDECAR_SUFFIXES
 
 Signature = tuple[object, ...]
 
@@ -48,8 +52,10 @@ def is_ignored(name: str) -> bool:
 
 
 def is_sidecar(path: Path) -> bool:
-    """True for ``NAME.json`` / ``NAME.jpg.json`` beside an image: it travels with it."""
-    return path.suffix.lower() == SIDECAR_SUFFIX
+    """True for ``NAME.json`` / ``NAME.jpg.json`` (or ``.JSON``) beside an image: it travels
+    with it. Other spellings (``.Json``) are inputs, refused as "not an image" (visible)
+    rather than skipped without being applied."""
+    return path.name.endswith(SIDECAR_SUFFIXES)
 
 
 def input_files(folder: Path) -> list[Path]:
@@ -66,7 +72,11 @@ def input_files(folder: Path) -> list[Path]:
 def signature(path: Path) -> Signature | None:
     """What must stay unchanged for ``path`` to count as complete; None if it vanished."""
     try:
-        st = path.stat()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            link = path.lstat()  # a broken symbolic link: tracked, then quarantined
+            return ("broken link", link.st_mtime_ns)
         if not path.is_dir():
             return (st.st_size, st.st_mtime_ns)
         parts: list[object] = []
@@ -81,23 +91,103 @@ def signature(path: Path) -> Signature | None:
         return None
 
 
-def jpeg_complete(path: Path) -> bool:
-    """A JPEG is complete when its last marker is EOI (trailing padding tolerated)."""
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk, CRC included
+
+
+def file_complete(path: Path) -> bool:
+    """Whether a file looks completely written, as far as its format tells.
+
+    Not a regular file (a FIFO would block the open): nothing to wait for, the converter
+    refuses it and it ends in quarantine. Empty: not yet (a copy creates the file before
+    it writes). JPEG: its last marker is EOI (trailing padding tolerated). PNG: its IEND
+    chunk is there (near the end). BMP: it is at least as long as its header's file size.
+    TIFF: its IFDs, strips and tiles lie inside the file. Other files: nothing to check.
+    """
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return True  # a FIFO or device: never opened here; the converter refuses it
     with open(path, "rb") as fh:
-        head = fh.read(2)
-        if head != b"\xff\xd8":
-            return True  # not a JPEG: nothing more to check here
+        head = fh.read(6)
         size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        if head.startswith(b"\x89PNG"):
+            fh.seek(max(0, size - 4096))
+            return _PNG_END in fh.read()  # data appended after IEND is tolerated
+        if head[:4] in (b"II*\x00", b"MM\x00*"):
+            try:
+                return tiff_complete(fh, size)
+            except (struct.error, ValueError, OverflowError):
+                return True  # malformed, not short: the converter says what is wrong
+        if head.startswith(b"BM") and len(head) == 6:
+            declared = int.from_bytes(head[2:6], "little")
+            return declared <= size  # 0 (unknown) counts as complete
+        if not head.startswith(b"\xff\xd8"):
+            return True  # nothing more to check here
         fh.seek(max(0, size - 4096))
         tail = fh.read().rstrip(b"\x00\r\n ")
     return tail.endswith(b"\xff\xd9")
 
 
+_TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8
+_TIFF_DATA = ((273, 279), (324, 325))  # StripOffsets/StripByteCounts, Tile...
+
+
+def tiff_complete(fh: BinaryIO, size: int, max_pages: int = 4096) -> bool:
+    """Every IFD of a classic TIFF, and every strip or tile it points to, lies inside the
+    file's ``size`` bytes (a TIFF being copied ends short of them)."""
+    fh.seek(0)
+    head = fh.read(8)
+    end = "<" if head[:2] == b"II" else ">"
+    offset = struct.unpack(end + "I", head[4:8])[0]
+    for _ in range(max_pages):
+        if offset == 0:
+            return True
+        if offset + 2 > size:
+            return False
+        fh.seek(offset)
+        (count,) = struct.unpack(end + "H", fh.read(2))
+        table = fh.read(12 * count + 4)
+        if len(table) < 12 * count + 4:
+            return False
+        entries = {}
+        for i in range(count):
+            tag, kind, n, raw = struct.unpack(end + "HHI4s", table[12 * i : 12 * i + 12])
+            entries[tag] = (kind, n, raw)
+        for offsets_tag, counts_tag in _TIFF_DATA:
+            if offsets_tag in entries and counts_tag in entries:
+                starts = _tiff_values(fh, end, size, *entries[offsets_tag])
+                lengths = _tiff_values(fh, end, size, *entries[counts_tag])
+                if starts is None or lengths is None:
+                    return False
+                if any(a + b > size for a, b in zip(starts, lengths, strict=False)):
+                    return False
+        (offset,) = struct.unpack(end + "I", table[12 * count :])
+    return True
+
+
+def _tiff_values(
+    fh: BinaryIO, end: str, size: int, kind: int, n: int, raw: bytes
+) -> list[int] | None:
+    """The numbers of one IFD entry (inline or at its offset); None if they lie past ``size``."""
+    code, width = _TIFF_TYPES.get(kind, ("I", 4))
+    total = width * n
+    if total <= 4:
+        data = raw[:total]
+    else:
+        (where,) = struct.unpack(end + "I", raw)
+        if where + total > size:
+            return None
+        fh.seek(where)
+        data = fh.read(total)
+    return list(struct.unpack(f"{end}{n}{code}", data))
+
+
 def looks_complete(path: Path) -> bool:
-    """The entry opens, and every JPEG in it has its EOI marker."""
+    """The entry opens, and every file in it looks completely written (not empty; a JPEG
+    has its EOI marker, a PNG its IEND chunk, a BMP its declared size)."""
     try:
         files = input_files(path) if path.is_dir() else [path]
-        return all(jpeg_complete(f) for f in files)
+        return all(file_complete(f) for f in files)
     except OSError:
         return False
 

@@ -332,7 +332,13 @@ def bad_cases() -> list[tuple[str, str, Callable[[], bytes], type[ConversionErro
     """(name, filename, make, exception, phrase in the message)."""
     return [
         ("empty", "empty.jpg", lambda: b"", CorruptInput, "empty file"),
-        ("truncated", "truncated.jpg", _truncated, CorruptInput, "truncated"),
+        (
+            "truncated",
+            "truncated.jpg",
+            _truncated,
+            CorruptInput,
+            "): the file is damaged or incomplete; copy or export it again",
+        ),
         ("no-eoi", "noeoi.jpg", lambda: jpeg(rgb(16, 16))[:-2], CorruptInput, "EOI"),
         (
             "text",
@@ -358,6 +364,70 @@ def bad_cases() -> list[tuple[str, str, Callable[[], bytes], type[ConversionErro
             UnsupportedInput,
             "16-bit colour",
         ),
+        (
+            "png-16bit-grey-alpha",
+            "la32.png",
+            _grey_alpha_png16,
+            UnsupportedInput,
+            "16-bit grey PNG with an alpha channel",
+        ),
+        (
+            "wider-than-us",
+            "panorama.png",
+            lambda: saved(Image.new("L", (70000, 1), 9), "PNG"),
+            UnsupportedInput,
+            "(0028,0011) Columns",
+        ),
+        (
+            "taller-than-us",
+            "strip.tif",
+            lambda: saved(Image.new("L", (1, 65536), 9), "TIFF"),
+            UnsupportedInput,
+            "at most 65535",
+        ),
+        (
+            "arithmetic-sof9",
+            "arith.jpg",
+            lambda: jpeg(rgb(16, 16)).replace(b"\xff\xc0", b"\xff\xc9", 1),
+            UnsupportedInput,
+            "arithmetic (SOF9) JPEG is not supported (baseline, extended and progressive "
+            "Huffman JPEG are): re-save it as baseline JPEG",
+        ),
+        (
+            "png-cut-in-the-pixels",
+            "half.png",
+            lambda: (lambda d: d[: len(d) // 2])(saved(rgb(64, 48), "PNG")),
+            CorruptInput,
+            "the file is damaged or incomplete; copy or export it again",
+        ),
+        (
+            "png-header-only",
+            "cut.png",
+            lambda: saved(rgb(64, 48), "PNG")[:40],
+            UnsupportedInput,
+            "a PNG file Pillow cannot read: damaged or truncated",
+        ),
+        (
+            "tiff-signed-16",
+            "signed.tif",
+            lambda: tiff_raw(np.arange(-6, 6, dtype=np.int16).reshape(3, 4), 1, 2),
+            UnsupportedInput,
+            "signed integer samples (SampleFormat 2)",
+        ),
+        (
+            "tiff-signed-8",
+            "signed8.tif",
+            lambda: tiff_raw(np.arange(-6, 6, dtype=np.int8).reshape(3, 4), 1, 2),
+            UnsupportedInput,
+            "signed integer samples (SampleFormat 2)",
+        ),
+        (
+            "tiff-float",
+            "float.tif",
+            lambda: tiff_raw(np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), 1, 3),
+            UnsupportedInput,
+            "floating-point samples (SampleFormat 3)",
+        ),
     ]
 
 
@@ -367,24 +437,79 @@ def _dicom_file() -> bytes:
 
 def _png_rgb16() -> bytes:
     """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
+    w, h = 4, 3
+    return png_raw(w, h, 16, 2, b"".join(b"\x00" + bytes(range(w * 6)) for _ in range(h)))
+
+
+def png_raw(width: int, height: int, depth: int, colour_type: int, rows: bytes) -> bytes:
+    """A PNG written by hand: ``rows`` are the filtered scanlines (filter byte first)."""
     import struct
     import zlib
-
-    w, h = 4, 3
-    raw = b"".join(b"\x00" + bytes(range(w * 6)) for _ in range(h))
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return (
             struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
         )
 
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IDAT", zlib.compress(rows))
         + chunk(b"IEND", b"")
     )
+
+
+def tiff_raw(
+    pixels: np.ndarray, photometric: int, sample_format: int = 1, extra_samples: int | None = None
+) -> bytes:
+    """An uncompressed little-endian one-strip TIFF written by hand (rows x columns
+    [x samples]), for sample layouts Pillow cannot write (WhiteIsZero 16-bit, signed ...)."""
+    import struct
+
+    height, width = pixels.shape[:2]
+    spp = pixels.shape[2] if pixels.ndim == 3 else 1
+    bits = pixels.dtype.itemsize * 8
+    data = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    data += b"\x00" * (len(data) % 2)
+    bits_offset = 8 + len(data)
+    bits_array = struct.pack(f"<{spp}H", *([bits] * spp))
+    ifd_offset = bits_offset + len(bits_array)
+    bits_entry = (
+        (3, spp, bits) if spp == 1 else (3, spp, bits | bits << 16) if spp == 2 else (3, spp, -1)
+    )
+    entries = {
+        256: (4, 1, width),
+        257: (4, 1, height),
+        258: bits_entry,
+        259: (3, 1, 1),
+        262: (3, 1, photometric),
+        273: (4, 1, 8),
+        277: (3, 1, spp),
+        278: (4, 1, height),
+        279: (4, 1, len(data)),
+        339: (3, 1, sample_format),
+    }
+    if extra_samples is not None:
+        entries[338] = (3, 1, extra_samples)
+    ifd = struct.pack("<H", len(entries))
+    for tag in sorted(entries):
+        kind, count, value = entries[tag]
+        if tag == 258 and spp > 2:
+            ifd += struct.pack("<HHII", tag, kind, count, bits_offset)
+        elif kind == 3 and count == 1:
+            ifd += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            ifd += struct.pack("<HHII", tag, kind, count, value)
+    ifd += b"\x00\x00\x00\x00"
+    return b"II*\x00" + struct.pack("<I", ifd_offset) + data + bits_array + ifd
+
+
+def _grey_alpha_png16() -> bytes:
+    """16-bit grey + alpha (colour type 4), which Pillow reads as 8-bit RGBA."""
+    w, h = 5, 3
+    samples = np.arange(w * h * 2, dtype=">u2").reshape(h, w * 2) * 1000
+    return png_raw(w, h, 16, 4, b"".join(b"\x00" + row.tobytes() for row in samples))
 
 
 def write(folder: Path, name: str, data: bytes) -> Path:
