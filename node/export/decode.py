@@ -174,8 +174,14 @@ def _int(ds: Dataset, keyword: str, path: Path, default: int | None = None) -> i
     return number
 
 
-def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
-    """Check the Image Pixel module against the data and the cap; raise naming the element."""
+def pixel_info(
+    ds: Dataset, path: Path, max_pixels: int, *, frame_by_frame: bool = False
+) -> PixelInfo:
+    """Check the Image Pixel module against the data and the cap; raise naming the element.
+
+    The cap bounds the samples decoded at once: all frames, or with ``frame_by_frame`` one
+    frame of a colour or palette image (whose frames the caller renders in batches).
+    """
     if "PixelData" not in ds:
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         what = f" (only {', '.join(other)}, which is not rendered)" if other else ""
@@ -214,7 +220,9 @@ def pixel_info(ds: Dataset, path: Path, max_pixels: int) -> PixelInfo:
             f"{_tag('SamplesPerPixel')} {samples}; expected {wanted}"
         )
     total = rows * cols * frames * samples
-    if total > max_pixels:
+    if frame_by_frame and photometric in FRAME_BY_FRAME and rows * cols * samples <= max_pixels:
+        pass  # one frame at a time fits
+    elif total > max_pixels:
         raise BadPixelData(
             f"{path}: {_tag('Rows')} {rows} x {_tag('Columns')} {cols} x "
             f"{_tag('NumberOfFrames')} {frames} x {_tag('SamplesPerPixel')} {samples} = "
@@ -329,6 +337,9 @@ THREE_SAMPLES = (
     "YBR_ICT",
     "YBR_PARTIAL_420",
 )
+#: Photometric interpretations whose frames render independently of each other (no
+#: window spanning all frames): PNG export decodes them a batch of frames at a time.
+FRAME_BY_FRAME = ("PALETTE COLOR", *THREE_SAMPLES)
 #: Native 4:2:2 data: Y1 Y2 Cb Cr for each two pixels of a row.
 SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422")
 

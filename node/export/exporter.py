@@ -9,9 +9,12 @@ never a name, ID or other text from the object)::
     <study>/study.pdf                                              (study PDF)
 
 With ``export.deidentify`` each UID is replaced by ``st-``/``se-``/``im-`` + a SHA-256
-based hash (:func:`node.export.deid.uid_hash`). Every frame of an object is rendered before
-anything is written, and each file is written atomically, so a bad object leaves no output.
-Each file written is one line in the manifest (:mod:`node.export.manifest`).
+based hash (:func:`node.export.deid.uid_hash`). Each file is written atomically and a bad
+object leaves no output: its frames are rendered before anything is written, except for
+colour and palette multi-frame objects (ultrasound cines), which are decoded, rendered and
+written a batch of frames at a time (``export.max_pixels`` then bounds one frame) and whose
+files already written are removed if a later frame fails. Each file written is one line in
+the manifest (:mod:`node.export.manifest`), recorded once the whole object is written.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from node.fsutil import atomic_write, safe_join
 log = logging.getLogger(__name__)
 
 SOFTWARE = f"dicom-node {__version__}"
+#: Decoded samples held at once when a colour or palette multi-frame object is exported
+#: frame by frame (16 Mi: a 480 x 640 RGB cine goes 18 frames at a time).
+_BATCH_SAMPLES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,11 @@ class Exporter:
         ds = ds if ds is not None else decode.read(path)
         info = decode.pixel_info(ds, path, self.cfg.max_pixels)
         indices = None if self.options.frame is None else [self.options.frame]
+        return self._render_frames(path, ds, info, indices)
+
+    def _render_frames(
+        self, path: Path, ds: Dataset, info: decode.PixelInfo, indices: list[int] | None
+    ) -> Rendering:
         arrays = list(decode.frames(ds, path, info, indices))
         frames = display.render(
             ds,
@@ -216,36 +227,56 @@ class Exporter:
                 ds.get("SOPClassUID", "?"),
             )
             return []
-        rendering = self.render(path, ds)
-        stem = self._stem(ds, rendering.facts.instance_number)
-        blobs = []
-        for frame in rendering.frames:
-            name = stem + (f"-f{frame.frame + 1:04d}" if rendering.multiframe else "") + ".png"
-            voi = self._voi_label(frame.voi)
-            text = {
-                "Modality": rendering.facts.modality,
-                "StudyDate": rendering.facts.study_date,
-                "SeriesDescription": rendering.facts.series_description,
-                "Window": voi,
-                "Software": SOFTWARE,
-            }
-            data = png.encode(frame.pixels, text, self.cfg.png_compress_level)
-            blobs.append((self._target(study, series, name), data, voi, frame.frame))
-        out = []
-        for target, data, voi, index in blobs:
-            out.append(
-                self._write(
-                    target,
-                    data,
-                    "png",
-                    source=path,
-                    sop_instance_uid=sop_uid,
-                    frame=index + 1,
-                    voi=voi,
-                )
+        info = decode.pixel_info(ds, path, self.cfg.max_pixels, frame_by_frame=True)
+        pngs: list[tuple[Path, str, int, int, str]] = []  # target, digest, size, frame, voi
+        try:
+            for rendering in self._png_batches(path, ds, info):
+                stem = self._stem(ds, rendering.facts.instance_number)
+                for frame in rendering.frames:
+                    suffix = f"-f{frame.frame + 1:04d}" if rendering.multiframe else ""
+                    voi = self._voi_label(frame.voi)
+                    text = {
+                        "Modality": rendering.facts.modality,
+                        "StudyDate": rendering.facts.study_date,
+                        "SeriesDescription": rendering.facts.series_description,
+                        "Window": voi,
+                        "Software": SOFTWARE,
+                    }
+                    data = png.encode(frame.pixels, text, self.cfg.png_compress_level)
+                    target = self._target(study, series, stem + suffix + ".png")
+                    atomic_write(target, data, fsync=self.fsync)
+                    pngs.append((target, sha256(data), len(data), frame.frame, voi))
+        except BaseException:
+            # a later batch failed: take back this object's files (a retry writes them all)
+            for target, *_ in pngs:
+                with contextlib.suppress(OSError):
+                    target.unlink()
+            raise
+        for target, digest, size, index, voi in pngs:
+            self.manifest.record(
+                kind="png",
+                output=target,
+                sha256=digest,
+                bytes=size,
+                source=path,
+                sop_instance_uid=sop_uid,
+                frame=index + 1,
+                voi=voi,
             )
-        log.debug("rendered %s -> %d PNG", path, len(out))
-        return out
+        log.debug("rendered %s -> %d PNG", path, len(pngs))
+        return [target for target, *_ in pngs]
+
+    def _png_batches(self, path: Path, ds: Dataset, info: decode.PixelInfo) -> Iterator[Rendering]:
+        """The wanted frames rendered, all at once or, for a multi-frame colour or palette
+        object (an ultrasound cine), ``_BATCH_SAMPLES`` decoded samples at a time."""
+        wanted = list(range(info.frames)) if self.options.frame is None else [self.options.frame]
+        per_frame = info.rows * info.columns * info.samples
+        if info.photometric in decode.FRAME_BY_FRAME:
+            step = max(1, _BATCH_SAMPLES // per_frame)
+        else:
+            step = len(wanted)
+        for start in range(0, len(wanted), step):
+            yield self._render_frames(path, ds, info, wanted[start : start + step])
 
     def export_series_pdf(self, paths: Sequence[Path]) -> Path | None:
         """One captioned PDF for the instances ``paths`` of a series; None if none render."""

@@ -133,6 +133,59 @@ def test_multiframe_one_png_per_frame_or_the_chosen_one(tmp_path: Path) -> None:
     assert only.name.endswith("-f0002.png")
 
 
+def test_colour_cine_over_the_cap_is_exported_a_batch_of_frames_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A colour multi-frame object (an ultrasound cine) whose frames together exceed
+    export.max_pixels is decoded and written in batches; grayscale, whose min-max window
+    spans all frames, keeps the cap on all frames."""
+    from node.export import exporter as exporter_module
+
+    path = data.us_multiframe(tmp_path / "us.dcm", frames=12)  # 12 x 30 x 40 x 3 = 43,200
+    monkeypatch.setattr(exporter_module, "_BATCH_SAMPLES", 3 * 30 * 40 * 3)  # 3 frames a batch
+    decoded: list[list[int]] = []
+    real_frames = decode.frames
+
+    def spy(ds: object, p: Path, info: object, indices: list[int] | None = None):  # type: ignore[no-untyped-def]
+        decoded.append(list(indices or []))
+        return real_frames(ds, p, info, indices)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode, "frames", spy)
+    ex = exporter(tmp_path, max_pixels=30 * 40 * 3)  # one frame fits, the object does not
+    written = ex.export_instance(path)
+    assert decoded == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    ds = pydicom.dcmread(path)
+    assert [p.name[-9:] for p in written] == [f"f{i:04d}.png" for i in range(1, 13)]
+    for i, p in enumerate(written):
+        assert np.array_equal(np.asarray(Image.open(p)), ds.pixel_array[i])
+    assert [e["frame"] for e in ex.manifest.entries()] == list(range(1, 13))
+
+    gray = data.us_gray_multiframe(tmp_path / "gray.dcm", frames=12)
+    with pytest.raises(BadPixelData, match=r"exceeds export.max_pixels"):
+        exporter(tmp_path / "g", max_pixels=24 * 28 * 2).export_instance(gray)
+
+
+def test_a_cine_failing_in_a_later_batch_leaves_no_png_and_no_manifest_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from node.export import exporter as exporter_module
+
+    path = data.us_multiframe(tmp_path / "us.dcm", frames=6)
+    monkeypatch.setattr(exporter_module, "_BATCH_SAMPLES", 2 * 30 * 40 * 3)
+    real_frames = decode.frames
+
+    def failing(ds: object, p: Path, info: object, indices: list[int] | None = None):  # type: ignore[no-untyped-def]
+        if indices and 4 in indices:
+            raise BadPixelData(f"{p}: frame 5 is damaged")
+        return real_frames(ds, p, info, indices)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(decode, "frames", failing)
+    ex = exporter(tmp_path)
+    with pytest.raises(BadPixelData, match="frame 5"):
+        ex.export_instance(path)
+    assert outputs(ex.root) == [] and ex.manifest.entries() == []
+
+
 def test_png_chunks_are_whitelisted_and_manifest_records_each_file(tmp_path: Path) -> None:
     path = data.ct(tmp_path / "ct.dcm")
     ex = exporter(tmp_path)
