@@ -31,6 +31,7 @@ from node.errors import SendError
 from node.filemeta import FileMetaError, read_file_meta
 
 if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
+    from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -137,29 +138,40 @@ def choose_syntax(own: str, accepted: Iterable[str]) -> str | None:
     return None
 
 
+#: Word size of the binary VRs whose values are byte-swapped between big and little endian
+#: (PS3.5 7.3). OB and UN are byte streams and never swapped.
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
 def _big_to_little(ds: Dataset) -> None:
     """Make a data set read as Explicit VR Big Endian writable in little endian.
 
-    Every element is converted from its raw big-endian bytes to a value (pydicom then writes
-    it in the new byte order); native pixel data words are byte-swapped here.
+    Every element, in every sequence item, is converted from its raw big-endian bytes to a
+    value (pydicom then writes numbers in the new byte order); the values pydicom keeps as
+    bytes are swapped here word by word: OW (16-bit words, also when they hold 8-bit
+    pixels), OF/OL (32-bit), OD/OV (64-bit). Native Pixel Data of more than 16 bits
+    allocated is swapped in words of Bits Allocated, as pydicom reads it.
     """
     import numpy as np
 
-    ds.walk(lambda _ds, _elem: None)  # touching each element converts it from raw bytes
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword not in ds:
-            continue
-        elem = ds[keyword]
-        size = {
-            "PixelData": int(ds.get("BitsAllocated", 8) or 8) // 8,
-            "FloatPixelData": 4,
-            "DoubleFloatPixelData": 8,
-        }[keyword]
-        if size > 1 and elem.VR != "OB":
-            dtype = np.dtype(f">u{size}")
-            elem.value = (
-                np.frombuffer(elem.value, dtype=dtype).astype(dtype.newbyteorder("<")).tobytes()
+    def swap(parent: Dataset, elem: DataElement) -> None:
+        size = _WORD_SIZES.get(str(elem.VR))
+        value = elem.value
+        if not size or not isinstance(value, bytes | bytearray) or not value:
+            return
+        if elem.tag == 0x7FE00010:
+            bits = int(parent.get("BitsAllocated", 16) or 16)
+            size = max(size, bits // 8)
+        if len(value) % size:
+            raise SendError(
+                f"{elem.tag} {elem.keyword or 'element'}: {len(value)} bytes of {elem.VR} "
+                f"are not whole {size}-byte words, so they cannot be converted from big "
+                "endian: fix the file or send it to a peer that accepts Explicit VR Big Endian"
             )
+        dtype = np.dtype(f">u{size}")
+        elem.value = np.frombuffer(value, dtype=dtype).astype(dtype.newbyteorder("<")).tobytes()
+
+    ds.walk(swap)
 
 
 @contextlib.contextmanager
@@ -207,8 +219,12 @@ def transcode(path: Path, target: str) -> Dataset:
                 ds.LossyImageCompressionMethod = LOSSY_METHODS[source]
     elif source == EXPLICIT_VR_BIG_ENDIAN:
         _big_to_little(ds)
+    # The data set keeps its original encoding: pydicom's writer sees that it differs from
+    # the target's and converts every element still held as raw bytes (sequences of defined
+    # length included) and resolves ambiguous VRs. Declaring the target as the original
+    # encoding would make it copy those raw bytes verbatim: explicit VR headers inside an
+    # implicit VR stream.
     ds.file_meta.TransferSyntaxUID = UID(target)
-    ds.set_original_encoding(UID(target).is_implicit_VR, True, ds.original_character_set)
     return ds
 
 

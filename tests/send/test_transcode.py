@@ -1,0 +1,110 @@
+"""Transcoding for a peer that does not accept a file's own syntax, checked against DCMTK.
+
+The referee is ``dcmconv`` (+ti / +te): what we put on the wire after converting a file must
+decode to the same data set as DCMTK's conversion of that file, element for element, inside
+sequences too. Then the same through a real peer: DCMTK storescp accepting Implicit VR
+Little Endian only (``+xi``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from node.config import Destination
+from node.send.contexts import SendItem, encode_dataset, transcode
+from node.send.scu import StoreSCU
+from node.send.worker import read_header
+from tests.peers import LOOPBACK, run_storescp, tool
+
+DCMCONV = {ImplicitVRLittleEndian: "+ti", ExplicitVRLittleEndian: "+te"}
+
+#: (pydicom test file, conversion made first with dcmconv or None) -> what it exercises.
+SOURCES = {
+    ("CT_small.dcm", None): "explicit LE, a sequence of defined length (OtherPatientIDs)",
+    ("test-SR.dcm", None): "explicit LE, nested sequences of defined length",
+    ("rtplan.dcm", None): "implicit LE, nested sequences of defined length",
+    ("waveform_ecg.dcm", "+tb"): "big endian: OW waveform data, private OW/OB elements",
+    ("examples_palette.dcm", "+tb"): "big endian: OW palette LUT data",
+    ("examples_overlay.dcm", "+tb"): "big endian: OW overlay data",
+    ("SC_rgb_small_odd.dcm", "+tb"): "big endian: 8-bit RGB pixels in OW",
+    ("MR_small.dcm", "+tb"): "big endian: 16-bit pixels",
+}
+
+
+def _source(name: str, conversion: str | None, tmp: Path) -> Path:
+    src = get_testdata_file(name)
+    assert src is not None, name
+    if conversion is None:
+        return Path(src)
+    out = tmp / f"{Path(name).stem}{conversion.replace('+', '_')}.dcm"
+    subprocess.run([tool("dcmconv"), conversion, src, str(out)], check=True, capture_output=True)
+    return out
+
+
+def _dcmconv(src: Path, target: str, tmp: Path) -> Dataset:
+    out = tmp / f"ref-{src.stem}-{DCMCONV[target][1:]}.dcm"
+    subprocess.run(
+        [tool("dcmconv"), DCMCONV[target], str(src), str(out)], check=True, capture_output=True
+    )
+    return dcmread(out)
+
+
+def _comparable(ds: Dataset) -> dict[str, Any]:
+    """The data set as DICOM JSON (values, not encodings); DCMTK drops trailing padding."""
+    ds.pop(0xFFFCFFFC, None)
+    return ds.to_json_dict()
+
+
+@pytest.mark.dcmtk
+@pytest.mark.parametrize("target", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+@pytest.mark.parametrize(("name", "conversion"), list(SOURCES), ids=[n for n, _ in SOURCES])
+def test_transcoded_data_set_equals_dcmconv(
+    tmp_path: Path, name: str, conversion: str | None, target: str
+) -> None:
+    src = _source(name, conversion, tmp_path)
+    wire = encode_dataset(transcode(src, target), target)
+    ours = read_dataset(BytesIO(wire), target == ImplicitVRLittleEndian, True)
+    assert _comparable(ours) == _comparable(_dcmconv(src, target, tmp_path)), SOURCES[
+        (name, conversion)
+    ]
+
+
+@pytest.mark.dcmtk
+@pytest.mark.parametrize("engine", ["wire", "pynetdicom"])
+def test_peer_accepting_only_implicit_gets_sequences_and_words_right(
+    tmp_path: Path, engine: str
+) -> None:
+    """storescp +xi: every file goes out converted to Implicit VR LE, and arrives whole.
+
+    Before the fix, a defined-length sequence went out with its explicit VR bytes inside the
+    implicit stream (storescp aborted: "Element PatientID larger than remaining bytes of
+    surrounding item", and we retried for ever), and big-endian OW values other than 16-bit
+    pixels (LUTs, overlays, waveforms, 8-bit pixels) went out unswapped.
+    """
+    files = [_source(n, c, tmp_path) for n, c in SOURCES if (n, c) != ("rtplan.dcm", None)]
+    items = [SendItem(path=f, key=i, **read_header(f)) for i, f in enumerate(files)]
+    outcomes: dict[str, str] = {}
+    with run_storescp(tmp_path / "scp", extra=["+xi"]) as scp:
+        dest = Destination(
+            name="pacs", host=LOOPBACK, port=scp.port, called_ae=scp.aet, engine=engine
+        )
+        StoreSCU(dest, calling_ae="DICOMNODE").send(
+            items, lambda item, out: outcomes.__setitem__(str(item.path), out.describe())
+        )
+        received = {str(dcmread(p).SOPInstanceUID): p for p in scp.files()}
+    assert set(outcomes.values()) == {"delivered"}, outcomes
+    for f in files:
+        got = dcmread(received[str(dcmread(f).SOPInstanceUID)])
+        assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        want = _dcmconv(f, ImplicitVRLittleEndian, tmp_path)
+        assert _comparable(got) == _comparable(want), f.name
