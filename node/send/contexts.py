@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from node.errors import SendError
-from node.filemeta import FileMetaError, read_file_meta
+from node.filemeta import FileMetaError, read_file_meta, read_file_meta_from
 
 if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
     from pydicom.dataelem import DataElement
@@ -136,6 +136,23 @@ def choose_syntax(own: str, accepted: Iterable[str]) -> str | None:
         if ts in accepted:
             return ts
     return None
+
+
+def deflated_data_set(path: Path) -> bytes:
+    """The deflated data set of ``path`` as it goes into P-DATA: even length.
+
+    A deflate stream has any length and Part 10 writers (DCMTK's ``dcmconv +td``
+    among them) store it unpadded; PDV fragments must be even (DCMTK's storescp aborts
+    the association on an odd one: "Odd Fragment Length"). A NUL after the end of the
+    deflate stream is ignored by the inflater, so an odd stream gets one.
+    """
+    with open(path, "rb") as fp:
+        try:
+            fp.seek(read_file_meta_from(fp, path).data_offset)
+        except FileMetaError as exc:
+            raise SendError(str(exc)) from None
+        data = fp.read()
+    return data + b"\x00" if len(data) % 2 else data
 
 
 #: Word size of the binary VRs whose values are byte-swapped between big and little endian

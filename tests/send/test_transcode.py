@@ -18,7 +18,11 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from node.config import Destination
 from node.send.contexts import SendItem, encode_dataset, transcode
@@ -108,3 +112,36 @@ def test_peer_accepting_only_implicit_gets_sequences_and_words_right(
         assert got.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
         want = _dcmconv(f, ImplicitVRLittleEndian, tmp_path)
         assert _comparable(got) == _comparable(want), f.name
+
+
+def _data_set_length(path: Path) -> int:
+    from node.filemeta import read_file_meta
+
+    return path.stat().st_size - read_file_meta(path).data_offset
+
+
+@pytest.mark.dcmtk
+@pytest.mark.parametrize("engine", ["wire", "pynetdicom"])
+def test_deflated_file_of_odd_length_reaches_a_peer_that_accepts_deflate(
+    tmp_path: Path, engine: str
+) -> None:
+    """dcmconv +td stores the deflate stream unpadded; sent as it was, its last PDV was odd
+    and storescp +xa aborted ("Odd Fragment Length"): a retry for ever. It now goes with one
+    NUL after the stream, and arrives deflated with the same data set."""
+    files = [_source(n, "+td", tmp_path) for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]
+    assert any(_data_set_length(f) % 2 for f in files)  # the case under test is present
+    items = [SendItem(path=f, key=i, **read_header(f)) for i, f in enumerate(files)]
+    outcomes: dict[str, str] = {}
+    with run_storescp(tmp_path / "scp", extra=["+xa"]) as scp:
+        dest = Destination(
+            name="pacs", host=LOOPBACK, port=scp.port, called_ae=scp.aet, engine=engine
+        )
+        StoreSCU(dest, calling_ae="DICOMNODE").send(
+            items, lambda item, out: outcomes.__setitem__(item.path.name, out.describe())
+        )
+        received = {str(dcmread(p).SOPInstanceUID): p for p in scp.files()}
+    assert set(outcomes.values()) == {"delivered"}, outcomes
+    for f in files:
+        got = dcmread(received[str(dcmread(f).SOPInstanceUID)])
+        assert got.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
+        assert _comparable(got) == _comparable(dcmread(f)), f.name
