@@ -216,9 +216,10 @@ def transcode(path: Path, target: str) -> Dataset:
     ds = dcmread(path)
     source = UID(ds.file_meta.TransferSyntaxUID)
     lossy_before = ds.get("LossyImageCompression")
-    if source.is_compressed and source != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        if "PixelData" not in ds:
-            raise SendError(f"{path}: compressed transfer syntax {source.name} but no Pixel Data")
+    # An object without Pixel Data filed under a compressed syntax (a report or a
+    # presentation state archived with its study's syntax) is plain Explicit VR Little
+    # Endian inside: nothing to decode, it is only re-encoded.
+    if source.is_compressed and source != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and "PixelData" in ds:
         try:
             with _quiet_decoders():
                 ds.decompress(generate_instance_uid=False)

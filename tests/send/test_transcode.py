@@ -22,13 +22,14 @@ from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
 )
 
 from node.config import Destination
 from node.send.contexts import SendItem, encode_dataset, transcode
 from node.send.scu import StoreSCU
 from node.send.worker import read_header
-from tests.peers import LOOPBACK, run_storescp, tool
+from tests.peers import LOOPBACK, Storescp, run_storescp, tool
 
 DCMCONV = {ImplicitVRLittleEndian: "+ti", ExplicitVRLittleEndian: "+te"}
 
@@ -145,3 +146,29 @@ def test_deflated_file_of_odd_length_reaches_a_peer_that_accepts_deflate(
         got = dcmread(received[str(dcmread(f).SOPInstanceUID)])
         assert got.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian
         assert _comparable(got) == _comparable(dcmread(f)), f.name
+
+
+@pytest.mark.dcmtk
+def test_object_without_pixels_filed_under_a_compressed_syntax_is_re_encoded(
+    tmp_path: Path, storescp: Storescp
+) -> None:
+    """An SR written with its study's JPEG transfer syntax: the peer takes no JPEG for SR,
+    and there is nothing to decode. It used to go dead ("compressed transfer syntax but no
+    Pixel Data"); it is now sent in Explicit VR Little Endian, data set unchanged."""
+    src = get_testdata_file("test-SR.dcm")
+    assert src is not None
+    ds = dcmread(src)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    path = tmp_path / "sr_jpeg_ts.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    outcomes: dict[str, str] = {}
+    dest = Destination(name="pacs", host=LOOPBACK, port=storescp.port, called_ae=storescp.aet)
+    [item] = [SendItem(path=path, **read_header(path))]
+    StoreSCU(dest, calling_ae="DICOMNODE").send(
+        [item], lambda i, out: outcomes.__setitem__(i.path.name, out.describe())
+    )
+    assert outcomes == {path.name: "delivered"}
+    [got_path] = storescp.files()
+    got = dcmread(got_path)
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert _comparable(got) == _comparable(dcmread(src))
