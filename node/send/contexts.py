@@ -87,6 +87,41 @@ def read_header(path: Path) -> dict[str, str]:
         raise SendError(str(exc)) from None
 
 
+def identity_mismatch(item: SendItem) -> str:
+    """Why the peer may have refused ``item``: its data set names another SOP Class or
+    Instance UID than its file meta (which the C-STORE-RQ carries); "" if they agree.
+
+    Only read after a refusal: a plain send never parses the data set.
+    """
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(item.path, stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018])
+    except Exception:  # an unreadable file says nothing about the refusal
+        return ""
+    problems = []
+    for tag, keyword, meta, sent in (
+        ("(0008,0016)", "SOPClassUID", "(0002,0002) MediaStorageSOPClassUID", item.sop_class_uid),
+        (
+            "(0008,0018)",
+            "SOPInstanceUID",
+            "(0002,0003) MediaStorageSOPInstanceUID",
+            item.sop_instance_uid,
+        ),
+    ):
+        value = str(ds.get(keyword, "") or "").strip("\x00 ")
+        if value and value != sent:
+            problems.append(
+                f"its {tag} {keyword} is {value}, its {meta} (sent in the command) is {sent}"
+            )
+    if not problems:
+        return ""
+    return (
+        f"{item.path} contradicts itself: {'; '.join(problems)}. Fix the file meta "
+        "(e.g. dcmconv, which rebuilds it from the data set) and send it again"
+    )
+
+
 def proposed_syntaxes(own: Iterable[str], preferences: Sequence[str] = ()) -> list[str]:
     """Transfer syntaxes to propose for one SOP class, each in its own context, in order."""
     out: list[str] = []

@@ -28,6 +28,7 @@ The :class:`Sender` protocol is what the worker needs; tests inject a fake.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from node.send.contexts import (
     choose_syntax,
     deflated_data_set,
     encode_dataset,
+    identity_mismatch,
     plan_associations,
     transcode,
 )
@@ -352,4 +354,8 @@ class StoreSCU:
             outcome.describe(),
             1000 * (time.perf_counter() - started),
         )
+        if outcome.verdict is Verdict.DEAD and outcome.status is not None:
+            hint = identity_mismatch(item)
+            if hint:
+                outcome = dataclasses.replace(outcome, reason=f"{outcome.reason}; {hint}")
         return outcome

@@ -1,9 +1,11 @@
-"""Transcoding for a peer that does not accept a file's own syntax, checked against DCMTK.
+"""Files the peer does not take as they are, and odd files, checked against DCMTK.
 
-The referee is ``dcmconv`` (+ti / +te): what we put on the wire after converting a file must
-decode to the same data set as DCMTK's conversion of that file, element for element, inside
-sequences too. Then the same through a real peer: DCMTK storescp accepting Implicit VR
-Little Endian only (``+xi``).
+Transcoding: the referee is ``dcmconv`` (+ti / +te): what we put on the wire after
+converting a file must decode to the same data set as DCMTK's conversion of that file,
+element for element, inside sequences too. Then the same through a real peer: DCMTK storescp
+accepting Implicit VR Little Endian only (``+xi``). Also: deflated files of odd length,
+objects without pixels under a compressed syntax, and a file whose meta contradicts its
+data set.
 """
 
 from __future__ import annotations
@@ -172,3 +174,26 @@ def test_object_without_pixels_filed_under_a_compressed_syntax_is_re_encoded(
     got = dcmread(got_path)
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
     assert _comparable(got) == _comparable(dcmread(src))
+
+
+@pytest.mark.dcmtk
+def test_refusal_of_a_file_whose_meta_contradicts_its_data_set_says_so(
+    tmp_path: Path, storescp: Storescp
+) -> None:
+    """pydicom's rtplan.dcm: (0002,0003) is not its (0008,0018). The command carries the
+    meta's UID, storescp answers 0xA900 "data set does not match SOP class", and the reason
+    used to stop there; it now names both UIDs and the fix."""
+    src = get_testdata_file("rtplan.dcm")
+    assert src is not None
+    path = tmp_path / "rtplan.dcm"
+    path.write_bytes(Path(src).read_bytes())
+    item = SendItem(path=path, **read_header(path))
+    outcomes: list[str] = []
+    dest = Destination(name="pacs", host=LOOPBACK, port=storescp.port, called_ae=storescp.aet)
+    StoreSCU(dest, calling_ae="DICOMNODE").send(
+        [item], lambda i, out: outcomes.append(out.describe())
+    )
+    [outcome] = outcomes
+    assert outcome.startswith("dead: peer status 0xA900")
+    assert "(0008,0018) SOPInstanceUID is 1.2.777.777.77.7.7777.7777.20030903150023" in outcome
+    assert "(0002,0003) MediaStorageSOPInstanceUID" in outcome and item.sop_instance_uid in outcome
