@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -66,6 +66,7 @@ from node.receive.handlers import (
     set_nodelay,
 )
 from node.receive.ledger import Ledger
+from node.receive.sopclasses import STORAGE_CLASS_UIDS
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
@@ -287,9 +288,8 @@ class StorageSCP:
         ae.network_timeout = r.network_timeout
         ae.require_called_aet = r.require_called_ae
         ae.require_calling_aet = [a.strip() for a in r.allowed_calling_aes]
-        for cx in AllStoragePresentationContexts:
-            assert cx.abstract_syntax is not None
-            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        for sop_class in STORAGE_CLASS_UIDS:
+            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, UNCOMPRESSED)
         ae.add_supported_context(StorageCommitmentPushModel, UNCOMPRESSED)
         return ae
