@@ -1,4 +1,4 @@
-"""Which storage SOP classes the SCP accepts, compared with DCMTK's storescp.
+"""Which storage SOP classes and transfer syntaxes the SCP accepts, compared with DCMTK.
 
 A retired Ultrasound Image Storage object from an older ultrasound was refused ("no
 presentation context") while storescp and Orthanc store it: pynetdicom's storage list has
@@ -92,3 +92,53 @@ def test_retired_ultrasound_objects_are_stored_as_sent(tmp_path: Path, fast_path
             )
             assert dataset_bytes(target) == dataset_bytes(src)
             assert dcmread(target).file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+
+
+def _video_object(path: Path, ts: str) -> Path:
+    """A Video Endoscopic Image in ``ts``: its bitstream is opaque bytes (never decoded here)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "ES"
+    ds.PatientID = "VIDEO1"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 480, 640, 30
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_PARTIAL_420"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PlanarConfiguration = 0
+    stream = b"\x00\x00\x00\x01\x67" + bytes(range(256)) * 40  # an H.264-like byte stream
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+VIDEO = [
+    "1.2.840.10008.1.2.4.100",  # MPEG2 MP@ML
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 HP@4.1
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main
+]
+
+
+def test_video_transfer_syntaxes_are_accepted_and_stored_as_sent(tmp_path: Path) -> None:
+    """A video endoscope proposes only its video syntax: storescp +xa and Orthanc take it,
+    the node refused it (no presentation context). Sent with dcmsend, stored as sent."""
+    sources = [_video_object(tmp_path / f"video-{ts}.dcm", ts) for ts in VIDEO]
+    with running_scp(tmp_path / "node") as (scp, _store, cfg):
+        result = dcmsend(scp.port, sources)
+        assert result.returncode == 0, result.stdout + result.stderr
+        for src in sources:
+            ds = dcmread(src, stop_before_pixels=True)
+            target = (
+                cfg.receive.archive
+                / ds.StudyInstanceUID
+                / ds.SeriesInstanceUID
+                / f"{ds.SOPInstanceUID}.dcm"
+            )
+            assert dataset_bytes(target) == dataset_bytes(src), src.name
