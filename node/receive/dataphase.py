@@ -501,7 +501,7 @@ class DataPhase:
                     "C-STORE from %s (%s) refused: %s", self.calling_ae, self.peer, exc,
                     extra=fields(calling_ae=self.calling_ae),
                 )  # fmt: skip
-                msg.refusal = (StoreStatus.CANNOT_UNDERSTAND, f"{tag} {keyword} invalid")
+                msg.refusal = (StoreStatus.CANNOT_UNDERSTAND, f"{tag} {keyword} is not a valid UID")
                 return
         try:
             self.ctx.archive.check_space(0)

@@ -216,7 +216,9 @@ def _store(
         path = ctx.archive.path_for(header.study_uid, header.series_uid, header.sop_instance_uid)
     except UnsafePath as exc:
         log.error("C-STORE refused: %s", exc, extra=log_fields)
-        return StoreStatus.CANNOT_UNDERSTAND, "invalid UID in data set"
+        # The comment names the element ("(0020,000D) StudyInstanceUID ..."), in 64 chars.
+        element = " ".join(str(exc).split()[:2])
+        return StoreStatus.CANNOT_UNDERSTAND, f"{element} is not a valid UID"
 
     cut = _truncation(source, header, implicit, little)
     if cut is not None:
