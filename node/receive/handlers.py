@@ -28,6 +28,7 @@ from node.receive.guard import (
     SentCounter,
     SpillBuffer,
     SpillTracker,
+    free_slot_when_closed,
     guard_recv,
     install_spill,
     install_wakeup,
@@ -83,6 +84,7 @@ def handle_conn_open(event: Any, ctx: StoreContext) -> None:
     assoc = event.assoc
     peer = f"{event.address[0]}:{event.address[1]}"
     guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
+    free_slot_when_closed(assoc)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
     install_spill(
