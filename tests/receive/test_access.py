@@ -279,3 +279,18 @@ def test_a_connection_gone_before_its_request_frees_its_slot_at_once(
         assert scp._ae.active_associations == []
         result = echoscu(scp.port)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ipv6_loopback_bind_admits_ipv6_loopback_peers_by_default(tmp_path: Path) -> None:
+    """receive.host = "::1" is loopback (no allow-list needed), but the default allow-list
+    was 127.0.0.0/8 only: every connection from ::1 was closed ("not in
+    receive.allowed_networks")."""
+    with running_scp(tmp_path, host="::1") as (scp, _, _):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("::1", scp.port, ae_title=AET)
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_echo().Status == 0x0000
+        finally:
+            assoc.release()
