@@ -86,7 +86,10 @@ def _target_options(p: argparse.ArgumentParser) -> None:
 
 
 def _host_port(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (an IPv6 address as ``::1:104`` or ``[::1]:104``), else None."""
     host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if sep and host and port.isdigit() and 0 < int(port) < 65536:
         return host, int(port)
     return None

@@ -264,3 +264,13 @@ def test_host_port_with_a_port_out_of_range_is_named(
         caplog.clear()
         assert main(argv) == 2
         assert "is not a TCP port (1-65535)" in caplog.text, argv
+
+
+def test_host_port_accepts_bracketed_ipv6() -> None:
+    """`send [::1]:104 f` tried to resolve the name "[::1]" (retry, for ever with --queue)."""
+    from node.send.commands import _host_port
+
+    assert _host_port("[::1]:104") == ("::1", 104)
+    assert _host_port("::1:104") == ("::1", 104)
+    assert _host_port("pacs.example.org:11112") == ("pacs.example.org", 11112)
+    assert _host_port("[]:104") is None
