@@ -137,7 +137,7 @@ class ReceiveSection:
     ae_title: str = "DICOMNODE"
     archive: Path = Path("var/archive")
     allowed_calling_aes: list[str] = field(default_factory=list)
-    allowed_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8"])
+    allowed_networks: list[str] = field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     require_called_ae: bool = True
     duplicates: Literal["keep", "overwrite"] = "keep"
     min_free_bytes: int = 1_000_000_000

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.uid import UID
-from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.errors import UnsafePath
@@ -53,6 +52,7 @@ from node.receive.archive import OutOfSpace, Staged, check_uid, file_meta_bytes
 from node.receive.guard import PDU_MIN_RATE
 from node.receive.handlers import StoreContext, StoreStatus, store_object
 from node.receive.header import read_header_prefix
+from node.receive.sopclasses import STORAGE_CLASS_UIDS
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,7 @@ _PDV_HEADER = struct.Struct(">IBB")
 _ELEM = struct.Struct("<HHI")
 
 VERIFICATION = str(Verification)
-STORAGE_CLASSES = frozenset(
-    str(cx.abstract_syntax) for cx in AllStoragePresentationContexts if cx.abstract_syntax
-)
+STORAGE_CLASSES = frozenset(STORAGE_CLASS_UIDS)
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -503,7 +501,7 @@ class DataPhase:
                     "C-STORE from %s (%s) refused: %s", self.calling_ae, self.peer, exc,
                     extra=fields(calling_ae=self.calling_ae),
                 )  # fmt: skip
-                msg.refusal = (StoreStatus.CANNOT_UNDERSTAND, f"{tag} {keyword} invalid")
+                msg.refusal = (StoreStatus.CANNOT_UNDERSTAND, f"{tag} {keyword} is not a valid UID")
                 return
         try:
             self.ctx.archive.check_space(0)

@@ -14,6 +14,11 @@ guards are bound onto each association's own objects when the connection opens:
   restart removes it). pynetdicom's own ``STORE_RECV_CHUNKED_DATASET`` is all-or-nothing
   for the whole process and writes to the system temp dir; this keeps small objects in
   memory (fast path) and large ones on disk.
+* :func:`free_slot_when_closed` ends the association at once when the peer goes away
+  before its A-ASSOCIATE-RQ has arrived. pynetdicom's DUL returns to Sta1 and tells no one,
+  so its association thread waited ``receive.acse_timeout`` (30 s) for a request that
+  could no longer come, holding one of ``max_associations`` slots: a few TCP health checks
+  or a port scan locked real modalities out ("local limit exceeded").
 * :func:`install_wakeup` removes pynetdicom's polling latency from the connection's DUL
   thread. Stock, it polls the socket with a zero-timeout ``select`` and sleeps 1 ms when
   idle, so every PDU that has not fully arrived yet and every response we queue waits up
@@ -325,3 +330,30 @@ def install_wakeup(
         writer.close()
 
     return close
+
+
+def free_slot_when_closed(assoc: Any) -> None:
+    """Wake ``assoc``'s association thread when its connection ends before the A-ASSOCIATE-RQ.
+
+    pynetdicom's acceptor waits for the first primitive from its DUL for ``acse_timeout``;
+    a transport closed in Sta2 (connect then close, garbage, a cut request) takes the state
+    machine back to Sta1 without queuing anything. Here, reaching Sta1 before a request was
+    received queues ``None``, which that wait reads as "no request": the thread ends and the
+    slot is free again.
+    """
+    machine = assoc.dul.state_machine
+    original = machine.do_action
+    requested = False
+
+    def do_action(event: str) -> None:
+        nonlocal requested
+        original(event)
+        state = machine.current_state
+        if state == "Sta3":  # A-ASSOCIATE-RQ received
+            requested = True
+        elif state == "Sta1" and not requested:
+            requested = True  # once
+            log.debug("connection from %s closed before an association request", assoc)
+            assoc.dul.to_user_queue.put(None)
+
+    machine.do_action = do_action

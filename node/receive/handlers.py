@@ -28,6 +28,7 @@ from node.receive.guard import (
     SentCounter,
     SpillBuffer,
     SpillTracker,
+    free_slot_when_closed,
     guard_recv,
     install_spill,
     install_wakeup,
@@ -83,6 +84,7 @@ def handle_conn_open(event: Any, ctx: StoreContext) -> None:
     assoc = event.assoc
     peer = f"{event.address[0]}:{event.address[1]}"
     guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
+    free_slot_when_closed(assoc)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
     install_spill(
@@ -216,7 +218,9 @@ def _store(
         path = ctx.archive.path_for(header.study_uid, header.series_uid, header.sop_instance_uid)
     except UnsafePath as exc:
         log.error("C-STORE refused: %s", exc, extra=log_fields)
-        return StoreStatus.CANNOT_UNDERSTAND, "invalid UID in data set"
+        # The comment names the element ("(0020,000D) StudyInstanceUID ..."), in 64 chars.
+        element = " ".join(str(exc).split()[:2])
+        return StoreStatus.CANNOT_UNDERSTAND, f"{element} is not a valid UID"
 
     cut = _truncation(source, header, implicit, little)
     if cut is not None:

@@ -86,15 +86,28 @@ def _target_options(p: argparse.ArgumentParser) -> None:
 
 
 def _host_port(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (an IPv6 address as ``::1:104`` or ``[::1]:104``), else None."""
     host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     if sep and host and port.isdigit() and 0 < int(port) < 65536:
         return host, int(port)
     return None
 
 
+def _check_port(text: str) -> None:
+    """HOST:PORT whose port is out of range: say so (else it reads as a missing file or
+    an unknown destination name)."""
+    host, sep, port = text.rpartition(":")
+    if sep and host and port.isdigit() and not 0 < int(port) < 65536:
+        raise ConfigError(f"{text}: port {port} is not a TCP port (1-65535)")
+
+
 def resolve_destination(cfg: Config, args: argparse.Namespace, target: str | None) -> Destination:
     """The destination named by --dest / HOST:PORT, with --aet/--aec/--max-pdu applied."""
     spec = args.dest or target
+    if spec is not None and not any(d.name == spec for d in cfg.destinations):
+        _check_port(spec)
     if spec is None:
         if len(cfg.destinations) == 1:
             dest = cfg.destinations[0]
@@ -141,8 +154,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     target = None
     paths = list(args.paths)
-    if args.dest is None and paths and _host_port(paths[0]) and not Path(paths[0]).exists():
-        target = paths.pop(0)  # `dicom-node send HOST:PORT PATH...`
+    if args.dest is None and paths and not Path(paths[0]).exists():
+        _check_port(paths[0])
+        if _host_port(paths[0]):
+            target = paths.pop(0)  # `dicom-node send HOST:PORT PATH...`
     if not paths:
         raise SendError("nothing to send: give at least one file or directory")
     dest = resolve_destination(cfg, args, target)

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from node.errors import SendError
-from node.filemeta import FileMetaError, read_file_meta
+from node.filemeta import FileMetaError, read_file_meta, read_file_meta_from
 
 if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
+    from pydicom.dataelem import DataElement
     from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,41 @@ def read_header(path: Path) -> dict[str, str]:
         raise SendError(str(exc)) from None
 
 
+def identity_mismatch(item: SendItem) -> str:
+    """Why the peer may have refused ``item``: its data set names another SOP Class or
+    Instance UID than its file meta (which the C-STORE-RQ carries); "" if they agree.
+
+    Only read after a refusal: a plain send never parses the data set.
+    """
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(item.path, stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018])
+    except Exception:  # an unreadable file says nothing about the refusal
+        return ""
+    problems = []
+    for tag, keyword, meta, sent in (
+        ("(0008,0016)", "SOPClassUID", "(0002,0002) MediaStorageSOPClassUID", item.sop_class_uid),
+        (
+            "(0008,0018)",
+            "SOPInstanceUID",
+            "(0002,0003) MediaStorageSOPInstanceUID",
+            item.sop_instance_uid,
+        ),
+    ):
+        value = str(ds.get(keyword, "") or "").strip("\x00 ")
+        if value and value != sent:
+            problems.append(
+                f"its {tag} {keyword} is {value}, its {meta} (sent in the command) is {sent}"
+            )
+    if not problems:
+        return ""
+    return (
+        f"{item.path} contradicts itself: {'; '.join(problems)}. Fix the file meta "
+        "(e.g. dcmconv, which rebuilds it from the data set) and send it again"
+    )
+
+
 def proposed_syntaxes(own: Iterable[str], preferences: Sequence[str] = ()) -> list[str]:
     """Transfer syntaxes to propose for one SOP class, each in its own context, in order."""
     out: list[str] = []
@@ -137,29 +173,57 @@ def choose_syntax(own: str, accepted: Iterable[str]) -> str | None:
     return None
 
 
+def deflated_data_set(path: Path) -> bytes:
+    """The deflated data set of ``path`` as it goes into P-DATA: even length.
+
+    A deflate stream has any length and Part 10 writers (DCMTK's ``dcmconv +td``
+    among them) store it unpadded; PDV fragments must be even (DCMTK's storescp aborts
+    the association on an odd one: "Odd Fragment Length"). A NUL after the end of the
+    deflate stream is ignored by the inflater, so an odd stream gets one.
+    """
+    with open(path, "rb") as fp:
+        try:
+            fp.seek(read_file_meta_from(fp, path).data_offset)
+        except FileMetaError as exc:
+            raise SendError(str(exc)) from None
+        data = fp.read()
+    return data + b"\x00" if len(data) % 2 else data
+
+
+#: Word size of the binary VRs whose values are byte-swapped between big and little endian
+#: (PS3.5 7.3). OB and UN are byte streams and never swapped.
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
 def _big_to_little(ds: Dataset) -> None:
     """Make a data set read as Explicit VR Big Endian writable in little endian.
 
-    Every element is converted from its raw big-endian bytes to a value (pydicom then writes
-    it in the new byte order); native pixel data words are byte-swapped here.
+    Every element, in every sequence item, is converted from its raw big-endian bytes to a
+    value (pydicom then writes numbers in the new byte order); the values pydicom keeps as
+    bytes are swapped here word by word: OW (16-bit words, also when they hold 8-bit
+    pixels), OF/OL (32-bit), OD/OV (64-bit). Native Pixel Data of more than 16 bits
+    allocated is swapped in words of Bits Allocated, as pydicom reads it.
     """
     import numpy as np
 
-    ds.walk(lambda _ds, _elem: None)  # touching each element converts it from raw bytes
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if keyword not in ds:
-            continue
-        elem = ds[keyword]
-        size = {
-            "PixelData": int(ds.get("BitsAllocated", 8) or 8) // 8,
-            "FloatPixelData": 4,
-            "DoubleFloatPixelData": 8,
-        }[keyword]
-        if size > 1 and elem.VR != "OB":
-            dtype = np.dtype(f">u{size}")
-            elem.value = (
-                np.frombuffer(elem.value, dtype=dtype).astype(dtype.newbyteorder("<")).tobytes()
+    def swap(parent: Dataset, elem: DataElement) -> None:
+        size = _WORD_SIZES.get(str(elem.VR))
+        value = elem.value
+        if not size or not isinstance(value, bytes | bytearray) or not value:
+            return
+        if elem.tag == 0x7FE00010:
+            bits = int(parent.get("BitsAllocated", 16) or 16)
+            size = max(size, bits // 8)
+        if len(value) % size:
+            raise SendError(
+                f"{elem.tag} {elem.keyword or 'element'}: {len(value)} bytes of {elem.VR} "
+                f"are not whole {size}-byte words, so they cannot be converted from big "
+                "endian: fix the file or send it to a peer that accepts Explicit VR Big Endian"
             )
+        dtype = np.dtype(f">u{size}")
+        elem.value = np.frombuffer(value, dtype=dtype).astype(dtype.newbyteorder("<")).tobytes()
+
+    ds.walk(swap)
 
 
 @contextlib.contextmanager
@@ -187,9 +251,10 @@ def transcode(path: Path, target: str) -> Dataset:
     ds = dcmread(path)
     source = UID(ds.file_meta.TransferSyntaxUID)
     lossy_before = ds.get("LossyImageCompression")
-    if source.is_compressed and source != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-        if "PixelData" not in ds:
-            raise SendError(f"{path}: compressed transfer syntax {source.name} but no Pixel Data")
+    # An object without Pixel Data filed under a compressed syntax (a report or a
+    # presentation state archived with its study's syntax) is plain Explicit VR Little
+    # Endian inside: nothing to decode, it is only re-encoded.
+    if source.is_compressed and source != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and "PixelData" in ds:
         try:
             with _quiet_decoders():
                 ds.decompress(generate_instance_uid=False)
@@ -207,8 +272,12 @@ def transcode(path: Path, target: str) -> Dataset:
                 ds.LossyImageCompressionMethod = LOSSY_METHODS[source]
     elif source == EXPLICIT_VR_BIG_ENDIAN:
         _big_to_little(ds)
+    # The data set keeps its original encoding: pydicom's writer sees that it differs from
+    # the target's and converts every element still held as raw bytes (sequences of defined
+    # length included) and resolves ambiguous VRs. Declaring the target as the original
+    # encoding would make it copy those raw bytes verbatim: explicit VR headers inside an
+    # implicit VR stream.
     ds.file_meta.TransferSyntaxUID = UID(target)
-    ds.set_original_encoding(UID(target).is_implicit_VR, True, ds.original_character_set)
     return ds
 
 

@@ -162,10 +162,19 @@ class Channel:
         return not self.assoc.is_established or self.assoc.is_aborted
 
     def store(
-        self, item: SendItem, target: str, context_id: int, msg_id: int, dataset: Dataset | None
+        self,
+        item: SendItem,
+        target: str,
+        context_id: int,
+        msg_id: int,
+        dataset: Dataset | bytes | None,
     ) -> Outcome:
         if self.paused is not None:
-            data = None if dataset is None else encode_dataset(dataset, target)
+            data: bytes | None = None
+            if isinstance(dataset, bytes):
+                data = dataset
+            elif dataset is not None:
+                data = encode_dataset(dataset, target)
             return store(
                 self.assoc,
                 context_id,
@@ -178,7 +187,8 @@ class Channel:
             )
         # pynetdicom's public path (when the batch path's internals are missing).
         try:
-            ds = dcmread(item.path) if dataset is None else dataset
+            # Already-encoded bytes (a deflated file): pynetdicom encodes it itself.
+            ds = dataset if isinstance(dataset, Dataset) else dcmread(item.path)
             rsp = self.assoc.send_c_store(ds, msg_id)
         except RuntimeError:
             return st.retry(f"association with {self.where} ended before the C-STORE")

@@ -28,6 +28,7 @@ The :class:`Sender` protocol is what the worker needs; tests inject a fake.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,11 +40,14 @@ from node.filemeta import read_file_meta_from
 from node.send import acse, wire
 from node.send import status as st
 from node.send.contexts import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     Context,
     SendItem,
     choose_syntax,
+    deflated_data_set,
     encode_dataset,
+    identity_mismatch,
     plan_associations,
     transcode,
 )
@@ -80,10 +84,16 @@ class Channel(Protocol):
     def ended(self) -> bool: ...
 
     def store(
-        self, item: SendItem, target: str, context_id: int, msg_id: int, dataset: Dataset | None
+        self,
+        item: SendItem,
+        target: str,
+        context_id: int,
+        msg_id: int,
+        dataset: Dataset | bytes | None,
     ) -> Outcome:
-        """C-STORE the file as it is (``dataset`` None) or ``dataset`` encoded in ``target``.
-        Raises OSError when the file cannot be read."""
+        """C-STORE the file as it is (``dataset`` None), ``dataset`` encoded in ``target``,
+        or ``dataset`` bytes already encoded in it. Raises OSError when the file cannot be
+        read."""
 
     def echo(self, context_id: int) -> Outcome: ...
 
@@ -109,7 +119,12 @@ class WireChannel:
         return self.link.closed
 
     def store(
-        self, item: SendItem, target: str, context_id: int, msg_id: int, dataset: Dataset | None
+        self,
+        item: SendItem,
+        target: str,
+        context_id: int,
+        msg_id: int,
+        dataset: Dataset | bytes | None,
     ) -> Outcome:
         if dataset is not None:
             return self.link.store(
@@ -117,7 +132,7 @@ class WireChannel:
                 sop_class_uid=item.sop_class_uid,
                 sop_instance_uid=item.sop_instance_uid,
                 msg_id=msg_id,
-                data=encode_dataset(dataset, target),
+                data=dataset if isinstance(dataset, bytes) else encode_dataset(dataset, target),
             )
         with open(item.path, "rb") as fp:  # one open: meta header, then the data set
             offset = read_file_meta_from(fp, item.path).data_offset
@@ -305,8 +320,15 @@ class StoreSCU:
     def _store(
         self, channel: Channel, item: SendItem, target: str, context_id: int, msg_id: int
     ) -> Outcome:
-        dataset: Dataset | None = None
-        if target != item.transfer_syntax:
+        dataset: Dataset | bytes | None = None
+        if target == item.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            try:
+                dataset = deflated_data_set(item.path)
+            except FileNotFoundError:
+                return st.dead(f"{item.path}: file is gone")
+            except (SendError, OSError) as exc:
+                return st.dead(str(exc))
+        elif target != item.transfer_syntax:
             try:
                 dataset = transcode(item.path, target)
             except FileNotFoundError:
@@ -332,4 +354,8 @@ class StoreSCU:
             outcome.describe(),
             1000 * (time.perf_counter() - started),
         )
+        if outcome.verdict is Verdict.DEAD and outcome.status is not None:
+            hint = identity_mismatch(item)
+            if hint:
+                outcome = dataclasses.replace(outcome, reason=f"{outcome.reason}; {hint}")
         return outcome

@@ -254,3 +254,43 @@ def test_association_limit_and_idle_timeout(tmp_path: Path) -> None:
         while scp._ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
         assert echoscu(scp.port).returncode == 0
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_connection_gone_before_its_request_frees_its_slot_at_once(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """TCP health checks, port scans, garbage, a cut A-ASSOCIATE-RQ: the peer is gone.
+
+    pynetdicom's association thread went on waiting acse_timeout (30 s) for the request,
+    holding a slot: with max_associations = 2, three such probes made echoscu fail with
+    "Local Limit Exceeded" for the next 30 s. The slot is now free as soon as the
+    connection has closed."""
+    probes = [b"", b"GET / HTTP/1.0\r\n\r\n", b"\x01\x00\x00\x00\x01\x00"]
+    with running_scp(tmp_path, max_associations=2, fast_path=fast_path) as (scp, _, cfg):
+        assert cfg.receive.acse_timeout >= 30
+        for probe in probes * 2:
+            with socket.create_connection((LOOPBACK, scp.port)) as s:
+                s.sendall(probe)
+        assert scp._ae is not None
+        deadline = time.monotonic() + 5  # far below acse_timeout
+        while scp._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scp._ae.active_associations == []
+        result = echoscu(scp.port)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ipv6_loopback_bind_admits_ipv6_loopback_peers_by_default(tmp_path: Path) -> None:
+    """receive.host = "::1" is loopback (no allow-list needed), but the default allow-list
+    was 127.0.0.0/8 only: every connection from ::1 was closed ("not in
+    receive.allowed_networks")."""
+    with running_scp(tmp_path, host="::1") as (scp, _, _):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("::1", scp.port, ae_title=AET)
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_echo().Status == 0x0000
+        finally:
+            assoc.release()

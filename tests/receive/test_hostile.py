@@ -30,19 +30,33 @@ pytestmark = pytest.mark.dcmtk
 
 def _send(port: int, ds: object) -> int:
     """C-STORE one dataset with pynetdicom; the returned status (-1: no response)."""
+    return _answer(port, ds)[0]
+
+
+def _answer(port: int, ds: object) -> tuple[int, str]:
+    """C-STORE one dataset with pynetdicom: (status, Error Comment); (-1, "") if none."""
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(SecondaryCaptureImageStorage, "1.2.840.10008.1.2.1")
     assoc = ae.associate(LOOPBACK, port, ae_title=AET)
     assert assoc.is_established
     try:
-        status = quiet_build(assoc.send_c_store, ds)
-        return int(status.Status) if "Status" in status else -1
+        rsp = quiet_build(assoc.send_c_store, ds)
+        if "Status" not in rsp:
+            return -1, ""
+        return int(rsp.Status), str(rsp.get("ErrorComment", "") or "")
     finally:
         assoc.release()
 
 
 def _everything_under(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
+
+
+REFUSED_ELEMENT = {
+    "study": "(0020,000D) StudyInstanceUID",
+    "series": "(0020,000E) SeriesInstanceUID",
+    "sop": "(0000,1000) AffectedSOPInstanceUID",
+}
 
 
 @pytest.mark.parametrize(
@@ -62,8 +76,10 @@ def test_traversal_uid_gets_failure_and_writes_nothing(
     ds = quiet_build(image_dataset, 2, 2, b"\x00" * 4, **{field: value})
     with running_scp(tmp_path / "node") as (scp, store, cfg):
         before = _everything_under(tmp_path)
-        status = _send(scp.port, ds)
+        status, comment = _answer(scp.port, ds)
         assert status == 0xC000
+        # The Error Comment names the element (the command's UID is checked first).
+        assert comment.startswith(REFUSED_ELEMENT[field]) and "valid UID" in comment, comment
         assert archived(scp.archive_root) == []
         # Nothing new anywhere under the test directory except the job store's files.
         new = {p for p in _everything_under(tmp_path) - before if "state" not in p.parts}

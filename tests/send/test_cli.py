@@ -249,3 +249,28 @@ def test_destination_engine_from_the_config(
     _cfg(tmp_path, storescp.port, storescp.aet, 'engine = "dcmtk"')
     assert main(["send", "-c", str(cfg), str(tmp_path / "a.dcm")]) == 2
     assert "destinations[0].engine: 'dcmtk' is not one of" in capsys.readouterr().err
+
+
+def test_host_port_with_a_port_out_of_range_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`send 127.0.0.1:99999 f` said "no peer given" (the target was read as a file)."""
+    f = native_sc(tmp_path / "a.dcm")
+    for argv in (
+        ["send", "127.0.0.1:99999", str(f)],
+        ["send", "--dest", "127.0.0.1:0", str(f)],
+        ["echo", "127.0.0.1:70000"],
+    ):
+        caplog.clear()
+        assert main(argv) == 2
+        assert "is not a TCP port (1-65535)" in caplog.text, argv
+
+
+def test_host_port_accepts_bracketed_ipv6() -> None:
+    """`send [::1]:104 f` tried to resolve the name "[::1]" (retry, for ever with --queue)."""
+    from node.send.commands import _host_port
+
+    assert _host_port("[::1]:104") == ("::1", 104)
+    assert _host_port("::1:104") == ("::1", 104)
+    assert _host_port("pacs.example.org:11112") == ("pacs.example.org", 11112)
+    assert _host_port("[]:104") is None

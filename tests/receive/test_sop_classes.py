@@ -1,0 +1,144 @@
+"""Which storage SOP classes and transfer syntaxes the SCP accepts, compared with DCMTK.
+
+A retired Ultrasound Image Storage object from an older ultrasound was refused ("no
+presentation context") while storescp and Orthanc store it: pynetdicom's storage list has
+no retired classes. The SCP must accept at least every storage class storescp accepts
+with its defaults.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import UID_dictionary, generate_uid
+from pynetdicom import AE
+
+from tests.peers import LOOPBACK, free_port, peer_env, tool, wait_port
+from tests.receive.helpers import AET, dataset_bytes, dcmsend, dcmtk_encoded, running_scp
+
+pytestmark = pytest.mark.dcmtk
+
+#: Every storage SOP class pydicom names, and a few private ones modalities send.
+STANDARD = sorted(
+    uid
+    for uid, (name, kind, *_rest) in UID_dictionary.items()
+    if kind == "SOP Class" and "Storage" in name and uid.startswith("1.2.840.10008.5.1.4.1.1.")
+)
+PRIVATE = ["1.3.12.2.1107.5.9.1", "1.2.840.113619.4.26", "1.3.46.670589.5.0.1"]
+
+
+def _accepted(port: int, called_ae: str, uids: list[str]) -> set[str]:
+    ae = AE(ae_title="PROBE")
+    accepted: set[str] = set()
+    for start in range(0, len(uids), 100):
+        ae.requested_contexts = []
+        for uid in uids[start : start + 100]:
+            ae.add_requested_context(uid)
+        assoc = ae.associate(LOOPBACK, port, ae_title=called_ae)
+        assert assoc.is_established
+        accepted |= {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        assoc.release()
+    return accepted
+
+
+def test_every_storage_class_storescp_accepts_is_accepted(tmp_path: Path) -> None:
+    port = free_port()  # storescp with its defaults (run_storescp adds -pm: promiscuous)
+    ref = subprocess.Popen([tool("storescp"), str(port)], env=peer_env(), cwd=tmp_path)
+    try:
+        wait_port(port, proc=ref)
+        theirs = _accepted(port, "ANY-SCP", STANDARD + PRIVATE)
+    finally:
+        ref.terminate()
+        ref.wait(10)
+    with running_scp(tmp_path / "node") as (scp, _store, _cfg):
+        ours = _accepted(scp.port, AET, STANDARD + PRIVATE)
+    assert "1.2.840.10008.5.1.4.1.1.6" in theirs  # the measurement still measures something
+    assert sorted(theirs - ours) == []
+    assert not ours & set(PRIVATE)  # private classes: refused, as storescp does
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_retired_ultrasound_objects_are_stored_as_sent(tmp_path: Path, fast_path: bool) -> None:
+    """Retired US Image and US Multi-frame Image Storage, sent by dcmsend, on both paths."""
+    from pydicom.data import get_testdata_file
+
+    sources = []
+    for uid, name in (
+        ("1.2.840.10008.5.1.4.1.1.6", "SC_rgb_small_odd.dcm"),
+        ("1.2.840.10008.5.1.4.1.1.3", "SC_rgb_rle_2frame.dcm"),
+    ):
+        ds = dcmread(get_testdata_file(name))
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.Modality = "US"
+        path = tmp_path / "src" / f"{uid}.dcm"
+        path.parent.mkdir(exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        sources.append(dcmtk_encoded(path))
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (_scp, _store, cfg):
+        result = dcmsend(_scp.port, sources)
+        assert result.returncode == 0, result.stderr
+        for src in sources:
+            ds = dcmread(src, stop_before_pixels=True)
+            target = (
+                cfg.receive.archive
+                / ds.StudyInstanceUID
+                / ds.SeriesInstanceUID
+                / f"{ds.SOPInstanceUID}.dcm"
+            )
+            assert dataset_bytes(target) == dataset_bytes(src)
+            assert dcmread(target).file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+
+
+def _video_object(path: Path, ts: str) -> Path:
+    """A Video Endoscopic Image in ``ts``: its bitstream is opaque bytes (never decoded here)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.1.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = "ES"
+    ds.PatientID = "VIDEO1"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 480, 640, 30
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_PARTIAL_420"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PlanarConfiguration = 0
+    stream = b"\x00\x00\x00\x01\x67" + bytes(range(256)) * 40  # an H.264-like byte stream
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+VIDEO = [
+    "1.2.840.10008.1.2.4.100",  # MPEG2 MP@ML
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 HP@4.1
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main
+]
+
+
+def test_video_transfer_syntaxes_are_accepted_and_stored_as_sent(tmp_path: Path) -> None:
+    """A video endoscope proposes only its video syntax: storescp +xa and Orthanc take it,
+    the node refused it (no presentation context). Sent with dcmsend, stored as sent."""
+    sources = [_video_object(tmp_path / f"video-{ts}.dcm", ts) for ts in VIDEO]
+    with running_scp(tmp_path / "node") as (scp, _store, cfg):
+        result = dcmsend(scp.port, sources)
+        assert result.returncode == 0, result.stdout + result.stderr
+        for src in sources:
+            ds = dcmread(src, stop_before_pixels=True)
+            target = (
+                cfg.receive.archive
+                / ds.StudyInstanceUID
+                / ds.SeriesInstanceUID
+                / f"{ds.SOPInstanceUID}.dcm"
+            )
+            assert dataset_bytes(target) == dataset_bytes(src), src.name
