@@ -227,6 +227,12 @@ def test_fractional_rescale_keeps_precision_dcmtk_truncates(tmp_path: Path) -> N
 # ------------------------------------------------------------------ pixel layouts and codecs
 
 
+def _random_gray(path: Path, seed: int, shape: tuple[int, int]) -> Path:
+    """An 8-bit MONOCHROME2 Secondary Capture of random pixels."""
+    pixels = np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+    return data.write(data.dataset(pixels, modality="OT", sop_class=SC), path)
+
+
 def _dcmtk_convert(args: list[str], src: Path, dst: Path) -> Path:
     subprocess.run([tool(args[0]), *args[1:], str(src), str(dst)], check=True, timeout=60)
     return dst
@@ -302,14 +308,7 @@ def _cut(path: Path, keep: float, dst: Path) -> Path:
 def test_truncated_jpeg_family_streams_are_refused_like_dcmtk(tmp_path: Path) -> None:
     """Cut JPEG baseline / lossless / JPEG-LS / JPEG 2000 streams decode without an error
     in pylibjpeg and CharLS (grey or repeated rows); DCMTK refuses them, and so do we."""
-    gray = data.write(
-        data.dataset(
-            np.random.default_rng(23).integers(0, 256, (31, 33)).astype(np.uint8),
-            modality="OT",
-            sop_class=SC,
-        ),
-        tmp_path / "gray.dcm",
-    )
+    gray = _random_gray(tmp_path / "gray.dcm", 23, (31, 33))
     streams = {
         "baseline": _dcmtk_convert(["dcmcjpeg", "+eb"], gray, tmp_path / "b.dcm"),
         "lossless": _dcmtk_convert(
@@ -477,14 +476,7 @@ def test_compressed_frame_not_matching_the_description_is_refused_by_element(
     """A JPEG, JPEG-LS or JPEG 2000 frame whose header disagrees with Rows, Columns or
     Samples per Pixel: refused naming both sides (the decoders said "could not broadcast
     input array from shape (1023,) into shape (1320,)")."""
-    gray = data.write(
-        data.dataset(
-            np.random.default_rng(25).integers(0, 256, (32, 40)).astype(np.uint8),
-            modality="OT",
-            sop_class=SC,
-        ),
-        tmp_path / "gray.dcm",
-    )
+    gray = _random_gray(tmp_path / "gray.dcm", 25, (32, 40))
     streams = {
         "baseline": _dcmtk_convert(["dcmcjpeg", "+eb"], gray, tmp_path / "b.dcm"),
         "jpeg-ls": _dcmtk_convert(["dcmcjpls"], gray, tmp_path / "ls.dcm"),

@@ -18,6 +18,17 @@ from PIL import Image, ImageCms
 
 from node.errors import ConversionError, CorruptInput, InputTooLarge, UnsupportedInput
 
+#: Patient/study/series data that makes dciodvfy silent about the optional keys (-k).
+FULL_KEYS = (
+    ("PatientID", "PID-0001"),
+    ("PatientName", "Doe^Jane"),
+    ("StudyDate", "20240102"),
+    ("StudyTime", "030405"),
+    ("StudyID", "STUDY1"),
+    ("SeriesNumber", "7"),
+    ("ImageLaterality", "U"),
+)
+
 
 def picture(width: int, height: int, seed: int = 0) -> np.ndarray:
     """Gradients plus noise, RGB uint8: compresses like a photograph."""

@@ -24,15 +24,7 @@ from node.ingest.jpeg import coded_image, parse_jpeg, strip_segments
 from tests.ingest import corpus
 from tests.peers import dciodvfy, tool
 
-FULL_KEYS = (
-    ("PatientID", "PID-0001"),
-    ("PatientName", "Doe^Jane"),
-    ("StudyDate", "20240102"),
-    ("StudyTime", "030405"),
-    ("StudyID", "STUDY1"),
-    ("SeriesNumber", "7"),
-    ("ImageLaterality", "U"),
-)
+FULL_KEYS = corpus.FULL_KEYS
 CASES = {c.name: c for c in corpus.good_cases()}
 KINDS = ("sc", "vlp", "nsc")
 

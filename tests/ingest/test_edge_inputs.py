@@ -26,15 +26,7 @@ from node.queue import JobStore
 from tests.ingest import corpus
 from tests.peers import dciodvfy, tool
 
-FULL_KEYS = (
-    ("PatientID", "PID-0001"),
-    ("PatientName", "Doe^Jane"),
-    ("StudyDate", "20240102"),
-    ("StudyTime", "030405"),
-    ("StudyID", "STUDY1"),
-    ("SeriesNumber", "7"),
-    ("ImageLaterality", "U"),
-)
+FULL_KEYS = corpus.FULL_KEYS
 
 
 def _convert(src: Path, out: Path, **options: object) -> cv.ConvertResult:
