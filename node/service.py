@@ -30,6 +30,7 @@ from node.logs import fields
 from node.metrics import Metrics
 from node.queue import Job, JobStore
 from node.receive.studies import forward_destinations
+from node.statelock import StateLock
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class NodeService:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.stop_event = threading.Event()
+        self.lock = StateLock(cfg.node.state_dir, "dicom-node run")
         self.store = JobStore(cfg.node.state_dir)
         self.metrics = Metrics(cfg.metrics, self.store)
         self.threads: list[threading.Thread] = []
@@ -70,12 +72,23 @@ class NodeService:
         """Recover from any previous crash, then start every enabled stage.
 
         Everything that can refuse the config is built first, and interrupted ingest claims
-        are resumed before any worker runs, so no worker sees a half-recovered claim.
+        are resumed before any worker runs, so no worker sees a half-recovered claim. The
+        state directory's lock is taken before any recovery: a second node on the same
+        state refuses to start rather than take the first one's work (``statelock``).
         """
         cfg = self.cfg
         from node.service_commands import check_rooms
 
         check_rooms(cfg)  # refuse a bad config before anything starts
+        self.lock.acquire()
+        try:
+            self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.cfg
         requeued = self.store.requeue_claimed()
         if requeued:
             log.info("requeued %d jobs claimed by a previous run", requeued)
@@ -224,6 +237,7 @@ class NodeService:
             thread.join(max(0.1, deadline - time.monotonic()))
         self.metrics.stop()
         self.store.close()
+        self.lock.release()
 
     def run_forever(self) -> int:
         """Start, wait for SIGTERM/SIGINT, stop. Returns the exit status."""
