@@ -97,6 +97,7 @@ class NodeService:
             from node.export.exporter import Exporter
 
             self.exporter = Exporter(cfg.export)
+            self.exporter.remove_leftovers()
         watcher = None
         if cfg.ingest.enabled:
             from node.ingest.pipeline import IngestPipeline

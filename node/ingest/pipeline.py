@@ -356,7 +356,7 @@ class IngestPipeline:
 
     def recover(self) -> None:
         """At start-up: redo claims cut short by a crash, finish delivered ones."""
-        for folder in (self.ing.work, self.ing.outgoing):
+        for folder in (self.ing.work, self.ing.outgoing, self.ing.quarantine, self.ing.done):
             removed = clean_temp_files(folder)  # writes a crash cut short, never visible
             if removed:
                 log.info("removed %d temporary files left in %s", removed, folder)

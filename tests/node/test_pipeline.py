@@ -280,8 +280,12 @@ def test_recover_drops_partial_copies_and_temporary_files(cfg: Config) -> None:
     leftover = cfg.ingest.outgoing / claim.name / ".tmp-abc123"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half a file")
+    cfg.ingest.quarantine.mkdir(parents=True, exist_ok=True)
+    note = cfg.ingest.quarantine / ".tmp-note12"  # a quarantine note cut short
+    note.write_bytes(b"file: x")
     IngestPipeline(cfg, JobStore(cfg.node.state_dir)).recover()
     assert not leftover.exists()
+    assert not note.exists()
     assert not (claim / "src" / ".share.jpg.copying").exists()
     assert {Path(j.payload["path"]).name for j in deliver_jobs(store)} == {"real.jpg.dcm"}
     assert not any(cfg.ingest.quarantine.iterdir())
