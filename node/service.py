@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 2.0
 SWEEP_SECONDS = 5.0
+RESTART_MIN_SECONDS = 1.0  # first pause before a crashed stage is started again
+RESTART_MAX_SECONDS = 30.0  # longest pause (doubling in between)
 
 
 class NodeService:
@@ -57,12 +59,29 @@ class NodeService:
 
     def _thread(self, name: str, target: Callable[[], None]) -> None:
         def guarded() -> None:
-            try:
-                target()
-            except Exception:
-                log.exception("stage %s crashed", name)
-            finally:
-                log.debug("stage %s stopped", name)
+            # A stage that raises is started again (after a growing pause) until the node
+            # stops: its errors are mostly the environment's (a full disk makes every
+            # SQLite commit fail, heartbeats included), and a stage that stayed dead would
+            # leave the inbox unwatched or the exports undone while the process lives on.
+            # Claimed jobs are protected by their leases; the watcher rescans the inbox.
+            pause = RESTART_MIN_SECONDS
+            while True:
+                started = time.monotonic()
+                try:
+                    target()
+                except Exception:
+                    if self.stop_event.is_set():
+                        log.exception("stage %s failed while stopping", name)
+                        break
+                    if time.monotonic() - started > RESTART_MAX_SECONDS:
+                        pause = RESTART_MIN_SECONDS  # it ran fine for a while
+                    log.exception("stage %s crashed; restarting it in %.0f s", name, pause)
+                    if self.stop_event.wait(pause):
+                        break
+                    pause = min(pause * 2, RESTART_MAX_SECONDS)
+                    continue
+                break
+            log.debug("stage %s stopped", name)
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
