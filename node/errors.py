@@ -10,6 +10,7 @@
     │   ├── InputTooLarge          pixel count over the configured cap (decompression bomb)
     │   └── MissingMetadata        --strict: a required value nobody supplied
     ├── QueueError                 the job store cannot do what was asked
+    ├── AlreadyRunning             another node process holds the state directory
     ├── SendError                  a delivery attempt failed (carries an Outcome)
     ├── ReceiveError               the SCP cannot start or cannot store
     │   └── UnsafePath             a peer-supplied UID would escape the archive
@@ -51,6 +52,10 @@ class MissingMetadata(ConversionError):
 
 class QueueError(NodeError):
     """The durable job store cannot do what was asked."""
+
+
+class AlreadyRunning(NodeError):
+    """Another dicom-node process is running on the same ``node.state_dir``."""
 
 
 class SendError(NodeError):

@@ -9,6 +9,7 @@ the root (the path-traversal class of bugs seen in several DICOM servers).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -23,6 +24,18 @@ TMP_PREFIX = ".tmp-"
 #: ``writev``, so a file built from a header and a large payload is never joined in memory).
 Data = bytes | Sequence[bytes]
 _IOV_MAX = 1024  # the POSIX minimum for writev's vector length; Linux's is 1024 as well
+
+#: errno values that blame the machine, not the file at hand: a full, over-quota or
+#: read-only file system, an I/O error, no file descriptors or memory left. Work failing
+#: with one of these is retried once the condition passes, never set aside as bad input.
+RESOURCE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
+
+
+def is_resource_error(exc: BaseException) -> bool:
+    """True for an ``OSError`` that says the system is short of a resource (see above)."""
+    return isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS
 
 
 def _process_umask() -> int:

@@ -30,11 +30,14 @@ from node.logs import fields
 from node.metrics import Metrics
 from node.queue import Job, JobStore
 from node.receive.studies import forward_destinations
+from node.statelock import StateLock
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 2.0
 SWEEP_SECONDS = 5.0
+RESTART_MIN_SECONDS = 1.0  # first pause before a crashed stage is started again
+RESTART_MAX_SECONDS = 30.0  # longest pause (doubling in between)
 
 
 class NodeService:
@@ -43,6 +46,7 @@ class NodeService:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.stop_event = threading.Event()
+        self.lock = StateLock(cfg.node.state_dir, "dicom-node run")
         self.store = JobStore(cfg.node.state_dir)
         self.metrics = Metrics(cfg.metrics, self.store)
         self.threads: list[threading.Thread] = []
@@ -55,12 +59,29 @@ class NodeService:
 
     def _thread(self, name: str, target: Callable[[], None]) -> None:
         def guarded() -> None:
-            try:
-                target()
-            except Exception:
-                log.exception("stage %s crashed", name)
-            finally:
-                log.debug("stage %s stopped", name)
+            # A stage that raises is started again (after a growing pause) until the node
+            # stops: its errors are mostly the environment's (a full disk makes every
+            # SQLite commit fail, heartbeats included), and a stage that stayed dead would
+            # leave the inbox unwatched or the exports undone while the process lives on.
+            # Claimed jobs are protected by their leases; the watcher rescans the inbox.
+            pause = RESTART_MIN_SECONDS
+            while True:
+                started = time.monotonic()
+                try:
+                    target()
+                except Exception:
+                    if self.stop_event.is_set():
+                        log.exception("stage %s failed while stopping", name)
+                        break
+                    if time.monotonic() - started > RESTART_MAX_SECONDS:
+                        pause = RESTART_MIN_SECONDS  # it ran fine for a while
+                    log.exception("stage %s crashed; restarting it in %.0f s", name, pause)
+                    if self.stop_event.wait(pause):
+                        break
+                    pause = min(pause * 2, RESTART_MAX_SECONDS)
+                    continue
+                break
+            log.debug("stage %s stopped", name)
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
@@ -70,12 +91,23 @@ class NodeService:
         """Recover from any previous crash, then start every enabled stage.
 
         Everything that can refuse the config is built first, and interrupted ingest claims
-        are resumed before any worker runs, so no worker sees a half-recovered claim.
+        are resumed before any worker runs, so no worker sees a half-recovered claim. The
+        state directory's lock is taken before any recovery: a second node on the same
+        state refuses to start rather than take the first one's work (``statelock``).
         """
         cfg = self.cfg
         from node.service_commands import check_rooms
 
         check_rooms(cfg)  # refuse a bad config before anything starts
+        self.lock.acquire()
+        try:
+            self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.cfg
         requeued = self.store.requeue_claimed()
         if requeued:
             log.info("requeued %d jobs claimed by a previous run", requeued)
@@ -84,6 +116,7 @@ class NodeService:
             from node.export.exporter import Exporter
 
             self.exporter = Exporter(cfg.export)
+            self.exporter.remove_leftovers()
         watcher = None
         if cfg.ingest.enabled:
             from node.ingest.pipeline import IngestPipeline
@@ -224,6 +257,7 @@ class NodeService:
             thread.join(max(0.1, deadline - time.monotonic()))
         self.metrics.stop()
         self.store.close()
+        self.lock.release()
 
     def run_forever(self) -> int:
         """Start, wait for SIGTERM/SIGINT, stop. Returns the exit status."""

@@ -35,7 +35,7 @@ from node.errors import ConfigError, ExportError
 from node.export import decode, display, png
 from node.export.deid import Facts, Policy, facts
 from node.export.manifest import Manifest, sha256
-from node.fsutil import atomic_write, safe_join
+from node.fsutil import atomic_write, clean_temp_files, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,18 @@ class Exporter:
         self.bits = self.options.bits or cfg.bits
         #: objects that could not go into a PDF (each logged with its reason)
         self.failures = 0
+
+    def remove_leftovers(self) -> int:
+        """Remove temporary files a killed writer left under the export root (at start-up).
+
+        Only for the node, which owns its export folder while it holds the state lock: an
+        output is written under a hidden temporary name and renamed into place, so a
+        SIGKILL in between leaves the temporary behind for good (its job is run again).
+        """
+        removed = clean_temp_files(self.root)
+        if removed:
+            log.info("removed %d temporary files left in %s", removed, self.root)
+        return removed
 
     # ------------------------------------------------------------------ naming
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from node.config import Config
 from node.errors import ConfigError, ConversionError, NodeError
-from node.fsutil import atomic_write, clean_temp_files, fsync_dir
+from node.fsutil import atomic_write, clean_temp_files, fsync_dir, is_resource_error
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file, sidecar_for
 from node.ingest.dicom_inputs import DicomInputError, dicom_files_in, is_dicom_file
 from node.ingest.metadata import is_sidecar_name
@@ -82,6 +82,12 @@ class IngestPipeline:
         self.on_enqueued = on_enqueued
         self._lock = threading.Lock()
         self._names: dict[str, set[str]] = {}
+        # Held while a claim is processed: the watcher and the periodic sweep (which
+        # retries deferred claims) never convert at the same time.
+        self._processing = threading.Lock()
+        #: claims whose processing failed for a reason of the machine (disk full, store
+        #: unwritable ...): left in work/ without a record and processed again by sweep()
+        self.deferred: set[str] = set()
         check_one_file_system(work_folders(cfg))
 
     # ------------------------------------------------------------------ claiming
@@ -126,9 +132,34 @@ class IngestPipeline:
 
     def take(self, path: Path) -> None:
         """The watcher's callback: claim, then process."""
-        claim_dir = self.claim(path)
-        if claim_dir is not None:
+        with self._processing:
+            claim_dir = self.claim(path)
+            if claim_dir is not None:
+                self._process_or_defer(claim_dir)
+
+    def _process_or_defer(self, claim_dir: Path) -> bool:
+        """Process a claim; when that fails, keep it for :meth:`sweep` to process again.
+
+        A claim interrupted half-way is in the state a crash leaves (no ``claim.json``), and
+        processing it again is idempotent, so retrying it is always safe. Returns True when
+        the claim was processed.
+        """
+        try:
             self.process(claim_dir)
+        except Exception as exc:
+            self.deferred.add(claim_dir.name)
+            log.error(
+                "claim %s interrupted, it stays in %s and is retried every few seconds: %s: %s"
+                " (free space or fix permissions of the ingest folders and the state directory)",
+                claim_dir.name,
+                self.ing.work,
+                type(exc).__name__,
+                exc,
+                exc_info=not is_resource_error(exc),
+            )
+            return False
+        self.deferred.discard(claim_dir.name)
+        return True
 
     # ------------------------------------------------------------------ processing
 
@@ -302,7 +333,12 @@ class IngestPipeline:
         except (ConversionError, DicomInputError) as exc:
             self.quarantine(path, str(exc))
             return None
-        except (NodeError, OSError, ValueError) as exc:
+        except OSError as exc:
+            if is_resource_error(exc):
+                raise  # not the input's fault: the whole claim is retried later
+            self.quarantine(path, f"{type(exc).__name__}: {exc}")
+            return None
+        except (NodeError, ValueError) as exc:
             self.quarantine(path, f"{type(exc).__name__}: {exc}")
             return None
         except Exception as exc:  # noqa: BLE001 - a bug must not leave the claim stuck
@@ -457,7 +493,7 @@ class IngestPipeline:
 
     def recover(self) -> None:
         """At start-up: redo claims cut short by a crash, finish delivered ones."""
-        for folder in (self.ing.work, self.ing.outgoing):
+        for folder in (self.ing.work, self.ing.outgoing, self.ing.quarantine, self.ing.done):
             removed = clean_temp_files(folder)  # writes a crash cut short, never visible
             if removed:
                 log.info("removed %d temporary files left in %s", removed, folder)
@@ -475,12 +511,24 @@ class IngestPipeline:
                 # Conversion is deterministic and its writes atomic: outputs already there
                 # are simply written again, identical.
                 log.info("resuming interrupted claim", extra=fields(claim=claim_dir.name))
-                self.process(claim_dir)
+                with self._processing:
+                    self._process_or_defer(claim_dir)
 
     def sweep(self) -> None:
-        """Finish every claim whose deliveries are all done (periodic safety net)."""
+        """Process deferred claims again, and finish every claim whose deliveries are all
+        done (periodic safety net)."""
         if not self.ing.work.exists():
             return
+        with self._processing:
+            deferred = sorted(self.deferred)
+        for claim_id in deferred:
+            claim_dir = self.ing.work / claim_id
+            with self._processing:
+                if not claim_dir.is_dir() or (claim_dir / CLAIM_FILE).exists():
+                    self.deferred.discard(claim_id)
+                    continue
+                if self._process_or_defer(claim_dir):
+                    log.info("deferred claim processed", extra=fields(claim=claim_id))
         for claim_dir in sorted(self.ing.work.iterdir()):
             if (claim_dir / CLAIM_FILE).exists():
                 with self._lock:

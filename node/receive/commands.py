@@ -76,6 +76,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
     from node.receive.commitment import REPORT_KIND
     from node.receive.scp import StorageSCP
     from node.service_commands import load_from_args
+    from node.statelock import StateLock
 
     cfg = apply_overrides(load_from_args(args), args)
     setup_logging(
@@ -92,7 +93,10 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with JobStore(cfg.node.state_dir, durable=cfg.receive.fsync) as store:
+    with (
+        StateLock(cfg.node.state_dir, "dicom-node receive"),
+        JobStore(cfg.node.state_dir, durable=cfg.receive.fsync) as store,
+    ):
         scp = StorageSCP(cfg, store)
         scp.start()
         # Storage commitment reports the requester could not take at once are queued

@@ -280,8 +280,12 @@ def test_recover_drops_partial_copies_and_temporary_files(cfg: Config) -> None:
     leftover = cfg.ingest.outgoing / claim.name / ".tmp-abc123"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half a file")
+    cfg.ingest.quarantine.mkdir(parents=True, exist_ok=True)
+    note = cfg.ingest.quarantine / ".tmp-note12"  # a quarantine note cut short
+    note.write_bytes(b"file: x")
     IngestPipeline(cfg, JobStore(cfg.node.state_dir)).recover()
     assert not leftover.exists()
+    assert not note.exists()
     assert not (claim / "src" / ".share.jpg.copying").exists()
     assert {Path(j.payload["path"]).name for j in deliver_jobs(store)} == {"real.jpg.dcm"}
     assert not any(cfg.ingest.quarantine.iterdir())
@@ -297,3 +301,55 @@ def test_check_config_refuses_work_folders_on_different_file_systems(tmp_path: P
     config.write_text(f'[node]\nbase_dir = "{tmp_path}"\n[ingest]\nwork = "/dev/shm/dn-x/w"\n')
     assert cli.main(["check-config", "-c", str(config)]) == 2
     assert not Path("/dev/shm/dn-x").exists()  # checking creates nothing
+
+
+def test_a_full_disk_defers_the_claim_instead_of_quarantining(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from node.ingest import pipeline as pipeline_module
+
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    real_convert = pipeline_module.convert_file
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pipeline_module, "convert_file", disk_full)
+    pipeline.take(drop(cfg, "full.jpg", jpeg(21)))
+    # Not the input's fault: nothing in quarantine, the claim waits in work/.
+    assert not cfg.ingest.quarantine.exists() or not any(cfg.ingest.quarantine.iterdir())
+    (claim,) = cfg.ingest.work.iterdir()
+    assert (claim / "src" / "full.jpg").exists() and not (claim / CLAIM_FILE).exists()
+    assert pipeline.deferred == {claim.name}
+    pipeline.sweep()  # still full: stays deferred
+    assert pipeline.deferred == {claim.name} and deliver_jobs(store) == []
+
+    monkeypatch.setattr(pipeline_module, "convert_file", real_convert)  # space again
+    pipeline.sweep()
+    assert pipeline.deferred == set()
+    assert (claim / CLAIM_FILE).exists()
+    assert {Path(j.payload["path"]).name for j in deliver_jobs(store)} == {"full.jpg.dcm"}
+    assert store.counters()["ingested"] == 1
+
+
+def test_an_unwritable_store_defers_the_claim(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    real_enqueue = pipeline._enqueue
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(pipeline, "_enqueue", full)
+    pipeline.take(drop(cfg, "nodb.jpg", jpeg(22)))
+    (claim,) = cfg.ingest.work.iterdir()
+    assert pipeline.deferred == {claim.name}
+    monkeypatch.setattr(pipeline, "_enqueue", real_enqueue)
+    pipeline.sweep()
+    assert (claim / CLAIM_FILE).exists() and len(deliver_jobs(store)) == 2
