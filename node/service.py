@@ -41,6 +41,9 @@ class NodeService:
     """All stages of one node process."""
 
     def __init__(self, cfg: Config) -> None:
+        from node.service_commands import check_rooms
+
+        check_rooms(cfg)  # refuse a bad config before anything is opened or started
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.store = JobStore(cfg.node.state_dir)
@@ -69,13 +72,11 @@ class NodeService:
     def start(self) -> None:
         """Recover from any previous crash, then start every enabled stage.
 
-        Everything that can refuse the config is built first, and interrupted ingest claims
+        The config was checked when the service was built (as ``check-config`` checks it);
+        everything else that can refuse it is built first, and interrupted ingest claims
         are resumed before any worker runs, so no worker sees a half-recovered claim.
         """
         cfg = self.cfg
-        from node.service_commands import check_rooms
-
-        check_rooms(cfg)  # refuse a bad config before anything starts
         requeued = self.store.requeue_claimed()
         if requeued:
             log.info("requeued %d jobs claimed by a previous run", requeued)
