@@ -108,10 +108,7 @@ class NodeService:
             from node.receive.scp import StorageSCP
 
             self.scp = StorageSCP(cfg, self.store)
-            self.scp.start()
-            log.info(
-                "SCP %s listening on %s:%d", cfg.receive.ae_title, cfg.receive.host, self.scp.port
-            )
+            self.scp.start()  # it logs where it listens
             from node.receive.commitment import REPORT_KIND
 
             reports = JobRunner(

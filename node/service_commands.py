@@ -32,7 +32,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="queue depth, last errors, counters and liveness, read from the state DB",
         description="Works from another shell while the node runs (reads node.state_dir).",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="JSON output (default: text)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(

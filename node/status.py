@@ -95,11 +95,12 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append("components:")
     if not report["components"]:
         lines.append("  (none has run yet)")
+    width = max([10, *(len(name) for name in report["components"])])
     for name, comp in sorted(report["components"].items()):
         state = "alive" if comp["alive"] else "NOT RUNNING"
         lines.append(
-            f"  {name:<10} {state:<12} pid {comp['pid']}, seen {comp['seconds_ago']} s ago"
-            f"  {comp['detail']}"
+            f"  {name:<{width}} {state:<12} pid {comp['pid']}, seen {comp['seconds_ago']} s ago"
+            f"  {comp['detail']}".rstrip()
         )
     lines.append("")
     lines.append("queue (kind / destination: state=count):")
