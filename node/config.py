@@ -239,7 +239,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            hint = ""
+            if isinstance(value, dict) and dataclasses.is_dataclass(args[0]):
+                hint = f" (an array of tables: write [[{key}]], with double brackets, per entry)"
+            raise ConfigError(f"{key}: expected a list, got {value!r}{hint}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
@@ -270,8 +273,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: expected a path string, got {value!r}")
+        if value.startswith("~") or _names_a_variable(value):
+            raise ConfigError(
+                f"{key}: {value!r}: '~' and environment variables are not expanded; "
+                "give the path itself (absolute, or relative to node.base_dir)"
+            )
         return Path(value)
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _names_a_variable(value: str) -> bool:
+    """``$NAME`` or ``${NAME}`` somewhere in ``value`` (as a shell would expand it)."""
+    for i, c in enumerate(value[:-1]):
+        if c == "$" and (value[i + 1] == "{" or value[i + 1].isalpha() or value[i + 1] == "_"):
+            return True
+    return False
 
 
 def _scalar_str(value: Any, key: str) -> str:
@@ -533,6 +549,10 @@ def load_config(path: Path | str | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8: save it as such"
+        ) from None
     import tomllib  # ~4 ms of imports: only when there is a file to parse
 
     try:

@@ -40,12 +40,23 @@ def test_default_config_loads_and_points_at_own_scp() -> None:
         ({"node": {"uid_root": "1.02.3"}}, "uid_root '1.02.3' is not a valid UID root"),
         ({"receive": {"allowed_networks": ["300.1.1.1/8"]}}, "receive.allowed_networks[0]"),
         ({"ingest": {"destinations": ["nope"]}}, "unknown destination 'nope'"),
+        ({"destinations": {"name": "a"}}, "write [[destinations]], with double brackets"),
+        ({"receive": {"forward": {"destination": "a"}}}, "write [[receive.forward]]"),
+        ({"node": {"base_dir": "~/dicom"}}, "node.base_dir: '~/dicom': '~' and environment"),
+        ({"ingest": {"inbox": "${HOME}/in"}}, "ingest.inbox: '${HOME}/in': '~' and environment"),
     ],
 )
 def test_bad_config_names_the_key(table: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict(table, tmp_path)
     assert message in str(info.value)
+
+
+def test_config_file_that_is_not_utf8_text_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_bytes(b'[node]\nae_title = "\xc4RZT"\n')  # Latin-1, as some editors save
+    with pytest.raises(ConfigError, match="node.toml: not UTF-8 text"):
+        load_config(config)
 
 
 def test_check_config_command_prints_resolved_paths(capsys: pytest.CaptureFixture[str]) -> None:
