@@ -238,6 +238,10 @@ def test_json_log_lines_carry_structured_fields() -> None:
     setup_logging("INFO", "text", stream)
     logging.getLogger("node.test").info("again", extra=fields(sop="1.2.3"))
     assert stream.getvalue().splitlines()[-1].endswith("node.test: again sop=1.2.3")
+    reason = 'cannot connect to 127.0.0.1:104 (refused); path "x=1"'
+    logging.getLogger("node.test").warning("retry", extra=fields(reason=reason, to="/a b/c"))
+    line = stream.getvalue().splitlines()[-1]  # values with spaces are quoted, as logfmt
+    assert line.endswith(f'retry reason={json.dumps(reason)} to="/a b/c"')
     assert sum(h.get_name() == "dicom-node" for h in logging.getLogger().handlers) == 1
 
 
