@@ -69,10 +69,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--pdf-layout",
         choices=["page", "contact"],
         default=None,
-        help="one image per page at native size, or a contact sheet (default: page)",
+        help="one image per page at native size, or a contact sheet "
+        "(default: export.pdf_layout, page)",
     )
     g.add_argument(
-        "--no-overlays", action="store_true", help="do not burn in graphics overlays (60xx)"
+        "--no-overlays",
+        action="store_true",
+        help="do not burn in graphics overlays (60xx) (default: export.overlays, burn them in)",
     )
     g.add_argument(
         "--icc",
