@@ -232,7 +232,11 @@ class NodeService:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # e.g. the SCP's port is taken: release what did start
+            self.stop(timeout=5.0)
+            raise
         log.info("dicom-node running (pid %d)", os.getpid())
         while not self.stop_event.wait(1.0):
             pass
