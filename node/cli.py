@@ -143,6 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `dicom-node check-config | head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # a folder or file the command needs, refused by the system
+        log.debug("details", exc_info=True)
+        where = f" {exc.filename}" if exc.filename else ""
+        log.error(
+            "%s:%s %s (check the path and its permissions; --log-level DEBUG shows where)",
+            args.command,
+            where,
+            exc.strerror or exc,
+        )
+        return 1
 
 
 def console() -> NoReturn:

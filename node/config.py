@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,15 +24,22 @@ from node.errors import ConfigError
 from node.uids import DEFAULT_ROOT, validate_root
 
 
-def _ae(value: str, key: str) -> str:
+def check_ae(value: str, key: str) -> str:
+    """``value`` if it is a usable AE title (PS3.5 AE: 1-16 ASCII characters, no backslash,
+    not only spaces); ConfigError naming ``key`` otherwise. The SCU and SCP refuse the
+    same titles on the wire, so refusing them here is only earlier."""
     if (
         not value
         or len(value) > 16
         or "\\" in value
+        or not value.isascii()
         or not value.isprintable()
         or not value.strip()
     ):
-        raise ConfigError(f"{key}: {value!r} is not a valid AE title (1-16 printable characters)")
+        raise ConfigError(
+            f"{key}: {value!r} is not a valid AE title "
+            "(1-16 printable ASCII characters, no backslash, not only spaces)"
+        )
     return value
 
 
@@ -231,7 +239,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            hint = ""
+            if isinstance(value, dict) and dataclasses.is_dataclass(args[0]):
+                hint = f" (an array of tables: write [[{key}]], with double brackets, per entry)"
+            raise ConfigError(f"{key}: expected a list, got {value!r}{hint}")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
@@ -252,6 +263,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # TOML has nan and inf; no key of ours means them
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -260,8 +273,21 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is Path:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{key}: expected a path string, got {value!r}")
+        if value.startswith("~") or _names_a_variable(value):
+            raise ConfigError(
+                f"{key}: {value!r}: '~' and environment variables are not expanded; "
+                "give the path itself (absolute, or relative to node.base_dir)"
+            )
         return Path(value)
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _names_a_variable(value: str) -> bool:
+    """``$NAME`` or ``${NAME}`` somewhere in ``value`` (as a shell would expand it)."""
+    for i, c in enumerate(value[:-1]):
+        if c == "$" and (value[i + 1] == "{" or value[i + 1].isalpha() or value[i + 1] == "_"):
+            return True
+    return False
 
 
 def _scalar_str(value: Any, key: str) -> str:
@@ -307,37 +333,168 @@ def _resolve_paths(obj: Any, base: Path) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+def _is_uid(value: str) -> bool:
+    """Digits and dots, 1-64 characters, no empty component (as ``fsutil.is_valid_uid``,
+    without importing ``re`` at start-up)."""
+    parts = value.split(".")
+    return 0 < len(value) <= 64 and all(p.isascii() and p.isdigit() for p in parts)
+
+
+def _host(value: str, key: str) -> None:
+    if not value.strip() or any(c.isspace() for c in value) or not value.isprintable():
+        raise ConfigError(
+            f"{key}: {value!r} is not a host name or address (e.g. 127.0.0.1 or pacs.example.org)"
+        )
+
+
+def _port(value: int, key: str, *, zero: bool) -> None:
+    low = 0 if zero else 1
+    if not low <= value < 65536:
+        raise ConfigError(f"{key}: {value} is not a TCP port ({low}-65535)")
+
+
+def check_pdu(value: int, key: str) -> int:
+    """``value`` if it is a maximum PDU length we can announce; ConfigError naming ``key``."""
+    if value and not 4096 <= value <= 2**32 - 1:
+        raise ConfigError(
+            f"{key}: {value} is out of range (0 = no limit, or 4096 to 4294967295 bytes)"
+        )
+    return value
+
+
+def _timeouts(section: Any, prefix: str) -> None:
+    for name in ("acse_timeout", "dimse_timeout", "network_timeout"):
+        value = getattr(section, name)
+        if value <= 0:
+            raise ConfigError(f"{prefix}.{name}: {value:g} must be more than 0 seconds")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Two bind/connect addresses that may reach the same listener on this machine."""
+    wildcard = ("0.0.0.0", "::", "")
+    return a == b or a in wildcard or b in wildcard or (_is_loopback(a) and _is_loopback(b))
+
+
+def _validate_receive(cfg: Config) -> None:
+    r = cfg.receive
+    _host(r.host, "receive.host")
+    _port(r.port, "receive.port", zero=True)
+    _port(r.tls_port, "receive.tls_port", zero=True)
+    if r.tls.enabled and r.tls_port and r.tls_port == r.port:
+        raise ConfigError(
+            f"receive.tls_port: {r.tls_port} is also receive.port: TLS needs its own port"
+        )
+    for i, ae in enumerate(r.allowed_calling_aes):
+        check_ae(ae, f"receive.allowed_calling_aes[{i}]")
+    for i, rule in enumerate(r.forward):
+        if rule.calling_ae:
+            check_ae(rule.calling_ae, f"receive.forward[{i}].calling_ae")
+    check_pdu(r.max_pdu, "receive.max_pdu")
+    _timeouts(r, "receive")
+    if r.max_associations < 1:
+        raise ConfigError(f"receive.max_associations: {r.max_associations} must be at least 1")
+    if r.chunk_threshold_bytes <= 0:
+        raise ConfigError(
+            f"receive.chunk_threshold_bytes: {r.chunk_threshold_bytes} must be positive "
+            "(bytes of a data set kept in memory before it goes to disk)"
+        )
+    if r.min_free_bytes < 0:
+        raise ConfigError(f"receive.min_free_bytes: {r.min_free_bytes} must be 0 or more")
+
+
+def _validate_ports(cfg: Config) -> None:
+    """Listeners of this node that would take the same port (the second one cannot start)."""
+    listeners: list[tuple[str, str, int]] = []
+    if cfg.receive.enabled:
+        if cfg.receive.port:
+            listeners.append(("receive.port", cfg.receive.host, cfg.receive.port))
+        if cfg.receive.tls.enabled and cfg.receive.tls_port:
+            listeners.append(("receive.tls_port", cfg.receive.host, cfg.receive.tls_port))
+    if cfg.metrics.enabled and cfg.metrics.port:
+        listeners.append(("metrics.port", cfg.metrics.host, cfg.metrics.port))
+    for i, (key, host, port) in enumerate(listeners):
+        for other, other_host, other_port in listeners[:i]:
+            if port == other_port and _same_host(host, other_host):
+                raise ConfigError(f"{key}: {port} is also {other}: give each listener its own port")
+
+
+def _validate_self_destination(cfg: Config, i: int, dest: Destination) -> None:
+    """A destination that is this node's own SCP must be one that SCP admits."""
+    r = cfg.receive
+    if not (r.enabled and r.port and dest.port == r.port and _same_host(dest.host, r.host)):
+        return
+    key = f"destinations[{i}]"
+    if r.require_called_ae and dest.called_ae != r.ae_title:
+        raise ConfigError(
+            f"{key}.called_ae: {dest.called_ae!r} but {dest.host}:{dest.port} is this node's "
+            f"own SCP, whose AE title is receive.ae_title = {r.ae_title!r}: every delivery "
+            "would be refused. Set called_ae to it (or point the destination elsewhere)"
+        )
+    calling = dest.calling_ae or cfg.node.ae_title
+    if r.allowed_calling_aes and calling not in r.allowed_calling_aes:
+        raise ConfigError(
+            f"{key}.calling_ae: {calling!r} is not in receive.allowed_calling_aes, but "
+            f"{dest.host}:{dest.port} is this node's own SCP: every delivery would be refused"
+        )
+
+
 def _validate(cfg: Config) -> None:
-    validate_root(cfg.node.uid_root)
-    _ae(cfg.node.ae_title, "node.ae_title")
-    _ae(cfg.receive.ae_title, "receive.ae_title")
+    try:
+        validate_root(cfg.node.uid_root)
+    except ConfigError as exc:
+        raise ConfigError(f"node.{exc}") from None
+    check_ae(cfg.node.ae_title, "node.ae_title")
+    check_ae(cfg.receive.ae_title, "receive.ae_title")
     names: set[str] = set()
     for i, dest in enumerate(cfg.destinations):
         key = f"destinations[{i}]"
-        if not dest.name or dest.name in names:
-            raise ConfigError(f"{key}.name: {dest.name!r} is empty or used twice")
+        if not dest.name.strip():
+            raise ConfigError(f"{key}.name: empty; give each destination a name")
+        if dest.name in names:
+            raise ConfigError(f"{key}.name: {dest.name!r} is used twice; names must be unique")
         names.add(dest.name)
-        _ae(dest.called_ae, f"{key}.called_ae")
+        _host(dest.host, f"{key}.host")
+        check_ae(dest.called_ae, f"{key}.called_ae")
         if dest.calling_ae:
-            _ae(dest.calling_ae, f"{key}.calling_ae")
-        if not 0 < dest.port < 65536:
-            raise ConfigError(f"{key}.port: {dest.port} is not a TCP port (1-65535)")
-        if dest.max_pdu and not 4096 <= dest.max_pdu <= 2**32 - 1:
-            raise ConfigError(f"{key}.max_pdu: {dest.max_pdu} out of range (0 or 4096..)")
+            check_ae(dest.calling_ae, f"{key}.calling_ae")
+        _port(dest.port, f"{key}.port", zero=False)
+        check_pdu(dest.max_pdu, f"{key}.max_pdu")
+        _timeouts(dest, key)
+        for j, uid in enumerate(dest.transfer_syntaxes):
+            if not _is_uid(uid):
+                raise ConfigError(
+                    f"{key}.transfer_syntaxes[{j}]: {uid!r} is not a UID "
+                    "(e.g. 1.2.840.10008.1.2.1 for Explicit VR Little Endian)"
+                )
+        _validate_self_destination(cfg, i, dest)
     for name in cfg.ingest.destinations:
         if name not in names:
-            raise ConfigError(f"ingest.destinations: unknown destination {name!r}")
+            known = ", ".join(sorted(names)) or "none configured"
+            raise ConfigError(f"ingest.destinations: unknown destination {name!r} (known: {known})")
     for i, rule in enumerate(cfg.receive.forward):
         if rule.destination not in names:
-            raise ConfigError(f"receive.forward[{i}].destination: unknown {rule.destination!r}")
+            known = ", ".join(sorted(names)) or "none configured"
+            raise ConfigError(
+                f"receive.forward[{i}].destination: unknown {rule.destination!r} (known: {known})"
+            )
     for i, net in enumerate(cfg.receive.allowed_networks):
         try:
             ipaddress.ip_network(net, strict=False)
         except ValueError as exc:
             raise ConfigError(f"receive.allowed_networks[{i}]: {exc}") from None
-    for key, port in (("receive.port", cfg.receive.port), ("metrics.port", cfg.metrics.port)):
-        if not 0 <= port < 65536:
-            raise ConfigError(f"{key}: {port} is not a TCP port (0-65535)")
+    _validate_receive(cfg)
+    _host(cfg.metrics.host, "metrics.host")
+    _port(cfg.metrics.port, "metrics.port", zero=True)
+    _validate_ports(cfg)
     if cfg.ingest.filename_pattern:
         import re
 
@@ -345,8 +502,10 @@ def _validate(cfg: Config) -> None:
             re.compile(cfg.ingest.filename_pattern)
         except re.error as exc:
             raise ConfigError(f"ingest.filename_pattern: not a valid regex: {exc}") from None
-    if cfg.ingest.max_pixels <= 0 or cfg.export.max_pixels <= 0:
-        raise ConfigError("ingest.max_pixels / export.max_pixels: must be positive")
+    if cfg.ingest.max_pixels <= 0:
+        raise ConfigError(f"ingest.max_pixels: {cfg.ingest.max_pixels} must be positive")
+    if cfg.export.max_pixels <= 0:
+        raise ConfigError(f"export.max_pixels: {cfg.export.max_pixels} must be positive")
     q = cfg.queue
     for key, value, low, high in (
         ("queue.retry_jitter", q.retry_jitter, 0.0, 1.0),
@@ -390,6 +549,10 @@ def load_config(path: Path | str | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8: save it as such"
+        ) from None
     import tomllib  # ~4 ms of imports: only when there is a file to parse
 
     try:

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from node.config import QueueSection
 from node.errors import ConversionError, ExportError
@@ -34,6 +35,17 @@ class PermanentJobError(Exception):
 
 
 PERMANENT = (PermanentJobError, ExportError, ConversionError)
+
+
+def _about(job: Job) -> dict[str, Any]:
+    """Log fields naming the job and what it is about (the object or study, its file)."""
+    p = job.payload
+    return fields(
+        job=job.id,
+        sop=p.get("sop_instance_uid"),
+        study=p.get("study_uid") if "sop_instance_uid" not in p else None,
+        path=p.get("path") or p.get("archive_dir"),
+    )
 
 
 class JobRunner:
@@ -76,7 +88,7 @@ class JobRunner:
         try:
             self.handlers[job.kind](job)
         except PERMANENT as exc:
-            log.error("%s job failed for good: %s", job.kind, exc, extra=fields(job=job.id))
+            log.error("%s job failed for good: %s", job.kind, exc, extra=_about(job))
             self.store.dead(job.id, str(exc))
             return
         except Exception as exc:  # retried: anything else may be transient
@@ -87,12 +99,10 @@ class JobRunner:
                 reason = (
                     f"{reason}; {give_up_reason(job.attempts, job.created_at, now, self.policy)}"
                 )
-                log.error("%s job dead: %s", job.kind, reason, extra=fields(job=job.id))
+                log.error("%s job dead: %s", job.kind, reason, extra=_about(job))
                 self.store.dead(job.id, reason)
             else:
-                log.warning(
-                    "%s job will be retried: %s", job.kind, reason, extra=fields(job=job.id)
-                )
+                log.warning("%s job will be retried: %s", job.kind, reason, extra=_about(job))
                 self.store.retry(job.id, at, reason)
             return
         self.store.ack([job.id])

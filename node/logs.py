@@ -38,7 +38,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Classic text lines with ``key=value`` structured fields appended."""
+    """Classic text lines with ``key=value`` structured fields appended (logfmt quoting)."""
 
     def __init__(self) -> None:
         super().__init__(_TEXT_FORMAT)
@@ -47,8 +47,17 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line += " " + " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
         return line
+
+
+def _text_value(value: Any) -> str:
+    """A field value as logfmt writes it: bare when it is one word, else a quoted string
+    (a reason or a path with spaces would otherwise run into the next ``key=value``)."""
+    text = str(value)
+    if text and not any(c.isspace() or c in '"=\\' for c in text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from node.config import MetricsSection
+from node.errors import ConfigError
 from node.queue import JobStore
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,27 @@ class Metrics:
             return
         from prometheus_client import start_http_server
 
-        self._server, _thread = start_http_server(
-            self.cfg.port, addr=self.cfg.host, registry=self.registry
-        )
-        log.info("metrics on http://%s:%d/metrics", self.cfg.host, self.cfg.port)
+        try:
+            self._server, _thread = start_http_server(
+                self.cfg.port, addr=self.cfg.host, registry=self.registry
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics.port: cannot serve metrics on {self.cfg.host}:{self.cfg.port}: "
+                f"{exc.strerror or exc} (another process there? set metrics.port, or "
+                "metrics.enabled = false)"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", self.cfg.host, self.port)
+
+    @property
+    def port(self) -> int:
+        """The bound port (``metrics.port = 0`` takes a free one); 0 when not serving."""
+        return int(self._server.server_port) if self._server is not None else 0
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()  # shutdown() only stops the loop: free the port
             self._server = None
 
     def observe_conversion(self, seconds: float) -> None:

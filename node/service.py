@@ -44,6 +44,9 @@ class NodeService:
     """All stages of one node process."""
 
     def __init__(self, cfg: Config) -> None:
+        from node.service_commands import check_rooms
+
+        check_rooms(cfg)  # refuse a bad config before anything is opened or started
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.lock = StateLock(cfg.node.state_dir, "dicom-node run")
@@ -90,15 +93,12 @@ class NodeService:
     def start(self) -> None:
         """Recover from any previous crash, then start every enabled stage.
 
-        Everything that can refuse the config is built first, and interrupted ingest claims
+        The config was checked when the service was built (as ``check-config`` checks it);
+        everything else that can refuse it is built first, and interrupted ingest claims
         are resumed before any worker runs, so no worker sees a half-recovered claim. The
         state directory's lock is taken before any recovery: a second node on the same
         state refuses to start rather than take the first one's work (``statelock``).
         """
-        cfg = self.cfg
-        from node.service_commands import check_rooms
-
-        check_rooms(cfg)  # refuse a bad config before anything starts
         self.lock.acquire()
         try:
             self._start()
@@ -140,10 +140,7 @@ class NodeService:
             from node.receive.scp import StorageSCP
 
             self.scp = StorageSCP(cfg, self.store)
-            self.scp.start()
-            log.info(
-                "SCP %s listening on %s:%d", cfg.receive.ae_title, cfg.receive.host, self.scp.port
-            )
+            self.scp.start()  # it logs where it listens
             from node.receive.commitment import REPORT_KIND
 
             reports = JobRunner(
@@ -268,7 +265,11 @@ class NodeService:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # e.g. the SCP's port is taken: release what did start
+            self.stop(timeout=5.0)
+            raise
         log.info("dicom-node running (pid %d)", os.getpid())
         while not self.stop_event.wait(1.0):
             pass

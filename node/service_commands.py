@@ -32,7 +32,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="queue depth, last errors, counters and liveness, read from the state DB",
         description="Works from another shell while the node runs (reads node.state_dir).",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help="JSON output (default: text)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
@@ -63,15 +63,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def check_rooms(cfg: Config) -> None:
-    """The rooms' own checks (values the schema alone cannot judge), as ``run`` makes them:
-    ``[ingest.defaults]`` keywords and values against the DICOM dictionary and their VRs,
-    the file-name pattern's group names, the ingest folders sharing one file system,
-    ``[export]`` ranges."""
+    """The rooms' own checks (values the schema alone cannot judge), as ``run`` makes them
+    before it starts anything: ``[ingest.defaults]`` keywords and values against the DICOM
+    dictionary and their VRs, the file-name pattern's group names, the ingest folders
+    sharing one file system, ``[export]`` ranges, and :mod:`node.preflight` (folders usable
+    and not nested, the SCP's access rules and TLS files, TLS destinations)."""
     from node.export.exporter import check_config as check_export
     from node.ingest.convert import ConvertOptions
     from node.ingest.pipeline import check_one_file_system, work_folders
+    from node.preflight import preflight
 
     ConvertOptions.from_config(cfg)
+    preflight(cfg)
     if cfg.ingest.enabled:
         check_one_file_system(work_folders(cfg), create=False)
     check_export(cfg.export)

@@ -12,6 +12,7 @@ from typing import Any
 
 from node.config import Config
 from node.queue import JobState, JobStore
+from node.queue.store import DB_NAME
 
 #: A component is alive if it wrote a heartbeat within this many seconds.
 ALIVE_SECONDS = 10.0
@@ -29,7 +30,22 @@ def pid_alive(pid: int) -> bool:
 
 
 def collect_status(cfg: Config) -> dict[str, Any]:
-    """Queue depth per kind/destination/state, recent errors, counters, liveness."""
+    """Queue depth per kind/destination/state, recent errors, counters, liveness.
+
+    Without a state database (the node never ran with this config, or ``-c`` names another
+    node's config) the report is empty and says so; none is created (a status command that
+    leaves a fresh database behind would hide the mistake from the next ``status``)."""
+    db = cfg.node.state_dir / DB_NAME
+    if not db.exists():
+        return {
+            "state_db": str(db),
+            "state_db_exists": False,
+            "pending": 0,
+            "queue": {},
+            "counters": {},
+            "components": {},
+            "recent_errors": [],
+        }
     with JobStore(cfg.node.state_dir) as store:
         now = time.time()
         queue: dict[str, dict[str, dict[str, int]]] = {}
@@ -58,6 +74,7 @@ def collect_status(cfg: Config) -> dict[str, Any]:
         }
         return {
             "state_db": str(store.path),
+            "state_db_exists": True,
             "pending": store.pending(),
             "queue": queue,
             "counters": store.counters(),
@@ -68,15 +85,22 @@ def collect_status(cfg: Config) -> dict[str, Any]:
 
 def format_status(report: dict[str, Any]) -> str:
     """Human-readable rendering of :func:`collect_status`."""
-    lines = [f"state: {report['state_db']}", f"pending jobs: {report['pending']}", ""]
+    lines = [f"state: {report['state_db']}"]
+    if not report.get("state_db_exists", True):
+        lines[0] += (
+            " (does not exist: no node has run with this config; "
+            "check -c FILE and node.state_dir / node.base_dir)"
+        )
+    lines += [f"pending jobs: {report['pending']}", ""]
     lines.append("components:")
     if not report["components"]:
         lines.append("  (none has run yet)")
+    width = max([10, *(len(name) for name in report["components"])])
     for name, comp in sorted(report["components"].items()):
         state = "alive" if comp["alive"] else "NOT RUNNING"
         lines.append(
-            f"  {name:<10} {state:<12} pid {comp['pid']}, seen {comp['seconds_ago']} s ago"
-            f"  {comp['detail']}"
+            f"  {name:<{width}} {state:<12} pid {comp['pid']}, seen {comp['seconds_ago']} s ago"
+            f"  {comp['detail']}".rstrip()
         )
     lines.append("")
     lines.append("queue (kind / destination: state=count):")

@@ -40,12 +40,23 @@ def test_default_config_loads_and_points_at_own_scp() -> None:
         ({"node": {"uid_root": "1.02.3"}}, "uid_root '1.02.3' is not a valid UID root"),
         ({"receive": {"allowed_networks": ["300.1.1.1/8"]}}, "receive.allowed_networks[0]"),
         ({"ingest": {"destinations": ["nope"]}}, "unknown destination 'nope'"),
+        ({"destinations": {"name": "a"}}, "write [[destinations]], with double brackets"),
+        ({"receive": {"forward": {"destination": "a"}}}, "write [[receive.forward]]"),
+        ({"node": {"base_dir": "~/dicom"}}, "node.base_dir: '~/dicom': '~' and environment"),
+        ({"ingest": {"inbox": "${HOME}/in"}}, "ingest.inbox: '${HOME}/in': '~' and environment"),
     ],
 )
 def test_bad_config_names_the_key(table: dict, message: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict(table, tmp_path)
     assert message in str(info.value)
+
+
+def test_config_file_that_is_not_utf8_text_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_bytes(b'[node]\nae_title = "\xc4RZT"\n')  # Latin-1, as some editors save
+    with pytest.raises(ConfigError, match="node.toml: not UTF-8 text"):
+        load_config(config)
 
 
 def test_check_config_command_prints_resolved_paths(capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,7 +238,14 @@ def test_json_log_lines_carry_structured_fields() -> None:
     setup_logging("INFO", "text", stream)
     logging.getLogger("node.test").info("again", extra=fields(sop="1.2.3"))
     assert stream.getvalue().splitlines()[-1].endswith("node.test: again sop=1.2.3")
+    reason = 'cannot connect to 127.0.0.1:104 (refused); path "x=1"'
+    logging.getLogger("node.test").warning("retry", extra=fields(reason=reason, to="/a b/c"))
+    line = stream.getvalue().splitlines()[-1]  # values with spaces are quoted, as logfmt
+    assert line.endswith(f'retry reason={json.dumps(reason)} to="/a b/c"')
     assert sum(h.get_name() == "dicom-node" for h in logging.getLogger().handlers) == 1
+
+
+_DEST = '[[destinations]]\nname = "a"\nhost = "127.0.0.1"\nport = 104\n'
 
 
 @pytest.mark.parametrize(
@@ -238,15 +256,65 @@ def test_json_log_lines_carry_structured_fields() -> None:
         ("[queue]\nretry_jitter = 5\n", "queue.retry_jitter: 5.0 is out of range"),
         ("[queue]\nbatch_size = -1\n", "queue.batch_size"),
         ("[export]\npng_compress_level = 12\n", "export.png_compress_level"),
+        # values the schema alone can judge
+        ("[queue]\nlease_seconds = nan\n", "queue.lease_seconds: expected a finite number"),
+        ("[queue]\nmax_age_seconds = inf\n", "queue.max_age_seconds: expected a finite number"),
+        ('[node]\nae_title = "\u00c4RZT"\n', "node.ae_title: '\u00c4RZT' is not a valid AE"),
+        ('[receive]\nallowed_calling_aes = ["A\\\\B"]\n', "receive.allowed_calling_aes[0]"),
+        ("[receive]\nmax_pdu = 10\n", "receive.max_pdu: 10 is out of range"),
+        ("[receive]\nmin_free_bytes = -1\n", "receive.min_free_bytes: -1"),
+        ("[receive]\ndimse_timeout = 0\n", "receive.dimse_timeout: 0 must be more than 0"),
+        ("[receive]\nmax_associations = 0\n", "receive.max_associations: 0 must be"),
+        ("[receive]\nchunk_threshold_bytes = 0\n", "receive.chunk_threshold_bytes: 0"),
+        ('[receive]\nhost = ""\n', "receive.host: '' is not a host"),
+        (_DEST.replace('"127.0.0.1"', '""'), "destinations[0].host: '' is not a host"),
+        (_DEST + "acse_timeout = -5\n", "destinations[0].acse_timeout: -5 must be"),
+        (_DEST + 'transfer_syntaxes = ["jpeg"]\n', "destinations[0].transfer_syntaxes[0]"),
+        (_DEST + _DEST, "destinations[1].name: 'a' is used twice"),
+        # bad combinations
+        ("[metrics]\nenabled = true\nport = 11112\n", "metrics.port: 11112 is also receive.port"),
+        (
+            _DEST.replace("104", "11112") + 'called_ae = "PACS"\n',
+            "destinations[0].called_ae: 'PACS' but 127.0.0.1:11112 is this node's own SCP",
+        ),
+        ('[receive]\narchive = "var/inbox/archive"\n', "receive.archive = "),
+        ('[ingest]\ndone = "var/inbox"\n', "ingest.done and ingest.inbox are the same folder"),
+        ('[export]\ndir = "var/archive/png"\n', "export.dir = "),
+        # the machine: folders, TLS files, access rules
+        ('[ingest]\ninbox = "a-file"\n', "ingest.inbox: "),
+        ('[node]\nstate_dir = "a-file/state"\n', "node.state_dir: "),
+        ('[export]\nmanifest = "."\n', "export.manifest: "),
+        ("[receive.tls]\nenabled = true\n", "receive.tls.enabled needs receive.tls.cert_file"),
+        (
+            '[receive]\nhost = "0.0.0.0"\nallowed_networks = []\n',
+            "receive.host='0.0.0.0' is reachable from other machines",
+        ),
+        (
+            _DEST + '[destinations.tls]\nenabled = true\nca_file = "missing.pem"\n',
+            "destinations.a.tls.ca_file",
+        ),
     ],
 )
 def test_check_config_refuses_what_run_refuses(
     tmp_path: Path, toml: str, message: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from node.errors import NodeError
+    from node.service import NodeService
+
+    (tmp_path / "a-file").write_text("not a folder")
     config = tmp_path / "node.toml"
     config.write_text(toml)
     assert cli.main(["check-config", "-c", str(config)]) == 2
     assert message in caplog.text
+    assert len([r for r in caplog.records if r.levelname == "ERROR"]) == 1  # one line
+    # `run` refuses the same config, before it starts anything
+    with pytest.raises(NodeError) as refused:
+        service = NodeService(load_config(config))
+        try:
+            service.start()
+        finally:
+            service.stop(timeout=5)
+    assert message in str(refused.value)
 
 
 def test_job_replaced_while_claimed_by_a_process_that_died_runs_once(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import multiprocessing
 import os
 from collections import defaultdict
@@ -68,10 +69,13 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--pdf-layout",
         choices=["page", "contact"],
         default=None,
-        help="one image per page at native size, or a contact sheet (default: page)",
+        help="one image per page at native size, or a contact sheet "
+        "(default: export.pdf_layout, page)",
     )
     g.add_argument(
-        "--no-overlays", action="store_true", help="do not burn in graphics overlays (60xx)"
+        "--no-overlays",
+        action="store_true",
+        help="do not burn in graphics overlays (60xx) (default: export.overlays, burn them in)",
     )
     g.add_argument(
         "--icc",
@@ -126,6 +130,8 @@ def _voi(args: argparse.Namespace) -> VoiChoice:
             raise ConfigError("--window-index: N starts at 1")
         return VoiChoice("window", index=args.window_index - 1)
     if args.window is not None:
+        if not all(math.isfinite(v) for v in args.window):
+            raise ConfigError(f"--window: CENTER and WIDTH must be numbers, got {args.window}")
         if args.window[1] <= 0:
             raise ConfigError(f"--window: WIDTH must be positive, got {args.window[1]:g}")
         return VoiChoice("user", center=args.window[0], width=args.window[1])
@@ -295,6 +301,16 @@ def _pdf_one(paths: list[Path]) -> tuple[int, int]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     cfg = load_from_args(args).export
+    if args.jobs < 0:
+        raise ConfigError(f"--jobs: {args.jobs} must be 0 (the default) or more")
+    if args.date_shift is not None and not (args.deidentify or cfg.deidentify):
+        raise ConfigError(
+            "--date-shift: dates are shifted only when de-identifying; add --deidentify "
+            "(or set export.deidentify = true)"
+        )
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"-o {output}: exists and is not a directory; give an output folder")
     changes: dict[str, Any] = {"dir": Path(args.output).resolve(), "manifest": None}
     if cfg.manifest is not None:
         changes["manifest"] = cfg.manifest

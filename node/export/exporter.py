@@ -82,7 +82,7 @@ def check_config(cfg: ExportSection) -> None:
     if not 0 <= cfg.png_compress_level <= 9:
         raise ConfigError(f"export.png_compress_level: {cfg.png_compress_level} is not 0-9")
     if cfg.workers < 0:
-        raise ConfigError(f"export.workers: {cfg.workers} must be 0 (all cores) or more")
+        raise ConfigError(f"export.workers: {cfg.workers} must be 0 or more (0 counts as 1)")
     if cfg.max_pixels <= 0:
         raise ConfigError(f"export.max_pixels: {cfg.max_pixels} must be positive")
     if abs(cfg.date_shift_days) > 365 * 200:

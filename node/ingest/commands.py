@@ -122,7 +122,21 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_convert)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Usage errors of ``convert``'s own options, before any file is read."""
+    for option, value in (
+        ("--max-pixels", args.max_pixels),
+        ("--processes", args.processes),
+        ("--threads", args.threads),
+    ):
+        if value is not None and value < 1:
+            raise ConfigError(f"{option}: {value} must be at least 1")
+    if args.conversion_type is not None and not args.conversion_type.strip():
+        raise ConfigError("--conversion-type: empty; give a code such as DI, WSD, SD or SI")
+
+
 def options_from_args(args: argparse.Namespace, cfg: Config) -> ConvertOptions:
+    check_args(args)
     base = ConvertOptions.from_config(cfg)
     template = None
     for scope in ("dataset", "study", "series"):

@@ -116,7 +116,8 @@ def check_pixel_cap(name: str, width: int, height: int, max_pixels: int) -> None
     if width * height > max_pixels:
         raise InputTooLarge(
             f"{name}: {width}x{height} = {width * height} pixels exceeds the cap of "
-            f"{max_pixels} (ingest.max_pixels); refusing a possible decompression bomb"
+            f"{max_pixels} (ingest.max_pixels or --max-pixels); "
+            "refusing a possible decompression bomb"
         )
 
 
@@ -174,7 +175,7 @@ def open_image(
                 notes.append(f"warning: Pillow: {text}")
     except Image.DecompressionBombError as exc:
         raise InputTooLarge(
-            f"{name}: {exc} (cap: {max_pixels} pixels, ingest.max_pixels / --max-pixels); "
+            f"{name}: {exc} (cap: {max_pixels} pixels, ingest.max_pixels or --max-pixels); "
             "refusing a possible decompression bomb"
         ) from None
     except UnidentifiedImageError:

@@ -38,7 +38,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = qsub.add_parser("list", parents=[common], help="counts per kind/destination/state, or jobs")
     _filters(p)
-    p.add_argument("--limit", type=int, default=100, help="jobs to list (default: 100)")
+    p.add_argument(
+        "--limit", type=_positive, default=100, metavar="N", help="jobs to list (default: 100)"
+    )
     p.add_argument("--json", action="store_true", help="JSON output (default: text)")
     p.set_defaults(func=cmd_list)
 
@@ -76,6 +78,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_drain)
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1 (argparse names the option on error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", choices=STATES, help="only jobs in this state (default: counts)")
     p.add_argument("--kind", help="only this job kind, e.g. deliver (default: all)")
@@ -110,7 +123,7 @@ def _line(job: Job) -> str:
         due = f" next {_when(job.next_attempt_at)}"
     err = f"  [{job.last_error}]" if job.last_error else ""
     return (
-        f"{job.id:>7} {job.kind:<8} {job.destination or '-':<12} {job.state:<8} "
+        f"{job.id:>7} {job.kind:<15} {job.destination or '-':<12} {job.state:<8} "
         f"a={job.attempts}{due} {what}{err}"
     )
 
@@ -134,11 +147,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                     )
                 )
             elif not rows:
-                print("the queue is empty")
+                filtered = args.kind is not None or args.dest is not None
+                print("no job matches --kind/--dest" if filtered else "the queue is empty")
             else:
-                print(f"{'kind':<10} {'destination':<16} {'state':<8} {'count':>7}")
+                print(f"{'kind':<16} {'destination':<16} {'state':<8} {'count':>7}")
                 for kind, dest, state, n in rows:
-                    print(f"{kind:<10} {dest or '-':<16} {state:<8} {n:>7}")
+                    print(f"{kind:<16} {dest or '-':<16} {state:<8} {n:>7}")
             return 0
         jobs = store.select(
             state=JobState(args.state), kind=args.kind, destination=args.dest, limit=args.limit
@@ -175,6 +189,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     with _store(args) as store:
         ids = args.job_ids or None
+        if ids:
+            jobs = {i: store.get(i) for i in ids}
+            unknown = [str(i) for i, job in jobs.items() if job is None]
+            if unknown:
+                raise QueueError(
+                    f"no job with id {', '.join(unknown)}: nothing re-armed "
+                    "(see `dicom-node queue list --state dead`)"
+                )
+            for i, job in jobs.items():
+                if job is not None and job.state == JobState.CLAIMED:
+                    print(f"job {i} is claimed (being worked on): left alone", file=sys.stderr)
         n = store.rearm(ids, state=None if ids else JobState(args.state))
     if args.json:
         print(json.dumps({"rearmed": n}))
@@ -216,7 +241,7 @@ def cmd_drain(args: argparse.Namespace) -> int:
     dest = cfg.destination(args.dest)
     owner = DRAIN_OWNER.format(host=socket.gethostname(), pid=os.getpid())
     before_dead = 0
-    with JobStore(cfg.node.state_dir) as store:
+    with _store(args) as store:  # no store: an error, as for the other actions
         taken_back = requeue_dead_drains(store)
         if taken_back:
             log.warning("took back %d job(s) claimed by a crashed drain", taken_back)

@@ -139,7 +139,13 @@ class JobStore:
 
     def __init__(self, state_dir: Path | str, *, durable: bool = True) -> None:
         self.path = Path(state_dir) / DB_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QueueError(
+                f"cannot create the state folder {self.path.parent} (node.state_dir): "
+                f"{exc.strerror or exc}"
+            ) from None
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(
@@ -147,6 +153,17 @@ class JobStore:
             )
         except sqlite3.Error as exc:
             raise QueueError(f"cannot open job store {self.path}: {exc}") from exc
+        try:
+            self._open(durable)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise QueueError(
+                f"cannot open job store {self.path}: {exc} (is node.state_dir the node's "
+                "state folder? move a damaged file aside and restart to begin a new store)"
+            ) from None
+
+    def _open(self, durable: bool) -> None:
+        """Connection settings and the schema (created or upgraded in place)."""
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")

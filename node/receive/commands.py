@@ -61,15 +61,20 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
         changes["archive"] = args.archive.resolve()
     if not changes:
         return cfg
-    from node.config import _ae
+    from node.config import check_ae
+    from node.errors import ConfigError
+    from node.preflight import check_folder
 
     if "ae_title" in changes:
-        _ae(changes["ae_title"], "--aet")
+        check_ae(changes["ae_title"], "--aet")
+    if "port" in changes and not 0 <= changes["port"] < 65536:
+        raise ConfigError(f"--port: {changes['port']} is not a TCP port (0-65535; 0 = any free)")
+    if "archive" in changes:
+        check_folder("--archive", changes["archive"])
     return dataclasses.replace(cfg, receive=dataclasses.replace(cfg.receive, **changes))
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from node.errors import ConfigError
     from node.jobs import JobRunner
     from node.logs import setup_logging
     from node.queue.store import JobStore
@@ -83,8 +88,6 @@ def cmd_receive(args: argparse.Namespace) -> int:
         getattr(args, "log_level", None) or cfg.node.log_level,
         getattr(args, "log_format", None) or cfg.node.log_format,
     )
-    if not 0 <= cfg.receive.port < 65536:
-        raise ConfigError(f"--port: {cfg.receive.port} is not a TCP port (0-65535)")
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

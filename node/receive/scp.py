@@ -142,7 +142,7 @@ def check_access_config(cfg: ReceiveSection) -> None:
         )
 
 
-def _tls_context(tls: TLSSettings) -> ssl.SSLContext:
+def server_tls_context(tls: TLSSettings) -> ssl.SSLContext:
     if tls.cert_file is None or tls.key_file is None:
         raise ReceiveError(
             "receive.tls.enabled needs receive.tls.cert_file and receive.tls.key_file "
@@ -378,7 +378,7 @@ class StorageSCP:
             return
         r = self.rcfg
         check_access_config(r)
-        tls = _tls_context(r.tls) if r.tls.enabled else None
+        tls = server_tls_context(r.tls) if r.tls.enabled else None
         self.archive.prepare()
         ledger = Ledger(
             self.store,

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.config import Config, Destination
+from node.config import Config, Destination, check_ae, check_pdu
 from node.errors import ConfigError, SendError
 from node.send.contexts import SendItem, read_header
 from node.send.scu import StoreSCU
@@ -95,19 +95,17 @@ def _host_port(text: str) -> tuple[str, int] | None:
     return None
 
 
-def _check_port(text: str) -> None:
-    """HOST:PORT whose port is out of range: say so (else it reads as a missing file or
-    an unknown destination name)."""
+def _bad_port(text: str) -> str | None:
+    """Why ``text`` (HOST:PORT in form) has no usable port, or None."""
     host, sep, port = text.rpartition(":")
-    if sep and host and port.isdigit() and not 0 < int(port) < 65536:
-        raise ConfigError(f"{text}: port {port} is not a TCP port (1-65535)")
+    if not (sep and host and port.lstrip("-").isdigit()):
+        return None
+    return f"{text}: port {port} is not a TCP port (1-65535)"
 
 
 def resolve_destination(cfg: Config, args: argparse.Namespace, target: str | None) -> Destination:
     """The destination named by --dest / HOST:PORT, with --aet/--aec/--max-pdu applied."""
     spec = args.dest or target
-    if spec is not None and not any(d.name == spec for d in cfg.destinations):
-        _check_port(spec)
     if spec is None:
         if len(cfg.destinations) == 1:
             dest = cfg.destinations[0]
@@ -119,15 +117,17 @@ def resolve_destination(cfg: Config, args: argparse.Namespace, target: str | Non
         dest = cfg.destination(spec)
     elif (hp := _host_port(spec)) is not None:
         dest = Destination(name=spec, host=hp[0], port=hp[1])
+    elif (why := _bad_port(spec)) is not None:
+        raise ConfigError(f"{'--dest ' if args.dest else ''}{why}")
     else:
         dest = cfg.destination(spec)  # raises, listing the known names
     changes: dict[str, Any] = {}
-    if args.aec:
-        changes["called_ae"] = args.aec
-    if args.aet:
-        changes["calling_ae"] = args.aet
-    if args.max_pdu:
-        changes["max_pdu"] = args.max_pdu
+    if args.aec is not None:
+        changes["called_ae"] = check_ae(args.aec, "--aec")
+    if args.aet is not None:
+        changes["calling_ae"] = check_ae(args.aet, "--aet")
+    if args.max_pdu is not None:
+        changes["max_pdu"] = check_pdu(args.max_pdu, "--max-pdu")
     return dataclasses.replace(dest, **changes)
 
 
@@ -154,10 +154,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     target = None
     paths = list(args.paths)
-    if args.dest is None and paths and not Path(paths[0]).exists():
-        _check_port(paths[0])
-        if _host_port(paths[0]):
-            target = paths.pop(0)  # `dicom-node send HOST:PORT PATH...`
+    if (
+        args.dest is None
+        and paths
+        and (_host_port(paths[0]) or _bad_port(paths[0]))
+        and not Path(paths[0]).exists()
+    ):
+        target = paths.pop(0)  # `dicom-node send HOST:PORT PATH...`
     if not paths:
         raise SendError("nothing to send: give at least one file or directory")
     dest = resolve_destination(cfg, args, target)

@@ -49,4 +49,17 @@ def test_status_of_a_node_that_never_ran(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli.main(["status", "-c", str(write_config(tmp_path))]) == 0
-    assert "(none has run yet)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(none has run yet)" in out
+    assert "does not exist: no node has run with this config" in out
+    assert not (tmp_path / "var").exists()  # status reads; it never creates a store
+
+
+def test_status_of_an_unusable_state_dir_is_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "var" / "state").mkdir(parents=True)
+    (tmp_path / "var" / "state" / "queue.sqlite3").write_bytes(b"not a database" * 20)
+    assert cli.main(["status", "-c", str(write_config(tmp_path))]) == 2
+    assert "queue.sqlite3: file is not a database" in caplog.text
+    assert "Traceback" not in caplog.text

@@ -15,7 +15,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 
 from node.errors import ReceiveError
 from node.queue.store import JobStore
-from node.receive.scp import StorageSCP, _tls_context, check_access_config
+from node.receive.scp import StorageSCP, check_access_config, server_tls_context
 from tests.peers import LOOPBACK, peer_env, tool
 from tests.receive.helpers import (
     AET,
@@ -216,7 +216,7 @@ def test_tls_port_with_client_certificate(tmp_path: Path, caplog: pytest.LogCapt
             assoc.dul.socket.socket.close()
         # TLS older than 1.2 is refused (the context says so; the system OpenSSL may not
         # even let a client offer 1.1, so this is checked on the context itself).
-        server_ctx = _tls_context(scp.rcfg.tls)
+        server_ctx = server_tls_context(scp.rcfg.tls)
         assert server_ctx.minimum_version == ssl.TLSVersion.TLSv1_2
         assert echoscu(scp.port).returncode == 0
 

@@ -1,0 +1,77 @@
+"""Usage errors of every sub-command: one log line naming the option, exit status 2.
+
+Hostile, out-of-range and contradictory option values must be refused before any work
+starts (no file read, no association, no output), never with a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_testdata_file
+
+from node.cli import main
+
+CT = str(get_testdata_file("CT_small.dcm"))
+PEER = "127.0.0.1:1"  # nothing listens there; none of these commands gets that far
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["echo", "127.0.0.1:65536"], "127.0.0.1:65536: port 65536 is not a TCP port"),
+        (["echo", "--dest", "127.0.0.1:0"], "--dest 127.0.0.1:0: port 0 is not a TCP port"),
+        (["send", "127.0.0.1:-1", CT], "127.0.0.1:-1: port -1 is not a TCP port"),
+        (["echo", "--aec", "", PEER], "--aec: '' is not a valid AE title"),
+        (["echo", "--aec", "A" * 17, PEER], "--aec: 'AAAAAAAAAAAAAAAAA' is not a valid AE"),
+        (["echo", "--aet", "\u00c4RZT", PEER], "--aet: '\u00c4RZT' is not a valid AE title"),
+        (["send", "--aec", "A\\B", PEER, CT], "--aec: 'A\\\\B' is not a valid AE title"),
+        (["echo", "--max-pdu", "-5", PEER], "--max-pdu: -5 is out of range"),
+        (["send", "--max-pdu", str(2**40), PEER, CT], f"--max-pdu: {2**40} is out of range"),
+        (["receive", "--port", "65536"], "--port: 65536 is not a TCP port"),
+        (["receive", "--aet", ""], "--aet: '' is not a valid AE title"),
+        (["receive", "--archive", "{file}"], "--archive: {file} exists and is not a directory"),
+        (["render", CT, "-o", "{file}"], "-o {file}: exists and is not a directory"),
+        (["render", CT, "-o", "{out}", "-j", "-1"], "--jobs: -1 must be 0"),
+        (["render", CT, "-o", "{out}", "--window", "nan", "40"], "--window: CENTER and WIDTH"),
+        (["render", CT, "-o", "{out}", "--window", "40", "inf"], "--window: CENTER and WIDTH"),
+        (["render", CT, "-o", "{out}", "--date-shift", "3"], "--date-shift: dates are shifted"),
+        (["convert", "{file}", "-o", "{out}", "--max-pixels", "0"], "--max-pixels: 0 must be"),
+        (["convert", "{file}", "-o", "{out}", "--max-pixels", "-5"], "--max-pixels: -5 must be"),
+        (["convert", "{file}", "-o", "{out}", "--processes", "0"], "--processes: 0 must be"),
+        (["convert", "{file}", "-o", "{out}", "--threads", "-4"], "--threads: -4 must be"),
+        (["convert", "{file}", "-o", "{out}", "--conversion-type", ""], "--conversion-type: empty"),
+    ],
+)
+def test_bad_option_values_are_one_line_usage_errors(
+    tmp_path: Path, argv: list[str], message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a_file = tmp_path / "a file \u00e9"
+    a_file.write_text("not a folder")
+    out = tmp_path / "out"
+    names = {"file": str(a_file), "out": str(out)}
+    argv = [arg.format(**names) for arg in argv]
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nbase_dir = "{tmp_path}"\n')
+    assert main([*argv, "-c", str(config)]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and message.format(**names) in errors[0], errors
+    assert len(errors) == 1 and "Traceback" not in caplog.text
+    assert not out.exists()  # refused before any work
+
+
+def test_a_file_system_refusal_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from node import service_commands
+
+    def refused(args: object) -> int:
+        raise PermissionError(13, "Permission denied", "/srv/dicom/state")
+
+    monkeypatch.setattr(service_commands, "cmd_check_config", refused)
+    config = tmp_path / "node.toml"
+    config.write_text("")
+    assert main(["check-config", "-c", str(config)]) == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith("check-config: /srv/dicom/state Permission denied")
