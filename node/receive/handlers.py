@@ -28,6 +28,7 @@ from node.receive.guard import (
     SentCounter,
     SpillBuffer,
     SpillTracker,
+    contain_failures,
     free_slot_when_closed,
     guard_recv,
     install_spill,
@@ -85,6 +86,7 @@ def handle_conn_open(event: Any, ctx: StoreContext) -> None:
     peer = f"{event.address[0]}:{event.address[1]}"
     guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
     free_slot_when_closed(assoc)
+    contain_failures(assoc, peer)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
     install_spill(
