@@ -19,6 +19,11 @@ guards are bound onto each association's own objects when the connection opens:
   so its association thread waited ``receive.acse_timeout`` (30 s) for a request that
   could no longer come, holding one of ``max_associations`` slots: a few TCP health checks
   or a port scan locked real modalities out ("local limit exceeded").
+* :func:`contain_failures` aborts an association whose pynetdicom thread raised (e.g. an
+  A-ASSOCIATE-RQ whose presentation context names no transfer syntax: IndexError in
+  pynetdicom's negotiation). The thread used to die silently without answering, leaving
+  the peer waiting, and the connection and its DUL thread open for as long as the peer
+  kept it, outside every connection and association limit.
 * :func:`install_wakeup` removes pynetdicom's polling latency from the connection's DUL
   thread. Stock, it polls the socket with a zero-timeout ``select`` and sleeps 1 ms when
   idle, so every PDU that has not fully arrived yet and every response we queue waits up
@@ -357,3 +362,54 @@ def free_slot_when_closed(assoc: Any) -> None:
             assoc.dul.to_user_queue.put(None)
 
     machine.do_action = do_action
+
+
+#: A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value).
+_ABORT_INVALID = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06))
+
+
+def contain_failures(assoc: Any, peer: str) -> None:
+    """Abort ``assoc`` (A-ABORT, close, stop its DUL thread) if its thread raises.
+
+    Wraps the thread's target (bound by pynetdicom before this connection-open hook runs).
+    """
+    target = getattr(assoc, "_target", None)
+    if not callable(target):  # pragma: no cover - not CPython's threading.Thread
+        return
+
+    def run() -> None:
+        try:
+            target()
+        except Exception as exc:
+            log.warning(
+                "association with %s failed in pynetdicom (%s: %s): aborting it",
+                peer,
+                type(exc).__name__,
+                exc,
+            )
+            _abort_connection(assoc)
+
+    assoc._target = run
+
+
+def _abort_connection(assoc: Any) -> None:
+    assoc.is_aborted = True
+    assoc.is_established = False
+    assoc._kill = True
+    dul = assoc.dul
+    assoc_socket = dul.socket
+    raw = getattr(assoc_socket, "socket", None)
+    if raw is not None:
+        with contextlib.suppress(OSError, ValueError):
+            raw.settimeout(2.0)
+            raw.sendall(_ABORT_INVALID)
+        with contextlib.suppress(OSError, ValueError):
+            raw.shutdown(socket.SHUT_RDWR)
+    dul.kill_dul()
+    wake = getattr(assoc_socket, "wake", None)
+    if callable(wake):
+        wake()
+    if dul.is_alive():
+        dul.join(5)
+    with contextlib.suppress(Exception):  # also triggers EVT_CONN_CLOSE (our cleanup)
+        assoc_socket.close()

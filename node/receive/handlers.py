@@ -28,6 +28,7 @@ from node.receive.guard import (
     SentCounter,
     SpillBuffer,
     SpillTracker,
+    contain_failures,
     free_slot_when_closed,
     guard_recv,
     install_spill,
@@ -85,6 +86,7 @@ def handle_conn_open(event: Any, ctx: StoreContext) -> None:
     peer = f"{event.address[0]}:{event.address[1]}"
     guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
     free_slot_when_closed(assoc)
+    contain_failures(assoc, peer)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
     install_spill(
@@ -222,6 +224,18 @@ def _store(
         element = " ".join(str(exc).split()[:2])
         return StoreStatus.CANNOT_UNDERSTAND, f"{element} is not a valid UID"
 
+    size = _size(source)
+    if size % 2:
+        # Every element has even length (PS3.5 7.1.1), and Deflated is not accepted here:
+        # an odd data set is damaged. DCMTK's storescp aborts on it, and a DCMTK-based PACS
+        # would refuse it (an odd last PDV) each time we forwarded it.
+        log.error(
+            "C-STORE refused: the data set has an odd length (%d bytes): every DICOM element "
+            "has even length, so the object is damaged; fix the sending system",
+            size,
+            extra=log_fields,
+        )
+        return StoreStatus.CANNOT_UNDERSTAND, f"data set of odd length ({size} bytes)"
     cut = _truncation(source, header, implicit, little)
     if cut is not None:
         log.error("C-STORE refused: %s: the object is incomplete", cut, extra=log_fields)
@@ -295,6 +309,15 @@ def _store(
     return StoreStatus.SUCCESS, ""
 
 
+def _size(source: memoryview | Path | Staged) -> int:
+    """Length of the received data set (without our File Meta Information)."""
+    if isinstance(source, Staged):
+        return os.stat(source.path).st_size - source.data_offset
+    if isinstance(source, Path):
+        return os.stat(source).st_size
+    return len(source)
+
+
 def _truncation(
     source: memoryview | Path | Staged, header: Header, implicit: bool, little: bool
 ) -> str | None:
@@ -303,12 +326,7 @@ def _truncation(
     Native Pixel Data ending exactly at the end of the data set (the usual image) is
     settled from the header alone; anything else is walked element by element.
     """
-    if isinstance(source, Staged):
-        size = os.stat(source.path).st_size - source.data_offset
-    elif isinstance(source, Path):
-        size = os.stat(source).st_size
-    else:
-        size = len(source)
+    size = _size(source)
     if header.pixel_end is not None:
         if header.pixel_end == size:
             return None

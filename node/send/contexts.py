@@ -173,6 +173,20 @@ def choose_syntax(own: str, accepted: Iterable[str]) -> str | None:
     return None
 
 
+def check_even(size: int) -> None:
+    """SendError for a data set of odd length (Deflated aside: see deflated_data_set).
+
+    Every element has even length: such a file is damaged, and a DCMTK-based peer aborts the
+    association on its odd last PDV, which would be retried until the queue gives up.
+    """
+    if size % 2:
+        raise SendError(
+            f"the data set has an odd length ({size} bytes): every DICOM element has even "
+            "length, so the file is damaged (a stray byte after the last element?); "
+            "fix or re-export it"
+        )
+
+
 def deflated_data_set(path: Path) -> bytes:
     """The deflated data set of ``path`` as it goes into P-DATA: even length.
 

@@ -47,7 +47,7 @@ from pynetdicom.presentation import build_context
 
 from node.config import Destination
 from node.send import status as st
-from node.send.contexts import SendItem, encode_dataset
+from node.send.contexts import SendItem, check_even, encode_dataset
 from node.send.status import Outcome
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,7 @@ def store(
     req.Priority = 2
     if path is not None:
         _meta, offset = split_dataset(path)
+        check_even(path.stat().st_size - offset)
         req._dataset_path = (path, offset)
     else:
         req.DataSet = io.BytesIO(data or b"")

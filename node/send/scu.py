@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -44,6 +45,7 @@ from node.send.contexts import (
     IMPLICIT_VR_LITTLE_ENDIAN,
     Context,
     SendItem,
+    check_even,
     choose_syntax,
     deflated_data_set,
     encode_dataset,
@@ -136,6 +138,7 @@ class WireChannel:
             )
         with open(item.path, "rb") as fp:  # one open: meta header, then the data set
             offset = read_file_meta_from(fp, item.path).data_offset
+            check_even(os.fstat(fp.fileno()).st_size - offset)
             return self.link.store(
                 context_id,
                 sop_class_uid=item.sop_class_uid,

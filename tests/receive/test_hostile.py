@@ -213,3 +213,46 @@ def test_a_peer_dripping_a_pdu_is_aborted_and_frees_its_slot(
         assert echoscu(scp.port).returncode == 0
         assert not list((scp.archive_root / ".incoming").iterdir())
     assert any("too slow" in r.getMessage() for r in caplog.records)
+
+
+def _request_without_transfer_syntax() -> bytes:
+    """An A-ASSOCIATE-RQ whose one presentation context names no transfer syntax."""
+
+    def item(kind: int, value: bytes) -> bytes:
+        return struct.pack(">BBH", kind, 0, len(value)) + value
+
+    body = struct.pack(">HH", 1, 0) + AET.encode().ljust(16) + b"MODALITY".ljust(16)
+    body += b"\0" * 32 + item(0x10, b"1.2.840.10008.3.1.1.1")
+    body += item(0x20, bytes((1, 0, 0, 0)) + item(0x30, b"1.2.840.10008.5.1.4.1.1.2"))
+    body += item(0x50, item(0x51, struct.pack(">I", 16384)))
+    return struct.pack(">BBI", 1, 0, len(body)) + body
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_request_pynetdicom_chokes_on_is_aborted_not_left_hanging(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """pynetdicom's negotiation raises IndexError on a context without transfer syntax: its
+    thread died without a word, the peer waited, and the connection and its DUL thread
+    stayed open for as long as the peer held it (outside every limit). Now: A-ABORT (source
+    2, reason 6), the connection closed, nothing left running."""
+    import threading
+
+    with running_scp(tmp_path, fast_path=fast_path) as (scp, _, _):
+        before = threading.active_count()
+        held: list[socket.socket] = []
+        try:
+            for _ in range(3):
+                s = socket.create_connection((LOOPBACK, scp.port), timeout=5)
+                held.append(s)  # the peer keeps its end open
+                s.sendall(_request_without_transfer_syntax())
+                assert s.recv(10) == bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6))
+                assert s.recv(10) == b""  # closed by the SCP
+            deadline = time.monotonic() + 5
+            while threading.active_count() > before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert threading.active_count() <= before
+        finally:
+            for s in held:  # else the unfixed SCP could not even stop
+                s.close()
+        assert echoscu(scp.port).returncode == 0

@@ -82,3 +82,29 @@ def test_truncation_walk() -> None:
             assert truncation(data[:-cut], False, True) is not None, (make.__name__, cut)
     # Garbage proves nothing (the header check refuses it on its own).
     assert truncation(b"\x01\x02\x03\x04AB" + struct.pack("<H", 2) + b"xx", False, True) is None
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("kind", ["native", "encapsulated", "no-pixels"])
+def test_data_set_of_odd_length_is_refused(tmp_path: Path, kind: str, fast_path: bool) -> None:
+    """A stray byte after the last element (here a NUL, which the walk accepts as padding).
+
+    It was stored and acknowledged, with an odd length no DICOM data set can have; DCMTK's
+    storescp aborts on it, and every forward of it to a DCMTK-based PACS was refused (odd
+    last PDV): retried until queue.max_age_seconds. Now 0xC000 naming the length."""
+    ds, data = {"native": _native, "encapsulated": _encapsulated, "no-pixels": _no_pixels}[kind]()
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _):
+        wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
+        outcome = wire.store(
+            ids[str(SecondaryCaptureImageStorage)],
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            msg_id=1,
+            data=data + b"\x00",
+        )
+        wire.release()
+        assert outcome.status == 0xC000, outcome
+        assert f"odd length ({len(data) + 1} bytes)" in outcome.comment
+        assert archived(scp.archive_root) == []
+        assert store.select(kind="export_instance") == []
+        _wait_empty(scp.archive_root / ".incoming")

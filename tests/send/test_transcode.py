@@ -197,3 +197,31 @@ def test_refusal_of_a_file_whose_meta_contradicts_its_data_set_says_so(
     assert outcome.startswith("dead: peer status 0xA900")
     assert "(0008,0018) SOPInstanceUID is 1.2.777.777.77.7.7777.7777.20030903150023" in outcome
     assert "(0002,0003) MediaStorageSOPInstanceUID" in outcome and item.sop_instance_uid in outcome
+
+
+@pytest.mark.dcmtk
+@pytest.mark.parametrize("engine", ["wire", "pynetdicom"])
+def test_file_whose_data_set_has_odd_length_is_dead_and_the_batch_goes_on(
+    tmp_path: Path, engine: str
+) -> None:
+    """A stray byte after the last element: storescp aborted on the odd last PDV, the file
+    was retried until the queue gave up, and the rest of its batch went back to the queue
+    each time. It is now dead at once, naming the length, and the batch goes on."""
+    ct = get_testdata_file("CT_small.dcm")
+    assert ct is not None
+    odd = tmp_path / "odd.dcm"
+    odd.write_bytes(Path(ct).read_bytes() + b"\x00")
+    good = _source("MR_small.dcm", None, tmp_path)
+    items = [SendItem(path=f, key=i, **read_header(f)) for i, f in enumerate([odd, good])]
+    outcomes: dict[str, str] = {}
+    with run_storescp(tmp_path / "scp") as scp:
+        dest = Destination(
+            name="pacs", host=LOOPBACK, port=scp.port, called_ae=scp.aet, engine=engine
+        )
+        StoreSCU(dest, calling_ae="DICOMNODE").send(
+            items, lambda item, out: outcomes.__setitem__(item.path.name, out.describe())
+        )
+        assert len(scp.files()) == 1
+    assert outcomes["MR_small.dcm"] == "delivered"
+    assert outcomes["odd.dcm"].startswith("dead: ")
+    assert "odd length" in outcomes["odd.dcm"]
