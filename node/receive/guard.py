@@ -344,7 +344,9 @@ def free_slot_when_closed(assoc: Any) -> None:
     a transport closed in Sta2 (connect then close, garbage, a cut request) takes the state
     machine back to Sta1 without queuing anything. Here, reaching Sta1 before a request was
     received queues ``None``, which that wait reads as "no request": the thread ends and the
-    slot is free again.
+    slot is free again. A request the state machine raises on (pynetdicom refuses an even
+    presentation context ID by raising in its DUL thread) is answered A-ABORT (2, 6) and
+    ends the same way.
     """
     machine = assoc.dul.state_machine
     original = machine.do_action
@@ -352,7 +354,23 @@ def free_slot_when_closed(assoc: Any) -> None:
 
     def do_action(event: str) -> None:
         nonlocal requested
-        original(event)
+        try:
+            original(event)
+        except Exception:
+            # pynetdicom's state machine raised on the request (e.g. an even presentation
+            # context ID): its DUL thread dies with this exception. Answer A-ABORT and wake
+            # the association thread rather than leave the peer waiting acse_timeout.
+            if not requested:
+                requested = True
+                raw = getattr(assoc.dul.socket, "socket", None)
+                if raw is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        raw.settimeout(2.0)
+                        raw.sendall(_ABORT_INVALID)
+                    with contextlib.suppress(OSError, ValueError):
+                        raw.shutdown(socket.SHUT_RDWR)
+                assoc.dul.to_user_queue.put(None)
+            raise
         state = machine.current_state
         if state == "Sta3":  # A-ASSOCIATE-RQ received
             requested = True
@@ -368,8 +386,10 @@ def free_slot_when_closed(assoc: Any) -> None:
 _ABORT_INVALID = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06))
 
 
-def contain_failures(assoc: Any, peer: str) -> None:
-    """Abort ``assoc`` (A-ABORT, close, stop its DUL thread) if its thread raises.
+def contain_failures(assoc: Any, peer: str, cleanup: Callable[[], None]) -> None:
+    """Abort ``assoc`` (A-ABORT, close, stop its DUL thread) if its thread raises; run
+    ``cleanup`` (the connection-close handler's work) when the thread ends, whatever way:
+    pynetdicom skips EVT_CONN_CLOSE when its DUL died or the request never came.
 
     Wraps the thread's target (bound by pynetdicom before this connection-open hook runs).
     """
@@ -388,6 +408,17 @@ def contain_failures(assoc: Any, peer: str) -> None:
                 exc,
             )
             _abort_connection(assoc)
+        finally:
+            if assoc.dul.is_alive():  # e.g. the reactor's own timeout path left it
+                assoc.dul.kill_dul()
+                wake = getattr(assoc.dul.socket, "wake", None)
+                if callable(wake):
+                    wake()
+                assoc.dul.join(5)
+            with contextlib.suppress(Exception):
+                assoc.dul.socket.close()
+            with contextlib.suppress(Exception):
+                cleanup()
 
     assoc._target = run
 

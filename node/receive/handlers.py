@@ -86,14 +86,20 @@ def handle_conn_open(event: Any, ctx: StoreContext) -> None:
     peer = f"{event.address[0]}:{event.address[1]}"
     guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
     free_slot_when_closed(assoc)
-    contain_failures(assoc, peer)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
     install_spill(
         assoc, ctx.chunk_threshold, ctx.archive.incoming, tracker, ctx.archive.check_space
     )
     assoc._dicom_node_sent = SentCounter()
-    assoc._dicom_node_close_wakeup = install_wakeup(assoc, assoc._dicom_node_sent)
+    close_wakeup = install_wakeup(assoc, assoc._dicom_node_sent)
+    assoc._dicom_node_close_wakeup = close_wakeup
+
+    def cleanup() -> None:
+        tracker.discard_all()
+        close_wakeup()
+
+    contain_failures(assoc, peer, cleanup)
 
 
 def handle_conn_close(event: Any) -> None:

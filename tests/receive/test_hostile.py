@@ -217,13 +217,19 @@ def test_a_peer_dripping_a_pdu_is_aborted_and_frees_its_slot(
 
 def _request_without_transfer_syntax() -> bytes:
     """An A-ASSOCIATE-RQ whose one presentation context names no transfer syntax."""
+    return _odd_request(1, [])
+
+
+def _odd_request(context_id: int, syntaxes: list[bytes]) -> bytes:
+    """An A-ASSOCIATE-RQ with one CT presentation context of this ID and syntaxes."""
 
     def item(kind: int, value: bytes) -> bytes:
         return struct.pack(">BBH", kind, 0, len(value)) + value
 
     body = struct.pack(">HH", 1, 0) + AET.encode().ljust(16) + b"MODALITY".ljust(16)
     body += b"\0" * 32 + item(0x10, b"1.2.840.10008.3.1.1.1")
-    body += item(0x20, bytes((1, 0, 0, 0)) + item(0x30, b"1.2.840.10008.5.1.4.1.1.2"))
+    context = item(0x30, b"1.2.840.10008.5.1.4.1.1.2") + b"".join(item(0x40, t) for t in syntaxes)
+    body += item(0x20, bytes((context_id, 0, 0, 0)) + context)
     body += item(0x50, item(0x51, struct.pack(">I", 16384)))
     return struct.pack(">BBI", 1, 0, len(body)) + body
 
@@ -255,4 +261,26 @@ def test_a_request_pynetdicom_chokes_on_is_aborted_not_left_hanging(
         finally:
             for s in held:  # else the unfixed SCP could not even stop
                 s.close()
+        assert echoscu(scp.port).returncode == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_an_even_presentation_context_id_is_aborted_at_once(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """pynetdicom's state machine raises on an even context ID (PS3.8: odd 1-255) and its
+    DUL thread dies: the peer heard nothing for acse_timeout (30 s), its slot held. Now
+    A-ABORT (2, 6) at once, and the slot is free."""
+    with running_scp(tmp_path, max_associations=1, fast_path=fast_path) as (scp, _, cfg):
+        assert cfg.receive.acse_timeout >= 30
+        started = time.monotonic()
+        with socket.create_connection((LOOPBACK, scp.port), timeout=10) as s:
+            s.sendall(_odd_request(2, [b"1.2.840.10008.1.2.1"]))
+            assert s.recv(10) == bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 2, 6))
+        assert time.monotonic() - started < 5
+        assert scp._ae is not None
+        deadline = time.monotonic() + 5
+        while scp._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert echoscu(scp.port).returncode == 0
