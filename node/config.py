@@ -369,7 +369,8 @@ def _timeouts(section: Any, prefix: str) -> None:
             raise ConfigError(f"{prefix}.{name}: {value:g} must be more than 0 seconds")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:
@@ -381,7 +382,7 @@ def _is_loopback(host: str) -> bool:
 def _same_host(a: str, b: str) -> bool:
     """Two bind/connect addresses that may reach the same listener on this machine."""
     wildcard = ("0.0.0.0", "::", "")
-    return a == b or a in wildcard or b in wildcard or (_is_loopback(a) and _is_loopback(b))
+    return a == b or a in wildcard or b in wildcard or (is_loopback(a) and is_loopback(b))
 
 
 def _validate_receive(cfg: Config) -> None:

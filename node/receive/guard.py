@@ -362,13 +362,7 @@ def free_slot_when_closed(assoc: Any) -> None:
             # the association thread rather than leave the peer waiting acse_timeout.
             if not requested:
                 requested = True
-                raw = getattr(assoc.dul.socket, "socket", None)
-                if raw is not None:
-                    with contextlib.suppress(OSError, ValueError):
-                        raw.settimeout(2.0)
-                        raw.sendall(_ABORT_INVALID)
-                    with contextlib.suppress(OSError, ValueError):
-                        raw.shutdown(socket.SHUT_RDWR)
+                _abort_and_shut(getattr(assoc.dul.socket, "socket", None))
                 assoc.dul.to_user_queue.put(None)
             raise
         state = machine.current_state
@@ -384,6 +378,17 @@ def free_slot_when_closed(assoc: Any) -> None:
 
 #: A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value).
 _ABORT_INVALID = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06))
+
+
+def _abort_and_shut(raw: socket.socket | None) -> None:
+    """Send A-ABORT (service provider, invalid PDU parameter) and shut the connection."""
+    if raw is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        raw.settimeout(2.0)
+        raw.sendall(_ABORT_INVALID)
+    with contextlib.suppress(OSError, ValueError):
+        raw.shutdown(socket.SHUT_RDWR)
 
 
 def contain_failures(assoc: Any, peer: str, cleanup: Callable[[], None]) -> None:
@@ -429,13 +434,7 @@ def _abort_connection(assoc: Any) -> None:
     assoc._kill = True
     dul = assoc.dul
     assoc_socket = dul.socket
-    raw = getattr(assoc_socket, "socket", None)
-    if raw is not None:
-        with contextlib.suppress(OSError, ValueError):
-            raw.settimeout(2.0)
-            raw.sendall(_ABORT_INVALID)
-        with contextlib.suppress(OSError, ValueError):
-            raw.shutdown(socket.SHUT_RDWR)
+    _abort_and_shut(getattr(assoc_socket, "socket", None))
     dul.kill_dul()
     wake = getattr(assoc_socket, "wake", None)
     if callable(wake):

@@ -42,7 +42,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.config import Config, ReceiveSection, TLSSettings
+from node.config import Config, ReceiveSection, TLSSettings, is_loopback
 from node.errors import ReceiveError
 from node.queue import Job
 from node.queue.store import JobStore
@@ -110,15 +110,6 @@ def _networks(cfg: ReceiveSection) -> list[ipaddress.IPv4Network | ipaddress.IPv
     return [ipaddress.ip_network(n, strict=False) for n in cfg.allowed_networks]
 
 
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_access_config(cfg: ReceiveSection) -> None:
     """Refuse a configuration that would expose an open SCP, or cannot work (says why)."""
     if cfg.tls.enabled and cfg.tls_port and cfg.tls_port == cfg.port:
@@ -131,7 +122,7 @@ def check_access_config(cfg: ReceiveSection) -> None:
         raise ReceiveError("receive.chunk_threshold_bytes must be positive (bytes kept in memory)")
     if cfg.max_associations <= 0:
         raise ReceiveError("receive.max_associations must be at least 1")
-    if _is_loopback_host(cfg.host):
+    if is_loopback(cfg.host):
         return
     if not cfg.allowed_networks and not cfg.allowed_calling_aes:
         raise ReceiveError(
