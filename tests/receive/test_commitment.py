@@ -41,6 +41,20 @@ def _request(transaction: str, refs: list[tuple[str, str]]) -> Dataset:
     return ds
 
 
+def _stored_object(tmp_path: Path) -> tuple[Dataset, Path]:
+    """A small Secondary Capture saved as a Part 10 file, to store before asking."""
+    stored = image_dataset(2, 2, b"\x00" * 4)
+    src = tmp_path / "stored.dcm"
+    stored.save_as(src, enforce_file_format=True)
+    return stored, src
+
+
+def _ask_commitment(assoc: Any, request: Dataset) -> Any:
+    """N-ACTION Request Storage Commitment on ``assoc``; the response status."""
+    status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
+    return status
+
+
 def _modality() -> AE:
     """A modality that asks for commitment and takes reports on associations it accepts."""
     ae = AE(ae_title="MODALITY")
@@ -72,9 +86,7 @@ def _listening(modality: AE, port: int, on_report: Any) -> Iterator[None]:
 
 
 def test_commitment_reports_stored_and_missing_instances(tmp_path: Path) -> None:
-    stored = image_dataset(2, 2, b"\x00" * 4)
-    src = tmp_path / "stored.dcm"
-    stored.save_as(src, enforce_file_format=True)
+    stored, src = _stored_object(tmp_path)
     missing = generate_uid()
     wrong_class = "1.2.840.10008.5.1.4.1.1.2"  # CT: the stored object is SC
     transaction = generate_uid()
@@ -105,7 +117,8 @@ def test_commitment_reports_stored_and_missing_instances(tmp_path: Path) -> None
         )
         assert assoc.is_established
         try:
-            status, _ = assoc.send_n_action(
+            status = _ask_commitment(
+                assoc,
                 _request(
                     transaction,
                     [
@@ -114,9 +127,6 @@ def test_commitment_reports_stored_and_missing_instances(tmp_path: Path) -> None
                         (wrong_class, stored.SOPInstanceUID),
                     ],
                 ),
-                1,
-                StorageCommitmentPushModel,
-                WELL_KNOWN_INSTANCE,
             )
             assert status.Status == 0x0000
             assert got_report.wait(20), "no N-EVENT-REPORT on the association"
@@ -134,9 +144,7 @@ def test_commitment_reports_stored_and_missing_instances(tmp_path: Path) -> None
 
 
 def test_commitment_all_stored_is_event_type_1(tmp_path: Path) -> None:
-    stored = image_dataset(2, 2, b"\x00" * 4)
-    src = tmp_path / "stored.dcm"
-    stored.save_as(src, enforce_file_format=True)
+    stored, src = _stored_object(tmp_path)
     got: list[int] = []
     done = threading.Event()
 
@@ -153,11 +161,8 @@ def test_commitment_all_stored_is_event_type_1(tmp_path: Path) -> None:
             LOOPBACK, scp.port, ae_title=AET, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)]
         )
         try:
-            status, _ = assoc.send_n_action(
-                _request(generate_uid(), [(stored.SOPClassUID, stored.SOPInstanceUID)]),
-                1,
-                StorageCommitmentPushModel,
-                WELL_KNOWN_INSTANCE,
+            status = _ask_commitment(
+                assoc, _request(generate_uid(), [(stored.SOPClassUID, stored.SOPInstanceUID)])
             )
             assert status.Status == 0
             assert done.wait(20)
@@ -168,9 +173,7 @@ def test_commitment_all_stored_is_event_type_1(tmp_path: Path) -> None:
 
 def test_report_on_a_new_association_when_the_requester_released(tmp_path: Path) -> None:
     """The modality releases right after the N-ACTION response and listens for the report."""
-    stored = image_dataset(2, 2, b"\x00" * 4)
-    src = tmp_path / "stored.dcm"
-    stored.save_as(src, enforce_file_format=True)
+    stored, src = _stored_object(tmp_path)
     got: list[tuple[int, str, str]] = []
     done = threading.Event()
 
@@ -193,11 +196,8 @@ def test_report_on_a_new_association_when_the_requester_released(tmp_path: Path)
         assert dcmsend(scp.port, [src]).returncode == 0
         assoc = modality.associate(LOOPBACK, scp.port, ae_title=AET)
         assert assoc.is_established
-        status, _ = assoc.send_n_action(
-            _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
-            1,
-            StorageCommitmentPushModel,
-            WELL_KNOWN_INSTANCE,
+        status = _ask_commitment(
+            assoc, _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)])
         )
         assoc.release()  # at once, before any report
         assert status.Status == 0
@@ -225,9 +225,7 @@ def test_a_report_delivered_on_the_association_is_a_done_job_and_sent_once(
     """Answered on the association, the report is not sent again on a new one although
     the requester is reachable there too (pynetdicom returns (status, reply): reading the
     pair as a status once made every report look undelivered)."""
-    stored = image_dataset(2, 2, b"\x00" * 4)
-    src = tmp_path / "stored.dcm"
-    stored.save_as(src, enforce_file_format=True)
+    stored, src = _stored_object(tmp_path)
     reports: list[str] = []
 
     def on_report(event: Any) -> tuple[int, None]:
@@ -250,11 +248,8 @@ def test_a_report_delivered_on_the_association_is_a_done_job_and_sent_once(
             evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)],
         )
         try:
-            status, _ = assoc.send_n_action(
-                _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
-                1,
-                StorageCommitmentPushModel,
-                WELL_KNOWN_INSTANCE,
+            status = _ask_commitment(
+                assoc, _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)])
             )
             assert status.Status == 0
             job = _wait_state(store, "done")
@@ -275,9 +270,7 @@ def test_an_undeliverable_report_waits_in_the_queue_and_survives_a_restart(
     """The requester releases at once and is not listening yet: the report is queued,
     due now; the node stops; after a restart the queued report reaches the requester,
     built from the ledger again."""
-    stored = image_dataset(2, 2, b"\x00" * 4)
-    src = tmp_path / "stored.dcm"
-    stored.save_as(src, enforce_file_format=True)
+    stored, src = _stored_object(tmp_path)
     got: list[tuple[int, str, list[str]]] = []
     done = threading.Event()
 
@@ -300,11 +293,8 @@ def test_an_undeliverable_report_waits_in_the_queue_and_survives_a_restart(
     with running_scp(tmp_path / "node", destinations) as (scp, store, _):
         assert dcmsend(scp.port, [src]).returncode == 0
         assoc = modality.associate(LOOPBACK, scp.port, ae_title=AET)
-        status, _ = assoc.send_n_action(
-            _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
-            1,
-            StorageCommitmentPushModel,
-            WELL_KNOWN_INSTANCE,
+        status = _ask_commitment(
+            assoc, _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)])
         )
         assoc.release()
         assert status.Status == 0
@@ -326,11 +316,8 @@ def test_a_report_with_no_way_to_the_requester_is_dead_with_the_reason(tmp_path:
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(StorageCommitmentPushModel)
         assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET)
-        status, _ = assoc.send_n_action(
-            _request(generate_uid(), [("1.2.840.10008.5.1.4.1.1.7", generate_uid())]),
-            1,
-            StorageCommitmentPushModel,
-            WELL_KNOWN_INSTANCE,
+        status = _ask_commitment(
+            assoc, _request(generate_uid(), [("1.2.840.10008.5.1.4.1.1.7", generate_uid())])
         )
         assoc.release()
         assert status.Status == 0
@@ -345,9 +332,7 @@ def test_a_report_with_no_way_to_the_requester_is_dead_with_the_reason(tmp_path:
 def test_dicom_node_receive_alone_retries_a_queued_report(tmp_path: Path) -> None:
     """`dicom-node receive` (no `run`) delivers a report the requester could not take at
     first, once it listens, on a new association."""
-    stored = image_dataset(2, 2, b"\x00" * 4)
-    src = tmp_path / "stored.dcm"
-    stored.save_as(src, enforce_file_format=True)
+    stored, src = _stored_object(tmp_path)
     port = free_port()
     config = tmp_path / "node.toml"
     config.write_text(
@@ -380,11 +365,8 @@ def test_dicom_node_receive_alone_retries_a_queued_report(tmp_path: Path) -> Non
         modality = _modality()
         transaction = generate_uid()
         assoc = modality.associate(LOOPBACK, node_port, ae_title=AET)
-        status, _ = assoc.send_n_action(
-            _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)]),
-            1,
-            StorageCommitmentPushModel,
-            WELL_KNOWN_INSTANCE,
+        status = _ask_commitment(
+            assoc, _request(transaction, [(stored.SOPClassUID, stored.SOPInstanceUID)])
         )
         assoc.release()  # and not listening yet: the report cannot be delivered now
         assert status.Status == 0
