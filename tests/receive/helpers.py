@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from io import BytesIO
@@ -21,6 +22,8 @@ from node.config import Config, config_from_dict
 from node.queue.store import JobStore
 from node.receive.scp import StorageSCP
 from tests.peers import LOOPBACK, peer_env, tool
+
+REPO = Path(__file__).resolve().parents[2]
 
 AET = "DICOMNODE"
 
@@ -142,8 +145,30 @@ def echoscu(
     )
 
 
+def start_receive(config: Path) -> tuple[subprocess.Popen[str], int]:
+    """``dicom-node receive --config CONFIG --port 0`` in a subprocess; returns it and the
+    port it bound (read from its first line, printed once it listens)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node", "receive", "--config", str(config), "--port", "0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "listening on 127.0.0.1:PORT" once bound
+    assert line.startswith("listening on"), f"unexpected first line {line!r}"
+    return proc, int(line.rsplit(":", 1)[1])
+
+
 def archived(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.dcm") if ".incoming" not in p.parts)
+
+
+def archive_target(root: Path, src: Path) -> tuple[Dataset, Path]:
+    """``src``'s header and where the SCP stores it: ``<root>/<Study>/<Series>/<SOP>.dcm``."""
+    ds = dcmread(src, stop_before_pixels=True)
+    return ds, root / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
 
 
 def image_dataset(rows: int, cols: int, pixel_bytes: bytes, **uids: str) -> Dataset:

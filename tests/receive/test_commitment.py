@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from node.jobs import JobRunner
 from node.queue import Job, JobStore
 from node.receive.commitment import NO_SUCH_OBJECT_INSTANCE, REPORT_KIND, WELL_KNOWN_INSTANCE
 from tests.peers import LOOPBACK, free_port
-from tests.receive.helpers import AET, dcmsend, image_dataset, running_scp
+from tests.receive.helpers import AET, dcmsend, image_dataset, running_scp, start_receive
 
 pytestmark = pytest.mark.dcmtk
 
@@ -341,13 +339,7 @@ def test_dicom_node_receive_alone_retries_a_queued_report(tmp_path: Path) -> Non
         f'[[destinations]]\nname = "modality"\nhost = "{LOOPBACK}"\nport = {port}\n'
         'called_ae = "MODALITY"\n'
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "receive", "--config", str(config), "--port", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    proc, node_port = start_receive(config)
     got: list[str] = []
     done = threading.Event()
 
@@ -357,10 +349,6 @@ def test_dicom_node_receive_alone_retries_a_queued_report(tmp_path: Path) -> Non
         return 0, None
 
     try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("listening on"), line
-        node_port = int(line.rsplit(":", 1)[1])
         assert dcmsend(node_port, [src]).returncode == 0
         modality = _modality()
         transaction = generate_uid()

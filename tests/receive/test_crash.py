@@ -5,32 +5,23 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.peers import LOOPBACK, peer_env, tool
-from tests.receive.helpers import AET, archived, dataset_bytes, dcmsend, echoscu, image_dataset
+from tests.receive.helpers import (
+    AET,
+    archived,
+    dataset_bytes,
+    dcmsend,
+    echoscu,
+    image_dataset,
+    start_receive,
+)
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _start(config: Path) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "node", "receive", "--config", str(config), "--port", "0"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "listening on 127.0.0.1:PORT" once bound
-    assert line.startswith("listening on"), f"unexpected first line {line!r}"
-    return proc, int(line.rsplit(":", 1)[1])
 
 
 def test_sigkill_mid_transfer_leaves_no_partial_object(tmp_path: Path) -> None:
@@ -45,7 +36,7 @@ def test_sigkill_mid_transfer_leaves_no_partial_object(tmp_path: Path) -> None:
         big, enforce_file_format=True
     )
 
-    proc, port = _start(config)
+    proc, port = start_receive(config)
     sender = subprocess.Popen(
         [tool("storescu"), "-aet", "MODALITY", "-aec", AET, "-pdu", "16384", LOOPBACK, str(port)]
         + [str(big)],
@@ -80,7 +71,7 @@ def test_sigkill_mid_transfer_leaves_no_partial_object(tmp_path: Path) -> None:
     # Nothing half-written is visible as an object.
     assert archived(archive) == []
 
-    proc, port = _start(config)
+    proc, port = start_receive(config)
     try:
         # The restart removed the leftovers.
         assert not [p for p in archive.rglob("*") if p.is_file()]

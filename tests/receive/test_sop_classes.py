@@ -17,7 +17,14 @@ from pydicom.uid import UID_dictionary, generate_uid
 from pynetdicom import AE
 
 from tests.peers import LOOPBACK, free_port, peer_env, tool, wait_port
-from tests.receive.helpers import AET, dataset_bytes, dcmsend, dcmtk_encoded, running_scp
+from tests.receive.helpers import (
+    AET,
+    archive_target,
+    dataset_bytes,
+    dcmsend,
+    dcmtk_encoded,
+    running_scp,
+)
 
 pytestmark = pytest.mark.dcmtk
 
@@ -83,13 +90,7 @@ def test_retired_ultrasound_objects_are_stored_as_sent(tmp_path: Path, fast_path
         result = dcmsend(_scp.port, sources)
         assert result.returncode == 0, result.stderr
         for src in sources:
-            ds = dcmread(src, stop_before_pixels=True)
-            target = (
-                cfg.receive.archive
-                / ds.StudyInstanceUID
-                / ds.SeriesInstanceUID
-                / f"{ds.SOPInstanceUID}.dcm"
-            )
+            ds, target = archive_target(cfg.receive.archive, src)
             assert dataset_bytes(target) == dataset_bytes(src)
             assert dcmread(target).file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
 
@@ -134,11 +135,5 @@ def test_video_transfer_syntaxes_are_accepted_and_stored_as_sent(tmp_path: Path)
         result = dcmsend(scp.port, sources)
         assert result.returncode == 0, result.stdout + result.stderr
         for src in sources:
-            ds = dcmread(src, stop_before_pixels=True)
-            target = (
-                cfg.receive.archive
-                / ds.StudyInstanceUID
-                / ds.SeriesInstanceUID
-                / f"{ds.SOPInstanceUID}.dcm"
-            )
+            ds, target = archive_target(cfg.receive.archive, src)
             assert dataset_bytes(target) == dataset_bytes(src), src.name

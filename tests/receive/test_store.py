@@ -13,6 +13,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 
 from node.queue.store import JobState
 from tests.receive.helpers import (
+    archive_target,
     archived,
     dataset_bytes,
     dcmsend,
@@ -34,8 +35,7 @@ def _check_stored(root: Path, sources: list[Path]) -> None:
     stored = archived(root)
     assert len(stored) == len(sources)
     for src in sources:
-        ds = dcmread(src, stop_before_pixels=True)
-        target = root / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        ds, target = archive_target(root, src)
         assert target.is_file(), f"{src.name} not stored at {target}"
         src_ts, src_data = dataset_bytes(src)
         dst_ts, dst_data = dataset_bytes(target)
