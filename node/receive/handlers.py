@@ -242,7 +242,7 @@ def _store(
             extra=log_fields,
         )
         return StoreStatus.CANNOT_UNDERSTAND, f"data set of odd length ({size} bytes)"
-    cut = _truncation(source, header, implicit, little)
+    cut = _truncation(source, header, implicit, little, size)
     if cut is not None:
         log.error("C-STORE refused: %s: the object is incomplete", cut, extra=log_fields)
         return StoreStatus.CANNOT_UNDERSTAND, "data set truncated: ends inside an element"
@@ -325,14 +325,14 @@ def _size(source: memoryview | Path | Staged) -> int:
 
 
 def _truncation(
-    source: memoryview | Path | Staged, header: Header, implicit: bool, little: bool
+    source: memoryview | Path | Staged, header: Header, implicit: bool, little: bool, size: int
 ) -> str | None:
     """Why the received data set is cut short, or None (see :func:`header.truncation`).
 
     Native Pixel Data ending exactly at the end of the data set (the usual image) is
-    settled from the header alone; anything else is walked element by element.
+    settled from the header alone; anything else is walked element by element. ``size`` is
+    the data set's length (:func:`_size`, taken once per object).
     """
-    size = _size(source)
     if header.pixel_end is not None:
         if header.pixel_end == size:
             return None
