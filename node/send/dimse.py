@@ -43,9 +43,11 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import build_context
 
 from node.config import Destination
+from node.send import acse
 from node.send import status as st
 from node.send.contexts import SendItem, check_even, encode_dataset
 from node.send.status import Outcome
@@ -71,28 +73,40 @@ def _nodelay(event: Any) -> None:
 
 @dataclass
 class _Negotiation:
-    """What we saw while associating (filled by event handlers)."""
+    """What we saw while associating (filled by event handlers).
+
+    The rejection is taken from the A-ASSOCIATE-RJ *PDU* as the DUL thread decodes it, not
+    from pynetdicom's ``is_rejected``: pynetdicom 3.0.4's requestor checks that the transport
+    is still connected after queueing its request, and when the peer's A-ASSOCIATE-RJ arrived
+    and the DUL closed the connection (PS3.8 AE-4) before that check ran, which happens when
+    the machine is busy, it aborts instead and ``is_rejected`` stays False: a transient
+    rejection would be reported as an aborted negotiation.
+    """
 
     connected: bool = False
-    reject: Any = None  # the A-ASSOCIATE-RJ primitive, when rejected
+    reject: Any = None  # the A-ASSOCIATE-RJ PDU, when rejected
     accept: Any = None  # the A-ASSOCIATE-AC primitive, when accepted
     handlers: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.handlers = [(evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_ACSE_RECV, self._on_acse)]
+        self.handlers = [
+            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_PDU_RECV, self.on_pdu),
+            (evt.EVT_ACSE_RECV, self._on_acse),
+        ]
 
     def _on_open(self, event: Any) -> None:
         self.connected = True
         _nodelay(event)
 
+    def on_pdu(self, event: Any) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            self.reject = event.pdu
+
     def _on_acse(self, event: Any) -> None:
         prim = event.primitive
-        if not hasattr(prim, "result_source"):
-            return
-        if prim.result == 0x00:
+        if hasattr(prim, "result_source") and prim.result == 0x00:
             self.accept = prim
-        elif prim.result is not None:
-            self.reject = prim
 
 
 def associate(
@@ -121,15 +135,14 @@ def associate(
         tls_args=tls,
     )
     if assoc.is_established:
+        assoc.unbind(evt.EVT_PDU_RECV, neg.on_pdu)  # not called for every P-DATA PDU
         assoc.dul._run_loop_delay = REACTOR_DELAY
         return Channel(assoc, where, dest.dimse_timeout), st.DELIVERED
-    if assoc.is_rejected and neg.reject is not None:
-        rj = neg.reject
-        text = (
-            f"association rejected by {where}: {rj.result_str} ({rj.source_str}: {rj.reason_str})"
-        )
-        # PS3.8 7.1.1.9: result 1 = rejected-permanent, 2 = rejected-transient.
-        return None, st.retry(text) if rj.result == 0x02 else st.dead(text)
+    if neg.reject is not None:
+        pdu = neg.reject
+        rj = acse.Rejected(pdu.result, pdu.source, pdu.reason_diagnostic)
+        text = f"association rejected by {where}: {rj}"  # worded as by our own engine
+        return None, st.retry(text) if rj.transient else st.dead(text)
     if neg.accept is not None:
         return None, None
     if not neg.connected:

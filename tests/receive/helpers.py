@@ -161,6 +161,31 @@ def start_receive(config: Path) -> tuple[subprocess.Popen[str], int]:
     return proc, int(line.rsplit(":", 1)[1])
 
 
+def rejection(ae: Any, port: int, called_ae: str = AET) -> tuple[int, int, int] | None:
+    """(result, source, reason) of the A-ASSOCIATE-RJ answering ``ae``'s request, or None
+    when the association was accepted (it is released then).
+
+    Read from the RJ PDU itself: pynetdicom 3.0.4's ``is_rejected`` misses a rejection whose
+    connection closed before the requesting thread looked (see node/send/dimse.py)."""
+    from pynetdicom import evt
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+    seen: list[tuple[int, int, int]] = []
+
+    def on_pdu(event: Any) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            seen.append((event.pdu.result, event.pdu.source, event.pdu.reason_diagnostic))
+
+    assoc = ae.associate(
+        LOOPBACK, port, ae_title=called_ae, evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)]
+    )
+    if assoc.is_established:
+        assoc.release()
+        return None
+    assert len(seen) == 1, f"no A-ASSOCIATE-RJ and no association (aborted?): {seen}"
+    return seen[0]
+
+
 def archived(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.dcm") if ".incoming" not in p.parts)
 

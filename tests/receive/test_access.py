@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from node.errors import ReceiveError
@@ -24,6 +24,7 @@ from tests.receive.helpers import (
     echoscu,
     image_dataset,
     make_config,
+    rejection,
     running_scp,
 )
 
@@ -65,20 +66,10 @@ def test_wrong_called_ae_is_rejected_with_reason_7(tmp_path: Path) -> None:
 
 def test_reject_reason_seen_by_pynetdicom(tmp_path: Path) -> None:
     """The exact A-ASSOCIATE-RJ fields: rejected-permanent, service-user, reason 3."""
-    seen: list[tuple[int, int, int]] = []
-
-    def on_rejected(event: evt.Event) -> None:
-        prim = event.assoc.acceptor.primitive
-        seen.append((prim.result, prim.result_source, int(prim.diagnostic)))
-
     with running_scp(tmp_path, allowed_calling_aes=["MODALITY"]) as (scp, _, _):
         ae = AE(ae_title="INTRUDER")
         ae.add_requested_context(Verification)
-        assoc = ae.associate(
-            LOOPBACK, scp.port, ae_title=AET, evt_handlers=[(evt.EVT_REJECTED, on_rejected)]
-        )
-        assert assoc.is_rejected
-    assert seen == [(0x01, 0x01, 0x03)]
+        assert rejection(ae, scp.port) == (0x01, 0x01, 0x03)
 
 
 def test_source_address_outside_allowed_networks_is_refused(tmp_path: Path) -> None:
@@ -228,22 +219,13 @@ def test_tls_config_without_certificate_refuses_to_start(tmp_path: Path) -> None
 
 
 def test_association_limit_and_idle_timeout(tmp_path: Path) -> None:
-    seen: list[tuple[int, int, int]] = []
-
-    def on_rejected(event: evt.Event) -> None:
-        prim = event.assoc.acceptor.primitive
-        seen.append((prim.result, prim.result_source, int(prim.diagnostic)))
-
     with running_scp(tmp_path, max_associations=1, network_timeout=3.0) as (scp, _, _):
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(Verification)
         first = ae.associate(LOOPBACK, scp.port, ae_title=AET)
         assert first.is_established
-        second = ae.associate(
-            LOOPBACK, scp.port, ae_title=AET, evt_handlers=[(evt.EVT_REJECTED, on_rejected)]
-        )
-        assert second.is_rejected
-        assert seen == [(0x02, 0x03, 0x02)]  # transient, ACSE provider: local limit exceeded
+        # transient, presentation-related provider: local limit exceeded
+        assert rejection(ae, scp.port) == (0x02, 0x03, 0x02)
         # The idle first association is dropped by the SCP after network_timeout ...
         deadline = time.monotonic() + 15
         while first.is_established and time.monotonic() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,36 @@ def test_rejected_transient_is_retried(tmp_path: Path) -> None:
     job = store.get(jid)
     assert job is not None and job.state == JobState.RETRY
     assert "Rejected Transient" in (job.last_error or "")
+
+
+def test_rejection_is_seen_when_the_requestor_thread_is_late(
+    tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy machine: the A-ASSOCIATE-RJ arrives and the connection is closed before the
+    requesting thread looks again. pynetdicom 3.0.4 then aborts without setting is_rejected;
+    the job must still say why (and a transient rejection stays a retry)."""
+    if engine == "pynetdicom":
+        from pynetdicom.acse import ACSE
+
+        queue_request = ACSE.send_request
+
+        def late(self: ACSE) -> None:
+            queue_request(self)
+            deadline = time.monotonic() + 5
+            while self.dul.to_user_queue.empty() and time.monotonic() < deadline:
+                time.sleep(0.01)  # the DUL connects and reads the RJ meanwhile ...
+            time.sleep(0.2)  # ... and closes the connection
+
+        monkeypatch.setattr(ACSE, "send_request", late)
+    f = native_sc(tmp_path / "a.dcm")
+    with rejecting_server(result=2, source=3, reason=1) as port:
+        worker, store = _worker(tmp_path, _dest(port))
+        [jid] = enqueue_delivery(store, f, ["pacs"])
+        worker.run_once()
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.RETRY
+    assert "Rejected Transient" in (job.last_error or "")
+    assert "Temporary congestion" in (job.last_error or "")
 
 
 @PYNETDICOM_SOCKET_LEAK
