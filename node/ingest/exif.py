@@ -14,6 +14,8 @@ import re
 import struct
 from dataclasses import dataclass
 
+from node.ingest.values import date_time_problem
+
 log = logging.getLogger(__name__)
 
 _EXIF_IFD = 0x8769
@@ -143,8 +145,8 @@ def exif_values(ifd0: dict[int, object], sub: dict[int, object]) -> ExifValues:
             time += f".{frac}"
         dt = date + time
         off = _OFFSET_RE.match(_text(sub.get(_OFFSET_ORIGINAL)))
-        if off and int(off.group(2)) <= 14 and int(off.group(3)) <= 59:
-            dt += f"{off.group(1)}{off.group(2)}{off.group(3)}"
+        if off and date_time_problem("DT", dt + "".join(off.groups())) is None:
+            dt += "".join(off.groups())
     return ExifValues(
         make=_lo(ifd0.get(_MAKE)),
         model=_lo(ifd0.get(_MODEL)),
@@ -156,12 +158,8 @@ def exif_values(ifd0: dict[int, object], sub: dict[int, object]) -> ExifValues:
 
 
 def _plausible(year: str, month: str, day: str, hour: str, minute: str, second: str) -> bool:
-    """A calendar date and clock time DICOM's DA and TM accept (year 0000 is "unset")."""
-    return (
-        year != "0000"
-        and 1 <= int(month) <= 12
-        and 1 <= int(day) <= 31
-        and int(hour) <= 23
-        and int(minute) <= 59
-        and int(second) <= 60
-    )
+    """A calendar date and clock time DICOM's DA and TM accept, and dciodvfy too (years
+    1000-2999, no second 60; year 0000 is a camera's "unset")."""
+    if int(hour) > 23 or int(minute) > 59:
+        return False
+    return date_time_problem("DT", year + month + day + hour + minute + second) is None

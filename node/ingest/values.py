@@ -5,7 +5,9 @@ pydicom 3 accepts values that dciodvfy reports as errors (all measured with dico
 CR in ST, LT, UT), text within the VR's length in characters but not in bytes of the UTF-8
 the converter writes, a value multiplicity the data dictionary does not allow (``A\\B`` is
 two values), values outside an attribute's enumerated values, and person names with more
-than five components. :func:`check_values` refuses them with a message naming the tag, the
+than five components, and dates and times with a year outside 1000-2999 or a second 60
+(pydicom does not check the calendar at all: ``20230230`` passes both, and is refused here
+too). :func:`check_values` refuses them with a message naming the tag, the
 keyword and how to fix the value; the other functions are its parts, also used by the
 checks that run without pydicom (:mod:`node.ingest.metadata`).
 
@@ -64,11 +66,80 @@ STRING_VRS = frozenset(
 MAX_BYTES = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "PN": 64}
 
 
+#: The years dciodvfy accepts in DA and DT values (measured: 0999 and 3000 are errors).
+YEARS = (1000, 2999)
+_DT_PARTS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")
+_TM_PARTS = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
+
+
+def date_time_problem(vr: str, value: str) -> str | None:
+    """Why a DA, DT or TM value is no date or time of a stored object although pydicom's
+    pattern accepts it; None when it is fine (or not one of those VRs).
+
+    Refused: a range (``20240101-20240131`` is query syntax, PS3.4 C.2.2.2.5; dciodvfy:
+    "Length invalid"), a day the calendar does not have (``20230230``; PS3.5 6.2: a date of
+    the Gregorian calendar), a year outside 1000-2999 and second 60 (dciodvfy: "Character
+    invalid for this VR"), a UTC offset outside -1200..+1400 (PS3.5 6.2), and an offset after
+    a DT not given to the second (dciodvfy refuses ``2024010112+0100``)."""
+    if vr not in ("DA", "DT", "TM") or not value.strip():
+        return None
+    text = value.rstrip(" ")
+    m = (_TM_PARTS if vr == "TM" else _DT_PARTS).match(text)
+    if m is None or vr != "DT" and "-" in text:
+        if "-" in text:  # a single DT may end in a negative offset; that matched above
+            what = {"DA": "date YYYYMMDD", "TM": "time HHMMSS", "DT": "date-time"}[vr]
+            return f"is a range (query syntax), not a value an object can hold: give one {what}"
+        return None  # pydicom's pattern says what is wrong
+    if vr == "TM":
+        return _clock_problem(*m.groups()[:3])
+    year, month, day, hour, minute, second, _, offset = m.groups()
+    if vr == "DA" and (month is None or day is None or hour is not None):
+        return None  # not YYYYMMDD: pydicom's pattern says what is wrong
+    if not YEARS[0] <= int(year) <= YEARS[1]:
+        return (
+            f"has the year {year}: dciodvfy accepts {YEARS[0]}-{YEARS[1]} "
+            "(is a digit missing or wrong?)"
+        )
+    if month is not None and day is not None:
+        import datetime
+
+        try:
+            datetime.date(int(year), int(month), int(day))
+        except ValueError:
+            return f"is no calendar date ({year}-{month}-{day} does not exist)"
+    problem = _clock_problem(hour, minute, second)
+    if problem:
+        return problem
+    if offset is not None:
+        if second is None:
+            return (
+                "has a UTC offset after a time not given to the second: write "
+                "YYYYMMDDHHMMSS&ZZXX (dciodvfy refuses the offset otherwise)"
+            )
+        minutes = int(offset[1:3]) * 60 + int(offset[3:])
+        limit = 12 * 60 if offset[0] == "-" else 14 * 60
+        if int(offset[3:]) > 59 or minutes > limit:
+            return f"has the UTC offset {offset}, outside -1200..+1400"
+    return None
+
+
+def _clock_problem(hour: str | None, minute: str | None, second: str | None) -> str | None:
+    if hour is not None and int(hour) > 23 or minute is not None and int(minute) > 59:
+        return None  # pydicom's pattern refuses these itself
+    if second is not None and int(second) > 59:
+        return f"has the second {second}: dciodvfy and many systems refuse a leap second, use 59"
+    return None
+
+
 def text_problem(vr: str, value: str) -> str | None:
     """Why ``value`` cannot be written with ``vr`` although pydicom accepts it: a control
-    character, or too many bytes once encoded as UTF-8; None when it is fine."""
+    character, too many bytes once encoded as UTF-8, or a date or time that does not exist
+    or that dciodvfy refuses (:func:`date_time_problem`); None when it is fine."""
     if vr not in STRING_VRS:
         return None
+    when = date_time_problem(vr, value)
+    if when:
+        return when
     found = (_CONTROL_IN_TEXT if vr in _LONG_TEXT_VRS else _CONTROL).search(value)
     if found:
         allowed = " (only LF, FF and CR are allowed in it)" if vr in _LONG_TEXT_VRS else ""

@@ -175,6 +175,12 @@ _FLAGGED = [
     ("PatientSex", "X", "must be one of M, F, O"),
     ("PatientOrientation", "A\\B", "made of the letters L, R, A, P, H, F"),
     ("ReferringPhysicianName", "a^b^c^d^e^f", "more than 5 name components"),
+    ("StudyTime", "235960", "the second 60"),
+    ("AcquisitionDateTime", "20240102030460", "the second 60"),
+    ("StudyDate", "00240102", "the year 0024"),
+    ("PatientBirthDate", "30000101", "the year 3000"),
+    ("AcquisitionDateTime", "2024010203+0100", "UTC offset after a time not given to the second"),
+    ("StudyDate", "20240101-20240131", "is a range"),
 ]
 #: Their accepted neighbours: dciodvfy-clean.
 _FINE = [
@@ -182,6 +188,11 @@ _FINE = [
     ("StudyDescription", "山" * 21),
     ("PatientName", "山田^太郎=ヤマダ^タロウ"),
     ("ImageType", "DERIVED\\SECONDARY\\EXTRA"),
+    ("StudyDate", "20240229"),
+    ("PatientBirthDate", "10000101"),
+    ("StudyTime", "235959.999999"),
+    ("AcquisitionDateTime", "29991231235959.5-1200"),
+    ("AcquisitionDateTime", "2024"),
 ]
 
 
@@ -218,6 +229,30 @@ def test_values_dciodvfy_flags_are_refused_naming_the_tag(
 
     names = (where, keyword.lower(), dictionary_description(tag).lower())
     assert any(any(n in line.lower() for n in names) for line in report.errors), report.output
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "phrase"),
+    [
+        ("StudyDate", "20230229", "2023-02-29 does not exist"),
+        ("PatientBirthDate", "19991131", "1999-11-31 does not exist"),
+        ("AcquisitionDateTime", "20240230120000", "2024-02-30 does not exist"),
+        ("AcquisitionDateTime", "20240101120000+1500", "the UTC offset +1500"),
+    ],
+)
+def test_dates_the_calendar_does_not_have_are_refused(
+    tmp_path: Path, keyword: str, value: str, phrase: str
+) -> None:
+    """pydicom's pattern and dciodvfy check digits only: 20230229 went into the object.
+    PS3.5 6.2: a DA is a date of the Gregorian calendar; a DT offset lies in -1200..+1400."""
+    with pytest.raises(cv.ConversionError, match=re_escape(phrase)) as err:
+        cv.ConvertOptions(keys=((keyword, value),))
+    assert keyword in str(err.value)
+    src = corpus.write(tmp_path, "photo.jpg", corpus.jpeg(corpus.rgb(16, 8)))
+    (tmp_path / "photo.json").write_text(json.dumps({keyword: value}), encoding="utf-8")
+    with pytest.raises(cv.ConversionError, match=re_escape(phrase)):
+        _convert(src, tmp_path / "photo.dcm")
+    assert not (tmp_path / "photo.dcm").exists()
 
 
 @pytest.mark.dciodvfy
@@ -347,6 +382,10 @@ def _exif_app1(make: bytes, model: bytes, when: bytes) -> bytes:
         (b"A\\B", b"C\\D", b"2024:13:45 25:61:61", "A B", "C D", None),
         ("Müller Optik".encode(), "é".encode("latin-1") * 64, b"", "Müller Optik", "é" * 32, None),
         ("山".encode() * 30, b"ok", b"0000:00:00 00:00:00", "山" * 21, "ok", None),
+        (b"Cam", b"M", b"2024:01:02 03:04:60", "Cam", "M", None),
+        (b"Cam", b"M", b"0001:01:01 00:00:00", "Cam", "M", None),
+        (b"Cam", b"M", b"2023:02:29 12:00:00", "Cam", "M", None),
+        (b"Cam", b"M", b"2024:02:29 23:59:59", "Cam", "M", "20240229"),
     ],
 )
 def test_exif_text_and_dates_become_valid_dicom_values(
