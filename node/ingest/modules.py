@@ -293,18 +293,44 @@ def acquisition_context(ds: Elements) -> None:
 # ICC Profile (C.11.15)
 def icc_profile(ds: Elements, pixels: Pixels) -> None:
     """The source's ICC profile, when it describes the pixels written: colour pixels and a
-    profile whose data colour space (header bytes 16-19) is RGB. A CMYK file's profile
-    describes CMYK, not the RGB the converter made of it, and is left out (noted)."""
+    whole profile whose data colour space (header bytes 16-19) is RGB. A CMYK file's profile
+    describes CMYK, not the RGB the converter made of it, and is left out (noted); so is an
+    incomplete or damaged profile (a warning)."""
     if not pixels.icc or pixels.samples != 3:
         return
-    space = pixels.icc[16:20]
+    icc = pixels.icc
+    problem = _icc_damage(icc)
+    if problem:
+        pixels.notes.append(
+            f"warning: ICC profile left out: {problem}; colours are shown as plain sRGB. "
+            "Export the image again (or with the profile embedded anew) to keep it"
+        )
+        return
+    icc = icc[: int.from_bytes(icc[:4], "big")]  # without padding after the profile
+    space = icc[16:20]
     if space != b"RGB ":
         pixels.notes.append(
             f"ICC profile of colour space {space.decode('latin-1').strip()!r} left out: it "
             "does not describe the RGB pixels written"
         )
         return
-    ds.set("ICCProfile", pixels.icc + (b"\x00" if len(pixels.icc) % 2 else b""))
+    ds.set("ICCProfile", icc + (b"\x00" if len(icc) % 2 else b""))
+
+
+def _icc_damage(icc: bytes) -> str | None:
+    """Why ``icc`` is not a whole ICC profile (ICC.1 7.2: a 128-byte header giving the
+    profile's size at bytes 0-3 and ``acsp`` at 36-39), or None. A JPEG carries a large
+    profile in several APP2 chunks: one of them lost leaves a profile that colour-managed
+    viewers refuse or misread."""
+    if len(icc) < 128 or icc[36:40] != b"acsp":
+        return f"{len(icc)} bytes without an ICC profile header (no 'acsp' signature)"
+    declared = int.from_bytes(icc[:4], "big")
+    if declared < 128 or declared > len(icc):
+        return (
+            f"incomplete: its header gives {declared} bytes, {len(icc)} are present "
+            "(a chunk of it is missing from the file)"
+        )
+    return None
 
 
 # SOP Common (C.12.1)

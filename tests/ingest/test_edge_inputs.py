@@ -843,6 +843,53 @@ def test_a_cmyk_profile_is_not_attached_to_the_rgb_pixels(tmp_path: Path, fmt: s
     assert pydicom.dcmread(tmp_path / "r.dcm").ICCProfile[16:20] == b"RGB "
 
 
+def _with_icc_chunks(jpeg: bytes, chunks: list[bytes], count: int) -> bytes:
+    """``jpeg`` with APP2 ICC_PROFILE segments carrying ``chunks`` (sequence numbers 1..,
+    total ``count``) right after SOI."""
+    segments = b"".join(
+        b"\xff\xe2"
+        + (2 + 14 + len(chunk)).to_bytes(2, "big")
+        + b"ICC_PROFILE\x00"
+        + bytes([number, count])
+        + chunk
+        for number, chunk in enumerate(chunks, start=1)
+    )
+    return jpeg[:2] + segments + jpeg[2:]
+
+
+def test_an_icc_profile_missing_a_chunk_is_left_out(tmp_path: Path) -> None:
+    """A profile split over several APP2 segments (as large camera and printer profiles
+    are) with one segment lost was joined and written as ICCProfile: a profile littleCMS
+    refuses, and colour-managed viewers with it. Whole profiles still go in, without
+    padding after their declared size."""
+    from PIL import ImageCms
+
+    icc = corpus.srgb_icc()
+    halves = [icc[:300], icc[300:]]
+    plain = corpus.jpeg(corpus.rgb(16, 8))
+    whole = corpus.write(tmp_path, "whole.jpg", _with_icc_chunks(plain, halves, 2))
+    _convert(whole, tmp_path / "whole.dcm")
+    assert pydicom.dcmread(tmp_path / "whole.dcm").ICCProfile == icc
+    padded = corpus.write(tmp_path, "pad.jpg", _with_icc_chunks(plain, [icc + b"\0" * 6], 1))
+    _convert(padded, tmp_path / "pad.dcm")
+    assert pydicom.dcmread(tmp_path / "pad.dcm").ICCProfile == icc
+
+    lost = corpus.write(tmp_path, "lost.jpg", _with_icc_chunks(plain, halves[:1], 2))
+    result = _convert(lost, tmp_path / "lost.dcm")
+    ds = pydicom.dcmread(tmp_path / "lost.dcm")
+    assert "ICCProfile" not in ds
+    assert any(
+        n.startswith("warning: ICC profile left out: incomplete") and "588" in n
+        for n in result.notes
+    ), result.notes
+    _clean(tmp_path / "lost.dcm")
+    # What used to be written: littleCMS cannot colour-manage with it; the whole one works.
+    srgb = ImageCms.createProfile("sRGB")
+    ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb, "RGB", "RGB")
+    with pytest.raises(ImageCms.PyCMSError):
+        ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(halves[0])), srgb, "RGB", "RGB")
+
+
 def test_reason_files_name_the_inbox_path_not_the_claim(node_cfg: Config) -> None:
     """Reasons named the claimed copy (.../work/20261122T...-1a2b3c4d/src/visit/bad.json),
     a path the user never saw."""
