@@ -270,7 +270,14 @@ def decoded(
                 "image as 16-bit unsigned grey"
             )
         arr = arr.astype("<u2", copy=False)
-        return _native(arr, 1, "MONOCHROME2", 16, lossy, ratio, notes, icc, transformed)
+        stored = significant_bits(im)
+        if arr.size and int(arr.max()) >> stored:
+            stored = 16  # samples beyond the declared depth: keep them all
+        elif stored < 16:
+            notes.append(f"{stored}-bit grey written with BitsStored {stored}")
+        return _native(
+            arr, 1, "MONOCHROME2", 16, lossy, ratio, notes, icc, transformed, stored=stored
+        )
     if im.mode == "L":
         return _native(np.asarray(im), 1, "MONOCHROME2", 8, lossy, ratio, notes, icc, transformed)
     if im.mode == "RGB":
@@ -288,6 +295,19 @@ _MODE_NAMES = {
     "HSV": "HSV colour (Pillow mode 'HSV')",
     "I;16S": "signed 16-bit grey",
 }
+
+
+def significant_bits(im: Image.Image) -> int:
+    """The bits per sample of wide grey (9 to 16): a TIFF's BitsPerSample (12-bit scanners
+    and cameras write 12), else 16. Pillow reads 12-bit TIFF samples unscaled (0..4095):
+    as BitsStored 16 they render nearly black wherever no window is applied (dcm2pnm)."""
+    tags = getattr(im, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    if im.mode not in _WIDE_GREY or not isinstance(bits, int) or not 9 <= bits <= 16:
+        return 16
+    return bits
 
 
 def white_is_zero(im: Image.Image) -> int | None:
@@ -312,6 +332,7 @@ def _native(
     notes: list[str],
     icc: bytes | None,
     transformed: bool,
+    stored: int | None = None,
 ) -> Pixels:
     import numpy as np
 
@@ -324,7 +345,7 @@ def _native(
         samples=samples,
         photometric=photometric,
         bits_allocated=bits,
-        bits_stored=bits,
+        bits_stored=stored or bits,
         pixel_data=data,
         transfer_syntax=EXPLICIT_VR_LE,
         lossy=lossy,
@@ -356,7 +377,9 @@ def join_frames(frames: list[Pixels], name: str) -> Pixels:
     data = b"".join(f.pixel_data[:size] for f in frames)
     if len(data) % 2:
         data += b"\x00"
-    return dataclasses.replace(first, pixel_data=data, frames=len(frames))
+    # A 12-bit page next to a 16-bit one: BitsStored must hold the widest.
+    stored = max(f.bits_stored for f in frames)
+    return dataclasses.replace(first, pixel_data=data, frames=len(frames), bits_stored=stored)
 
 
 def refuse_reduced_depth(data: bytes, im: Image.Image, name: str) -> None:

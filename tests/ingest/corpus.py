@@ -472,16 +472,27 @@ def png_raw(width: int, height: int, depth: int, colour_type: int, rows: bytes) 
 
 
 def tiff_raw(
-    pixels: np.ndarray, photometric: int, sample_format: int = 1, extra_samples: int | None = None
+    pixels: np.ndarray,
+    photometric: int,
+    sample_format: int = 1,
+    extra_samples: int | None = None,
+    bits: int | None = None,
 ) -> bytes:
     """An uncompressed little-endian one-strip TIFF written by hand (rows x columns
-    [x samples]), for sample layouts Pillow cannot write (WhiteIsZero 16-bit, signed ...)."""
+    [x samples]), for sample layouts Pillow cannot write (WhiteIsZero 16-bit, signed ...).
+    ``bits`` (e.g. 12): grey samples packed MSB first at that depth, each row padded to a
+    whole byte (TIFF 6.0 section 4)."""
     import struct
 
     height, width = pixels.shape[:2]
     spp = pixels.shape[2] if pixels.ndim == 3 else 1
-    bits = pixels.dtype.itemsize * 8
-    data = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    if bits is None:
+        bits = pixels.dtype.itemsize * 8
+        data = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    else:
+        shifts = np.arange(bits - 1, -1, -1)
+        rows = [((row[:, None].astype(np.int64) >> shifts) & 1).ravel() for row in pixels]
+        data = b"".join(np.packbits(r.astype(np.uint8)).tobytes() for r in rows)
     data += b"\x00" * (len(data) % 2)
     bits_offset = 8 + len(data)
     bits_array = struct.pack(f"<{spp}H", *([bits] * spp))

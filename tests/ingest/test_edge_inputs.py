@@ -7,6 +7,7 @@ Checked against the real tools where they can judge: dciodvfy on every output, D
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -809,6 +810,37 @@ def test_wide_white_is_zero_is_range_checked_after_inversion() -> None:
     pixels = decoded(im, "w.tif", lossy=False, ratio=None, notes=[], white=0xFFFF)
     got = np.frombuffer(pixels.pixel_data, "<u2").reshape(3, 4)
     np.testing.assert_array_equal(got, 0xFFFF - np.arange(12).reshape(3, 4) * 100)
+
+
+@pytest.mark.dciodvfy
+@pytest.mark.parametrize("sop_class", ["sc", "nsc"])
+def test_twelve_bit_tiff_is_written_with_bits_stored_12(tmp_path: Path, sop_class: str) -> None:
+    """A 12-bit grey TIFF (scanners, scientific cameras) was written with BitsStored 16:
+    its samples (0..4095) then render nearly black wherever no window is applied (dcm2pnm
+    gave 2..13 for an image spanning 37..214)."""
+    raw = (np.arange(7 * 5).reshape(5, 7) * 117 % 4096).astype(np.uint16)
+    src = corpus.write(tmp_path, "scan.tif", corpus.tiff_raw(raw, 1, bits=12))
+    out = tmp_path / "scan.dcm"
+    result = _convert(src, out, sop_class=sop_class)
+    ds = pydicom.dcmread(out)
+    assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (16, 12, 11)
+    np.testing.assert_array_equal(ds.pixel_array, raw)
+    assert any("12-bit grey" in n for n in result.notes), result.notes
+    _clean(out)
+    rendered = _render(out).astype(int)  # DCMTK, no VOI window: 0..4095 -> 0..255
+    assert np.abs(rendered - raw.astype(float) * 255 / 4095).max() <= 1
+
+
+def test_multi_frame_bits_stored_is_the_widest_page() -> None:
+    from node.ingest.images import decoded, join_frames
+
+    def page(bits: int) -> cv.Pixels:
+        im = Image.fromarray(np.full((2, 3), (1 << bits) - 1, np.uint16))
+        pixels = decoded(im, "p.tif", lossy=False, ratio=None, notes=[])
+        return dataclasses.replace(pixels, bits_stored=bits)
+
+    assert join_frames([page(12), page(16)], "p.tif").bits_stored == 16
+    assert join_frames([page(12), page(12)], "p.tif").bits_stored == 12
 
 
 def _cmyk_profile() -> bytes:
