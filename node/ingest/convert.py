@@ -463,15 +463,10 @@ def _raster_pixels(
     except (SyntaxError, ValueError, TypeError, KeyError, OSError, IndexError) as exc:
         exif = exif_mod.ExifValues(problem=f"EXIF unreadable ({exc})")
         notes.append(f"warning: {exif.problem}")
-    compression = str(im.info.get("compression", ""))
-    lossy = "jpeg" in compression.lower()
-    ratio = None
-    if lossy:
-        ratio = lossy_ratio(im.height, im.width, len(im.getbands()), 8, len(data))
-        notes.append("TIFF with JPEG compression: marked lossy (LossyImageCompression 01)")
     icc = im.info.get("icc_profile") or None
     count = int(getattr(im, "n_frames", 1))
     frames = []
+    lossy_pages = []
     for index in range(count):
         if index:
             try:
@@ -479,22 +474,30 @@ def _raster_pixels(
                 im.load()
             except (OSError, ValueError, EOFError) as exc:
                 raise CorruptInput(f"{name}: page {index + 1} cannot be decoded: {exc}") from None
+        # Each page has its own Compression: one JPEG page makes the whole object lossy.
+        if "jpeg" in str(im.info.get("compression", "")).lower():
+            lossy_pages.append(index + 1)
         frames.append(
             decoded(
                 apply_orientation(im, exif.orientation, notes if index == 0 else []),
                 name,
-                lossy=lossy,
-                ratio=ratio,
+                lossy=False,
+                ratio=None,
                 notes=notes if index == 0 else [],
                 icc=icc,
                 transformed=exif.orientation != 1,
                 white=white_is_zero(im),
             )
         )
+    pixels = join_frames(frames, name) if count > 1 else frames[0]
     if count > 1:
         notes.append(f"{count} pages written as {count} frames")
-        return join_frames(frames, name), exif
-    return frames[0], exif
+    if lossy_pages:
+        which = "" if count == 1 else f" (page {', '.join(map(str, lossy_pages))} of {count})"
+        notes.append(f"TIFF with JPEG compression{which}: marked lossy (LossyImageCompression 01)")
+        ratio = lossy_ratio(pixels.rows * count, pixels.columns, pixels.samples, 8, len(data))
+        pixels = dataclasses.replace(pixels, lossy=True, lossy_ratio=ratio)
+    return pixels, exif
 
 
 # ----------------------------------------------------------------------- metadata

@@ -843,6 +843,41 @@ def test_multi_frame_bits_stored_is_the_widest_page() -> None:
     assert join_frames([page(12), page(12)], "p.tif").bits_stored == 12
 
 
+def _tiff_pages(compressions: list[str]) -> bytes:
+    """A multi-page RGB TIFF whose pages have the given compressions, in that order."""
+    from PIL import TiffImagePlugin
+
+    buf = io.BytesIO()
+    with TiffImagePlugin.AppendingTiffWriter(buf) as tiff:
+        for seed, compression in enumerate(compressions):
+            corpus.rgb(16, 8, seed).save(tiff, "TIFF", compression=compression)
+            tiff.newFrame()
+    return buf.getvalue()
+
+
+@pytest.mark.dciodvfy
+def test_a_jpeg_compressed_later_page_makes_the_object_lossy(tmp_path: Path) -> None:
+    """Only page 1's Compression was looked at: a scan whose page 2 is JPEG-compressed was
+    written with LossyImageCompression 00 (PS3.3 C.7.6.1.1.5: once lossy, always lossy)."""
+    for name, pages, lossy in (
+        ("lzw-jpeg", ["tiff_lzw", "jpeg"], "01"),
+        ("jpeg-lzw", ["jpeg", "tiff_lzw"], "01"),
+        ("lzw-lzw", ["tiff_lzw", "tiff_lzw"], "00"),
+    ):
+        src = corpus.write(tmp_path, f"{name}.tif", _tiff_pages(pages))
+        out = tmp_path / f"{name}.dcm"
+        result = _convert(src, out, sop_class="nsc")
+        ds = pydicom.dcmread(out)
+        assert (ds.NumberOfFrames, ds.LossyImageCompression) == (2, lossy), name
+        if lossy == "01":
+            assert ds.LossyImageCompressionMethod == "ISO_10918_1"
+            assert float(ds.LossyImageCompressionRatio) > 0
+            assert any("of 2): marked lossy" in n for n in result.notes), result.notes
+        else:
+            assert "LossyImageCompressionRatio" not in ds
+        _clean(out)
+
+
 def _cmyk_profile() -> bytes:
     """An ICC header claiming a CMYK data colour space (enough for where it is read)."""
     header = bytearray(128)
