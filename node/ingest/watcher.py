@@ -11,7 +11,8 @@ the inbox and hands over the entries that are *complete*:
 - the size and mtime (for a folder: of every file inside it) unchanged for
   ``ingest.stable_seconds``;
 - the file opens and is not empty, a JPEG ends with an EOI marker, a PNG with its IEND
-  chunk, a BMP is as long as its header says. A file that stays unchanged but
+  chunk, a BMP is as long as its header says, a TIFF's strips and a DICOM file's elements
+  lie inside it. A file that stays unchanged but
   incomplete for ``ingest.incomplete_seconds`` is handed over anyway, so that it ends in
   quarantine with a reason rather than sitting in the inbox forever.
 
@@ -101,15 +102,19 @@ def file_complete(path: Path) -> bool:
     refuses it and it ends in quarantine. Empty: not yet (a copy creates the file before
     it writes). JPEG: its last marker is EOI (trailing padding tolerated). PNG: its IEND
     chunk is there (near the end). BMP: it is at least as long as its header's file size.
-    TIFF: its IFDs, strips and tiles lie inside the file. Other files: nothing to check.
+    TIFF: its IFDs, strips and tiles lie inside the file. DICOM: every element lies inside
+    the file. Other files: nothing to check.
     """
     if not stat.S_ISREG(os.stat(path).st_mode):
         return True  # a FIFO or device: never opened here; the converter refuses it
     with open(path, "rb") as fh:
-        head = fh.read(6)
+        head = fh.read(132)
         size = fh.seek(0, os.SEEK_END)
         if size == 0:
             return False
+        if head[128:132] == b"DICM":
+            return _dicom_complete(path)
+        head = head[:6]
         if head.startswith(b"\x89PNG"):
             fh.seek(max(0, size - 4096))
             return _PNG_END in fh.read()  # data appended after IEND is tolerated
@@ -126,6 +131,19 @@ def file_complete(path: Path) -> bool:
         fh.seek(max(0, size - 4096))
         tail = fh.read().rstrip(b"\x00\r\n ")
     return tail.endswith(b"\xff\xd9")
+
+
+def _dicom_complete(path: Path) -> bool:
+    """Every element of a DICOM Part 10 file lies inside it (a copy in progress ends short
+    of the one being written). A file damaged otherwise looks the same to this check: it
+    waits ``incomplete_seconds`` like a short one, then the pipeline refuses it."""
+    from node.ingest.dicom_inputs import DicomInputError, check_complete
+
+    try:
+        check_complete(path)
+    except DicomInputError:
+        return False
+    return True
 
 
 _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8

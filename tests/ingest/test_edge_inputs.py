@@ -574,6 +574,26 @@ def test_laterality_given_twice_gives_a_clean_object_or_a_clear_refusal(
         convert(("Laterality", "R"), ("ImageLaterality", "L"))
 
 
+def _dicom_object() -> bytes:
+    """A small Secondary Capture object as Part 10 bytes (native 8-bit grey)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "2.25.1234"
+    ds.PatientName, ds.PatientID = "Doe^Jane", "P1"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = 16, 32, 1, 8
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(range(256)) * 2
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(
     ("name", "data", "complete"),
     [
@@ -597,14 +617,19 @@ def test_laterality_given_twice_gives_a_clean_object_or_a_clear_refusal(
             ),
             True,
         ),
+        ("whole.dcm", _dicom_object(), True),
+        ("cut-pixels.dcm", _dicom_object()[:-100], False),
+        ("cut-header.dcm", _dicom_object()[:400], False),
+        ("padded.dcm", _dicom_object() + b"\0" * 10, True),
     ],
 )
 def test_watcher_waits_for_files_still_being_written(
     tmp_path: Path, name: str, data: bytes, complete: bool
 ) -> None:
-    """Only JPEGs were checked for completeness: a PNG, BMP or TIFF whose copy paused longer
-    than stable_seconds (a slow share), or a file just created and still empty, was taken
-    at once and quarantined as truncated/empty instead of being waited for."""
+    """Only JPEGs were checked for completeness: a PNG, BMP, TIFF or DICOM file whose copy
+    paused longer than stable_seconds (a slow share), or a file just created and still
+    empty, was taken at once and quarantined as truncated/empty instead of being waited
+    for."""
     from node.ingest.watcher import DropFolderWatcher, looks_complete
 
     cfg = config_from_dict(
