@@ -30,10 +30,41 @@ def jpeg_bytes(size: tuple[int, int] = (16, 16)) -> bytes:
         (".photo.jpg.Xy12Ab", True),  # rsync's temporary name
         (".hidden.jpg", True),
         ("photo.jpg.error.txt", True),
+        ("photo.jpg.filepart", True),  # WinSCP
+        ("photo.JPG.FILEPART", True),
+        ("photo.jpg.download", True),  # Safari
+        ("Thumbs.db", True),
+        ("desktop.ini", True),
+        ("thumbs.jpg", False),
     ],
 )
 def test_ignored_names(name: str, ignored: bool) -> None:
     assert is_ignored(name) is ignored
+
+
+def test_an_upload_under_a_temporary_name_is_left_to_its_writer(tmp_path: Path) -> None:
+    """WinSCP uploads to NAME.filepart and renames it when done: the watcher took the
+    .filepart itself once complete and stable (a JPEG has its EOI before the rename), so
+    WinSCP's rename failed and the object carried the name photo.jpg.filepart. A folder's
+    Thumbs.db was converted and quarantined as "not an image" with every dropped folder."""
+    from node.config import config_from_dict
+
+    cfg = config_from_dict(
+        {"node": {"base_dir": str(tmp_path)}, "ingest": {"stable_seconds": 0.0}}, tmp_path
+    )
+    inbox = cfg.ingest.inbox
+    inbox.mkdir(parents=True)
+    (inbox / "photo.jpg.filepart").write_bytes(jpeg_bytes())
+    (inbox / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + b"\0" * 60)
+    taken: list[str] = []
+    watcher = DropFolderWatcher(cfg.ingest, lambda p: taken.append(p.name))
+    watcher.scan()
+    watcher.scan()
+    assert taken == []
+    (inbox / "photo.jpg.filepart").rename(inbox / "photo.jpg")
+    watcher.scan()
+    watcher.scan()
+    assert taken == ["photo.jpg"]
 
 
 def test_stability_needs_an_unchanged_signature_for_the_settle_time() -> None:
