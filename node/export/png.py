@@ -1,4 +1,4 @@
-"""PNG writer: 8- or 16-bit grayscale, 24-bit RGB, with a whitelist of text chunks only.
+"""PNG writer: 8- or 16-bit grayscale or RGB, with a whitelist of text chunks only.
 
 The file is assembled here from its four chunk kinds (PNG spec, ISO/IEC 15948): IHDR,
 tEXt for each whitelisted key, one IDAT (zlib, every row with the *Sub* filter computed by
@@ -43,7 +43,7 @@ def _scanlines(pixels: np.ndarray) -> tuple[bytes, int, int]:
     elif pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint8:
         samples, depth, colour = pixels, 8, 2
     elif pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.uint16:
-        samples, depth, colour = (pixels >> 8).astype(np.uint8), 8, 2
+        samples, depth, colour = pixels.astype(">u2"), 16, 2  # 48-bit, as dcmj2pnm +on2
     else:
         raise ExportError(f"cannot write PNG from a {pixels.dtype} array of shape {pixels.shape}")
     rows = samples.shape[0]
@@ -57,7 +57,7 @@ def _scanlines(pixels: np.ndarray) -> tuple[bytes, int, int]:
 
 
 def encode(pixels: np.ndarray, text: dict[str, str], compress_level: int = 3) -> bytes:
-    """PNG bytes for a uint8/uint16 grayscale or RGB array (RGB is written with 8 bits)."""
+    """PNG bytes for a uint8/uint16 grayscale or RGB array (8 or 16 bits per sample)."""
     data, depth, colour = _scanlines(pixels)
     height, width = pixels.shape[:2]
     out = [

@@ -56,16 +56,67 @@ def dcmtk_render(
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     ts = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
     exe = tool("dcml2pnm") if ts in JPEG_LS else tool("dcmj2pnm")
-    out = tmp / f"ref-{path.stem}-{'_'.join(opts)}-{frame}-{bits}.png"
-    fmt = "+on2" if bits == 16 else "+on"
+    out = tmp / f"ref-{path.stem}-{'_'.join(opts)}-{frame}-{bits}.{'pnm' if bits == 16 else 'png'}"
+    # 16 bits: ASCII PGM/PPM (+opw), the same values as +on2 writes; Pillow would read a
+    # 48-bit RGB PNG as 8-bit RGB
+    fmt = ["+opw"] if bits == 16 else ["+on", "-il"]
     res = subprocess.run(
-        [exe, *opts, "+F", str(frame + 1), fmt, "-il", str(path), str(out)],
+        [exe, *opts, "+F", str(frame + 1), *fmt, str(path), str(out)],
         capture_output=True,
         timeout=60,
     )
     if res.returncode != 0 or not out.exists():
         return None
-    return np.asarray(Image.open(out))
+    return read_pnm(out.read_bytes()) if bits == 16 else np.asarray(Image.open(out))
+
+
+def read_pnm(blob: bytes) -> np.ndarray:
+    """An ASCII PGM (P2) or PPM (P3), as dcmj2pnm +opw writes them, as uint16."""
+    magic, width, height, _, *values = blob.split()
+    samples = 3 if magic == b"P3" else 1
+    arr = np.array(values, dtype=np.uint16).reshape(int(height), int(width), samples)
+    return arr[..., 0] if samples == 1 else arr
+
+
+def read_png(blob: bytes) -> np.ndarray:
+    """Samples of a non-interlaced 8/16-bit grayscale or RGB PNG (every filter type)."""
+    import struct
+    import zlib
+
+    pos, idat, header = 8, b"", b""
+    while pos < len(blob):
+        (size,) = struct.unpack(">I", blob[pos : pos + 4])
+        kind, body = blob[pos + 4 : pos + 8], blob[pos + 8 : pos + 8 + size]
+        header = body if kind == b"IHDR" else header
+        idat += body if kind == b"IDAT" else b""
+        pos += 12 + size
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert interlace == 0 and depth in (8, 16) and colour in (0, 2)
+    bpp = depth // 8 * (3 if colour == 2 else 1)
+    lines = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, -1)
+    out = np.zeros((height, lines.shape[1] - 1), np.int64)
+    prev = np.zeros(out.shape[1], np.int64)
+    for y in range(height):
+        kind, cur = lines[y, 0], lines[y, 1:].astype(np.int64)
+        if kind == 2:
+            cur = cur + prev
+        elif kind in (1, 3, 4):
+            for x in range(0, len(cur), bpp):
+                a = cur[x - bpp : x] if x else np.zeros(bpp, np.int64)
+                b, c = prev[x : x + bpp], prev[x - bpp : x] if x else np.zeros(bpp, np.int64)
+                if kind == 1:
+                    pred = a
+                elif kind == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+                cur[x : x + bpp] = (cur[x : x + bpp] + pred) % 256
+        out[y] = prev = cur % 256
+    raw = out.astype(np.uint8)
+    arr = raw.view(">u2").astype(np.uint16) if depth == 16 else raw
+    return arr.reshape(height, width, 3) if colour == 2 else arr.reshape(height, width)
 
 
 def ours(path: Path, choice: display.VoiChoice, frame: int = 0, bits: int = 8) -> np.ndarray:
@@ -115,10 +166,10 @@ def test_bundled_file_matches_dcmtk(name: str, tmp_path: Path) -> None:
                     ours(path, choice)
             continue
         assert_close(ours(path, choice), ref, f"{name} {' '.join(opts)}")
-        if ref.ndim == 2:  # grayscale: 16-bit output too (dcmj2pnm +on2)
-            ref16 = dcmtk_render(path, opts, tmp_path, bits=16)
-            assert ref16 is not None
-            assert_close(ours(path, choice, bits=16), ref16, f"{name} {' '.join(opts)} 16-bit")
+        # 16-bit output too (dcmj2pnm +on2 / +opw; colour as 48-bit RGB)
+        ref16 = dcmtk_render(path, opts, tmp_path, bits=16)
+        assert ref16 is not None
+        assert_close(ours(path, choice, bits=16), ref16, f"{name} {' '.join(opts)} 16-bit")
     if not compared:
         pytest.skip(f"DCMTK does not render {name}")
 
@@ -162,10 +213,7 @@ def test_generated_objects_match_dcmtk(tmp_path: Path, bits: int) -> None:
     for name, path in _generated(tmp_path).items():
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        colour = ds.PhotometricInterpretation == "RGB"
         for opts, choice in CASES:
-            if bits == 16 and colour:
-                continue  # dcmj2pnm writes colour as 8-bit even with +on2
             for frame in range(frames):
                 ref = dcmtk_render(path, opts, tmp_path, frame, bits)
                 if ref is None:
@@ -573,3 +621,56 @@ def test_palette_of_more_than_256_packed_8_bit_entries_matches_dcmtk(tmp_path: P
         ref = dcmtk_render(path, [], tmp_path)
         got = ours(path, display.VoiChoice())
         assert ref is not None and np.array_equal(got, ref) and np.array_equal(got, expected)
+
+
+def test_16_bit_colour_png_keeps_the_16_bits_dcmtk_writes(tmp_path: Path) -> None:
+    """With 16-bit output dcmj2pnm (+on2) writes colour as 48-bit RGB; our PNG writer cut
+    the rendered 16-bit samples to 8 bits, so 12/16-bit RGB, YBR and 16-bit palette entries
+    lost their precision. The PNG files now carry DCMTK's values exactly."""
+    from node.config import ExportSection
+    from node.export.exporter import Exporter
+
+    rng = np.random.default_rng(31)
+    wide = rng.integers(0, 65536, (2, 9, 11, 3)).astype(np.uint16)
+    palette = data.dataset(
+        rng.integers(0, 256, (9, 11)).astype(np.uint8),
+        photometric="PALETTE COLOR",
+        modality="OT",
+        sop_class=SC,
+    )
+    for i, colour in enumerate(("Red", "Green", "Blue")):
+        entries = (np.arange(256) * (i + 1) * 251 + 7) % 65536
+        palette.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 0, 16]
+        )
+        palette.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableData"),
+            "OW",
+            np.asarray(entries, dtype="<u2").tobytes(),
+        )
+    sources = {
+        "rgb16": data.dataset(wide, photometric="RGB", modality="OT", sop_class=SC),
+        "rgb12": data.dataset(
+            wide[0] >> 4, photometric="RGB", modality="OT", sop_class=SC, bits_stored=12
+        ),
+        "ybr12": data.dataset(
+            wide[1] >> 4, photometric="YBR_FULL", modality="OT", sop_class=SC, bits_stored=12
+        ),
+        "rgb8": data.dataset(
+            (wide[0] >> 8).astype(np.uint8), photometric="RGB", modality="OT", sop_class=SC
+        ),
+        "palette": palette,
+    }
+    cfg = ExportSection(dir=tmp_path / "out", bits=16)
+    for name, ds in sources.items():
+        path = data.write(ds, tmp_path / f"{name}.dcm")
+        written = Exporter(cfg, fsync=False).export_instance(path)
+        frames = int(ds.get("NumberOfFrames", 1))
+        assert len(written) == frames, name
+        for frame, png_path in enumerate(sorted(written)):
+            ref = dcmtk_render(path, [], tmp_path, frame, bits=16)
+            assert ref is not None and ref.shape == (9, 11, 3), name
+            got = read_png(png_path.read_bytes())
+            assert got.dtype == np.uint16 and np.array_equal(got, ref), f"{name} {frame + 1}"
+        # more than 8 bits were at stake (8-bit samples v become v * 257)
+        assert (ref % 257).any() == (name != "rgb8"), name
