@@ -190,12 +190,18 @@ def burn_overlays(ds: Dataset, rendered: list[Rendered], path: Path, bits: int) 
         origin = ds.get((group << 16) | 0x0050)
         row0, col0 = (int(v) - 1 for v in origin.value) if origin is not None else (0, 0)
         ifo = ds.get((group << 16) | 0x0051)
+        count = ds.get((group << 16) | 0x0015)
         first_frame = int(ifo.value) if ifo is not None and ifo.value else 1
+        # (60xx,0015) Number of Frames in Overlay / (60xx,0051) Image Frame Origin bind the
+        # overlay to frames origin .. origin + count - 1 (a one-frame overlay too, as
+        # dcmimgle); with neither, a single-frame overlay applies to every frame
+        bound = mask.ndim == 3 or count is not None or ifo is not None
+        planes = mask if mask.ndim == 3 else mask[np.newaxis]
         for i, r in enumerate(out):
-            if mask.ndim == 2:
-                m = mask
-            elif 0 <= r.frame - (first_frame - 1) < len(mask):
-                m = mask[r.frame - (first_frame - 1)]
+            if not bound:
+                m = planes[0]
+            elif 0 <= r.frame - (first_frame - 1) < len(planes):
+                m = planes[r.frame - (first_frame - 1)]
             else:
                 continue
             pixels = r.pixels.copy()

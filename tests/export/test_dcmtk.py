@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -674,3 +675,66 @@ def test_16_bit_colour_png_keeps_the_16_bits_dcmtk_writes(tmp_path: Path) -> Non
             assert got.dtype == np.uint16 and np.array_equal(got, ref), f"{name} {frame + 1}"
         # more than 8 bits were at stake (8-bit samples v become v * 257)
         assert (ref % 257).any() == (name != "rgb8"), name
+
+
+def _overlay(ds: pydicom.Dataset, mask: np.ndarray, group: int = 0x6000, **extra: Any) -> Path:
+    """Add a graphics overlay plane (60xx) holding ``mask`` (frames first if 3-D)."""
+    from pydicom.pixels import pack_bits
+
+    tag = group << 16
+    ds.add_new(tag | 0x0010, "US", mask.shape[-2])
+    ds.add_new(tag | 0x0011, "US", mask.shape[-1])
+    ds.add_new(tag | 0x0040, "CS", "G")
+    ds.add_new(tag | 0x0050, "SS", list(extra.pop("origin", (3, 4))))
+    ds.add_new(tag | 0x0100, "US", 1)
+    ds.add_new(tag | 0x0102, "US", 0)
+    if "frames" in extra:
+        ds.add_new(tag | 0x0015, "IS", extra.pop("frames"))
+    if "first" in extra:
+        ds.add_new(tag | 0x0051, "US", extra.pop("first"))
+    ds.add_new(tag | 0x3000, "OW", pack_bits(mask.ravel()))
+    return ds
+
+
+def test_graphics_overlays_are_burnt_in_like_dcmtk(tmp_path: Path) -> None:
+    """60xx,3000 overlays (dcmj2pnm shows them by default): placed by Overlay Origin (also
+    partly outside the image), on MONOCHROME1 and in 16 bits, and on multi-frame images the
+    frames (60xx,0015) Number of Frames in Overlay and (60xx,0051) Image Frame Origin say:
+    a one-frame overlay bound to frame 3 was burnt into every frame."""
+    rng = np.random.default_rng(32)
+    mask = np.zeros((2, 10, 12), np.uint8)
+    mask[0, 2:5, 1:9] = 1
+    mask[1, :, 2] = 1
+    mask[0, 0, 0] = mask[1, 9, 11] = 1
+    image = rng.integers(0, 4096, (32, 40)).astype(np.uint16)
+    cine = rng.integers(0, 4096, (3, 32, 40)).astype(np.uint16)
+    window = {"WindowCenter": 2000, "WindowWidth": 4000}
+    single = {
+        "plain": _overlay(data.dataset(image, **window), mask[0]),
+        "corner": _overlay(data.dataset(image, **window), mask[0], origin=(-1, -3)),
+        "edge": _overlay(data.dataset(image, **window), mask[0], origin=(28, 35)),
+        "mono1": _overlay(data.dataset(image, photometric="MONOCHROME1", **window), mask[0]),
+        "two": _overlay(_overlay(data.dataset(image, **window), mask[0]), mask[1], 0x6002),
+    }
+    multi = {
+        "every_frame": _overlay(data.dataset(cine, **window), mask[0]),
+        "two_frames": _overlay(data.dataset(cine, **window), mask, frames=2, first=2),
+        "frame_1_only": _overlay(data.dataset(cine, **window), mask[:1], frames=1),
+        "frame_3_only": _overlay(data.dataset(cine, **window), mask[1:], frames=1, first=3),
+    }
+    shown = {}
+    for name, ds in {**single, **multi}.items():
+        path = data.write(ds, tmp_path / f"{name}.dcm")
+        for frame in range(int(ds.get("NumberOfFrames", 1))):
+            for bits in (8, 16) if name in single else (8,):
+                ref = dcmtk_render(path, ["+Wi", "1"], tmp_path, frame, bits)
+                bare = dcmtk_render(path, ["+Wi", "1", "-O"], tmp_path, frame, bits)
+                assert ref is not None and bare is not None
+                got = ours(path, display.VoiChoice("window", 0), frame, bits)
+                assert np.array_equal(got, ref), f"{name} frame {frame + 1} {bits}-bit"
+                shown[(name, frame)] = int((ref != bare).sum())
+    assert all(shown[(name, 0)] > 10 for name in single)
+    assert [shown[("frame_3_only", f)] > 0 for f in range(3)] == [False, False, True]
+    assert [shown[("frame_1_only", f)] > 0 for f in range(3)] == [True, False, False]
+    assert [shown[("two_frames", f)] > 0 for f in range(3)] == [False, True, True]
+    assert all(shown[("every_frame", f)] > 10 for f in range(3))
