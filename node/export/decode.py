@@ -424,7 +424,18 @@ def _decode(
         except (RuntimeError, ValueError, OSError) as exc:
             log.debug("Pillow could not decode, trying pylibjpeg: %s", exc)
     arr = pydicom.pixels.pixel_array(ds, index=which, **whole)
-    return _stored_bits(arr, info) if whole else arr
+    if whole:
+        return _stored_bits(arr, info)
+    if (
+        info.samples == 1
+        and info.bits_stored < info.bits_allocated
+        and UID(info.transfer_syntax).is_compressed
+    ):
+        # a stream may carry more than Bits Stored: dcmcjpls writes JPEG-LS of precision 16
+        # when bits above Bits Stored are set (junk, embedded overlays), and CharLS returns
+        # them; dcmimgle keeps only the Bits Stored field, and so do we
+        return _stored_bits(arr, info)
+    return arr
 
 
 def frames(

@@ -738,3 +738,23 @@ def test_graphics_overlays_are_burnt_in_like_dcmtk(tmp_path: Path) -> None:
     assert [shown[("frame_1_only", f)] > 0 for f in range(3)] == [True, False, False]
     assert [shown[("two_frames", f)] > 0 for f in range(3)] == [False, True, True]
     assert all(shown[("every_frame", f)] > 10 for f in range(3))
+
+
+def test_jpeg_ls_with_bits_above_bits_stored_matches_dcmtk(tmp_path: Path) -> None:
+    """Bits Stored 12 in 16-bit words with the top 4 bits set (junk, embedded overlays):
+    dcmcjpls then writes a JPEG-LS stream of precision 16 and CharLS returns whole words.
+    They were rendered as 16-bit values (all white through the window); dcml2pnm keeps the
+    Bits Stored field, as for native, RLE and JPEG lossless data."""
+    words = np.random.default_rng(33).integers(0, 65536, (20, 21)).astype(np.uint16)
+    compared = 0
+    for name, arr, center in (("unsigned", words, 2000), ("signed", words.view(np.int16), 0)):
+        ds = data.dataset(arr, bits_stored=12, WindowCenter=center, WindowWidth=4000)
+        native = data.write(ds, tmp_path / f"{name}.dcm")
+        jls = _dcmtk_convert(["dcmcjpls"], native, tmp_path / f"{name}-jls.dcm")
+        for opts, choice in CASES[:1] + CASES[2:3]:  # +Wi 1, +Wm
+            ref = dcmtk_render(jls, opts, tmp_path)
+            assert ref is not None
+            assert np.array_equal(ours(jls, choice), ref), f"{name} {opts}"
+            assert np.array_equal(ours(native, choice), ref), f"{name} {opts} native"
+            compared += 1
+    assert compared == 4
