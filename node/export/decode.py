@@ -438,6 +438,18 @@ def _decode(
     return arr
 
 
+def whole_words(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
+    """Frame ``index`` as unsigned words with every bit of Bits Allocated (8 or 16): the
+    bits outside Bits Stored too, where embedded overlays (60xx,0102) live."""
+    which = index if info.frames > 1 else None
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        arr = pydicom.pixels.pixel_array(
+            ds, index=which, raw=True, bits_stored=info.bits_allocated, pixel_representation=0
+        )
+    return arr[0] if arr.ndim == 3 and info.frames == 1 else arr
+
+
 def frames(
     ds: Dataset, path: Path, info: PixelInfo, indices: list[int] | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:

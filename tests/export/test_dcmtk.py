@@ -758,3 +758,90 @@ def test_jpeg_ls_with_bits_above_bits_stored_matches_dcmtk(tmp_path: Path) -> No
             assert np.array_equal(ours(native, choice), ref), f"{name} {opts} native"
             compared += 1
     assert compared == 4
+
+
+def _embedded_overlay(ds: pydicom.Dataset, bit: int, **extra: Any) -> pydicom.Dataset:
+    """An embedded overlay plane (retired): no Overlay Data, bit ``bit`` of each word."""
+    tag = 0x6000 << 16
+    ds.add_new(tag | 0x0010, "US", extra.pop("rows", ds.Rows))
+    ds.add_new(tag | 0x0011, "US", extra.pop("columns", ds.Columns))
+    ds.add_new(tag | 0x0040, "CS", "G")
+    ds.add_new(tag | 0x0050, "SS", list(extra.pop("origin", (1, 1))))
+    ds.add_new(tag | 0x0100, "US", ds.BitsAllocated)
+    ds.add_new(tag | 0x0102, "US", bit)
+    if "frames" in extra:
+        ds.add_new(tag | 0x0015, "IS", extra.pop("frames"))
+    return ds
+
+
+def test_embedded_overlays_are_burnt_in_like_dcmtk(tmp_path: Path) -> None:
+    """Overlays in the unused high bits of Pixel Data (60xx,0102 Overlay Bit Position, no
+    60xx,3000), as older MR/CT archives hold them: dcmj2pnm shows them and we did not.
+    16- and 8-bit words, signed, High Bit 15 (the overlay in the low bits), a plane smaller
+    than the image, multi-frame with and without (60xx,0015), compressed twins; a bit inside
+    the stored value is not an overlay (DCMTK ignores it, so do we)."""
+    rng = np.random.default_rng(34)
+    cine = rng.integers(0, 4096, (3, 32, 40)).astype(np.uint16)
+    for f in range(3):
+        cine[f, 3 + 5 * f : 8 + 5 * f, 4:20] |= 1 << 13
+    signed = (cine[0].astype(np.int16) - 2048).view(np.uint16) & 0x0FFF | cine[0] & 0x2000
+    low = cine[0] << 4
+    low[10:14, 10:30] |= 1 << 2
+    small = rng.integers(0, 128, (32, 40)).astype(np.uint8)
+    small[5:9, 5:30] |= 0x80
+    window = {"WindowCenter": 2000, "WindowWidth": 4000}
+    low_ds = _embedded_overlay(data.dataset(low, bits_stored=12, **window), 2)
+    low_ds.HighBit = 15
+    cases = {
+        "bit13": (_embedded_overlay(data.dataset(cine[0], bits_stored=12, **window), 13), 1),
+        "signed": (
+            _embedded_overlay(
+                data.dataset(
+                    signed.view(np.int16), bits_stored=12, WindowCenter=0, WindowWidth=4000
+                ),
+                13,
+            ),
+            1,
+        ),
+        "high_bit_15": (low_ds, 1),
+        "eight_bit": (_embedded_overlay(data.dataset(small, bits_stored=7, **window), 7), 1),
+        "smaller_plane": (
+            _embedded_overlay(
+                data.dataset(cine[0], bits_stored=12, **window),
+                13,
+                rows=20,
+                columns=30,
+                origin=(5, 6),
+            ),
+            1,
+        ),
+        "cine_first_plane": (
+            _embedded_overlay(data.dataset(cine, bits_stored=12, **window), 13),
+            3,
+        ),
+        "cine_two_frames": (
+            _embedded_overlay(data.dataset(cine, bits_stored=12, **window), 13, frames=2),
+            3,
+        ),
+        "inside_stored_bits": (_embedded_overlay(data.dataset(cine[0], **window), 13), 1),
+    }
+    shown = {}
+    for name, (ds, frames) in cases.items():
+        native = data.write(ds, tmp_path / f"{name}.dcm")
+        paths = [native]
+        if name in ("bit13", "high_bit_15"):  # DCMTK reads them from single frames only
+            for codec in (["dcmcrle"], ["dcmcjpeg", "+e1"], ["dcmcjpls"]):
+                paths.append(_dcmtk_convert(codec, native, tmp_path / f"{name}-{codec[0]}.dcm"))
+        for path in paths:
+            for frame in range(frames):
+                ref = dcmtk_render(path, ["+Wi", "1"], tmp_path, frame)
+                bare = dcmtk_render(path, ["+Wi", "1", "-O"], tmp_path, frame)
+                assert ref is not None and bare is not None
+                got = ours(path, display.VoiChoice("window", 0), frame)
+                assert np.array_equal(got, ref), f"{path.name} frame {frame + 1}"
+                shown[(path.name, frame)] = int((ref != bare).sum())
+    assert shown[("inside_stored_bits.dcm", 0)] == 0
+    assert shown[("cine_two_frames.dcm", 2)] == 0 < shown[("cine_two_frames.dcm", 1)]
+    visible = [v for (name, frame), v in shown.items() if frame == 0 and "inside" not in name]
+    assert len(visible) == 13 and min(visible) > 50
+    assert min(shown[("cine_first_plane.dcm", f)] for f in range(3)) > 50
