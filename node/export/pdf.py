@@ -66,11 +66,17 @@ class Sheet:
         return c
 
     def _header(self, c: canvas.Canvas, width: float, height: float) -> None:
-        pdftext.draw(
-            c, MARGIN, height - MARGIN - 10, self.header[0] if self.header else "", 11, True
-        )
+        room = width - 2 * MARGIN  # a page layout page is made wide enough for its lines
+        first = pdftext.fit(self.header[0] if self.header else "", 11, room, True)
+        pdftext.draw(c, MARGIN, height - MARGIN - 10, first, 11, True)
         for i, line in enumerate(self.header[1:4]):
-            pdftext.draw(c, MARGIN, height - MARGIN - 22 - 9 * i, line, 8)
+            pdftext.draw(c, MARGIN, height - MARGIN - 22 - 9 * i, pdftext.fit(line, 8, room), 8)
+
+    def _text_width(self, caption: list[str]) -> float:
+        """The widest header or caption line of a page layout page, in points."""
+        first = [pdftext.width(self.header[0], 11, True)] if self.header else []
+        lines = [pdftext.width(line, 8) for line in self.header[1:4] + caption[:3]]
+        return max(first + lines, default=0.0)
 
     def add(self, pixels: np.ndarray, caption: list[str]) -> None:
         """Add one rendered frame (uint8 gray or RGB; uint16 is reduced to its top 8 bits)."""
@@ -88,7 +94,9 @@ class Sheet:
         w, h = float(image.width), float(image.height)
         scale = min(1.0, MAX_SIDE / w, MAX_SIDE / h)
         dw, dh = w * scale, h * scale
-        page_w = max(dw, MIN_WIDTH) + 2 * MARGIN
+        # as wide as the image, or as its header and caption lines (a narrow image with long
+        # identifiers or descriptions would cut them off at the page edge)
+        page_w = max(dw, MIN_WIDTH, min(self._text_width(caption), MAX_SIDE)) + 2 * MARGIN
         page_h = dh + HEADER + CAPTION + 2 * MARGIN
         c.setPageSize((page_w, page_h))
         self._header(c, page_w, page_h)
@@ -121,7 +129,7 @@ class Sheet:
         y0 = page_h - MARGIN - HEADER - (row + 1) * cell_h + 4
         c.drawImage(ImageReader(image), x0 + (box_w - dw) / 2, y0 + 20 + (box_h - dh) / 2, dw, dh)
         for i, line in enumerate(caption[:2]):
-            pdftext.draw(c, x0, y0 + 11 - 8 * i, line[:70], 6.5)
+            pdftext.draw(c, x0, y0 + 11 - 8 * i, pdftext.fit(line, 6.5, cell_w - 4), 6.5)
         self._cells += 1
 
     def finish(self) -> bytes | None:

@@ -128,3 +128,17 @@ def draw(c: canvas.Canvas, x: float, y: float, text: str, size: float, bold: boo
         c.setFont(font, size)
         c.drawString(x, y, chars)
         x += pdfmetrics.stringWidth(chars, font, size)
+
+
+def width(text: str, size: float, bold: bool = False) -> float:
+    """The width of ``text`` as :func:`draw` draws it, in points."""
+    return sum(pdfmetrics.stringWidth(chars, font, size) for font, chars in runs(text, bold))
+
+
+def fit(text: str, size: float, room: float, bold: bool = False) -> str:
+    """``text``, cut and ended with '...' if it is wider than ``room`` points."""
+    if width(text, size, bold) <= room:
+        return text
+    while text and width(text + "...", size, bold) > room:
+        text = text[:-1]
+    return text.rstrip() + "..."

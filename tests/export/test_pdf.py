@@ -181,3 +181,41 @@ def test_captions_in_any_script_are_real_text(tmp_path: Path) -> None:
         ).stdout.decode()
         assert f"CT series {description} 2024-01-02" in info, name  # Title
         assert "?" not in text, (name, text)
+
+
+def _word_boxes(path: Path) -> tuple[float, list[tuple[float, float, str]]]:
+    """The first page's width and (top, right edge, word) of each word pdftotext finds."""
+    import re
+
+    res = subprocess.run(
+        [tool("pdftotext"), "-bbox", str(path), "-"], capture_output=True, check=True
+    ).stdout.decode()
+    width = float(re.findall(r'<page width="([\d.]+)"', res)[0])
+    found = re.findall(r'yMin="([\d.]+)" xMax="([\d.]+)"[^>]*>([^<]*)</word>', res)
+    return width, [(float(top), float(right), word) for top, right, word in found]
+
+
+def test_long_header_and_caption_lines_stay_on_the_page_and_in_their_cell(
+    tmp_path: Path,
+) -> None:
+    """A 64-pixel image with long identifiers and descriptions: the page layout page was as
+    wide as the image (or 456 points), cutting the rest of the header off at the page edge;
+    contact sheet captions (70 characters) ran into the next cell. Now the page is as wide
+    as its longest line, and a caption is shortened to its cell, ending in '...'."""
+    institution = "UNIVERSITAETSKLINIKUM HAMBURG-EPPENDORF DIAGNOSTISCHE RADIOLOGIE"
+    description = "THORAX ABDOMEN BECKEN MIT KONTRASTMITTEL VENOES 5MM WEICHTEILE"
+    pixels = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    ds = data.dataset(pixels, SeriesDescription=description, InstitutionName=institution)
+    path = data.write(ds, tmp_path / "in" / "long.dcm")
+    page = exporter(tmp_path, allow_patient_identifiers=True).export_series_pdf([path])
+    assert page is not None
+    width, words = _word_boxes(page)
+    assert max(right for _, right, _ in words) <= width - pdf_mod.MARGIN + 1
+    assert width > 456 and institution in pdftext(page)
+    sheet = exporter(tmp_path / "c", pdf_layout="contact").export_series_pdf([path])
+    assert sheet is not None
+    cell = (pdf_mod.landscape(pdf_mod.A4)[0] - 2 * pdf_mod.MARGIN) / pdf_mod.GRID[0]
+    _, words = _word_boxes(sheet)
+    captions = [right for top, right, _ in words if top > pdf_mod.MARGIN + pdf_mod.HEADER]
+    assert captions and max(captions) <= pdf_mod.MARGIN + cell
+    assert "..." in pdftext(sheet)
