@@ -219,3 +219,34 @@ def test_long_header_and_caption_lines_stay_on_the_page_and_in_their_cell(
     captions = [right for top, right, _ in words if top > pdf_mod.MARGIN + pdf_mod.HEADER]
     assert captions and max(captions) <= pdf_mod.MARGIN + cell
     assert "..." in pdftext(sheet)
+
+
+def test_study_pdf_names_every_modality_and_the_study(tmp_path: Path) -> None:
+    """A PET/CT study: the study PDF's header and title said "CT study" and the first
+    series' description, as if the PET series were not in it."""
+    pixels = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    files = [
+        data.write(
+            data.dataset(pixels, modality="CT", series_uid=data.STUDY_UID + ".21"),
+            tmp_path / "in" / "ct.dcm",
+        ),
+        data.write(
+            data.dataset(
+                pixels,
+                modality="PT",
+                series_uid=data.STUDY_UID + ".22",
+                SeriesNumber=4,
+                SeriesDescription="PET WB",
+            ),
+            tmp_path / "in" / "pt.dcm",
+        ),
+    ]
+    target = exporter(tmp_path, pdf="study").export_study_pdf(files)
+    assert target is not None
+    text = pdftext(target)
+    assert "CT/PT study 2024-01-02 10:15 HEAD ROUTINE" in text
+    assert "Series 4 PET WB - Image 1" in text
+    info = pdfinfo(target)
+    assert "CT/PT study HEAD ROUTINE 2024-01-02" in info and "AXIAL 5MM" not in info
+    series_pdf = exporter(tmp_path / "s").export_series_pdf(files[1:])
+    assert series_pdf is not None and "PT series PET WB 2024-01-02" in pdfinfo(series_pdf)
