@@ -51,7 +51,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         type=int,
         choices=[8, 16],
         default=None,
-        help="bits per grayscale sample in PNG (default: export.bits, 8); colour is 8",
+        help="bits per PNG sample, grayscale and colour (48-bit RGB), as dcmj2pnm +on2 "
+        "(default: export.bits, 8)",
     )
     g.add_argument(
         "--frames",

@@ -424,7 +424,30 @@ def _decode(
         except (RuntimeError, ValueError, OSError) as exc:
             log.debug("Pillow could not decode, trying pylibjpeg: %s", exc)
     arr = pydicom.pixels.pixel_array(ds, index=which, **whole)
-    return _stored_bits(arr, info) if whole else arr
+    if whole:
+        return _stored_bits(arr, info)
+    if (
+        info.samples == 1
+        and info.bits_stored < info.bits_allocated
+        and UID(info.transfer_syntax).is_compressed
+    ):
+        # a stream may carry more than Bits Stored: dcmcjpls writes JPEG-LS of precision 16
+        # when bits above Bits Stored are set (junk, embedded overlays), and CharLS returns
+        # them; dcmimgle keeps only the Bits Stored field, and so do we
+        return _stored_bits(arr, info)
+    return arr
+
+
+def whole_words(ds: Dataset, info: PixelInfo, index: int) -> np.ndarray:
+    """Frame ``index`` as unsigned words with every bit of Bits Allocated (8 or 16): the
+    bits outside Bits Stored too, where embedded overlays (60xx,0102) live."""
+    which = index if info.frames > 1 else None
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        arr = pydicom.pixels.pixel_array(
+            ds, index=which, raw=True, bits_stored=info.bits_allocated, pixel_representation=0
+        )
+    return arr[0] if arr.ndim == 3 and info.frames == 1 else arr
 
 
 def frames(

@@ -20,7 +20,6 @@ are shifted down, narrower ones scaled up. An ICC profile is applied only when a
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node.errors import BadPixelData
-from node.export.decode import THREE_SAMPLES, PixelInfo
+from node.export import overlays
+from node.export.decode import MALFORMED, THREE_SAMPLES, PixelInfo
 from node.export.groups import frame_view, has_groups, view_key
 from node.export.voi import (
     VoiChoice,
@@ -167,44 +167,29 @@ def _render_gray(
     return out
 
 
-def burn_overlays(ds: Dataset, rendered: list[Rendered], path: Path, bits: int) -> list[Rendered]:
-    """Burn graphics overlays (60xx,3000) into grayscale frames in white ("Replace" mode)."""
-    # Dataset.keys(), not the Dataset: iterating it would convert every element
-    tags = ds.keys()  # noqa: SIM118
-    groups = sorted(t >> 16 for t in tags if 0x6000 <= t >> 16 <= 0x601E and t & 0xFFFF == 0x3000)
-    if not groups:
+def burn_overlays(
+    ds: Dataset, info: PixelInfo, rendered: list[Rendered], path: Path, bits: int
+) -> list[Rendered]:
+    """Burn graphics overlays (60xx) into grayscale frames in white ("Replace" mode), as
+    dcmj2pnm shows them (:mod:`node.export.overlays`)."""
+    planes = overlays.graphics(ds, info, path)
+    if not planes:
         return rendered
-    high = (1 << bits) - 1
-    out = list(rendered)
-    for group in groups:
-        kind = str(ds.get((group << 16) | 0x0040, "G").value or "G").strip().upper()
-        if kind != "G":
-            continue
-        try:
-            with warnings.catch_warnings(record=True):
-                warnings.simplefilter("always")
-                mask = ds.overlay_array(group)
-        except (ValueError, KeyError, AttributeError, TypeError) as exc:
-            log.warning("%s: overlay group %04X not shown: %s", path, group, exc)
-            continue
-        origin = ds.get((group << 16) | 0x0050)
-        row0, col0 = (int(v) - 1 for v in origin.value) if origin is not None else (0, 0)
-        ifo = ds.get((group << 16) | 0x0051)
-        first_frame = int(ifo.value) if ifo is not None and ifo.value else 1
-        for i, r in enumerate(out):
-            if mask.ndim == 2:
-                m = mask
-            elif 0 <= r.frame - (first_frame - 1) < len(mask):
-                m = mask[r.frame - (first_frame - 1)]
-            else:
+    out = []
+    for r in rendered:
+        pixels = r.pixels
+        for overlay in planes:
+            try:
+                plane = overlay.plane(ds, info, r.frame)
+            except (*MALFORMED, NotImplementedError) as exc:
+                log.warning("%s: overlay group %04X not shown: %s", path, overlay.group, exc)
                 continue
-            pixels = r.pixels.copy()
-            rows, cols = pixels.shape[:2]
-            top, left = max(row0, 0), max(col0, 0)
-            sub = m[top - row0 : top - row0 + rows - top, left - col0 : left - col0 + cols - left]
-            region = pixels[top : top + sub.shape[0], left : left + sub.shape[1]]
-            region[sub.astype(bool)] = high
-            out[i] = Rendered(pixels, r.voi, r.frame)
+            if plane is None:
+                continue
+            if pixels is r.pixels:
+                pixels = pixels.copy()
+            overlay.burn(pixels, plane, (1 << bits) - 1)
+        out.append(r if pixels is r.pixels else Rendered(pixels, r.voi, r.frame))
     return out
 
 
@@ -380,7 +365,7 @@ def render(
                 f"(0028,0002) SamplesPerPixel {info.samples}; expected 1"
             )
         frames = render_gray(ds, info, arrays, path, choice, bits)
-        return burn_overlays(ds, frames, path, bits) if overlays else frames
+        return burn_overlays(ds, info, frames, path, bits) if overlays else frames
     if info.photometric == "PALETTE COLOR":
         return render_palette(ds, info, arrays, path, bits)
     if info.photometric in COLOUR:

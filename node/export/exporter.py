@@ -361,10 +361,14 @@ class Exporter:
         items.sort(key=key)
         return items
 
-    def _header(self, ds: Dataset, scope: str, count: int) -> tuple[str, list[str]]:
+    def _header(
+        self, ds: Dataset, scope: str, count: int, modalities: str = ""
+    ) -> tuple[str, list[str]]:
+        """Title and header lines; ``modalities`` (e.g. ``CT/PT``) for a whole study."""
         f = facts(ds, self.policy)
+        modality = modalities or f.modality
         study = " ".join(
-            x for x in (f.modality, "study", f.study_date, f.study_time, f.study_description) if x
+            x for x in (modality, "study", f.study_date, f.study_time, f.study_description) if x
         )
         lines = [study]
         ids = f.identifiers
@@ -389,7 +393,8 @@ class Exporter:
         else:
             lines.append(f"{count} image(s)")
         lines.append(f"{SOFTWARE}: rendered for review; window as captioned")
-        title = " ".join(x for x in (f.modality, scope, f.series_description, f.study_date) if x)
+        described = f.series_description if scope == "series" else f.study_description
+        title = " ".join(x for x in (modality, scope, described, f.study_date) if x)
         return title, lines
 
     def _pdf(self, target: Path, items: list[tuple[Path, Dataset]], scope: str) -> Path | None:
@@ -404,7 +409,11 @@ class Exporter:
     ) -> Path | None:
         from node.export.pdf import Sheet  # reportlab is imported only when a PDF is made
 
-        title, header = self._header(items[0][1], scope, len(items))
+        # a study PDF names every modality in it (CT/PT), not only the first series' one
+        modalities = "/".join(
+            dict.fromkeys(m for m in (facts(d, self.policy).modality for _, d in items) if m)
+        )
+        title, header = self._header(items[0][1], scope, len(items), modalities)
         sheet = Sheet(
             title=title,
             header=header,

@@ -2,7 +2,8 @@
 
 Why reportlab: it is installed already, well kept, writes images losslessly (Flate,
 DeviceGray or DeviceRGB, the decoded 8-bit samples unchanged) and real text (Helvetica,
-so captions are searchable and ``pdftotext`` finds them), and lets us set every metadata
+and fonts for other scripts, :mod:`node.export.pdftext`, so captions are searchable and
+``pdftotext`` finds them), and lets us set every metadata
 field ourselves, which is what keeps patient identifiers out of the document info.
 
 ``page`` layout: each page is sized to its image at 1 pixel = 1 point (72 dpi) plus a header
@@ -26,6 +27,7 @@ from reportlab.lib.utils import ImageReader
 from reportlab.pdfgen import canvas
 
 from node import __version__
+from node.export import pdftext
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,7 @@ MARGIN = 18.0
 HEADER = 44.0
 CAPTION = 30.0
 MIN_WIDTH = 420.0
-FONT = "Helvetica"
 GRID = (4, 3)
-
-
-def _latin1(text: str) -> str:
-    return text.encode("latin-1", "replace").decode("latin-1")
 
 
 @dataclass
@@ -61,19 +58,25 @@ class Sheet:
         # of the time of a CT series PDF and made it 25 % larger (a process-wide setting).
         rl_config.useA85 = 0
         c = canvas.Canvas(self._buf, invariant=1, pageCompression=1)
-        c.setTitle(_latin1(self.title))
-        c.setSubject(_latin1(self.subject))
-        c.setKeywords(_latin1(self.keywords))
+        c.setTitle(self.title)
+        c.setSubject(self.subject)
+        c.setKeywords(self.keywords)
         c.setAuthor("")
         c.setCreator(f"dicom-node {__version__}")
         return c
 
     def _header(self, c: canvas.Canvas, width: float, height: float) -> None:
-        c.setFont(FONT + "-Bold", 11)
-        c.drawString(MARGIN, height - MARGIN - 10, _latin1(self.header[0] if self.header else ""))
-        c.setFont(FONT, 8)
+        room = width - 2 * MARGIN  # a page layout page is made wide enough for its lines
+        first = pdftext.fit(self.header[0] if self.header else "", 11, room, True)
+        pdftext.draw(c, MARGIN, height - MARGIN - 10, first, 11, True)
         for i, line in enumerate(self.header[1:4]):
-            c.drawString(MARGIN, height - MARGIN - 22 - 9 * i, _latin1(line))
+            pdftext.draw(c, MARGIN, height - MARGIN - 22 - 9 * i, pdftext.fit(line, 8, room), 8)
+
+    def _text_width(self, caption: list[str]) -> float:
+        """The widest header or caption line of a page layout page, in points."""
+        first = [pdftext.width(self.header[0], 11, True)] if self.header else []
+        lines = [pdftext.width(line, 8) for line in self.header[1:4] + caption[:3]]
+        return max(first + lines, default=0.0)
 
     def add(self, pixels: np.ndarray, caption: list[str]) -> None:
         """Add one rendered frame (uint8 gray or RGB; uint16 is reduced to its top 8 bits)."""
@@ -91,16 +94,17 @@ class Sheet:
         w, h = float(image.width), float(image.height)
         scale = min(1.0, MAX_SIDE / w, MAX_SIDE / h)
         dw, dh = w * scale, h * scale
-        page_w = max(dw, MIN_WIDTH) + 2 * MARGIN
+        # as wide as the image, or as its header and caption lines (a narrow image with long
+        # identifiers or descriptions would cut them off at the page edge)
+        page_w = max(dw, MIN_WIDTH, min(self._text_width(caption), MAX_SIDE)) + 2 * MARGIN
         page_h = dh + HEADER + CAPTION + 2 * MARGIN
         c.setPageSize((page_w, page_h))
         self._header(c, page_w, page_h)
         x = MARGIN
         y = MARGIN + CAPTION
         c.drawImage(ImageReader(image), x, y, width=dw, height=dh)
-        c.setFont(FONT, 8)
         for i, line in enumerate(caption[:3]):
-            c.drawString(MARGIN, MARGIN + CAPTION - 10 - 9 * i, _latin1(line))
+            pdftext.draw(c, MARGIN, MARGIN + CAPTION - 10 - 9 * i, line, 8)
         c.showPage()
         self.pages += 1
 
@@ -124,9 +128,8 @@ class Sheet:
         x0 = MARGIN + col * cell_w + 4
         y0 = page_h - MARGIN - HEADER - (row + 1) * cell_h + 4
         c.drawImage(ImageReader(image), x0 + (box_w - dw) / 2, y0 + 20 + (box_h - dh) / 2, dw, dh)
-        c.setFont(FONT, 6.5)
         for i, line in enumerate(caption[:2]):
-            c.drawString(x0, y0 + 11 - 8 * i, _latin1(line)[:70])
+            pdftext.draw(c, x0, y0 + 11 - 8 * i, pdftext.fit(line, 6.5, cell_w - 4), 6.5)
         self._cells += 1
 
     def finish(self) -> bytes | None:

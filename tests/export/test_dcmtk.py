@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -56,16 +57,67 @@ def dcmtk_render(
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     ts = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
     exe = tool("dcml2pnm") if ts in JPEG_LS else tool("dcmj2pnm")
-    out = tmp / f"ref-{path.stem}-{'_'.join(opts)}-{frame}-{bits}.png"
-    fmt = "+on2" if bits == 16 else "+on"
+    out = tmp / f"ref-{path.stem}-{'_'.join(opts)}-{frame}-{bits}.{'pnm' if bits == 16 else 'png'}"
+    # 16 bits: ASCII PGM/PPM (+opw), the same values as +on2 writes; Pillow would read a
+    # 48-bit RGB PNG as 8-bit RGB
+    fmt = ["+opw"] if bits == 16 else ["+on", "-il"]
     res = subprocess.run(
-        [exe, *opts, "+F", str(frame + 1), fmt, "-il", str(path), str(out)],
+        [exe, *opts, "+F", str(frame + 1), *fmt, str(path), str(out)],
         capture_output=True,
         timeout=60,
     )
     if res.returncode != 0 or not out.exists():
         return None
-    return np.asarray(Image.open(out))
+    return read_pnm(out.read_bytes()) if bits == 16 else np.asarray(Image.open(out))
+
+
+def read_pnm(blob: bytes) -> np.ndarray:
+    """An ASCII PGM (P2) or PPM (P3), as dcmj2pnm +opw writes them, as uint16."""
+    magic, width, height, _, *values = blob.split()
+    samples = 3 if magic == b"P3" else 1
+    arr = np.array(values, dtype=np.uint16).reshape(int(height), int(width), samples)
+    return arr[..., 0] if samples == 1 else arr
+
+
+def read_png(blob: bytes) -> np.ndarray:
+    """Samples of a non-interlaced 8/16-bit grayscale or RGB PNG (every filter type)."""
+    import struct
+    import zlib
+
+    pos, idat, header = 8, b"", b""
+    while pos < len(blob):
+        (size,) = struct.unpack(">I", blob[pos : pos + 4])
+        kind, body = blob[pos + 4 : pos + 8], blob[pos + 8 : pos + 8 + size]
+        header = body if kind == b"IHDR" else header
+        idat += body if kind == b"IDAT" else b""
+        pos += 12 + size
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert interlace == 0 and depth in (8, 16) and colour in (0, 2)
+    bpp = depth // 8 * (3 if colour == 2 else 1)
+    lines = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, -1)
+    out = np.zeros((height, lines.shape[1] - 1), np.int64)
+    prev = np.zeros(out.shape[1], np.int64)
+    for y in range(height):
+        kind, cur = lines[y, 0], lines[y, 1:].astype(np.int64)
+        if kind == 2:
+            cur = cur + prev
+        elif kind in (1, 3, 4):
+            for x in range(0, len(cur), bpp):
+                a = cur[x - bpp : x] if x else np.zeros(bpp, np.int64)
+                b, c = prev[x : x + bpp], prev[x - bpp : x] if x else np.zeros(bpp, np.int64)
+                if kind == 1:
+                    pred = a
+                elif kind == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+                cur[x : x + bpp] = (cur[x : x + bpp] + pred) % 256
+        out[y] = prev = cur % 256
+    raw = out.astype(np.uint8)
+    arr = raw.view(">u2").astype(np.uint16) if depth == 16 else raw
+    return arr.reshape(height, width, 3) if colour == 2 else arr.reshape(height, width)
 
 
 def ours(path: Path, choice: display.VoiChoice, frame: int = 0, bits: int = 8) -> np.ndarray:
@@ -115,10 +167,10 @@ def test_bundled_file_matches_dcmtk(name: str, tmp_path: Path) -> None:
                     ours(path, choice)
             continue
         assert_close(ours(path, choice), ref, f"{name} {' '.join(opts)}")
-        if ref.ndim == 2:  # grayscale: 16-bit output too (dcmj2pnm +on2)
-            ref16 = dcmtk_render(path, opts, tmp_path, bits=16)
-            assert ref16 is not None
-            assert_close(ours(path, choice, bits=16), ref16, f"{name} {' '.join(opts)} 16-bit")
+        # 16-bit output too (dcmj2pnm +on2 / +opw; colour as 48-bit RGB)
+        ref16 = dcmtk_render(path, opts, tmp_path, bits=16)
+        assert ref16 is not None
+        assert_close(ours(path, choice, bits=16), ref16, f"{name} {' '.join(opts)} 16-bit")
     if not compared:
         pytest.skip(f"DCMTK does not render {name}")
 
@@ -162,10 +214,7 @@ def test_generated_objects_match_dcmtk(tmp_path: Path, bits: int) -> None:
     for name, path in _generated(tmp_path).items():
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        colour = ds.PhotometricInterpretation == "RGB"
         for opts, choice in CASES:
-            if bits == 16 and colour:
-                continue  # dcmj2pnm writes colour as 8-bit even with +on2
             for frame in range(frames):
                 ref = dcmtk_render(path, opts, tmp_path, frame, bits)
                 if ref is None:
@@ -573,3 +622,226 @@ def test_palette_of_more_than_256_packed_8_bit_entries_matches_dcmtk(tmp_path: P
         ref = dcmtk_render(path, [], tmp_path)
         got = ours(path, display.VoiChoice())
         assert ref is not None and np.array_equal(got, ref) and np.array_equal(got, expected)
+
+
+def test_16_bit_colour_png_keeps_the_16_bits_dcmtk_writes(tmp_path: Path) -> None:
+    """With 16-bit output dcmj2pnm (+on2) writes colour as 48-bit RGB; our PNG writer cut
+    the rendered 16-bit samples to 8 bits, so 12/16-bit RGB, YBR and 16-bit palette entries
+    lost their precision. The PNG files now carry DCMTK's values exactly."""
+    from node.config import ExportSection
+    from node.export.exporter import Exporter
+
+    rng = np.random.default_rng(31)
+    wide = rng.integers(0, 65536, (2, 9, 11, 3)).astype(np.uint16)
+    palette = data.dataset(
+        rng.integers(0, 256, (9, 11)).astype(np.uint8),
+        photometric="PALETTE COLOR",
+        modality="OT",
+        sop_class=SC,
+    )
+    for i, colour in enumerate(("Red", "Green", "Blue")):
+        entries = (np.arange(256) * (i + 1) * 251 + 7) % 65536
+        palette.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 0, 16]
+        )
+        palette.add_new(
+            data.pydicom_tag(f"{colour}PaletteColorLookupTableData"),
+            "OW",
+            np.asarray(entries, dtype="<u2").tobytes(),
+        )
+    sources = {
+        "rgb16": data.dataset(wide, photometric="RGB", modality="OT", sop_class=SC),
+        "rgb12": data.dataset(
+            wide[0] >> 4, photometric="RGB", modality="OT", sop_class=SC, bits_stored=12
+        ),
+        "ybr12": data.dataset(
+            wide[1] >> 4, photometric="YBR_FULL", modality="OT", sop_class=SC, bits_stored=12
+        ),
+        "rgb8": data.dataset(
+            (wide[0] >> 8).astype(np.uint8), photometric="RGB", modality="OT", sop_class=SC
+        ),
+        "palette": palette,
+    }
+    cfg = ExportSection(dir=tmp_path / "out", bits=16)
+    for name, ds in sources.items():
+        path = data.write(ds, tmp_path / f"{name}.dcm")
+        written = Exporter(cfg, fsync=False).export_instance(path)
+        frames = int(ds.get("NumberOfFrames", 1))
+        assert len(written) == frames, name
+        for frame, png_path in enumerate(sorted(written)):
+            ref = dcmtk_render(path, [], tmp_path, frame, bits=16)
+            assert ref is not None and ref.shape == (9, 11, 3), name
+            got = read_png(png_path.read_bytes())
+            assert got.dtype == np.uint16 and np.array_equal(got, ref), f"{name} {frame + 1}"
+        # more than 8 bits were at stake (8-bit samples v become v * 257)
+        assert (ref % 257).any() == (name != "rgb8"), name
+
+
+def _overlay(ds: pydicom.Dataset, mask: np.ndarray, group: int = 0x6000, **extra: Any) -> Path:
+    """Add a graphics overlay plane (60xx) holding ``mask`` (frames first if 3-D)."""
+    from pydicom.pixels import pack_bits
+
+    tag = group << 16
+    ds.add_new(tag | 0x0010, "US", mask.shape[-2])
+    ds.add_new(tag | 0x0011, "US", mask.shape[-1])
+    ds.add_new(tag | 0x0040, "CS", "G")
+    ds.add_new(tag | 0x0050, "SS", list(extra.pop("origin", (3, 4))))
+    ds.add_new(tag | 0x0100, "US", 1)
+    ds.add_new(tag | 0x0102, "US", 0)
+    if "frames" in extra:
+        ds.add_new(tag | 0x0015, "IS", extra.pop("frames"))
+    if "first" in extra:
+        ds.add_new(tag | 0x0051, "US", extra.pop("first"))
+    ds.add_new(tag | 0x3000, "OW", pack_bits(mask.ravel()))
+    return ds
+
+
+def test_graphics_overlays_are_burnt_in_like_dcmtk(tmp_path: Path) -> None:
+    """60xx,3000 overlays (dcmj2pnm shows them by default): placed by Overlay Origin (also
+    partly outside the image), on MONOCHROME1 and in 16 bits, and on multi-frame images the
+    frames (60xx,0015) Number of Frames in Overlay and (60xx,0051) Image Frame Origin say:
+    a one-frame overlay bound to frame 3 was burnt into every frame."""
+    rng = np.random.default_rng(32)
+    mask = np.zeros((2, 10, 12), np.uint8)
+    mask[0, 2:5, 1:9] = 1
+    mask[1, :, 2] = 1
+    mask[0, 0, 0] = mask[1, 9, 11] = 1
+    image = rng.integers(0, 4096, (32, 40)).astype(np.uint16)
+    cine = rng.integers(0, 4096, (3, 32, 40)).astype(np.uint16)
+    window = {"WindowCenter": 2000, "WindowWidth": 4000}
+    single = {
+        "plain": _overlay(data.dataset(image, **window), mask[0]),
+        "corner": _overlay(data.dataset(image, **window), mask[0], origin=(-1, -3)),
+        "edge": _overlay(data.dataset(image, **window), mask[0], origin=(28, 35)),
+        "mono1": _overlay(data.dataset(image, photometric="MONOCHROME1", **window), mask[0]),
+        "two": _overlay(_overlay(data.dataset(image, **window), mask[0]), mask[1], 0x6002),
+    }
+    multi = {
+        "every_frame": _overlay(data.dataset(cine, **window), mask[0]),
+        "two_frames": _overlay(data.dataset(cine, **window), mask, frames=2, first=2),
+        "frame_1_only": _overlay(data.dataset(cine, **window), mask[:1], frames=1),
+        "frame_3_only": _overlay(data.dataset(cine, **window), mask[1:], frames=1, first=3),
+    }
+    shown = {}
+    for name, ds in {**single, **multi}.items():
+        path = data.write(ds, tmp_path / f"{name}.dcm")
+        for frame in range(int(ds.get("NumberOfFrames", 1))):
+            for bits in (8, 16) if name in single else (8,):
+                ref = dcmtk_render(path, ["+Wi", "1"], tmp_path, frame, bits)
+                bare = dcmtk_render(path, ["+Wi", "1", "-O"], tmp_path, frame, bits)
+                assert ref is not None and bare is not None
+                got = ours(path, display.VoiChoice("window", 0), frame, bits)
+                assert np.array_equal(got, ref), f"{name} frame {frame + 1} {bits}-bit"
+                shown[(name, frame)] = int((ref != bare).sum())
+    assert all(shown[(name, 0)] > 10 for name in single)
+    assert [shown[("frame_3_only", f)] > 0 for f in range(3)] == [False, False, True]
+    assert [shown[("frame_1_only", f)] > 0 for f in range(3)] == [True, False, False]
+    assert [shown[("two_frames", f)] > 0 for f in range(3)] == [False, True, True]
+    assert all(shown[("every_frame", f)] > 10 for f in range(3))
+
+
+def test_jpeg_ls_with_bits_above_bits_stored_matches_dcmtk(tmp_path: Path) -> None:
+    """Bits Stored 12 in 16-bit words with the top 4 bits set (junk, embedded overlays):
+    dcmcjpls then writes a JPEG-LS stream of precision 16 and CharLS returns whole words.
+    They were rendered as 16-bit values (all white through the window); dcml2pnm keeps the
+    Bits Stored field, as for native, RLE and JPEG lossless data."""
+    words = np.random.default_rng(33).integers(0, 65536, (20, 21)).astype(np.uint16)
+    compared = 0
+    for name, arr, center in (("unsigned", words, 2000), ("signed", words.view(np.int16), 0)):
+        ds = data.dataset(arr, bits_stored=12, WindowCenter=center, WindowWidth=4000)
+        native = data.write(ds, tmp_path / f"{name}.dcm")
+        jls = _dcmtk_convert(["dcmcjpls"], native, tmp_path / f"{name}-jls.dcm")
+        for opts, choice in CASES[:1] + CASES[2:3]:  # +Wi 1, +Wm
+            ref = dcmtk_render(jls, opts, tmp_path)
+            assert ref is not None
+            assert np.array_equal(ours(jls, choice), ref), f"{name} {opts}"
+            assert np.array_equal(ours(native, choice), ref), f"{name} {opts} native"
+            compared += 1
+    assert compared == 4
+
+
+def _embedded_overlay(ds: pydicom.Dataset, bit: int, **extra: Any) -> pydicom.Dataset:
+    """An embedded overlay plane (retired): no Overlay Data, bit ``bit`` of each word."""
+    tag = 0x6000 << 16
+    ds.add_new(tag | 0x0010, "US", extra.pop("rows", ds.Rows))
+    ds.add_new(tag | 0x0011, "US", extra.pop("columns", ds.Columns))
+    ds.add_new(tag | 0x0040, "CS", "G")
+    ds.add_new(tag | 0x0050, "SS", list(extra.pop("origin", (1, 1))))
+    ds.add_new(tag | 0x0100, "US", ds.BitsAllocated)
+    ds.add_new(tag | 0x0102, "US", bit)
+    if "frames" in extra:
+        ds.add_new(tag | 0x0015, "IS", extra.pop("frames"))
+    return ds
+
+
+def test_embedded_overlays_are_burnt_in_like_dcmtk(tmp_path: Path) -> None:
+    """Overlays in the unused high bits of Pixel Data (60xx,0102 Overlay Bit Position, no
+    60xx,3000), as older MR/CT archives hold them: dcmj2pnm shows them and we did not.
+    16- and 8-bit words, signed, High Bit 15 (the overlay in the low bits), a plane smaller
+    than the image, multi-frame with and without (60xx,0015), compressed twins; a bit inside
+    the stored value is not an overlay (DCMTK ignores it, so do we)."""
+    rng = np.random.default_rng(34)
+    cine = rng.integers(0, 4096, (3, 32, 40)).astype(np.uint16)
+    for f in range(3):
+        cine[f, 3 + 5 * f : 8 + 5 * f, 4:20] |= 1 << 13
+    signed = (cine[0].astype(np.int16) - 2048).view(np.uint16) & 0x0FFF | cine[0] & 0x2000
+    low = cine[0] << 4
+    low[10:14, 10:30] |= 1 << 2
+    small = rng.integers(0, 128, (32, 40)).astype(np.uint8)
+    small[5:9, 5:30] |= 0x80
+    window = {"WindowCenter": 2000, "WindowWidth": 4000}
+    low_ds = _embedded_overlay(data.dataset(low, bits_stored=12, **window), 2)
+    low_ds.HighBit = 15
+    cases = {
+        "bit13": (_embedded_overlay(data.dataset(cine[0], bits_stored=12, **window), 13), 1),
+        "signed": (
+            _embedded_overlay(
+                data.dataset(
+                    signed.view(np.int16), bits_stored=12, WindowCenter=0, WindowWidth=4000
+                ),
+                13,
+            ),
+            1,
+        ),
+        "high_bit_15": (low_ds, 1),
+        "eight_bit": (_embedded_overlay(data.dataset(small, bits_stored=7, **window), 7), 1),
+        "smaller_plane": (
+            _embedded_overlay(
+                data.dataset(cine[0], bits_stored=12, **window),
+                13,
+                rows=20,
+                columns=30,
+                origin=(5, 6),
+            ),
+            1,
+        ),
+        "cine_first_plane": (
+            _embedded_overlay(data.dataset(cine, bits_stored=12, **window), 13),
+            3,
+        ),
+        "cine_two_frames": (
+            _embedded_overlay(data.dataset(cine, bits_stored=12, **window), 13, frames=2),
+            3,
+        ),
+        "inside_stored_bits": (_embedded_overlay(data.dataset(cine[0], **window), 13), 1),
+    }
+    shown = {}
+    for name, (ds, frames) in cases.items():
+        native = data.write(ds, tmp_path / f"{name}.dcm")
+        paths = [native]
+        if name in ("bit13", "high_bit_15"):  # DCMTK reads them from single frames only
+            for codec in (["dcmcrle"], ["dcmcjpeg", "+e1"], ["dcmcjpls"]):
+                paths.append(_dcmtk_convert(codec, native, tmp_path / f"{name}-{codec[0]}.dcm"))
+        for path in paths:
+            for frame in range(frames):
+                ref = dcmtk_render(path, ["+Wi", "1"], tmp_path, frame)
+                bare = dcmtk_render(path, ["+Wi", "1", "-O"], tmp_path, frame)
+                assert ref is not None and bare is not None
+                got = ours(path, display.VoiChoice("window", 0), frame)
+                assert np.array_equal(got, ref), f"{path.name} frame {frame + 1}"
+                shown[(path.name, frame)] = int((ref != bare).sum())
+    assert shown[("inside_stored_bits.dcm", 0)] == 0
+    assert shown[("cine_two_frames.dcm", 2)] == 0 < shown[("cine_two_frames.dcm", 1)]
+    visible = [v for (name, frame), v in shown.items() if frame == 0 and "inside" not in name]
+    assert len(visible) == 13 and min(visible) > 50
+    assert min(shown[("cine_first_plane.dcm", f)] for f in range(3)) > 50

@@ -151,3 +151,102 @@ def test_render_pdf_batch_one_pdf_per_series_in_parallel(tmp_path: Path) -> None
     pdfs = sorted(out.rglob("*.pdf"))
     assert [p.name for p in pdfs] == [f"{data.STUDY_UID}.2.pdf", f"{data.STUDY_UID}.7.pdf"]
     assert "Series 7 AXIAL 5MM - Image 1" in pdftext(pdfs[1])
+
+
+def test_captions_in_any_script_are_real_text(tmp_path: Path) -> None:
+    """Descriptions and (when allowed) patient names decoded from their Specific Character
+    Set: Latin-1, UTF-8 Greek/Cyrillic/Latin Extended, ISO 2022 IR 87 Japanese, Korean and
+    Chinese. Every character beyond Latin-1 came out as '?'; pdftotext now reads them all."""
+    cases = {
+        "latin1": ("ISO_IR 100", "Schädel nativ", "Müller^Jörg"),
+        "utf8": ("ISO_IR 192", "Ελληνικά Łódź Русский", "Ivanov^Ivan=Иванов^Иван"),
+        "jis": (["", "ISO 2022 IR 87"], "頭部 単純", "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        "korean": ("ISO_IR 192", "뇌 CT", "Hong^Gildong=洪^吉洞=홍^길동"),
+        "chinese": ("ISO_IR 192", "头部 平扫", "Zhang^Wei=张^伟"),
+    }
+    ex = exporter(tmp_path, allow_patient_identifiers=True)
+    pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    for name, (charset, description, patient) in cases.items():
+        ds = data.dataset(pixels, SpecificCharacterSet=charset, series_uid=data.STUDY_UID + ".9")
+        ds.SeriesDescription, ds.PatientName = description, patient
+        path = data.write(ds, tmp_path / "in" / f"{name}.dcm")
+        assert pydicom.dcmread(path).SeriesDescription == description  # encoded and decoded
+        target = ex.export_series_pdf([path])
+        assert target is not None
+        text = pdftext(target)
+        assert f"Series 3 {description} - Image 1" in text, (name, text)
+        assert f"Patient {patient}" in text, (name, text)
+        info = subprocess.run(
+            [tool("pdfinfo"), "-enc", "UTF-8", str(target)], capture_output=True, check=True
+        ).stdout.decode()
+        assert f"CT series {description} 2024-01-02" in info, name  # Title
+        assert "?" not in text, (name, text)
+
+
+def _word_boxes(path: Path) -> tuple[float, list[tuple[float, float, str]]]:
+    """The first page's width and (top, right edge, word) of each word pdftotext finds."""
+    import re
+
+    res = subprocess.run(
+        [tool("pdftotext"), "-bbox", str(path), "-"], capture_output=True, check=True
+    ).stdout.decode()
+    width = float(re.findall(r'<page width="([\d.]+)"', res)[0])
+    found = re.findall(r'yMin="([\d.]+)" xMax="([\d.]+)"[^>]*>([^<]*)</word>', res)
+    return width, [(float(top), float(right), word) for top, right, word in found]
+
+
+def test_long_header_and_caption_lines_stay_on_the_page_and_in_their_cell(
+    tmp_path: Path,
+) -> None:
+    """A 64-pixel image with long identifiers and descriptions: the page layout page was as
+    wide as the image (or 456 points), cutting the rest of the header off at the page edge;
+    contact sheet captions (70 characters) ran into the next cell. Now the page is as wide
+    as its longest line, and a caption is shortened to its cell, ending in '...'."""
+    institution = "UNIVERSITAETSKLINIKUM HAMBURG-EPPENDORF DIAGNOSTISCHE RADIOLOGIE"
+    description = "THORAX ABDOMEN BECKEN MIT KONTRASTMITTEL VENOES 5MM WEICHTEILE"
+    pixels = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    ds = data.dataset(pixels, SeriesDescription=description, InstitutionName=institution)
+    path = data.write(ds, tmp_path / "in" / "long.dcm")
+    page = exporter(tmp_path, allow_patient_identifiers=True).export_series_pdf([path])
+    assert page is not None
+    width, words = _word_boxes(page)
+    assert max(right for _, right, _ in words) <= width - pdf_mod.MARGIN + 1
+    assert width > 456 and institution in pdftext(page)
+    sheet = exporter(tmp_path / "c", pdf_layout="contact").export_series_pdf([path])
+    assert sheet is not None
+    cell = (pdf_mod.landscape(pdf_mod.A4)[0] - 2 * pdf_mod.MARGIN) / pdf_mod.GRID[0]
+    _, words = _word_boxes(sheet)
+    captions = [right for top, right, _ in words if top > pdf_mod.MARGIN + pdf_mod.HEADER]
+    assert captions and max(captions) <= pdf_mod.MARGIN + cell
+    assert "..." in pdftext(sheet)
+
+
+def test_study_pdf_names_every_modality_and_the_study(tmp_path: Path) -> None:
+    """A PET/CT study: the study PDF's header and title said "CT study" and the first
+    series' description, as if the PET series were not in it."""
+    pixels = np.arange(4096, dtype=np.uint16).reshape(64, 64)
+    files = [
+        data.write(
+            data.dataset(pixels, modality="CT", series_uid=data.STUDY_UID + ".21"),
+            tmp_path / "in" / "ct.dcm",
+        ),
+        data.write(
+            data.dataset(
+                pixels,
+                modality="PT",
+                series_uid=data.STUDY_UID + ".22",
+                SeriesNumber=4,
+                SeriesDescription="PET WB",
+            ),
+            tmp_path / "in" / "pt.dcm",
+        ),
+    ]
+    target = exporter(tmp_path, pdf="study").export_study_pdf(files)
+    assert target is not None
+    text = pdftext(target)
+    assert "CT/PT study 2024-01-02 10:15 HEAD ROUTINE" in text
+    assert "Series 4 PET WB - Image 1" in text
+    info = pdfinfo(target)
+    assert "CT/PT study HEAD ROUTINE 2024-01-02" in info and "AXIAL 5MM" not in info
+    series_pdf = exporter(tmp_path / "s").export_series_pdf(files[1:])
+    assert series_pdf is not None and "PT series PET WB 2024-01-02" in pdfinfo(series_pdf)

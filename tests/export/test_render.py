@@ -205,6 +205,26 @@ def test_png_chunks_are_whitelisted_and_manifest_records_each_file(tmp_path: Pat
     assert entry["output"] == str(out) and entry["voi"] == "window C=40 W=400"
 
 
+def test_png_text_beyond_latin_1_is_kept_as_utf_8(tmp_path: Path) -> None:
+    """A Greek or Japanese Series Description (ISO_IR 192, ISO 2022 IR 87) became '????'
+    in the Latin-1 tEXt chunk; it now goes into an iTXt chunk (UTF-8), Latin-1 stays tEXt."""
+    for charset, description in (
+        ("ISO_IR 192", "Ελληνικά Русский"),
+        (["", "ISO 2022 IR 87"], "頭部 単純"),
+        ("ISO_IR 100", "Schädel"),
+    ):
+        path = data.ct(tmp_path / "in" / "ct.dcm", SpecificCharacterSet=charset)
+        ds = pydicom.dcmread(path)
+        ds.SeriesDescription = description
+        data.write(ds, path)
+        (out,) = exporter(tmp_path / str(len(description))).export_instance(path)
+        image = Image.open(out)
+        assert image.text["SeriesDescription"] == description
+        raw = out.read_bytes()
+        assert (b"iTXtSeriesDescription" in raw) == (charset != "ISO_IR 100"), charset
+        assert raw.count(b"tEXt") + raw.count(b"iTXt") == 5
+
+
 def test_encapsulated_pdf_is_extracted_unchanged(tmp_path: Path) -> None:
     from reportlab.pdfgen import canvas
 
