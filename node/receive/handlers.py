@@ -269,6 +269,8 @@ def _store(
             stored = ctx.archive.store(path, meta, source, recorded=recorded)
     except OutOfSpace as exc:
         log.error("C-STORE refused: %s", exc, extra=log_fields)
+        if exc.full:
+            return StoreStatus.OUT_OF_RESOURCES, "out of resources: archive file system full"
         return StoreStatus.OUT_OF_RESOURCES, "out of resources: disk floor reached"
 
     if not stored.written:

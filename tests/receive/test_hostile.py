@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 import time
@@ -15,6 +17,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
+from node.receive.archive import INCOMING
 from tests.peers import LOOPBACK, run_storescp
 from tests.receive.helpers import (
     AET,
@@ -209,6 +212,45 @@ def test_disk_floor_answers_a700_and_writes_nothing(tmp_path: Path) -> None:
         assert archived(scp.archive_root) == []
         assert not list(scp.archive_root.rglob(".tmp-*"))
         assert store.select(kind="export_instance") == []
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("where", ["directory", "flush"])
+def test_a_full_file_system_answers_a700_and_the_retry_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_path: bool, where: str
+) -> None:
+    """ENOSPC (no space or no inodes) creating the study/series directory or flushing the
+    object is out of resources (0xA700, the sender retries later), not a processing
+    failure (0x0110 with a traceback, as it was)."""
+    ds = image_dataset(2, 2, b"\x00" * 4)
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _):
+        root = scp.archive_root
+
+        def no_space(*args: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        if where == "directory":
+            real_mkdir = Path.mkdir
+
+            def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+                if root in self.parents and INCOMING not in self.parts:
+                    no_space()
+                real_mkdir(self, *args, **kwargs)
+
+            monkeypatch.setattr(Path, "mkdir", mkdir)
+        else:
+            monkeypatch.setattr(os, "fdatasync", no_space)
+            monkeypatch.setattr(os, "fsync", no_space)
+        status, comment = _answer(scp.port, ds)
+        monkeypatch.undo()
+        assert status == 0xA700, hex(status)
+        assert comment == "out of resources: archive file system full"
+        assert archived(root) == []
+        assert not [p for p in root.rglob("*") if p.is_file()]  # no staging file left
+        assert store.select(kind="export_instance") == []
+        # Space again: the sender's retry is stored.
+        assert _send(scp.port, ds) == 0x0000
+        assert len(archived(root)) == 1
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
