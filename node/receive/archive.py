@@ -23,6 +23,7 @@ import os
 import shutil
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,7 +39,32 @@ _PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
 class OutOfSpace(ReceiveError):
-    """Storing would take the archive's file system below ``receive.min_free_bytes``."""
+    """Storing would take the archive's file system below ``receive.min_free_bytes``, or
+    the file system is full (``full``: ENOSPC/EDQUOT from the kernel)."""
+
+    def __init__(self, message: str, *, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def _full_is_out_of_space(what: str) -> Iterator[None]:
+    """ENOSPC/EDQUOT while ``what`` (a directory, a flush, a rename) is :class:`OutOfSpace`:
+    a full disk or exhausted inodes are a resource shortage the sender may retry later
+    (0xA700), not a processing failure."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise OutOfSpace(
+                f"file system of the archive full ({exc.strerror}) while {what}: free some "
+                "space (or inodes) under receive.archive",
+                full=True,
+            ) from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -204,13 +230,9 @@ class Archive:
         if existed and recorded and self.duplicates == "keep":
             return Stored(path, size, existed=True, written=False)
         self.check_space(size)
-        self._mkdirs(path.parent)
-        try:
+        with _full_is_out_of_space(f"storing {path.name}"):
+            self._mkdirs(path.parent)
             self._write(path, meta, data)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OutOfSpace(f"file system full while writing {path.name}") from exc
-            raise
         return Stored(path, size, existed=existed, written=True)
 
     def place(self, path: Path, staged: Staged, *, recorded: bool) -> Stored:
@@ -227,16 +249,17 @@ class Archive:
         if existed and recorded and self.duplicates == "keep":
             return Stored(path, size, existed=True, written=False)
         self.check_space(0)  # the staged copy already occupies its space
-        self._mkdirs(path.parent)
-        if self.fsync:
-            fd = os.open(staged.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        os.replace(staged.path, path)
-        if self.fsync:
-            fsync_dir(path.parent)
+        with _full_is_out_of_space(f"placing {path.name}"):
+            self._mkdirs(path.parent)
+            if self.fsync:
+                fd = os.open(staged.path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fdatasync(fd)  # delayed allocation may report ENOSPC only here
+                finally:
+                    os.close(fd)
+            os.replace(staged.path, path)
+            if self.fsync:
+                fsync_dir(path.parent)
         return Stored(path, size, existed=existed, written=True)
 
     def _write(self, path: Path, meta: bytes, data: bytes | memoryview | Path) -> None:

@@ -60,6 +60,7 @@ PROCESSING_FAILURE = 0x0110
 _NO_SUCH_ACTION_TYPE = 0x0123
 _INVALID_ARGUMENT = 0x0115
 _NO_SUCH_SOP_CLASS = 0x0118
+_NO_SUCH_SOP_INSTANCE = 0x0112
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,18 @@ def handle_n_action(event: Any, ctx: CommitContext) -> tuple[int, Dataset | None
     request = event.request
     if str(request.RequestedSOPClassUID) != str(StorageCommitmentPushModel):
         return _NO_SUCH_SOP_CLASS, None
+    requested = str(request.RequestedSOPInstanceUID or "").strip("\x00 ")
+    if requested != WELL_KNOWN_INSTANCE:
+        # PS3.4 J.3.5: the Push Model has one, well-known, instance. Orthanc drops such a
+        # request; PS3.7 10.1.4.1.10 answers it 0x0112 (no such SOP instance). Nothing queued.
+        log.error(
+            "storage commitment request refused: (0000,1001) RequestedSOPInstanceUID %r is "
+            "not the well-known %s: fix the requesting system",
+            requested,
+            WELL_KNOWN_INSTANCE,
+            extra=fields(calling_ae=str(event.assoc.requestor.ae_title).strip()),
+        )
+        return _NO_SUCH_SOP_INSTANCE, None
     if request.ActionTypeID != 1:
         return _NO_SUCH_ACTION_TYPE, None
     try:

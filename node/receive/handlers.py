@@ -269,6 +269,8 @@ def _store(
             stored = ctx.archive.store(path, meta, source, recorded=recorded)
     except OutOfSpace as exc:
         log.error("C-STORE refused: %s", exc, extra=log_fields)
+        if exc.full:
+            return StoreStatus.OUT_OF_RESOURCES, "out of resources: archive file system full"
         return StoreStatus.OUT_OF_RESOURCES, "out of resources: disk floor reached"
 
     if not stored.written:
@@ -351,21 +353,32 @@ def _truncation(
 def _check_identity(
     header: Header, command_sop: str, command_class: str
 ) -> tuple[StoreStatus, str] | None:
-    """The data set must identify itself, and agree with the C-STORE command."""
-    if not header.sop_instance_uid:
+    """The data set must identify itself, and agree with the C-STORE command.
+
+    As DCMTK's storescp and Orthanc answer: a SOP Class or Instance UID absent from the
+    data set is 0xC000 (cannot understand); one present that differs from the command's
+    (an empty value included) is 0xA900 (data set does not match SOP class).
+    """
+    for keyword, tag in (("SOPClassUID", "(0008,0016)"), ("SOPInstanceUID", "(0008,0018)")):
+        if keyword in header.absent:
+            return StoreStatus.CANNOT_UNDERSTAND, f"{tag} {keyword} missing"
+    if not header.sop_instance_uid and not command_sop:
         return StoreStatus.CANNOT_UNDERSTAND, "(0008,0018) SOPInstanceUID missing"
-    if not header.study_uid:
-        return StoreStatus.CANNOT_UNDERSTAND, "(0020,000D) StudyInstanceUID missing"
-    if not header.series_uid:
-        return StoreStatus.CANNOT_UNDERSTAND, "(0020,000E) SeriesInstanceUID missing"
+    if not header.sop_class_uid and not command_class:
+        return StoreStatus.CANNOT_UNDERSTAND, "(0008,0016) SOPClassUID missing"
     if command_sop and header.sop_instance_uid != command_sop:
         return (
-            StoreStatus.CANNOT_UNDERSTAND,
+            StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "(0008,0018) SOPInstanceUID differs from the command's",
         )
-    if command_class and header.sop_class_uid and header.sop_class_uid != command_class:
+    if command_class and header.sop_class_uid != command_class:
         return (
             StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "(0008,0016) SOPClassUID differs from the command's",
         )
+    # Needed for the archive path (storescp names files by SOP Instance UID alone).
+    if not header.study_uid:
+        return StoreStatus.CANNOT_UNDERSTAND, "(0020,000D) StudyInstanceUID missing"
+    if not header.series_uid:
+        return StoreStatus.CANNOT_UNDERSTAND, "(0020,000E) SeriesInstanceUID missing"
     return None

@@ -45,6 +45,15 @@ _WANTED = [
 ]
 
 
+#: The identifying UIDs by tag, whose absence :attr:`Header.absent` records.
+IDENTIFYING = {
+    0x00080016: "SOPClassUID",
+    0x00080018: "SOPInstanceUID",
+    0x0020000D: "StudyInstanceUID",
+    0x0020000E: "SeriesInstanceUID",
+}
+
+
 class HeaderError(ValueError):
     """The dataset cannot be walked far enough to find its identifying elements."""
 
@@ -67,6 +76,11 @@ class Header:
     #: Offset just past the Pixel Data value (defined length, fast walker only), else None.
     pixel_end: int | None = field(default=None, compare=False)
     flags: list[str] = field(default_factory=list)
+    #: Keywords of the identifying UIDs (:data:`IDENTIFYING`) the data set does not have at
+    #: all, as opposed to present with an empty value: storescp and Orthanc answer the first
+    #: 0xC000 (cannot understand) and the second, an empty value that differs from the
+    #: command's UID, 0xA900.
+    absent: frozenset[str] = field(default=frozenset(), compare=False)
 
 
 def _stop_at_pixels(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -338,6 +352,7 @@ def _header_from(
         frames=frames,
         pixel_length=pixel_length,
         pixel_end=pixel_end,
+        absent=frozenset(kw for tag, kw in IDENTIFYING.items() if tag not in found),
     )
 
 
@@ -378,6 +393,7 @@ def read_header(data: bytes | memoryview | BinaryIO, implicit: bool, little: boo
             bits_allocated=_int(ds, "BitsAllocated"),
             frames=_int(ds, "NumberOfFrames"),
             pixel_length=pixel_length,
+            absent=frozenset(kw for tag, kw in IDENTIFYING.items() if tag not in ds),
         )
     except HeaderError:
         raise

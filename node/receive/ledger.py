@@ -106,13 +106,20 @@ class Ledger:
         now = time.time()
         store = self.store
         with store.transaction() as db:
-            new = (
+            before = db.execute(
+                "SELECT study_uid, series_uid FROM received_instances WHERE sop_instance_uid=?",
+                (inst.sop_instance_uid,),
+            ).fetchone()
+            # New to this series: never recorded, or recorded under another study/series
+            # (a corrected Study/Series Instance UID, stored with duplicates = "overwrite").
+            new = before is None or tuple(before) != (inst.study_uid, inst.series_uid)
+            if before is not None and new:
+                # The instance left its old series: one instance fewer there.
                 db.execute(
-                    "SELECT 1 FROM received_instances WHERE sop_instance_uid=?",
-                    (inst.sop_instance_uid,),
-                ).fetchone()
-                is None
-            )
+                    "UPDATE received_series SET instances=MAX(instances-1, 0)"
+                    " WHERE study_uid=? AND series_uid=?",
+                    tuple(before),
+                )
             db.execute(
                 "INSERT INTO received_instances(sop_instance_uid, sop_class_uid, study_uid,"
                 " series_uid, modality, calling_ae, transfer_syntax, path, size, flags,"

@@ -169,6 +169,28 @@ def test_commitment_all_stored_is_event_type_1(tmp_path: Path) -> None:
     assert got == [1]
 
 
+def test_a_request_to_another_instance_than_the_well_known_one_is_refused(
+    tmp_path: Path,
+) -> None:
+    """PS3.4 J.3.5: N-ACTION on any Requested SOP Instance UID but 1.2.840.10008.1.20.1.1
+    is 0x0112 (Orthanc drops it), with no report queued; it was accepted and queued."""
+    stored, src = _stored_object(tmp_path)
+    with running_scp(tmp_path / "node") as (scp, store, _):
+        assert dcmsend(scp.port, [src]).returncode == 0
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(StorageCommitmentPushModel)
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET)
+        try:
+            request = _request(generate_uid(), [(stored.SOPClassUID, stored.SOPInstanceUID)])
+            status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, "1.2.3.4")
+            assert status.Status == 0x0112
+            assert _ask_commitment(assoc, request).Status == 0  # the well-known one: accepted
+        finally:
+            assoc.release()
+        (job,) = store.select(kind="commitment_report")
+        assert job.payload["transaction_uid"] == request.TransactionUID
+
+
 def test_report_on_a_new_association_when_the_requester_released(tmp_path: Path) -> None:
     """The modality releases right after the N-ACTION response and listens for the report."""
     stored, src = _stored_object(tmp_path)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 import time
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom import AE
@@ -14,7 +17,8 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
-from tests.peers import LOOPBACK
+from node.receive.archive import INCOMING
+from tests.peers import LOOPBACK, run_storescp
 from tests.receive.helpers import (
     AET,
     archived,
@@ -88,31 +92,76 @@ def test_traversal_uid_gets_failure_and_writes_nothing(
         assert echoscu(scp.port).returncode == 0
 
 
-def test_sop_instance_uid_must_match_the_command(tmp_path: Path) -> None:
-    ds = image_dataset(2, 2, b"\x00" * 4)
-    encoded = encode(ds, False, True)
-    assert encoded is not None
-    with running_scp(tmp_path) as (scp, _, _):
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(SecondaryCaptureImageStorage, "1.2.840.10008.1.2.1")
-        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET)
+def _raw_store(port: int, aet: str, sop_class: str, sop_instance: str, data: bytes) -> Any:
+    """C-STORE ``data`` (encoded data set bytes, as they are) under the given command UIDs;
+    the response (None if none came)."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(SecondaryCaptureImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate(LOOPBACK, port, ae_title=aet)
+    assert assoc.is_established
+    try:
+        req = C_STORE()
+        req.MessageID = 1
+        req.AffectedSOPClassUID = sop_class
+        req.AffectedSOPInstanceUID = sop_instance
+        req.Priority = 2
+        req.DataSet = BytesIO(data)
+        cx = assoc.accepted_contexts[0]
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.001)
         try:
-            # The command names one instance, the data set carries another.
-            req = C_STORE()
-            req.MessageID = 1
-            req.AffectedSOPClassUID = ds.SOPClassUID
-            req.AffectedSOPInstanceUID = "1.2.3.999"
-            req.Priority = 2
-            req.DataSet = BytesIO(encoded)
-            cx = assoc.accepted_contexts[0]
-            assoc._reactor_checkpoint.clear()
             assoc.dimse.send_msg(req, cx.context_id)
             _, rsp = assoc.dimse.get_msg(block=True)
-            assoc._reactor_checkpoint.set()
-            assert rsp is not None and rsp.Status == 0xC000
         finally:
-            assoc.release()
+            assoc._reactor_checkpoint.set()
+        return rsp
+    finally:
+        assoc.release()
+
+
+def _identity_variants() -> dict[str, Any]:
+    def drop(keyword: str) -> Any:
+        return lambda ds: delattr(ds, keyword)
+
+    def put(keyword: str, value: str) -> Any:
+        return lambda ds: setattr(ds, keyword, value)
+
+    return {
+        "SOP Class UID absent": drop("SOPClassUID"),
+        "SOP Class UID empty": put("SOPClassUID", ""),
+        "SOP Class UID another": put("SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"),
+        "SOP Instance UID absent": drop("SOPInstanceUID"),
+        "SOP Instance UID empty": put("SOPInstanceUID", ""),
+        "SOP Instance UID another": put("SOPInstanceUID", "1.2.3.999"),
+    }
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_data_set_identity_answered_as_storescp_and_nothing_stored(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """The data set's SOP Class/Instance UID against the command's: absent is 0xC000,
+    present but different (empty included) is 0xA900, as DCMTK's storescp (and Orthanc)
+    answer; a data set without SOP Class UID was stored and acknowledged."""
+    with (
+        running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _),
+        run_storescp(tmp_path / "storescp", aet="STORESCP") as dcmtk,
+    ):
+        for name, change in _identity_variants().items():
+            ds = image_dataset(2, 2, b"\x00" * 4)
+            sop_class, sop_instance = str(ds.SOPClassUID), str(ds.SOPInstanceUID)
+            quiet_build(change, ds)
+            encoded = quiet_build(encode, ds, False, True)
+            assert encoded is not None
+            theirs = _raw_store(dcmtk.port, "STORESCP", sop_class, sop_instance, encoded)
+            ours = _raw_store(scp.port, AET, sop_class, sop_instance, encoded)
+            assert theirs is not None and ours is not None, name
+            assert theirs.Status in (0xC000, 0xA900), name
+            assert ours.Status == theirs.Status, (name, hex(ours.Status), hex(theirs.Status))
+            assert "(0008,001" in str(ours.ErrorComment or ""), name
         assert archived(scp.archive_root) == []
+        assert store.select(kind="export_instance") == []
 
 
 def _rss_kib() -> int:
@@ -163,6 +212,45 @@ def test_disk_floor_answers_a700_and_writes_nothing(tmp_path: Path) -> None:
         assert archived(scp.archive_root) == []
         assert not list(scp.archive_root.rglob(".tmp-*"))
         assert store.select(kind="export_instance") == []
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("where", ["directory", "flush"])
+def test_a_full_file_system_answers_a700_and_the_retry_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_path: bool, where: str
+) -> None:
+    """ENOSPC (no space or no inodes) creating the study/series directory or flushing the
+    object is out of resources (0xA700, the sender retries later), not a processing
+    failure (0x0110 with a traceback, as it was)."""
+    ds = image_dataset(2, 2, b"\x00" * 4)
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _):
+        root = scp.archive_root
+
+        def no_space(*args: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        if where == "directory":
+            real_mkdir = Path.mkdir
+
+            def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+                if root in self.parents and INCOMING not in self.parts:
+                    no_space()
+                real_mkdir(self, *args, **kwargs)
+
+            monkeypatch.setattr(Path, "mkdir", mkdir)
+        else:
+            monkeypatch.setattr(os, "fdatasync", no_space)
+            monkeypatch.setattr(os, "fsync", no_space)
+        status, comment = _answer(scp.port, ds)
+        monkeypatch.undo()
+        assert status == 0xA700, hex(status)
+        assert comment == "out of resources: archive file system full"
+        assert archived(root) == []
+        assert not [p for p in root.rglob("*") if p.is_file()]  # no staging file left
+        assert store.select(kind="export_instance") == []
+        # Space again: the sender's retry is stored.
+        assert _send(scp.port, ds) == 0x0000
+        assert len(archived(root)) == 1
 
 
 @pytest.mark.parametrize("fast_path", [True, False])

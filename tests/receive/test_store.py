@@ -209,3 +209,9 @@ def test_duplicate_under_another_study_is_one_file(tmp_path: Path, policy: str) 
         assert stored.parent.parent.name == ("1.2.3" if policy == "keep" else "1.2.9")
         (job,) = store.select(kind="export_instance")
         assert Path(job.payload["path"]) == stored
+        # The study now holding the instance counts it (a corrected study's payload said
+        # 0 instances: the instance was not new to the ledger, so not counted anywhere).
+        studies = {j.payload["study_uid"]: j.payload for j in store.select(kind="study_complete")}
+        holder = studies[stored.parent.parent.name]
+        assert holder["instances"] == 1
+        assert holder["series"] == [stored.parent.name]

@@ -50,6 +50,7 @@ def test_fast_walker_agrees_with_pydicom_on_every_sample() -> None:
             continue  # left to pydicom on purpose
         fast.flags.extend(H.pixel_flags(fast))
         assert fast == slow, path
+        assert fast.absent == slow.absent, path
         compared += 1
     assert compared > 50
 
