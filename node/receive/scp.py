@@ -23,7 +23,6 @@ in the connection's thread under a timeout so a silent client cannot block accep
 from __future__ import annotations
 
 import contextlib
-import copy
 import ipaddress
 import logging
 import socket
@@ -163,40 +162,22 @@ def server_tls_context(tls: TLSSettings) -> ssl.SSLContext:
     return ctx
 
 
-_SHAREABLE = (str, int, bool, type(None))  # immutable: a copy may share them (UID is a str)
-
-
-def _copy_context(ctx: PresentationContext) -> PresentationContext:
-    """A copy of ``ctx`` with its own lists; the immutable UIDs are shared, not rebuilt.
-
-    Anything but immutable values and lists of them (a future pynetdicom attribute) gets a
-    real deep copy.
-    """
-    state = vars(ctx)
-    for value in state.values():
-        if isinstance(value, list):
-            if not all(isinstance(item, _SHAREABLE) for item in value):
-                return copy.deepcopy(ctx)
-        elif not isinstance(value, _SHAREABLE):
-            return copy.deepcopy(ctx)
-    new = object.__new__(type(ctx))
-    vars(new).update({key: list(v) if isinstance(v, list) else v for key, v in state.items()})
-    return new
-
-
 class _SupportedContexts(list[PresentationContext]):
-    """The server's supported contexts, cheap to deep-copy.
+    """The server's supported contexts, shared by every association instead of copied.
 
-    pynetdicom deep-copies them for every association it accepts; with every storage SOP
-    class times the accepted transfer syntaxes that is ~2,700 UIDs re-created and
-    re-validated by pydicom, 20-40 ms per association here, more than the C-STORE of a CT
-    image. A modality that opens one association per image was capped near 20 images/s by
-    it. The copy keeps what the deep copy is for (the association's own context objects and
-    lists) without rebuilding immutable UID strings.
+    pynetdicom deep-copies them for every association it accepts: with every storage SOP
+    class times the accepted transfer syntaxes that is ~4,700 UIDs re-created and
+    re-validated by pydicom, 20-40 ms per association here (a modality that opens one
+    association per image was capped near 20 images/s by it); even a copy sharing the UID
+    strings took ~0.6 ms, a sixth of a whole C-ECHO association. Nothing needs a copy:
+    pynetdicom 3.0 only reads the acceptor's supported contexts (``negotiate_as_acceptor``
+    builds new context objects for its answer), and so do our handlers. A test runs
+    associations with every kind of negotiation and checks these objects are unchanged
+    afterwards, so a pynetdicom that starts writing to them is noticed.
     """
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[PresentationContext]:
-        return [_copy_context(ctx) for ctx in self]
+        return list(self)
 
 
 class _Server(ThreadedAssociationServer):

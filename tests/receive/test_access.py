@@ -8,10 +8,16 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.data import get_testdata_file
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    MRImageStorage,
+    Verification,
+)
 
 from node.errors import ReceiveError
 from node.queue.store import JobStore
@@ -21,6 +27,7 @@ from tests.receive.helpers import (
     AET,
     archived,
     dataset_bytes,
+    dcmsend,
     echoscu,
     image_dataset,
     make_config,
@@ -279,3 +286,50 @@ def test_ipv6_loopback_bind_admits_ipv6_loopback_peers_by_default(tmp_path: Path
             assert assoc.send_c_echo().Status == 0x0000
         finally:
             assoc.release()
+
+
+def test_associations_leave_the_shared_supported_contexts_as_they_were(tmp_path: Path) -> None:
+    """Every association reads the server's supported contexts without copying them
+    (scp._SupportedContexts): negotiation of any kind must not change them."""
+    from pynetdicom.pdu_primitives import (
+        AsynchronousOperationsWindowNegotiation,
+        SOPClassExtendedNegotiation,
+        UserIdentityNegotiation,
+    )
+    from pynetdicom.presentation import build_role
+
+    def snapshot(contexts: list[Any]) -> list[Any]:
+        return [(type(c), sorted((k, repr(v)) for k, v in vars(c).items())) for c in contexts]
+
+    with running_scp(tmp_path) as (scp, _, _):
+        contexts = scp._servers[0][0].contexts
+        before = snapshot(contexts)
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.add_requested_context(MRImageStorage, ["1.2.840.10008.1.2.4.100"])  # refused syntax
+        ae.add_requested_context("1.2.3.4.5.6")  # unknown abstract syntax
+        ae.add_requested_context(Verification)
+        identity = UserIdentityNegotiation()
+        identity.user_identity_type = 2
+        identity.primary_field = b"user"
+        identity.secondary_field = b"secret"
+        extended = SOPClassExtendedNegotiation()
+        extended.sop_class_uid = CTImageStorage
+        extended.service_class_application_information = b"\x02\x00\x00"
+        window = AsynchronousOperationsWindowNegotiation()
+        window.maximum_number_operations_invoked = 4
+        window.maximum_number_operations_performed = 4
+        negotiation = [
+            build_role(CTImageStorage, scu_role=True, scp_role=True),
+            identity,
+            extended,
+            window,
+        ]
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET, ext_neg=negotiation)
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        assert echoscu(scp.port).returncode == 0
+        assert echoscu(scp.port, aec="SOMEONE-ELSE").returncode != 0
+        assert dcmsend(scp.port, [Path(get_testdata_file("CT_small.dcm"))]).returncode == 0
+        assert snapshot(contexts) == before

@@ -195,38 +195,3 @@ def test_study_job_replaced_while_claimed_runs_again(tmp_path: Path) -> None:
     with JobStore(tmp_path / "old") as store, store.transaction() as db:
         columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
         assert "rerun_at" in columns
-
-
-def test_supported_contexts_copy_like_a_deep_copy() -> None:
-    """The per-association copy of the SCP's contexts: equal, but nothing mutable shared."""
-    import copy
-
-    from pynetdicom.presentation import build_context
-
-    from node.receive.scp import _SupportedContexts
-
-    contexts = _SupportedContexts(
-        [
-            build_context(
-                "1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-            ),
-            build_context("1.2.840.10008.1.1"),
-        ]
-    )
-    contexts[0].context_id = 1
-    contexts[0].scp_role = True
-    copied = copy.deepcopy(contexts)
-    reference = copy.deepcopy(list(contexts))
-    assert [vars(c) for c in copied] == [vars(c) for c in reference]
-    for orig, new in zip(contexts, copied, strict=True):
-        assert new is not orig and type(new) is type(orig)
-        assert new.transfer_syntax == orig.transfer_syntax
-        assert new._transfer_syntax is not orig._transfer_syntax
-    copied[0].add_transfer_syntax("1.2.840.10008.1.2.4.50")
-    copied[0].context_id = 9
-    assert contexts[0].transfer_syntax == ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
-    assert contexts[0].context_id == 1
-    # An attribute the fast copy does not know how to share gets a real deep copy.
-    contexts[1].extra = {"mutable": []}  # type: ignore[attr-defined]
-    odd = copy.deepcopy(contexts)[1]
-    assert odd.extra == {"mutable": []} and odd.extra is not contexts[1].extra
