@@ -10,10 +10,13 @@ status. Dependencies are bound when the handlers are registered (``(evt, fn, [ct
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from enum import IntEnum
 from io import BytesIO
 from pathlib import Path
@@ -57,6 +60,38 @@ class StoreStatus(IntEnum):
     CANNOT_UNDERSTAND = 0xC000
 
 
+class UidLocks:
+    """One lock per SOP Instance UID being stored, alive while someone holds or waits on it.
+
+    Two associations storing the same instance at the same moment (a modality retrying on
+    a second association, two routers forwarding one study) would both find it unrecorded,
+    or both recorded under its old study, and leave two files or replace each other's
+    copy behind the ledger's back. Stores of different instances never wait on each other.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, uid: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(uid, (None, 0))
+            if lock is None:
+                lock = threading.Lock()
+            self._locks[uid] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[uid]
+                if users == 1:
+                    del self._locks[uid]
+                else:
+                    self._locks[uid] = (lock, users - 1)
+
+
 @dataclass(frozen=True)
 class StoreContext:
     """What the C-STORE handler needs, bound at registration."""
@@ -65,6 +100,7 @@ class StoreContext:
     ledger: Ledger
     chunk_threshold: int
     pdu_cap: int
+    uid_locks: UidLocks = field(default_factory=UidLocks, compare=False)
 
 
 def _failure(status: StoreStatus, comment: str) -> Dataset:
@@ -247,6 +283,20 @@ def _store(
         log.error("C-STORE refused: %s: the object is incomplete", cut, extra=log_fields)
         return StoreStatus.CANNOT_UNDERSTAND, "data set truncated: ends inside an element"
 
+    with ctx.uid_locks.hold(header.sop_instance_uid):
+        return _place_and_record(ctx, source, header, path, ts, calling_ae, log_fields)
+
+
+def _place_and_record(
+    ctx: StoreContext,
+    source: memoryview | Path | Staged,
+    header: Header,
+    path: Path,
+    ts: str,
+    calling_ae: str,
+    log_fields: dict[str, Any],
+) -> tuple[StoreStatus, str]:
+    """Archive and record a checked object (holding its SOP Instance UID's lock)."""
     previous = ctx.ledger.lookup(header.sop_instance_uid)
     recorded = previous is not None
     # The same SOP Instance UID recorded under another study or series (a corrected

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import subprocess
+import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -187,6 +191,47 @@ def test_large_object_received_in_chunks_to_disk(tmp_path: Path) -> None:
         (stored,) = archived(scp.archive_root)
         assert dataset_bytes(stored)[1] == dataset_bytes(src)[1]
         assert list((scp.archive_root / ".incoming").iterdir()) == []
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("policy", ["keep", "overwrite"])
+def test_one_instance_sent_on_two_associations_at_once_is_one_file(
+    tmp_path: Path, policy: str, fast_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two senders store the same SOP Instance UID (under two studies) at the same moment:
+    both used to find it unrecorded and leave two files. The ledger lookup is made to wait
+    for the other store; with the per-instance lock the other store never gets there first,
+    the wait times out and the second store sees the first one's record."""
+    from node.receive.ledger import Ledger
+
+    meet = threading.Barrier(2, timeout=2)
+    lookup = Ledger.lookup
+
+    def lookup_together(self: Ledger, uid: str) -> Any:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meet.wait()
+        return lookup(self, uid)
+
+    monkeypatch.setattr(Ledger, "lookup", lookup_together)
+    files = []
+    for study in ("1.2.3", "1.2.9"):
+        f = tmp_path / f"{study}.dcm"
+        image_dataset(
+            2, 2, b"\x01\x02\x03\x04", sop="1.2.3.4.8", study=study, series=f"{study}.4"
+        ).save_as(f, enforce_file_format=True)
+        files.append(f)
+    with running_scp(tmp_path / "node", duplicates=policy, fast_path=fast_path) as (
+        scp,
+        store,
+        _,
+    ):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda f: dcmsend(scp.port, [f]), files))
+        assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+        (stored,) = archived(scp.archive_root)
+        with store.transaction() as db:
+            (row,) = db.execute("SELECT study_uid, path FROM received_instances").fetchall()
+        assert Path(row[1]) == stored and stored.parent.parent.name == row[0]
 
 
 @pytest.mark.parametrize("policy", ["keep", "overwrite"])

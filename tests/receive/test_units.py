@@ -195,3 +195,34 @@ def test_study_job_replaced_while_claimed_runs_again(tmp_path: Path) -> None:
     with JobStore(tmp_path / "old") as store, store.transaction() as db:
         columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
         assert "rerun_at" in columns
+
+
+def test_uid_locks_serialise_one_uid_only_and_are_forgotten() -> None:
+    import threading
+
+    from node.receive.handlers import UidLocks
+
+    locks = UidLocks()
+    inside: list[str] = []
+    with locks.hold("1.2.3"):
+
+        def another() -> None:
+            with locks.hold("1.2.4"):
+                inside.append("another")
+
+        other = threading.Thread(target=another)
+        other.start()
+        other.join(2)
+        assert not other.is_alive() and inside == ["another"]  # another UID does not wait
+
+        def same() -> None:
+            with locks.hold("1.2.3"):
+                inside.append("second")
+
+        waiter = threading.Thread(target=same)
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive() and inside == ["another"]  # the same UID waits
+    waiter.join(2)
+    assert inside == ["another", "second"]
+    assert locks._locks == {}
