@@ -138,12 +138,14 @@ def check_args(args: argparse.Namespace) -> None:
 def options_from_args(args: argparse.Namespace, cfg: Config) -> ConvertOptions:
     check_args(args)
     base = ConvertOptions.from_config(cfg)
+    keys = tuple(metadata.parse_key(k) for k in args.key)
     template = None
     for scope in ("dataset", "study", "series"):
         path = getattr(args, f"{scope}_from", None)
         if path:
-            template = metadata.load_template(Path(path), scope)  # type: ignore[arg-type]
-    keys = tuple(metadata.parse_key(k) for k in args.key)
+            # A template value that -k replaces is not checked: -k is how to fix one.
+            replaced = {int(metadata.resolve_tag(name, "--key")) for name, _ in keys}
+            template = metadata.load_template(Path(path), scope, replaced)  # type: ignore[arg-type]
     options = ConvertOptions(
         sop_class=args.sop_class or base.sop_class,
         conversion_type=args.conversion_type or base.conversion_type,
