@@ -37,9 +37,10 @@ from node.errors import ConfigError, ConversionError, NodeError
 from node.fsutil import atomic_write, clean_temp_files, fsync_dir, is_resource_error
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file, sidecar_for
 from node.ingest.dicom_inputs import DicomInputError, dicom_files_in, is_dicom_file
+from node.ingest.ignored import is_ignored
 from node.ingest.metadata import is_sidecar_name
 from node.ingest.names import fit_name
-from node.ingest.watcher import input_files, is_ignored
+from node.ingest.watcher import input_files
 from node.logs import fields
 from node.queue import JobState, JobStore
 from node.send.worker import enqueue_delivery
