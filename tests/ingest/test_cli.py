@@ -106,10 +106,12 @@ def test_batch_converts_good_files_refuses_bad_ones_exit_1(
     dss = [pydicom.dcmread(p) for p in written]
     assert dss[0].PatientID == "SIDE" and dss[1].PatientID == ""
     assert all(ds.PatientName == "Doe^Jane" for ds in dss)
-    # One directory = one study and series; InstanceNumber follows file order.
+    # One directory = one study and series; InstanceNumber follows file order. img0's
+    # sidecar names another patient than the others': its study is its own.
     top = dss[:3]
-    assert len({ds.StudyInstanceUID for ds in top}) == 1
-    assert len({ds.SeriesInstanceUID for ds in top}) == 1
+    assert len({ds.StudyInstanceUID for ds in top[1:]}) == 1
+    assert len({ds.SeriesInstanceUID for ds in top[1:]}) == 1
+    assert top[0].StudyInstanceUID != top[1].StudyInstanceUID
     assert [ds.InstanceNumber for ds in top] == [1, 2, 3]
     assert dss[3].SeriesInstanceUID != top[0].SeriesInstanceUID
     assert len({ds.SOPInstanceUID for ds in dss}) == 4

@@ -302,3 +302,36 @@ def test_laterality_rules_give_no_dciodvfy_errors(
             _convert(src, strict, 2)
     else:
         _convert(src, strict, 2)
+
+
+def test_one_folder_two_patients_are_two_studies(tmp_path: Path) -> None:
+    """Per-image sidecars naming different patients in one folder gave both patients one
+    Study and Series Instance UID (a PACS merges such studies or refuses the second)."""
+    from node.cli import main
+
+    folder = tmp_path / "clinic-day"
+    for name, seed, patient in (("a", 1, "A1"), ("b", 2, "B2"), ("c", 3, "A1")):
+        _jpeg(folder, f"{name}.jpg", seed)
+        (folder / f"{name}.json").write_text(json.dumps({"PatientID": patient}))
+    study = {"StudyInstanceUID": "1.2.3.9", "StudyDescription": "own study"}
+    _jpeg(folder, "d.jpg", 4)
+    (folder / "d.json").write_text(json.dumps(study))
+    out = tmp_path / "out"
+    assert main(["convert", str(folder), "-o", str(out)]) == 0
+    a, b, c, d = (pydicom.dcmread(out / f"{n}.dcm") for n in "abcd")
+    assert a.StudyInstanceUID == c.StudyInstanceUID != b.StudyInstanceUID
+    assert a.SeriesInstanceUID == c.SeriesInstanceUID != b.SeriesInstanceUID
+    assert d.StudyInstanceUID == "1.2.3.9"
+    assert d.SeriesInstanceUID not in (a.SeriesInstanceUID, b.SeriesInstanceUID)
+    assert [x.InstanceNumber for x in (a, b, c, d)] == [1, 2, 3, 4]
+    # Without per-file patient data a folder stays one study and one series.
+    plain = tmp_path / "plain"
+    for name, seed in (("a", 1), ("b", 2)):
+        _jpeg(plain, f"{name}.jpg", seed)
+    keys = ["-k", "PatientID=A1"]
+    assert main(["convert", str(plain), "-o", str(tmp_path / "p"), *keys]) == 0
+    pa, pb = (pydicom.dcmread(tmp_path / "p" / f"{n}.dcm") for n in "ab")
+    assert (pa.StudyInstanceUID, pa.SeriesInstanceUID) == (
+        pb.StudyInstanceUID,
+        pb.SeriesInstanceUID,
+    )
