@@ -41,6 +41,7 @@ from node.ingest.values import (
     check_values,
     describe,
     enumerated_problem,
+    form_hint,
     has_bool,
     shown,
     text_problem,
@@ -225,8 +226,11 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
     except ValueError as exc:
         what = "needs numbers" if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "invalid value"
         reason = re.split(r"\.(?:\s|$)", str(exc))[0]
+        from pydicom.datadict import keyword_for_tag
+
+        hint = form_hint(vr, str(value), keyword_for_tag(tag))
         raise ConversionError(
-            f"{where}: {describe(tag)} (VR {vr}) {what}, got {shown(value)} ({reason})"
+            f"{where}: {describe(tag)} (VR {vr}) {what}, got {shown(value)} ({reason}){hint}"
         ) from None
     check_values(tag, vr, conv, where)
     return DataElement(tag, vr, conv[0] if len(conv) == 1 else conv)
@@ -462,9 +466,10 @@ def check_element(elem: DataElement, where: str, vr_fix: str) -> None:
             validate_value(elem.VR, str(value), config.RAISE)
         except ValueError as exc:
             reason = re.split(r"\.(?:\s|$)", str(exc))[0]
+            hint = form_hint(elem.VR, str(value), elem.keyword)
             raise ConversionError(
                 f"{where}: {describe(elem.tag)} (VR {elem.VR}) invalid value, got "
-                f"{shown(str(value))} ({reason})"
+                f"{shown(str(value))} ({reason}){hint}"
             ) from None
     check_values(elem.tag, elem.VR, values, where)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pydicom
@@ -335,3 +336,27 @@ def test_one_folder_two_patients_are_two_studies(tmp_path: Path) -> None:
         pb.StudyInstanceUID,
         pb.SeriesInstanceUID,
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("PatientSex", "m", "CS values are upper case: write 'M'"),
+        ("PatientSex", "x", "write one of M, F, O"),
+        ("PatientAge", "45", "write 045Y for 45 years"),
+        ("StudyDate", "2024-01-02", "write a date YYYYMMDD"),
+        ("StudyTime", "10:11", "write a time HHMMSS"),
+        ("Modality", "xc", "CS values are upper case: write 'XC'"),
+        ("ImageLaterality", "left", "write one of R, L, U, B"),
+    ],
+)
+def test_a_refused_value_says_how_to_write_it(
+    tmp_path: Path, key: str, value: str, hint: str
+) -> None:
+    """The refusal named the tag but only repeated pydicom's "Invalid value for VR CS"."""
+    with pytest.raises(ConversionError, match=rf"--key {key}: .*{key}.*; {re.escape(hint)}"):
+        cv.ConvertOptions(keys=((key, value),))
+    src = _jpeg(tmp_path)
+    (tmp_path / "photo.json").write_text(json.dumps({key: value}))
+    with pytest.raises(ConversionError, match=rf"sidecar .*{key}.*; {re.escape(hint)}"):
+        _convert(src, cv.ConvertOptions(fsync=False))
