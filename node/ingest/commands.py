@@ -21,6 +21,7 @@ from node.fsutil import Data
 from node.ingest import forkpool, metadata
 from node.ingest.batchwrite import GroupCommitWriter
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file
+from node.ingest.ignored import is_ignored
 from node.ingest.iods import SOP_KINDS
 from node.ingest.names import fit_name
 from node.service_commands import load_from_args
@@ -138,12 +139,14 @@ def check_args(args: argparse.Namespace) -> None:
 def options_from_args(args: argparse.Namespace, cfg: Config) -> ConvertOptions:
     check_args(args)
     base = ConvertOptions.from_config(cfg)
+    keys = tuple(metadata.parse_key(k) for k in args.key)
     template = None
     for scope in ("dataset", "study", "series"):
         path = getattr(args, f"{scope}_from", None)
         if path:
-            template = metadata.load_template(Path(path), scope)  # type: ignore[arg-type]
-    keys = tuple(metadata.parse_key(k) for k in args.key)
+            # A template value that -k replaces is not checked: -k is how to fix one.
+            replaced = {int(metadata.resolve_tag(name, "--key")) for name, _ in keys}
+            template = metadata.load_template(Path(path), scope, replaced)  # type: ignore[arg-type]
     options = ConvertOptions(
         sop_class=args.sop_class or base.sop_class,
         conversion_type=args.conversion_type or base.conversion_type,
@@ -178,14 +181,19 @@ def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _input_files(root: Path, out_root: Path) -> list[tuple[Path, Path]]:
+def _input_files(
+    root: Path, out_root: Path, skipped: list[Path] | None = None
+) -> list[tuple[Path, Path]]:
     """Files under the directory ``root`` as ``(path, its directory relative to root)``.
 
-    Skipped: hidden entries and everything inside hidden directories (.thumbnails, .git
-    ...), sidecars (``*.json``), anything that resolves under ``out_root`` (our earlier
-    outputs), unreadable directories. Symbolic links to files are inputs; symbolic links
-    to directories are not followed (as ``Path.rglob``). One ``scandir`` per directory:
-    the entries' types come with the listing, so a plain file costs no extra system call.
+    Skipped: what the drop folder ignores (:func:`~node.ingest.ignored.is_ignored`: hidden
+    entries and everything inside hidden directories (.thumbnails, .git ...), Windows'
+    ``Thumbs.db`` and ``desktop.ini``, partial downloads ``*.part`` ...; added to
+    ``skipped`` unless inside a skipped directory), sidecars (``*.json``), anything that
+    resolves under ``out_root`` (our earlier outputs), unreadable directories. Symbolic
+    links to files are inputs; symbolic links to directories are not followed (as
+    ``Path.rglob``). One ``scandir`` per directory: the entries' types come with the
+    listing, so a plain file costs no extra system call.
     Sorted as paths are (component by component).
     """
     out = str(out_root)
@@ -201,7 +209,9 @@ def _input_files(root: Path, out_root: Path) -> list[tuple[Path, Path]]:
         dir_is_output: bool | None = None
         for entry in entries:
             name = entry.name
-            if name.startswith("."):
+            if is_ignored(name):
+                if skipped is not None:
+                    skipped.append(Path(entry.path))
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
@@ -223,14 +233,17 @@ def _input_files(root: Path, out_root: Path) -> list[tuple[Path, Path]]:
     return [(Path(directory, key[-1]), Path(*rel)) for key, directory, rel in found]
 
 
-def collect(inputs: list[str], output: Path) -> list[Job]:
-    """Input files in order; outputs mirror each directory input's layout under OUTPUT."""
+def collect(inputs: list[str], output: Path, skipped: list[Path] | None = None) -> list[Job]:
+    """Input files in order; outputs mirror each directory input's layout under OUTPUT.
+
+    Inside directories, names the drop folder ignores are skipped (and added to
+    ``skipped``); a file named on the command line is always an input."""
     jobs: list[Job] = []
     single = output.suffix.lower() == ".dcm"
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            for f, rel in _input_files(path, output.resolve()):
+            for f, rel in _input_files(path, output.resolve(), skipped):
                 jobs.append(Job(f, output / rel / fit_name(f.stem, ".dcm"), f.parent))
         else:
             target = output if single else output / fit_name(path.stem, ".dcm")
@@ -346,6 +359,9 @@ class Progress:
         self.stream.flush()
 
 
+#: How many skipped names the summary lists.
+_SKIPPED_SHOWN = 5
+
 #: glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -382,7 +398,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     options = options_from_args(args, cfg)
     output = Path(args.output)
-    jobs = collect(args.inputs, output)
+    skipped: list[Path] = []
+    jobs = collect(args.inputs, output, skipped)
     if not jobs:
         raise ConfigError("no input files found in " + ", ".join(args.inputs))
     contexts = _group_contexts(jobs, options.uid_root)
@@ -446,5 +463,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     for path, reason in summary.refused:
         print(
             f"  refused: {reason if str(path) in reason else f'{path}: {reason}'}", file=sys.stderr
+        )
+    if skipped:
+        skipped.sort()
+        shown = ", ".join(str(p) for p in skipped[:_SKIPPED_SHOWN])
+        more = f" and {len(skipped) - _SKIPPED_SHOWN} more" if len(skipped) > _SKIPPED_SHOWN else ""
+        print(
+            f"  skipped {len(skipped)} file(s) that are never images (hidden, Thumbs.db, "
+            f"desktop.ini, *.part, *.tmp, ~* ...; as the drop folder does): {shown}{more}",
+            file=sys.stderr,
         )
     return 0 if not summary.refused else 1

@@ -264,8 +264,7 @@ def convert_file(
         _check_strict(ds, name)
     if options.sop_class == "vlp":
         _content_date_time(ds, source, notes)
-    study_uid = ds.text("StudyInstanceUID") or series.study_uid
-    series_uid = ds.text("SeriesInstanceUID") or series.series_uid
+    study_uid, series_uid = _study_series_uids(sources, ds, series, options.uid_root)
     digest = hashlib.sha256(data).digest()
     key = source.name if instance_key is None else instance_key
     sop_uid = uid_from_seed(options.uid_root, "sop", study_uid, series_uid, digest, key)
@@ -536,6 +535,39 @@ def _sources(
             if not partial.supplied("StudyTime"):
                 exif_el.set("StudyTime", exif.time)
     return dataclasses.replace(partial, exif=exif_el)
+
+
+#: Who the patient is, for the Study Instance UID of a group whose files name patients.
+_PATIENT_KEYWORDS = ("PatientID", "IssuerOfPatientID", "PatientName")
+
+
+def _study_series_uids(
+    sources: metadata.MetadataSources, ds: Elements, series: SeriesContext, uid_root: str
+) -> tuple[str, str]:
+    """The Study and Series Instance UIDs of one file of a group.
+
+    Supplied UIDs win. Otherwise the group's (one folder: one study, one series), except
+    where a file's own sources (its sidecar, its file-name pattern values) make it differ
+    from the rest of the group: a file naming its patient gets a study of the group *and
+    that patient* (two patients' photos in one folder are two studies, never one Study
+    Instance UID shared by two patients, which PACS merge or refuse), and a file whose
+    study is its own gets a series of that study (a series belongs to one study).
+    """
+    per_file = [layer for layer in (sources.sidecar, sources.overrides) if layer]
+    study_uid = ds.text("StudyInstanceUID")
+    own_study = any(layer.has_value("StudyInstanceUID") for layer in per_file)
+    if not study_uid:
+        study_uid = series.study_uid
+        if any(layer.has_value(k) for layer in per_file for k in _PATIENT_KEYWORDS):
+            patient = [ds.text(k) for k in _PATIENT_KEYWORDS]
+            study_uid = uid_from_seed(uid_root, "study", series.study_uid, *patient)
+            own_study = True
+    series_uid = ds.text("SeriesInstanceUID")
+    if not series_uid:
+        series_uid = series.series_uid
+        if own_study:
+            series_uid = uid_from_seed(uid_root, "series", series.series_uid, study_uid)
+    return study_uid, series_uid
 
 
 def _content_date_time(ds: Elements, source: Path, notes: list[str]) -> None:

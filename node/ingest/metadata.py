@@ -28,7 +28,8 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -36,11 +37,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from node.errors import ConversionError
 from node.ingest.elements import CORE_DICTIONARY, Attr, Elements, tag_vr
 from node.ingest.values import (
-    MAX_BYTES,
     STRING_VRS,
     check_values,
     describe,
     enumerated_problem,
+    form_hint,
     has_bool,
     shown,
     text_problem,
@@ -225,8 +226,11 @@ def element_from_value(tag: BaseTag, value: Any, where: str) -> DataElement:
     except ValueError as exc:
         what = "needs numbers" if vr in _NUMERIC_VRS or vr in _FLOAT_VRS else "invalid value"
         reason = re.split(r"\.(?:\s|$)", str(exc))[0]
+        from pydicom.datadict import keyword_for_tag
+
+        hint = form_hint(vr, str(value), keyword_for_tag(tag))
         raise ConversionError(
-            f"{where}: {describe(tag)} (VR {vr}) {what}, got {shown(value)} ({reason})"
+            f"{where}: {describe(tag)} (VR {vr}) {what}, got {shown(value)} ({reason}){hint}"
         ) from None
     check_values(tag, vr, conv, where)
     return DataElement(tag, vr, conv[0] if len(conv) == 1 else conv)
@@ -422,6 +426,14 @@ def load_sidecar(path: Path) -> Dataset:
 def _check_json_element(elem: DataElement, where: str) -> None:
     """The checks of :func:`element_from_value` for an element of a DICOM JSON sidecar
     (pydicom's ``from_json`` validates nothing); sequence items are checked recursively."""
+    check_element(elem, where, 'correct the "vr"')
+
+
+def check_element(elem: DataElement, where: str, vr_fix: str) -> None:
+    """Refuse an element read from a file (DICOM JSON sidecar, template) whose VR is not
+    the dictionary's, or whose value pydicom's validation or :func:`check_values` refuses
+    (dciodvfy would flag it); sequence items are checked recursively. ``vr_fix`` says how
+    to correct a wrong VR."""
     from pydicom import config
     from pydicom.datadict import dictionary_VR
     from pydicom.multival import MultiValue
@@ -435,16 +447,16 @@ def _check_json_element(elem: DataElement, where: str) -> None:
     try:
         expected = [v.strip() for v in dictionary_VR(elem.tag).split(" or ")]
     except KeyError:
-        expected = []  # a private or unknown tag: its VR is the sidecar's to say
+        expected = []  # a private or unknown tag: its VR is the file's to say
     if expected and elem.VR not in expected:
         raise ConversionError(
-            f"{where}: {describe(elem.tag)} has VR {elem.VR!r} in the sidecar, but the DICOM "
-            f'dictionary says {" or ".join(expected)}: correct the "vr"'
+            f"{where}: {describe(elem.tag)} has VR {elem.VR!r}, but the DICOM "
+            f"dictionary says {' or '.join(expected)}: {vr_fix}"
         )
     if elem.VR == "SQ":
         for item in elem.value or []:
             for inner in item:
-                _check_json_element(inner, where)
+                check_element(inner, where, vr_fix)
         return
     if elem.VR not in STRING_VRS or elem.value is None or elem.value == "":
         return
@@ -454,9 +466,10 @@ def _check_json_element(elem: DataElement, where: str) -> None:
             validate_value(elem.VR, str(value), config.RAISE)
         except ValueError as exc:
             reason = re.split(r"\.(?:\s|$)", str(exc))[0]
+            hint = form_hint(elem.VR, str(value), elem.keyword)
             raise ConversionError(
                 f"{where}: {describe(elem.tag)} (VR {elem.VR}) invalid value, got "
-                f"{shown(str(value))} ({reason})"
+                f"{shown(str(value))} ({reason}){hint}"
             ) from None
     check_values(elem.tag, elem.VR, values, where)
 
@@ -464,17 +477,32 @@ def _check_json_element(elem: DataElement, where: str) -> None:
 # ----------------------------------------------------------------------- template dataset
 
 
-def load_template(path: Path, scope: TemplateScope) -> Dataset:
-    """Attributes to take from a template DICOM file (never its SOP Instance UID)."""
+def load_template(path: Path, scope: TemplateScope, overridden: Collection[int] = ()) -> Dataset:
+    """Attributes to take from a template DICOM file (never its SOP Instance UID).
+
+    Every attribute taken is checked as sidecar values are (:func:`check_element`: pydicom's
+    validation, value multiplicity, enumerated values, control characters, UTF-8 lengths,
+    impossible dates and times). A template is often an object from elsewhere (a PACS, a
+    CD) and may hold values dciodvfy refuses; copied unchanged, each would be an error in
+    every object made from it. A bad patient, study or series attribute (what
+    ``--study-from``/``--series-from`` copy) is refused, naming the template, the tag and
+    how to fix it; ``overridden`` (tags set by ``-k``, which replaces them anyway) are not
+    checked. Any other attribute ``--dataset-from`` would copy with a bad value (e.g. from
+    another modality's modules) is left out with a warning.
+    """
     from pydicom import dcmread
     from pydicom.dataset import Dataset
     from pydicom.errors import InvalidDicomError
 
-    try:
-        src = dcmread(path, stop_before_pixels=True)
-    except (OSError, InvalidDicomError) as exc:
-        raise ConversionError(f"template {path}: cannot read it as DICOM: {exc}") from None
-    src.decode()
+    with warnings.catch_warnings():
+        # pydicom warns about values it finds invalid while reading; the checks below
+        # refuse or leave out each of them with a message naming the tag instead.
+        warnings.simplefilter("ignore")
+        try:
+            src = dcmread(path, stop_before_pixels=True)
+            src.decode()
+        except (OSError, InvalidDicomError) as exc:
+            raise ConversionError(f"template {path}: cannot read it as DICOM: {exc}") from None
     out = Dataset()
     if scope == "dataset":
         for elem in src:
@@ -488,38 +516,48 @@ def load_template(path: Path, scope: TemplateScope) -> Dataset:
             ):
                 continue
             out.add(elem)
-        return out
-        _check_utf8_lengths(out, path)
-        return out
-    keywords = STUDY_KEYWORDS + (SERIES_KEYWORDS if scope == "series" else ())
-    for kw in keywords:
-        if kw in src:
-            out.add(src[kw])
-    _check_utf8_lengths(out, path)
+    else:
+        keywords = STUDY_KEYWORDS + (SERIES_KEYWORDS if scope == "series" else ())
+        for kw in keywords:
+            if kw in src:
+                out.add(src[kw])
+    _check_template(out, path, frozenset(int(t) for t in overridden))
     return out
 
 
-def _check_utf8_lengths(ds: Dataset, path: Path) -> None:
-    """Refuse template text that fits its VR in the template's character set but not in
-    the UTF-8 the converter writes (33 "ü" are 33 bytes in Latin-1, 66 in UTF-8: over
-    PN's 64, a dciodvfy error in every object made from the template)."""
-    from pydicom.multival import MultiValue
+#: What a template's patient, study and series attributes are: refused when bad.
+_IDENTITY_KEYWORDS = frozenset(STUDY_KEYWORDS + SERIES_KEYWORDS)
 
-    for elem in ds.iterall():
-        limit = MAX_BYTES.get(elem.VR)
-        if limit is None or elem.value is None or elem.value == "":
+
+def _check_template(ds: Dataset, path: Path, overridden: frozenset[int]) -> None:
+    """Refuse bad identity attributes, leave out other bad ones (see :func:`load_template`)."""
+    where = f"template {path}"
+    for elem in list(ds):
+        if int(elem.tag) in overridden:
             continue
-        values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
-        for value in values:
-            text = str(value)
-            parts = text.split("=") if elem.VR == "PN" else [text]
-            size = max(len(part.encode("utf-8")) for part in parts)
-            if size > limit:
+        try:
+            check_element(elem, where, "it was written with the wrong VR")
+        except ConversionError as exc:
+            keyword = elem.keyword or ""
+            if keyword in _IDENTITY_KEYWORDS:
                 raise ConversionError(
-                    f"template {path}: {describe(elem.tag)} (VR {elem.VR}) is {size} bytes "
-                    f"in UTF-8, which the converter writes, where {elem.VR} allows {limit}: "
-                    f"shorten it in the template, got {shown(text)}"
-                )
+                    f"{exc}; correct it in the template (e.g. DCMTK dcmodify -m "
+                    f'"{keyword}=..." {path}) or replace it with --key {keyword}=VALUE '
+                    f"(--key {keyword}= leaves it empty)"
+                ) from None
+            del ds[elem.tag]
+            how = (
+                "a DICOM JSON sidecar"
+                if elem.VR == "SQ"
+                else f"--key {keyword or describe(elem.tag).split()[0]}=VALUE"
+            )
+            log.warning(
+                "%s; %s left out of the converted objects (not patient, study or series "
+                "data: supply it with %s to have it)",
+                exc,
+                describe(elem.tag) if elem.VR == "SQ" else "the attribute",
+                how,
+            )
 
 
 # ----------------------------------------------------------------------- merging

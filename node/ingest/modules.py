@@ -12,6 +12,7 @@ import logging
 
 from node import __version__
 from node.errors import ConversionError
+from node.ingest import anatomy
 from node.ingest.elements import Elements
 from node.ingest.images import JPEG_METHOD, Pixels
 
@@ -37,7 +38,8 @@ def general_series(
     """Modality (forced for IODs that fix it), Series UID, SeriesNumber, Laterality (2C).
 
     Laterality is Type 2C (required for paired body parts). It is left alone when Laterality
-    or ImageLaterality is given, absent for an unpaired BodyPartExamined, and otherwise
+    or ImageLaterality is given, absent for unpaired anatomy (BodyPartExamined or the
+    Anatomic Region Sequence code, :mod:`node.ingest.anatomy`), and otherwise
     written empty (dciodvfy: a warning, not an error) with a note when the body part is
     paired. Supplying a laterality is the user's clinical claim; it is never invented.
     """
@@ -53,11 +55,15 @@ def general_series(
     elif ds.has("Modality") and not current:
         ds.remove("Modality")  # present-but-empty is an error where it is Type 1 or 3
     ds.present("SeriesNumber")
+    region = anatomy.coded_region(ds.value("AnatomicRegionSequence"))
+    anatomy.check_single_item(ds.value("AnatomicRegionSequence"), name)
     body_part = ds.text("BodyPartExamined").upper()
+    unpaired = _unpaired_anatomy(ds)
+    what = _anatomy_name(body_part, region)
     if ds.has_value("Laterality"):
-        _one_laterality(ds, body_part, notes, name)
+        _one_laterality(ds, unpaired, what, notes, name)
         return
-    if ds.has_value("ImageLaterality") or body_part in UNPAIRED_BODY_PARTS:
+    if ds.has_value("ImageLaterality") or unpaired:
         # Laterality must then be absent: an empty one (e.g. from a template such as a CT,
         # or a sidecar) is a dciodvfy error next to ImageLaterality (Type 2C condition).
         if ds.has("Laterality"):
@@ -67,24 +73,39 @@ def general_series(
                 "(0020,0062) ImageLaterality is given or the body part is unpaired"
             )
         return
-    if not body_part and ds.has_value("AnatomicRegionSequence"):
-        return  # coded anatomy: whether it is paired is the user's to say
-    if body_part:
+    if what:
         notes.append(
-            f"warning: (0018,0015) BodyPartExamined {body_part} is a paired (or unknown) body "
-            "part: supply (0020,0060) Laterality R/L or (0020,0062) ImageLaterality"
+            f"warning: {what} is a paired (or unknown) body part: supply (0020,0060) "
+            "Laterality R/L or (0020,0062) ImageLaterality"
         )
     ds.present("Laterality")
 
 
-def _one_laterality(ds: Elements, body_part: str, notes: list[str], name: str) -> None:
+def _anatomy_name(body_part: str, region: tuple[str, str] | None) -> str:
+    """The anatomy named, for notes: the body part, else the coded region."""
+    if body_part:
+        return f"(0018,0015) BodyPartExamined {body_part}"
+    if region is not None:
+        return f"(0008,2218) AnatomicRegionSequence code {region[1]} ({region[0]})"
+    return ""
+
+
+def _unpaired_anatomy(ds: Elements) -> bool:
+    """True when BodyPartExamined or the coded anatomic region is an unpaired body part."""
+    region = anatomy.coded_region(ds.value("AnatomicRegionSequence"))
+    return ds.text("BodyPartExamined").upper() in UNPAIRED_BODY_PARTS or (
+        region is not None and anatomy.is_unpaired(region)
+    )
+
+
+def _one_laterality(ds: Elements, unpaired: bool, what: str, notes: list[str], name: str) -> None:
     """Laterality (series) given with ImageLaterality or an unpaired body part.
 
     dciodvfy reports Laterality as "present when condition unsatisfied" (an error) next to
-    ImageLaterality or an unpaired BodyPartExamined. The same side given twice keeps
-    ImageLaterality alone; Laterality with an unpaired body part becomes ImageLaterality
-    (the same claim, made for the image); two different sides are a contradiction that only
-    the user can resolve.
+    ImageLaterality or unpaired anatomy (BodyPartExamined or the Anatomic Region Sequence's
+    code). The same side given twice keeps ImageLaterality alone; Laterality with unpaired
+    anatomy becomes ImageLaterality (the same claim, made for the image); two different
+    sides are a contradiction that only the user can resolve.
     """
     side = ds.text("Laterality")
     image_side = ds.text("ImageLaterality")
@@ -100,12 +121,12 @@ def _one_laterality(ds: Elements, body_part: str, notes: list[str], name: str) -
             f"(0020,0060) Laterality {side} left out: (0020,0062) ImageLaterality {side} "
             "says the same, and DICOM allows only one of them here"
         )
-    elif body_part in UNPAIRED_BODY_PARTS:
+    elif unpaired:
         ds.remove("Laterality")
         ds.set("ImageLaterality", side)
         notes.append(
             f"(0020,0060) Laterality {side} written as (0020,0062) ImageLaterality: "
-            f"{body_part} is not a paired body part, so Laterality must be absent"
+            f"{what} is not a paired body part, so Laterality must be absent"
         )
 
 
@@ -181,12 +202,9 @@ UNPAIRED_BODY_PARTS = frozenset(
 
 
 def has_laterality_statement(ds: Elements) -> bool:
-    """Laterality or ImageLaterality given, or an unpaired BodyPartExamined."""
-    return (
-        ds.has_value("Laterality")
-        or ds.has_value("ImageLaterality")
-        or ds.text("BodyPartExamined").upper() in UNPAIRED_BODY_PARTS
-    )
+    """Laterality or ImageLaterality given, or unpaired anatomy (BodyPartExamined or the
+    Anatomic Region Sequence's code)."""
+    return ds.has_value("Laterality") or ds.has_value("ImageLaterality") or _unpaired_anatomy(ds)
 
 
 # General Equipment (C.7.5.1)

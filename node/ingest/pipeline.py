@@ -37,9 +37,10 @@ from node.errors import ConfigError, ConversionError, NodeError
 from node.fsutil import atomic_write, clean_temp_files, fsync_dir, is_resource_error
 from node.ingest.convert import ConvertOptions, SeriesContext, convert_file, sidecar_for
 from node.ingest.dicom_inputs import DicomInputError, dicom_files_in, is_dicom_file
+from node.ingest.ignored import is_ignored
 from node.ingest.metadata import is_sidecar_name
 from node.ingest.names import fit_name
-from node.ingest.watcher import input_files, is_ignored
+from node.ingest.watcher import input_files
 from node.logs import fields
 from node.queue import JobState, JobStore
 from node.send.worker import enqueue_delivery
@@ -535,20 +536,27 @@ class IngestPipeline:
                     self.finish_if_delivered(claim_dir)
 
 
-def _content_key(path: Path) -> str:
-    """A key for a single dropped file: its name and content hash (re-drop → same UIDs)."""
+def _digest(path: Path) -> str:
     import hashlib
 
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    return f"{path.name}:{h.hexdigest()}"
+    return h.hexdigest()
+
+
+def _content_key(path: Path) -> str:
+    """A key for a single dropped file: its name and content hash (re-drop → same UIDs)."""
+    return f"{path.name}:{_digest(path)}"
 
 
 def _folder_key(folder: Path) -> str:
-    """A key for a dropped folder: the names and sizes of its inputs."""
-    parts = [f"{p.relative_to(folder).as_posix()}:{p.stat().st_size}" for p in input_files(folder)]
+    """A key for a dropped folder: the names and content hashes of its inputs. The same
+    folder dropped again gets the same Study/Series UIDs; another folder of the same name
+    never does, even when its files have the same names and sizes (a scanner's
+    uncompressed pages are all one size)."""
+    parts = [f"{p.relative_to(folder).as_posix()}:{_digest(p)}" for p in input_files(folder)]
     return "|".join(parts)
 
 

@@ -159,6 +159,34 @@ def text_problem(vr: str, value: str) -> str | None:
     return None
 
 
+#: What a value of these VRs looks like (PS3.5 6.2), for messages about a value refused.
+_FORMS = {
+    "DA": "a date YYYYMMDD, e.g. 20240131",
+    "TM": "a time HHMMSS (HH, HHMM and .FFFFFF allowed), e.g. 143005",
+    "DT": "a date-time YYYYMMDDHHMMSS (shorter allowed, optional .FFFFFF and &ZZXX)",
+    "AS": "three digits and D, W, M or Y (days, weeks, months, years), e.g. 045Y",
+    "CS": "upper-case letters, digits, space and _ (at most 16)",
+    "IS": "a whole number, e.g. 3",
+    "DS": "a decimal number, e.g. 1.5 (at most 16 characters)",
+    "UI": "digits and dots, no leading zero in a component, e.g. 1.2.840.10008",
+}
+
+
+def form_hint(vr: str, value: str, keyword: str = "") -> str:
+    """How to write a value of ``vr`` that pydicom refused: ``; write ...``, or ''."""
+    form = _FORMS.get(vr)
+    if form is None:
+        return ""
+    allowed = ENUMERATED.get(keyword)
+    if vr == "CS" and value.upper() != value and (allowed is None or value.upper() in allowed):
+        return f"; CS values are upper case: write {value.upper()!r}"
+    if allowed is not None:
+        return f"; write one of {', '.join(allowed)}"
+    if vr == "AS" and value.strip().isdigit() and len(value.strip()) <= 3:
+        return f"; write {int(value):03d}Y for {int(value)} years (AS: {form})"
+    return f"; write {form}"
+
+
 #: Enumerated values (PS3.3) of attributes a user commonly sets on these objects: dciodvfy
 #: reports anything else as an error. PatientOrientation values are made of these letters.
 ENUMERATED = {

@@ -4,9 +4,9 @@ Events are lost on network shares, on inotify overflow and when an observer thre
 the watcher never relies on them: an event only wakes the scan loop early. Every scan lists
 the inbox and hands over the entries that are *complete*:
 
-- not ignored (hidden files, rsync's ``.name.XXXXXX``, ``*.part``, ``*.tmp``,
-  ``*.crdownload``, WinSCP's ``*.filepart``, ``~*``, Windows' ``Thumbs.db`` and
-  ``desktop.ini``, our own ``*.error.txt``; sidecar ``.json`` files travel with
+- not ignored (:mod:`node.ingest.ignored`: hidden files, rsync's ``.name.XXXXXX``,
+  ``*.part``, ``*.tmp``, ``*.crdownload``, WinSCP's ``*.filepart``, ``~*``, Windows'
+  ``Thumbs.db`` and ``desktop.ini``, our own ``*.error.txt``; sidecar ``.json`` files travel with
   their image and are never inputs on their own; one left without its image for
   ``ingest.incomplete_seconds`` is handed to ``on_orphan``, i.e. quarantined);
 - the size and mtime (for a folder: of every file inside it) unchanged for
@@ -38,34 +38,13 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from node.config import IngestSection
+from node.ingest.ignored import is_ignored
 
 log = logging.getLogger(__name__)
 
-#: Names of files still being written by the tools that write them (browsers' downloads,
-#: WinSCP's and Safari's uploads/downloads, editors), renamed into place when complete.
-IGNORED_SUFFIXES = (
-    ".part",
-    ".tmp",
-    ".crdownload",
-    ".error.txt",
-    ".partial",
-    ".swp",
-    ".filepart",  # WinSCP (SFTP/SCP uploads), the usual way onto a Linux drop folder
-    ".download",  # Safari
-    ".opdownload",  # Opera
-)
-#: Files Windows Explorer leaves in folders it shows (thumbnail caches, folder settings):
-#: never images; quarantining them with every dropped folder would only be noise.
-IGNORED_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini"})
 SIDECAR_SUFFIXES = (".json", ".JSON")  # as node.ingest.metadata.SIDECAR_SUFFIXES
 
 Signature = tuple[object, ...]
-
-
-def is_ignored(name: str) -> bool:
-    """True for names that are never inputs (temporary, hidden, partial downloads)."""
-    lower = name.lower()
-    return name.startswith((".", "~")) or lower.endswith(IGNORED_SUFFIXES) or lower in IGNORED_NAMES
 
 
 def is_sidecar(path: Path) -> bool:

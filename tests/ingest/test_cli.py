@@ -106,10 +106,12 @@ def test_batch_converts_good_files_refuses_bad_ones_exit_1(
     dss = [pydicom.dcmread(p) for p in written]
     assert dss[0].PatientID == "SIDE" and dss[1].PatientID == ""
     assert all(ds.PatientName == "Doe^Jane" for ds in dss)
-    # One directory = one study and series; InstanceNumber follows file order.
+    # One directory = one study and series; InstanceNumber follows file order. img0's
+    # sidecar names another patient than the others': its study is its own.
     top = dss[:3]
-    assert len({ds.StudyInstanceUID for ds in top}) == 1
-    assert len({ds.SeriesInstanceUID for ds in top}) == 1
+    assert len({ds.StudyInstanceUID for ds in top[1:]}) == 1
+    assert len({ds.SeriesInstanceUID for ds in top[1:]}) == 1
+    assert top[0].StudyInstanceUID != top[1].StudyInstanceUID
     assert [ds.InstanceNumber for ds in top] == [1, 2, 3]
     assert dss[3].SeriesInstanceUID != top[0].SeriesInstanceUID
     assert len({ds.SOPInstanceUID for ds in dss}) == 4
@@ -323,3 +325,28 @@ def test_filename_pattern_group_names_checked_at_start_up() -> None:
         cv.ConvertOptions.from_config(bad)
     good = Config(ingest=IngestSection(filename_pattern=r"(?P<PatientID>\d+)_.*\.jpg"))
     cv.ConvertOptions.from_config(good)
+
+
+def test_directory_walk_skips_what_the_drop_folder_ignores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A camera card or a Windows folder copied over holds Thumbs.db, desktop.ini, macOS
+    ``._`` files and partial copies next to the photos: ``convert DIR`` refused each one
+    ("not an image") and exited 1, where the drop folder ignores them."""
+    from node.ingest.watcher import input_files
+
+    card = tmp_path / "card"
+    corpus.write(card / "DCIM", "IMG_0001.JPG", corpus.jpeg(corpus.rgb(16, 8)))
+    junk = ["Thumbs.db", "desktop.ini", "._IMG_0001.JPG", "IMG_0002.JPG.part", "~$notes.tmp"]
+    for name in junk:
+        (card / "DCIM" / name).write_bytes(b"not an image")
+    (card / "desktop.ini").write_bytes(b"[.ShellClassInfo]")
+    assert [p.name for p in input_files(card)] == ["IMG_0001.JPG"]  # the drop folder's view
+    out = tmp_path / "out"
+    assert main(["convert", str(card), "-o", str(out)]) == 0
+    assert _files(out) == [out / "DCIM" / "IMG_0001.dcm"]
+    err = capsys.readouterr().err
+    assert "converted 1, refused 0" in err
+    assert "skipped 6 file(s)" in err and "Thumbs.db" in err
+    # Named on the command line, such a file is still an input (refused: not an image).
+    assert main(["convert", str(card / "DCIM" / "Thumbs.db"), "-o", str(tmp_path / "t")]) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pydicom
@@ -302,3 +303,60 @@ def test_laterality_rules_give_no_dciodvfy_errors(
             _convert(src, strict, 2)
     else:
         _convert(src, strict, 2)
+
+
+def test_one_folder_two_patients_are_two_studies(tmp_path: Path) -> None:
+    """Per-image sidecars naming different patients in one folder gave both patients one
+    Study and Series Instance UID (a PACS merges such studies or refuses the second)."""
+    from node.cli import main
+
+    folder = tmp_path / "clinic-day"
+    for name, seed, patient in (("a", 1, "A1"), ("b", 2, "B2"), ("c", 3, "A1")):
+        _jpeg(folder, f"{name}.jpg", seed)
+        (folder / f"{name}.json").write_text(json.dumps({"PatientID": patient}))
+    study = {"StudyInstanceUID": "1.2.3.9", "StudyDescription": "own study"}
+    _jpeg(folder, "d.jpg", 4)
+    (folder / "d.json").write_text(json.dumps(study))
+    out = tmp_path / "out"
+    assert main(["convert", str(folder), "-o", str(out)]) == 0
+    a, b, c, d = (pydicom.dcmread(out / f"{n}.dcm") for n in "abcd")
+    assert a.StudyInstanceUID == c.StudyInstanceUID != b.StudyInstanceUID
+    assert a.SeriesInstanceUID == c.SeriesInstanceUID != b.SeriesInstanceUID
+    assert d.StudyInstanceUID == "1.2.3.9"
+    assert d.SeriesInstanceUID not in (a.SeriesInstanceUID, b.SeriesInstanceUID)
+    assert [x.InstanceNumber for x in (a, b, c, d)] == [1, 2, 3, 4]
+    # Without per-file patient data a folder stays one study and one series.
+    plain = tmp_path / "plain"
+    for name, seed in (("a", 1), ("b", 2)):
+        _jpeg(plain, f"{name}.jpg", seed)
+    keys = ["-k", "PatientID=A1"]
+    assert main(["convert", str(plain), "-o", str(tmp_path / "p"), *keys]) == 0
+    pa, pb = (pydicom.dcmread(tmp_path / "p" / f"{n}.dcm") for n in "ab")
+    assert (pa.StudyInstanceUID, pa.SeriesInstanceUID) == (
+        pb.StudyInstanceUID,
+        pb.SeriesInstanceUID,
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "hint"),
+    [
+        ("PatientSex", "m", "CS values are upper case: write 'M'"),
+        ("PatientSex", "x", "write one of M, F, O"),
+        ("PatientAge", "45", "write 045Y for 45 years"),
+        ("StudyDate", "2024-01-02", "write a date YYYYMMDD"),
+        ("StudyTime", "10:11", "write a time HHMMSS"),
+        ("Modality", "xc", "CS values are upper case: write 'XC'"),
+        ("ImageLaterality", "left", "write one of R, L, U, B"),
+    ],
+)
+def test_a_refused_value_says_how_to_write_it(
+    tmp_path: Path, key: str, value: str, hint: str
+) -> None:
+    """The refusal named the tag but only repeated pydicom's "Invalid value for VR CS"."""
+    with pytest.raises(ConversionError, match=rf"--key {key}: .*{key}.*; {re.escape(hint)}"):
+        cv.ConvertOptions(keys=((key, value),))
+    src = _jpeg(tmp_path)
+    (tmp_path / "photo.json").write_text(json.dumps({key: value}))
+    with pytest.raises(ConversionError, match=rf"sidecar .*{key}.*; {re.escape(hint)}"):
+        _convert(src, cv.ConvertOptions(fsync=False))

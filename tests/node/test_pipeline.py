@@ -163,6 +163,34 @@ def test_folder_becomes_one_series_in_name_order(cfg: Config) -> None:
     assert len({ds.StudyInstanceUID for ds in datasets.values()}) == 1
 
 
+def bmp(seed: int) -> bytes:
+    """An uncompressed image: the same size for every seed (a scanner's pages)."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(buf, "BMP")
+    return buf.getvalue()
+
+
+def test_two_folders_of_one_name_and_equal_sizes_are_two_studies(cfg: Config) -> None:
+    """A folder's Study/Series UIDs came from its name and its files' names and sizes: a
+    scanner dropping "scan/page1.bmp" every day (uncompressed pages: always one size) gave
+    every day's pages, whoever the patient, the same Study and Series Instance UID."""
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    studies = []
+    for seed in (1, 2, 1):
+        folder = cfg.ingest.inbox / "scan"
+        folder.mkdir(parents=True)
+        (folder / "page1.bmp").write_bytes(bmp(seed))
+        pipeline.take(folder)
+        (job,) = [j for j in deliver_jobs(store) if j.destination == "a" and j.state == "queued"]
+        ds = pydicom.dcmread(job.payload["path"])
+        studies.append((ds.StudyInstanceUID, ds.SeriesInstanceUID))
+        ack_all(store, pipeline)
+    assert studies[0][0] != studies[1][0] and studies[0][1] != studies[1][1]
+    assert studies[2] == studies[0]  # the same folder dropped again: the same UIDs
+
+
 def test_corrupt_image_is_quarantined_with_reason(cfg: Config) -> None:
     store = JobStore(cfg.node.state_dir)
     pipeline = IngestPipeline(cfg, store)
