@@ -86,6 +86,22 @@ def test_cannot_understand_goes_dead_with_the_peer_status(tmp_path: Path) -> Non
     assert store.counters() == {"delivery_failed": 1}
 
 
+def test_general_warning_statuses_are_delivered_with_the_warning_kept(tmp_path: Path) -> None:
+    """0x0107 and 0x0116 are warnings (PS3.7 C.4.2; DCMTK's DICOM_WARNING_STATUS and
+    pynetdicom agree): the peer stored the object, so the job is done, not dead."""
+    files = [native_sc(tmp_path / f"{i}.dcm") for i in range(2)]
+    with scripted_scp([0x0107, 0x0116]) as scp:
+        worker, store = _worker(tmp_path, _dest(scp.port))
+        for f in files:
+            enqueue_delivery(store, f, ["pacs"])
+        assert worker.run_once() == 2
+    jobs = store.select()
+    assert [j.state for j in jobs] == [JobState.DONE, JobState.DONE]
+    assert "0x0107 (Warning: attribute list error)" in (jobs[0].last_error or "")
+    assert "0x0116 (Warning: attribute value out of range)" in (jobs[1].last_error or "")
+    assert store.counters() == {"delivered": 2}
+
+
 def test_one_bad_file_does_not_resend_the_batch(tmp_path: Path) -> None:
     files = [native_sc(tmp_path / f"{i}.dcm") for i in range(4)]
     with scripted_scp([0, 0xA900, 0, 0xA701]) as scp:
