@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from node.errors import SendError
-from node.filemeta import FileMetaError, read_file_meta, read_file_meta_from
+from node.filemeta import FileMeta, FileMetaError, read_file_meta, read_file_meta_from
 
 if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
     from pydicom.dataelem import DataElement
@@ -85,6 +85,31 @@ def read_header(path: Path) -> dict[str, str]:
         raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except FileMetaError as exc:
         raise SendError(str(exc)) from None
+
+
+class FileChanged(SendError):
+    """The file's meta header no longer says what the send was planned on (it was rewritten
+    after it was queued or listed): nothing was sent; plan the file again."""
+
+
+def check_unchanged(meta: FileMeta, item: SendItem) -> None:
+    """FileChanged when ``meta`` (read as the file is sent) contradicts ``item``.
+
+    The presentation context was chosen for ``item.transfer_syntax``: the bytes of a file
+    since rewritten in another syntax (decompressed or compressed in place, e.g. by
+    dcmdjpeg/dcmcjpeg) would go out labelled with the wrong one, which a DCMTK peer aborts
+    on and a laxer PACS stores as a damaged object.
+    """
+    for tag, keyword, now, planned in (
+        ("(0002,0010)", "TransferSyntaxUID", meta.transfer_syntax, item.transfer_syntax),
+        ("(0002,0003)", "MediaStorageSOPInstanceUID", meta.sop_instance_uid, item.sop_instance_uid),
+        ("(0002,0002)", "MediaStorageSOPClassUID", meta.sop_class_uid, item.sop_class_uid),
+    ):
+        if now != planned:
+            raise FileChanged(
+                f"{item.path} changed after it was queued: its {tag} {keyword} is now {now}, "
+                f"was {planned}; nothing was sent, it is planned again on the next attempt"
+            )
 
 
 def identity_mismatch(item: SendItem) -> str:

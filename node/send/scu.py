@@ -44,8 +44,10 @@ from node.send.contexts import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     Context,
+    FileChanged,
     SendItem,
     check_even,
+    check_unchanged,
     choose_syntax,
     deflated_data_set,
     encode_dataset,
@@ -137,7 +139,9 @@ class WireChannel:
                 data=dataset if isinstance(dataset, bytes) else encode_dataset(dataset, target),
             )
         with open(item.path, "rb") as fp:  # one open: meta header, then the data set
-            offset = read_file_meta_from(fp, item.path).data_offset
+            meta = read_file_meta_from(fp, item.path)
+            check_unchanged(meta, item)
+            offset = meta.data_offset
             check_even(os.fstat(fp.fileno()).st_size - offset)
             return self.link.store(
                 context_id,
@@ -292,7 +296,11 @@ class StoreSCU:
                 continue
             msg_id = msg_id % 65535 + 1
             context_id = channel.contexts[(item.sop_class_uid, target)]
-            outcome = self._store(channel, item, target, context_id, msg_id)
+            try:
+                outcome = self._store(channel, item, target, context_id, msg_id)
+            except FileChanged as exc:  # found before anything was sent: the link is fine
+                report(item, st.retry(str(exc)))
+                continue
             report(item, outcome)
             if outcome.verdict is Verdict.RETRY and outcome.status is None:
                 # Abort, timeout, lost or unexpected response, read error mid-stream:
@@ -343,6 +351,8 @@ class StoreSCU:
         started = time.perf_counter()
         try:
             outcome = channel.store(item, target, context_id, msg_id, dataset)
+        except FileChanged:
+            raise
         except FileNotFoundError:
             return st.dead(f"{item.path}: file is gone")
         except OSError as exc:

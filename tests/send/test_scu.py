@@ -344,3 +344,80 @@ def test_many_small_pdus_arrive_byte_identical(tmp_path: Path) -> None:
         assert received.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
         assert received.PixelData == original.PixelData  # 18 KB over 4 KB PDUs
         assert received.PatientName == original.PatientName
+
+
+# ----------------------------------------------------------------------------- files rewritten
+
+
+def _rewrite_after_queueing(tmp_path: Path, compressed_first: bool) -> tuple[Path, str]:
+    """A job queued for a file that is then rewritten in place, same object, other syntax
+    (as dcmdjpeg/dcmcjpeg or a PACS export tool would)."""
+    path = tmp_path / "obj.dcm"
+    uid = "1.2.826.0.1.3680043.10.1234.77"
+    (jpeg_object if compressed_first else native_sc)(path, uid=uid)
+    return path, uid
+
+
+@pytest.mark.dcmtk
+@pytest.mark.parametrize(
+    "compressed_first", [True, False], ids=["jpeg-then-native", "native-then-jpeg"]
+)
+def test_file_rewritten_in_another_syntax_after_queueing_is_sent_as_it_is_now(
+    tmp_path: Path, compressed_first: bool
+) -> None:
+    """The presentation context follows the file on disk, not the header read at enqueue:
+    JPEG bytes labelled Explicit VR Little Endian (or the reverse) made storescp fail the
+    store (0xA700) or abort, and the job was retried for queue.max_age_seconds."""
+    from tests.peers import run_storescp
+
+    path, uid = _rewrite_after_queueing(tmp_path, compressed_first)
+    extra = ["+xa"] if compressed_first else []
+    with run_storescp(tmp_path / "scp", extra=extra) as scp:
+        worker, store = _worker(tmp_path, _dest(scp.port, aet=scp.aet))
+        [jid] = enqueue_delivery(store, path, ["pacs"])
+        (native_sc if compressed_first else jpeg_object)(path, uid=uid)  # rewritten in place
+        assert worker.run_once() == 1
+        got = _received(scp)
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DONE, job.last_error
+    received = dcmread(got[uid])
+    assert received.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    now = dcmread(path)
+    assert np.array_equal(received.pixel_array, now.pixel_array)
+
+
+def test_file_rewritten_between_planning_and_sending_is_retried_not_sent(tmp_path: Path) -> None:
+    """Rewritten after the association was planned: that file is not sent (it would carry the
+    wrong syntax), it is retried; the association carries on with the next file."""
+    from node.send.contexts import SendItem
+    from node.send.worker import read_header
+
+    changed = jpeg_object(tmp_path / "changed.dcm")
+    other = native_sc(tmp_path / "other.dcm")
+    planned = SendItem(
+        path=changed, key=0, **{**read_header(changed), "transfer_syntax": ExplicitVRLittleEndian}
+    )
+    items = [planned, SendItem(path=other, key=1, **read_header(other))]
+    outcomes = []
+    with scripted_scp() as scp:
+        StoreSCU(_dest(scp.port), calling_ae="ME").send(
+            items, lambda i, o: outcomes.append((i.key, o))
+        )
+    assert [(k, o.verdict) for k, o in outcomes] == [(0, "retry"), (1, "delivered")]
+    assert "(0002,0010) TransferSyntaxUID is now 1.2.840.10008.1.2.4.50" in outcomes[0][1].reason
+    assert scp.received == [dcmread(other).SOPInstanceUID]
+
+
+def test_file_that_now_holds_another_instance_is_dead(tmp_path: Path) -> None:
+    path = native_sc(tmp_path / "a.dcm", uid="1.2.826.0.1.3680043.10.1234.81")
+    with scripted_scp() as scp:
+        worker, store = _worker(tmp_path, _dest(scp.port))
+        [jid] = enqueue_delivery(store, path, ["pacs"])
+        native_sc(path, uid="1.2.826.0.1.3680043.10.1234.82")
+        assert worker.run_once() == 1
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DEAD
+    assert "(0002,0003) MediaStorageSOPInstanceUID is now 1.2.826.0.1.3680043.10.1234.82" in (
+        job.last_error or ""
+    )
+    assert scp.received == []
