@@ -121,7 +121,9 @@ def identity_mismatch(item: SendItem) -> str:
     from pydicom import dcmread
 
     try:
-        ds = dcmread(item.path, stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018])
+        ds = dcmread(
+            item.path, force=True, stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018]
+        )
     except Exception:  # an unreadable file says nothing about the refusal
         return ""
     problems = []
@@ -287,7 +289,9 @@ def transcode(path: Path, target: str) -> Dataset:
     from pydicom import dcmread
     from pydicom.uid import UID
 
-    ds = dcmread(path)
+    ds = dcmread(path, force=True)  # force: a bare data set has no preamble nor meta header
+    if "TransferSyntaxUID" not in ds.file_meta:  # the little-endian syntax it was read in
+        ds.file_meta.TransferSyntaxUID = UID(read_file_meta(path).transfer_syntax)
     source = UID(ds.file_meta.TransferSyntaxUID)
     lossy_before = ds.get("LossyImageCompression")
     # An object without Pixel Data filed under a compressed syntax (a report or a
