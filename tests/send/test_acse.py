@@ -14,7 +14,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from node.config import Destination
 from node.send import acse
-from node.send.contexts import SendItem
+from node.send.contexts import SendItem, read_header
 from node.send.scu import StoreSCU
 from node.send.wire import VERIFICATION, Wire
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -214,3 +214,47 @@ def test_scu_reports_an_unusable_ae_title_as_dead(tmp_path: Path, called: str) -
         StoreSCU(dest, calling_ae="ME").send([item], lambda _i, o: out.append(o.describe()))
     assert len(out) == 1 and out[0].startswith("dead: cannot request an association with ")
     assert "AE title" in out[0]
+
+
+def test_pdv_fragments_are_capped_when_the_peer_announces_a_huge_maximum(tmp_path: Path) -> None:
+    """A peer announcing 1 GiB got each file in one PDU, read into one buffer of the whole
+    file's size: the fragment is capped as for a peer announcing no limit (0), and even."""
+    from pydicom import dcmread
+    from pynetdicom import AE, evt
+    from pynetdicom.pdu import P_DATA_TF
+
+    from tests.peers import free_port
+
+    src = native_sc(tmp_path / "big.dcm", size=2200, bits=16)  # ~9.7 MB of pixels
+    sizes: list[int] = []
+    received: list[bytes] = []
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, P_DATA_TF):
+            sizes.append(event.pdu.pdu_length)
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset.PixelData)
+        return 0x0000
+
+    ae = AE(ae_title="BIGPDU")
+    ae.maximum_pdu_size = 1 << 30
+    ae.add_supported_context(SC, [EXPLICIT])
+    port = free_port()
+    server = ae.start_server(
+        (LOOPBACK, port),
+        block=False,
+        evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), (evt.EVT_C_STORE, on_store)],
+    )
+    try:
+        dest = Destination(name="big", host=LOOPBACK, port=port, called_ae="BIGPDU")
+        item = SendItem(path=src, **read_header(src))
+        outcomes = []
+        StoreSCU(dest, calling_ae="ME", engine="wire").send([item], lambda i, o: outcomes.append(o))
+    finally:
+        server.shutdown()
+    assert [o.describe() for o in outcomes] == ["delivered"]
+    assert received == [dcmread(src).PixelData]
+    assert max(sizes) <= 4 * 1024 * 1024 + 6  # as for a peer announcing no limit
+    assert all(size % 2 == 0 for size in sizes)
+    assert sum(sizes) > len(received[0])
