@@ -41,6 +41,7 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 #: One proposed presentation context: (abstract syntax, transfer syntax).
 Context = tuple[str, str]
@@ -74,17 +75,30 @@ class SendItem:
     key: int = 0  # the caller's handle (the job id in the worker)
 
 
+class DicomDirFile(SendError):
+    """The file is a DICOMDIR: nothing to send (not a failure either)."""
+
+
 def read_header(path: Path) -> dict[str, str]:
     """SOP Class/Instance UID and transfer syntax from the file meta (group 0002 only).
 
-    Raises SendError naming the file and the missing element.
+    Raises SendError naming the file and the missing element, or for a DICOMDIR: it indexes
+    the files of a medium (a CD's root holds one) and is no object to store (dcmsend and
+    storescu refuse it too).
     """
     try:
-        return read_file_meta(path).as_dict()
+        header = read_file_meta(path).as_dict()
     except OSError as exc:
         raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except FileMetaError as exc:
         raise SendError(str(exc)) from None
+    if header["sop_class_uid"] == MEDIA_STORAGE_DIRECTORY:
+        raise DicomDirFile(
+            f"{path}: a DICOMDIR ((0002,0002) MediaStorageSOPClassUID {MEDIA_STORAGE_DIRECTORY},"
+            " Media Storage Directory Storage) is the index of a medium, not an object to store;"
+            " the files it lists are sent on their own"
+        )
+    return header
 
 
 class FileChanged(SendError):
