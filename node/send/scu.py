@@ -191,6 +191,9 @@ class StoreSCU:
         if engine not in ENGINES:
             raise ValueError(f"unknown SCU engine {engine!r} (known: {', '.join(ENGINES)})")
         self.engine = engine
+        #: Results of the contexts the last association refused (``wire`` engine): they
+        #: tell "SOP class not supported" from "none of these transfer syntaxes".
+        self._refused: dict[Context, int] = {}
 
     # ------------------------------------------------------------------ associations
 
@@ -200,6 +203,7 @@ class StoreSCU:
         The outcome is None when the peer accepted the association but none of the
         presentation contexts: each file's SOP class was refused.
         """
+        self._refused = {}
         if self.engine == "pynetdicom":
             from node.send import dimse
 
@@ -234,6 +238,7 @@ class StoreSCU:
         except ValueError as exc:  # our side: e.g. an AE title given on the command line
             return None, st.dead(f"cannot request an association with {self.where}: {exc}")
         channel = WireChannel(assoc, self.dest)
+        self._refused = assoc.refused
         if not assoc.contexts:
             channel.release()
             return None, None
@@ -319,8 +324,27 @@ class StoreSCU:
 
         name = UID(item.sop_class_uid).name
         if not syntaxes:
+            results = {
+                ts: result
+                for (cls, ts), result in self._refused.items()
+                if cls == item.sop_class_uid
+            }
+            if results and set(results.values()) == {4}:  # transfer-syntaxes-not-supported
+                proposed = ", ".join(UID(ts).name for ts in results)
+                return st.dead(
+                    f"{name} ({item.sop_class_uid}): AE {self.where} accepts none of the "
+                    f"transfer syntaxes proposed for it ({proposed}: "
+                    f"{acse.CONTEXT_RESULTS[4]}); enable one of them on the PACS"
+                    + (
+                        " or widen the destination's transfer_syntaxes"
+                        if self.dest.transfer_syntaxes
+                        else ""
+                    )
+                )
+            why = ", ".join(sorted({acse.CONTEXT_RESULTS.get(r, str(r)) for r in results.values()}))
             return st.dead(
                 f"SOP class {name} ({item.sop_class_uid}) not accepted by AE {self.where}"
+                + (f" ({why})" if why else "")
             )
         got = ", ".join(UID(ts).name for ts in syntaxes)
         return st.dead(

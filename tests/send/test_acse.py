@@ -20,7 +20,7 @@ from node.send.wire import VERIFICATION, Wire
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.peers import LOOPBACK, run_storescp
 from tests.send.data import native_sc
-from tests.send.peers import answering_server
+from tests.send.peers import answering_server, scripted_scp
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -202,6 +202,44 @@ def test_dcmtk_storescp_accepts_what_it_supports(tmp_path: Path) -> None:
         assert wire.echo(7).delivered
         wire.release()
         assert wire.closed and wire.released
+
+
+def test_refusal_says_whether_the_sop_class_or_the_transfer_syntax_was_refused(
+    tmp_path: Path,
+) -> None:
+    """storescp (defaults) refuses JPEG Baseline with result 4 (transfer syntaxes not
+    supported), pynetdicom an SOP class it does not serve with result 3: a destination restricted to
+    JPEG was reported as "SOP class Secondary Capture ... not accepted", sending the admin
+    after the wrong setting."""
+    from pydicom import dcmread
+
+    from tests.send.data import jpeg_object
+
+    jpeg = jpeg_object(tmp_path / "j.dcm")
+    unknown = tmp_path / "u.dcm"
+    ds = dcmread(native_sc(tmp_path / "n.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.11.12"
+    ds.save_as(unknown)  # Variable Modality LUT Softcopy PS
+    items = [SendItem(path=p, key=n, **read_header(p)) for n, p in enumerate([jpeg, unknown])]
+    out: dict[int, str] = {}
+
+    def send(item: SendItem, port: int, aet: str, preference: list[str]) -> None:
+        dest = Destination(
+            name="p", host=LOOPBACK, port=port, called_ae=aet, transfer_syntaxes=preference
+        )
+        StoreSCU(dest, calling_ae="ME", engine="wire").send(
+            [item], lambda i, o: out.__setitem__(i.key, o.describe())
+        )
+
+    with run_storescp(tmp_path / "in") as scp:
+        send(items[0], scp.port, scp.aet, [JPEG])
+    with scripted_scp() as fake:  # storescp runs promiscuous (-pm) here: pynetdicom refuses
+        send(items[1], fake.port, fake.aet, [])
+    assert out[0].startswith("dead: Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7)")
+    assert "accepts none of the transfer syntaxes proposed for it (JPEG Baseline" in out[0]
+    assert "transfer-syntaxes-not-supported" in out[0] and "transfer_syntaxes" in out[0]
+    assert out[1].startswith("dead: SOP class Variable Modality LUT")
+    assert out[1].endswith("(abstract-syntax-not-supported (provider rejection))")
 
 
 @pytest.mark.parametrize("called", ["ABCDEFGHIJKLMNOPQ", "ÄRZTE"])
