@@ -13,6 +13,13 @@ one ``open`` and usually one 4 KiB read. A meta header written with implicit VR 
 non-conformant tool, or with a non-ASCII UID, goes to pydicom's reader, imported only
 then; a cut-off or damaged one is refused with the element it ends in. Tests compare the
 walker with pydicom on pydicom's test files.
+
+A file without preamble and meta header that starts with a group 0008 element is a bare
+data set (``dcmconv -F`` writes them, and old archives and some modalities' exports hold
+them); DCMTK's ``storescu`` sends them, and so do we: its syntax is Implicit or Explicit VR
+Little Endian (told apart by whether a VR follows the first tag, as DCMTK and pydicom do),
+its UIDs are the data set's (0008,0016) SOPClassUID and (0008,0018) SOPInstanceUID, and it
+starts at byte 0.
 """
 
 from __future__ import annotations
@@ -41,6 +48,13 @@ _WANTED = {
     0x0003: "sop_instance_uid",
     0x0010: "transfer_syntax",
 }
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+#: Every VR of PS3.5 6.2: two of these after the first tag mean explicit VR.
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "
+    b"UN UR US UT UV".split()
+)
 _KEYWORDS = {
     "sop_class_uid": ("(0002,0002)", "MediaStorageSOPClassUID"),
     "sop_instance_uid": ("(0002,0003)", "MediaStorageSOPInstanceUID"),
@@ -91,6 +105,8 @@ def read_file_meta_from(fp: BinaryIO, path: Path) -> FileMeta:
     """
     head = fp.read(4096)
     if len(head) < PREAMBLE + 4 or head[PREAMBLE : PREAMBLE + 4] != MAGIC:
+        if len(head) >= 8 and _TAG_VR.unpack_from(head)[0] == 0x0008:
+            return _bare_data_set(head, path)
         raise FileMetaError(f"{path}: not a DICOM file (no DICM prefix after the preamble)")
     try:
         values, offset = _walk(fp, head, path)
@@ -176,3 +192,34 @@ def _read_with_pydicom(path: Path) -> tuple[dict[str, str], int]:
         raise FileMetaError(f"{path}: damaged file meta information: {exc}") from None
     log.debug("%s: meta header read by pydicom (not Explicit VR Little Endian)", path)
     return values, int(offset)
+
+
+def _bare_data_set(head: bytes, path: Path) -> FileMeta:
+    """A data set without preamble and meta header (see the module docstring)."""
+    from pydicom import dcmread
+    from pydicom.uid import UID
+
+    ts = EXPLICIT_VR_LITTLE_ENDIAN if head[4:6] in _VRS else IMPLICIT_VR_LITTLE_ENDIAN
+    try:
+        ds = dcmread(
+            path, force=True, stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018]
+        )
+        values = {
+            "sop_class_uid": str(ds.get("SOPClassUID", "") or "").strip("\0 "),
+            "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or "").strip("\0 "),
+        }
+    except Exception as exc:  # pydicom raises several types on damaged data
+        raise FileMetaError(
+            f"{path}: no file meta information, and not readable as a bare data set: {exc}"
+        ) from None
+    for key, tag, keyword in (
+        ("sop_class_uid", "(0008,0016)", "SOPClassUID"),
+        ("sop_instance_uid", "(0008,0018)", "SOPInstanceUID"),
+    ):
+        if not UID(values[key]).is_valid:
+            raise FileMetaError(
+                f"{path}: a data set without file meta information, and its {tag} {keyword} "
+                f"is missing or not a valid UID ({values[key]!r}); fix the data set"
+            )
+    log.debug("%s: a bare data set (no meta header), %s", path, ts)
+    return FileMeta(values["sop_class_uid"], values["sop_instance_uid"], ts, 0)

@@ -19,9 +19,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
-from pynetdicom.dsutils import split_dataset
 
 from node.errors import ConversionError
+from node.filemeta import read_file_meta
 from node.fsutil import is_valid_uid
 from node.ingest.watcher import input_files
 
@@ -59,8 +59,8 @@ def check_complete(path: Path) -> None:
     """
     size = path.stat().st_size
     try:
-        meta, offset = split_dataset(path)
-        ts = UID(str(meta.get("TransferSyntaxUID", "")))
+        meta = read_file_meta(path)  # a bare data set (no meta header) starts at byte 0
+        offset, ts = meta.data_offset, UID(meta.transfer_syntax)
         if not ts.is_transfer_syntax or ts.is_deflated:
             return  # unknown syntax: refused elsewhere; deflated: the stream is checked by zlib
         with open(path, "rb") as fp:

@@ -26,7 +26,7 @@ import logging
 import socket
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -103,6 +103,8 @@ class Association:
     #: The peer's maximum P-DATA-TF length (0: no limit).
     peer_max_pdu: int
     peer_implementation: str = ""
+    #: (abstract syntax, transfer syntax) -> result of each refused context (PS3.8 9-18).
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -179,12 +181,15 @@ def _items(data: bytes, start: int) -> list[tuple[int, bytes]]:
 
 
 def decode_accept(
-    body: bytes, proposed: Sequence[tuple[str, str]]
+    body: bytes,
+    proposed: Sequence[tuple[str, str]],
+    refusals: dict[tuple[str, str], int] | None = None,
 ) -> tuple[dict[tuple[str, str], int], int, str]:
     """From an A-ASSOCIATE-AC body: accepted contexts, the peer's max PDU, its implementation.
 
     A context counts as accepted only when its result is 0 and the peer named the transfer
-    syntax we proposed in it (each of our contexts carries exactly one).
+    syntax we proposed in it (each of our contexts carries exactly one). ``refusals``, when
+    given, receives the result (PS3.8 Table 9-18) of every refused context.
     """
     if len(body) < 68:
         raise AssociationError(f"malformed A-ASSOCIATE-AC: {len(body)} bytes, at least 68 needed")
@@ -204,6 +209,8 @@ def decode_accept(
                 )
             if result != 0:
                 refused.append(f"{cx_id}: {CONTEXT_RESULTS.get(result, result)}")
+                if refusals is not None:
+                    refusals[proposed[n]] = result
                 continue
             syntaxes = [_uid(v) for k, v in _items(value, 4) if k == 0x40]
             if syntaxes[:1] != [proposed[n][1]]:
@@ -266,8 +273,9 @@ def negotiate(
             raise AssociationError(f"answer PDU 0x{kind:02X} of {length} bytes is too long")
         body = _recv_exact(sock, length)
         if kind == 0x02:
-            accepted, peer_max, implementation = decode_accept(body, contexts)
-            return Association(sock, accepted, peer_max, implementation)
+            refusals: dict[tuple[str, str], int] = {}
+            accepted, peer_max, implementation = decode_accept(body, contexts, refusals)
+            return Association(sock, accepted, peer_max, implementation, refusals)
         if kind == 0x03 and len(body) >= 4:
             raise Rejected(body[1], body[2], body[3])
         if kind == 0x07:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.config import Config, Destination, check_ae, check_pdu
 from node.errors import ConfigError, SendError
-from node.send.contexts import SendItem, read_header
+from node.send.contexts import DicomDirFile, SendItem, read_header
 from node.send.scu import StoreSCU
 from node.send.status import Outcome
 from node.service_commands import load_from_args
@@ -177,7 +177,7 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
         )
     from node.queue.store import JobStore  # SQLite: only when queueing
 
-    counts = {"queued": 0, "pending": 0, "bad": 0}
+    counts = {"queued": 0, "pending": 0, "bad": 0, "ignored": 0}
     files = iter_files(paths)
     with JobStore(cfg.node.state_dir) as store:
         while True:
@@ -193,13 +193,15 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
     print(
         f"queued {counts['queued']} file(s) for {dest.name} in {cfg.node.state_dir}; "
         f"{counts['pending']} already queued, {counts['bad']} skipped"
+        + (f", {counts['ignored']} DICOMDIR ignored" if counts["ignored"] else "")
     )
     bad = counts["bad"]
     return EXIT_OK if bad == 0 else EXIT_FAILED
 
 
 def _enqueue_one(store: JobStore, destination: str, path: Path) -> str:
-    """Queue one file for ``send --queue``: "queued", "pending" (already on its way), "bad".
+    """Queue one file for ``send --queue``: "queued", "pending" (already on its way), "bad",
+    "ignored" (a DICOMDIR).
 
     A job of the same SOP Instance UID that is still pending is left alone (idempotent);
     one that was delivered or gave up is re-armed with this path, since the user asked for
@@ -213,6 +215,9 @@ def _enqueue_one(store: JobStore, destination: str, path: Path) -> str:
         # A truncated file makes the peer abort, which is a retry: it would be retried for
         # queue.max_age_seconds. Refuse it here, where the user can still fix it.
         check_complete(path)
+    except DicomDirFile:
+        print(f"ignored  {path}: a DICOMDIR (the index of a medium), not an object")
+        return "ignored"
     except (SendError, DicomInputError) as exc:
         print(f"skipped  {path}: {exc}")
         return "bad"
@@ -243,12 +248,16 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
         reported.add(item.key)
 
     files = iter_files(paths)
-    total = 0
+    total = ignored = 0
     while True:
         batch: list[SendItem] = []
         for path in files:
             try:
                 header = read_header(path)
+            except DicomDirFile:  # a CD's index: neither sent nor a failure (as dcmsend +rd)
+                ignored += 1
+                print(f"ignored    {path}: a DICOMDIR (the index of a medium), not an object")
+                continue
             except SendError as exc:
                 counts["skipped"] += 1
                 print(f"skipped    {path}: {exc}")
@@ -271,7 +280,8 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
     print(
         f"{ok} of {total + counts['skipped']} delivered to {scu.where} "
         f"({counts['warning']} with warnings), {counts['retry']} failed transiently, "
-        f"{counts['dead']} failed permanently, {counts['skipped']} skipped; "
+        f"{counts['dead']} failed permanently, {counts['skipped']} skipped"
+        f"{f', {ignored} DICOMDIR ignored' if ignored else ''}; "
         f"{elapsed:.3f} s, {ok / elapsed if elapsed else 0:.1f} files/s, "
         f"{sizes / elapsed / 1e6 if elapsed else 0:.1f} MB/s"
     )

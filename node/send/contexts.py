@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from node.errors import SendError
-from node.filemeta import FileMetaError, read_file_meta, read_file_meta_from
+from node.filemeta import FileMeta, FileMetaError, read_file_meta, read_file_meta_from
 
 if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
     from pydicom.dataelem import DataElement
@@ -41,6 +41,7 @@ EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 #: One proposed presentation context: (abstract syntax, transfer syntax).
 Context = tuple[str, str]
@@ -74,17 +75,55 @@ class SendItem:
     key: int = 0  # the caller's handle (the job id in the worker)
 
 
+class DicomDirFile(SendError):
+    """The file is a DICOMDIR: nothing to send (not a failure either)."""
+
+
 def read_header(path: Path) -> dict[str, str]:
     """SOP Class/Instance UID and transfer syntax from the file meta (group 0002 only).
 
-    Raises SendError naming the file and the missing element.
+    Raises SendError naming the file and the missing element, or for a DICOMDIR: it indexes
+    the files of a medium (a CD's root holds one) and is no object to store (dcmsend and
+    storescu refuse it too).
     """
     try:
-        return read_file_meta(path).as_dict()
+        header = read_file_meta(path).as_dict()
     except OSError as exc:
         raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except FileMetaError as exc:
         raise SendError(str(exc)) from None
+    if header["sop_class_uid"] == MEDIA_STORAGE_DIRECTORY:
+        raise DicomDirFile(
+            f"{path}: a DICOMDIR ((0002,0002) MediaStorageSOPClassUID {MEDIA_STORAGE_DIRECTORY},"
+            " Media Storage Directory Storage) is the index of a medium, not an object to store;"
+            " the files it lists are sent on their own"
+        )
+    return header
+
+
+class FileChanged(SendError):
+    """The file's meta header no longer says what the send was planned on (it was rewritten
+    after it was queued or listed): nothing was sent; plan the file again."""
+
+
+def check_unchanged(meta: FileMeta, item: SendItem) -> None:
+    """FileChanged when ``meta`` (read as the file is sent) contradicts ``item``.
+
+    The presentation context was chosen for ``item.transfer_syntax``: the bytes of a file
+    since rewritten in another syntax (decompressed or compressed in place, e.g. by
+    dcmdjpeg/dcmcjpeg) would go out labelled with the wrong one, which a DCMTK peer aborts
+    on and a laxer PACS stores as a damaged object.
+    """
+    for tag, keyword, now, planned in (
+        ("(0002,0010)", "TransferSyntaxUID", meta.transfer_syntax, item.transfer_syntax),
+        ("(0002,0003)", "MediaStorageSOPInstanceUID", meta.sop_instance_uid, item.sop_instance_uid),
+        ("(0002,0002)", "MediaStorageSOPClassUID", meta.sop_class_uid, item.sop_class_uid),
+    ):
+        if now != planned:
+            raise FileChanged(
+                f"{item.path} changed after it was queued: its {tag} {keyword} is now {now}, "
+                f"was {planned}; nothing was sent, it is planned again on the next attempt"
+            )
 
 
 def identity_mismatch(item: SendItem) -> str:
@@ -96,7 +135,9 @@ def identity_mismatch(item: SendItem) -> str:
     from pydicom import dcmread
 
     try:
-        ds = dcmread(item.path, stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018])
+        ds = dcmread(
+            item.path, force=True, stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018]
+        )
     except Exception:  # an unreadable file says nothing about the refusal
         return ""
     problems = []
@@ -262,7 +303,9 @@ def transcode(path: Path, target: str) -> Dataset:
     from pydicom import dcmread
     from pydicom.uid import UID
 
-    ds = dcmread(path)
+    ds = dcmread(path, force=True)  # force: a bare data set has no preamble nor meta header
+    if "TransferSyntaxUID" not in ds.file_meta:  # the little-endian syntax it was read in
+        ds.file_meta.TransferSyntaxUID = UID(read_file_meta(path).transfer_syntax)
     source = UID(ds.file_meta.TransferSyntaxUID)
     lossy_before = ds.get("LossyImageCompression")
     # An object without Pixel Data filed under a compressed syntax (a report or a

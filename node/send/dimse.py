@@ -42,14 +42,15 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import split_dataset
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import build_context
 
 from node.config import Destination
+from node.errors import SendError
+from node.filemeta import FileMetaError, read_file_meta
 from node.send import acse
 from node.send import status as st
-from node.send.contexts import SendItem, check_even, encode_dataset
+from node.send.contexts import SendItem, check_even, check_unchanged, encode_dataset
 from node.send.status import Outcome
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,14 @@ class Channel:
                 data = dataset
             elif dataset is not None:
                 data = encode_dataset(dataset, target)
+            offset = 0
+            if data is None:
+                try:
+                    meta = read_file_meta(item.path)
+                except FileMetaError as exc:
+                    raise SendError(str(exc)) from None
+                check_unchanged(meta, item)
+                offset = meta.data_offset
             return store(
                 self.assoc,
                 context_id,
@@ -195,6 +204,7 @@ class Channel:
                 sop_instance_uid=item.sop_instance_uid,
                 msg_id=msg_id,
                 path=item.path if data is None else None,
+                offset=offset,
                 data=data,
                 timeout=self.timeout,
             )
@@ -276,10 +286,12 @@ def store(
     sop_instance_uid: str,
     msg_id: int,
     path: Path | None = None,
+    offset: int = 0,
     data: bytes | None = None,
     timeout: float | None = None,
 ) -> Outcome:
-    """One C-STORE of ``path`` (as stored) or ``data`` (an encoded data set); its Outcome.
+    """One C-STORE of ``path`` (as stored, its data set at ``offset``) or ``data`` (an
+    encoded data set); its Outcome.
 
     Must run inside :class:`PausedReactor`. Raises OSError when the file cannot be read.
     """
@@ -289,7 +301,6 @@ def store(
     req.AffectedSOPInstanceUID = sop_instance_uid
     req.Priority = 2
     if path is not None:
-        _meta, offset = split_dataset(path)
         check_even(path.stat().st_size - offset)
         req._dataset_path = (path, offset)
     else:

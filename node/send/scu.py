@@ -44,8 +44,10 @@ from node.send.contexts import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     Context,
+    FileChanged,
     SendItem,
     check_even,
+    check_unchanged,
     choose_syntax,
     deflated_data_set,
     encode_dataset,
@@ -137,7 +139,9 @@ class WireChannel:
                 data=dataset if isinstance(dataset, bytes) else encode_dataset(dataset, target),
             )
         with open(item.path, "rb") as fp:  # one open: meta header, then the data set
-            offset = read_file_meta_from(fp, item.path).data_offset
+            meta = read_file_meta_from(fp, item.path)
+            check_unchanged(meta, item)
+            offset = meta.data_offset
             check_even(os.fstat(fp.fileno()).st_size - offset)
             return self.link.store(
                 context_id,
@@ -187,6 +191,9 @@ class StoreSCU:
         if engine not in ENGINES:
             raise ValueError(f"unknown SCU engine {engine!r} (known: {', '.join(ENGINES)})")
         self.engine = engine
+        #: Results of the contexts the last association refused (``wire`` engine): they
+        #: tell "SOP class not supported" from "none of these transfer syntaxes".
+        self._refused: dict[Context, int] = {}
 
     # ------------------------------------------------------------------ associations
 
@@ -196,6 +203,7 @@ class StoreSCU:
         The outcome is None when the peer accepted the association but none of the
         presentation contexts: each file's SOP class was refused.
         """
+        self._refused = {}
         if self.engine == "pynetdicom":
             from node.send import dimse
 
@@ -230,6 +238,7 @@ class StoreSCU:
         except ValueError as exc:  # our side: e.g. an AE title given on the command line
             return None, st.dead(f"cannot request an association with {self.where}: {exc}")
         channel = WireChannel(assoc, self.dest)
+        self._refused = assoc.refused
         if not assoc.contexts:
             channel.release()
             return None, None
@@ -292,7 +301,11 @@ class StoreSCU:
                 continue
             msg_id = msg_id % 65535 + 1
             context_id = channel.contexts[(item.sop_class_uid, target)]
-            outcome = self._store(channel, item, target, context_id, msg_id)
+            try:
+                outcome = self._store(channel, item, target, context_id, msg_id)
+            except FileChanged as exc:  # found before anything was sent: the link is fine
+                report(item, st.retry(str(exc)))
+                continue
             report(item, outcome)
             if outcome.verdict is Verdict.RETRY and outcome.status is None:
                 # Abort, timeout, lost or unexpected response, read error mid-stream:
@@ -311,8 +324,27 @@ class StoreSCU:
 
         name = UID(item.sop_class_uid).name
         if not syntaxes:
+            results = {
+                ts: result
+                for (cls, ts), result in self._refused.items()
+                if cls == item.sop_class_uid
+            }
+            if results and set(results.values()) == {4}:  # transfer-syntaxes-not-supported
+                proposed = ", ".join(UID(ts).name for ts in results)
+                return st.dead(
+                    f"{name} ({item.sop_class_uid}): AE {self.where} accepts none of the "
+                    f"transfer syntaxes proposed for it ({proposed}: "
+                    f"{acse.CONTEXT_RESULTS[4]}); enable one of them on the PACS"
+                    + (
+                        " or widen the destination's transfer_syntaxes"
+                        if self.dest.transfer_syntaxes
+                        else ""
+                    )
+                )
+            why = ", ".join(sorted({acse.CONTEXT_RESULTS.get(r, str(r)) for r in results.values()}))
             return st.dead(
                 f"SOP class {name} ({item.sop_class_uid}) not accepted by AE {self.where}"
+                + (f" ({why})" if why else "")
             )
         got = ", ".join(UID(ts).name for ts in syntaxes)
         return st.dead(
@@ -343,6 +375,8 @@ class StoreSCU:
         started = time.perf_counter()
         try:
             outcome = channel.store(item, target, context_id, msg_id, dataset)
+        except FileChanged:
+            raise
         except FileNotFoundError:
             return st.dead(f"{item.path}: file is gone")
         except OSError as exc:

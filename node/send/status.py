@@ -5,6 +5,7 @@ unless the peer said so::
 
     0x0000                        DELIVERED
     0xB000 0xB006 0xB007 (0xBxxx) DELIVERED, the warning is recorded
+    0x0107 0x0116                 DELIVERED, recorded as a warning (PS3.7 C.4.2 general warnings)
     0x0111 duplicate SOP instance DELIVERED (the peer has it), recorded as a warning
     0xA7xx, 0x0213, 0xFE00        RETRY  (out of resources, resource limitation, cancel)
     0xA9xx, 0xCxxx, 0x01xx/0x02xx DEAD   (data set does not match, cannot understand, ...)
@@ -43,9 +44,10 @@ STATUS_NAMES: dict[int, str] = {
     0xB007: "Warning: data set does not match SOP class",
     0x0105: "No such attribute",
     0x0106: "Invalid attribute value",
-    0x0107: "Attribute list error",
+    0x0107: "Warning: attribute list error",
     0x0110: "Processing failure",
     0x0111: "Duplicate SOP instance",
+    0x0116: "Warning: attribute value out of range",
     0x0117: "Invalid object instance",
     0x0122: "SOP class not supported",
     0x0124: "Not authorised",
@@ -57,6 +59,9 @@ STATUS_NAMES: dict[int, str] = {
 }
 
 _TRANSIENT_STATUSES = {0x0213, 0xFE00}
+#: Warnings outside the 0xBxxx class (PS3.7 C.4.2): the object was stored. DCMTK's
+#: DICOM_WARNING_STATUS and pynetdicom classify them as warnings too.
+_GENERAL_WARNINGS = {0x0107, 0x0116}
 DUPLICATE_SOP_INSTANCE = 0x0111
 
 
@@ -108,7 +113,7 @@ def classify_status(status: int, comment: str = "") -> Outcome:
     text = status_text(status, comment)
     if status == 0x0000:
         return Outcome(Verdict.DELIVERED, "", status, comment)
-    if status & 0xF000 == 0xB000:
+    if status & 0xF000 == 0xB000 or status in _GENERAL_WARNINGS:
         return Outcome(Verdict.DELIVERED, f"peer warning {text}", status, comment)
     if status == DUPLICATE_SOP_INSTANCE:
         # The peer already holds this SOP Instance UID (ours are deterministic: a re-send

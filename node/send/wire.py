@@ -36,6 +36,8 @@ _ELEM = struct.Struct("<HHI")
 VERIFICATION = "1.2.840.10008.1.1"
 #: Responses (command sets, A-RELEASE-RP, A-ABORT) are small; a longer PDU is a broken peer.
 MAX_RESPONSE_PDU = 16 * 1024 * 1024
+#: The largest PDV fragment we send (and the read buffer of a streamed file).
+MAX_FRAGMENT = 4 * 1024 * 1024
 
 
 class WireError(Exception):
@@ -118,8 +120,11 @@ class Wire:
         network_timeout: float,
     ) -> None:
         self.sock = sock
-        # PDV fragment size: the peer's maximum PDU length minus the PDV item header (6).
-        self.fragment = (peer_max_pdu - 6) if peer_max_pdu else 4 * 1024 * 1024
+        # PDV fragment size: the peer's maximum PDU length minus the PDV item header (6),
+        # at most MAX_FRAGMENT (a peer announcing 1 GiB, like one announcing no limit, must
+        # not make us hold a whole file in memory) and even (as every element is).
+        limit = peer_max_pdu - 6 if peer_max_pdu else MAX_FRAGMENT
+        self.fragment = min(limit, MAX_FRAGMENT) & ~1
         # 0 or less means "no limit" (a zero socket timeout would mean non-blocking).
         self.dimse_timeout = dimse_timeout if dimse_timeout > 0 else None
         self.network_timeout = network_timeout if network_timeout > 0 else None

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from node.config import Config, Destination
+from node.errors import SendError
 from node.logs import fields
 from node.queue.retry import give_up_reason, next_attempt
 from node.queue.store import Job, JobStore
@@ -191,21 +192,32 @@ class DeliveryWorker:
     # ------------------------------------------------------------------ per job
 
     def _item(self, job: Job) -> SendItem | Outcome:
+        """The job as a SendItem planned on the file as it is now, or its outcome.
+
+        The header is read again rather than taken from the payload: a file rewritten since
+        it was queued (decompressed or compressed in place) is sent in the syntax it is in
+        now. A file that now holds another SOP instance is not this job's object any more.
+        """
         p = job.payload
         try:
             path = Path(p["path"])
-            item = SendItem(
-                path=path,
-                sop_class_uid=str(p["sop_class_uid"]),
-                sop_instance_uid=str(p["sop_instance_uid"]),
-                transfer_syntax=str(p["transfer_syntax"]),
-                key=job.id,
-            )
+            queued_uid = str(p["sop_instance_uid"])
         except (KeyError, TypeError) as exc:
             return Outcome(Verdict.DEAD, f"job payload lacks {exc}: re-enqueue the file")
         if not path.is_file():
             return Outcome(Verdict.DEAD, f"{path}: file is gone (moved or deleted before delivery)")
-        return item
+        try:
+            header = read_header(path)
+        except SendError as exc:
+            return Outcome(Verdict.DEAD, str(exc))
+        if header["sop_instance_uid"] != queued_uid:
+            return Outcome(
+                Verdict.DEAD,
+                f"{path} changed after it was queued: its (0002,0003) "
+                f"MediaStorageSOPInstanceUID is now {header['sop_instance_uid']}, the job was "
+                f"for {queued_uid}; enqueue the file again to send the object it holds now",
+            )
+        return SendItem(path=path, key=job.id, **header)
 
     def _record(self, job: Job, outcome: Outcome) -> None:
         uid = job.payload.get("sop_instance_uid")

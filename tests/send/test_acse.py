@@ -14,13 +14,13 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from node.config import Destination
 from node.send import acse
-from node.send.contexts import SendItem
+from node.send.contexts import SendItem, read_header
 from node.send.scu import StoreSCU
 from node.send.wire import VERIFICATION, Wire
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.peers import LOOPBACK, run_storescp
 from tests.send.data import native_sc
-from tests.send.peers import answering_server
+from tests.send.peers import answering_server, scripted_scp
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -204,6 +204,44 @@ def test_dcmtk_storescp_accepts_what_it_supports(tmp_path: Path) -> None:
         assert wire.closed and wire.released
 
 
+def test_refusal_says_whether_the_sop_class_or_the_transfer_syntax_was_refused(
+    tmp_path: Path,
+) -> None:
+    """storescp (defaults) refuses JPEG Baseline with result 4 (transfer syntaxes not
+    supported), pynetdicom an SOP class it does not serve with result 3: a destination restricted to
+    JPEG was reported as "SOP class Secondary Capture ... not accepted", sending the admin
+    after the wrong setting."""
+    from pydicom import dcmread
+
+    from tests.send.data import jpeg_object
+
+    jpeg = jpeg_object(tmp_path / "j.dcm")
+    unknown = tmp_path / "u.dcm"
+    ds = dcmread(native_sc(tmp_path / "n.dcm"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.11.12"
+    ds.save_as(unknown)  # Variable Modality LUT Softcopy PS
+    items = [SendItem(path=p, key=n, **read_header(p)) for n, p in enumerate([jpeg, unknown])]
+    out: dict[int, str] = {}
+
+    def send(item: SendItem, port: int, aet: str, preference: list[str]) -> None:
+        dest = Destination(
+            name="p", host=LOOPBACK, port=port, called_ae=aet, transfer_syntaxes=preference
+        )
+        StoreSCU(dest, calling_ae="ME", engine="wire").send(
+            [item], lambda i, o: out.__setitem__(i.key, o.describe())
+        )
+
+    with run_storescp(tmp_path / "in") as scp:
+        send(items[0], scp.port, scp.aet, [JPEG])
+    with scripted_scp() as fake:  # storescp runs promiscuous (-pm) here: pynetdicom refuses
+        send(items[1], fake.port, fake.aet, [])
+    assert out[0].startswith("dead: Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7)")
+    assert "accepts none of the transfer syntaxes proposed for it (JPEG Baseline" in out[0]
+    assert "transfer-syntaxes-not-supported" in out[0] and "transfer_syntaxes" in out[0]
+    assert out[1].startswith("dead: SOP class Variable Modality LUT")
+    assert out[1].endswith("(abstract-syntax-not-supported (provider rejection))")
+
+
 @pytest.mark.parametrize("called", ["ABCDEFGHIJKLMNOPQ", "ÄRZTE"])
 def test_scu_reports_an_unusable_ae_title_as_dead(tmp_path: Path, called: str) -> None:
     f = native_sc(tmp_path / "a.dcm")
@@ -214,3 +252,47 @@ def test_scu_reports_an_unusable_ae_title_as_dead(tmp_path: Path, called: str) -
         StoreSCU(dest, calling_ae="ME").send([item], lambda _i, o: out.append(o.describe()))
     assert len(out) == 1 and out[0].startswith("dead: cannot request an association with ")
     assert "AE title" in out[0]
+
+
+def test_pdv_fragments_are_capped_when_the_peer_announces_a_huge_maximum(tmp_path: Path) -> None:
+    """A peer announcing 1 GiB got each file in one PDU, read into one buffer of the whole
+    file's size: the fragment is capped as for a peer announcing no limit (0), and even."""
+    from pydicom import dcmread
+    from pynetdicom import AE, evt
+    from pynetdicom.pdu import P_DATA_TF
+
+    from tests.peers import free_port
+
+    src = native_sc(tmp_path / "big.dcm", size=2200, bits=16)  # ~9.7 MB of pixels
+    sizes: list[int] = []
+    received: list[bytes] = []
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, P_DATA_TF):
+            sizes.append(event.pdu.pdu_length)
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset.PixelData)
+        return 0x0000
+
+    ae = AE(ae_title="BIGPDU")
+    ae.maximum_pdu_size = 1 << 30
+    ae.add_supported_context(SC, [EXPLICIT])
+    port = free_port()
+    server = ae.start_server(
+        (LOOPBACK, port),
+        block=False,
+        evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), (evt.EVT_C_STORE, on_store)],
+    )
+    try:
+        dest = Destination(name="big", host=LOOPBACK, port=port, called_ae="BIGPDU")
+        item = SendItem(path=src, **read_header(src))
+        outcomes = []
+        StoreSCU(dest, calling_ae="ME", engine="wire").send([item], lambda i, o: outcomes.append(o))
+    finally:
+        server.shutdown()
+    assert [o.describe() for o in outcomes] == ["delivered"]
+    assert received == [dcmread(src).PixelData]
+    assert max(sizes) <= 4 * 1024 * 1024 + 6  # as for a peer announcing no limit
+    assert all(size % 2 == 0 for size in sizes)
+    assert sum(sizes) > len(received[0])

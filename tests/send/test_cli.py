@@ -274,3 +274,42 @@ def test_host_port_accepts_bracketed_ipv6() -> None:
     assert _host_port("::1:104") == ("::1", 104)
     assert _host_port("pacs.example.org:11112") == ("pacs.example.org", 11112)
     assert _host_port("[]:104") is None
+
+
+def _medium(root: Path) -> Path:
+    """A CD-like folder: two images under IMG/ and the DICOMDIR DCMTK's dcmmkdir makes."""
+    import subprocess
+
+    from tests.peers import tool
+
+    (root / "IMG").mkdir(parents=True)
+    native_sc(root / "IMG" / "IM1")
+    native_sc(root / "IMG" / "IM2")
+    subprocess.run(
+        [tool("dcmmkdir"), "--recurse", "+I", "IMG"], cwd=root, check=True, capture_output=True
+    )
+    assert (root / "DICOMDIR").is_file()
+    return root
+
+
+@pytest.mark.dcmtk
+def test_send_a_medium_ignores_its_dicomdir(
+    tmp_path: Path, storescp_any: Storescp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The DICOMDIR was C-STOREd as an object (refused: dead, exit 1; a PACS accepting every
+    SOP class would have archived it); it is ignored and the images are sent."""
+    cd = _medium(tmp_path / "cd")
+    target = f"{LOOPBACK}:{storescp_any.port}"
+    assert main(["send", "--aec", storescp_any.aet, target, str(cd)]) == 0
+    out = capsys.readouterr().out
+    assert "ignored    " in out and "DICOMDIR" in out
+    assert "2 of 2 delivered" in out and "1 DICOMDIR ignored" in out
+    assert len(storescp_any.files()) == 2
+
+
+def test_send_queue_ignores_a_dicomdir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cd = _medium(tmp_path / "cd")
+    cfg = _cfg(tmp_path, free_port(), "PACS")
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(cd)]) == 0
+    out = capsys.readouterr().out
+    assert "queued 2 file(s)" in out and "1 DICOMDIR ignored" in out

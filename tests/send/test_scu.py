@@ -86,6 +86,22 @@ def test_cannot_understand_goes_dead_with_the_peer_status(tmp_path: Path) -> Non
     assert store.counters() == {"delivery_failed": 1}
 
 
+def test_general_warning_statuses_are_delivered_with_the_warning_kept(tmp_path: Path) -> None:
+    """0x0107 and 0x0116 are warnings (PS3.7 C.4.2; DCMTK's DICOM_WARNING_STATUS and
+    pynetdicom agree): the peer stored the object, so the job is done, not dead."""
+    files = [native_sc(tmp_path / f"{i}.dcm") for i in range(2)]
+    with scripted_scp([0x0107, 0x0116]) as scp:
+        worker, store = _worker(tmp_path, _dest(scp.port))
+        for f in files:
+            enqueue_delivery(store, f, ["pacs"])
+        assert worker.run_once() == 2
+    jobs = store.select()
+    assert [j.state for j in jobs] == [JobState.DONE, JobState.DONE]
+    assert "0x0107 (Warning: attribute list error)" in (jobs[0].last_error or "")
+    assert "0x0116 (Warning: attribute value out of range)" in (jobs[1].last_error or "")
+    assert store.counters() == {"delivered": 2}
+
+
 def test_one_bad_file_does_not_resend_the_batch(tmp_path: Path) -> None:
     files = [native_sc(tmp_path / f"{i}.dcm") for i in range(4)]
     with scripted_scp([0, 0xA900, 0, 0xA701]) as scp:
@@ -121,7 +137,7 @@ def test_connection_lost_mid_batch_retries_the_file_in_flight_only(tmp_path: Pat
     assert "delivered" in store.counters() and store.counters()["delivered"] == 3
 
 
-def test_sop_class_not_accepted_is_dead_not_retried(tmp_path: Path) -> None:
+def test_sop_class_not_accepted_is_dead_not_retried(tmp_path: Path, engine: str) -> None:
     f = native_sc(tmp_path / "a.dcm")
     with scripted_scp(sop_classes=(CTImageStorage,)) as scp:
         worker, store = _worker(tmp_path, _dest(scp.port))
@@ -129,9 +145,11 @@ def test_sop_class_not_accepted_is_dead_not_retried(tmp_path: Path) -> None:
         worker.run_once()
     job = store.get(jid)
     assert job is not None and job.state == JobState.DEAD
+    # The wire engine also names the peer's result from the A-ASSOCIATE-AC.
+    why = " (abstract-syntax-not-supported (provider rejection))" if engine == "wire" else ""
     assert job.last_error == (
         "SOP class Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7) "
-        f"not accepted by AE FAKEPACS@{LOOPBACK}:{scp.port}"
+        f"not accepted by AE FAKEPACS@{LOOPBACK}:{scp.port}{why}"
     )
 
 
@@ -328,3 +346,80 @@ def test_many_small_pdus_arrive_byte_identical(tmp_path: Path) -> None:
         assert received.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
         assert received.PixelData == original.PixelData  # 18 KB over 4 KB PDUs
         assert received.PatientName == original.PatientName
+
+
+# ----------------------------------------------------------------------------- files rewritten
+
+
+def _rewrite_after_queueing(tmp_path: Path, compressed_first: bool) -> tuple[Path, str]:
+    """A job queued for a file that is then rewritten in place, same object, other syntax
+    (as dcmdjpeg/dcmcjpeg or a PACS export tool would)."""
+    path = tmp_path / "obj.dcm"
+    uid = "1.2.826.0.1.3680043.10.1234.77"
+    (jpeg_object if compressed_first else native_sc)(path, uid=uid)
+    return path, uid
+
+
+@pytest.mark.dcmtk
+@pytest.mark.parametrize(
+    "compressed_first", [True, False], ids=["jpeg-then-native", "native-then-jpeg"]
+)
+def test_file_rewritten_in_another_syntax_after_queueing_is_sent_as_it_is_now(
+    tmp_path: Path, compressed_first: bool
+) -> None:
+    """The presentation context follows the file on disk, not the header read at enqueue:
+    JPEG bytes labelled Explicit VR Little Endian (or the reverse) made storescp fail the
+    store (0xA700) or abort, and the job was retried for queue.max_age_seconds."""
+    from tests.peers import run_storescp
+
+    path, uid = _rewrite_after_queueing(tmp_path, compressed_first)
+    extra = ["+xa"] if compressed_first else []
+    with run_storescp(tmp_path / "scp", extra=extra) as scp:
+        worker, store = _worker(tmp_path, _dest(scp.port, aet=scp.aet))
+        [jid] = enqueue_delivery(store, path, ["pacs"])
+        (native_sc if compressed_first else jpeg_object)(path, uid=uid)  # rewritten in place
+        assert worker.run_once() == 1
+        got = _received(scp)
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DONE, job.last_error
+    received = dcmread(got[uid])
+    assert received.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    now = dcmread(path)
+    assert np.array_equal(received.pixel_array, now.pixel_array)
+
+
+def test_file_rewritten_between_planning_and_sending_is_retried_not_sent(tmp_path: Path) -> None:
+    """Rewritten after the association was planned: that file is not sent (it would carry the
+    wrong syntax), it is retried; the association carries on with the next file."""
+    from node.send.contexts import SendItem
+    from node.send.worker import read_header
+
+    changed = jpeg_object(tmp_path / "changed.dcm")
+    other = native_sc(tmp_path / "other.dcm")
+    planned = SendItem(
+        path=changed, key=0, **{**read_header(changed), "transfer_syntax": ExplicitVRLittleEndian}
+    )
+    items = [planned, SendItem(path=other, key=1, **read_header(other))]
+    outcomes = []
+    with scripted_scp() as scp:
+        StoreSCU(_dest(scp.port), calling_ae="ME").send(
+            items, lambda i, o: outcomes.append((i.key, o))
+        )
+    assert [(k, o.verdict) for k, o in outcomes] == [(0, "retry"), (1, "delivered")]
+    assert "(0002,0010) TransferSyntaxUID is now 1.2.840.10008.1.2.4.50" in outcomes[0][1].reason
+    assert scp.received == [dcmread(other).SOPInstanceUID]
+
+
+def test_file_that_now_holds_another_instance_is_dead(tmp_path: Path) -> None:
+    path = native_sc(tmp_path / "a.dcm", uid="1.2.826.0.1.3680043.10.1234.81")
+    with scripted_scp() as scp:
+        worker, store = _worker(tmp_path, _dest(scp.port))
+        [jid] = enqueue_delivery(store, path, ["pacs"])
+        native_sc(path, uid="1.2.826.0.1.3680043.10.1234.82")
+        assert worker.run_once() == 1
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DEAD
+    assert "(0002,0003) MediaStorageSOPInstanceUID is now 1.2.826.0.1.3680043.10.1234.82" in (
+        job.last_error or ""
+    )
+    assert scp.received == []

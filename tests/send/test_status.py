@@ -22,6 +22,8 @@ from node.send.status import Verdict, classify_status, status_text
         (0xC000, Verdict.DEAD, False),
         (0xC211, Verdict.DEAD, False),
         (0xCFFF, Verdict.DEAD, False),
+        (0x0107, Verdict.DELIVERED, True),  # warning: attribute list error (PS3.7 C.4.2)
+        (0x0116, Verdict.DELIVERED, True),  # warning: attribute value out of range
         (0x0111, Verdict.DELIVERED, True),  # duplicate: the peer holds the instance
         (0x0117, Verdict.DEAD, False),
         (0x0122, Verdict.DEAD, False),
