@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,14 @@ def pydicom_tag(keyword: str) -> int:
     return int(tag)
 
 
+def set_palette(ds: Dataset, descriptor: list[int], table: Callable[[int], bytes]) -> None:
+    """The Red, Green and Blue Palette Color Lookup Table Descriptor (US) and Data (OW):
+    ``table(i)`` gives channel i's (0 red, 1 green, 2 blue) data bytes."""
+    for i, colour in enumerate(("Red", "Green", "Blue")):
+        ds.add_new(pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", descriptor)
+        ds.add_new(pydicom_tag(f"{colour}PaletteColorLookupTableData"), "OW", table(i))
+
+
 def modality_lut(path: Path) -> Path:
     """12-bit data through a Modality LUT Sequence (non-linear) with a window on its output."""
     item = Dataset()
@@ -406,16 +415,13 @@ def ow_luts(directory: Path) -> dict[str, Path]:
     index = rng.integers(0, 256, (18, 22)).astype(np.uint8)
     for name, bits, dtype in (("palette16", 16, "<u2"), ("palette8_packed", 8, "u1")):
         ds = dataset(index, photometric="PALETTE COLOR", modality="OT", sop_class=SC)
-        for i, colour in enumerate(("Red", "Green", "Blue")):
-            values = (np.arange(256) * (i + 3) * 97) % (1 << bits)
-            ds.add_new(
-                pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 0, bits]
-            )
-            ds.add_new(
-                pydicom_tag(f"{colour}PaletteColorLookupTableData"),
-                "OW",
-                np.asarray(values, dtype=dtype).tobytes(),
-            )
+        set_palette(
+            ds,
+            [256, 0, bits],
+            lambda i, bits=bits, dtype=dtype: np.asarray(
+                (np.arange(256) * (i + 3) * 97) % (1 << bits), dtype
+            ).tobytes(),
+        )
         out[name] = write(ds, directory / f"{name}.dcm")
     out["segmented_palette"] = segmented_palette(directory / "segmented.dcm")
     return out

@@ -461,16 +461,11 @@ def test_palette_with_signed_indices_matches_dcmtk(tmp_path: Path) -> None:
         modality="OT",
         sop_class=SC,
     )
-    for i, colour in enumerate(("Red", "Green", "Blue")):
-        entries = (np.arange(256) * (i + 1) * 251) % 65536
-        ds.add_new(
-            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 65436, 16]
-        )
-        ds.add_new(
-            data.pydicom_tag(f"{colour}PaletteColorLookupTableData"),
-            "OW",
-            np.asarray(entries, dtype="<u2").tobytes(),
-        )
+    data.set_palette(
+        ds,
+        [256, 65436, 16],
+        lambda i: np.asarray((np.arange(256) * (i + 1) * 251) % 65536, "<u2").tobytes(),
+    )
     path = data.write(ds, tmp_path / "palette.dcm")
     ref = dcmtk_render(path, [], tmp_path)
     assert ref is not None and np.array_equal(ours(path, display.VoiChoice()), ref)
@@ -598,15 +593,9 @@ def test_palette_of_more_than_256_packed_8_bit_entries_matches_dcmtk(tmp_path: P
         modality="OT",
         sop_class=SC,
     )
-    for colour in ("Red", "Green", "Blue"):
-        ds.add_new(
-            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [1024, 40, 8]
-        )
-        ds.add_new(
-            data.pydicom_tag(f"{colour}PaletteColorLookupTableData"),
-            "OW",
-            rng.integers(0, 256, 1024).astype(np.uint8).tobytes(),
-        )
+    data.set_palette(
+        ds, [1024, 40, 8], lambda i: rng.integers(0, 256, 1024).astype(np.uint8).tobytes()
+    )
     little = data.write(ds, tmp_path / "palette.dcm")
     big = _dcmtk_convert(["dcmconv", "+tb"], little, tmp_path / "palette-be.dcm")
     expected = np.stack(
@@ -639,16 +628,11 @@ def test_16_bit_colour_png_keeps_the_16_bits_dcmtk_writes(tmp_path: Path) -> Non
         modality="OT",
         sop_class=SC,
     )
-    for i, colour in enumerate(("Red", "Green", "Blue")):
-        entries = (np.arange(256) * (i + 1) * 251 + 7) % 65536
-        palette.add_new(
-            data.pydicom_tag(f"{colour}PaletteColorLookupTableDescriptor"), "US", [256, 0, 16]
-        )
-        palette.add_new(
-            data.pydicom_tag(f"{colour}PaletteColorLookupTableData"),
-            "OW",
-            np.asarray(entries, dtype="<u2").tobytes(),
-        )
+    data.set_palette(
+        palette,
+        [256, 0, 16],
+        lambda i: np.asarray((np.arange(256) * (i + 1) * 251 + 7) % 65536, "<u2").tobytes(),
+    )
     sources = {
         "rgb16": data.dataset(wide, photometric="RGB", modality="OT", sop_class=SC),
         "rgb12": data.dataset(

@@ -204,23 +204,21 @@ def test_uid_locks_serialise_one_uid_only_and_are_forgotten() -> None:
 
     locks = UidLocks()
     inside: list[str] = []
+
+    def store(uid: str, name: str) -> threading.Thread:
+        def hold() -> None:
+            with locks.hold(uid):
+                inside.append(name)
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        return thread
+
     with locks.hold("1.2.3"):
-
-        def another() -> None:
-            with locks.hold("1.2.4"):
-                inside.append("another")
-
-        other = threading.Thread(target=another)
-        other.start()
+        other = store("1.2.4", "another")
         other.join(2)
         assert not other.is_alive() and inside == ["another"]  # another UID does not wait
-
-        def same() -> None:
-            with locks.hold("1.2.3"):
-                inside.append("second")
-
-        waiter = threading.Thread(target=same)
-        waiter.start()
+        waiter = store("1.2.3", "second")
         waiter.join(0.2)
         assert waiter.is_alive() and inside == ["another"]  # the same UID waits
     waiter.join(2)

@@ -178,36 +178,26 @@ def test_rejected_permanent_by_a_real_scp_is_dead(tmp_path: Path) -> None:
     assert "Called AE title not recognised" in (job.last_error or "")
 
 
-def test_rejected_transient_is_retried(tmp_path: Path) -> None:
-    f = native_sc(tmp_path / "a.dcm")
-    with rejecting_server(result=2, source=3, reason=2) as port:
-        worker, store = _worker(tmp_path, _dest(port))
-        [jid] = enqueue_delivery(store, f, ["pacs"])
-        worker.run_once()
-    job = store.get(jid)
-    assert job is not None and job.state == JobState.RETRY
-    assert "Rejected Transient" in (job.last_error or "")
-
-
-def test_rejection_is_seen_when_the_requestor_thread_is_late(
-    tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("late", [False, True], ids=["", "requestor-late"])
+def test_rejected_transient_is_retried(
+    tmp_path: Path, engine: str, late: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A busy machine: the A-ASSOCIATE-RJ arrives and the connection is closed before the
-    requesting thread looks again. pynetdicom 3.0.4 then aborts without setting is_rejected;
-    the job must still say why (and a transient rejection stays a retry)."""
-    if engine == "pynetdicom":
+    """``late``: a busy machine, where the A-ASSOCIATE-RJ arrives and the connection is
+    closed before the requesting thread looks again. pynetdicom 3.0.4 then aborts without
+    setting is_rejected; the job must still say why, and stay a retry."""
+    if late and engine == "pynetdicom":
         from pynetdicom.acse import ACSE
 
         queue_request = ACSE.send_request
 
-        def late(self: ACSE) -> None:
+        def late_requestor(self: ACSE) -> None:
             queue_request(self)
             deadline = time.monotonic() + 5
             while self.dul.to_user_queue.empty() and time.monotonic() < deadline:
                 time.sleep(0.01)  # the DUL connects and reads the RJ meanwhile ...
             time.sleep(0.2)  # ... and closes the connection
 
-        monkeypatch.setattr(ACSE, "send_request", late)
+        monkeypatch.setattr(ACSE, "send_request", late_requestor)
     f = native_sc(tmp_path / "a.dcm")
     with rejecting_server(result=2, source=3, reason=1) as port:
         worker, store = _worker(tmp_path, _dest(port))
