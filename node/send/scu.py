@@ -359,16 +359,16 @@ class StoreSCU:
         if target == item.transfer_syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
             try:
                 dataset = deflated_data_set(item.path)
-            except FileNotFoundError:
-                return st.dead(f"{item.path}: file is gone")
-            except (SendError, OSError) as exc:
+            except OSError as exc:
+                return st.file_unavailable(item.path, exc)
+            except SendError as exc:
                 return st.dead(str(exc))
         elif target != item.transfer_syntax:
             try:
                 dataset = transcode(item.path, target)
-            except FileNotFoundError:
-                return st.dead(f"{item.path}: file is gone")
-            except (SendError, OSError) as exc:
+            except OSError as exc:
+                return st.file_unavailable(item.path, exc)
+            except SendError as exc:
                 return st.dead(str(exc))
             except Exception as exc:  # an unreadable DICOM file: pydicom raises many types
                 return st.dead(f"{item.path}: cannot read as DICOM to transcode it: {exc}")
@@ -377,8 +377,8 @@ class StoreSCU:
             outcome = channel.store(item, target, context_id, msg_id, dataset)
         except FileChanged:
             raise
-        except FileNotFoundError:
-            return st.dead(f"{item.path}: file is gone")
+        except FileNotFoundError as exc:
+            return st.file_unavailable(item.path, exc)
         except OSError as exc:
             return st.retry(f"{item.path}: read error while sending: {exc}")
         except SendError as exc:

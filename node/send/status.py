@@ -21,9 +21,11 @@ hide it. Outcomes are plain data so the retry logic can be tested without socket
 
 from __future__ import annotations
 
+import errno
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,39 @@ def retry(reason: str) -> Outcome:
 def dead(reason: str) -> Outcome:
     """A permanent failure without a DIMSE status (file unreadable, SOP class refused ...)."""
     return Outcome(Verdict.DEAD, reason)
+
+
+#: errno values of a file system that is there but not answering (a network share down, a
+#: stale NFS handle, an unplugged disk): the file may well be readable again later.
+_UNREACHABLE = frozenset(
+    getattr(errno, name)
+    for name in ("EIO", "ESTALE", "ENOTCONN", "EHOSTDOWN", "EHOSTUNREACH", "ETIMEDOUT", "ENODEV")
+    if hasattr(errno, name)
+)
+
+
+def file_unavailable(path: Path, exc: OSError | None = None) -> Outcome:
+    """The file to send cannot be opened (``exc``, or found missing when ``exc`` is None).
+
+    Gone from a folder that is still there: moved or deleted, DEAD (nothing to send; enqueue
+    it again if it comes back). Its folder gone too, or an error of a file system that is not
+    answering (a share or mount briefly away): RETRY, with the queue's backoff and limits.
+    """
+    errno_ = exc.errno if exc is not None else errno.ENOENT
+    if errno_ in _UNREACHABLE:
+        return retry(f"{path}: cannot read ({exc}): file system not answering, will retry")
+    if errno_ == errno.ENOENT:
+        try:
+            folder_there = path.parent.is_dir()
+        except OSError:
+            folder_there = False
+        if not folder_there:
+            return retry(
+                f"{path}: its folder {path.parent} is not there (a share or mount away?); "
+                "will retry"
+            )
+        return dead(f"{path}: file is gone (moved or deleted before delivery)")
+    return dead(f"{path}: cannot read: {exc.strerror if exc is not None else ''}")
 
 
 DELIVERED = Outcome(Verdict.DELIVERED, "", 0x0000)

@@ -35,7 +35,7 @@ from node.queue.retry import give_up_reason, next_attempt
 from node.queue.store import Job, JobStore
 from node.send.contexts import SendItem, read_header
 from node.send.scu import Sender, StoreSCU
-from node.send.status import Outcome, Verdict
+from node.send.status import Outcome, Verdict, file_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,11 @@ class DeliveryWorker:
             queued_uid = str(p["sop_instance_uid"])
         except (KeyError, TypeError) as exc:
             return Outcome(Verdict.DEAD, f"job payload lacks {exc}: re-enqueue the file")
-        if not path.is_file():
-            return Outcome(Verdict.DEAD, f"{path}: file is gone (moved or deleted before delivery)")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            return file_unavailable(path, exc)
         try:
             header = read_header(path)
         except SendError as exc:

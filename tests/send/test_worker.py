@@ -177,6 +177,39 @@ def test_missing_file_is_dead_without_sending(tmp_path: Path, store: JobStore) -
     assert sender.sent == []
 
 
+def test_a_file_whose_folder_is_away_is_retried_not_dead(tmp_path: Path, store: JobStore) -> None:
+    """The folder itself gone (a share or mount away): retried with the queue's backoff,
+    then sent once it is back; a file gone from a folder that is there stays dead (above)."""
+    share = tmp_path / "share"
+    share.mkdir()
+    [f] = _files(share, 1)
+    [jid] = enqueue_delivery(store, f, ["pacs"])
+    share.rename(tmp_path / "unmounted")
+    sender = FakeSender(lambda i: st.DELIVERED)
+    w = _worker(store, sender)
+    w.run_once()
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.RETRY and sender.sent == []
+    assert "is not there" in (job.last_error or "")
+    (tmp_path / "unmounted").rename(share)
+    store._db.execute("UPDATE jobs SET next_attempt_at=0")
+    w.run_once()
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DONE and len(sender.sent) == 1
+
+
+def test_file_unavailable_errors() -> None:
+    import errno
+
+    gone = Path("/nonexistent-dir/a.dcm")
+    assert st.file_unavailable(gone).verdict is st.Verdict.RETRY
+    stale = OSError(errno.ESTALE, "Stale file handle")
+    assert st.file_unavailable(Path("/tmp/a.dcm"), stale).verdict is st.Verdict.RETRY
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    outcome = st.file_unavailable(Path("/tmp/a.dcm"), denied)
+    assert outcome.verdict is st.Verdict.DEAD and "Permission denied" in outcome.reason
+
+
 def test_unstarted_jobs_are_released_without_counting_the_attempt(
     tmp_path: Path, store: JobStore
 ) -> None:
