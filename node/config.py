@@ -177,6 +177,7 @@ class ExportSection:
     allow_patient_identifiers: bool = False
     date_shift_days: int = 0
     max_pixels: int = 200_000_000
+    pdf_max_images: int = 250
     workers: int = 1
     date_policy: Literal["remove", "shift", "keep"] = "remove"
     keep_descriptions: bool = False
@@ -507,6 +508,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"ingest.max_pixels: {cfg.ingest.max_pixels} must be positive")
     if cfg.export.max_pixels <= 0:
         raise ConfigError(f"export.max_pixels: {cfg.export.max_pixels} must be positive")
+    if cfg.export.pdf_max_images <= 0:
+        raise ConfigError(
+            f"export.pdf_max_images: {cfg.export.pdf_max_images} must be positive "
+            "(images per PDF; more are split into parts)"
+        )
     q = cfg.queue
     for key, value, low, high in (
         ("queue.retry_jitter", q.retry_jitter, 0.0, 1.0),

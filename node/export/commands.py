@@ -289,13 +289,13 @@ def _pdf_one(paths: list[Path]) -> tuple[int, int]:
     before = _worker.failures
     try:
         if _worker.cfg.pdf == "study":
-            target = _worker.export_study_pdf(paths)
+            written = _worker.export_study_pdf(paths)
         else:
-            target = _worker.export_series_pdf(paths)
+            written = _worker.export_series_pdf(paths)
     except (ExportError, OSError) as exc:
         log.error("%s", exc)
         return len(paths), len(paths)
-    if target is None:
+    if not written:
         log.warning("%d file(s) of one %s: nothing renderable", len(paths), _worker.cfg.pdf)
     return len(paths), _worker.failures - before
 

@@ -20,6 +20,7 @@ the manifest (:mod:`node.export.manifest`), recorded once the whole object is wr
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import re
 import warnings
@@ -87,6 +88,29 @@ def check_config(cfg: ExportSection) -> None:
         raise ConfigError(f"export.max_pixels: {cfg.max_pixels} must be positive")
     if abs(cfg.date_shift_days) > 365 * 200:
         raise ConfigError(f"export.date_shift_days: {cfg.date_shift_days} is out of range")
+
+
+def _pdf_parts(
+    items: list[tuple[Path, Dataset]], max_images: int
+) -> list[list[tuple[Path, Dataset]]]:
+    """``items`` in consecutive groups of at most ``max_images`` frames each (an object of
+    more frames than that is a group of its own); one group when they all fit."""
+    groups: list[list[tuple[Path, Dataset]]] = [[]]
+    frames = 0
+    for item in items:
+        ds = item[1]
+        count = 0
+        if is_image(ds) and not decode.is_encapsulated_pdf(ds):
+            try:
+                count = max(1, int(ds.get("NumberOfFrames") or 1))
+            except decode.MALFORMED:
+                count = 1
+        if groups[-1] and frames + count > max_images:
+            groups.append([])
+            frames = 0
+        groups[-1].append(item)
+        frames += count
+    return groups
 
 
 def is_image(ds: Dataset) -> bool:
@@ -290,20 +314,22 @@ class Exporter:
         for start in range(0, len(wanted), step):
             yield self._render_frames(path, ds, info, wanted[start : start + step])
 
-    def export_series_pdf(self, paths: Sequence[Path]) -> Path | None:
-        """One captioned PDF for the instances ``paths`` of a series; None if none render."""
+    def export_series_pdf(self, paths: Sequence[Path]) -> list[Path]:
+        """The captioned PDF (or its parts, see :meth:`_pdf`) for the instances ``paths`` of
+        a series; empty if none render."""
         items = self._ordered(paths)
         if not items:
-            return None
+            return []
         study, series = self._dirs(items[0][1])
         target = safe_join(self.root, study, series + ".pdf")
         return self._pdf(target, items, "series")
 
-    def export_study_pdf(self, paths: Sequence[Path]) -> Path | None:
-        """One captioned PDF for all instances ``paths`` of a study; None if none render."""
+    def export_study_pdf(self, paths: Sequence[Path]) -> list[Path]:
+        """The captioned PDF (or its parts) for all instances ``paths`` of a study; empty if
+        none render."""
         items = self._ordered(paths)
         if not items:
-            return None
+            return []
         study, _ = self._dirs(items[0][1])
         return self._pdf(safe_join(self.root, study, "study.pdf"), items, "study")
 
@@ -321,17 +347,14 @@ class Exporter:
             return []
         if self.cfg.pdf == "study":
             study, _ = self._dirs(items[0][1])
-            written = self._pdf(safe_join(self.root, study, "study.pdf"), items, "study")
-            return [written] if written else []
+            return self._pdf(safe_join(self.root, study, "study.pdf"), items, "study")
         by_series: dict[str, list[tuple[Path, Dataset]]] = {}
         for item in items:
             by_series.setdefault(str(item[1].get("SeriesInstanceUID", "")), []).append(item)
         out = []
         for group in by_series.values():
             study, series = self._dirs(group[0][1])
-            written = self._pdf(safe_join(self.root, study, series + ".pdf"), group, "series")
-            if written:
-                out.append(written)
+            out += self._pdf(safe_join(self.root, study, series + ".pdf"), group, "series")
         return out
 
     # ------------------------------------------------------------------ PDF helpers
@@ -362,9 +385,10 @@ class Exporter:
         return items
 
     def _header(
-        self, ds: Dataset, scope: str, count: int, modalities: str = ""
+        self, ds: Dataset, scope: str, count: int, modalities: str = "", part: str = ""
     ) -> tuple[str, list[str]]:
-        """Title and header lines; ``modalities`` (e.g. ``CT/PT``) for a whole study."""
+        """Title and header lines; ``modalities`` (e.g. ``CT/PT``) for a whole study,
+        ``part`` (e.g. ``part 2 of 3``) for one part of a split PDF."""
         f = facts(ds, self.policy)
         modality = modalities or f.modality
         study = " ".join(
@@ -387,33 +411,64 @@ class Exporter:
                 for k, v in ids.items()
             ]
             lines.append("  ".join(shown))
+        of_part = f" ({part})" if part else ""
         if scope == "series":
             desc = f" {f.series_description}" if f.series_description else ""
-            lines.append(f"Series {f.series_number or '?'}{desc}: {count} image(s)")
+            lines.append(f"Series {f.series_number or '?'}{desc}: {count} image(s){of_part}")
         else:
-            lines.append(f"{count} image(s)")
+            lines.append(f"{count} image(s){of_part}")
         lines.append(f"{SOFTWARE}: rendered for review; window as captioned")
         described = f.series_description if scope == "series" else f.study_description
-        title = " ".join(x for x in (modality, scope, described, f.study_date) if x)
+        title = " ".join(x for x in (modality, scope, described, f.study_date) if x) + of_part
         return title, lines
 
-    def _pdf(self, target: Path, items: list[tuple[Path, Dataset]], scope: str) -> Path | None:
-        with logged_warnings(target):
-            try:
-                return self._build_pdf(target, items, scope)
-            except decode.MALFORMED as exc:
-                raise ExportError(f"{items[0][0]}: malformed element value: {exc}") from None
-
-    def _build_pdf(
-        self, target: Path, items: list[tuple[Path, Dataset]], scope: str
-    ) -> Path | None:
-        from node.export.pdf import Sheet  # reportlab is imported only when a PDF is made
-
+    def _pdf(self, target: Path, items: list[tuple[Path, Dataset]], scope: str) -> list[Path]:
+        """``target``, or ``<stem>-partNofM.pdf`` when the images are more than
+        ``export.pdf_max_images``: a PDF is built in memory (reportlab writes a document
+        whole), ~0.2-0.6 MB per 512 x 512 image, so a 2,000-slice CT series in one PDF
+        would take the node past a gigabyte. Parts end at object boundaries; parts or a
+        whole PDF of an earlier export of the same series or study that the new export
+        does not write again are removed once the new ones are written."""
+        groups = _pdf_parts(items, self.cfg.pdf_max_images)
         # a study PDF names every modality in it (CT/PT), not only the first series' one
         modalities = "/".join(
             dict.fromkeys(m for m in (facts(d, self.policy).modality for _, d in items) if m)
         )
-        title, header = self._header(items[0][1], scope, len(items), modalities)
+        written = []
+        for number, group in enumerate(groups, 1):
+            part = f"part {number} of {len(groups)}" if len(groups) > 1 else ""
+            where = (
+                target.with_name(f"{target.stem}-part{number}of{len(groups)}.pdf")
+                if part
+                else target
+            )
+            with logged_warnings(where):
+                try:
+                    made = self._build_pdf(where, group, scope, modalities, part)
+                except decode.MALFORMED as exc:
+                    raise ExportError(f"{group[0][0]}: malformed element value: {exc}") from None
+            if made is not None:
+                written.append(made)
+        if not written:
+            return []  # nothing renderable now: an earlier export is left as it is
+        stale = [target, *target.parent.glob(f"{glob.escape(target.stem)}-part*of*.pdf")]
+        for old in stale:
+            if old not in written and old.exists():
+                old.unlink()
+                log.info("removed %s: replaced by %s", old, ", ".join(p.name for p in written))
+        return written
+
+    def _build_pdf(
+        self,
+        target: Path,
+        items: list[tuple[Path, Dataset]],
+        scope: str,
+        modalities: str,
+        part: str,
+    ) -> Path | None:
+        from node.export.pdf import Sheet  # reportlab is imported only when a PDF is made
+
+        title, header = self._header(items[0][1], scope, len(items), modalities, part)
         sheet = Sheet(
             title=title,
             header=header,

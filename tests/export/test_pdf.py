@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from PIL import Image
 
 from node.cli import main
-from node.config import ExportSection
+from node.config import ExportSection, config_from_dict
+from node.errors import ConfigError
 from node.export import pdf as pdf_mod
 from node.export.deid import uid_hash
 from node.export.exporter import Exporter
@@ -57,8 +60,8 @@ def test_series_pdf_pages_show_the_png_pixels_exactly(tmp_path: Path) -> None:
     files = series(tmp_path)
     ex = exporter(tmp_path)
     pngs = [ex.export_instance(p)[0] for p in files]
-    target = ex.export_series_pdf(files)
-    assert target is not None and target.name.endswith(".pdf")
+    (target,) = ex.export_series_pdf(files)
+    assert target.name.endswith(".pdf")
     pages = raster(target, tmp_path)
     assert len(pages) == 3
     by_number = {int(p.name[:5]): np.asarray(Image.open(p)) for p in pngs}
@@ -100,8 +103,7 @@ def test_contact_sheet_layout_and_study_scope(tmp_path: Path) -> None:
 def test_identifiers_only_when_allowed(tmp_path: Path) -> None:
     files = series(tmp_path, 1)
     ex = exporter(tmp_path, allow_patient_identifiers=True)
-    target = ex.export_series_pdf(files)
-    assert target is not None
+    (target,) = ex.export_series_pdf(files)
     text = pdftext(target)
     assert "SECRETPERSON^JANE" in text and "PIDSECRET123" in text and "1970-01-01" in text
 
@@ -171,8 +173,7 @@ def test_captions_in_any_script_are_real_text(tmp_path: Path) -> None:
         ds.SeriesDescription, ds.PatientName = description, patient
         path = data.write(ds, tmp_path / "in" / f"{name}.dcm")
         assert pydicom.dcmread(path).SeriesDescription == description  # encoded and decoded
-        target = ex.export_series_pdf([path])
-        assert target is not None
+        (target,) = ex.export_series_pdf([path])
         text = pdftext(target)
         assert f"Series 3 {description} - Image 1" in text, (name, text)
         assert f"Patient {patient}" in text, (name, text)
@@ -207,13 +208,11 @@ def test_long_header_and_caption_lines_stay_on_the_page_and_in_their_cell(
     pixels = np.arange(4096, dtype=np.uint16).reshape(64, 64)
     ds = data.dataset(pixels, SeriesDescription=description, InstitutionName=institution)
     path = data.write(ds, tmp_path / "in" / "long.dcm")
-    page = exporter(tmp_path, allow_patient_identifiers=True).export_series_pdf([path])
-    assert page is not None
+    (page,) = exporter(tmp_path, allow_patient_identifiers=True).export_series_pdf([path])
     width, words = _word_boxes(page)
     assert max(right for _, right, _ in words) <= width - pdf_mod.MARGIN + 1
     assert width > 456 and institution in pdftext(page)
-    sheet = exporter(tmp_path / "c", pdf_layout="contact").export_series_pdf([path])
-    assert sheet is not None
+    (sheet,) = exporter(tmp_path / "c", pdf_layout="contact").export_series_pdf([path])
     cell = (pdf_mod.landscape(pdf_mod.A4)[0] - 2 * pdf_mod.MARGIN) / pdf_mod.GRID[0]
     _, words = _word_boxes(sheet)
     captions = [right for top, right, _ in words if top > pdf_mod.MARGIN + pdf_mod.HEADER]
@@ -241,12 +240,39 @@ def test_study_pdf_names_every_modality_and_the_study(tmp_path: Path) -> None:
             tmp_path / "in" / "pt.dcm",
         ),
     ]
-    target = exporter(tmp_path, pdf="study").export_study_pdf(files)
-    assert target is not None
+    (target,) = exporter(tmp_path, pdf="study").export_study_pdf(files)
     text = pdftext(target)
     assert "CT/PT study 2024-01-02 10:15 HEAD ROUTINE" in text
     assert "Series 4 PET WB - Image 1" in text
     info = pdfinfo(target)
     assert "CT/PT study HEAD ROUTINE 2024-01-02" in info and "AXIAL 5MM" not in info
-    series_pdf = exporter(tmp_path / "s").export_series_pdf(files[1:])
-    assert series_pdf is not None and "PT series PET WB 2024-01-02" in pdfinfo(series_pdf)
+    (series_pdf,) = exporter(tmp_path / "s").export_series_pdf(files[1:])
+    assert "PT series PET WB 2024-01-02" in pdfinfo(series_pdf)
+
+
+def test_a_series_of_more_images_than_pdf_max_images_is_split_into_parts(tmp_path: Path) -> None:
+    """Five images, at most two per PDF: three parts, in order, each naming its part; a
+    re-export that fits in one PDF again removes the parts (and the reverse)."""
+    files = series(tmp_path, 5)
+    parts = exporter(tmp_path, pdf_max_images=2).export_series_pdf(files)
+    assert [p.name.split("-part")[1] for p in parts] == ["1of3.pdf", "2of3.pdf", "3of3.pdf"]
+    assert [pdf_pages(p) for p in parts] == [2, 2, 1]
+    first, last = pdftext(parts[0]), pdftext(parts[2])
+    assert "5 image(s) (part" not in first and "2 image(s) (part 1 of 3)" in first
+    assert "Image 1" in first and "Image 2" in first and "Image 5" in last
+    assert "(part 3 of 3)" in pdfinfo(parts[2])
+    (whole,) = exporter(tmp_path).export_series_pdf(files)
+    assert "-part" not in whole.name and pdf_pages(whole) == 5
+    assert sorted(p.name for p in whole.parent.glob("*.pdf")) == [whole.name]
+    again = exporter(tmp_path, pdf_max_images=3).export_series_pdf(files)
+    assert sorted(p.name for p in whole.parent.glob("*.pdf")) == sorted(p.name for p in again)
+    assert len(again) == 2
+
+
+def test_pdf_max_images_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="export.pdf_max_images"):
+        config_from_dict({"export": {"pdf_max_images": 0}}, tmp_path)
+
+
+def pdf_pages(path: Path) -> int:
+    return int(re.search(r"Pages:\s+(\d+)", pdfinfo(path)).group(1))  # type: ignore[union-attr]
