@@ -29,6 +29,7 @@ from node.jobs import JobRunner, PermanentJobError
 from node.logs import fields
 from node.metrics import Metrics
 from node.queue import Job, JobStore
+from node.queue.owners import live_drains
 from node.receive.studies import forward_destinations
 from node.statelock import StateLock
 
@@ -108,9 +109,17 @@ class NodeService:
 
     def _start(self) -> None:
         cfg = self.cfg
-        requeued = self.store.requeue_claimed()
+        # Claims of the previous node process go back to the queue; those of a `queue
+        # drain` still running are its own (taking them made it and us send them both).
+        drains = live_drains(self.store)
+        requeued = self.store.requeue_claimed(keep=drains)
         if requeued:
             log.info("requeued %d jobs claimed by a previous run", requeued)
+        if drains:
+            log.info(
+                "leaving the jobs claimed by a running `dicom-node queue drain` to it",
+                extra=fields(owners=",".join(sorted(drains))),
+            )
 
         if cfg.export.enabled:
             from node.export.exporter import Exporter

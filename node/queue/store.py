@@ -391,11 +391,13 @@ class JobStore:
             )
         return cur.rowcount
 
-    def requeue_claimed(self, owner_prefix: str | None = None) -> int:
+    def requeue_claimed(self, owner_prefix: str | None = None, *, keep: Iterable[str] = ()) -> int:
         """On start-up: every claimed job (of a dead process) goes back to queued.
 
-        A pending re-run (the job was replaced while claimed) is folded in: the requeued
-        job runs once, with the replacement's payload, not twice.
+        Jobs of the owners in ``keep`` (processes still working on them, e.g. a running
+        ``queue drain``) stay claimed. A pending re-run (the job was replaced while
+        claimed) is folded in: the requeued job runs once, with the replacement's payload,
+        not twice.
         """
         now = time.time()
         sql = (
@@ -403,12 +405,25 @@ class JobStore:
             " next_attempt_at=MAX(next_attempt_at, COALESCE(rerun_at, 0)), rerun_at=NULL,"
             " updated_at=? WHERE state='claimed'"
         )
+        args: list[Any] = [now]
+        if owner_prefix is not None:
+            sql += " AND lease_owner LIKE ?"
+            args.append(owner_prefix + "%")
+        kept = list(keep)
+        if kept:
+            sql += f" AND COALESCE(lease_owner, '') NOT IN ({','.join('?' * len(kept))})"
+            args.extend(kept)
         with self._tx() as db:
-            if owner_prefix is None:
-                cur = db.execute(sql, (now,))
-            else:
-                cur = db.execute(sql + " AND lease_owner LIKE ?", (now, owner_prefix + "%"))
+            cur = db.execute(sql, args)
         return cur.rowcount
+
+    def claim_owners(self) -> set[str]:
+        """The lease owners of the claimed jobs."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT lease_owner FROM jobs WHERE state='claimed'"
+            ).fetchall()
+        return {r[0] for r in rows if r[0]}
 
     def rearm(self, job_ids: Iterable[int] | None = None, *, state: JobState | None = None) -> int:
         """Put dead (or ``state``) jobs back to queued with attempts reset."""
