@@ -231,6 +231,9 @@ def cmd_drain(args: argparse.Namespace) -> int:
         before = store.counters()
         before_dead = len(store.select(state=JobState.DEAD, destination=dest.name, limit=10**9))
         worker = DeliveryWorker(cfg, dest, store, owner=owner)
+        # One attempt per job: with a short backoff (or retry_multiplier = 1) a failed job
+        # was due again at once and a drain against a failing peer never ended.
+        worker.retried_before = time.time()
         handled = 0
         while (n := worker.run_once()) > 0:
             handled += n

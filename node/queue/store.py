@@ -292,14 +292,22 @@ class JobStore:
         destination: str | None = None,
         limit: int = 1,
         lease_seconds: float = 300.0,
+        retried_before: float | None = None,
     ) -> list[Job]:
-        """Atomically lease up to ``limit`` ready jobs (queued, due retries, expired leases)."""
+        """Atomically lease up to ``limit`` ready jobs (queued, due retries, expired leases).
+
+        With ``retried_before``, a job that failed and was scheduled for a retry at or after
+        that time is not taken (``queue drain``: one attempt per job and run).
+        """
         now = time.time()
         where = [
             "((state IN ('queued','retry') AND next_attempt_at <= ?)"
             " OR (state='claimed' AND lease_expires < ?))"
         ]
         args: list[Any] = [now, now]
+        if retried_before is not None:
+            where.append("NOT (state='retry' AND updated_at >= ?)")
+            args.append(retried_before)
         if kinds is not None:
             kind_list = list(kinds)
             where.append(f"kind IN ({','.join('?' * len(kind_list))})")

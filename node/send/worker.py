@@ -119,6 +119,8 @@ class DeliveryWorker:
         self.clock = clock
         self.rand = rand
         self._stop = threading.Event()
+        #: ``queue drain`` sets it to its start: a job failed since then is not tried again
+        self.retried_before: float | None = None
         self._acks: list[tuple[Job, Outcome]] = []
         self._last_flush = time.monotonic()
 
@@ -177,6 +179,7 @@ class DeliveryWorker:
             destination=self.dest.name,
             limit=max(self.cfg.queue.batch_size, 1),
             lease_seconds=self.cfg.queue.lease_seconds,
+            retried_before=self.retried_before,
         )
         if not jobs:
             return 0
