@@ -51,13 +51,21 @@ class NodeService:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.lock = StateLock(cfg.node.state_dir, "dicom-node run")
-        self.store = JobStore(cfg.node.state_dir)
+        # The lock first: only its holder may check and salvage a damaged store (which
+        # moves the database file aside), and nothing else is opened before it.
+        self.lock.acquire()
+        try:
+            self.store = JobStore(cfg.node.state_dir, repair=True)
+        except BaseException:
+            self.lock.release()
+            raise
         self.metrics = Metrics(cfg.metrics, self.store)
         self.threads: list[threading.Thread] = []
         self.scp: Any = None
         self.pipeline: Any = None
         self.exporter: Any = None
         self.wake_delivery: dict[str, threading.Event] = {}
+        self.exit_status = 0
 
     # ------------------------------------------------------------------ building
 
@@ -244,6 +252,18 @@ class NodeService:
     def _housekeeping(self) -> None:
         last_sweep = 0.0
         while not self.stop_event.is_set():
+            if self.store.damaged is not None:
+                # Every stage would fail on it from now on: stop (status 1, so that systemd
+                # starts the node again), and the next start salvages the store.
+                log.error(
+                    "job store %s is damaged (%s): stopping; start the node again to salvage"
+                    " it (readable jobs are kept, the damaged file is set aside)",
+                    self.store.path,
+                    self.store.damaged,
+                )
+                self.exit_status = 1
+                self.stop_event.set()
+                break
             self.store.heartbeat("node")
             if self.scp is not None and self.scp.alive:  # a dead listener stops beating
                 self.store.heartbeat("scp", f"port {self.scp.port}")
@@ -284,4 +304,4 @@ class NodeService:
             pass
         self.stop()
         log.info("dicom-node stopped")
-        return 0
+        return self.exit_status

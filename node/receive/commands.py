@@ -98,7 +98,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     with (
         StateLock(cfg.node.state_dir, "dicom-node receive"),
-        JobStore(cfg.node.state_dir, durable=cfg.receive.fsync) as store,
+        JobStore(cfg.node.state_dir, durable=cfg.receive.fsync, repair=True) as store,
     ):
         scp = StorageSCP(cfg, store)
         scp.start()
