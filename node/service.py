@@ -292,8 +292,18 @@ class NodeService:
             log.info("received %s, stopping", signal.Signals(signum).name)
             self.stop_event.set()
 
+        def on_hangup(signum: int, _frame: Any) -> None:
+            # The default action of SIGHUP ends the process at once: a closed terminal or
+            # a `kill -HUP` sent to make daemons reload cut C-STOREs short. The config is
+            # read only at start, so there is nothing to reload.
+            log.warning(
+                "received SIGHUP: ignored (the configuration is read only at start; restart"
+                " the node to apply changes, SIGTERM stops it gracefully)"
+            )
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
         try:
             self.start()
         except BaseException:  # e.g. the SCP's port is taken: release what did start
