@@ -65,6 +65,44 @@ CREATE TABLE IF NOT EXISTS heartbeats (
 """
 
 
+CLOCK_STEP_SECONDS = 5.0  # a wall clock this far behind an earlier reading went back
+
+
+# Is a lease over? On the boot clock when the lease was taken during this boot (a step of
+# the wall clock, forward or back, changes nothing: a worker's jobs are not taken from it
+# because NTP moved the time an hour ahead), on the wall clock otherwise (taken before a
+# reboot, or by a version without the boot columns).
+def _lease_over(boot_id: str | None, boot_now: float, now: float) -> tuple[str, list[Any]]:
+    if boot_id is None:
+        return "lease_expires < ?", [now]
+    return (
+        "((lease_boot_id = ? AND lease_boot < ?)"
+        " OR (COALESCE(lease_boot_id, '') != ? AND lease_expires < ?))",
+        [boot_id, boot_now, boot_id, now],
+    )
+
+
+def _read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+_BOOT_ID = _read_boot_id()
+
+
+def boot_clock() -> tuple[str | None, float]:
+    """``(boot id, seconds since boot)``: a clock no wall-clock step moves, the same for
+    every process of this boot (CLOCK_BOOTTIME also counts time suspended). Without it
+    (not Linux), ``(None, 0.0)``: leases then end on the wall clock."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    if not _BOOT_ID or clock is None:
+        return None, 0.0
+    return _BOOT_ID, time.clock_gettime(clock)
+
+
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
@@ -257,6 +295,7 @@ class JobStore:
         self._durable = durable
         #: set when SQLite reported the database damaged while the store was in use
         self.damaged: str | None = None
+        self._last_now = 0.0  # the wall clock at the last claim (a step back is noticed)
         #: where the damaged database was moved by a repair at open, if one was needed
         self.salvaged_from: Path | None = None
         try:
@@ -270,6 +309,10 @@ class JobStore:
                 problem = self._damage() if repair else None
                 if problem is not None:
                     self._salvage(problem)
+            if repair:  # the clock may have been set back while no node ran
+                moved = self.rebase_clock()
+                if moved:
+                    log.warning("the system clock went back: %d waiting job(s) moved", moved)
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error, AttributeError):
                 self._db.close()
@@ -337,6 +380,10 @@ class JobStore:
             if "rerun_at" not in columns:
                 # Set when a claimed job is replaced: ack() then queues it once more.
                 db.execute("ALTER TABLE jobs ADD COLUMN rerun_at REAL")
+            if "lease_boot" not in columns:
+                # The lease's end on the boot clock, and that boot's id (see _lease_free).
+                db.execute("ALTER TABLE jobs ADD COLUMN lease_boot REAL")
+                db.execute("ALTER TABLE jobs ADD COLUMN lease_boot_id TEXT")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -392,6 +439,38 @@ class JobStore:
         committed when the block exits, or rolled back if it raises.
         """
         return self._tx()
+
+    def _now(self) -> float:
+        """The wall clock for a claim; when it went back since the last one, the times of
+        waiting jobs are moved back with it first (:meth:`rebase_clock`)."""
+        now = time.time()
+        if now < self._last_now - CLOCK_STEP_SECONDS:
+            moved = self.rebase_clock(now)
+            log.warning(
+                "the system clock went back %.0f s: %d waiting job(s) keep their delays",
+                self._last_now - now,
+                moved,
+            )
+        self._last_now = now
+        return now
+
+    def rebase_clock(self, now: float | None = None) -> int:
+        """Undo a backward step of the wall clock for jobs written before it.
+
+        A job last written "in the future" (``updated_at`` past now) was written before the
+        clock went back: its due time (a retry's backoff, a study's quiet period) and lease
+        move back by the same amount, instead of waiting the step out (an hour, for a
+        daylight-saving or NTP mistake). Returns the number of jobs moved.
+        """
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET next_attempt_at = next_attempt_at - (updated_at - ?),"
+                " lease_expires = lease_expires - (updated_at - ?), updated_at = ?"
+                " WHERE updated_at > ? AND state IN ('queued', 'retry', 'claimed')",
+                (now, now, now, now + CLOCK_STEP_SECONDS),
+            )
+        return cur.rowcount
 
     def close(self) -> None:
         with self._lock:
@@ -488,12 +567,14 @@ class JobStore:
         With ``retried_before``, a job that failed and was scheduled for a retry at or after
         that time is not taken (``queue drain``: one attempt per job and run).
         """
-        now = time.time()
+        now = self._now()
+        boot_id, boot_now = boot_clock()
+        over, over_args = _lease_over(boot_id, boot_now, now)
         where = [
-            "((state IN ('queued','retry') AND next_attempt_at <= ?)"
-            " OR (state='claimed' AND lease_expires < ?))"
+            f"((state IN ('queued','retry') AND next_attempt_at <= ?)"
+            f" OR (state='claimed' AND {over}))"
         ]
-        args: list[Any] = [now, now]
+        args: list[Any] = [now, *over_args]
         if retried_before is not None:
             where.append("NOT (state='retry' AND updated_at >= ?)")
             args.append(retried_before)
@@ -517,8 +598,9 @@ class JobStore:
             # asked for while an earlier (expired) claim held the job.
             db.execute(
                 "UPDATE jobs SET state='claimed', lease_owner=?, lease_expires=?,"
+                " lease_boot=?, lease_boot_id=?,"
                 f" attempts=attempts+1, rerun_at=NULL, updated_at=? WHERE id IN ({marks})",
-                (owner, now + lease_seconds, now, *ids),
+                (owner, now + lease_seconds, boot_now + lease_seconds, boot_id, now, *ids),
             )
             claimed = db.execute(
                 f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY id", ids
@@ -579,12 +661,13 @@ class JobStore:
         if not ids:
             return 0
         now = time.time()
+        boot_id, boot_now = boot_clock()
         marks = ",".join("?" * len(ids))
         with self._tx() as db:
             cur = db.execute(
-                f"UPDATE jobs SET lease_expires=? WHERE state='claimed' AND lease_owner=?"
-                f" AND id IN ({marks})",
-                (now + lease_seconds, owner, *ids),
+                "UPDATE jobs SET lease_expires=?, lease_boot=?, lease_boot_id=?"
+                f" WHERE state='claimed' AND lease_owner=? AND id IN ({marks})",
+                (now + lease_seconds, boot_now + lease_seconds, boot_id, owner, *ids),
             )
         return cur.rowcount
 
