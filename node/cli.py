@@ -153,6 +153,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             exc.strerror or exc,
         )
         return 1
+    except Exception as exc:
+        # The job store (damaged, locked too long, disk full): sqlite3 is imported only by
+        # the commands that use it, and is not imported here for the others.
+        sqlite3 = sys.modules.get("sqlite3")
+        if sqlite3 is None or not isinstance(exc, sqlite3.Error):
+            raise
+        log.debug("details", exc_info=True)
+        log.error("%s: the job store refused: %s (%s)", args.command, exc, _store_hint(exc))
+        return 1
+
+
+def _store_hint(exc: BaseException) -> str:
+    """What to do about a job store error, for the one line the CLI prints."""
+    text = str(exc)
+    if "malformed" in text or "not a database" in text:
+        return "the database is damaged: `dicom-node run` salvages it at its next start"
+    if "locked" in text or "busy" in text:
+        return (
+            "another process held a write transaction for over 30 s: close a `sqlite3` "
+            "shell left open on it, then try again"
+        )
+    if "full" in text:
+        return "free space on the file system of node.state_dir"
+    return "--log-level DEBUG shows where"
 
 
 def console() -> NoReturn:

@@ -516,7 +516,8 @@ def _validate(cfg: Config) -> None:
     q = cfg.queue
     for key, value, low, high in (
         ("queue.retry_jitter", q.retry_jitter, 0.0, 1.0),
-        ("queue.retry_initial_seconds", q.retry_initial_seconds, 0.0, None),
+        # 0 made a failing job due again at once: a busy loop against a failing peer.
+        ("queue.retry_initial_seconds", q.retry_initial_seconds, MIN_RETRY_SECONDS, None),
         ("queue.retry_max_seconds", q.retry_max_seconds, q.retry_initial_seconds, None),
         ("queue.retry_multiplier", q.retry_multiplier, 1.0, None),
         ("queue.lease_seconds", q.lease_seconds, 1.0, None),
@@ -532,6 +533,9 @@ def _validate(cfg: Config) -> None:
         if value < low or (high is not None and value > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ConfigError(f"{key}: {value} is out of range (must be {bound})")
+
+
+MIN_RETRY_SECONDS = 0.1  # the shortest backoff: a failed job is never due again at once
 
 
 def config_from_dict(table: dict[str, Any], base: Path, source: Path | None = None) -> Config:

@@ -29,6 +29,7 @@ from node.jobs import JobRunner, PermanentJobError
 from node.logs import fields
 from node.metrics import Metrics
 from node.queue import Job, JobStore
+from node.queue.owners import live_drains
 from node.receive.studies import forward_destinations
 from node.statelock import StateLock
 
@@ -50,13 +51,21 @@ class NodeService:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.lock = StateLock(cfg.node.state_dir, "dicom-node run")
-        self.store = JobStore(cfg.node.state_dir)
+        # The lock first: only its holder may check and salvage a damaged store (which
+        # moves the database file aside), and nothing else is opened before it.
+        self.lock.acquire()
+        try:
+            self.store = JobStore(cfg.node.state_dir, repair=True)
+        except BaseException:
+            self.lock.release()
+            raise
         self.metrics = Metrics(cfg.metrics, self.store)
         self.threads: list[threading.Thread] = []
         self.scp: Any = None
         self.pipeline: Any = None
         self.exporter: Any = None
         self.wake_delivery: dict[str, threading.Event] = {}
+        self.exit_status = 0
 
     # ------------------------------------------------------------------ building
 
@@ -108,9 +117,17 @@ class NodeService:
 
     def _start(self) -> None:
         cfg = self.cfg
-        requeued = self.store.requeue_claimed()
+        # Claims of the previous node process go back to the queue; those of a `queue
+        # drain` still running are its own (taking them made it and us send them both).
+        drains = live_drains(self.store)
+        requeued = self.store.requeue_claimed(keep=drains)
         if requeued:
             log.info("requeued %d jobs claimed by a previous run", requeued)
+        if drains:
+            log.info(
+                "leaving the jobs claimed by a running `dicom-node queue drain` to it",
+                extra=fields(owners=",".join(sorted(drains))),
+            )
 
         if cfg.export.enabled:
             from node.export.exporter import Exporter
@@ -235,6 +252,18 @@ class NodeService:
     def _housekeeping(self) -> None:
         last_sweep = 0.0
         while not self.stop_event.is_set():
+            if self.store.damaged is not None:
+                # Every stage would fail on it from now on: stop (status 1, so that systemd
+                # starts the node again), and the next start salvages the store.
+                log.error(
+                    "job store %s is damaged (%s): stopping; start the node again to salvage"
+                    " it (readable jobs are kept, the damaged file is set aside)",
+                    self.store.path,
+                    self.store.damaged,
+                )
+                self.exit_status = 1
+                self.stop_event.set()
+                break
             self.store.heartbeat("node")
             if self.scp is not None and self.scp.alive:  # a dead listener stops beating
                 self.store.heartbeat("scp", f"port {self.scp.port}")
@@ -263,8 +292,18 @@ class NodeService:
             log.info("received %s, stopping", signal.Signals(signum).name)
             self.stop_event.set()
 
+        def on_hangup(signum: int, _frame: Any) -> None:
+            # The default action of SIGHUP ends the process at once: a closed terminal or
+            # a `kill -HUP` sent to make daemons reload cut C-STOREs short. The config is
+            # read only at start, so there is nothing to reload.
+            log.warning(
+                "received SIGHUP: ignored (the configuration is read only at start; restart"
+                " the node to apply changes, SIGTERM stops it gracefully)"
+            )
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
         try:
             self.start()
         except BaseException:  # e.g. the SCP's port is taken: release what did start
@@ -275,4 +314,4 @@ class NodeService:
             pass
         self.stop()
         log.info("dicom-node stopped")
-        return 0
+        return self.exit_status

@@ -37,7 +37,9 @@ class StateLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`AlreadyRunning` naming the holder."""
+        """Take the lock or raise :class:`AlreadyRunning` naming the holder (no-op if held)."""
+        if self._fd is not None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:

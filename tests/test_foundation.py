@@ -38,6 +38,7 @@ def test_default_config_loads_and_points_at_own_scp() -> None:
         ({"ingest": {"sop_class": "ct"}}, "ingest.sop_class: 'ct' is not one of"),
         ({"destinations": [{"name": "a", "host": "h"}]}, "destinations[0].port: required"),
         ({"node": {"uid_root": "1.02.3"}}, "uid_root '1.02.3' is not a valid UID root"),
+        ({"queue": {"retry_initial_seconds": 0}}, "queue.retry_initial_seconds: 0.0 is out of"),
         ({"receive": {"allowed_networks": ["300.1.1.1/8"]}}, "receive.allowed_networks[0]"),
         ({"ingest": {"destinations": ["nope"]}}, "unknown destination 'nope'"),
         ({"destinations": {"name": "a"}}, "write [[destinations]], with double brackets"),

@@ -11,15 +11,14 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from typing import Any
 
 from node.errors import QueueError
+from node.queue.owners import drain_owner, requeue_dead_drains
 from node.queue.store import DB_NAME, Job, JobState, JobStore
 from node.service_commands import load_from_args
-from node.status import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -218,28 +217,12 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-DRAIN_OWNER = "drain@{host}:{pid}"
-
-
-def requeue_dead_drains(store: JobStore) -> int:
-    """Give back the jobs claimed by ``drain`` processes of this host that no longer run."""
-    host = socket.gethostname()
-    prefix = DRAIN_OWNER.format(host=host, pid="")
-    owners = {j.lease_owner for j in store.select(state=JobState.CLAIMED, limit=1_000_000)}
-    n = 0
-    for owner in owners:
-        pid = owner[len(prefix) :] if owner and owner.startswith(prefix) else ""
-        if pid.isdigit() and not pid_alive(int(pid)):
-            n += store.requeue_claimed(owner)
-    return n
-
-
 def cmd_drain(args: argparse.Namespace) -> int:
     from node.send.worker import DeliveryWorker  # the send room; imported only when used
 
     cfg = load_from_args(args)
     dest = cfg.destination(args.dest)
-    owner = DRAIN_OWNER.format(host=socket.gethostname(), pid=os.getpid())
+    owner = drain_owner(os.getpid())
     before_dead = 0
     with _store(args) as store:  # no store: an error, as for the other actions
         taken_back = requeue_dead_drains(store)
@@ -248,6 +231,9 @@ def cmd_drain(args: argparse.Namespace) -> int:
         before = store.counters()
         before_dead = len(store.select(state=JobState.DEAD, destination=dest.name, limit=10**9))
         worker = DeliveryWorker(cfg, dest, store, owner=owner)
+        # One attempt per job: with a short backoff (or retry_multiplier = 1) a failed job
+        # was due again at once and a drain against a failing peer never ended.
+        worker.retried_before = time.time()
         handled = 0
         while (n := worker.run_once()) > 0:
             handled += n

@@ -65,6 +65,143 @@ CREATE TABLE IF NOT EXISTS heartbeats (
 """
 
 
+CLOCK_STEP_SECONDS = 5.0  # a wall clock this far behind an earlier reading went back
+
+
+# Is a lease over? On the boot clock when the lease was taken during this boot (a step of
+# the wall clock, forward or back, changes nothing: a worker's jobs are not taken from it
+# because NTP moved the time an hour ahead), on the wall clock otherwise (taken before a
+# reboot, or by a version without the boot columns).
+def _lease_over(boot_id: str | None, boot_now: float, now: float) -> tuple[str, list[Any]]:
+    if boot_id is None:
+        return "lease_expires < ?", [now]
+    return (
+        "((lease_boot_id = ? AND lease_boot < ?)"
+        " OR (COALESCE(lease_boot_id, '') != ? AND lease_expires < ?))",
+        [boot_id, boot_now, boot_id, now],
+    )
+
+
+def _read_boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
+_BOOT_ID = _read_boot_id()
+
+
+def boot_clock() -> tuple[str | None, float]:
+    """``(boot id, seconds since boot)``: a clock no wall-clock step moves, the same for
+    every process of this boot (CLOCK_BOOTTIME also counts time suspended). Without it
+    (not Linux), ``(None, 0.0)``: leases then end on the wall clock."""
+    clock = getattr(time, "CLOCK_BOOTTIME", None)
+    if not _BOOT_ID or clock is None:
+        return None, 0.0
+    return _BOOT_ID, time.clock_gettime(clock)
+
+
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def is_damage(exc: BaseException) -> bool:
+    """True for SQLite's "database disk image is malformed" / "file is not a database"."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (
+        isinstance(exc, sqlite3.DatabaseError)
+        and code is not None
+        and (code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB))
+    )
+
+
+def salvage_rows(source: Path, target: sqlite3.Connection) -> tuple[dict[str, int], int]:
+    """Copy every readable row of every table of ``source`` into ``target``.
+
+    Tables the target lacks are created from the source's schema. Rows are read in rowid
+    order; a damaged page raises, and the reading resumes past it (rowids probed further
+    and further ahead). Returns rows copied per table and the number of ranges skipped.
+    """
+    copied: dict[str, int] = {}
+    lost = 0
+    try:
+        src = sqlite3.connect(source, isolation_level=None)
+    except sqlite3.Error:
+        return copied, 1
+    try:
+        try:
+            tables = src.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type='table'"
+                " AND name NOT LIKE 'sqlite_%'"
+            ).fetchall()
+        except sqlite3.DatabaseError:
+            return copied, 1  # not even the schema is readable: nothing to salvage
+        target.execute("BEGIN IMMEDIATE")
+        for name, sql in tables:
+            with contextlib.suppress(sqlite3.OperationalError):  # already there
+                target.execute(sql)
+            copied[name], skipped = _copy_table(src, target, name)
+            lost += skipped
+        target.execute("COMMIT")
+    finally:
+        src.close()
+    return copied, lost
+
+
+def _copy_table(src: sqlite3.Connection, target: sqlite3.Connection, table: str) -> tuple[int, int]:
+    quoted = '"' + table.replace('"', '""') + '"'
+    try:
+        top = src.execute(f"SELECT max(rowid) FROM {quoted}").fetchone()[0]
+    except sqlite3.DatabaseError:
+        top = None
+    after, n, skipped = -(2**63), 0, 0
+    while True:
+        rows: list[Any] = []
+        columns: list[str] = []
+        try:
+            cur = src.execute(
+                f"SELECT rowid, * FROM {quoted} WHERE rowid > ? ORDER BY rowid LIMIT 1000",
+                (after,),
+            )
+            columns = [d[0] for d in cur.description][1:]
+            for row in cur:  # rows before a damaged page are kept
+                rows.append(row)
+            failed = False
+        except sqlite3.DatabaseError:
+            failed = True
+        if rows:
+            marks = ",".join("?" * len(columns))
+            names = ",".join('"' + c.replace('"', '""') + '"' for c in columns)
+            target.executemany(
+                f"INSERT OR IGNORE INTO {quoted}({names}) VALUES ({marks})",
+                [tuple(r[1:]) for r in rows],
+            )
+            n += len(rows)
+            after = rows[-1][0]
+        if not failed:
+            if len(rows) < 1000:
+                return n, skipped
+            continue
+        # A damaged page: probe further and further ahead for a readable rowid.
+        skipped += 1
+        step = 1
+        while True:
+            probe = after + step
+            if top is not None and probe > top or step > 2**62:
+                return n, skipped
+            try:
+                src.execute(
+                    f"SELECT rowid FROM {quoted} WHERE rowid > ? ORDER BY rowid LIMIT 2", (probe,)
+                ).fetchall()
+            except sqlite3.DatabaseError:
+                step *= 2
+                continue
+            after = probe
+            break
+
+
 class JobState(StrEnum):
     """Where a job is in its life."""
 
@@ -137,7 +274,15 @@ class JobStore:
     and ``status`` commands) open their own and SQLite's file locking does the rest.
     """
 
-    def __init__(self, state_dir: Path | str, *, durable: bool = True) -> None:
+    def __init__(
+        self, state_dir: Path | str, *, durable: bool = True, repair: bool = False
+    ) -> None:
+        """Open (or create) the store.
+
+        With ``repair`` (only for the process holding the state directory's lock: ``run``
+        and ``receive``) a damaged database is checked for and salvaged: see
+        :meth:`_salvage`.
+        """
         self.path = Path(state_dir) / DB_NAME
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,20 +292,79 @@ class JobStore:
                 f"{exc.strerror or exc}"
             ) from None
         self._lock = threading.RLock()
+        self._durable = durable
+        #: set when SQLite reported the database damaged while the store was in use
+        self.damaged: str | None = None
+        self._last_now = 0.0  # the wall clock at the last claim (a step back is noticed)
+        #: where the damaged database was moved by a repair at open, if one was needed
+        self.salvaged_from: Path | None = None
         try:
-            self._db = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-            )
+            try:
+                self._connect()
+            except sqlite3.DatabaseError as exc:
+                if not (repair and is_damage(exc)):
+                    raise
+                self._salvage(str(exc), connected=False)
+            else:
+                problem = self._damage() if repair else None
+                if problem is not None:
+                    self._salvage(problem)
+            if repair:  # the clock may have been set back while no node ran
+                moved = self.rebase_clock()
+                if moved:
+                    log.warning("the system clock went back: %d waiting job(s) moved", moved)
         except sqlite3.Error as exc:
-            raise QueueError(f"cannot open job store {self.path}: {exc}") from exc
-        try:
-            self._open(durable)
-        except sqlite3.Error as exc:
-            self._db.close()
+            with contextlib.suppress(sqlite3.Error, AttributeError):
+                self._db.close()
             raise QueueError(
                 f"cannot open job store {self.path}: {exc} (is node.state_dir the node's "
-                "state folder? move a damaged file aside and restart to begin a new store)"
+                "state folder? a damaged store is salvaged by `dicom-node run` at its start)"
             ) from None
+
+    def _connect(self) -> None:
+        self._db = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._open(self._durable)
+        except sqlite3.Error:
+            self._db.close()
+            raise
+
+    def _damage(self) -> str | None:
+        """What ``PRAGMA quick_check`` finds wrong (a few tens of ms per 100k jobs), or None."""
+        try:
+            rows = [r[0] for r in self._db.execute("PRAGMA quick_check(20)").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            return str(exc)
+        return None if rows == ["ok"] else "; ".join(rows)
+
+    def _salvage(self, problem: str, *, connected: bool = True) -> None:
+        """Move the damaged database aside and copy every readable row into a new one.
+
+        The damaged file (with its ``-wal``) is kept as ``queue.sqlite3.damaged-TIME`` for
+        the admin; rows on damaged pages are lost (the node's start-up recovery queues the
+        deliveries of ingest claims again from their records in ``ingest.work``).
+        """
+        if connected:
+            self._db.close()
+        aside = self.path.with_name(f"{DB_NAME}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("-wal", "-shm", ""):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
+        self._connect()
+        copied, lost = salvage_rows(aside, self._db)
+        log.error(
+            "job store %s was damaged (%s): moved to %s; %d rows copied into a new store%s",
+            self.path,
+            problem,
+            aside.name,
+            sum(copied.values()),
+            f", {lost} unreadable range(s) skipped" if lost else "",
+        )
+        self.salvaged_from = aside
 
     def _open(self, durable: bool) -> None:
         """Connection settings and the schema (created or upgraded in place)."""
@@ -176,6 +380,10 @@ class JobStore:
             if "rerun_at" not in columns:
                 # Set when a claimed job is replaced: ack() then queues it once more.
                 db.execute("ALTER TABLE jobs ADD COLUMN rerun_at REAL")
+            if "lease_boot" not in columns:
+                # The lease's end on the boot clock, and that boot's id (see _lease_free).
+                db.execute("ALTER TABLE jobs ADD COLUMN lease_boot REAL")
+                db.execute("ALTER TABLE jobs ADD COLUMN lease_boot_id TEXT")
 
     # ------------------------------------------------------------------ plumbing
 
@@ -187,13 +395,41 @@ class JobStore:
                 # the outer block commits or rolls back everything at once.
                 yield self._db
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            with self._watch():
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):  # e.g. already rolled back
+                        self._db.execute("ROLLBACK")
+                    raise
+                try:
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    # SQLite rolls back a commit that failed on a full disk, but not every
+                    # failed commit (SQLITE_BUSY): a transaction left open would be joined,
+                    # as if nested, by every later write of this connection and never
+                    # committed.
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._watch():
+            yield self._db
+
+    @contextmanager
+    def _watch(self) -> Iterator[None]:
+        """Remember a "database disk image is malformed" (the node stops on it, and its
+        next start salvages the store)."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                self.damaged = str(exc)
+            raise
 
     def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         """Group several writes into one commit (one fsync): ``with store.transaction() as db``.
@@ -203,6 +439,38 @@ class JobStore:
         committed when the block exits, or rolled back if it raises.
         """
         return self._tx()
+
+    def _now(self) -> float:
+        """The wall clock for a claim; when it went back since the last one, the times of
+        waiting jobs are moved back with it first (:meth:`rebase_clock`)."""
+        now = time.time()
+        if now < self._last_now - CLOCK_STEP_SECONDS:
+            moved = self.rebase_clock(now)
+            log.warning(
+                "the system clock went back %.0f s: %d waiting job(s) keep their delays",
+                self._last_now - now,
+                moved,
+            )
+        self._last_now = now
+        return now
+
+    def rebase_clock(self, now: float | None = None) -> int:
+        """Undo a backward step of the wall clock for jobs written before it.
+
+        A job last written "in the future" (``updated_at`` past now) was written before the
+        clock went back: its due time (a retry's backoff, a study's quiet period) and lease
+        move back by the same amount, instead of waiting the step out (an hour, for a
+        daylight-saving or NTP mistake). Returns the number of jobs moved.
+        """
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET next_attempt_at = next_attempt_at - (updated_at - ?),"
+                " lease_expires = lease_expires - (updated_at - ?), updated_at = ?"
+                " WHERE updated_at > ? AND state IN ('queued', 'retry', 'claimed')",
+                (now, now, now, now + CLOCK_STEP_SECONDS),
+            )
+        return cur.rowcount
 
     def close(self) -> None:
         with self._lock:
@@ -292,14 +560,24 @@ class JobStore:
         destination: str | None = None,
         limit: int = 1,
         lease_seconds: float = 300.0,
+        retried_before: float | None = None,
     ) -> list[Job]:
-        """Atomically lease up to ``limit`` ready jobs (queued, due retries, expired leases)."""
-        now = time.time()
+        """Atomically lease up to ``limit`` ready jobs (queued, due retries, expired leases).
+
+        With ``retried_before``, a job that failed and was scheduled for a retry at or after
+        that time is not taken (``queue drain``: one attempt per job and run).
+        """
+        now = self._now()
+        boot_id, boot_now = boot_clock()
+        over, over_args = _lease_over(boot_id, boot_now, now)
         where = [
-            "((state IN ('queued','retry') AND next_attempt_at <= ?)"
-            " OR (state='claimed' AND lease_expires < ?))"
+            f"((state IN ('queued','retry') AND next_attempt_at <= ?)"
+            f" OR (state='claimed' AND {over}))"
         ]
-        args: list[Any] = [now, now]
+        args: list[Any] = [now, *over_args]
+        if retried_before is not None:
+            where.append("NOT (state='retry' AND updated_at >= ?)")
+            args.append(retried_before)
         if kinds is not None:
             kind_list = list(kinds)
             where.append(f"kind IN ({','.join('?' * len(kind_list))})")
@@ -320,8 +598,9 @@ class JobStore:
             # asked for while an earlier (expired) claim held the job.
             db.execute(
                 "UPDATE jobs SET state='claimed', lease_owner=?, lease_expires=?,"
+                " lease_boot=?, lease_boot_id=?,"
                 f" attempts=attempts+1, rerun_at=NULL, updated_at=? WHERE id IN ({marks})",
-                (owner, now + lease_seconds, now, *ids),
+                (owner, now + lease_seconds, boot_now + lease_seconds, boot_id, now, *ids),
             )
             claimed = db.execute(
                 f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY id", ids
@@ -382,20 +661,23 @@ class JobStore:
         if not ids:
             return 0
         now = time.time()
+        boot_id, boot_now = boot_clock()
         marks = ",".join("?" * len(ids))
         with self._tx() as db:
             cur = db.execute(
-                f"UPDATE jobs SET lease_expires=? WHERE state='claimed' AND lease_owner=?"
-                f" AND id IN ({marks})",
-                (now + lease_seconds, owner, *ids),
+                "UPDATE jobs SET lease_expires=?, lease_boot=?, lease_boot_id=?"
+                f" WHERE state='claimed' AND lease_owner=? AND id IN ({marks})",
+                (now + lease_seconds, boot_now + lease_seconds, boot_id, owner, *ids),
             )
         return cur.rowcount
 
-    def requeue_claimed(self, owner_prefix: str | None = None) -> int:
+    def requeue_claimed(self, owner_prefix: str | None = None, *, keep: Iterable[str] = ()) -> int:
         """On start-up: every claimed job (of a dead process) goes back to queued.
 
-        A pending re-run (the job was replaced while claimed) is folded in: the requeued
-        job runs once, with the replacement's payload, not twice.
+        Jobs of the owners in ``keep`` (processes still working on them, e.g. a running
+        ``queue drain``) stay claimed. A pending re-run (the job was replaced while
+        claimed) is folded in: the requeued job runs once, with the replacement's payload,
+        not twice.
         """
         now = time.time()
         sql = (
@@ -403,12 +685,25 @@ class JobStore:
             " next_attempt_at=MAX(next_attempt_at, COALESCE(rerun_at, 0)), rerun_at=NULL,"
             " updated_at=? WHERE state='claimed'"
         )
+        args: list[Any] = [now]
+        if owner_prefix is not None:
+            sql += " AND lease_owner LIKE ?"
+            args.append(owner_prefix + "%")
+        kept = list(keep)
+        if kept:
+            sql += f" AND COALESCE(lease_owner, '') NOT IN ({','.join('?' * len(kept))})"
+            args.extend(kept)
         with self._tx() as db:
-            if owner_prefix is None:
-                cur = db.execute(sql, (now,))
-            else:
-                cur = db.execute(sql + " AND lease_owner LIKE ?", (now, owner_prefix + "%"))
+            cur = db.execute(sql, args)
         return cur.rowcount
+
+    def claim_owners(self) -> set[str]:
+        """The lease owners of the claimed jobs."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT DISTINCT lease_owner FROM jobs WHERE state='claimed'"
+            ).fetchall()
+        return {r[0] for r in rows if r[0]}
 
     def rearm(self, job_ids: Iterable[int] | None = None, *, state: JobState | None = None) -> int:
         """Put dead (or ``state``) jobs back to queued with attempts reset."""
@@ -460,13 +755,13 @@ class JobStore:
     # ------------------------------------------------------------------ reading
 
     def get(self, job_id: int) -> Job | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        with self._read() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return Job.from_row(row) if row else None
 
     def find(self, kind: str, dedup_key: str, destination: str = "") -> Job | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._read() as db:
+            row = db.execute(
                 "SELECT * FROM jobs WHERE kind=? AND dedup_key=? AND destination=?",
                 (kind, dedup_key, destination),
             ).fetchone()
@@ -485,8 +780,8 @@ class JobStore:
             if val is not None:
                 where.append(f"{col}=?")
                 args.append(str(val))
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY id LIMIT ?",
                 (*args, limit),
             ).fetchall()
@@ -494,8 +789,8 @@ class JobStore:
 
     def counts(self) -> list[tuple[str, str, str, int]]:
         """``(kind, destination, state, count)`` for every non-empty group."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._read() as db:
+            rows = db.execute(
                 "SELECT kind, destination, state, COUNT(*) AS n FROM jobs"
                 " GROUP BY kind, destination, state ORDER BY kind, destination, state"
             ).fetchall()
@@ -508,8 +803,8 @@ class JobStore:
         if kind is not None:
             sql += " AND kind=?"
             args = (kind,)
-        with self._lock:
-            return int(self._db.execute(sql, args).fetchone()[0])
+        with self._read() as db:
+            return int(db.execute(sql, args).fetchone()[0])
 
     # ------------------------------------------------------------------ status side tables
 
@@ -523,8 +818,8 @@ class JobStore:
             )
 
     def counters(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._db.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
+        with self._read() as db:
+            rows = db.execute("SELECT name, value FROM counters ORDER BY name").fetchall()
         return {r["name"]: r["value"] for r in rows}
 
     def heartbeat(self, component: str, detail: str = "") -> None:
@@ -538,6 +833,6 @@ class JobStore:
             )
 
     def heartbeats(self) -> dict[str, tuple[int, float, str]]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM heartbeats ORDER BY component").fetchall()
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM heartbeats ORDER BY component").fetchall()
         return {r["component"]: (r["pid"], r["seen_at"], r["detail"] or "") for r in rows}

@@ -42,12 +42,16 @@ class OutOfSpace(ReceiveError):
     """Storing would take the archive's file system below ``receive.min_free_bytes``, or
     the file system is full (``full``: ENOSPC/EDQUOT from the kernel)."""
 
-    def __init__(self, message: str, *, full: bool = False) -> None:
+    def __init__(self, message: str, *, full: bool = False, unwritable: bool = False) -> None:
         super().__init__(message)
         self.full = full
+        self.unwritable = unwritable
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+# The archive refused by the system (remounted read-only after an error, permissions
+# changed, a failing disk): the sender should retry later too, not give the object up.
+_UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 @contextlib.contextmanager
@@ -63,6 +67,13 @@ def _full_is_out_of_space(what: str) -> Iterator[None]:
                 f"file system of the archive full ({exc.strerror}) while {what}: free some "
                 "space (or inodes) under receive.archive",
                 full=True,
+            ) from exc
+        if exc.errno in _UNWRITABLE:
+            raise OutOfSpace(
+                f"archive not writable ({exc.strerror}: {exc.filename or 'receive.archive'}) "
+                f"while {what}: make receive.archive writable for the node (a read-only "
+                "remount after disk errors needs the disk checked); senders retry meanwhile",
+                unwritable=True,
             ) from exc
         raise
 

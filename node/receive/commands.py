@@ -96,9 +96,14 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # As for `run`: SIGHUP would end the process at once; there is nothing to reload.
+    signal.signal(
+        signal.SIGHUP,
+        lambda *_: log.warning("received SIGHUP: ignored (SIGTERM stops the SCP gracefully)"),
+    )
     with (
         StateLock(cfg.node.state_dir, "dicom-node receive"),
-        JobStore(cfg.node.state_dir, durable=cfg.receive.fsync) as store,
+        JobStore(cfg.node.state_dir, durable=cfg.receive.fsync, repair=True) as store,
     ):
         scp = StorageSCP(cfg, store)
         scp.start()

@@ -321,6 +321,8 @@ def _place_and_record(
         log.error("C-STORE refused: %s", exc, extra=log_fields)
         if exc.full:
             return StoreStatus.OUT_OF_RESOURCES, "out of resources: archive file system full"
+        if exc.unwritable:
+            return StoreStatus.OUT_OF_RESOURCES, "out of resources: archive not writable"
         return StoreStatus.OUT_OF_RESOURCES, "out of resources: disk floor reached"
 
     if not stored.written:

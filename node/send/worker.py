@@ -12,6 +12,8 @@ gives, or dead when it gives up; permanent -> dead with the reason, counter
 ``ACK_EVERY`` files or ``ACK_SECONDS``, states and counter in one commit) to keep fsyncs
 off the critical path; a crash between a peer's success and our ack only means that
 object is sent again, which a PACS treats as the same instance (same SOP Instance UID).
+Acks whose commit fails (a full state disk) stay pending and are written before anything
+new is claimed.
 Jobs claimed but never started (stop requested, association lost) are released without
 counting the attempt.
 """
@@ -22,6 +24,7 @@ import logging
 import os
 import random
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -116,6 +119,8 @@ class DeliveryWorker:
         self.clock = clock
         self.rand = rand
         self._stop = threading.Event()
+        #: ``queue drain`` sets it to its start: a job failed since then is not tried again
+        self.retried_before: float | None = None
         self._acks: list[tuple[Job, Outcome]] = []
         self._last_flush = time.monotonic()
 
@@ -129,12 +134,27 @@ class DeliveryWorker:
             try:
                 done = self.run_once()
                 self.store.heartbeat(self.component)
+            except sqlite3.OperationalError as exc:  # full or locked job store: no traceback
+                log.error(
+                    "delivery worker cannot use the job store, retrying: %s (free space on"
+                    " node.state_dir, or end the process holding the database)",
+                    exc,
+                    extra=fields(destination=self.dest.name, pending_acks=len(self._acks)),
+                )
+                done = 0
+                stop.wait(IDLE_POLL_SECONDS)
             except Exception:  # keep the worker alive; the job lease protects the work
                 log.exception("delivery worker error", extra=fields(destination=self.dest.name))
                 done = 0
                 stop.wait(IDLE_POLL_SECONDS)
             if done == 0:
                 self._idle(stop)
+        if self._acks:
+            log.error(
+                "stopping with deliveries not recorded as done (the job store refused the"
+                " commit): they are sent again after the restart (same SOP Instance UIDs)",
+                extra=fields(destination=self.dest.name, objects=len(self._acks)),
+            )
         log.info("delivery worker stopped", extra=fields(destination=self.dest.name))
 
     def _idle(self, stop: threading.Event) -> None:
@@ -146,13 +166,20 @@ class DeliveryWorker:
         self.wake.clear()
 
     def run_once(self) -> int:
-        """Claim one batch and deliver it; returns the number of jobs decided."""
+        """Claim one batch and deliver it; returns the number of jobs decided.
+
+        Acknowledgements a failed commit left pending (a full state disk) are written
+        first; while that fails, nothing new is claimed (the error propagates).
+        """
+        if self._acks:
+            self._flush_acks()
         jobs = self.store.claim(
             self.owner,
             kinds=[KIND],
             destination=self.dest.name,
             limit=max(self.cfg.queue.batch_size, 1),
             lease_seconds=self.cfg.queue.lease_seconds,
+            retried_before=self.retried_before,
         )
         if not jobs:
             return 0
@@ -183,10 +210,12 @@ class DeliveryWorker:
             if items:
                 self.sender.send(items, report, self._stop.is_set)
         finally:
-            self._flush_acks()
-            unstarted = [job.id for job in jobs if job.id not in decided]
-            if unstarted:
-                self.store.release(unstarted)
+            try:
+                self._flush_acks()
+            finally:  # also when the acks cannot be written: the rest goes back now
+                unstarted = [job.id for job in jobs if job.id not in decided]
+                if unstarted:
+                    self.store.release(unstarted)
         return len(decided)
 
     # ------------------------------------------------------------------ per job
@@ -227,7 +256,15 @@ class DeliveryWorker:
         if outcome.delivered:
             self._acks.append((job, outcome))
             if len(self._acks) >= ACK_EVERY or time.monotonic() - self._last_flush > ACK_SECONDS:
-                self._flush_acks()
+                try:
+                    self._flush_acks()
+                except Exception as exc:  # kept pending; the batch's final flush retries
+                    log.warning(
+                        "cannot record deliveries as done yet, will retry: %s: %s",
+                        type(exc).__name__,
+                        exc,
+                        extra=fields(destination=self.dest.name, pending=len(self._acks)),
+                    )
             return
         if outcome.verdict is Verdict.RETRY:
             now = self.clock()
@@ -260,10 +297,17 @@ class DeliveryWorker:
             self.on_dead(job)
 
     def _flush_acks(self) -> None:
+        """Commit the acknowledgements gathered so far (states and counter, one commit).
+
+        When the commit fails (``database or disk is full``) they stay pending, in memory,
+        and are written by the next flush: dropping them would leave those jobs claimed
+        until their lease expires, and then send objects the PACS already acknowledged
+        once more.
+        """
         self._last_flush = time.monotonic()
         if not self._acks:
             return
-        acks, self._acks = self._acks, []
+        acks = list(self._acks)
         plain = [job.id for job, outcome in acks if not outcome.warning]
         with self.store.transaction():  # states and counter in one commit (one fsync)
             if plain:
@@ -272,6 +316,7 @@ class DeliveryWorker:
                 if outcome.warning:
                     self.store.ack([job.id], note=outcome.reason)
             self.store.bump("delivered", len(acks))
+        del self._acks[: len(acks)]
         for job, outcome in acks:
             log.info(
                 "delivered",

@@ -34,3 +34,46 @@ def test_a_crashed_stage_is_restarted_until_the_node_stops(
     assert not node.threads[0].is_alive()
     assert len(runs) == 3
     node.store.close()
+
+
+def test_start_leaves_the_claims_of_a_running_drain_alone(tmp_path: Path) -> None:
+    """A node started while `queue drain` runs took back the drain's claimed jobs, and both
+    sent them. Only claims of processes that are gone are requeued now."""
+    import os
+    import subprocess
+    import sys
+
+    from node.queue.owners import drain_owner
+    from node.queue.store import JobState, JobStore
+
+    cfg = config_from_dict(
+        {
+            "node": {"base_dir": str(tmp_path)},
+            "ingest": {"enabled": False},
+            "receive": {"enabled": False},
+            "export": {"enabled": False},
+        },
+        tmp_path,
+    )
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(gone.stdout)
+    with JobStore(cfg.node.state_dir) as store:
+        ids = [
+            store.enqueue("deliver", {"n": n}, destination="pacs", dedup_key=str(n))
+            for n in range(3)
+        ]
+        store.claim(drain_owner(os.getpid()), limit=1)  # a drain that runs (this process)
+        store.claim(drain_owner(dead_pid), limit=1)  # a drain killed meanwhile
+        store.claim(f"{dead_pid}-0", limit=1)  # the previous node's worker
+    node = NodeService(cfg)
+    node.start()
+    try:
+        states = [node.store.get(i).state for i in ids]  # type: ignore[union-attr]
+    finally:
+        node.stop(timeout=5)
+    assert states == [JobState.CLAIMED, JobState.QUEUED, JobState.QUEUED]

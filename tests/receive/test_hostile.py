@@ -216,8 +216,24 @@ def test_disk_floor_answers_a700_and_writes_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fast_path", [True, False])
 @pytest.mark.parametrize("where", ["directory", "flush"])
+@pytest.mark.parametrize(
+    ("err", "expected"),
+    [
+        (errno.ENOSPC, "out of resources: archive file system full"),
+        # a read-only remount, a changed permission, a failing disk: 0x0110 and a
+        # traceback per object before, which modalities take as a final failure
+        (errno.EROFS, "out of resources: archive not writable"),
+        (errno.EIO, "out of resources: archive not writable"),
+    ],
+)
 def test_a_full_file_system_answers_a700_and_the_retry_is_stored(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast_path: bool, where: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fast_path: bool,
+    where: str,
+    err: int,
+    expected: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """ENOSPC (no space or no inodes) creating the study/series directory or flushing the
     object is out of resources (0xA700, the sender retries later), not a processing
@@ -227,7 +243,7 @@ def test_a_full_file_system_answers_a700_and_the_retry_is_stored(
         root = scp.archive_root
 
         def no_space(*args: Any) -> None:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(err, os.strerror(err))
 
         if where == "directory":
             real_mkdir = Path.mkdir
@@ -244,7 +260,8 @@ def test_a_full_file_system_answers_a700_and_the_retry_is_stored(
         status, comment = _answer(scp.port, ds)
         monkeypatch.undo()
         assert status == 0xA700, hex(status)
-        assert comment == "out of resources: archive file system full"
+        assert comment == expected
+        assert not [r for r in caplog.records if r.exc_info]  # one line, no traceback
         assert archived(root) == []
         assert not [p for p in root.rglob("*") if p.is_file()]  # no staging file left
         assert store.select(kind="export_instance") == []

@@ -313,3 +313,25 @@ def test_send_queue_ignores_a_dicomdir(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(cd)]) == 0
     out = capsys.readouterr().out
     assert "queued 2 file(s)" in out and "1 DICOMDIR ignored" in out
+
+
+def test_drain_tries_each_job_once_against_a_failing_peer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a backoff shorter than an attempt (retry_initial_seconds = 0 was accepted), a
+    failed job was due again at once and the drain tried it again and again (for ever
+    without max_attempts)."""
+    from node.queue import retry
+
+    monkeypatch.setattr(retry, "backoff_seconds", lambda *a, **k: 0.0)
+    native_sc(tmp_path / "a.dcm")
+    cfg = _cfg(tmp_path, free_port(), "PACS")  # nobody listens: every attempt fails
+    with open(cfg, "a") as fh:
+        fh.write("[queue]\nmax_attempts = 20\n")
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(tmp_path / "a.dcm")]) == 0
+    assert main(["queue", "drain", "-c", cfg, "--dest", "pacs", "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["attempted"] == 1 and summary["waiting_retry"] == 1
+    assert main(["queue", "list", "-c", cfg, "--state", "retry", "--json"]) == 0
+    [job] = json.loads(capsys.readouterr().out)
+    assert job["attempts"] == 1

@@ -282,3 +282,51 @@ def test_heartbeat_name_is_stable_across_restarts(
             store.heartbeat(w.component)
     names = set(store.heartbeats())
     assert names == {"deliver:pacs:0", "deliver:pacs:1", "deliver:pacs:drain@host"}
+
+
+def test_acks_a_full_state_disk_refused_are_written_later_not_resent(
+    tmp_path: Path, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PACS acknowledged, the "done" commit failed (disk full): the acks stay pending
+    and are written by the next round, instead of the jobs waiting out their lease (300 s)
+    and the objects being sent again."""
+    import sqlite3
+
+    for f in _files(tmp_path, 3):
+        enqueue_delivery(store, f, ["pacs"])
+    real_ack = store.ack
+    failures = [sqlite3.OperationalError("database or disk is full")]
+
+    def ack(job_ids, *, note=None):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        real_ack(job_ids, note=note)
+
+    monkeypatch.setattr(store, "ack", ack)
+    sender = FakeSender(lambda i: st.DELIVERED)
+    w = _worker(store, sender)
+    with pytest.raises(sqlite3.OperationalError):
+        w.run_once()
+    assert [j.state for j in store.select()] == [JobState.CLAIMED] * 3
+    w.run_once()  # the disk has room again
+    assert [j.state for j in store.select()] == [JobState.DONE] * 3
+    assert store.counters()["delivered"] == 3
+    assert len(sender.sent) == 3  # each object sent once
+
+
+def test_unstarted_jobs_are_released_when_the_acks_cannot_be_written(
+    tmp_path: Path, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    for f in _files(tmp_path, 3):
+        enqueue_delivery(store, f, ["pacs"])
+
+    def ack(job_ids, *, note=None):  # type: ignore[no-untyped-def]
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "ack", ack)
+    answers: list[Outcome | None] = [st.DELIVERED, None]  # then the association dies
+    with pytest.raises(sqlite3.OperationalError):
+        _worker(store, FakeSender(lambda i: answers.pop(0))).run_once()
+    assert [j.state for j in store.select()] == [JobState.CLAIMED] + [JobState.QUEUED] * 2
