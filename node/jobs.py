@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from node.config import QueueSection
-from node.errors import ConversionError, ExportError
+from node.errors import ConversionError, ExportError, QueueError
 from node.logs import fields
 from node.queue import Job, JobStore
 from node.queue.retry import give_up_reason, next_attempt
 
 log = logging.getLogger(__name__)
+
+#: The longest wait between attempts while the job store keeps failing.
+STORE_RETRY_MAX_SECONDS = 30.0
 
 Handler = Callable[[Job], None]
 HEARTBEAT_SECONDS = 2.0
@@ -114,14 +118,31 @@ class JobRunner:
         for ``dicom-node status``.
         """
         last_beat = 0.0
+        failures = 0  # consecutive job store errors (full or locked state disk ...)
         while not stop.is_set():
-            if heartbeat is not None and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
-                self.store.heartbeat(heartbeat)
-                last_beat = time.monotonic()
             try:
+                if heartbeat is not None and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                    self.store.heartbeat(heartbeat)
+                    last_beat = time.monotonic()
                 handled = self.run_once()
+            except (sqlite3.Error, QueueError) as exc:
+                # One line, then one every 12th attempt (every 6 minutes once the wait has
+                # grown to 30 s): the store comes back when space is freed or the lock
+                # released.
+                failures += 1
+                if failures == 1 or failures % 12 == 0:
+                    log.error(
+                        "job runner %s: job store unavailable (%s); retrying",
+                        self.owner,
+                        exc,
+                    )
+                stop.wait(min(STORE_RETRY_MAX_SECONDS, self.idle_seconds * 2 ** min(failures, 8)))
+                continue
             except Exception:
                 log.exception("job runner %s failed; continuing", self.owner)
                 handled = 0
+            if failures:
+                log.info("job runner %s: job store available again", self.owner)
+                failures = 0
             if not handled:
                 stop.wait(self.idle_seconds)

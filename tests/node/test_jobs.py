@@ -35,3 +35,41 @@ def test_failed_job_log_lines_name_the_object_and_its_file(
     assert store.get(retried).state == JobState.RETRY  # type: ignore[union-attr]
     assert store.get(dead).state == JobState.DEAD  # type: ignore[union-attr]
     store.close()
+
+
+def test_a_failing_job_store_is_one_log_line_then_quiet_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full or locked state disk: the loop logs one line (no traceback), waits longer each
+    time instead of spinning, and says when the store is back."""
+    import sqlite3
+    import threading
+
+    store = JobStore(tmp_path)
+    runner = JobRunner(
+        store, {"export_instance": lambda job: None}, QueueSection(), idle_seconds=0.01
+    )
+    calls = {"claim": 0}
+    claim = store.claim
+    stop = threading.Event()
+    waits: list[float] = []
+
+    def failing_claim(*args: object, **kwargs: object) -> list[Job]:
+        calls["claim"] += 1
+        if calls["claim"] <= 5:
+            raise sqlite3.OperationalError("database or disk is full")
+        if calls["claim"] > 6:
+            stop.set()
+        return claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "claim", failing_claim)
+    real_wait = stop.wait
+    monkeypatch.setattr(stop, "wait", lambda t=None: waits.append(t or 0) or real_wait(0))
+    with caplog.at_level("INFO", logger="node.jobs"):
+        runner.run(stop, heartbeat="export-0")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "disk is full" in errors[0].getMessage()
+    assert errors[0].exc_info is None
+    assert waits[:5] == sorted(waits[:5]) and waits[4] > waits[0]
+    assert any("available again" in r.getMessage() for r in caplog.records)
+    store.close()
