@@ -1,0 +1,54 @@
+"""What an administrator installs from ``config/``: the example configs and the systemd
+unit, checked against each other, the README's steps and the schema."""
+
+from __future__ import annotations
+
+import configparser
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from node.config import config_from_dict
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "config" / "dicom-node.service"
+
+
+def unit() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    parser.read_string(UNIT.read_text())
+    return parser
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "config").glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_passes_the_schema(path: Path, tmp_path: Path) -> None:
+    table = tomllib.loads(path.read_text())
+    table.setdefault("node", {})["base_dir"] = str(tmp_path)  # e.g. /var/lib/dicom-node
+    config_from_dict(table, path.parent)
+
+
+def test_systemd_unit_does_not_restart_a_config_error_for_ever() -> None:
+    """Exit status 2 is a bad config (or another node on the state directory): restarting
+    every RestartSec cannot fix it and only floods the journal."""
+    service = unit()["Service"]
+    assert service["Restart"] == "on-failure"
+    assert "2" in service["RestartPreventExitStatus"].split()
+    assert service["KillSignal"] == "SIGTERM"  # the graceful stop of `dicom-node run`
+
+
+def test_systemd_unit_matches_the_production_example_and_the_readme() -> None:
+    service = unit()["Service"]
+    argv = shlex.split(service["ExecStart"])
+    assert Path(argv[0]).name == "dicom-node" and argv[1:3] == ["run", "--config"]
+    config_path = argv[3]
+    production = tomllib.loads((REPO / "config" / "production.example.toml").read_text())
+    base_dir = production["node"]["base_dir"]
+    assert service["WorkingDirectory"] == base_dir
+    assert base_dir in service["ReadWritePaths"].split()  # ProtectSystem=strict otherwise
+    readme = (REPO / "README.md").read_text()
+    assert f"dicom-node check-config -c {config_path}" in readme
+    assert str(Path(argv[0]).parent.parent) in readme  # the venv the README creates
+    assert "journalctl -u dicom-node" in readme
