@@ -52,3 +52,33 @@ def test_systemd_unit_matches_the_production_example_and_the_readme() -> None:
     assert f"dicom-node check-config -c {config_path}" in readme
     assert str(Path(argv[0]).parent.parent) in readme  # the venv the README creates
     assert "journalctl -u dicom-node" in readme
+
+
+def _installed_venv() -> bool:
+    stamp = REPO / ".venv" / ".dicom-node-installed"
+    pyproject = REPO / "pyproject.toml"
+    return stamp.exists() and stamp.stat().st_mtime >= pyproject.stat().st_mtime
+
+
+@pytest.mark.skipif(not _installed_venv(), reason="scripts/run would install into .venv first")
+@pytest.mark.parametrize("how", ["env", "option"])
+def test_scripts_run_takes_a_relative_config_from_the_callers_directory(
+    tmp_path: Path, how: str
+) -> None:
+    """`cd /etc/dicom-node && /opt/dicom-node/scripts/run -c node.toml` means this
+    directory's node.toml, not one in the repository (the script used to cd there first:
+    "cannot read config file node.toml", or worse, the repository's own file)."""
+    import os
+    import subprocess
+
+    (tmp_path / "node.toml").write_text("[recieve]\nport = 104\n")
+    env = dict(os.environ)
+    argv = [str(REPO / "scripts" / "run")]
+    if how == "env":
+        env["DICOM_NODE_CONFIG"] = "node.toml"
+    else:
+        argv += ["-c", "node.toml"]
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "node.toml:1: recieve: unknown section (did you mean 'receive'?" in done.stderr
+    assert not (tmp_path / "var").exists()
