@@ -137,7 +137,12 @@ class JobStore:
     and ``status`` commands) open their own and SQLite's file locking does the rest.
     """
 
-    def __init__(self, state_dir: Path | str, *, durable: bool = True) -> None:
+    def __init__(
+        self, state_dir: Path | str, *, durable: bool = True, reader: bool = False
+    ) -> None:
+        """``reader=True`` (``status``, ``queue list``): when this user may not write to
+        the store (a monitoring account, the group of the node's user), open it read-only
+        instead of failing; nothing is created then (see :meth:`_open_read_only`)."""
         self.path = Path(state_dir) / DB_NAME
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,10 +162,53 @@ class JobStore:
             self._open(durable)
         except sqlite3.Error as exc:
             self._db.close()
+            if reader and self._not_writable(exc):
+                self._open_read_only()
+                return
             raise QueueError(
-                f"cannot open job store {self.path}: {exc} (is node.state_dir the node's "
-                "state folder? move a damaged file aside and restart to begin a new store)"
+                f"cannot open job store {self.path}: {exc}{self._advice(exc)}"
             ) from None
+
+    def _not_writable(self, exc: sqlite3.Error) -> bool:
+        """``exc`` says this user cannot write the store or create its WAL files."""
+        text = str(exc).lower()
+        return "readonly" in text or "unable to open" in text or "read-only" in text
+
+    def _advice(self, exc: sqlite3.Error) -> str:
+        """What to do about ``exc``: never "move the file aside" for a permission problem
+        (that would throw the queue away)."""
+        if self._not_writable(exc):
+            return (
+                f" (this user, uid {os.getuid()}, may not write to it or to "
+                f"{self.path.parent}: run the command as the node's user, e.g. "
+                "sudo -u dicom-node ..., or fix the owner of node.state_dir)"
+            )
+        return (
+            " (is node.state_dir the node's state folder? a damaged file: stop the node, "
+            "move it aside and restart to begin a new store)"
+        )
+
+    def _open_read_only(self) -> None:
+        """A read-only connection that creates no file: SQLite's ``mode=ro`` while the WAL
+        file exists (the node runs: its shared-memory file is read), ``immutable`` when it
+        does not (no process is writing; ``mode=ro`` would need to create the WAL files)."""
+        from urllib.parse import quote
+
+        wal = self.path.with_name(self.path.name + "-wal")
+        flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        uri = f"file:{quote(str(self.path.resolve()))}?{flags}"
+        try:
+            self._db = sqlite3.connect(
+                uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            raise QueueError(
+                f"cannot read job store {self.path}: {exc}{self._advice(exc)}"
+            ) from None
+        log.debug("opened %s read-only (%s)", self.path, flags)
 
     def _open(self, durable: bool) -> None:
         """Connection settings and the schema (created or upgraded in place)."""
