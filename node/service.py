@@ -108,6 +108,13 @@ class NodeService:
 
     def _start(self) -> None:
         cfg = self.cfg
+        # Heartbeats of ended processes: components of an earlier run (a destination since
+        # renamed, fewer workers, the SCP since disabled) would otherwise show as "NOT
+        # RUNNING" in `dicom-node status` for ever. This run's components beat at once.
+        from node.status import pid_alive
+
+        ended = {pid for pid, _, _ in self.store.heartbeats().values() if not pid_alive(pid)}
+        self.store.forget_heartbeats(ended - {os.getpid()})
         requeued = self.store.requeue_claimed()
         if requeued:
             log.info("requeued %d jobs claimed by a previous run", requeued)

@@ -585,6 +585,13 @@ class JobStore:
                 (component, os.getpid(), time.time(), detail),
             )
 
+    def forget_heartbeats(self, pids: Iterable[int]) -> int:
+        """Delete the heartbeats of these (ended) processes; how many rows went."""
+        with self._tx() as db:
+            return sum(
+                db.execute("DELETE FROM heartbeats WHERE pid=?", (pid,)).rowcount for pid in pids
+            )
+
     def heartbeats(self) -> dict[str, tuple[int, float, str]]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM heartbeats ORDER BY component").fetchall()
