@@ -113,11 +113,30 @@ def _log_settings(args: argparse.Namespace) -> tuple[str, str]:
         try:
             cfg = load_config(config)
         except NodeError:
-            pass  # the command itself reports a bad config
+            # The command itself reports the bad config: in the format the file asks for
+            # when that part of it is readable (a log shipper parsing JSON lines would
+            # otherwise drop the one line that says why the node did not start).
+            node = _raw_node_table(config)
+            if level is None and node.get("log_level") in ("DEBUG", "INFO", "WARNING", "ERROR"):
+                level = node["log_level"]
+            if fmt is None and node.get("log_format") in ("text", "json"):
+                fmt = node["log_format"]
         else:
             level = level or cfg.node.log_level
             fmt = fmt or cfg.node.log_format
     return level or "INFO", fmt or "text"
+
+
+def _raw_node_table(path: str) -> dict[str, object]:
+    """The ``[node]`` table of the TOML file at ``path`` as written, or {} if unreadable."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            node = tomllib.load(f).get("node")
+    except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        return {}
+    return node if isinstance(node, dict) else {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from node.errors import ConfigError
+from node.errors import ConfigError, NodeError
 from node.uids import DEFAULT_ROOT, validate_root
 
 
@@ -236,7 +236,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
-            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}{_suggest(value, args)}")
         return value
     if origin is list:
         if not isinstance(value, list):
@@ -259,17 +259,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}{_unquote_hint(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}{_unquote_hint(value)}")
         if not math.isfinite(value):  # TOML has nan and inf; no key of ours means them
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {_shown(value)}{_quote_hint(value)}")
         return value
     if tp is Path:
         if not isinstance(value, str) or not value:
@@ -294,7 +294,71 @@ def _names_a_variable(value: str) -> bool:
 def _scalar_str(value: Any, key: str) -> str:
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
-    raise ConfigError(f"{key}: expected a string or number, got {value!r}")
+    raise ConfigError(
+        f"{key}: expected a string or number, got {_shown(value)}{_quote_hint(value)}"
+    )
+
+
+def _shown(value: Any) -> str:
+    """``value`` as the TOML file wrote it where Python's repr would not tell (dates)."""
+    import datetime  # only on the error path (tomllib has imported it anyway)
+
+    if isinstance(value, datetime.date | datetime.time):  # datetime is a date
+        return f"the TOML date/time {value.isoformat()}"
+    return repr(value)
+
+
+def _quote_hint(value: Any) -> str:
+    """How to write ``value`` as the string a text key expects."""
+    import datetime
+
+    if isinstance(value, datetime.datetime):
+        return (
+            " (TOML reads an unquoted date and time as a date-time: quote it, as DICOM "
+            f'writes it, e.g. "{value:%Y%m%d%H%M%S}")'
+        )
+    if isinstance(value, datetime.date):
+        return (
+            " (TOML reads an unquoted date as a date: quote it, as DICOM writes it, "
+            f'e.g. "{value:%Y%m%d}")'
+        )
+    if isinstance(value, datetime.time):
+        return (
+            " (TOML reads an unquoted time as a time: quote it, as DICOM writes it, "
+            f'e.g. "{value:%H%M%S}")'
+        )
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f' (quote it: "{value}")'
+    return ""
+
+
+def _unquote_hint(value: Any) -> str:
+    """For a number written as a string: how to write it as a number."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f" (write the number without quotes: {value.strip()})"
+    return ""
+
+
+def _suggest(value: Any, known: Any) -> str:
+    """`` (did you mean 'x'?)`` for a misspelt ``value`` among ``known``, else ''."""
+    close = _closest(value, known)
+    return f" (did you mean {close!r}?)" if close else ""
+
+
+def _closest(value: Any, known: Any) -> str | None:
+    """The entry of ``known`` that ``value`` most likely misspells (case first), or None."""
+    if not isinstance(value, str):
+        return None
+    texts = [k for k in known if isinstance(k, str)]
+    by_case = [k for k in texts if k.lower() == value.lower()]
+    import difflib  # only on the error path
+
+    close = by_case or difflib.get_close_matches(value, texts, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
@@ -302,9 +366,13 @@ def _build(cls: Any, table: dict[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
     unknown = sorted(set(table) - names)
     if unknown:
-        where = prefix or "top level"
+        name = unknown[0]
+        key = f"{prefix}.{name}" if prefix else name
+        what = "key" if prefix else "section"
         known = ", ".join(sorted(names))
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (known keys: {known})")
+        close = _closest(name, names)
+        hint = f"did you mean {close!r}? " if close else ""
+        raise ConfigError(f"{key}: unknown {what} ({hint}known: {known})")
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if f.name not in table:
@@ -570,7 +638,119 @@ def load_config(path: Path | str | None) -> Config:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return config_from_dict(table, path.resolve().parent, source=path.resolve())
+    try:
+        return config_from_dict(table, path.resolve().parent, source=path.resolve())
+    except ConfigError as exc:
+        raise located(exc, path, text) from None
+
+
+def located(exc: NodeError, path: Path | None, text: str | None = None) -> NodeError:
+    """``exc`` with the config file, and the line of the key it names, in front
+    (``/etc/dicom-node/node.toml:12: receive.port: ...``), as compilers do; ``exc`` itself
+    when there is no file (built-in defaults) or it already names one."""
+    if path is None or str(exc).startswith(str(path)):
+        return exc
+    message = str(exc)
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+    key = message.split(":", 1)[0] if ":" in message else ""
+    if key.startswith("[") and key.endswith("]"):  # "[ingest.defaults]: ..."
+        key = key[1:-1]
+    line = _key_line(text, key) if key and " " not in key else None
+    where = f"{path}:{line}" if line else f"{path}"
+    return ConfigError(f"{where}: {message}")
+
+
+def _key_line(text: str, key: str) -> int | None:
+    """The 1-based line of ``key`` (``receive.port``, ``destinations[1].host``,
+    ``receive.allowed_networks[2]``) in TOML ``text``: its ``key = ...`` line, else the
+    line of the nearest enclosing table or key found. A light scan of table headers and
+    key lines (multi-line strings skipped), enough to point an operator at a line."""
+    lines: dict[str, int] = {}
+    arrays: dict[str, int] = {}  # array-of-tables path (no indexes) -> entries so far
+    table = ""
+    in_string: str | None = None
+
+    def resolve(dotted: str) -> str:
+        out = ""
+        for part in _key_parts(dotted):
+            plain = f"{_plain(out)}.{part}" if out else part
+            out = f"{out}.{part}" if out else part
+            if plain in arrays:
+                out += f"[{arrays[plain] - 1}]"
+        return out
+
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if in_string:
+            if stripped.count(in_string) % 2:
+                in_string = None
+            continue
+        if stripped.startswith("[["):
+            name = stripped[2:].split("]]", 1)[0].strip()
+            parent = resolve(name.rsplit(".", 1)[0]) + "." if "." in name else ""
+            plain = _plain(parent) + _key_parts(name)[-1]
+            arrays[plain] = arrays.get(plain, 0) + 1
+            table = resolve(name)
+            lines.setdefault(table, number)
+            lines.setdefault(_plain(table), number)
+        elif stripped.startswith("["):
+            table = resolve(stripped[1:].split("]", 1)[0].strip())
+            lines.setdefault(table, number)
+        elif "=" in stripped and not stripped.startswith("#"):
+            name = stripped.split("=", 1)[0].strip()
+            if name and all(c.isalnum() or c in "_-.'\" \t" for c in name):
+                full = f"{table}.{'.'.join(_key_parts(name))}" if table else name
+                lines.setdefault(full, number)
+                lines.setdefault(_plain(full), number)
+            for quote in ('"""', "'''"):
+                if stripped.count(quote) % 2:
+                    in_string = quote
+    probe = key
+    while probe:
+        if probe in lines:
+            return lines[probe]
+        if probe.endswith("]"):
+            probe = probe[: probe.rindex("[")]
+        else:
+            probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+    return None
+
+
+def _key_parts(dotted: str) -> list[str]:
+    """``a."b.c".d`` -> ``["a", "b.c", "d"]`` (TOML dotted keys, quotes removed)."""
+    parts, current, quote = [], "", ""
+    for c in dotted:
+        if quote:
+            if c == quote:
+                quote = ""
+            else:
+                current += c
+        elif c in "\"'":
+            quote = c
+        elif c == ".":
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += c
+    parts.append(current.strip())
+    return parts
+
+
+def _plain(path: str) -> str:
+    """``destinations[1].tls`` -> ``destinations.tls``."""
+    out, depth = "", 0
+    for c in path:
+        if c == "[":
+            depth += 1
+        elif c == "]":
+            depth -= 1
+        elif not depth:
+            out += c
+    return out
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

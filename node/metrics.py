@@ -17,7 +17,15 @@ from node.queue import JobStore
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("ingested", "delivered", "delivery_failed", "quarantined", "received", "exported")
+#: State-DB counter -> the help text of its ``dicom_node_<name>_total`` counter.
+COUNTERS = {
+    "ingested": "Objects converted from the drop folder and queued for delivery",
+    "delivered": "Objects acknowledged by a destination (once per object and destination)",
+    "delivery_failed": "Deliveries given up for good (the job is dead; see dicom-node status)",
+    "quarantined": "Drop-folder inputs moved to the quarantine folder",
+    "received": "Objects stored by the SCP (C-STORE success)",
+    "exported": "Files written by export (one PNG per frame, one PDF per series or study)",
+}
 
 
 class Metrics:
@@ -38,7 +46,7 @@ class Metrics:
         self.registry.register(_StoreCollector(store))
         self.conversion_seconds = Histogram(
             "dicom_node_conversion_seconds",
-            "Time to convert one dropped image into DICOM",
+            "Time to convert one dropped input (a file or a folder) into DICOM",
             registry=self.registry,
         )
         self.delivery_seconds = Histogram(
@@ -95,13 +103,14 @@ class _StoreCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         values = self.store.counters()
-        for name in COUNTERS:
-            family = CounterMetricFamily(f"dicom_node_{name}", f"Objects {name.replace('_', ' ')}")
+        for name, help_text in COUNTERS.items():
+            family = CounterMetricFamily(f"dicom_node_{name}", help_text)
             family.add_metric([], float(values.get(name, 0)))
             yield family
         depth = GaugeMetricFamily(
             "dicom_node_queue_depth",
-            "Jobs by kind, destination and state",
+            "Jobs by kind, destination and state (queued, claimed, retry: the backlog; "
+            "done, dead: kept until dicom-node queue purge)",
             labels=["kind", "destination", "state"],
         )
         for kind, dest, state, count in self.store.counts():

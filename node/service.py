@@ -117,6 +117,13 @@ class NodeService:
 
     def _start(self) -> None:
         cfg = self.cfg
+        # Heartbeats of ended processes: components of an earlier run (a destination since
+        # renamed, fewer workers, the SCP since disabled) would otherwise show as "NOT
+        # RUNNING" in `dicom-node status` for ever. This run's components beat at once.
+        from node.status import pid_alive
+
+        ended = {pid for pid, _, _ in self.store.heartbeats().values() if not pid_alive(pid)}
+        self.store.forget_heartbeats(ended - {os.getpid()})
         # Claims of the previous node process go back to the queue; those of a `queue
         # drain` still running are its own (taking them made it and us send them both).
         drains = live_drains(self.store)

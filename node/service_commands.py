@@ -7,7 +7,8 @@ import json
 import logging
 from typing import Any
 
-from node.config import Config, config_to_dict, load_config
+from node.config import Config, config_to_dict, load_config, located
+from node.errors import NodeError
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,14 @@ def check_rooms(cfg: Config) -> None:
     from node.ingest.pipeline import check_one_file_system, work_folders
     from node.preflight import preflight
 
-    ConvertOptions.from_config(cfg)
-    preflight(cfg)
-    if cfg.ingest.enabled:
-        check_one_file_system(work_folders(cfg), create=False)
-    check_export(cfg.export)
+    try:
+        ConvertOptions.from_config(cfg)
+        preflight(cfg)
+        if cfg.ingest.enabled:
+            check_one_file_system(work_folders(cfg), create=False)
+        check_export(cfg.export)
+    except NodeError as exc:  # name the file (and the key's line) as the schema does
+        raise located(exc, cfg.source) from None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ def collect_status(cfg: Config) -> dict[str, Any]:
             "components": {},
             "recent_errors": [],
         }
-    with JobStore(cfg.node.state_dir) as store:
+    with JobStore(cfg.node.state_dir, reader=True) as store:
         now = time.time()
         queue: dict[str, dict[str, dict[str, int]]] = {}
         for kind, dest, state, count in store.counts():

@@ -75,3 +75,22 @@ def test_a_file_system_refusal_is_one_line_not_a_traceback(
     assert main(["check-config", "-c", str(config)]) == 1
     (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert line.startswith("check-config: /srv/dicom/state Permission denied")
+
+
+@pytest.mark.parametrize("option", [[], ["--log-format", "json"]])
+def test_a_config_asking_for_json_logs_gets_its_error_as_json_too(
+    tmp_path: Path, option: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`node.log_format = "json"` (the production example) feeds a log shipper that parses
+    every stderr line: the one line saying why the node did not start must be JSON too,
+    even though the same file has the mistake."""
+    import json
+
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\nlog_format = "json"\n\n[receive]\nport = "104"\n')
+    assert main(["check-config", "-c", str(config), *option]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    record = json.loads(lines[0])
+    assert record["level"] == "error"
+    assert record["message"].startswith(f"{config}:5: receive.port: expected an integer")

@@ -33,8 +33,17 @@ def test_default_config_loads_and_points_at_own_scp() -> None:
     ("table", "message"),
     [
         ({"receive": {"port": "x"}}, "receive.port: expected an integer"),
-        ({"receive": {"prot": 1}}, "receive: unknown key 'prot'"),
-        ({"bogus": {}}, "top level: unknown key 'bogus'"),
+        ({"receive": {"prot": 1}}, "receive.prot: unknown key (did you mean 'port'?"),
+        ({"bogus": {}}, "bogus: unknown section (known: destinations, export, ingest,"),
+        ({"recieve": {}}, "recieve: unknown section (did you mean 'receive'? known: "),
+        ({"receive": {"ae_titel": "X"}}, "receive.ae_titel: unknown key (did you mean"),
+        ({"node": {"log_level": "debug"}}, "'debug' is not one of 'DEBUG', 'INFO', 'WARNING', "),
+        ({"node": {"log_level": "debug"}}, "(did you mean 'DEBUG'?)"),
+        ({"receive": {"port": "104"}}, "got '104' (write the number without quotes: 104)"),
+        (
+            {"node": {"ae_title": 123}},
+            'node.ae_title: expected a string, got 123 (quote it: "123")',
+        ),
         ({"ingest": {"sop_class": "ct"}}, "ingest.sop_class: 'ct' is not one of"),
         ({"destinations": [{"name": "a", "host": "h"}]}, "destinations[0].port: required"),
         ({"node": {"uid_root": "1.02.3"}}, "uid_root '1.02.3' is not a valid UID root"),
@@ -51,6 +60,92 @@ def test_bad_config_names_the_key(table: dict, message: str, tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         config_from_dict(table, tmp_path)
     assert message in str(info.value)
+
+
+def test_unquoted_toml_date_says_how_to_write_it(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("[ingest.defaults]\nStudyDate = 2026-01-01\nStudyTime = 09:30:00\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert str(info.value) == (
+        f"{config}:2: ingest.defaults.StudyDate: expected a string or number, got the TOML "
+        "date/time 2026-01-01 (TOML reads an unquoted date as a date: quote it, as DICOM "
+        'writes it, e.g. "20260101")'
+    )
+    config.write_text("[ingest.defaults]\nStudyTime = 09:30:00\n")
+    with pytest.raises(ConfigError, match='quote it, as DICOM writes it, e.g. "093000"'):
+        load_config(config)
+
+
+CONFIG_WITH_MISTAKES = """\
+# dicom-node
+[node]
+ae_title = "DICOMNODE"
+
+[[destinations]]
+name = "pacs"
+host = "127.0.0.1"
+port = 104
+
+[[destinations]]   # the second one
+name = "backup"
+host = "127.0.0.1"
+port = 105
+  [destinations.tls]
+  enabled = true
+  ca_file = "ca.pem"
+  verify_peer = false
+
+[receive]
+allowed_networks = [
+  "127.0.0.0/8",
+  "10.1.0.0/16",
+]
+description = \"\"\"
+port = 1
+\"\"\"
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "message"),
+    [
+        ("verify_peer = false", 'verify_peer = "yes"', 17, "destinations[1].tls.verify_peer"),
+        ("", "", 24, "receive.description: unknown key (known: "),
+        ("port = 105", 'port = "105"', 13, "destinations[1].port: expected an integer"),
+        ("port = 104", "prot = 104", 8, "destinations[0].prot: unknown key (did you mean 'port'?"),
+        ('host = "127.0.0.1"\nport = 105', "", 10, "destinations[1].host: required key"),
+        ('"10.1.0.0/16"', '"10.1.0.0/33"', 20, "receive.allowed_networks[1]: "),
+        ("[receive]", "[recieve]", 19, "recieve: unknown section (did you mean 'receive'?"),
+        ('ae_title = "DICOMNODE"', 'ae_titel = "X"', 3, "node.ae_titel: unknown key (did you mean"),
+    ],
+)
+def test_config_errors_name_the_file_and_line(
+    tmp_path: Path, old: str, new: str, line: int, message: str
+) -> None:
+    """An operator reading `run`'s one error line (under systemd, say) learns which file
+    and which line to open, and what was probably meant."""
+    text = CONFIG_WITH_MISTAKES.replace(old, new)
+    if "description" not in message:
+        text = text.replace('description = """\nport = 1\n"""\n', "")
+    config = tmp_path / "node.toml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert str(info.value).startswith(f"{config}:{line}: {message}"), str(info.value)
+
+
+def test_check_config_room_errors_name_the_file_and_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\nbase_dir = "{tmp_path}"\n\n[ingest.defaults]\nPatientNme = "Doe^Jane"\n'
+    )
+    assert cli.main(["check-config", "-c", str(config)]) == 2
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line.startswith(f"{config}:4: [ingest.defaults]: 'PatientNme' is neither"), line
+    assert "did you mean PatientName?" in line
 
 
 def test_config_file_that_is_not_utf8_text_is_named(tmp_path: Path) -> None:

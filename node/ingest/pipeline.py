@@ -533,7 +533,35 @@ class IngestPipeline:
         for claim_dir in sorted(self.ing.work.iterdir()):
             if (claim_dir / CLAIM_FILE).exists():
                 with self._lock:
-                    self.finish_if_delivered(claim_dir)
+                    if not self.finish_if_delivered(claim_dir):
+                        self._requeue_missing(claim_dir)
+
+    def _requeue_missing(self, claim_dir: Path) -> None:
+        """Queue again the delivery jobs of an unfinished claim that are gone from the
+        store (``dicom-node queue purge --state done`` run while some of its objects were
+        still on their way): without them the claim could never finish and would sit in
+        ``work/`` until the next start-up, which re-queues them the same way."""
+        try:
+            record: dict[str, Any] = json.loads((claim_dir / CLAIM_FILE).read_bytes())
+        except FileNotFoundError:
+            return
+        missing = sum(
+            1
+            for item in record["items"]
+            for dest in record["destinations"]
+            if self.store.find("deliver", item["sop_instance_uid"], dest) is None
+        )
+        if missing:
+            log.warning(
+                "%d delivery job(s) of an unfinished claim are gone from the queue (purged?): "
+                "queued again so that the claim can finish; the PACS receives those objects "
+                "again under the same UIDs",
+                missing,
+                extra=fields(claim=claim_dir.name),
+            )
+            self._enqueue(record, rearm=False)
+            if self.on_enqueued is not None:
+                self.on_enqueued(list(record["destinations"]))
 
 
 def _digest(path: Path) -> str:

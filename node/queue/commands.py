@@ -94,8 +94,9 @@ def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dest", help="only this destination (default: all)")
 
 
-def _store(args: argparse.Namespace) -> JobStore:
-    """The node's job store; an error (not a new, empty store) when there is none there."""
+def _store(args: argparse.Namespace, *, reader: bool = False) -> JobStore:
+    """The node's job store; an error (not a new, empty store) when there is none there.
+    ``reader``: only read (``list``, ``show``), also as a user who may not write to it."""
     cfg = load_from_args(args)
     path = cfg.node.state_dir / DB_NAME
     if not path.exists():
@@ -105,7 +106,7 @@ def _store(args: argparse.Namespace) -> JobStore:
             f"no job store at {path} ({where}): give the node's config with -c FILE, "
             "or check node.state_dir / node.base_dir"
         )
-    return JobStore(cfg.node.state_dir)
+    return JobStore(cfg.node.state_dir, reader=reader)
 
 
 def _when(ts: float | None) -> str:
@@ -128,7 +129,7 @@ def _line(job: Job) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with _store(args, reader=True) as store:
         if args.state is None:
             rows = [
                 r
@@ -167,7 +168,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with _store(args, reader=True) as store:
         job = store.get(args.job_id)
     if job is None:
         raise QueueError(f"no job with id {args.job_id}: see `dicom-node queue list --state dead`")

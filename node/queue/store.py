@@ -275,13 +275,21 @@ class JobStore:
     """
 
     def __init__(
-        self, state_dir: Path | str, *, durable: bool = True, repair: bool = False
+        self,
+        state_dir: Path | str,
+        *,
+        durable: bool = True,
+        repair: bool = False,
+        reader: bool = False,
     ) -> None:
         """Open (or create) the store.
 
         With ``repair`` (only for the process holding the state directory's lock: ``run``
         and ``receive``) a damaged database is checked for and salvaged: see
-        :meth:`_salvage`.
+        :meth:`_salvage`. With ``reader`` (``status``, ``queue list``): when this user may
+        not write to the store (a monitoring account, the group of the node's user), it is
+        opened read-only instead of failing; nothing is created then (see
+        :meth:`_open_read_only`).
         """
         self.path = Path(state_dir) / DB_NAME
         try:
@@ -316,10 +324,53 @@ class JobStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error, AttributeError):
                 self._db.close()
+            if reader and self._not_writable(exc):
+                self._open_read_only()
+                return
             raise QueueError(
-                f"cannot open job store {self.path}: {exc} (is node.state_dir the node's "
-                "state folder? a damaged store is salvaged by `dicom-node run` at its start)"
+                f"cannot open job store {self.path}: {exc}{self._advice(exc)}"
             ) from None
+
+    def _not_writable(self, exc: sqlite3.Error) -> bool:
+        """``exc`` says this user cannot write the store or create its WAL files."""
+        text = str(exc).lower()
+        return "readonly" in text or "unable to open" in text or "read-only" in text
+
+    def _advice(self, exc: sqlite3.Error) -> str:
+        """What to do about ``exc``: never "move the file aside" for a permission problem
+        (that would throw the queue away)."""
+        if self._not_writable(exc):
+            return (
+                f" (this user, uid {os.getuid()}, may not write to it or to "
+                f"{self.path.parent}: run the command as the node's user, e.g. "
+                "sudo -u dicom-node ..., or fix the owner of node.state_dir)"
+            )
+        return (
+            " (is node.state_dir the node's state folder? a damaged store is salvaged by "
+            "`dicom-node run` at its start)"
+        )
+
+    def _open_read_only(self) -> None:
+        """A read-only connection that creates no file: SQLite's ``mode=ro`` while the WAL
+        file exists (the node runs: its shared-memory file is read), ``immutable`` when it
+        does not (no process is writing; ``mode=ro`` would need to create the WAL files)."""
+        from urllib.parse import quote
+
+        wal = self.path.with_name(self.path.name + "-wal")
+        flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        uri = f"file:{quote(str(self.path.resolve()))}?{flags}"
+        try:
+            self._db = sqlite3.connect(
+                uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            raise QueueError(
+                f"cannot read job store {self.path}: {exc}{self._advice(exc)}"
+            ) from None
+        log.debug("opened %s read-only (%s)", self.path, flags)
 
     def _connect(self) -> None:
         self._db = sqlite3.connect(
@@ -830,6 +881,13 @@ class JobStore:
                 " ON CONFLICT(component) DO UPDATE SET pid=excluded.pid,"
                 " seen_at=excluded.seen_at, detail=excluded.detail",
                 (component, os.getpid(), time.time(), detail),
+            )
+
+    def forget_heartbeats(self, pids: Iterable[int]) -> int:
+        """Delete the heartbeats of these (ended) processes; how many rows went."""
+        with self._tx() as db:
+            return sum(
+                db.execute("DELETE FROM heartbeats WHERE pid=?", (pid,)).rowcount for pid in pids
             )
 
     def heartbeats(self) -> dict[str, tuple[int, float, str]]:

@@ -46,6 +46,8 @@ KIND = "deliver"
 ACK_EVERY = 50
 ACK_SECONDS = 0.5
 IDLE_POLL_SECONDS = 1.0
+#: During a batch, beat at most this often (`status`: alive = a beat in the last 10 s).
+HEARTBEAT_SECONDS = 2.0
 
 
 # --------------------------------------------------------------------------- enqueueing
@@ -196,11 +198,15 @@ class DeliveryWorker:
 
         lease = self.cfg.queue.lease_seconds
         renew_at = time.monotonic() + lease / 3
+        beat_at = time.monotonic() + HEARTBEAT_SECONDS
 
         def report(item: SendItem, outcome: Outcome) -> None:
-            nonlocal renew_at
+            nonlocal renew_at, beat_at
             decided.add(item.key)
             self._record(by_id[item.key], outcome)
+            if time.monotonic() >= beat_at:  # a long batch: `status` must still see us alive
+                beat_at = time.monotonic() + HEARTBEAT_SECONDS
+                self.store.heartbeat(self.component)
             if time.monotonic() > renew_at:  # a slow PACS: keep the rest of the batch ours
                 renew_at = time.monotonic() + lease / 3
                 left = [job.id for job in jobs if job.id not in decided]

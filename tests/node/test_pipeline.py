@@ -381,3 +381,26 @@ def test_an_unwritable_store_defers_the_claim(cfg: Config, monkeypatch: pytest.M
     monkeypatch.setattr(pipeline, "_enqueue", real_enqueue)
     pipeline.sweep()
     assert (claim / CLAIM_FILE).exists() and len(deliver_jobs(store)) == 2
+
+
+def test_a_claim_whose_done_jobs_were_purged_still_finishes(cfg: Config) -> None:
+    """`queue purge --state done` (a nightly clean-up) while destination b is down: a's
+    done job went, and the claim waited in work/ for a job that no longer existed, until
+    the next restart. The running node queues it again and the claim finishes."""
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    pipeline.take(drop(cfg, "123_ACC1_photo.jpg", jpeg(1)))
+    (job_a,) = [j for j in deliver_jobs(store) if j.destination == "a"]
+    store.ack([job_a.id])
+    pipeline.on_delivered(job_a.payload)
+    assert store.purge(JobState.DONE) == 1
+
+    pipeline.sweep()
+    assert {j.destination for j in deliver_jobs(store)} == {"a", "b"}
+    ack_all(store, pipeline)
+    pipeline.sweep()
+    assert list(cfg.ingest.work.iterdir()) == []
+    assert [p.name for p in (next(cfg.ingest.done.iterdir()) / "source").iterdir()] == [
+        "123_ACC1_photo.jpg"
+    ]
+    store.close()

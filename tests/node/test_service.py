@@ -77,3 +77,47 @@ def test_start_leaves_the_claims_of_a_running_drain_alone(tmp_path: Path) -> Non
     finally:
         node.stop(timeout=5)
     assert states == [JobState.CLAIMED, JobState.QUEUED, JobState.QUEUED]
+
+
+def test_start_forgets_the_heartbeats_of_ended_processes(tmp_path: Path) -> None:
+    """A destination renamed, fewer workers or the SCP disabled since the last run: their
+    components must not stay "NOT RUNNING" in `dicom-node status` for ever. A process that
+    still lives (e.g. a `queue drain` next to the node) keeps its heartbeat."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = config_from_dict(
+        {
+            "node": {"base_dir": str(tmp_path)},
+            "ingest": {"enabled": False},
+            "receive": {"enabled": False},
+            "export": {"enabled": False},
+        },
+        tmp_path,
+    )
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    ended_pid = int(ended.stdout)
+    node = NodeService(cfg)
+    with node.store.transaction() as db:
+        for name, pid in (
+            ("deliver:oldpacs:0", ended_pid),
+            ("scp", ended_pid),
+            ("deliver:pacs:drain", os.getppid()),
+        ):
+            db.execute(
+                "INSERT INTO heartbeats(component, pid, seen_at, detail) VALUES (?, ?, 0, '')",
+                (name, pid),
+            )
+    node.start()
+    try:
+        names = set(node.store.heartbeats())
+    finally:
+        node.stop(timeout=5.0)
+    assert "deliver:oldpacs:0" not in names and "scp" not in names
+    assert "deliver:pacs:drain" in names

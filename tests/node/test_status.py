@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,101 @@ def test_status_of_an_unusable_state_dir_is_one_line(
     assert cli.main(["status", "-c", str(write_config(tmp_path))]) == 2
     assert "queue.sqlite3: file is not a database" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def _as_nobody(fn: object) -> dict:
+    """Run ``fn()`` in a forked child with the uid/gid of ``nobody`` (as a monitoring
+    account that may read the node's state but not write it); its result or error."""
+    import pickle
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            result: dict = {"ok": fn()}  # type: ignore[operator]
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(write, pickle.dumps(result))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data)  # noqa: S301 - our own child
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="switching to another user needs root")
+@pytest.mark.parametrize("node_running", [False, True])
+def test_status_works_for_a_user_who_may_only_read(node_running: bool) -> None:
+    """A monitoring account (or an administrator without sudo) that can read the node's
+    state folder but not write to it: `status` used to fail, telling them to move the
+    database aside, i.e. to throw the queue away. It reads it now, creating no file."""
+    import shutil
+    import sqlite3
+    import tempfile
+    import urllib.parse  # noqa: F401 - imported before the fork: the child may not read code
+
+    from node.config import load_config
+    from node.status import collect_status
+
+    base = Path(tempfile.mkdtemp(prefix="dicom-node-readonly-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        config = write_config(base)
+        state = base / "var" / "state"
+        store = JobStore(state)
+        store.enqueue("deliver", {"path": "/x.dcm"}, destination="pacs", dedup_key="1.2.1")
+        store.bump("ingested", 3)
+        store.heartbeat("node")
+        store.close()
+        for path in (base / "var", state, *state.iterdir()):
+            path.chmod(0o755 if path.is_dir() else 0o644)  # owned by root: readable only
+        writer = None
+        if node_running:  # the node holds the store open: its WAL files exist
+            writer = sqlite3.connect(state / "queue.sqlite3")
+            writer.execute("PRAGMA journal_mode=WAL")
+            writer.execute("UPDATE counters SET value = 4 WHERE name = 'ingested'")
+            writer.commit()
+        before = sorted(p.name for p in state.iterdir())
+        cfg = load_config(config)
+
+        answer = _as_nobody(lambda: collect_status(cfg))
+
+        assert "error" not in answer, answer
+        report = answer["ok"]
+        assert report["pending"] == 1
+        assert report["counters"] == {"ingested": 4 if node_running else 3}
+        assert sorted(p.name for p in state.iterdir()) == before  # nothing created
+        if writer is not None:
+            writer.close()
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_store_this_user_may_not_write_is_not_called_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The advice for a permission problem is the node's user, never "move it aside"."""
+    import sqlite3
+
+    from node.errors import QueueError
+
+    JobStore(tmp_path).close()
+
+    def refused(self: JobStore, durable: bool) -> None:
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(JobStore, "_open", refused)
+    with pytest.raises(QueueError) as info:
+        JobStore(tmp_path)
+    assert "run the command as the node's user" in str(info.value)
+    assert "aside" not in str(info.value)
+    with JobStore(tmp_path, reader=True) as store:  # status: read-only, nothing created
+        assert store.counters() == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["queue.sqlite3"]

@@ -142,3 +142,34 @@ def test_orphan_sidecar_is_handed_over_after_the_grace_period(tmp_path: Path) ->
         now[0] = step
         watcher.scan()
     assert orphans == ["late.jpg.json"]
+
+
+def test_an_idle_watcher_beats_between_rescans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`status` calls a component alive for 10 s after its heartbeat; with rescan_seconds
+    = 30 (the production example) an idle watcher beat once per rescan and showed as NOT
+    RUNNING two thirds of the time."""
+    import threading
+
+    from node.ingest import watcher as watcher_module
+
+    monkeypatch.setattr(watcher_module, "HEARTBEAT_SECONDS", 0.05)
+    cfg = IngestSection(inbox=tmp_path, rescan_seconds=3600.0)
+    watcher = DropFolderWatcher(cfg, lambda p: None)
+    beats: list[int] = []
+    third = threading.Event()
+
+    def beat() -> None:
+        beats.append(1)
+        if len(beats) >= 3:
+            third.set()
+
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop, beat), daemon=True)
+    thread.start()
+    try:
+        assert third.wait(20), f"{len(beats)} heartbeat(s) while waiting for the next rescan"
+    finally:
+        stop.set()
+        thread.join(10)

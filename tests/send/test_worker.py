@@ -330,3 +330,26 @@ def test_unstarted_jobs_are_released_when_the_acks_cannot_be_written(
     with pytest.raises(sqlite3.OperationalError):
         _worker(store, FakeSender(lambda i: answers.pop(0))).run_once()
     assert [j.state for j in store.select()] == [JobState.CLAIMED] + [JobState.QUEUED] * 2
+
+
+def test_a_long_batch_keeps_the_worker_alive_in_status(
+    tmp_path: Path, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 objects to a slow PACS take minutes: the worker beat only between batches, so
+    `dicom-node status` showed it NOT RUNNING while it was sending."""
+    from node.send import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "HEARTBEAT_SECONDS", 0.0, raising=False)
+    for f in _files(tmp_path, 3):
+        enqueue_delivery(store, f, ["pacs"])
+    seen: list[float] = []
+
+    def slow_pacs(item: SendItem) -> Outcome:
+        beats = store.heartbeats()
+        seen.append(beats["deliver:pacs:t"][1] if "deliver:pacs:t" in beats else 0.0)
+        return Outcome(st.Verdict.DELIVERED, "ok")
+
+    worker = _worker(store, FakeSender(slow_pacs))
+    assert worker.run_once() == 3
+    # the third object was sent after the worker had beaten during this batch
+    assert seen[0] == 0.0 and seen[2] > 0.0, seen
