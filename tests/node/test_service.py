@@ -10,6 +10,7 @@ import pytest
 from node import service
 from node.config import config_from_dict
 from node.service import NodeService
+from tests.node.helpers import ended_pid, queue_only_config
 
 
 def test_a_crashed_stage_is_restarted_until_the_node_stops(
@@ -40,28 +41,12 @@ def test_start_leaves_the_claims_of_a_running_drain_alone(tmp_path: Path) -> Non
     """A node started while `queue drain` runs took back the drain's claimed jobs, and both
     sent them. Only claims of processes that are gone are requeued now."""
     import os
-    import subprocess
-    import sys
 
     from node.queue.owners import drain_owner
     from node.queue.store import JobState, JobStore
 
-    cfg = config_from_dict(
-        {
-            "node": {"base_dir": str(tmp_path)},
-            "ingest": {"enabled": False},
-            "receive": {"enabled": False},
-            "export": {"enabled": False},
-        },
-        tmp_path,
-    )
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(gone.stdout)
+    cfg = queue_only_config(tmp_path)
+    dead_pid = ended_pid()
     with JobStore(cfg.node.state_dir) as store:
         ids = [
             store.enqueue("deliver", {"n": n}, destination="pacs", dedup_key=str(n))
@@ -84,30 +69,14 @@ def test_start_forgets_the_heartbeats_of_ended_processes(tmp_path: Path) -> None
     components must not stay "NOT RUNNING" in `dicom-node status` for ever. A process that
     still lives (e.g. a `queue drain` next to the node) keeps its heartbeat."""
     import os
-    import subprocess
-    import sys
 
-    cfg = config_from_dict(
-        {
-            "node": {"base_dir": str(tmp_path)},
-            "ingest": {"enabled": False},
-            "receive": {"enabled": False},
-            "export": {"enabled": False},
-        },
-        tmp_path,
-    )
-    ended = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    ended_pid = int(ended.stdout)
+    cfg = queue_only_config(tmp_path)
+    gone_pid = ended_pid()
     node = NodeService(cfg)
     with node.store.transaction() as db:
         for name, pid in (
-            ("deliver:oldpacs:0", ended_pid),
-            ("scp", ended_pid),
+            ("deliver:oldpacs:0", gone_pid),
+            ("scp", gone_pid),
             ("deliver:pacs:drain", os.getppid()),
         ):
             db.execute(

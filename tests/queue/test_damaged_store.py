@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from node import cli
-from node.config import config_from_dict
 from node.queue.store import DB_NAME, JobState, JobStore
 from node.service import NodeService
+from tests.node.helpers import queue_only_config
 
 JOBS = 2000
 
@@ -97,15 +97,7 @@ def test_the_node_salvages_at_start_and_stops_when_damage_appears_later(
     from node import service
 
     monkeypatch.setattr(service, "HEARTBEAT_SECONDS", 0.05)
-    cfg = config_from_dict(
-        {
-            "node": {"base_dir": str(tmp_path)},
-            "ingest": {"enabled": False},
-            "receive": {"enabled": False},
-            "export": {"enabled": False},
-        },
-        tmp_path,
-    )
+    cfg = queue_only_config(tmp_path)
     _store_with_jobs(cfg.node.state_dir)
     _damage(cfg.node.state_dir / DB_NAME, "header")
     node = NodeService(cfg)
