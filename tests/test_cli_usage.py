@@ -94,3 +94,19 @@ def test_a_config_asking_for_json_logs_gets_its_error_as_json_too(
     record = json.loads(lines[0])
     assert record["level"] == "error"
     assert record["message"].startswith(f"{config}:5: receive.port: expected an integer")
+
+
+@pytest.mark.parametrize("columns", ["60", "140", "0", "wide", None])
+def test_help_wraps_at_the_width_argparse_would_use(
+    columns: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's formatter finds the terminal width without argparse's ``import shutil``."""
+    import argparse
+
+    from node.cli import _Formatter
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _Formatter("x")._width == argparse.HelpFormatter("x")._width

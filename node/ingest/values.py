@@ -100,13 +100,12 @@ def date_time_problem(vr: str, value: str) -> str | None:
             f"has the year {year}: dciodvfy accepts {YEARS[0]}-{YEARS[1]} "
             "(is a digit missing or wrong?)"
         )
-    if month is not None and day is not None:
-        import datetime
-
-        try:
-            datetime.date(int(year), int(month), int(day))
-        except ValueError:
-            return f"is no calendar date ({year}-{month}-{day} does not exist)"
+    if (
+        month is not None
+        and day is not None
+        and not is_calendar_date(int(year), int(month), int(day))
+    ):
+        return f"is no calendar date ({year}-{month}-{day} does not exist)"
     problem = _clock_problem(hour, minute, second)
     if problem:
         return problem
@@ -121,6 +120,19 @@ def date_time_problem(vr: str, value: str) -> str | None:
         if int(offset[3:]) > 59 or minutes > limit:
             return f"has the UTC offset {offset}, outside -1200..+1400"
     return None
+
+
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def is_calendar_date(year: int, month: int, day: int) -> bool:
+    """A day of the Gregorian calendar (PS3.5 6.2). Not ``datetime.date``: importing
+    ``datetime`` costs each conversion process ~5-7 ms, and every camera file's EXIF date
+    passes through here."""
+    if not 1 <= month <= 12:
+        return False
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return 1 <= day <= (29 if month == 2 and leap else _DAYS_IN_MONTH[month - 1])
 
 
 def _clock_problem(hour: str | None, minute: str | None, second: str | None) -> str | None:

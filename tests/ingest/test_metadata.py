@@ -360,3 +360,19 @@ def test_a_refused_value_says_how_to_write_it(
     (tmp_path / "photo.json").write_text(json.dumps({key: value}))
     with pytest.raises(ConversionError, match=rf"sidecar .*{key}.*; {re.escape(hint)}"):
         _convert(src, cv.ConvertOptions(fsync=False))
+
+
+def test_calendar_dates_as_datetime_knows_them() -> None:
+    import datetime
+
+    from node.ingest.values import is_calendar_date
+
+    for year in (1000, 1900, 2000, 2023, 2024, 2999):
+        for month in range(0, 14):
+            for day in range(0, 33):
+                try:
+                    datetime.date(year, month, day)
+                    real = True
+                except ValueError:
+                    real = False
+                assert is_calendar_date(year, month, day) == real, (year, month, day)
