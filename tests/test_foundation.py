@@ -99,7 +99,7 @@ port = 105
 [receive]
 allowed_networks = [
   "127.0.0.0/8",
-  "10.1.0.0/16",
+  "127.1.0.0/16",
 ]
 description = \"\"\"
 port = 1
@@ -115,7 +115,7 @@ port = 1
         ("port = 105", 'port = "105"', 13, "destinations[1].port: expected an integer"),
         ("port = 104", "prot = 104", 8, "destinations[0].prot: unknown key (did you mean 'port'?"),
         ('host = "127.0.0.1"\nport = 105', "", 10, "destinations[1].host: required key"),
-        ('"10.1.0.0/16"', '"10.1.0.0/33"', 20, "receive.allowed_networks[1]: "),
+        ('"127.1.0.0/16"', '"127.1.0.0/33"', 20, "receive.allowed_networks[1]: "),
         ("[receive]", "[recieve]", 19, "recieve: unknown section (did you mean 'receive'?"),
         ('ae_title = "DICOMNODE"', 'ae_titel = "X"', 3, "node.ae_titel: unknown key (did you mean"),
     ],

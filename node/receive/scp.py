@@ -128,7 +128,7 @@ def check_access_config(cfg: ReceiveSection) -> None:
             f"receive.host={cfg.host!r} is reachable from other machines but neither "
             "receive.allowed_networks nor receive.allowed_calling_aes is set: an open SCP "
             "accepts data from anyone. List the modalities' networks (e.g. "
-            'allowed_networks = ["10.1.2.0/24"]) and/or AE titles, or bind to 127.0.0.1'
+            'allowed_networks = ["NETWORK/PREFIX", ...]) and/or AE titles, or bind to 127.0.0.1'
         )
 
 

@@ -80,9 +80,10 @@ def test_reject_reason_seen_by_pynetdicom(tmp_path: Path) -> None:
 
 
 def test_source_address_outside_allowed_networks_is_refused(tmp_path: Path) -> None:
-    # Bound to loopback with an allow-list that excludes it: starting is fine, 127.0.0.1 is not
+    # Bound to loopback with an allow-list that excludes 127.0.0.1 (another loopback range):
+    # starting is fine, 127.0.0.1 is not
     # admitted, and the connection is closed before any DICOM is read.
-    with running_scp(tmp_path, allowed_networks=["10.0.0.0/8"]) as (scp, _, _):
+    with running_scp(tmp_path, allowed_networks=["127.1.0.0/16"]) as (scp, _, _):
         res = echoscu(scp.port)
         assert res.returncode != 0
         with socket.create_connection((LOOPBACK, scp.port), timeout=5) as sock:
