@@ -72,6 +72,17 @@ def _comparable(ds: Dataset) -> dict[str, Any]:
     return ds.to_json_dict()
 
 
+def _send(scp: Storescp, files: list[Path], engine: str = "wire") -> dict[str, str]:
+    """Send ``files`` to ``scp`` in one batch; each file's outcome by its path."""
+    dest = Destination(name="pacs", host=LOOPBACK, port=scp.port, called_ae=scp.aet, engine=engine)
+    items = [SendItem(path=f, key=i, **read_header(f)) for i, f in enumerate(files)]
+    outcomes: dict[str, str] = {}
+    StoreSCU(dest, calling_ae="DICOMNODE").send(
+        items, lambda item, out: outcomes.__setitem__(str(item.path), out.describe())
+    )
+    return outcomes
+
+
 @pytest.mark.dcmtk
 @pytest.mark.parametrize("target", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
 @pytest.mark.parametrize(("name", "conversion"), list(SOURCES), ids=[n for n, _ in SOURCES])
@@ -99,15 +110,8 @@ def test_peer_accepting_only_implicit_gets_sequences_and_words_right(
     pixels (LUTs, overlays, waveforms, 8-bit pixels) went out unswapped.
     """
     files = [_source(n, c, tmp_path) for n, c in SOURCES if (n, c) != ("rtplan.dcm", None)]
-    items = [SendItem(path=f, key=i, **read_header(f)) for i, f in enumerate(files)]
-    outcomes: dict[str, str] = {}
     with run_storescp(tmp_path / "scp", extra=["+xi"]) as scp:
-        dest = Destination(
-            name="pacs", host=LOOPBACK, port=scp.port, called_ae=scp.aet, engine=engine
-        )
-        StoreSCU(dest, calling_ae="DICOMNODE").send(
-            items, lambda item, out: outcomes.__setitem__(str(item.path), out.describe())
-        )
+        outcomes = _send(scp, files, engine)
         received = {str(dcmread(p).SOPInstanceUID): p for p in scp.files()}
     assert set(outcomes.values()) == {"delivered"}, outcomes
     for f in files:
@@ -133,15 +137,8 @@ def test_deflated_file_of_odd_length_reaches_a_peer_that_accepts_deflate(
     NUL after the stream, and arrives deflated with the same data set."""
     files = [_source(n, "+td", tmp_path) for n in ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm")]
     assert any(_data_set_length(f) % 2 for f in files)  # the case under test is present
-    items = [SendItem(path=f, key=i, **read_header(f)) for i, f in enumerate(files)]
-    outcomes: dict[str, str] = {}
     with run_storescp(tmp_path / "scp", extra=["+xa"]) as scp:
-        dest = Destination(
-            name="pacs", host=LOOPBACK, port=scp.port, called_ae=scp.aet, engine=engine
-        )
-        StoreSCU(dest, calling_ae="DICOMNODE").send(
-            items, lambda item, out: outcomes.__setitem__(item.path.name, out.describe())
-        )
+        outcomes = _send(scp, files, engine)
         received = {str(dcmread(p).SOPInstanceUID): p for p in scp.files()}
     assert set(outcomes.values()) == {"delivered"}, outcomes
     for f in files:
@@ -163,13 +160,7 @@ def test_object_without_pixels_filed_under_a_compressed_syntax_is_re_encoded(
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     path = tmp_path / "sr_jpeg_ts.dcm"
     ds.save_as(path, enforce_file_format=True)
-    outcomes: dict[str, str] = {}
-    dest = Destination(name="pacs", host=LOOPBACK, port=storescp.port, called_ae=storescp.aet)
-    [item] = [SendItem(path=path, **read_header(path))]
-    StoreSCU(dest, calling_ae="DICOMNODE").send(
-        [item], lambda i, out: outcomes.__setitem__(i.path.name, out.describe())
-    )
-    assert outcomes == {path.name: "delivered"}
+    assert _send(storescp, [path]) == {str(path): "delivered"}
     [got_path] = storescp.files()
     got = dcmread(got_path)
     assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
@@ -187,16 +178,13 @@ def test_refusal_of_a_file_whose_meta_contradicts_its_data_set_says_so(
     assert src is not None
     path = tmp_path / "rtplan.dcm"
     path.write_bytes(Path(src).read_bytes())
-    item = SendItem(path=path, **read_header(path))
-    outcomes: list[str] = []
-    dest = Destination(name="pacs", host=LOOPBACK, port=storescp.port, called_ae=storescp.aet)
-    StoreSCU(dest, calling_ae="DICOMNODE").send(
-        [item], lambda i, out: outcomes.append(out.describe())
-    )
-    [outcome] = outcomes
+    [outcome] = _send(storescp, [path]).values()
     assert outcome.startswith("dead: peer status 0xA900")
     assert "(0008,0018) SOPInstanceUID is 1.2.777.777.77.7.7777.7777.20030903150023" in outcome
-    assert "(0002,0003) MediaStorageSOPInstanceUID" in outcome and item.sop_instance_uid in outcome
+    assert (
+        "(0002,0003) MediaStorageSOPInstanceUID" in outcome
+        and read_header(path)["sop_instance_uid"] in outcome
+    )
 
 
 @pytest.mark.dcmtk
@@ -212,16 +200,9 @@ def test_file_whose_data_set_has_odd_length_is_dead_and_the_batch_goes_on(
     odd = tmp_path / "odd.dcm"
     odd.write_bytes(Path(ct).read_bytes() + b"\x00")
     good = _source("MR_small.dcm", None, tmp_path)
-    items = [SendItem(path=f, key=i, **read_header(f)) for i, f in enumerate([odd, good])]
-    outcomes: dict[str, str] = {}
     with run_storescp(tmp_path / "scp") as scp:
-        dest = Destination(
-            name="pacs", host=LOOPBACK, port=scp.port, called_ae=scp.aet, engine=engine
-        )
-        StoreSCU(dest, calling_ae="DICOMNODE").send(
-            items, lambda item, out: outcomes.__setitem__(item.path.name, out.describe())
-        )
+        outcomes = _send(scp, [odd, good], engine)
         assert len(scp.files()) == 1
-    assert outcomes["MR_small.dcm"] == "delivered"
-    assert outcomes["odd.dcm"].startswith("dead: ")
-    assert "odd length" in outcomes["odd.dcm"]
+    assert outcomes[str(good)] == "delivered"
+    assert outcomes[str(odd)].startswith("dead: ")
+    assert "odd length" in outcomes[str(odd)]
