@@ -88,8 +88,8 @@ def read_header(path: Path) -> dict[str, str]:
     """
     try:
         header = read_file_meta(path).as_dict()
-    except OSError as exc:
-        raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except OSError as exc:  # kept as the cause: a missing file or share is told apart
+        raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     except FileMetaError as exc:
         raise SendError(str(exc)) from None
     if header["sop_class_uid"] == MEDIA_STORAGE_DIRECTORY:

@@ -240,13 +240,10 @@ class DeliveryWorker:
         except (KeyError, TypeError) as exc:
             return Outcome(Verdict.DEAD, f"job payload lacks {exc}: re-enqueue the file")
         try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            return file_unavailable(path, exc)
-        try:
             header = read_header(path)
         except SendError as exc:
+            if isinstance(exc.__cause__, OSError):  # gone, or its share not answering
+                return file_unavailable(path, exc.__cause__)
             return Outcome(Verdict.DEAD, str(exc))
         if header["sop_instance_uid"] != queued_uid:
             return Outcome(
