@@ -50,6 +50,8 @@ _WANTED = {
 }
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+#: (0002,0002) of a DICOMDIR: the index of a medium, not an object to convert or send.
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 #: Every VR of PS3.5 6.2: two of these after the first tag mean explicit VR.
 _VRS = frozenset(
     b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL "

@@ -21,13 +21,12 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from node.errors import ConversionError
-from node.filemeta import read_file_meta
+from node.filemeta import MEDIA_STORAGE_DIRECTORY, read_file_meta
 from node.fsutil import is_valid_uid
 from node.ingest.watcher import input_files
 
 log = logging.getLogger(__name__)
 
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
 #: Values larger than this are skipped (not read) while checking that a file is complete.

@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from node.errors import SendError
-from node.filemeta import FileMeta, FileMetaError, read_file_meta, read_file_meta_from
+from node.filemeta import (
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    IMPLICIT_VR_LITTLE_ENDIAN,
+    MEDIA_STORAGE_DIRECTORY,
+    FileMeta,
+    FileMetaError,
+    read_file_meta,
+    read_file_meta_from,
+)
 
 if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
     from pydicom.dataelem import DataElement
@@ -37,11 +45,8 @@ if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never n
 log = logging.getLogger(__name__)
 
 MAX_CONTEXTS = 128
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
-MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 #: One proposed presentation context: (abstract syntax, transfer syntax).
 Context = tuple[str, str]
