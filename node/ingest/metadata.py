@@ -249,27 +249,37 @@ def _computed(tag: int) -> str:
     return "is computed from the image"
 
 
-def _date_time_range(one: str) -> re.Pattern[str]:
+def _date_time_range(one: str) -> str:
     """A DA/DT/TM value or range (PS3.4 C.2.2.2.5), as pydicom's ``_range_regex``."""
-    return re.compile(rf"^{one}$|^\-{one} ?$|^{one}\- ?$|^{one}\-{one} ?$")
+    return rf"^{one}$|^\-{one} ?$|^{one}\- ?$|^{one}\-{one} ?$"
 
 
 #: PS3.5 6.2: maximum characters per value, and allowed characters, of the text VRs
 #: checked without pydicom (the same limits and expressions as pydicom 3's validators).
 _MAX_CHARS = {"AE": 16, "CS": 16, "IS": 12, "LO": 64, "LT": 10240, "SH": 16, "ST": 1024, "UI": 64}
+#: Compiled on first use (:func:`_chars`): the DT expression alone takes ~6 ms to compile,
+#: paid by every conversion process at start-up when it was compiled at import.
 _CHARS = {
-    "AE": re.compile(r"^[\x20-\x7e]*$"),
-    "AS": re.compile(r"^\d\d\d[DWMY]$"),
-    "CS": re.compile(r"^[A-Z0-9 _]*$"),
-    "IS": re.compile(r"^ *[+\-]?\d+ *$"),
+    "AE": r"^[\x20-\x7e]*$",
+    "AS": r"^\d\d\d[DWMY]$",
+    "CS": r"^[A-Z0-9 _]*$",
+    "IS": r"^ *[+\-]?\d+ *$",
     "DA": _date_time_range(r"\d{4}(0[1-9]|1[0-2])([0-2]\d|3[01])"),
     "DT": _date_time_range(
         r"\d{4}((0[1-9]|1[0-2])(([0-2]\d|3[01])(([01]\d|2[0-3])"
         r"([0-5]\d((60|[0-5]\d)(\.\d{1,6} ?)?)?)?)?)?)?([+-][01]\d\d\d)?"
     ),
     "TM": _date_time_range(r"([01]\d|2[0-3])([0-5]\d((60|[0-5]\d)(\.\d{1,6} ?)?)?)?"),
-    "UI": re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"),
+    "UI": r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$",
 }
+
+
+def _chars(vr: str) -> re.Pattern[str] | None:
+    """The compiled character rule of ``vr`` (None: no rule); ``re`` caches it."""
+    source = _CHARS.get(vr)
+    return None if source is None else re.compile(source)
+
+
 _CHECKED_VRS = frozenset(_MAX_CHARS) | frozenset(_CHARS) | {"PN"}
 #: Keywords of the built-in dictionary whose VM refuses a single value (tested against
 #: pydicom's dictionary): one value for them goes to pydicom's path, which refuses it.
@@ -282,7 +292,7 @@ def _valid_text(vr: str, value: str) -> bool:
     if vr == "PN":  # up to 3 component groups of up to 64 characters
         groups = value.split("=")
         return len(groups) <= 3 and all(len(g) <= 64 for g in groups)
-    pattern = _CHARS.get(vr)
+    pattern = _chars(vr)
     if pattern is not None and value and (not pattern.match(value) or value[-1] == "\n"):
         return False
     # An IS beyond 32 bits: pydicom's own path decides (and says) what happens.

@@ -175,6 +175,9 @@ class Channel:
     def ended(self) -> bool:
         return not self.assoc.is_established or self.assoc.is_aborted
 
+    def ahead(self, item: SendItem | None) -> None:
+        """Nothing is read ahead on pynetdicom's path (each store reads its own file)."""
+
     def store(
         self,
         item: SendItem,

@@ -68,6 +68,8 @@ Report = Callable[[SendItem, Outcome], None]
 
 ENGINES = ("wire", "pynetdicom")
 DEFAULT_ENGINE = "wire"
+#: The largest data set read ahead into memory (larger files are streamed on their turn).
+READ_AHEAD_MAX = 8 * 1024 * 1024
 
 
 class Sender(Protocol):
@@ -99,6 +101,10 @@ class Channel(Protocol):
         or ``dataset`` bytes already encoded in it. Raises OSError when the file cannot be
         read."""
 
+    def ahead(self, item: SendItem | None) -> None:
+        """``item`` is stored next, as it is on disk (None: nothing known). An engine may
+        read it while it waits for the current response; errors are met on its turn."""
+
     def echo(self, context_id: int) -> Outcome: ...
 
     def abort(self) -> None: ...
@@ -107,7 +113,12 @@ class Channel(Protocol):
 
 
 class WireChannel:
-    """The default engine's association: ``acse`` negotiated it, ``wire`` runs the data."""
+    """The default engine's association: ``acse`` negotiated it, ``wire`` runs the data.
+
+    While the peer stores one object, the next file (when it goes as it is on disk and is
+    at most :data:`READ_AHEAD_MAX` bytes) is opened, its meta header checked and its data
+    set read: the peer's storing and our reading overlap instead of taking turns.
+    """
 
     def __init__(self, assoc: acse.Association, dest: Destination) -> None:
         self.contexts = assoc.contexts
@@ -117,10 +128,36 @@ class WireChannel:
             dimse_timeout=dest.dimse_timeout,
             network_timeout=dest.network_timeout,
         )
+        self._upcoming: SendItem | None = None
+        #: (item, its data set bytes) read while waiting for the previous response.
+        self._read: tuple[SendItem, bytes] | None = None
 
     @property
     def ended(self) -> bool:
         return self.link.closed
+
+    def ahead(self, item: SendItem | None) -> None:
+        self._upcoming = item
+
+    def _read_ahead(self) -> None:
+        """Read the upcoming file's data set now; on any doubt leave it to its turn."""
+        item, self._upcoming = self._upcoming, None
+        self._read = None
+        if item is None:
+            return
+        try:
+            with open(item.path, "rb") as fp:
+                meta = read_file_meta_from(fp, item.path)
+                check_unchanged(meta, item)
+                size = os.fstat(fp.fileno()).st_size - meta.data_offset
+                if not 0 <= size <= READ_AHEAD_MAX or size % 2:
+                    return
+                fp.seek(meta.data_offset)
+                data = fp.read(size)
+        except (OSError, SendError):  # met again, and reported, when the file's turn comes
+            return
+        if len(data) == size:
+            self._read = (item, data)
 
     def store(
         self,
@@ -130,6 +167,8 @@ class WireChannel:
         msg_id: int,
         dataset: Dataset | bytes | None,
     ) -> Outcome:
+        read, self._read = self._read, None
+        waiting = self._read_ahead if self._upcoming is not None else None
         if dataset is not None:
             return self.link.store(
                 context_id,
@@ -137,6 +176,16 @@ class WireChannel:
                 sop_instance_uid=item.sop_instance_uid,
                 msg_id=msg_id,
                 data=dataset if isinstance(dataset, bytes) else encode_dataset(dataset, target),
+                while_waiting=waiting,
+            )
+        if read is not None and read[0] is item:
+            return self.link.store(
+                context_id,
+                sop_class_uid=item.sop_class_uid,
+                sop_instance_uid=item.sop_instance_uid,
+                msg_id=msg_id,
+                data=read[1],
+                while_waiting=waiting,
             )
         with open(item.path, "rb") as fp:  # one open: meta header, then the data set
             meta = read_file_meta_from(fp, item.path)
@@ -150,6 +199,7 @@ class WireChannel:
                 msg_id=msg_id,
                 source=fp,
                 offset=offset,
+                while_waiting=waiting,
             )
 
     def echo(self, context_id: int) -> Outcome:
@@ -161,6 +211,15 @@ class WireChannel:
     def release(self) -> None:
         if not self.link.closed:
             self.link.release()
+
+
+def _goes_as_is(item: SendItem, accepted: dict[str, list[str]]) -> bool:
+    """True when ``item`` is sent as its bytes are on disk (no transcoding, not deflated)."""
+    syntax = item.transfer_syntax
+    return (
+        syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN
+        and choose_syntax(syntax, accepted.get(item.sop_class_uid, [])) == syntax
+    )
 
 
 def _is_tls_error(exc: OSError) -> bool:
@@ -301,6 +360,8 @@ class StoreSCU:
                 continue
             msg_id = msg_id % 65535 + 1
             context_id = channel.contexts[(item.sop_class_uid, target)]
+            upcoming = items[n + 1] if n + 1 < len(items) else None
+            channel.ahead(upcoming if upcoming and _goes_as_is(upcoming, accepted) else None)
             try:
                 outcome = self._store(channel, item, target, context_id, msg_id)
             except FileChanged as exc:  # found before anything was sent: the link is fine

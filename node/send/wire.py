@@ -23,6 +23,7 @@ import logging
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from io import BufferedReader
 
 from node.send import status as st
@@ -177,9 +178,14 @@ class Wire:
         source: BufferedReader | None = None,
         data: bytes | None = None,
         offset: int = 0,
+        while_waiting: Callable[[], None] | None = None,
     ) -> Outcome:
         """Send one C-STORE-RQ (an open file's bytes from ``offset``, or ``data``) and
-        classify the answer."""
+        classify the answer.
+
+        ``while_waiting`` runs once the request is sent, before the response is read: the
+        peer is then busy storing, so work done there (reading the next file) costs the
+        association no time. It must not raise."""
         try:
             self.sock.settimeout(self.network_timeout)
             self._send_pdv(
@@ -189,6 +195,8 @@ class Wire:
                 self._send_file(context_id, source, offset)
             else:
                 self._send_bytes(context_id, data or b"")
+            if while_waiting is not None:
+                while_waiting()
             self.sock.settimeout(self.dimse_timeout)
             command = self._receive_response(context_id)
         except (OSError, WireError) as exc:

@@ -338,6 +338,69 @@ def test_many_small_pdus_arrive_byte_identical(tmp_path: Path) -> None:
         assert received.PatientName == original.PatientName
 
 
+@pytest.mark.dcmtk
+def test_next_file_is_read_while_the_peer_stores(
+    tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wire engine: while the peer stores one object, the next file's data set is read, so
+    it goes out from memory; a file needing transcoding is not read ahead; every object
+    arrives byte-identical."""
+    from tests.peers import run_storescp
+
+    if engine != "wire":
+        pytest.skip("reading ahead is the wire engine's")
+    from node.send import wire
+
+    files = [native_sc(tmp_path / f"{i}.dcm", size=64, bits=16) for i in range(3)]
+    files.append(jpeg_object(tmp_path / "j.dcm", width=64, height=48))
+    files.append(native_sc(tmp_path / "last.dcm", size=32))
+    sent_from: list[str] = []
+    store = wire.Wire.store
+
+    def spy(self: wire.Wire, context_id: int, **kw: object) -> object:
+        sent_from.append("memory" if kw.get("data") is not None else "file")
+        return store(self, context_id, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wire.Wire, "store", spy)
+    # The peer takes JPEG only decompressed: the JPEG file is transcoded (from memory too,
+    # as an encoded data set) and the file after it is read ahead as usual.
+    with run_storescp(tmp_path / "scp", extra=["-pdu", "16384"]) as scp:
+        results = _send_all(_dest(scp.port, aet=scp.aet), files)
+        got = _received(scp)
+    assert set(results.values()) == {"delivered"}
+    assert sent_from == ["file", "memory", "memory", "memory", "memory"]
+    for f in files:
+        original = dcmread(f)
+        received = dcmread(got[original.SOPInstanceUID])
+        if original.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian:
+            assert received.PixelData == original.PixelData
+
+
+@pytest.mark.dcmtk
+def test_file_gone_before_its_turn_is_reported_on_its_turn(
+    tmp_path: Path, storescp_any: Storescp, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wire engine: a planned file deleted before it could be read ahead is reported as
+    gone on its turn, and the files after it are delivered."""
+    if engine != "wire":
+        pytest.skip("reading ahead is the wire engine's")
+    from node.send import wire
+
+    files = [native_sc(tmp_path / f"{i}.dcm", size=32) for i in range(3)]
+    uids = [str(dcmread(f).SOPInstanceUID) for f in files]
+    store = wire.Wire.store
+
+    def delete_second(self: wire.Wire, context_id: int, **kw: object) -> object:
+        files[1].unlink(missing_ok=True)
+        return store(self, context_id, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(wire.Wire, "store", delete_second)
+    results = _send_all(_dest(storescp_any.port, aet=storescp_any.aet), files)
+    assert results[uids[0]] == results[uids[2]] == "delivered"
+    assert results[uids[1]].startswith("dead: ") and "file is gone" in results[uids[1]]
+    assert sorted(_received(storescp_any)) == sorted([uids[0], uids[2]])
+
+
 # ----------------------------------------------------------------------------- files rewritten
 
 
