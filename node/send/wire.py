@@ -39,10 +39,39 @@ VERIFICATION = "1.2.840.10008.1.1"
 MAX_RESPONSE_PDU = 16 * 1024 * 1024
 #: The largest PDV fragment we send (and the read buffer of a streamed file).
 MAX_FRAGMENT = 4 * 1024 * 1024
+#: recv() size: a C-STORE response PDU (~200 bytes) comes in one call, header and body.
+RECV_SIZE = 64 * 1024
 
 
 class WireError(Exception):
     """The association cannot go on (protocol error, abort, timeout, closed socket)."""
+
+
+def _timeval(seconds: float | None) -> bytes:
+    """``struct timeval`` for SO_SNDTIMEO/SO_RCVTIMEO; None (no limit) is zero."""
+    if seconds is None:
+        return struct.pack("ll", 0, 0)
+    whole = int(seconds)
+    return struct.pack("ll", whole, max(int((seconds - whole) * 1e6), 0 if whole else 1))
+
+
+def kernel_timeouts(sock: socket.socket, *, send: float | None, recv: float | None) -> bool:
+    """Make ``sock`` blocking with the kernel keeping its timeouts (SO_SNDTIMEO, SO_RCVTIMEO);
+    True when set. A timed-out call then fails with EAGAIN (BlockingIOError).
+
+    With a Python-side timeout, every send and recv is preceded by a poll() and every
+    switch between the network and the DIMSE timeout costs an ioctl: ~6 system calls per
+    C-STORE on the critical path, and a partial send of each large PDU. The data phase
+    waits for the responses only, so one receive timeout (the DIMSE one) and one send
+    timeout (the network one) hold for the whole association.
+    """
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(send))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(recv))
+    except (OSError, AttributeError, struct.error):  # no such options here: Python's timeouts
+        return False
+    sock.settimeout(None)
+    return True
 
 
 # --------------------------------------------------------------------------- command sets
@@ -135,6 +164,21 @@ class Wire:
         # TLS sockets have no sendmsg (scatter/gather): they get header + fragment joined.
         self._gather = not (ssl is not None and isinstance(sock, ssl.SSLSocket))
         self.sock.settimeout(self.network_timeout)
+        #: Plain TCP: the socket blocks and the kernel keeps the timeouts (see
+        #: :func:`kernel_timeouts`); TLS keeps Python's, switched per phase.
+        self._kernel_timeouts = self._gather and kernel_timeouts(
+            sock, send=self.network_timeout, recv=self.dimse_timeout
+        )
+        #: Bytes received and not yet consumed (a response usually comes in one recv).
+        self._rbuf = bytearray()
+
+    def _timeouts(self, waiting_for_response: bool) -> None:
+        """Python-managed timeouts (TLS): the DIMSE timeout while a response is awaited,
+        the network timeout otherwise. Nothing to do when the kernel keeps them."""
+        if not self._kernel_timeouts:
+            self.sock.settimeout(
+                self.dimse_timeout if waiting_for_response else self.network_timeout
+            )
 
     # ------------------------------------------------------------------ PDUs
 
@@ -146,19 +190,27 @@ class Wire:
             self.sock.sendall(header + bytes(data))
             return
         total = len(header) + len(data)
-        sent = self.sock.sendmsg([header, data])  # gather: no copy of the fragment
-        if sent < total:  # a partial send (full socket buffer): finish with plain sendall
-            rest = (header + bytes(data))[sent:]
-            self.sock.sendall(rest)
+        try:
+            sent = self.sock.sendmsg([header, data])  # gather: no copy of the fragment
+            if sent < total:  # a partial send (timeout or signal): finish with sendall
+                rest = (header + bytes(data))[sent:]
+                self.sock.sendall(rest)
+        except BlockingIOError:  # SO_SNDTIMEO ran out: the peer stopped reading
+            raise TimeoutError("sending timed out (network_timeout)") from None
 
     def _recv_exact(self, n: int) -> bytes:
-        buf = bytearray()
+        buf = self._rbuf
         while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
+            try:
+                chunk = self.sock.recv(min(max(n - len(buf), RECV_SIZE), MAX_FRAGMENT))
+            except BlockingIOError:  # SO_RCVTIMEO ran out
+                raise TimeoutError("nothing received within the timeout") from None
             if not chunk:
                 raise WireError("the peer closed the connection")
             buf += chunk
-        return bytes(buf)
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
 
     def _recv_pdu(self) -> tuple[int, bytes]:
         kind, _, length = _PDU_HEADER.unpack(self._recv_exact(6))
@@ -186,8 +238,9 @@ class Wire:
         ``while_waiting`` runs once the request is sent, before the response is read: the
         peer is then busy storing, so work done there (reading the next file) costs the
         association no time. It must not raise."""
+        waiting = False
         try:
-            self.sock.settimeout(self.network_timeout)
+            self._timeouts(waiting_for_response=False)
             self._send_pdv(
                 context_id, 0x03, store_rq_command(sop_class_uid, sop_instance_uid, msg_id)
             )
@@ -197,17 +250,22 @@ class Wire:
                 self._send_bytes(context_id, data or b"")
             if while_waiting is not None:
                 while_waiting()
-            self.sock.settimeout(self.dimse_timeout)
+            waiting = True
+            self._timeouts(waiting_for_response=True)
             command = self._receive_response(context_id)
         except (OSError, WireError) as exc:
             if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
                 self.abort()
                 raise
-            reason = (
-                "no C-STORE response within the DIMSE timeout"
-                if isinstance(exc, TimeoutError)
-                else f"association failed during the C-STORE: {exc}"
-            )
+            if isinstance(exc, TimeoutError):
+                reason = (
+                    "no C-STORE response within the DIMSE timeout"
+                    if waiting
+                    else "association failed during the C-STORE: the peer stopped reading "
+                    "(sending timed out after the network timeout)"
+                )
+            else:
+                reason = f"association failed during the C-STORE: {exc}"
             self.abort()
             return st.retry(reason)
         return self._classify(command, msg_id, sop_instance_uid)
@@ -286,9 +344,9 @@ class Wire:
     def echo(self, context_id: int, msg_id: int = 1) -> Outcome:
         """One C-ECHO on the Verification context: delivered when the peer answers 0x0000."""
         try:
-            self.sock.settimeout(self.network_timeout)
+            self._timeouts(waiting_for_response=False)
             self._send_pdv(context_id, 0x03, echo_rq_command(msg_id))
-            self.sock.settimeout(self.dimse_timeout)
+            self._timeouts(waiting_for_response=True)
             command = self._receive_response(context_id)
         except (OSError, WireError) as exc:
             self.abort()
