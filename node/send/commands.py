@@ -244,7 +244,9 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
             sizes += item.path.stat().st_size
         else:
             counts[str(outcome.verdict)] += 1
-        print(f"{outcome.describe():<10} {item.path}", flush=False)
+        # One write per line (print writes the text and the newline apart, two system calls
+        # per file on an unbuffered stdout).
+        sys.stdout.write(f"{outcome.describe():<10} {item.path}\n")
         reported.add(item.key)
 
     files = iter_files(paths)

@@ -146,7 +146,7 @@ class WireChannel:
         if item is None:
             return
         try:
-            with open(item.path, "rb") as fp:
+            with open(item.path, "rb", buffering=0) as fp:
                 meta = read_file_meta_from(fp, item.path)
                 check_unchanged(meta, item)
                 size = os.fstat(fp.fileno()).st_size - meta.data_offset
