@@ -53,6 +53,7 @@ from node.receive.guard import PDU_MIN_RATE
 from node.receive.handlers import StoreContext, StoreStatus, store_object
 from node.receive.header import read_header_prefix
 from node.receive.sopclasses import STORAGE_CLASS_UIDS
+from node.sockopts import kernel_timeouts
 
 log = logging.getLogger(__name__)
 
@@ -240,17 +241,14 @@ class DataPhase:
         returns whatever segment has arrived (several calls per 128 KiB PDU). TLS sockets
         keep the Python timeout (``recv`` flags are not allowed there).
         """
-        timeout = self.settings.network_timeout
+        timeout = self.settings.network_timeout or None  # 0: no limit (never non-blocking)
         if isinstance(self.sock, ssl.SSLSocket):
             self.sock.settimeout(timeout)
             return
-        self.sock.settimeout(None)
-        if timeout:
-            seconds = int(timeout)
-            tv = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
-        self._flags = socket.MSG_WAITALL
+        if kernel_timeouts(self.sock, send=timeout, recv=timeout):
+            self._flags = socket.MSG_WAITALL
+        else:
+            self.sock.settimeout(timeout)
 
     def _recv_into(self, view: memoryview, deadline: float | None = None) -> None:
         """Fill ``view``; a peer still short of it after ``deadline`` is aborted.

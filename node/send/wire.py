@@ -28,6 +28,7 @@ from io import BufferedReader
 
 from node.send import status as st
 from node.send.status import Outcome
+from node.sockopts import kernel_timeouts
 
 log = logging.getLogger(__name__)
 
@@ -45,33 +46,6 @@ RECV_SIZE = 64 * 1024
 
 class WireError(Exception):
     """The association cannot go on (protocol error, abort, timeout, closed socket)."""
-
-
-def _timeval(seconds: float | None) -> bytes:
-    """``struct timeval`` for SO_SNDTIMEO/SO_RCVTIMEO; None (no limit) is zero."""
-    if seconds is None:
-        return struct.pack("ll", 0, 0)
-    whole = int(seconds)
-    return struct.pack("ll", whole, max(int((seconds - whole) * 1e6), 0 if whole else 1))
-
-
-def kernel_timeouts(sock: socket.socket, *, send: float | None, recv: float | None) -> bool:
-    """Make ``sock`` blocking with the kernel keeping its timeouts (SO_SNDTIMEO, SO_RCVTIMEO);
-    True when set. A timed-out call then fails with EAGAIN (BlockingIOError).
-
-    With a Python-side timeout, every send and recv is preceded by a poll() and every
-    switch between the network and the DIMSE timeout costs an ioctl: ~6 system calls per
-    C-STORE on the critical path, and a partial send of each large PDU. The data phase
-    waits for the responses only, so one receive timeout (the DIMSE one) and one send
-    timeout (the network one) hold for the whole association.
-    """
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(send))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(recv))
-    except (OSError, AttributeError, struct.error):  # no such options here: Python's timeouts
-        return False
-    sock.settimeout(None)
-    return True
 
 
 # --------------------------------------------------------------------------- command sets
@@ -164,8 +138,11 @@ class Wire:
         # TLS sockets have no sendmsg (scatter/gather): they get header + fragment joined.
         self._gather = not (ssl is not None and isinstance(sock, ssl.SSLSocket))
         self.sock.settimeout(self.network_timeout)
-        #: Plain TCP: the socket blocks and the kernel keeps the timeouts (see
-        #: :func:`kernel_timeouts`); TLS keeps Python's, switched per phase.
+        #: Plain TCP: the socket blocks and the kernel keeps the timeouts, which saves a
+        #: poll() before every send and recv and an ioctl per switch (~6 system calls per
+        #: C-STORE) and a partial send of each large PDU. The data phase only waits for
+        #: responses: one receive timeout (DIMSE) and one send timeout (network) hold for
+        #: the whole association. TLS keeps Python's timeouts, switched per phase.
         self._kernel_timeouts = self._gather and kernel_timeouts(
             sock, send=self.network_timeout, recv=self.dimse_timeout
         )

@@ -7,7 +7,8 @@ import socket
 import struct
 import threading
 
-from node.send.wire import Wire, echo_rq_command, kernel_timeouts, parse_command
+from node.send.wire import Wire, echo_rq_command, parse_command
+from node.sockopts import kernel_timeouts
 
 _PDU = struct.Struct(">BBI")
 _PDV = struct.Struct(">IBB")
