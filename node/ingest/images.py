@@ -206,6 +206,8 @@ def _kind_of(data: bytes) -> str:
         (b"\x89PNG\r\n\x1a\n", "PNG"),
         (b"II*\x00", "TIFF"),
         (b"MM\x00*", "TIFF"),
+        (b"II+\x00", "BigTIFF"),
+        (b"MM\x00+", "BigTIFF"),
         (b"BM", "BMP"),
         (b"\xff\xd8\xff", "JPEG"),
     ):
