@@ -273,7 +273,7 @@ _CHARS = {
 _CHECKED_VRS = frozenset(_MAX_CHARS) | frozenset(_CHARS) | {"PN"}
 #: Keywords of the built-in dictionary whose VM refuses a single value (tested against
 #: pydicom's dictionary): one value for them goes to pydicom's path, which refuses it.
-NEEDS_SEVERAL_VALUES = frozenset({"ImageType", "PatientOrientation"})
+NEEDS_SEVERAL_VALUES = frozenset({"ImageType", "PatientOrientation", "PixelAspectRatio"})
 
 
 def _valid_text(vr: str, value: str) -> bool:

@@ -7,6 +7,8 @@ Outputs are checked with dciodvfy and pixels against Pillow's decoding of the so
 from __future__ import annotations
 
 import io
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from node.config import config_from_dict
 from node.ingest import convert as cv
 from node.ingest.watcher import DropFolderWatcher, looks_complete
 from tests.ingest import corpus
-from tests.peers import dciodvfy
+from tests.peers import dciodvfy, tool
 
 
 def _convert(src: Path, out: Path, **options: object) -> cv.ConvertResult:
@@ -119,3 +121,96 @@ def test_a_bigtiff_being_copied_is_waited_for(tmp_path: Path) -> None:
         assert not looks_complete(corpus.write(tmp_path, f"cut{cut}.tif", data[:cut]))
     stable, _ = _taken_after(tmp_path, "scan.tif", data)
     assert stable == ["scan.tif"]
+
+
+# ----------------------------------------------------------------------- non-square pixels
+
+
+def _scaled_height(dcm: Path, width: int) -> int:
+    """The height DCMTK draws ``dcm`` at when scaled to ``width`` (dcmj2pnm honours
+    PixelAspectRatio when scaling)."""
+    out = dcm.with_suffix(".pnm")
+    subprocess.run(
+        [tool("dcmj2pnm"), "+Sxv", str(width), str(dcm), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return int(out.read_bytes().split(b"\n")[1].split()[1])
+
+
+_NON_SQUARE = [
+    # A frame grabber's JPEG (passed through), a progressive one (decoded), PNG pHYs, BMP.
+    ("grabber.jpg", lambda: corpus.jpeg(corpus.rgb(72, 54), dpi=(72, 144)), "1\\2", 27),
+    (
+        "prog.jpg",
+        lambda: corpus.jpeg(corpus.rgb(72, 54), dpi=(72, 144), progressive=True),
+        "1\\2",
+        27,
+    ),
+    ("screen.png", lambda: corpus.saved(corpus.rgb(72, 54), "PNG", dpi=(72, 144)), "1\\2", 27),
+    ("scan.bmp", lambda: corpus.saved(corpus.rgb(72, 54), "BMP", dpi=(72, 144)), "1\\2", 27),
+    # A fax: 204 x 98 dpi, pixels about twice as tall as wide.
+    (
+        "fax.tif",
+        lambda: corpus.saved(
+            corpus.grey(72, 54).convert("1"), "TIFF", dpi=(204, 98), compression="group3"
+        ),
+        "102\\49",
+        112,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "ratio", "height"), _NON_SQUARE)
+@pytest.mark.parametrize("sop_class", ["sc", "vlp", "nsc"])
+def test_non_square_pixels_get_a_pixel_aspect_ratio(
+    tmp_path: Path, name: str, make: Callable[[], bytes], ratio: str, height: int, sop_class: str
+) -> None:
+    """PixelAspectRatio (0028,0034) is Type 1C, required when the pixels are not square:
+    it was never written, so a fax (204x98 dpi) or a frame grabber's JPEG with a non-square
+    JFIF density was shown squashed. img2dcm writes it from the JFIF density (with the
+    two values the other way round: YDensity\\XDensity)."""
+    src = corpus.write(tmp_path, name, make())
+    out = tmp_path / f"{name}.{sop_class}.dcm"
+    _convert(src, out, sop_class=sop_class)
+    _clean(out)
+    assert "\\".join(str(v) for v in pydicom.dcmread(out).PixelAspectRatio) == ratio
+    # 72 pixels scaled to 72 columns: DCMTK draws the rows at their physical height.
+    assert _scaled_height(out, 72) == height
+
+
+def test_square_pixels_get_no_pixel_aspect_ratio(tmp_path: Path) -> None:
+    for name, data in (
+        ("sq.jpg", corpus.jpeg(corpus.rgb(24, 16), dpi=(300, 300))),
+        ("plain.jpg", corpus.jpeg(corpus.rgb(24, 16))),
+        ("sq.tif", corpus.saved(corpus.rgb(24, 16), "TIFF", dpi=(300, 300))),
+        ("none.png", corpus.saved(corpus.rgb(24, 16), "PNG")),
+    ):
+        out = tmp_path / f"{name}.dcm"
+        _convert(corpus.write(tmp_path, name, data), out)
+        assert "PixelAspectRatio" not in pydicom.dcmread(out)
+
+
+def test_pixel_aspect_ratio_follows_the_exif_turn_and_yields_to_the_user(tmp_path: Path) -> None:
+    data = corpus.jpeg(corpus.rgb(72, 54), dpi=(72, 144), exif=corpus.exif_block(orientation=6))
+    src = corpus.write(tmp_path, "turned.jpg", data)
+    _convert(src, tmp_path / "t.dcm")
+    ds = pydicom.dcmread(tmp_path / "t.dcm")
+    assert (ds.Rows, ds.Columns) == (72, 54)
+    assert list(ds.PixelAspectRatio) == [2, 1]  # turned by 90 degrees: the ratio turns too
+    series = cv.SeriesContext.for_group("device", "2.25")
+    keys = (*corpus.FULL_KEYS, ("PixelAspectRatio", "4\\3"))
+    cv.convert_file(src, tmp_path / "k.dcm", cv.ConvertOptions(keys=keys, fsync=False), series, 1)
+    assert list(pydicom.dcmread(tmp_path / "k.dcm").PixelAspectRatio) == [4, 3]
+
+
+def test_pixel_aspect_from_densities() -> None:
+    from node.ingest.images import pixel_aspect
+
+    assert pixel_aspect((72, 144)) == (1, 2)
+    assert pixel_aspect((204.0, 98.0)) == (102, 49)
+    assert pixel_aspect((72.009, 72.009)) is None
+    assert pixel_aspect((16, 15), orientation=8) == (15, 16)
+    for unusable in (None, (0, 0), (72, 0), (0, 72), (1,), ("a", "b"), (float("nan"), 1)):
+        assert pixel_aspect(unusable) is None
