@@ -214,3 +214,33 @@ def test_pixel_aspect_from_densities() -> None:
     assert pixel_aspect((16, 15), orientation=8) == (15, 16)
     for unusable in (None, (0, 0), (72, 0), (0, 72), (1,), ("a", "b"), (float("nan"), 1)):
         assert pixel_aspect(unusable) is None
+
+
+# ----------------------------------------------------------------------- Windows sidecars
+
+
+@pytest.mark.parametrize(
+    "encoding", ["utf-8-sig", "utf-16"], ids=["utf8-bom-set-content", "utf16-powershell-redirect"]
+)
+def test_a_sidecar_written_by_windows_tools_is_applied(tmp_path: Path, encoding: str) -> None:
+    """Windows PowerShell's Set-Content -Encoding UTF8 (and older Notepad) start the file
+    with a UTF-8 byte order mark, PowerShell 5's '>' writes UTF-16: the sidecar was refused
+    ('Unexpected UTF-8 BOM') and the image with it."""
+    src = corpus.write(tmp_path, "photo.jpg", corpus.jpeg(corpus.rgb(16, 8)))
+    text = '{"PatientID": "WIN-1", "PatientName": "Müller^Jörg"}'
+    corpus.write(tmp_path, "photo.json", text.encode(encoding))
+    out = tmp_path / "photo.dcm"
+    series = cv.SeriesContext.for_group("device", "2.25")
+    cv.convert_file(src, out, cv.ConvertOptions(fsync=False), series, 1)
+    ds = pydicom.dcmread(out)
+    assert (ds.PatientID, str(ds.PatientName)) == ("WIN-1", "Müller^Jörg")
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_a_latin1_sidecar_is_refused_saying_how_to_fix_it(tmp_path: Path) -> None:
+    src = corpus.write(tmp_path, "photo.jpg", corpus.jpeg(corpus.rgb(16, 8)))
+    corpus.write(tmp_path, "photo.json", '{"PatientName": "Müller^J"}'.encode("latin-1"))
+    series = cv.SeriesContext.for_group("device", "2.25")
+    with pytest.raises(cv.ConversionError, match=r"not UTF-8 text .*save it as UTF-8"):
+        cv.convert_file(src, tmp_path / "p.dcm", cv.ConvertOptions(fsync=False), series, 1)
+    assert not (tmp_path / "p.dcm").exists()
