@@ -7,6 +7,7 @@ Outputs are checked with dciodvfy and pixels against Pillow's decoding of the so
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,12 @@ import pydicom
 import pytest
 from PIL import Image
 
-from node.config import config_from_dict
+from node.cli import main
+from node.config import Config, config_from_dict
 from node.ingest import convert as cv
+from node.ingest.pipeline import IngestPipeline
 from node.ingest.watcher import DropFolderWatcher, looks_complete
+from node.queue import JobStore
 from tests.ingest import corpus
 from tests.peers import dciodvfy, tool
 
@@ -244,3 +248,72 @@ def test_a_latin1_sidecar_is_refused_saying_how_to_fix_it(tmp_path: Path) -> Non
     with pytest.raises(cv.ConversionError, match=r"not UTF-8 text .*save it as UTF-8"):
         cv.convert_file(src, tmp_path / "p.dcm", cv.ConvertOptions(fsync=False), series, 1)
     assert not (tmp_path / "p.dcm").exists()
+
+
+# ----------------------------------------------------------------------- file names
+
+_LATIN1 = os.fsdecode(b"M\xfcller.jpg")  # a Latin-1 name, as a Windows share may hand it over
+
+
+def _node(tmp_path: Path, pattern: str = "") -> Config:
+    table = {
+        "node": {"base_dir": str(tmp_path / "node")},
+        "ingest": {
+            "defaults": {"ImageLaterality": "U"},
+            "stable_seconds": 0.0,
+            "incomplete_seconds": 0.0,
+            "filename_pattern": pattern,
+        },
+        "destinations": [{"name": "pacs", "host": "127.0.0.1", "port": 104}],
+    }
+    return config_from_dict(table, tmp_path)
+
+
+def test_a_file_name_that_is_not_utf8_is_converted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A name with Latin-1 bytes crashed 'dicom-node convert' with a traceback, converting
+    none of the other files; in the drop folder the claim stayed in work/ and was retried
+    every few seconds for ever, logged as a disk or permission problem."""
+    src = tmp_path / "in"
+    corpus.write(src, _LATIN1, corpus.jpeg(corpus.rgb(16, 8)))
+    corpus.write(src, "ok.jpg", corpus.jpeg(corpus.rgb(16, 8, 1)))
+    out = tmp_path / "out"
+    assert main(["convert", "--processes", "1", "--no-fsync", str(src), "-o", str(out)]) == 0
+    assert sorted(os.listdir(out)) == sorted([os.fsdecode(b"M\xfcller.dcm"), "ok.dcm"])
+    cfg = _node(tmp_path)
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    cfg.ingest.inbox.mkdir(parents=True)
+    (cfg.ingest.inbox / _LATIN1).write_bytes(corpus.jpeg(corpus.rgb(16, 8)))
+    folder = cfg.ingest.inbox / "visit"
+    corpus.write(folder, _LATIN1, corpus.jpeg(corpus.rgb(16, 8, 2)))
+    pipeline.take(cfg.ingest.inbox / _LATIN1)
+    pipeline.take(folder)
+    assert list(cfg.ingest.inbox.iterdir()) == []
+    assert pipeline.deferred == set()  # nothing left to retry
+    assert len(store.select(kind="deliver")) == 2
+
+
+def test_file_name_pattern_values_are_nfc_text_or_refused(tmp_path: Path) -> None:
+    """macOS hands names over decomposed (u + U+0308): PatientName was written so, and a
+    PACS search for Müller did not find it. A Latin-1 byte in a pattern value crashed the
+    conversion; it is quarantined naming the tag, keyword and what to do."""
+    cfg = _node(tmp_path, r"(?P<PatientName>[^_]+)_(?P<PatientID>[^_.]+)\.jpg")
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    inbox = cfg.ingest.inbox
+    inbox.mkdir(parents=True)
+    decomposed = "Mu\u0308ller^Jo\u0308rg_123.jpg"
+    latin1 = os.fsdecode(b"M\xfcller_456.jpg")
+    for name in (decomposed, latin1):
+        (inbox / name).write_bytes(corpus.jpeg(corpus.rgb(16, 8)))
+        pipeline.take(inbox / name)
+    (job,) = store.select(kind="deliver")
+    ds = pydicom.dcmread(job.payload["path"])
+    assert (str(ds.PatientName), ds.PatientID) == ("Müller^Jörg", "123")
+    reason = (cfg.ingest.quarantine / (latin1 + ".error.txt")).read_bytes()
+    assert b"file: M\xfcller_456.jpg" in reason
+    assert b"(0010,0010) PatientName (VR PN) holds byte 0xFC, which is not UTF-8" in reason
+    assert b"rename the file" in reason
+    assert pipeline.deferred == set()
