@@ -49,7 +49,9 @@ def uid_from_seed(root: str, *seed: str | bytes) -> str:
 
     h = hashlib.sha256()
     for part in seed:
-        data = part.encode("utf-8") if isinstance(part, str) else part
+        # surrogateescape: a file name that is not UTF-8 (Latin-1 bytes from a Windows share)
+        # seeds with its own bytes; any other text encodes as plain UTF-8.
+        data = part.encode("utf-8", "surrogateescape") if isinstance(part, str) else part
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
     return _from_int(root, int.from_bytes(h.digest()[:16], "big"))

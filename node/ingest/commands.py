@@ -274,10 +274,10 @@ def _group_contexts(jobs: list[Job], uid_root: str) -> dict[Path, SeriesContext]
         members[job.group].append(job)
     contexts = {}
     for group, group_jobs in members.items():
-        h = hashlib.sha256(str(group.resolve()).encode())
+        h = hashlib.sha256(os.fsencode(group.resolve()))  # names need not be UTF-8
         for number, job in enumerate(group_jobs, start=1):
             job.number = number
-            h.update(job.source.name.encode() + b"\x00")
+            h.update(os.fsencode(job.source.name) + b"\x00")
             try:
                 st = job.source.stat()
                 h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())

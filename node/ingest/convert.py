@@ -40,6 +40,8 @@ from node.ingest.images import (
     jpeg_passthrough,
     lossy_ratio,
     open_image,
+    pixel_aspect,
+    raster_density,
     refuse_reduced_depth,
     white_is_zero,
 )
@@ -68,6 +70,8 @@ _MAGIC = (
     (b"BM", "bmp"),
     (b"II*\x00", "tiff"),
     (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),  # BigTIFF
+    (b"MM\x00+", "tiff"),
 )
 
 
@@ -398,6 +402,7 @@ def _jpeg_pixels(
         icc=info.icc,
         transformed=exif.orientation != 1,
     )
+    pixels.aspect = pixel_aspect(info.density, exif.orientation)
     return pixels, exif
 
 
@@ -463,6 +468,7 @@ def _raster_pixels(
         exif = exif_mod.ExifValues(problem=f"EXIF unreadable ({exc})")
         notes.append(f"warning: {exif.problem}")
     icc = im.info.get("icc_profile") or None
+    aspect = pixel_aspect(raster_density(im), exif.orientation)
     count = int(getattr(im, "n_frames", 1))
     frames = []
     lossy_pages = []
@@ -489,6 +495,7 @@ def _raster_pixels(
             )
         )
     pixels = join_frames(frames, name) if count > 1 else frames[0]
+    pixels.aspect = aspect
     if count > 1:
         notes.append(f"{count} pages written as {count} frames")
     if lossy_pages:

@@ -83,6 +83,7 @@ CORE_DICTIONARY: dict[str, tuple[int, str]] = {
     "BitsStored": (0x00280101, "US"),
     "HighBit": (0x00280102, "US"),
     "PixelRepresentation": (0x00280103, "US"),
+    "PixelAspectRatio": (0x00280034, "IS"),
     "BurnedInAnnotation": (0x00280301, "CS"),
     "RescaleIntercept": (0x00281052, "DS"),
     "RescaleSlope": (0x00281053, "DS"),

@@ -20,7 +20,7 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from node.errors import ConversionError, CorruptInput, InputTooLarge, UnsupportedInput
 from node.ingest.jpeg import JpegInfo
@@ -68,6 +68,45 @@ class Pixels:
     frames: int = 1
     icc: bytes | None = None
     notes: list[str] = field(default_factory=list)
+    #: PixelAspectRatio (vertical, horizontal pixel size) when the source's pixels are not
+    #: square (JFIF density, PNG pHYs, TIFF/BMP resolution), else None.
+    aspect: tuple[int, int] | None = None
+
+
+def pixel_aspect(density: object, orientation: int = 1) -> tuple[int, int] | None:
+    """PixelAspectRatio (0028,0034) from a source's horizontal and vertical pixel density
+    (pixels per unit: JFIF Xdensity/Ydensity, PNG pHYs, TIFF X/YResolution, BMP pels per
+    metre), or None when the pixels are square or the density is absent or unusable.
+
+    A pixel is 1/Xdensity wide and 1/Ydensity tall, so vertical:horizontal size is
+    Xdensity:Ydensity (a fax at 204x98 dpi: 102\\49). An EXIF Orientation of 5 to 8 turns
+    the image by 90 degrees, and the two swap.
+    """
+    x: Any
+    y: Any
+    try:
+        x, y = density  # type: ignore[misc]
+        if x == y:
+            return None  # square, as nearly every file says (no fractions import needed)
+        from fractions import Fraction
+
+        ratio = (Fraction(x) / Fraction(y)).limit_denominator(1000)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    if ratio <= 0 or ratio == 1:
+        return None
+    aspect = (ratio.numerator, ratio.denominator)
+    return aspect[::-1] if orientation >= 5 else aspect
+
+
+def raster_density(im: Image.Image) -> object:
+    """The horizontal and vertical pixel density Pillow read from a PNG (pHYs), TIFF or BMP,
+    in whatever unit the file gives (only their ratio matters), or None."""
+    for key in ("dpi", "aspect", "resolution"):
+        value = im.info.get(key)
+        if value:
+            return value
+    return None
 
 
 def lossy_ratio(rows: int, columns: int, samples: int, bits: int, compressed: int) -> float:
@@ -92,6 +131,7 @@ def jpeg_passthrough(frame: bytes, info: JpegInfo, photometric: str) -> Pixels:
         encapsulated=True,
         lossy=True,
         lossy_ratio=lossy_ratio(info.rows, info.columns, info.samples, bits, len(frame)),
+        aspect=pixel_aspect(info.density),
     )
 
 
@@ -206,6 +246,8 @@ def _kind_of(data: bytes) -> str:
         (b"\x89PNG\r\n\x1a\n", "PNG"),
         (b"II*\x00", "TIFF"),
         (b"MM\x00*", "TIFF"),
+        (b"II+\x00", "BigTIFF"),
+        (b"MM\x00+", "BigTIFF"),
         (b"BM", "BMP"),
         (b"\xff\xd8\xff", "JPEG"),
     ):

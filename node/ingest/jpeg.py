@@ -2,7 +2,8 @@
 
 ``parse_jpeg`` walks the marker segments of a JPEG interchange file (ITU-T T.81 Annex B)
 and reports the frame header (SOF type, precision, rows, columns, components with their
-ids and sampling factors), the Adobe APP14 colour transform, JFIF, EXIF and ICC payloads,
+ids and sampling factors), the Adobe APP14 colour transform, JFIF (and its pixel density),
+EXIF and ICC payloads,
 restart interval, the scans, and where EOI is. Entropy-coded data is skipped with
 ``bytes.find``-style searches (a compiled regex over ``FF xx`` pairs that are neither byte
 stuffing nor RSTn), so a 300 KB camera JPEG is parsed in well under a millisecond.
@@ -79,6 +80,7 @@ class JpegInfo:
     components: tuple[Component, ...] = ()
     adobe_transform: int | None = None
     jfif: bool = False
+    density: tuple[int, int] | None = None  # JFIF Xdensity, Ydensity (any units)
     exif: bytes | None = None
     icc: bytes | None = None
     restart_interval: int = 0
@@ -185,6 +187,8 @@ def parse_jpeg(data: bytes, name: str = "input") -> JpegInfo:
             _parse_sof(info, marker, body, name)
         elif marker == 0xE0 and body.startswith(b"JFIF\x00"):
             info.jfif = True
+            if len(body) >= 12 and info.density is None:
+                info.density = ((body[8] << 8) | body[9], (body[10] << 8) | body[11])
         elif marker == 0xE1 and body.startswith(b"Exif\x00\x00") and info.exif is None:
             info.exif = bytes(body[6:])
         elif marker == 0xE2 and body.startswith(b"ICC_PROFILE\x00") and len(body) >= 14:

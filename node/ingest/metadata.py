@@ -283,7 +283,7 @@ def _chars(vr: str) -> re.Pattern[str] | None:
 _CHECKED_VRS = frozenset(_MAX_CHARS) | frozenset(_CHARS) | {"PN"}
 #: Keywords of the built-in dictionary whose VM refuses a single value (tested against
 #: pydicom's dictionary): one value for them goes to pydicom's path, which refuses it.
-NEEDS_SEVERAL_VALUES = frozenset({"ImageType", "PatientOrientation"})
+NEEDS_SEVERAL_VALUES = frozenset({"ImageType", "PatientOrientation", "PixelAspectRatio"})
 
 
 def _valid_text(vr: str, value: str) -> bool:
@@ -399,13 +399,23 @@ def _is_dicom_json(table: Mapping[str, Any]) -> bool:
 
 
 def load_sidecar(path: Path) -> Dataset:
-    """Read a sidecar: ``{keyword: value}`` or the DICOM JSON model (PS3.18 F.2)."""
+    """Read a sidecar: ``{keyword: value}`` or the DICOM JSON model (PS3.18 F.2).
+
+    UTF-8, with or without a byte order mark; UTF-16/32 with one (JSON's own detection):
+    Windows PowerShell's ``Set-Content -Encoding UTF8`` and older Notepad write a UTF-8 BOM,
+    PowerShell 5's ``>`` UTF-16. Such sidecars were refused, and their images with them.
+    """
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
+        table = json.loads(path.read_bytes())
     except OSError as exc:
         raise ConversionError(f"sidecar {path}: cannot read it: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConversionError(f"sidecar {path}: not valid UTF-8 JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConversionError(
+            f"sidecar {path}: not UTF-8 text ({exc.reason} at byte {exc.start}, "
+            "e.g. Latin-1/Windows-1252): save it as UTF-8"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ConversionError(f"sidecar {path}: not valid JSON: {exc}") from None
     if not isinstance(table, dict):
         raise ConversionError(f"sidecar {path}: expected a JSON object of keyword -> value")
     if _is_dicom_json(table):

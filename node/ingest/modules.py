@@ -256,6 +256,13 @@ def image_pixel(ds: Elements, pixels: Pixels) -> None:
     ds.set("PixelRepresentation", 0)
     if pixels.samples > 1:
         ds.set("PlanarConfiguration", 0)
+    if pixels.aspect is not None and not ds.has_value("PixelAspectRatio"):
+        # Type 1C: required when the pixels are not square (and no pixel spacing is given).
+        ds.set("PixelAspectRatio", [str(v) for v in pixels.aspect])
+        pixels.notes.append(
+            "non-square pixels: PixelAspectRatio {}\\{} (vertical\\horizontal) from the "
+            "image's resolution".format(*pixels.aspect)
+        )
     # Encapsulated: OB of undefined length (the encoder adds the sequence delimiter).
     vr = "OW" if pixels.bits_allocated > 8 and not pixels.encapsulated else "OB"
     ds[PIXEL_DATA] = (

@@ -26,6 +26,7 @@ import shutil
 import stat
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -386,7 +387,10 @@ class IngestPipeline:
         """Values from the configured file-name pattern (named groups = DICOM keywords)."""
         if self.pattern is None:
             return {}
-        match = self.pattern.fullmatch(path.name) or self.pattern.search(path.name)
+        # NFC: macOS writes names decomposed (u + U+0308 for ü): PACS match Müller, not
+        # that, and the decomposed name takes more of the VR's bytes.
+        name = unicodedata.normalize("NFC", path.name)
+        match = self.pattern.fullmatch(name) or self.pattern.search(name)
         if match is None:
             return {}
         return {k: v for k, v in match.groupdict().items() if v is not None}
@@ -415,7 +419,9 @@ class IngestPipeline:
             f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n"
             "fix the cause and drop the file into the inbox again\n"
         )
-        atomic_write(target.with_name(target.name + ERROR_SUFFIX), note.encode())
+        # The name as the file system has it (bytes that are not UTF-8 stay as they are).
+        reason_bytes = note.encode("utf-8", "surrogateescape")
+        atomic_write(target.with_name(target.name + ERROR_SUFFIX), reason_bytes)
         path.rename(target)
         if sidecar is not None:
             with contextlib.suppress(OSError):

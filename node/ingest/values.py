@@ -149,6 +149,10 @@ def text_problem(vr: str, value: str) -> str | None:
     or that dciodvfy refuses (:func:`date_time_problem`); None when it is fine."""
     if vr not in STRING_VRS:
         return None
+    if not value.isascii():
+        undecodable = _not_utf8(value)
+        if undecodable:
+            return undecodable
     when = date_time_problem(vr, value)
     if when:
         return when
@@ -168,6 +172,24 @@ def text_problem(vr: str, value: str) -> str | None:
                 f"is {size} bytes in UTF-8 where VR {vr} allows {limit} for {unit} "
                 "(dciodvfy and many systems count bytes, not characters): shorten it"
             )
+    return None
+
+
+def _not_utf8(value: str) -> str | None:
+    """Why ``value`` is not text: it holds bytes that were not UTF-8 (Python keeps them as
+    lone surrogates: a Latin-1 file name from a Windows share, an argument typed in a
+    Latin-1 terminal). Writing it crashed the conversion (or, in the drop folder, left
+    the claim in work/ and retried it for ever)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        what = f"byte 0x{code - 0xDC00:02X}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        return (
+            f"holds {what}, which is not UTF-8 text (Latin-1 or Windows-1252?): give the "
+            "value in UTF-8 (from a file name: rename the file, or copy it with a tool that "
+            "keeps its characters)"
+        )
     return None
 
 

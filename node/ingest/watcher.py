@@ -24,6 +24,7 @@ file-set). Claiming (the atomic rename into the work folder) is the pipeline's b
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import stat
 import struct
@@ -115,7 +116,7 @@ def file_complete(path: Path) -> bool:
         if head.startswith(b"\x89PNG"):
             fh.seek(max(0, size - 4096))
             return _PNG_END in fh.read()  # data appended after IEND is tolerated
-        if head[:4] in (b"II*\x00", b"MM\x00*"):
+        if head[:4] in _TIFF_MAGIC:
             try:
                 return tiff_complete(fh, size)
             except (struct.error, ValueError, OverflowError):
@@ -127,7 +128,27 @@ def file_complete(path: Path) -> bool:
             return True  # nothing more to check here
         fh.seek(max(0, size - 4096))
         tail = fh.read().rstrip(b"\x00\r\n ")
-    return tail.endswith(b"\xff\xd9")
+        if tail.endswith(b"\xff\xd9"):
+            return True
+        return _jpeg_image_complete(fh)
+
+
+def _jpeg_image_complete(fh: BinaryIO) -> bool:
+    """The JPEG's markers run to the EOI of its image, although the file ends otherwise:
+    phones append data after EOI (Samsung's ``SEFT`` trailer, a Google Motion Photo's MP4
+    video), which the converter drops. Such a file waited ``incomplete_seconds`` and was
+    then taken with a warning that it was incomplete."""
+    from node.errors import CorruptInput, UnsupportedInput
+    from node.ingest.jpeg import parse_jpeg
+
+    try:
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            parse_jpeg(data)  # type: ignore[arg-type]
+    except CorruptInput:
+        return False  # cut short (or damaged: it waits, then the converter says why)
+    except (UnsupportedInput, ValueError, OSError):
+        return True  # nothing to wait for: the converter refuses it
+    return True
 
 
 def _dicom_complete(path: Path) -> bool:
@@ -143,30 +164,40 @@ def _dicom_complete(path: Path) -> bool:
     return True
 
 
+#: Classic TIFF and BigTIFF (scanners, microscopes: files over 4 GB, or written so anyway).
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8
 _TIFF_DATA = ((273, 279), (324, 325))  # StripOffsets/StripByteCounts, Tile...
 
 
 def tiff_complete(fh: BinaryIO, size: int, max_pages: int = 4096) -> bool:
-    """Every IFD of a classic TIFF, and every strip or tile it points to, lies inside the
-    file's ``size`` bytes (a TIFF being copied ends short of them)."""
+    """Every IFD of a classic TIFF or BigTIFF, and every strip or tile it points to, lies
+    inside the file's ``size`` bytes (a TIFF being copied ends short of them)."""
     fh.seek(0)
-    head = fh.read(8)
+    head = fh.read(16)
     end = "<" if head[:2] == b"II" else ">"
-    offset = struct.unpack(end + "I", head[4:8])[0]
+    big = head[2:4] in (b"+\x00", b"\x00+")
+    # Classic: 2-byte entry count, 12-byte entries, 4-byte offsets. BigTIFF: 8, 20, 8.
+    off, cnt, entry = ("Q", "Q", 20) if big else ("I", "H", 12)
+    width = struct.calcsize(off)
+    if len(head) < (16 if big else 8):
+        return False  # the header itself is still being written
+    offset = struct.unpack(end + off, head[8:16] if big else head[4:8])[0]
     for _ in range(max_pages):
         if offset == 0:
             return True
-        if offset + 2 > size:
+        if offset + struct.calcsize(cnt) > size:
             return False
         fh.seek(offset)
-        (count,) = struct.unpack(end + "H", fh.read(2))
-        table = fh.read(12 * count + 4)
-        if len(table) < 12 * count + 4:
+        (count,) = struct.unpack(end + cnt, fh.read(struct.calcsize(cnt)))
+        table = fh.read(entry * count + width)
+        if len(table) < entry * count + width:
             return False
         entries = {}
         for i in range(count):
-            tag, kind, n, raw = struct.unpack(end + "HHI4s", table[12 * i : 12 * i + 12])
+            tag, kind, n, raw = struct.unpack(
+                f"{end}HH{off}{width}s", table[entry * i : entry * (i + 1)]
+            )
             entries[tag] = (kind, n, raw)
         for offsets_tag, counts_tag in _TIFF_DATA:
             if offsets_tag in entries and counts_tag in entries:
@@ -176,20 +207,21 @@ def tiff_complete(fh: BinaryIO, size: int, max_pages: int = 4096) -> bool:
                     return False
                 if any(a + b > size for a, b in zip(starts, lengths, strict=False)):
                     return False
-        (offset,) = struct.unpack(end + "I", table[12 * count :])
+        (offset,) = struct.unpack(end + off, table[entry * count :])
     return True
 
 
 def _tiff_values(
     fh: BinaryIO, end: str, size: int, kind: int, n: int, raw: bytes
 ) -> list[int] | None:
-    """The numbers of one IFD entry (inline or at its offset); None if they lie past ``size``."""
+    """The numbers of one IFD entry (inline in its ``raw`` value field of 4 bytes, 8 in
+    BigTIFF, or at the offset written there); None if they lie past ``size``."""
     code, width = _TIFF_TYPES.get(kind, ("I", 4))
     total = width * n
-    if total <= 4:
+    if total <= len(raw):
         data = raw[:total]
     else:
-        (where,) = struct.unpack(end + "I", raw)
+        (where,) = struct.unpack(end + ("I" if len(raw) == 4 else "Q"), raw)
         if where + total > size:
             return None
         fh.seek(where)
