@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from node.export import decode
 from node.export.decode import PixelInfo
@@ -107,7 +108,7 @@ def graphics(ds: Dataset, info: PixelInfo, path: Path) -> list[Overlay]:
             continue
         origin = _value(ds, group, ORIGIN)
         try:
-            row0, col0 = (_number(v) - 1 for v in origin) if origin else (0, 0)  # type: ignore[attr-defined]
+            row0, col0 = _origin(origin, group)
             count, first = _value(ds, group, FRAMES), _value(ds, group, FRAME_ORIGIN)
             overlay: Overlay | None
             if (group << 16) | DATA in ds:
@@ -120,6 +121,19 @@ def graphics(ds: Dataset, info: PixelInfo, path: Path) -> list[Overlay]:
         if overlay is not None:
             out.append(overlay)
     return out
+
+
+def _origin(value: object, group: int) -> tuple[int, int]:
+    """(60xx,0050) Overlay Origin (1-based row and column) as 0-based; absent: (0, 0)."""
+    if value is None:
+        return 0, 0
+    numbers = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+    if len(numbers) != 2:
+        raise ValueError(
+            f"({group:04X},0050) OverlayOrigin is {value!r}; it must be two numbers, the "
+            "row and column of the overlay's top left pixel (1\\1 for the image's)"
+        )
+    return _number(numbers[0]) - 1, _number(numbers[1]) - 1
 
 
 def _with_data(

@@ -500,3 +500,19 @@ def test_segmented_palette_of_more_than_256_8_bit_entries(tmp_path: Path) -> Non
         BadPixelData, match=r"indirect.dcm: \(0028,1221..1223\) .* indirect segments"
     ):
         render_one(indirect)
+
+
+def test_overlay_origin_of_one_value_is_named_in_the_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(6000,0050) Overlay Origin with one value: the overlay was dropped with "'int' object
+    is not iterable", naming no element; the image itself still renders."""
+    from tests.export.test_dcmtk import _overlay
+
+    ds = pydicom.dcmread(data.ct(tmp_path / "src.dcm"))
+    _overlay(ds, np.ones((8, 8), np.uint8), origin=(3,))
+    path = data.write(ds, tmp_path / "overlay.dcm")
+    with caplog.at_level("WARNING", logger="node.export.overlays"):
+        frames = render_one(path)
+    assert len(frames) == 1
+    assert "(6000,0050) OverlayOrigin is 3; it must be two numbers" in caplog.text
