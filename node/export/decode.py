@@ -490,6 +490,8 @@ def frames(
             ) from None
         for w in caught:
             log.warning("%s: %s", path, w.message)
-        if arr.ndim == 3 and info.samples == 1 and info.frames == 1:
+        if info.frames == 1 and arr.ndim == (3 if info.samples == 1 else 4):
+            # more frames in the encapsulated data than (0028,0008) NumberOfFrames (absent:
+            # 1) says; pydicom warns and returns them all: the object's one frame is the first
             arr = arr[0]
         yield index, arr

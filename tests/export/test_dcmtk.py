@@ -874,3 +874,21 @@ def test_palette_colours_of_different_lengths_are_refused_by_element(tmp_path: P
     path = data.write(ds, tmp_path / "palette.dcm")
     with pytest.raises(BadPixelData, match=r"\(0028,1201..1203\) Red/Green/Blue .* differ"):
         ours(path, display.VoiChoice())
+
+
+@pytest.mark.parametrize("args", [["dcmcjpeg", "+eb"], ["dcmcrle"], ["dcmcjpeg", "+e1"]])
+def test_more_frames_in_the_data_than_number_of_frames_renders_the_first(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """Encapsulated Pixel Data holding more frames than (0028,0008) Number of Frames (absent:
+    1): pydicom warns and returns them all; a colour object then failed with "cannot write
+    PNG from a uint8 array of shape (2, 30, 40, 3)", naming neither file nor element.
+    dcmj2pnm renders the first frame; so do we (the pydicom warning is logged)."""
+    colour = data.us_multiframe(tmp_path / "us.dcm", frames=2)
+    packed = _dcmtk_convert(args, colour, tmp_path / "packed.dcm")
+    ds = pydicom.dcmread(packed)
+    del ds.NumberOfFrames
+    path = data.write(ds, tmp_path / "one.dcm")
+    ref = dcmtk_render(path, [], tmp_path)
+    assert ref is not None
+    assert_close(ours(path, display.VoiChoice()), ref, " ".join(args))
