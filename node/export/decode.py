@@ -160,7 +160,10 @@ class PixelInfo:
 def _int(ds: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        value = ds.get(keyword)
+        try:
+            value = ds.get(keyword)
+        except MALFORMED as exc:  # converted at first access: IS 'inf', a short US
+            raise BadPixelData(f"{path}: {_tag(keyword)} cannot be read: {exc}") from None
     for w in caught:
         log.warning("%s: %s: %s", path, _tag(keyword), w.message)
     if value is None or value == "":

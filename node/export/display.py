@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from node.errors import BadPixelData
 from node.export import overlays
@@ -353,7 +354,7 @@ def render_palette(
     from pydicom.pixels import apply_color_lut
 
     desc = ds.get("RedPaletteColorLookupTableDescriptor")
-    if desc is None or len(desc) != 3:
+    if not isinstance(desc, list | tuple | MultiValue) or len(desc) != 3:
         raise BadPixelData(
             f"{path}: PALETTE COLOR without a 3-value (0028,1101) "
             "RedPaletteColorLookupTableDescriptor"

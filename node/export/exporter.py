@@ -371,17 +371,26 @@ class Exporter:
                 continue
             items.append((Path(p), ds))
 
+        def number(ds: Dataset, keyword: str) -> int:
+            try:  # each on its own: a bad Series Number keeps the instances in order
+                return int(ds.get(keyword) or 0)
+            except decode.MALFORMED:
+                return 0
+
         def key(item: tuple[Path, Dataset]) -> tuple[int, str, int, str]:
             ds = item[1]
             try:
-                series_no = int(ds.get("SeriesNumber") or 0)
-                number = int(ds.get("InstanceNumber") or 0)
                 series = str(ds.get("SeriesInstanceUID", ""))
             except decode.MALFORMED:
-                series_no, series, number = 0, "", 0
-            return (series_no, series, number, str(item[0]))
+                series = ""
+            series_no = number(ds, "SeriesNumber")
+            return (series_no, series, number(ds, "InstanceNumber"), str(item[0]))
 
-        items.sort(key=key)
+        keys = {}
+        for item in items:
+            with logged_warnings(item[0]):  # pydicom warns on invalid IS values
+                keys[item[0]] = key(item)
+        items.sort(key=lambda item: keys[item[0]])
         return items
 
     def _header(
@@ -431,9 +440,10 @@ class Exporter:
         does not write again are removed once the new ones are written."""
         groups = _pdf_parts(items, self.cfg.pdf_max_images)
         # a study PDF names every modality in it (CT/PT), not only the first series' one
-        modalities = "/".join(
-            dict.fromkeys(m for m in (facts(d, self.policy).modality for _, d in items) if m)
-        )
+        with logged_warnings(target):
+            modalities = "/".join(
+                dict.fromkeys(m for m in (facts(d, self.policy).modality for _, d in items) if m)
+            )
         written = []
         for number, group in enumerate(groups, 1):
             part = f"part {number} of {len(groups)}" if len(groups) > 1 else ""

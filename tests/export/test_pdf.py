@@ -276,3 +276,23 @@ def test_pdf_max_images_must_be_positive(tmp_path: Path) -> None:
 
 def pdf_pages(path: Path) -> int:
     return int(re.search(r"Pages:\s+(\d+)", pdfinfo(path)).group(1))  # type: ignore[union-attr]
+
+
+def test_a_series_number_that_cannot_be_read_keeps_the_instances_in_order(
+    tmp_path: Path,
+) -> None:
+    """IS 'inf' in Series Number (pydicom raises when converting it) made every sort key
+    (0, '', 0, path): the PDF pages followed the file names, not the Instance Numbers."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    paths = []
+    for name, number in (("a", 3), ("b", 1), ("c", 2)):
+        ds = pydicom.dcmread(data.ct(tmp_path / "src.dcm", InstanceNumber=number))
+        tag = Tag(0x00200011)
+        ds[tag] = RawDataElement(tag, "IS", 4, b"inf ", 0, False, True)
+        paths.append(data.write(ds, tmp_path / "in" / f"{name}.dcm"))
+    (pdf,) = exporter(tmp_path).export_series_pdf(paths)
+    text = pdftext(pdf)
+    found = [text.index(f"Image {n}\n") for n in (1, 2, 3)]
+    assert found == sorted(found), text

@@ -516,3 +516,35 @@ def test_overlay_origin_of_one_value_is_named_in_the_warning(
         frames = render_one(path)
     assert len(frames) == 1
     assert "(6000,0050) OverlayOrigin is 3; it must be two numbers" in caplog.text
+
+
+def _raw(ds: pydicom.Dataset, keyword: str, vr: str, value: bytes) -> None:
+    """Put ``value`` into ``ds`` as written in a file (converted at first access)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(data.pydicom_tag(keyword))
+    value += b" " * (len(value) % 2)
+    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+
+def test_values_that_fail_on_first_access_are_named(tmp_path: Path) -> None:
+    """IS 'inf' (pydicom raises OverflowError when it converts it) in Number of Frames gave
+    "malformed element value: cannot convert float infinity to integer" naming no element,
+    and in Instance Number refused the whole object; a one-value Red Palette Color LUT
+    Descriptor gave "object of type 'int' has no len()"."""
+    ex = exporter(tmp_path)
+    ds = pydicom.dcmread(data.ct(tmp_path / "ct.dcm"))
+    _raw(ds, "NumberOfFrames", "IS", b"inf")
+    with pytest.raises(BadPixelData, match=r"\(0028,0008\) NumberOfFrames cannot be read"):
+        ex.export_instance(data.write(ds, tmp_path / "frames.dcm"))
+    ds = pydicom.dcmread(data.ct(tmp_path / "ct.dcm"))
+    _raw(ds, "InstanceNumber", "IS", b"1e400")
+    _raw(ds, "SeriesNumber", "IS", b"inf")
+    (png_path,) = ex.export_instance(data.write(ds, tmp_path / "number.dcm"))
+    assert png_path.name.startswith("00000-")
+    assert ex.export_series_pdf([tmp_path / "number.dcm"])
+    ds = pydicom.dcmread(data.segmented_palette(tmp_path / "pal.dcm"))
+    _raw(ds, "RedPaletteColorLookupTableDescriptor", "US", b"\x00\x01")
+    with pytest.raises(BadPixelData, match=r"3-value \(0028,1101\) RedPaletteColorLookup"):
+        ex.export_instance(data.write(ds, tmp_path / "pal1.dcm"))
