@@ -87,8 +87,11 @@ class Overlay:
 
 
 def _value(ds: Dataset, group: int, element: int) -> object:
-    elem = ds.get((group << 16) | element)
-    return None if elem is None or elem.value in (None, "") else elem.value
+    try:  # values are converted at first access: IS 'inf' raises OverflowError there
+        elem = ds.get((group << 16) | element)
+        return None if elem is None or elem.value in (None, "") else elem.value
+    except decode.MALFORMED as exc:
+        raise ValueError(f"({group:04X},{element:04X}) cannot be read: {exc}") from None
 
 
 def _number(value: object) -> int:
@@ -104,18 +107,17 @@ def graphics(ds: Dataset, info: PixelInfo, path: Path) -> list[Overlay]:
     )
     out = []
     for group in groups:
-        if str(_value(ds, group, TYPE) or "G").strip().upper() != "G":
-            continue
-        origin = _value(ds, group, ORIGIN)
         try:
-            row0, col0 = _origin(origin, group)
+            if str(_value(ds, group, TYPE) or "G").strip().upper() != "G":
+                continue
+            row0, col0 = _origin(_value(ds, group, ORIGIN), group)
             count, first = _value(ds, group, FRAMES), _value(ds, group, FRAME_ORIGIN)
             overlay: Overlay | None
             if (group << 16) | DATA in ds:
                 overlay = _with_data(ds, group, row0, col0, count, first)
             else:
                 overlay = _embedded(ds, info, group, row0, col0, count, path)
-        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        except decode.MALFORMED as exc:  # IS 'inf' in (60xx,0015) raises OverflowError
             log.warning("%s: overlay group %04X not shown: %s", path, group, exc)
             continue
         if overlay is not None:

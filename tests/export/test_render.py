@@ -518,12 +518,12 @@ def test_overlay_origin_of_one_value_is_named_in_the_warning(
     assert "(6000,0050) OverlayOrigin is 3; it must be two numbers" in caplog.text
 
 
-def _raw(ds: pydicom.Dataset, keyword: str, vr: str, value: bytes) -> None:
+def _raw(ds: pydicom.Dataset, keyword: str | int, vr: str, value: bytes) -> None:
     """Put ``value`` into ``ds`` as written in a file (converted at first access)."""
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    tag = Tag(data.pydicom_tag(keyword))
+    tag = Tag(data.pydicom_tag(keyword) if isinstance(keyword, str) else keyword)
     value += b" " * (len(value) % 2)
     ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
 
@@ -548,3 +548,25 @@ def test_values_that_fail_on_first_access_are_named(tmp_path: Path) -> None:
     _raw(ds, "RedPaletteColorLookupTableDescriptor", "US", b"\x00\x01")
     with pytest.raises(BadPixelData, match=r"3-value \(0028,1101\) RedPaletteColorLookup"):
         ex.export_instance(data.write(ds, tmp_path / "pal1.dcm"))
+
+
+def test_bad_lut_descriptor_and_overlay_values_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A one-value (0028,3002) LUT Descriptor in a VOI LUT item gave "object of type 'int'
+    has no len()"; IS 'inf' in (6000,0015) Number of Frames in Overlay refused the whole
+    image with "cannot convert float infinity to integer". Now the LUT is refused by name
+    and the overlay alone is left out, named."""
+    from tests.export.test_dcmtk import _overlay
+
+    ds = pydicom.dcmread(data.voi_lut(tmp_path / "voi.dcm"))
+    _raw(ds.VOILUTSequence[0], "LUTDescriptor", "US", b"\x00\x01")
+    with pytest.raises(BadPixelData, match=r"VOILUTSequence item lacks \(0028,3002\)"):
+        render_one(data.write(ds, tmp_path / "voi1.dcm"), display.VoiChoice("lut"))
+    ds = pydicom.dcmread(data.ct(tmp_path / "src.dcm"))
+    _overlay(ds, np.ones((8, 8), np.uint8))
+    _raw(ds, 0x60000015, "IS", b"inf")  # Number of Frames in Overlay
+    path = data.write(ds, tmp_path / "overlay.dcm")
+    with caplog.at_level("WARNING", logger="node.export.overlays"):
+        assert len(exporter(tmp_path).export_instance(path)) == 1
+    assert "overlay group 6000 not shown: (6000,0015) cannot be read" in caplog.text
