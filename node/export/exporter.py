@@ -100,7 +100,7 @@ def _pdf_parts(
     for item in items:
         ds = item[1]
         count = 0
-        if is_image(ds) and not decode.is_encapsulated_pdf(ds):
+        if _drawn(ds):
             try:
                 count = max(1, int(ds.get("NumberOfFrames") or 1))
             except decode.MALFORMED:
@@ -116,6 +116,11 @@ def _pdf_parts(
 def is_image(ds: Dataset) -> bool:
     """True for objects meant to carry pixels (a missing Pixel Data there is an error)."""
     return any(k in ds for k in ("PixelData", "Rows", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def _drawn(ds: Dataset) -> bool:
+    """Whether ``ds`` goes into a PDF as pictures (an image, not an encapsulated PDF)."""
+    return is_image(ds) and not decode.is_encapsulated_pdf(ds)
 
 
 class Exporter:
@@ -441,9 +446,8 @@ class Exporter:
         groups = _pdf_parts(items, self.cfg.pdf_max_images)
         # a study PDF names every modality in it (CT/PT), not only the first series' one
         with logged_warnings(target):
-            modalities = "/".join(
-                dict.fromkeys(m for m in (facts(d, self.policy).modality for _, d in items) if m)
-            )
+            drawn = (facts(d, self.policy).modality for _, d in items if _drawn(d))
+            modalities = "/".join(dict.fromkeys(m for m in drawn if m))
         written = []
         for number, group in enumerate(groups, 1):
             part = f"part {number} of {len(groups)}" if len(groups) > 1 else ""
@@ -478,7 +482,11 @@ class Exporter:
     ) -> Path | None:
         from node.export.pdf import Sheet  # reportlab is imported only when a PDF is made
 
-        title, header = self._header(items[0][1], scope, len(items), modalities, part)
+        # the images among them: an SR, a key object selection or an encapsulated PDF of
+        # the series or study is not drawn, not counted and does not head the pages
+        images = [d for _, d in items if _drawn(d)]
+        first = images[0] if images else items[0][1]
+        title, header = self._header(first, scope, len(images), modalities, part)
         sheet = Sheet(
             title=title,
             header=header,
@@ -489,7 +497,7 @@ class Exporter:
         sources = []
         vois = set()
         for path, header_ds in items:
-            if decode.is_encapsulated_pdf(header_ds) or not is_image(header_ds):
+            if not _drawn(header_ds):
                 continue
             try:
                 with logged_warnings(path):
