@@ -160,7 +160,10 @@ class PixelInfo:
 def _int(ds: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        value = ds.get(keyword)
+        try:
+            value = ds.get(keyword)
+        except MALFORMED as exc:  # converted at first access: IS 'inf', a short US
+            raise BadPixelData(f"{path}: {_tag(keyword)} cannot be read: {exc}") from None
     for w in caught:
         log.warning("%s: %s: %s", path, _tag(keyword), w.message)
     if value is None or value == "":
@@ -397,6 +400,12 @@ def _decode(
     whole: dict[str, Any] = {}
     if info.shift and info.bits_allocated in (8, 16, 32):
         whole = {"bits_stored": info.bits_allocated, "pixel_representation": 0}
+    # (0028,0006) Planar Configuration does not apply to compressed data: the codec's own
+    # stream layout does (PS3.5 8.2: it "shall be 0"; dcmimage ignores it there). pydicom
+    # applied a mislabelled 1 to what the JPEG decoders return, scrambling the colours
+    opts: dict[str, Any] = dict(whole)
+    if info.samples > 1 and UID(info.transfer_syntax).is_compressed:
+        opts["planar_configuration"] = 0
     ybr = info.photometric in ("YBR_FULL", "YBR_FULL_422")
     # the samples of native, RLE, JPEG-LS and JPEG 2000 data are YBR as stored (DCMTK
     # converts them with dcmimgle's arithmetic); JPEG decoders convert their own YCbCr as
@@ -407,23 +416,23 @@ def _decode(
     if info.photometric == "YBR_PARTIAL_422" and not UID(info.transfer_syntax).is_compressed:
         # pydicom expands 4:2:2 only under the YBR_FULL_422 name; the samples are the same
         raw = pydicom.pixels.pixel_array(
-            ds, index=which, raw=True, photometric_interpretation="YBR_FULL_422", **whole
+            ds, index=which, raw=True, photometric_interpretation="YBR_FULL_422", **opts
         )
         return ybr_partial_to_rgb(_stored_bits(raw, info) if whole else raw, info.bits_stored)
     # JPEG colour wider than 8 bits (12-bit lossy, 16-bit lossless): the decoders leave
     # YCbCr as is and pydicom converts only 8-bit samples, so convert here as for native
     native_ybr |= ybr and info.transfer_syntax in _JPEG and info.bits_stored > 8
     if native_ybr:
-        raw = pydicom.pixels.pixel_array(ds, index=which, raw=True, **whole)
+        raw = pydicom.pixels.pixel_array(ds, index=which, raw=True, **opts)
         if whole:
             raw = _stored_bits(raw, info)
         return ybr_to_rgb(raw, info.bits_stored, info.photometric == "YBR_FULL_422")
     if info.transfer_syntax in _IJG_FIRST and info.bits_stored <= 8 and not whole:
         try:
-            return pydicom.pixels.pixel_array(ds, index=which, decoding_plugin="pillow")
+            return pydicom.pixels.pixel_array(ds, index=which, decoding_plugin="pillow", **opts)
         except (RuntimeError, ValueError, OSError) as exc:
             log.debug("Pillow could not decode, trying pylibjpeg: %s", exc)
-    arr = pydicom.pixels.pixel_array(ds, index=which, **whole)
+    arr = pydicom.pixels.pixel_array(ds, index=which, **opts)
     if whole:
         return _stored_bits(arr, info)
     if (
@@ -490,6 +499,8 @@ def frames(
             ) from None
         for w in caught:
             log.warning("%s: %s", path, w.message)
-        if arr.ndim == 3 and info.samples == 1 and info.frames == 1:
+        if info.frames == 1 and arr.ndim == (3 if info.samples == 1 else 4):
+            # more frames in the encapsulated data than (0028,0008) NumberOfFrames (absent:
+            # 1) says; pydicom warns and returns them all: the object's one frame is the first
             arr = arr[0]
         yield index, arr

@@ -144,11 +144,11 @@ def facts(ds: Dataset, policy: Policy) -> Facts:
     """Collect the showable values of ``ds`` under ``policy``."""
 
     def num(keyword: str) -> str:
-        value = ds.get(keyword)
-        try:
+        try:  # IS values are converted at first access: 'inf' raises OverflowError there
+            value = ds.get(keyword)
             return str(int(value)) if value not in (None, "") else ""
-        except (TypeError, ValueError):
-            return ""
+        except (TypeError, ValueError, OverflowError):
+            return ""  # not shown (captions and file names use 0 / '?')
 
     modality = str(ds.get("Modality", "") or "").strip()
     return Facts(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from node.errors import BadPixelData
 from node.export import overlays
@@ -207,7 +208,17 @@ def _to_bits(arr: np.ndarray, in_bits: int, bits: int) -> np.ndarray:
     return (a.astype(np.float64) * scale).astype(dtype)
 
 
-def _palette_source(ds: Dataset, first: int, path: Path) -> Dataset:
+@dataclass(frozen=True)
+class Palette:
+    """A palette ready for pydicom's ``apply_color_lut``: its data set, the entries it
+    maps and how many bits each entry holds."""
+
+    source: Dataset
+    entries: int
+    bits: int
+
+
+def _palette_source(ds: Dataset, first: int, path: Path) -> Palette:
     """The palette of ``ds`` as pydicom's ``apply_color_lut`` reads it right.
 
     ``ds`` itself when it can; else a copy of the palette elements (the values shared, not
@@ -217,18 +228,28 @@ def _palette_source(ds: Dataset, first: int, path: Path) -> Dataset:
     in little-endian order (pydicom reads them in the machine's byte order; segmented
     ones it reads in the transfer syntax's, so they stay as they are), and 8-bit entries
     packed two to a word, more than 256 of them, widened to one per word (pydicom indexes
-    8-bit palettes with uint8 indices: entry 958 came out as entry 958 % 256).
+    8-bit palettes with uint8 indices: entry 958 came out as entry 958 % 256). LUT Data
+    whose length disagrees with the descriptor, or entries of other than 8 or 16 bits
+    (12-bit palettes), are read as words (:func:`_odd_palette`), as dcmimage reads them.
     """
     big = not little_endian(ds)
     entries, _, lut_bits = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
     entries = entries or 65536
     red = ds.get("RedPaletteColorLookupTableData")
-    packed_wide = entries > 256 and red is not None and len(red) < 2 * entries
+    if red is None and lut_bits not in (8, 16):
+        raise BadPixelData(
+            f"{path}: (0028,1101) RedPaletteColorLookupTableDescriptor gives {lut_bits} bits "
+            "per entry; segmented palettes (0028,1221..1223) must use 8 or 16"
+        )
+    words = _odd_palette(ds, entries, lut_bits, path) if red is not None else None
+    if words is not None:
+        entries = words
+    packed_wide = words is None and entries > 256 and red is not None and len(red) < 2 * entries
     segmented_wide = entries > 256 and lut_bits == 8 and red is None
     if segmented_wide:
         _check_segments_widen(ds, big, path)
-    if first == 0 and not big and not packed_wide and not segmented_wide:
-        return ds
+    if first == 0 and not big and not packed_wide and not segmented_wide and words is None:
+        return Palette(ds, entries, lut_bits)
     copy = Dataset()
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
@@ -239,6 +260,8 @@ def _palette_source(ds: Dataset, first: int, path: Path) -> Dataset:
         desc = f"{colour}PaletteColorLookupTableDescriptor"
         if desc in ds:
             n, _, bits = (int(v) for v in ds[desc].value)
+            if words is not None:
+                n, bits = entries, 16
             copy.add_new(ds[desc].tag, "US", [n, 0, 16 if segmented_wide else bits])
         for data in (
             f"{colour}PaletteColorLookupTableData",
@@ -252,10 +275,52 @@ def _palette_source(ds: Dataset, first: int, path: Path) -> Dataset:
                     value = ow_as_little_endian(bytes(value))
                 if packed_wide:
                     value = np.frombuffer(value, np.uint8)[:entries].astype("<u2").tobytes()
+                elif words is not None:
+                    value = bytes(value)[: 2 * entries]
             elif value and segmented_wide:  # each byte (opcode, length, value) as a word
                 value = np.frombuffer(value, np.uint8).astype("<u2").tobytes()
             copy.add_new(ds[data].tag, "OW", value)
-    return copy
+    return Palette(copy, entries, lut_bits)
+
+
+def _odd_palette(ds: Dataset, entries: int, bits: int, path: Path) -> int | None:
+    """For Palette Color LUT Data that pydicom cannot size (it takes the bits per entry
+    from the data length over the descriptor's count: 400 bytes for 256 entries became
+    'uint12'), the entries to read as one word each; None when the data fits the
+    descriptor (8-bit entries packed or one per word, or 16-bit ones).
+
+    As dcmimage: 12-bit (or any other width) entries are words, and data shorter than the
+    descriptor says is taken at its own length (a warning names both); of longer data only
+    the entries described are used (dcmimage uses them all; an index beyond the descriptor
+    is refused either way). The three colours must then hold as many words each.
+    """
+    lengths = {}
+    for colour in ("Red", "Green", "Blue"):
+        value = ds.get(f"{colour}PaletteColorLookupTableData")
+        lengths[colour] = len(value) if value is not None else 0
+    size = lengths["Red"]
+    fits = size == 2 * entries or (bits == 8 and size in (entries, entries + 1))
+    if bits in (8, 16) and fits and len(set(lengths.values())) == 1:
+        return None
+    if len({n // 2 for n in lengths.values()}) != 1 or size < 2:
+        shown = ", ".join(f"{c} {n} bytes" for c, n in lengths.items())
+        raise BadPixelData(
+            f"{path}: (0028,1201..1203) Red/Green/Blue PaletteColorLookupTableData differ in "
+            f"length ({shown}) and do not fit (0028,1101) RedPaletteColorLookupTableDescriptor "
+            f"({entries} entries of {bits} bits); the palette cannot be read"
+        )
+    words = size // 2
+    if words != entries:
+        log.warning(
+            "%s: (0028,1201) RedPaletteColorLookupTableData holds %d words but (0028,1101) "
+            "RedPaletteColorLookupTableDescriptor says %d entries of %d bits; using %d",
+            path,
+            words,
+            entries,
+            bits,
+            min(words, entries),
+        )
+    return min(words, entries)
 
 
 def _check_segments_widen(ds: Dataset, big: bool, path: Path) -> None:
@@ -289,7 +354,7 @@ def render_palette(
     from pydicom.pixels import apply_color_lut
 
     desc = ds.get("RedPaletteColorLookupTableDescriptor")
-    if desc is None or len(desc) != 3:
+    if not isinstance(desc, list | tuple | MultiValue) or len(desc) != 3:
         raise BadPixelData(
             f"{path}: PALETTE COLOR without a 3-value (0028,1101) "
             "RedPaletteColorLookupTableDescriptor"
@@ -298,23 +363,24 @@ def render_palette(
     n = n or 65536
     if info.signed and first > 32767:  # written US where the indices are signed (US or SS)
         first -= 65536
-    source = _palette_source(ds, first, path)
+    palette = _palette_source(ds, first, path)
+    source, n = palette.source, palette.entries
     out = []
     for index, arr in arrays:
         lo, hi = int(arr.min()), int(arr.max())
         if lo < first or hi >= first + n:
             raise BadPixelData(
                 f"{path}: frame {index + 1} has palette indices {lo}..{hi} outside the "
-                f"{n} entries from {first} described by (0028,1101) "
-                "RedPaletteColorLookupTableDescriptor"
+                f"{n} entries from {first} of the palette ((0028,1101) "
+                "RedPaletteColorLookupTableDescriptor, (0028,1201..1203) LUT Data)"
             )
         try:
             rgb = apply_color_lut(arr if source is ds else _from_zero(arr, first, n), source)
-        except (ValueError, KeyError, IndexError, AttributeError) as exc:
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
             raise BadPixelData(
                 f"{path}: palette (0028,1201..1203 / 0028,1221..1223) unusable: {exc}"
             ) from None
-        in_bits = 8 if rgb.dtype == np.uint8 else (lut_bits if lut_bits in (8, 16) else 16)
+        in_bits = 8 if rgb.dtype == np.uint8 else (lut_bits if 8 <= lut_bits <= 16 else 16)
         out.append(Rendered(_to_bits(rgb, in_bits, bits), "palette", index))
     return out
 

@@ -100,7 +100,7 @@ def _pdf_parts(
     for item in items:
         ds = item[1]
         count = 0
-        if is_image(ds) and not decode.is_encapsulated_pdf(ds):
+        if _drawn(ds):
             try:
                 count = max(1, int(ds.get("NumberOfFrames") or 1))
             except decode.MALFORMED:
@@ -116,6 +116,11 @@ def _pdf_parts(
 def is_image(ds: Dataset) -> bool:
     """True for objects meant to carry pixels (a missing Pixel Data there is an error)."""
     return any(k in ds for k in ("PixelData", "Rows", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def _drawn(ds: Dataset) -> bool:
+    """Whether ``ds`` goes into a PDF as pictures (an image, not an encapsulated PDF)."""
+    return is_image(ds) and not decode.is_encapsulated_pdf(ds)
 
 
 class Exporter:
@@ -371,17 +376,26 @@ class Exporter:
                 continue
             items.append((Path(p), ds))
 
+        def number(ds: Dataset, keyword: str) -> int:
+            try:  # each on its own: a bad Series Number keeps the instances in order
+                return int(ds.get(keyword) or 0)
+            except decode.MALFORMED:
+                return 0
+
         def key(item: tuple[Path, Dataset]) -> tuple[int, str, int, str]:
             ds = item[1]
             try:
-                series_no = int(ds.get("SeriesNumber") or 0)
-                number = int(ds.get("InstanceNumber") or 0)
                 series = str(ds.get("SeriesInstanceUID", ""))
             except decode.MALFORMED:
-                series_no, series, number = 0, "", 0
-            return (series_no, series, number, str(item[0]))
+                series = ""
+            series_no = number(ds, "SeriesNumber")
+            return (series_no, series, number(ds, "InstanceNumber"), str(item[0]))
 
-        items.sort(key=key)
+        keys = {}
+        for item in items:
+            with logged_warnings(item[0]):  # pydicom warns on invalid IS values
+                keys[item[0]] = key(item)
+        items.sort(key=lambda item: keys[item[0]])
         return items
 
     def _header(
@@ -431,9 +445,9 @@ class Exporter:
         does not write again are removed once the new ones are written."""
         groups = _pdf_parts(items, self.cfg.pdf_max_images)
         # a study PDF names every modality in it (CT/PT), not only the first series' one
-        modalities = "/".join(
-            dict.fromkeys(m for m in (facts(d, self.policy).modality for _, d in items) if m)
-        )
+        with logged_warnings(target):
+            drawn = (facts(d, self.policy).modality for _, d in items if _drawn(d))
+            modalities = "/".join(dict.fromkeys(m for m in drawn if m))
         written = []
         for number, group in enumerate(groups, 1):
             part = f"part {number} of {len(groups)}" if len(groups) > 1 else ""
@@ -468,7 +482,11 @@ class Exporter:
     ) -> Path | None:
         from node.export.pdf import Sheet  # reportlab is imported only when a PDF is made
 
-        title, header = self._header(items[0][1], scope, len(items), modalities, part)
+        # the images among them: an SR, a key object selection or an encapsulated PDF of
+        # the series or study is not drawn, not counted and does not head the pages
+        images = [d for _, d in items if _drawn(d)]
+        first = images[0] if images else items[0][1]
+        title, header = self._header(first, scope, len(images), modalities, part)
         sheet = Sheet(
             title=title,
             header=header,
@@ -479,7 +497,7 @@ class Exporter:
         sources = []
         vois = set()
         for path, header_ds in items:
-            if decode.is_encapsulated_pdf(header_ds) or not is_image(header_ds):
+            if not _drawn(header_ds):
                 continue
             try:
                 with logged_warnings(path):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from node.export import decode
 from node.export.decode import PixelInfo
@@ -86,8 +87,11 @@ class Overlay:
 
 
 def _value(ds: Dataset, group: int, element: int) -> object:
-    elem = ds.get((group << 16) | element)
-    return None if elem is None or elem.value in (None, "") else elem.value
+    try:  # values are converted at first access: IS 'inf' raises OverflowError there
+        elem = ds.get((group << 16) | element)
+        return None if elem is None or elem.value in (None, "") else elem.value
+    except decode.MALFORMED as exc:
+        raise ValueError(f"({group:04X},{element:04X}) cannot be read: {exc}") from None
 
 
 def _number(value: object) -> int:
@@ -103,23 +107,35 @@ def graphics(ds: Dataset, info: PixelInfo, path: Path) -> list[Overlay]:
     )
     out = []
     for group in groups:
-        if str(_value(ds, group, TYPE) or "G").strip().upper() != "G":
-            continue
-        origin = _value(ds, group, ORIGIN)
         try:
-            row0, col0 = (_number(v) - 1 for v in origin) if origin else (0, 0)  # type: ignore[attr-defined]
+            if str(_value(ds, group, TYPE) or "G").strip().upper() != "G":
+                continue
+            row0, col0 = _origin(_value(ds, group, ORIGIN), group)
             count, first = _value(ds, group, FRAMES), _value(ds, group, FRAME_ORIGIN)
             overlay: Overlay | None
             if (group << 16) | DATA in ds:
                 overlay = _with_data(ds, group, row0, col0, count, first)
             else:
                 overlay = _embedded(ds, info, group, row0, col0, count, path)
-        except (ValueError, KeyError, AttributeError, TypeError) as exc:
+        except decode.MALFORMED as exc:  # IS 'inf' in (60xx,0015) raises OverflowError
             log.warning("%s: overlay group %04X not shown: %s", path, group, exc)
             continue
         if overlay is not None:
             out.append(overlay)
     return out
+
+
+def _origin(value: object, group: int) -> tuple[int, int]:
+    """(60xx,0050) Overlay Origin (1-based row and column) as 0-based; absent: (0, 0)."""
+    if value is None:
+        return 0, 0
+    numbers = list(value) if isinstance(value, list | tuple | MultiValue) else [value]
+    if len(numbers) != 2:
+        raise ValueError(
+            f"({group:04X},0050) OverlayOrigin is {value!r}; it must be two numbers, the "
+            "row and column of the overlay's top left pixel (1\\1 for the image's)"
+        )
+    return _number(numbers[0]) - 1, _number(numbers[1]) - 1
 
 
 def _with_data(

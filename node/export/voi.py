@@ -98,7 +98,7 @@ def ow_as_little_endian(raw: bytes) -> bytes:
 def _lut_item(item: Dataset, path: Path, seq: str, signed: bool, little: bool = True) -> Lut:
     desc = item.get("LUTDescriptor")
     data = item.get("LUTData")
-    if desc is None or data is None or len(desc) != 3:
+    if not isinstance(desc, MultiValue | list | tuple) or data is None or len(desc) != 3:
         raise BadPixelData(
             f"{path}: {seq} item lacks (0028,3002) LUTDescriptor (3 values) or (0028,3006) LUTData"
         )

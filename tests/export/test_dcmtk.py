@@ -18,6 +18,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+from node.errors import BadPixelData
 from node.export import decode, display
 from tests.export import data
 from tests.peers import tool
@@ -829,3 +830,95 @@ def test_embedded_overlays_are_burnt_in_like_dcmtk(tmp_path: Path) -> None:
     visible = [v for (name, frame), v in shown.items() if frame == 0 and "inside" not in name]
     assert len(visible) == 13 and min(visible) > 50
     assert min(shown[("cine_first_plane.dcm", f)] for f in range(3)) > 50
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "words", "bits_per_entry"),
+    [
+        ([256, 0, 12], 256, 12),  # 12-bit entries (pydicom: "data type 'uint12'")
+        ([256, 0, 10], 256, 10),
+        ([256, 0, 16], 200, 16),  # LUT Data shorter than the descriptor says
+        ([256, 0, 16], 300, 16),  # ... longer
+        ([0, 0, 16], 20, 16),  # 0 (65536) entries, 20 given
+        ([256, 0, 8], 200, 8),  # 8-bit entries one per word, fewer than described
+    ],
+)
+def test_palette_data_not_as_described_renders_like_dcmtk(
+    tmp_path: Path, descriptor: list[int], words: int, bits_per_entry: int
+) -> None:
+    """Palette Color LUT Data of other than 8/16 bits per entry, or whose length disagrees
+    with the descriptor: pydicom sized the entries from the data length (400 bytes for 256
+    entries: 'uint12') and the export failed with a numpy type error naming no element.
+    dcmimage reads words and takes the data's own length (with a warning); so do we."""
+    rng = np.random.default_rng(words + bits_per_entry)
+    ds = data.dataset(
+        rng.integers(0, min(words, descriptor[0] or 65536), (20, 24)).astype(np.uint16),
+        photometric="PALETTE COLOR",
+        modality="OT",
+        sop_class=SC,
+    )
+    top = 1 << bits_per_entry
+    data.set_palette(ds, descriptor, lambda i: rng.integers(0, top, words).astype("<u2").tobytes())
+    path = data.write(ds, tmp_path / "palette.dcm")
+    for bits in (8, 16):
+        ref = dcmtk_render(path, [], tmp_path, bits=bits)
+        assert ref is not None
+        assert np.array_equal(ours(path, display.VoiChoice(), bits=bits), ref), bits
+
+
+def test_palette_colours_of_different_lengths_are_refused_by_element(tmp_path: Path) -> None:
+    ds = data.dataset(
+        np.zeros((4, 4), np.uint16), photometric="PALETTE COLOR", modality="OT", sop_class=SC
+    )
+    data.set_palette(ds, [256, 0, 16], lambda i: bytes(400 if i == 2 else 512))
+    path = data.write(ds, tmp_path / "palette.dcm")
+    with pytest.raises(BadPixelData, match=r"\(0028,1201..1203\) Red/Green/Blue .* differ"):
+        ours(path, display.VoiChoice())
+
+
+@pytest.mark.parametrize("args", [["dcmcjpeg", "+eb"], ["dcmcrle"], ["dcmcjpeg", "+e1"]])
+def test_more_frames_in_the_data_than_number_of_frames_renders_the_first(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """Encapsulated Pixel Data holding more frames than (0028,0008) Number of Frames (absent:
+    1): pydicom warns and returns them all; a colour object then failed with "cannot write
+    PNG from a uint8 array of shape (2, 30, 40, 3)", naming neither file nor element.
+    dcmj2pnm renders the first frame; so do we (the pydicom warning is logged)."""
+    colour = data.us_multiframe(tmp_path / "us.dcm", frames=2)
+    packed = _dcmtk_convert(args, colour, tmp_path / "packed.dcm")
+    ds = pydicom.dcmread(packed)
+    del ds.NumberOfFrames
+    path = data.write(ds, tmp_path / "one.dcm")
+    ref = dcmtk_render(path, [], tmp_path)
+    assert ref is not None
+    assert_close(ours(path, display.VoiChoice()), ref, " ".join(args))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["dcmcjpeg", "+eb"], ["dcmcjpeg", "+eb", "+cr"], ["dcmcjpeg", "+e1"], ["dcmcjpls", "+in"]],
+)
+def test_planar_configuration_1_on_compressed_colour_is_ignored_like_dcmtk(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """(0028,0006) Planar Configuration 1 on JPEG data (PS3.5 8.2.1: irrelevant there, it
+    "shall be 0"; some ultrasound devices write 1): pydicom applied it to the interleaved
+    samples the JPEG decoders return and the colours came out scrambled (mean error ~40 on
+    a smooth image). dcmimage ignores it for compressed data; so do we."""
+    ds = pydicom.dcmread(_dcmtk_convert(args, _smooth_rgb(tmp_path), tmp_path / "packed.dcm"))
+    ds.PlanarConfiguration = 1
+    path = data.write(ds, tmp_path / "planar1.dcm")
+    ref = dcmtk_render(path, [], tmp_path, frame=1)
+    assert ref is not None
+    assert_close(ours(path, display.VoiChoice(), 1), ref, " ".join(args))
+
+
+def _smooth_rgb(tmp: Path) -> Path:
+    """Two frames of smooth colour gradients (lossy JPEG keeps them within a few levels)."""
+    yy, xx = np.mgrid[0:31, 0:42]
+    rgb = np.stack([(xx * 6) % 256, (yy * 8) % 256, ((xx + yy) * 3) % 256], -1).astype(np.uint8)
+    pixels = np.stack([rgb, rgb[::-1]])
+    ds = data.dataset(
+        pixels, photometric="RGB", modality="US", sop_class="1.2.840.10008.5.1.4.1.1.3.1"
+    )
+    return data.write(ds, tmp / "smooth.dcm")

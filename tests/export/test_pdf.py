@@ -276,3 +276,52 @@ def test_pdf_max_images_must_be_positive(tmp_path: Path) -> None:
 
 def pdf_pages(path: Path) -> int:
     return int(re.search(r"Pages:\s+(\d+)", pdfinfo(path)).group(1))  # type: ignore[union-attr]
+
+
+def test_a_series_number_that_cannot_be_read_keeps_the_instances_in_order(
+    tmp_path: Path,
+) -> None:
+    """IS 'inf' in Series Number (pydicom raises when converting it) made every sort key
+    (0, '', 0, path): the PDF pages followed the file names, not the Instance Numbers."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    paths = []
+    for name, number in (("a", 3), ("b", 1), ("c", 2)):
+        ds = pydicom.dcmread(data.ct(tmp_path / "src.dcm", InstanceNumber=number))
+        tag = Tag(0x00200011)
+        ds[tag] = RawDataElement(tag, "IS", 4, b"inf ", 0, False, True)
+        paths.append(data.write(ds, tmp_path / "in" / f"{name}.dcm"))
+    (pdf,) = exporter(tmp_path).export_series_pdf(paths)
+    text = pdftext(pdf)
+    found = [text.index(f"Image {n}\n") for n in (1, 2, 3)]
+    assert found == sorted(found), text
+
+
+def test_the_header_counts_only_the_images(tmp_path: Path) -> None:
+    """A study with two CT images, an encapsulated PDF and a structured report: the study
+    PDF's header said "4 image(s)" (every object given) for its two pages, "SR/DOC/CT", and
+    took the study line from the SR."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    files = series(tmp_path, 2)
+    files.append(data.encapsulated_pdf(tmp_path / "in" / "doc.dcm", b"%PDF-1.4\n%%EOF\n"))
+    sr = Dataset()
+    sr.file_meta = FileMetaDataset()
+    sr.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    sr.SOPInstanceUID = generate_uid()
+    sr.file_meta.MediaStorageSOPClassUID = sr.SOPClassUID
+    sr.file_meta.MediaStorageSOPInstanceUID = sr.SOPInstanceUID
+    sr.StudyInstanceUID = data.STUDY_UID
+    sr.SeriesInstanceUID = data.STUDY_UID + ".5"
+    sr.Modality = "SR"
+    files.append(data.write(sr, tmp_path / "in" / "sr.dcm"))
+    (pdf,) = exporter(tmp_path).export_study_pdf(files)
+    assert pdf_pages(pdf) == 2
+    text = pdftext(pdf)
+    # and the header line came from the SR (sorted first): no date or description, and
+    # "SR/DOC/CT study" for a PDF of CT images
+    assert "2 image(s)" in text and "CT study 2024-01-02 10:15 HEAD ROUTINE" in text
+    assert "SR" not in text and "DOC" not in text

@@ -500,3 +500,73 @@ def test_segmented_palette_of_more_than_256_8_bit_entries(tmp_path: Path) -> Non
         BadPixelData, match=r"indirect.dcm: \(0028,1221..1223\) .* indirect segments"
     ):
         render_one(indirect)
+
+
+def test_overlay_origin_of_one_value_is_named_in_the_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """(6000,0050) Overlay Origin with one value: the overlay was dropped with "'int' object
+    is not iterable", naming no element; the image itself still renders."""
+    from tests.export.test_dcmtk import _overlay
+
+    ds = pydicom.dcmread(data.ct(tmp_path / "src.dcm"))
+    _overlay(ds, np.ones((8, 8), np.uint8), origin=(3,))
+    path = data.write(ds, tmp_path / "overlay.dcm")
+    with caplog.at_level("WARNING", logger="node.export.overlays"):
+        frames = render_one(path)
+    assert len(frames) == 1
+    assert "(6000,0050) OverlayOrigin is 3; it must be two numbers" in caplog.text
+
+
+def _raw(ds: pydicom.Dataset, keyword: str | int, vr: str, value: bytes) -> None:
+    """Put ``value`` into ``ds`` as written in a file (converted at first access)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(data.pydicom_tag(keyword) if isinstance(keyword, str) else keyword)
+    value += b" " * (len(value) % 2)
+    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+
+def test_values_that_fail_on_first_access_are_named(tmp_path: Path) -> None:
+    """IS 'inf' (pydicom raises OverflowError when it converts it) in Number of Frames gave
+    "malformed element value: cannot convert float infinity to integer" naming no element,
+    and in Instance Number refused the whole object; a one-value Red Palette Color LUT
+    Descriptor gave "object of type 'int' has no len()"."""
+    ex = exporter(tmp_path)
+    ds = pydicom.dcmread(data.ct(tmp_path / "ct.dcm"))
+    _raw(ds, "NumberOfFrames", "IS", b"inf")
+    with pytest.raises(BadPixelData, match=r"\(0028,0008\) NumberOfFrames cannot be read"):
+        ex.export_instance(data.write(ds, tmp_path / "frames.dcm"))
+    ds = pydicom.dcmread(data.ct(tmp_path / "ct.dcm"))
+    _raw(ds, "InstanceNumber", "IS", b"1e400")
+    _raw(ds, "SeriesNumber", "IS", b"inf")
+    (png_path,) = ex.export_instance(data.write(ds, tmp_path / "number.dcm"))
+    assert png_path.name.startswith("00000-")
+    assert ex.export_series_pdf([tmp_path / "number.dcm"])
+    ds = pydicom.dcmread(data.segmented_palette(tmp_path / "pal.dcm"))
+    _raw(ds, "RedPaletteColorLookupTableDescriptor", "US", b"\x00\x01")
+    with pytest.raises(BadPixelData, match=r"3-value \(0028,1101\) RedPaletteColorLookup"):
+        ex.export_instance(data.write(ds, tmp_path / "pal1.dcm"))
+
+
+def test_bad_lut_descriptor_and_overlay_values_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A one-value (0028,3002) LUT Descriptor in a VOI LUT item gave "object of type 'int'
+    has no len()"; IS 'inf' in (6000,0015) Number of Frames in Overlay refused the whole
+    image with "cannot convert float infinity to integer". Now the LUT is refused by name
+    and the overlay alone is left out, named."""
+    from tests.export.test_dcmtk import _overlay
+
+    ds = pydicom.dcmread(data.voi_lut(tmp_path / "voi.dcm"))
+    _raw(ds.VOILUTSequence[0], "LUTDescriptor", "US", b"\x00\x01")
+    with pytest.raises(BadPixelData, match=r"VOILUTSequence item lacks \(0028,3002\)"):
+        render_one(data.write(ds, tmp_path / "voi1.dcm"), display.VoiChoice("lut"))
+    ds = pydicom.dcmread(data.ct(tmp_path / "src.dcm"))
+    _overlay(ds, np.ones((8, 8), np.uint8))
+    _raw(ds, 0x60000015, "IS", b"inf")  # Number of Frames in Overlay
+    path = data.write(ds, tmp_path / "overlay.dcm")
+    with caplog.at_level("WARNING", logger="node.export.overlays"):
+        assert len(exporter(tmp_path).export_instance(path)) == 1
+    assert "overlay group 6000 not shown: (6000,0015) cannot be read" in caplog.text
