@@ -531,7 +531,12 @@ class DataPhase:
     def _new_staging_file(self) -> tuple[int, Path]:
         name = f"{TMP_PREFIX}rx-{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
         staged = self.ctx.archive.incoming / name
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(staged, flags, 0o644)
+        except FileNotFoundError:  # .incoming removed under us (a clean-up job)
+            self.ctx.archive.restore_dirs()
+            fd = os.open(staged, flags, 0o644)
         return fd, staged
 
     def _prepare_spare(self) -> None:

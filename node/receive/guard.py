@@ -132,10 +132,12 @@ class SpillBuffer(BytesIO):
         directory: Path,
         on_spill: Callable[[SpillBuffer], None],
         check_space: Callable[[int], None] | None = None,
+        restore_dir: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self._threshold = threshold
         self._dir = directory
+        self._restore_dir = restore_dir
         self._on_spill = on_spill
         self._check_space = check_space
         self._file: Any = None
@@ -162,7 +164,13 @@ class SpillBuffer(BytesIO):
         return n
 
     def _spill(self) -> None:
-        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "spill-", dir=self._dir)
+        try:
+            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "spill-", dir=self._dir)
+        except FileNotFoundError:  # .incoming removed under us (a clean-up job)
+            if self._restore_dir is None:
+                raise
+            self._restore_dir()
+            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "spill-", dir=self._dir)
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self.path = Path(name)
         self._on_spill(self)
@@ -215,15 +223,19 @@ def install_spill(
     directory: Path,
     tracker: SpillTracker,
     check_space: Callable[[int], None] | None = None,
+    restore_dir: Callable[[], None] | None = None,
 ) -> None:
-    """Make each DIMSE message of ``assoc`` collect its data set in a :class:`SpillBuffer`."""
+    """Make each DIMSE message of ``assoc`` collect its data set in a :class:`SpillBuffer`;
+    ``restore_dir`` recreates ``directory`` if it was removed."""
     dimse = assoc.dimse
     original = dimse.receive_primitive
 
     def receive_primitive(primitive: Any) -> None:
         if dimse.message is None:
             message = DIMSEMessage()
-            message.data_set = SpillBuffer(threshold, directory, tracker.add, check_space)
+            message.data_set = SpillBuffer(
+                threshold, directory, tracker.add, check_space, restore_dir
+            )
             dimse.message = message
         original(primitive)
 

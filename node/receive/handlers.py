@@ -125,7 +125,12 @@ def handle_conn_open(event: Any, ctx: StoreContext) -> None:
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
     install_spill(
-        assoc, ctx.chunk_threshold, ctx.archive.incoming, tracker, ctx.archive.check_space
+        assoc,
+        ctx.chunk_threshold,
+        ctx.archive.incoming,
+        tracker,
+        ctx.archive.check_space,
+        ctx.archive.restore_dirs,
     )
     assoc._dicom_node_sent = SentCounter()
     close_wakeup = install_wakeup(assoc, assoc._dicom_node_sent)
