@@ -503,6 +503,23 @@ class DataPhase:
                 )  # fmt: skip
                 msg.refusal = (StoreStatus.CANNOT_UNDERSTAND, f"{tag} {keyword} is not a valid UID")
                 return
+        if sop_class not in STORAGE_CLASSES:
+            # Sent on a context negotiated for another class: a private or unknown class
+            # refused at negotiation must not be stored through a CT context (PS3.7 10.1:
+            # a DIMSE-C command's SOP class is its presentation context's abstract syntax).
+            log.error(
+                "C-STORE from %s (%s) refused: (0000,0002) AffectedSOPClassUID %s is not a "
+                "storage SOP class this SCP accepts (sent on presentation context %d, "
+                "negotiated for %s): the sending system must propose the object's own SOP "
+                "class and send it on that context",
+                self.calling_ae, self.peer, sop_class, msg.context_id, abstract,
+                extra=fields(sop_instance_uid=sop_instance, calling_ae=self.calling_ae),
+            )  # fmt: skip
+            msg.refusal = (
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                "(0000,0002) AffectedSOPClassUID: SOP class not supported",
+            )
+            return
         try:
             self.ctx.archive.check_space(0)
         except OutOfSpace as exc:

@@ -137,3 +137,49 @@ def test_video_transfer_syntaxes_are_accepted_and_stored_as_sent(tmp_path: Path)
         for src in sources:
             ds, target = archive_target(cfg.receive.archive, src)
             assert dataset_bytes(target) == dataset_bytes(src), src.name
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_private_class_sent_on_a_ct_context_is_not_stored(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """A private SOP class is refused at negotiation; sent on a context negotiated for CT
+    (PS3.7 10.1: a DIMSE-C command's SOP class is its context's abstract syntax), our data
+    phase stored it all the same. Now 0x0122 (SOP class not supported); pynetdicom's path
+    aborts the association. A CT object on the same context is still stored."""
+    from tests.receive.helpers import archived, image_dataset
+    from tests.receive.test_dataphase import _dataset_bytes, _wire
+
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    private = image_dataset(2, 2, b"\x01\x02\x03\x04")
+    private.SOPClassUID = PRIVATE[0]
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _cfg):
+        wire, ids = _wire(scp.port, ct)
+        outcome = wire.store(
+            ids[ct],
+            sop_class_uid=PRIVATE[0],
+            sop_instance_uid=private.SOPInstanceUID,
+            msg_id=1,
+            data=_dataset_bytes(private),
+        )
+        if fast_path:
+            assert outcome.status == 0x0122, outcome
+            assert "SOP class not supported" in outcome.comment
+            ct_object = image_dataset(2, 2, b"\x05\x06\x07\x08")
+            ct_object.SOPClassUID = ct
+            outcome = wire.store(
+                ids[ct],
+                sop_class_uid=ct,
+                sop_instance_uid=ct_object.SOPInstanceUID,
+                msg_id=2,
+                data=_dataset_bytes(ct_object),
+            )
+            assert outcome.status == 0, outcome
+            wire.release()
+            assert [p.stem for p in archived(scp.archive_root)] == [ct_object.SOPInstanceUID]
+        else:
+            assert not outcome.delivered, outcome  # pynetdicom aborts
+            wire.sock.close()  # Wire leaves it open after the peer's A-ABORT
+            assert archived(scp.archive_root) == []
+        classes = [j.payload["sop_class_uid"] for j in store.select(kind="export_instance")]
+        assert PRIVATE[0] not in classes
