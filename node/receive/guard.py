@@ -51,6 +51,7 @@ from typing import Any
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.transport import AssociationSocket
 
+from node.errors import ReceiveError
 from node.fsutil import TMP_PREFIX
 
 log = logging.getLogger(__name__)
@@ -368,7 +369,10 @@ def free_slot_when_closed(assoc: Any) -> None:
         nonlocal requested
         try:
             original(event)
-        except Exception:
+        except Exception as exc:
+            if requested:
+                _abort_established(assoc, exc)
+                return
             # pynetdicom's state machine raised on the request (e.g. an even presentation
             # context ID): its DUL thread dies with this exception. Answer A-ABORT and wake
             # the association thread rather than leave the peer waiting acse_timeout.
@@ -390,15 +394,40 @@ def free_slot_when_closed(assoc: Any) -> None:
 
 #: A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value).
 _ABORT_INVALID = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06))
+#: A-ABORT, source 2 (service provider), reason 0 (not specified).
+_ABORT_PROVIDER = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x00))
 
 
-def _abort_and_shut(raw: socket.socket | None) -> None:
-    """Send A-ABORT (service provider, invalid PDU parameter) and shut the connection."""
+def _abort_established(assoc: Any, exc: Exception) -> None:
+    """An established association whose DUL thread raised (a data set that cannot be
+    spilled: the disk floor reached, the file system full): log it, A-ABORT, and let the
+    DUL thread end. Raising on ended the thread with a traceback on stderr, outside the
+    node's log, and dropped the connection without an A-ABORT."""
+    requestor = getattr(assoc, "requestor", None)
+    log.warning(
+        "association with %s (%s:%s) aborted while receiving: %s",
+        str(getattr(requestor, "ae_title", "")).strip(),
+        getattr(requestor, "address", "?"),
+        getattr(requestor, "port", "?"),
+        exc if isinstance(exc, OSError | ReceiveError) else f"{type(exc).__name__}: {exc}",
+    )
+    if not isinstance(exc, OSError | ReceiveError):
+        log.debug("traceback", exc_info=exc)
+    _abort_and_shut(getattr(assoc.dul.socket, "socket", None), _ABORT_PROVIDER)
+    assoc.is_aborted = True
+    assoc.is_established = False
+    assoc._kill = True
+    assoc.dul._kill_thread = True
+
+
+def _abort_and_shut(raw: socket.socket | None, pdu: bytes = _ABORT_INVALID) -> None:
+    """Send A-ABORT (``pdu``: service provider, invalid PDU parameter) and shut the
+    connection."""
     if raw is None:
         return
     with contextlib.suppress(OSError, ValueError):
         raw.settimeout(2.0)
-        raw.sendall(_ABORT_INVALID)
+        raw.sendall(pdu)
     with contextlib.suppress(OSError, ValueError):
         raw.shutdown(socket.SHUT_RDWR)
 
