@@ -227,7 +227,18 @@ class Archive:
         """:class:`OutOfSpace` if writing ``size`` bytes would cross the floor."""
         if self.min_free_bytes <= 0:
             return
-        free = shutil.disk_usage(self.root).free
+        try:
+            free = shutil.disk_usage(self.root).free
+        except FileNotFoundError:  # the root removed under us (see restore_dirs)
+            try:
+                self.restore_dirs()
+                free = shutil.disk_usage(self.root).free
+            except OSError as exc:
+                raise OutOfSpace(
+                    f"receive.archive {self.root} is gone and cannot be recreated "
+                    f"({exc.strerror}): restore it (a file system not mounted?)",
+                    unwritable=True,
+                ) from exc
         if free - size < self.min_free_bytes:
             raise OutOfSpace(
                 f"only {free} bytes free under {self.root}, floor receive.min_free_bytes="

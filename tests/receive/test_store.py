@@ -277,11 +277,12 @@ def test_archive_directories_removed_by_a_clean_up_job_are_recreated(
         src = tmp_path / f"obj{n}.dcm"
         image_dataset(512, 512, bytes([n]) * (512 * 512)).save_as(src, enforce_file_format=True)
         sources.append(src)
-    with running_scp(tmp_path / "node", fast_path=fast_path, chunk_threshold_bytes=64 * 1024) as (
-        scp,
-        store,
-        cfg,
-    ):
+    with running_scp(
+        tmp_path / "node",
+        fast_path=fast_path,
+        chunk_threshold_bytes=64 * 1024,
+        min_free_bytes=1,  # the free-space check looks at the root too
+    ) as (scp, store, cfg):
         root = scp.archive_root
         incoming = root / ".incoming"
         res = dcmsend(scp.port, [sources[0]])
