@@ -190,6 +190,28 @@ class Archive:
 
     clean = prepare
 
+    def restore_dirs(self) -> None:
+        """Recreate the archive root and ``.incoming`` if they were removed while we run.
+
+        A retention job's ``find ARCHIVE -type d -empty -delete`` removes an empty
+        ``.incoming`` (and the root, once every study is gone): every C-STORE was then
+        refused 0xA700 until the node restarted.
+        """
+        for directory in (self.root, self.incoming):
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue
+            log.warning(
+                "%s was removed while the node was running (a clean-up job deleting empty "
+                "directories?): recreated; keep such jobs away from receive.archive's root "
+                "and its .incoming directory",
+                directory,
+            )
+            if self.fsync:
+                with contextlib.suppress(OSError):
+                    fsync_dir(directory.parent)
+
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """The final path of an object; :class:`UnsafePath` for any invalid UID."""
         check_uid(study_uid, "(0020,000D)", "StudyInstanceUID")
@@ -205,7 +227,18 @@ class Archive:
         """:class:`OutOfSpace` if writing ``size`` bytes would cross the floor."""
         if self.min_free_bytes <= 0:
             return
-        free = shutil.disk_usage(self.root).free
+        try:
+            free = shutil.disk_usage(self.root).free
+        except FileNotFoundError:  # the root removed under us (see restore_dirs)
+            try:
+                self.restore_dirs()
+                free = shutil.disk_usage(self.root).free
+            except OSError as exc:
+                raise OutOfSpace(
+                    f"receive.archive {self.root} is gone and cannot be recreated "
+                    f"({exc.strerror}): restore it (a file system not mounted?)",
+                    unwritable=True,
+                ) from exc
         if free - size < self.min_free_bytes:
             raise OutOfSpace(
                 f"only {free} bytes free under {self.root}, floor receive.min_free_bytes="
@@ -219,6 +252,11 @@ class Archive:
                 level.mkdir()
             except FileExistsError:
                 continue
+            except FileNotFoundError:
+                if level != directory.parent:
+                    raise
+                self.restore_dirs()  # the archive root itself was removed
+                level.mkdir(exist_ok=True)
             if self.fsync:
                 fsync_dir(level.parent)
 

@@ -501,6 +501,23 @@ class DataPhase:
                 )  # fmt: skip
                 msg.refusal = (StoreStatus.CANNOT_UNDERSTAND, f"{tag} {keyword} is not a valid UID")
                 return
+        if sop_class not in STORAGE_CLASSES:
+            # Sent on a context negotiated for another class: a private or unknown class
+            # refused at negotiation must not be stored through a CT context (PS3.7 10.1:
+            # a DIMSE-C command's SOP class is its presentation context's abstract syntax).
+            log.error(
+                "C-STORE from %s (%s) refused: (0000,0002) AffectedSOPClassUID %s is not a "
+                "storage SOP class this SCP accepts (sent on presentation context %d, "
+                "negotiated for %s): the sending system must propose the object's own SOP "
+                "class and send it on that context",
+                self.calling_ae, self.peer, sop_class, msg.context_id, abstract,
+                extra=fields(sop_instance_uid=sop_instance, calling_ae=self.calling_ae),
+            )  # fmt: skip
+            msg.refusal = (
+                StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+                "(0000,0002) AffectedSOPClassUID: SOP class not supported",
+            )
+            return
         try:
             self.ctx.archive.check_space(0)
         except OutOfSpace as exc:
@@ -529,7 +546,12 @@ class DataPhase:
     def _new_staging_file(self) -> tuple[int, Path]:
         name = f"{TMP_PREFIX}rx-{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
         staged = self.ctx.archive.incoming / name
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(staged, flags, 0o644)
+        except FileNotFoundError:  # .incoming removed under us (a clean-up job)
+            self.ctx.archive.restore_dirs()
+            fd = os.open(staged, flags, 0o644)
         return fd, staged
 
     def _prepare_spare(self) -> None:

@@ -51,6 +51,7 @@ from typing import Any
 from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.transport import AssociationSocket
 
+from node.errors import ReceiveError
 from node.fsutil import TMP_PREFIX
 
 log = logging.getLogger(__name__)
@@ -132,10 +133,12 @@ class SpillBuffer(BytesIO):
         directory: Path,
         on_spill: Callable[[SpillBuffer], None],
         check_space: Callable[[int], None] | None = None,
+        restore_dir: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self._threshold = threshold
         self._dir = directory
+        self._restore_dir = restore_dir
         self._on_spill = on_spill
         self._check_space = check_space
         self._file: Any = None
@@ -162,7 +165,13 @@ class SpillBuffer(BytesIO):
         return n
 
     def _spill(self) -> None:
-        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "spill-", dir=self._dir)
+        try:
+            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "spill-", dir=self._dir)
+        except FileNotFoundError:  # .incoming removed under us (a clean-up job)
+            if self._restore_dir is None:
+                raise
+            self._restore_dir()
+            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "spill-", dir=self._dir)
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self.path = Path(name)
         self._on_spill(self)
@@ -215,15 +224,19 @@ def install_spill(
     directory: Path,
     tracker: SpillTracker,
     check_space: Callable[[int], None] | None = None,
+    restore_dir: Callable[[], None] | None = None,
 ) -> None:
-    """Make each DIMSE message of ``assoc`` collect its data set in a :class:`SpillBuffer`."""
+    """Make each DIMSE message of ``assoc`` collect its data set in a :class:`SpillBuffer`;
+    ``restore_dir`` recreates ``directory`` if it was removed."""
     dimse = assoc.dimse
     original = dimse.receive_primitive
 
     def receive_primitive(primitive: Any) -> None:
         if dimse.message is None:
             message = DIMSEMessage()
-            message.data_set = SpillBuffer(threshold, directory, tracker.add, check_space)
+            message.data_set = SpillBuffer(
+                threshold, directory, tracker.add, check_space, restore_dir
+            )
             dimse.message = message
         original(primitive)
 
@@ -356,7 +369,10 @@ def free_slot_when_closed(assoc: Any) -> None:
         nonlocal requested
         try:
             original(event)
-        except Exception:
+        except Exception as exc:
+            if requested:
+                _abort_established(assoc, exc)
+                return
             # pynetdicom's state machine raised on the request (e.g. an even presentation
             # context ID): its DUL thread dies with this exception. Answer A-ABORT and wake
             # the association thread rather than leave the peer waiting acse_timeout.
@@ -378,15 +394,40 @@ def free_slot_when_closed(assoc: Any) -> None:
 
 #: A-ABORT, source 2 (service provider), reason 6 (invalid PDU parameter value).
 _ABORT_INVALID = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06))
+#: A-ABORT, source 2 (service provider), reason 0 (not specified).
+_ABORT_PROVIDER = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x00))
 
 
-def _abort_and_shut(raw: socket.socket | None) -> None:
-    """Send A-ABORT (service provider, invalid PDU parameter) and shut the connection."""
+def _abort_established(assoc: Any, exc: Exception) -> None:
+    """An established association whose DUL thread raised (a data set that cannot be
+    spilled: the disk floor reached, the file system full): log it, A-ABORT, and let the
+    DUL thread end. Raising on ended the thread with a traceback on stderr, outside the
+    node's log, and dropped the connection without an A-ABORT."""
+    requestor = getattr(assoc, "requestor", None)
+    log.warning(
+        "association with %s (%s:%s) aborted while receiving: %s",
+        str(getattr(requestor, "ae_title", "")).strip(),
+        getattr(requestor, "address", "?"),
+        getattr(requestor, "port", "?"),
+        exc if isinstance(exc, OSError | ReceiveError) else f"{type(exc).__name__}: {exc}",
+    )
+    if not isinstance(exc, OSError | ReceiveError):
+        log.debug("traceback", exc_info=exc)
+    _abort_and_shut(getattr(assoc.dul.socket, "socket", None), _ABORT_PROVIDER)
+    assoc.is_aborted = True
+    assoc.is_established = False
+    assoc._kill = True
+    assoc.dul._kill_thread = True
+
+
+def _abort_and_shut(raw: socket.socket | None, pdu: bytes = _ABORT_INVALID) -> None:
+    """Send A-ABORT (``pdu``: service provider, invalid PDU parameter) and shut the
+    connection."""
     if raw is None:
         return
     with contextlib.suppress(OSError, ValueError):
         raw.settimeout(2.0)
-        raw.sendall(_ABORT_INVALID)
+        raw.sendall(pdu)
     with contextlib.suppress(OSError, ValueError):
         raw.shutdown(socket.SHUT_RDWR)
 

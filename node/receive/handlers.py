@@ -55,6 +55,7 @@ class StoreStatus(IntEnum):
 
     SUCCESS = 0x0000
     PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     CANNOT_UNDERSTAND = 0xC000
@@ -125,7 +126,12 @@ def handle_conn_open(event: Any, ctx: StoreContext) -> None:
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
     install_spill(
-        assoc, ctx.chunk_threshold, ctx.archive.incoming, tracker, ctx.archive.check_space
+        assoc,
+        ctx.chunk_threshold,
+        ctx.archive.incoming,
+        tracker,
+        ctx.archive.check_space,
+        ctx.archive.restore_dirs,
     )
     assoc._dicom_node_sent = SentCounter()
     close_wakeup = install_wakeup(assoc, assoc._dicom_node_sent)

@@ -8,9 +8,11 @@ description to flag objects whose Pixel Data length contradicts it.
 A small walker (:class:`_Walker`, ~25 µs for a CT header against ~380 µs through pydicom)
 steps over the top-level elements by their lengths, skips sequences of undefined length
 item by item, copies only the values it wants, and stops at (7FE0,0010) Pixel Data, whose
-length it reads from the element header: the pixel bytes are never touched. Anything it
-does not handle (UN of undefined length, inconsistent lengths) goes to pydicom's reader
-with ``specific_tags`` and ``stop_when``. Tests check both agree on pydicom's test files.
+length it reads from the element header: the pixel bytes are never touched. A UN of
+undefined length (a sequence whose writer did not know it) is walked as Implicit VR Little
+Endian items, as pydicom reads it. Anything it does not handle (inconsistent lengths) goes
+to pydicom's reader with ``specific_tags`` and ``stop_when``. Tests check both agree on
+pydicom's test files.
 """
 
 from __future__ import annotations
@@ -173,6 +175,19 @@ class _Walker:
         (length,) = struct.unpack_from(self.e + "H", self.buf, pos + 6)
         return tag, vr, length, 8
 
+    def skip_un(self, pos: int, depth: int) -> int:
+        """Skip the items of a UN element of undefined length starting at ``pos``.
+
+        A sequence an explicit-VR writer did not know (a private one, after an implicit-VR
+        hop) is encoded UN of undefined length, its items Implicit VR Little Endian
+        (PS3.5 6.2.2, CP-246): walked as such, as pydicom reads it. Anything unexpected
+        inside (a writer that put explicit-VR items there, a cut) proves nothing.
+        """
+        try:
+            return _Walker(self.buf, implicit=True, little=True).skip_sequence(pos, depth + 1)
+        except _Unusual as exc:  # _Truncated included
+            raise _Unusual(f"UN of undefined length not walked: {exc}") from None
+
     def skip_sequence(self, pos: int, depth: int) -> int:
         """Skip the items of an undefined-length sequence starting at ``pos``."""
         if depth > 16:
@@ -200,8 +215,9 @@ class _Walker:
                 return pos
             if length == _UNDEFINED:
                 if vr == b"UN":
-                    raise _Unusual("UN of undefined length")
-                pos = self.skip_sequence(pos, depth + 1)
+                    pos = self.skip_un(pos, depth)
+                else:
+                    pos = self.skip_sequence(pos, depth + 1)
             else:
                 pos += length
             if pos > self.n:
@@ -222,9 +238,9 @@ class _Walker:
                 return found, (-1 if length == _UNDEFINED else length)
             pos += hdr
             if length == _UNDEFINED:
-                if vr == b"UN" or tag >> 16 == 0xFFFE:
+                if tag >> 16 == 0xFFFE:
                     raise _Unusual("undefined length outside a sequence")
-                pos = self.skip_sequence(pos, 0)
+                pos = self.skip_un(pos, 0) if vr == b"UN" else self.skip_sequence(pos, 0)
                 continue
             if tag in _WANTED_SET:
                 found[tag] = bytes(self.buf[pos : pos + length])
@@ -246,9 +262,11 @@ class _Walker:
                 tag, vr, length, hdr = self.element(pos)
                 pos += hdr
                 if length == _UNDEFINED:
-                    if vr == b"UN" or tag >> 16 == 0xFFFE:
+                    if tag >> 16 == 0xFFFE:
                         return None
-                    pos = self.skip_sequence(pos, 0)  # a sequence, or encapsulated pixels
+                    # A sequence (written UN when its writer did not know it: CP-246), or
+                    # encapsulated pixels.
+                    pos = self.skip_un(pos, 0) if vr == b"UN" else self.skip_sequence(pos, 0)
                     continue
                 pos += length
                 if pos > self.n:
@@ -359,8 +377,8 @@ def _header_from(
 def read_header(data: bytes | memoryview | BinaryIO, implicit: bool, little: bool) -> Header:
     """The identifying elements of ``data`` (dataset bytes without file meta).
 
-    In-memory data goes through the fast walker; anything it finds unusual (UN of
-    undefined length, malformed lengths) and file objects go through pydicom, which
+    In-memory data goes through the fast walker; anything it finds unusual (malformed
+    lengths, a UN of undefined length it cannot walk) and file objects go through pydicom, which
     skips unwanted values by seeking (a bogus 4 GB length allocates nothing).
     """
     if isinstance(data, bytes | bytearray | memoryview):

@@ -70,6 +70,9 @@ from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 
+#: The retired JPEG processes (PS3.5 Table A-1, 2008 and earlier): .52-.56 and .58-.66.
+RETIRED_JPEG = [f"1.2.840.10008.1.2.4.{n}" for n in (*range(52, 57), *range(58, 67))]
+
 #: Accepted transfer syntaxes, in preference order (the acceptor picks the first offered).
 TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
@@ -96,6 +99,12 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo High Profile / Level 4.2
     "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
     "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile / Level 5.1
+    # Retired JPEG processes and JPEG 2000 Part 2, stored as sent as Orthanc does (its
+    # JPEG / JPEG 2000 defaults): img2dcm and gdcmimg wrap a progressive JPEG in .55, and
+    # older modalities still send the others. The export cannot render them.
+    *RETIRED_JPEG,
+    "1.2.840.10008.1.2.4.92",  # JPEG 2000 Part 2 Multi-component (Lossless Only)
+    "1.2.840.10008.1.2.4.93",  # JPEG 2000 Part 2 Multi-component
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
     "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import struct
@@ -388,4 +389,48 @@ def test_an_even_presentation_context_id_is_aborted_at_once(
         deadline = time.monotonic() + 5
         while scp._ae.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert echoscu(scp.port).returncode == 0
+
+
+def test_a_data_set_that_cannot_be_spilled_aborts_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pynetdicom's path (fast_path = false, as for Storage Commitment associations): a data
+    set spilled to disk with the archive below receive.min_free_bytes. The floor check
+    raised in pynetdicom's DUL thread, which died with a traceback on stderr (outside the
+    node's log) and dropped the connection without an A-ABORT. Now: one log line, A-ABORT
+    (service provider), nothing stored, the SCP keeps serving."""
+    import shutil
+
+    from node.receive.guard import SpillBuffer
+    from tests.receive.test_dataphase import _dataset_bytes, _wait_empty, _wire
+
+    monkeypatch.setattr(SpillBuffer, "CHECK_EVERY", 64 * 1024)  # instead of every 64 MiB
+    ds = image_dataset(1024, 1024, b"\x07" * (1024 * 1024))  # several PDUs
+    floor = shutil.disk_usage(tmp_path).free + (1 << 40)  # always above the free space
+    caplog.set_level(logging.WARNING, logger="node.receive.guard")
+    with running_scp(tmp_path / "node", fast_path=False, chunk_threshold_bytes=16 * 1024) as (
+        scp,
+        store,
+        _cfg,
+    ):
+        scp.archive.min_free_bytes = floor
+        wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
+        outcome = wire.store(
+            ids[str(SecondaryCaptureImageStorage)],
+            sop_class_uid=ds.SOPClassUID,
+            sop_instance_uid=ds.SOPInstanceUID,
+            msg_id=1,
+            data=_dataset_bytes(ds),
+        )
+        wire.sock.close()
+        assert not outcome.delivered
+        assert "aborted the association (source 2, reason 0)" in outcome.reason, outcome
+        lines = [
+            r.getMessage() for r in caplog.records if "aborted while receiving" in r.getMessage()
+        ]
+        assert len(lines) == 1 and "receive.min_free_bytes" in lines[0], lines
+        assert archived(scp.archive_root) == []
+        assert store.select(kind="export_instance") == []
+        _wait_empty(scp.archive_root / ".incoming")
         assert echoscu(scp.port).returncode == 0

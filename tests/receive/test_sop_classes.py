@@ -137,3 +137,83 @@ def test_video_transfer_syntaxes_are_accepted_and_stored_as_sent(tmp_path: Path)
         for src in sources:
             ds, target = archive_target(cfg.receive.archive, src)
             assert dataset_bytes(target) == dataset_bytes(src), src.name
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_retired_jpeg_syntaxes_are_accepted_and_stored_as_sent(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """img2dcm wraps a progressive JPEG in the retired JPEG Full Progression syntax (.55);
+    older modalities still send the other retired JPEG processes. Orthanc stores them
+    (its JPEG and JPEG 2000 defaults, Part 2 included); the node refused them with no
+    presentation context. Sent with dcmsend, stored as sent."""
+    from PIL import Image
+
+    jpeg = tmp_path / "progressive.jpg"
+    Image.new("RGB", (80, 64), (200, 40, 90)).save(jpeg, progressive=True, quality=90)
+    src = tmp_path / "progressive.dcm"
+    subprocess.run([tool("img2dcm"), str(jpeg), str(src)], check=True, capture_output=True)
+    assert str(dcmread(src).file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.55"
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, _store, cfg):
+        result = dcmsend(scp.port, [src])
+        assert result.returncode == 0, result.stdout + result.stderr
+        _ds, target = archive_target(cfg.receive.archive, src)
+        assert target.is_file(), result.stdout + result.stderr
+        assert dataset_bytes(target) == dataset_bytes(src)
+        # Every retired JPEG process and JPEG 2000 Part 2, each proposed alone.
+        ae = AE(ae_title="PROBE")
+        retired = [52, 53, 54, 55, 56, 58, 59, 60, 61, 62, 63, 64, 65, 66, 92, 93]
+        syntaxes = [f"1.2.840.10008.1.2.4.{n}" for n in retired]
+        for ts in syntaxes:
+            ae.add_requested_context("1.2.840.10008.5.1.4.1.1.7", [ts])
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title=AET)
+        assert assoc.is_established
+        accepted = sorted(str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts)
+        assoc.release()
+        assert accepted == sorted(syntaxes)
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_private_class_sent_on_a_ct_context_is_not_stored(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """A private SOP class is refused at negotiation; sent on a context negotiated for CT
+    (PS3.7 10.1: a DIMSE-C command's SOP class is its context's abstract syntax), our data
+    phase stored it all the same. Now 0x0122 (SOP class not supported); pynetdicom's path
+    aborts the association. A CT object on the same context is still stored."""
+    from tests.receive.helpers import archived, image_dataset
+    from tests.receive.test_dataphase import _dataset_bytes, _wire
+
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    private = image_dataset(2, 2, b"\x01\x02\x03\x04")
+    private.SOPClassUID = PRIVATE[0]
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _cfg):
+        wire, ids = _wire(scp.port, ct)
+        outcome = wire.store(
+            ids[ct],
+            sop_class_uid=PRIVATE[0],
+            sop_instance_uid=private.SOPInstanceUID,
+            msg_id=1,
+            data=_dataset_bytes(private),
+        )
+        if fast_path:
+            assert outcome.status == 0x0122, outcome
+            assert "SOP class not supported" in outcome.comment
+            ct_object = image_dataset(2, 2, b"\x05\x06\x07\x08")
+            ct_object.SOPClassUID = ct
+            outcome = wire.store(
+                ids[ct],
+                sop_class_uid=ct,
+                sop_instance_uid=ct_object.SOPInstanceUID,
+                msg_id=2,
+                data=_dataset_bytes(ct_object),
+            )
+            assert outcome.status == 0, outcome
+            wire.release()
+            assert [p.stem for p in archived(scp.archive_root)] == [ct_object.SOPInstanceUID]
+        else:
+            assert not outcome.delivered, outcome  # pynetdicom aborts
+            wire.sock.close()  # Wire leaves it open after the peer's A-ABORT
+            assert archived(scp.archive_root) == []
+        classes = [j.payload["sop_class_uid"] for j in store.select(kind="export_instance")]
+        assert PRIVATE[0] not in classes

@@ -260,3 +260,45 @@ def test_duplicate_under_another_study_is_one_file(tmp_path: Path, policy: str) 
         holder = studies[stored.parent.parent.name]
         assert holder["instances"] == 1
         assert holder["series"] == [stored.parent.name]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_archive_directories_removed_by_a_clean_up_job_are_recreated(
+    tmp_path: Path, fast_path: bool
+) -> None:
+    """``find ARCHIVE -type d -empty -delete`` (a retention job) removes the empty
+    ``.incoming`` between associations, and the root once it holds nothing else: every
+    later C-STORE was refused 0xA700 until a restart. Objects over the chunk threshold
+    exercise the spill file of pynetdicom's path too."""
+    import shutil
+
+    sources = []
+    for n in range(3):
+        src = tmp_path / f"obj{n}.dcm"
+        image_dataset(512, 512, bytes([n]) * (512 * 512)).save_as(src, enforce_file_format=True)
+        sources.append(src)
+    with running_scp(
+        tmp_path / "node",
+        fast_path=fast_path,
+        chunk_threshold_bytes=64 * 1024,
+        min_free_bytes=1,  # the free-space check looks at the root too
+    ) as (scp, store, cfg):
+        root = scp.archive_root
+        incoming = root / ".incoming"
+        res = dcmsend(scp.port, [sources[0]])
+        assert res.returncode == 0, res.stderr
+        deadline = time.monotonic() + 10  # the ended association drops its spare file
+        while any(incoming.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        subprocess.run(["find", str(root), "-type", "d", "-empty", "-delete"], check=True)
+        assert not incoming.exists()
+        res = dcmsend(scp.port, [sources[1]])
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert len(archived(root)) == 2, res.stdout + res.stderr  # was refused 0xA700
+        shutil.rmtree(root)  # the whole archive gone
+        res = dcmsend(scp.port, [sources[2]])
+        assert res.returncode == 0, res.stdout + res.stderr
+        stored = archived(root)
+        assert [dataset_bytes(p)[1] for p in stored] == [dataset_bytes(sources[2])[1]]
+        assert len(store.select(kind="export_instance")) == 3
+        assert incoming.is_dir()

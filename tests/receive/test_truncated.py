@@ -41,10 +41,38 @@ def _no_pixels() -> tuple[object, bytes]:
     return ds, _dataset_bytes(ds)
 
 
+def _un_sequence(explicit_inside: bool = False) -> tuple[object, bytes]:
+    """A private sequence written UN of undefined length before the UIDs, its item
+    Implicit VR LE (PS3.5 6.2.2, CP-246), as an explicit-VR router writes a sequence it does
+    not know. The truncation walk gave up on it ("proves nothing"): such an object cut
+    short in its Pixel Data was stored and acknowledged."""
+    ds, data = _native()
+    if explicit_inside:  # a non-conformant writer: explicit-VR elements inside the item
+        body = struct.pack("<HH", 9, 0x10) + b"LO" + struct.pack("<H", 4) + b"ACME"
+    else:
+        body = struct.pack("<HHI", 9, 0x10, 4) + b"ACME" + struct.pack("<HHI", 9, 0x1001, 2) + b"ab"
+    un = (
+        struct.pack("<HH", 9, 0x10) + b"LO" + struct.pack("<H", 4) + b"ACME"
+        + struct.pack("<HH", 9, 0x1010) + b"UN\0\0" + struct.pack("<L", 0xFFFFFFFF)
+        + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + body
+        + struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )  # fmt: skip
+    at = data.index(struct.pack("<HH", 0x0010, 0x0020))  # before (0010,0020) PatientID
+    return ds, data[:at] + un + data[at:]
+
+
+KINDS = {
+    "native": _native,
+    "encapsulated": _encapsulated,
+    "no-pixels": _no_pixels,
+    "un-sequence": _un_sequence,
+}
+
+
 @pytest.mark.parametrize("fast_path", [True, False])
-@pytest.mark.parametrize("kind", ["native", "encapsulated", "no-pixels"])
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_truncated_data_set_is_refused(tmp_path: Path, kind: str, fast_path: bool) -> None:
-    ds, data = {"native": _native, "encapsulated": _encapsulated, "no-pixels": _no_pixels}[kind]()
+    ds, data = KINDS[kind]()
     with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _):
         wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
         cx = ids[str(SecondaryCaptureImageStorage)]
@@ -74,12 +102,16 @@ def test_truncated_data_set_is_refused(tmp_path: Path, kind: str, fast_path: boo
 
 
 def test_truncation_walk() -> None:
-    for make in (_native, _encapsulated, _no_pixels):
+    for make in KINDS.values():
         _, data = make()
         assert truncation(data, False, True) is None
         assert truncation(data + b"\x00\x00", False, True) is None  # stray zero padding
         for cut in (1, 7, 9, 500):
             assert truncation(data[:-cut], False, True) is not None, (make.__name__, cut)
+    # Explicit-VR items inside a UN of undefined length: not walked, so no false alarm.
+    _, data = _un_sequence(explicit_inside=True)
+    assert truncation(data, False, True) is None
+    assert truncation(data[:-500], False, True) is None
     # Garbage proves nothing (the header check refuses it on its own).
     assert truncation(b"\x01\x02\x03\x04AB" + struct.pack("<H", 2) + b"xx", False, True) is None
 
