@@ -276,7 +276,7 @@ class Wire:
             kind, body = self._recv_pdu()
             if kind == 0x07:  # A-ABORT
                 source, reason = (body[2], body[3]) if len(body) >= 4 else (0, 0)
-                self.closed = True
+                self._close(released=False)  # nothing to answer (PS3.8 AA-3): just close
                 raise WireError(
                     f"the peer aborted the association (source {source}, reason {reason})"
                 )

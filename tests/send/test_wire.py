@@ -100,3 +100,16 @@ def test_responses_arriving_together_are_each_read_once() -> None:
     kind, _, length = _PDU.unpack_from(pdu)
     assert kind == 0x04 and length == len(pdu) - 6
     assert parse_command(pdu[12:]) == parse_command(echo_rq_command(1))
+
+
+def test_an_abort_from_the_peer_closes_our_socket() -> None:
+    """A-ABORT instead of the response: a retry, and the socket is closed at once (it was
+    only marked closed and stayed open until garbage collection)."""
+    ours, peer = socket.socketpair()
+    with peer:
+        peer.sendall(_PDU.pack(0x07, 0, 4) + bytes((0, 0, 2, 0)))
+        wire = Wire(ours, 16384, dimse_timeout=5, network_timeout=5)
+        outcome = wire.echo(1)
+        assert "the peer aborted the association (source 2, reason 0)" in outcome.reason
+        assert wire.closed and not wire.released
+        assert ours.fileno() == -1
