@@ -425,6 +425,17 @@ def load_sidecar(path: Path) -> Dataset:
             ds = Dataset.from_json(table)
         except (ValueError, TypeError, KeyError) as exc:
             raise ConversionError(f"sidecar {path}: invalid DICOM JSON model: {exc}") from None
+        if 0x00080005 in ds:
+            # DICOM JSON is Unicode whatever (0008,0005) says: it names the character set
+            # of the object the JSON was made from (CP-2518), as dcm2json and PACS exports
+            # always write it. The converter chooses the output's own character set.
+            log.info(
+                "sidecar %s: (0008,0005) SpecificCharacterSet %s ignored: JSON values are "
+                "Unicode; the object gets ISO_IR 192 when any text is not ASCII",
+                path,
+                list(ds[0x00080005].value) if ds[0x00080005].VM > 1 else ds[0x00080005].value,
+            )
+            del ds[0x00080005]
         for elem in ds:
             if int(elem.tag) in _PROTECTED_TAGS or elem.tag.group == 0x0002:
                 raise ConversionError(

@@ -299,7 +299,6 @@ def re_escape(text: str) -> str:
         ({"StudyInstanceUID": "1.2.03.x"}, "Invalid value for VR UI: '1.2.03.x'"),
         ({"PatientComments": "x" * 11000}, "... (11000 characters)"),
         ({"SpecificCharacterSet": "ISO_IR 100"}, "chosen by the converter (ISO_IR 192 when"),
-        ({"00080005": {"vr": "CS", "Value": ["ISO_IR 100"]}}, "chosen by the converter"),
     ],
 )
 def test_sidecar_type_errors_are_refused_clearly(
@@ -316,6 +315,23 @@ def test_sidecar_type_errors_are_refused_clearly(
     assert phrase in message and "photo.json" in message and "::" not in message
     assert len(message) < 400
     assert not (tmp_path / "photo.dcm").exists()
+
+
+@pytest.mark.parametrize("charset", [["ISO_IR 100"], ["ISO 2022 IR 6", "ISO 2022 IR 87"]])
+def test_dicom_json_sidecar_character_set_is_ignored(tmp_path: Path, charset: list[str]) -> None:
+    """A DICOM JSON sidecar exported from a PACS (dcm2json, DICOMweb) always carries
+    (0008,0005), naming the source object's character set (CP-2518); its values are Unicode
+    whatever it says. It was refused; the converter now picks the output's own."""
+    src = corpus.write(tmp_path, "photo.jpg", corpus.jpeg(corpus.rgb(16, 8)))
+    table = {
+        "00080005": {"vr": "CS", "Value": charset},
+        "00081030": {"vr": "LO", "Value": ["Wundkontrolle Knöchel"]},
+    }
+    (tmp_path / "photo.json").write_text(json.dumps(table), encoding="utf-8")
+    _convert(src, tmp_path / "photo.dcm")
+    ds = pydicom.dcmread(tmp_path / "photo.dcm")
+    assert ds.SpecificCharacterSet == "ISO_IR 192"
+    assert ds.StudyDescription == "Wundkontrolle Knöchel"
 
 
 def test_single_value_refusals_known_without_pydicom_match_its_dictionary() -> None:
