@@ -285,6 +285,8 @@ def decoded(
     mode = im.mode
     if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
         notes.append(f"alpha channel dropped ({mode} -> {mode.rstrip('Aa') or 'RGB'})")
+    elif "transparency" in im.info:  # PNG tRNS / GIF-style: a palette entry or one colour
+        notes.append("transparency dropped (PNG tRNS): transparent pixels keep their colour")
     if mode == "1":
         notes.append("bilevel image written as 8-bit MONOCHROME2 (0 and 255)")
         im = im.convert("L")

@@ -334,6 +334,19 @@ def test_dicom_json_sidecar_character_set_is_ignored(tmp_path: Path, charset: li
     assert ds.StudyDescription == "Wundkontrolle Knöchel"
 
 
+@pytest.mark.parametrize("mode", ["P", "L", "RGB"])
+def test_png_transparency_dropped_is_noted(tmp_path: Path, mode: str) -> None:
+    """A PNG whose transparency is a tRNS chunk (palette entries, or one grey/RGB colour)
+    lost it without a word, where RGBA/LA inputs get an "alpha channel dropped" note."""
+    im = corpus.rgb(16, 8).convert(mode)
+    transparency = 0 if mode in ("P", "L") else (0, 0, 0)
+    buf = io.BytesIO()
+    im.save(buf, "PNG", transparency=transparency)
+    src = corpus.write(tmp_path, "clip.png", buf.getvalue())
+    notes = _convert(src, tmp_path / "clip.dcm").notes
+    assert any(note.startswith("transparency dropped (PNG tRNS)") for note in notes), notes
+
+
 def test_single_value_refusals_known_without_pydicom_match_its_dictionary() -> None:
     from pydicom.datadict import dictionary_VM
 
