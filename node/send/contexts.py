@@ -131,41 +131,90 @@ def check_unchanged(meta: FileMeta, item: SendItem) -> None:
             )
 
 
-def identity_mismatch(item: SendItem) -> str:
-    """Why the peer may have refused ``item``: its data set names another SOP Class or
-    Instance UID than its file meta (which the C-STORE-RQ carries); "" if they agree.
+#: SOP classes of objects that belong to no patient, study or series (Hanging Protocol,
+#: Color Palette, implant templates, defined procedure protocols, inventories): for them an
+#: absent StudyInstanceUID/SeriesInstanceUID is no defect.
+_NON_PATIENT_PREFIXES = (
+    "1.2.840.10008.5.1.4.38.",
+    "1.2.840.10008.5.1.4.39.",
+    "1.2.840.10008.5.1.4.43.",
+    "1.2.840.10008.5.1.4.44.",
+    "1.2.840.10008.5.1.4.45.",
+    "1.2.840.10008.5.1.4.1.1.200.",
+    "1.2.840.10008.5.1.4.1.1.201.",
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What the file's data set says about why a peer refused it (see :func:`why_refused`)."""
+
+    text: str
+    #: The data set lacks an identifying UID: no peer can file it, so retrying is pointless.
+    permanent: bool
+
+
+def why_refused(item: SendItem) -> Refusal | None:
+    """Why the peer may have refused ``item``, from its data set; None if nothing is wrong.
+
+    * its data set names another SOP Class or Instance UID than its file meta (which the
+      C-STORE-RQ carries);
+    * it lacks (or has empty) one of the UIDs every PACS files an object by:
+      (0008,0016) SOPClassUID, (0008,0018) SOPInstanceUID, (0020,000D) StudyInstanceUID,
+      (0020,000E) SeriesInstanceUID (Type 1, PS3.3 C.12.1, C.7.2.1, C.7.3.1). Orthanc
+      answers such a file with 0xA700 "out of resources", which reads as transient and was
+      retried for queue.max_age_seconds; such a refusal is ``permanent``.
 
     Only read after a refusal: a plain send never parses the data set.
     """
     from pydicom import dcmread
 
-    try:
-        ds = dcmread(
-            item.path, force=True, stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018]
-        )
-    except Exception:  # an unreadable file says nothing about the refusal
-        return ""
-    problems = []
-    for tag, keyword, meta, sent in (
-        ("(0008,0016)", "SOPClassUID", "(0002,0002) MediaStorageSOPClassUID", item.sop_class_uid),
-        (
+    wanted = {
+        "SOPClassUID": ("(0008,0016)", "(0002,0002) MediaStorageSOPClassUID", item.sop_class_uid),
+        "SOPInstanceUID": (
             "(0008,0018)",
-            "SOPInstanceUID",
             "(0002,0003) MediaStorageSOPInstanceUID",
             item.sop_instance_uid,
         ),
-    ):
+        "StudyInstanceUID": ("(0020,000D)", "", ""),
+        "SeriesInstanceUID": ("(0020,000E)", "", ""),
+    }
+    if item.sop_class_uid.startswith(_NON_PATIENT_PREFIXES):
+        del wanted["StudyInstanceUID"], wanted["SeriesInstanceUID"]
+    try:
+        ds = dcmread(
+            item.path,
+            force=True,
+            stop_before_pixels=True,
+            specific_tags=[0x00080016, 0x00080018, 0x0020000D, 0x0020000E],
+        )
+    except Exception:  # an unreadable file says nothing about the refusal
+        return None
+    contradictions, missing = [], []
+    for keyword, (tag, meta, sent) in wanted.items():
         value = str(ds.get(keyword, "") or "").strip("\x00 ")
-        if value and value != sent:
-            problems.append(
+        if not value:
+            missing.append(f"{tag} {keyword}")
+        elif meta and value != sent:
+            contradictions.append(
                 f"its {tag} {keyword} is {value}, its {meta} (sent in the command) is {sent}"
             )
-    if not problems:
-        return ""
-    return (
-        f"{item.path} contradicts itself: {'; '.join(problems)}. Fix the file meta "
-        "(e.g. dcmconv, which rebuilds it from the data set) and send it again"
-    )
+    parts = []
+    if contradictions:
+        parts.append(
+            f"{item.path} contradicts itself: {'; '.join(contradictions)}. Fix the file meta "
+            "(e.g. dcmconv, which rebuilds it from the data set) and send it again"
+        )
+    if missing:
+        parts.append(
+            f"{item.path}: its data set has no {', no '.join(missing)} (or an empty one), "
+            "a Type 1 UID a PACS files every object by, so no peer can store it; add the "
+            "missing UID (e.g. dcmodify -i, with the UID of its study or series) and send "
+            "it again"
+        )
+    if not parts:
+        return None
+    return Refusal("; ".join(parts), permanent=bool(missing))
 
 
 def proposed_syntaxes(own: Iterable[str], preferences: Sequence[str] = ()) -> list[str]:

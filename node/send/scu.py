@@ -51,9 +51,9 @@ from node.send.contexts import (
     choose_syntax,
     deflated_data_set,
     encode_dataset,
-    identity_mismatch,
     plan_associations,
     transcode,
+    why_refused,
 )
 from node.send.status import Outcome, Verdict
 
@@ -391,8 +391,12 @@ class StoreSCU:
             outcome.describe(),
             1000 * (time.perf_counter() - started),
         )
-        if outcome.verdict is Verdict.DEAD and outcome.status is not None:
-            hint = identity_mismatch(item)
-            if hint:
-                outcome = dataclasses.replace(outcome, reason=f"{outcome.reason}; {hint}")
+        if not outcome.delivered and outcome.status is not None:
+            refusal = why_refused(item)
+            if refusal is not None:
+                outcome = dataclasses.replace(
+                    outcome,
+                    verdict=Verdict.DEAD if refusal.permanent else outcome.verdict,
+                    reason=f"{outcome.reason}; {refusal.text}",
+                )
         return outcome
