@@ -11,8 +11,9 @@ A destination's ``transfer_syntaxes`` (when not empty) limits what is proposed t
 list. A file then goes as it is (its bytes straight from disk) when its own syntax was
 accepted; otherwise it is decoded (pydicom with the pylibjpeg/Pillow plugins) and
 re-encoded in an accepted uncompressed syntax, keeping (0028,2110) LossyImageCompression
-and setting it to ``01`` when the source syntax was lossy and the element was missing
-(PS3.3 C.7.6.1.1.5: once lossy, always lossy). The SOP Instance UID does not change.
+and setting it to ``01`` when the element was missing and the source was lossy: an always
+lossy syntax, or a JPEG-LS/JPEG 2000 stream that says so (``lossy``). PS3.3 C.7.6.1.1.5:
+once lossy, always lossy. The SOP Instance UID does not change.
 
 At most 128 contexts fit in one association (PS3.8 9.3.2.2: odd IDs 1..255); the plan splits
 the SOP classes over as many associations as needed.
@@ -37,6 +38,7 @@ from node.filemeta import (
     read_file_meta,
     read_file_meta_from,
 )
+from node.send.lossy import lossy_method
 
 if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
     from pydicom.dataelem import DataElement
@@ -50,23 +52,6 @@ DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 #: One proposed presentation context: (abstract syntax, transfer syntax).
 Context = tuple[str, str]
-
-#: Transfer syntaxes that are always lossy -> (0028,2114) LossyImageCompressionMethod
-#: (PS3.3 C.7.6.1.1.5.1). JPEG 2000, JPEG-LS near-lossless and HTJ2K may be reversible, so for
-#: them an absent LossyImageCompression stays absent (we cannot know).
-LOSSY_METHODS: dict[str, str] = {
-    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.100": "ISO_13818_2",  # MPEG2 MP@ML
-    "1.2.840.10008.1.2.4.101": "ISO_13818_2",  # MPEG2 MP@HL
-    "1.2.840.10008.1.2.4.102": "ISO_14496_10",  # MPEG-4 AVC/H.264
-    "1.2.840.10008.1.2.4.103": "ISO_14496_10",
-    "1.2.840.10008.1.2.4.104": "ISO_14496_10",
-    "1.2.840.10008.1.2.4.105": "ISO_14496_10",
-    "1.2.840.10008.1.2.4.106": "ISO_14496_10",
-    "1.2.840.10008.1.2.4.107": "ISO_23008_2",  # HEVC/H.265
-    "1.2.840.10008.1.2.4.108": "ISO_23008_2",
-}
 
 
 @dataclass(frozen=True)
@@ -366,6 +351,7 @@ def transcode(path: Path, target: str) -> Dataset:
     # presentation state archived with its study's syntax) is plain Explicit VR Little
     # Endian inside: nothing to decode, it is only re-encoded.
     if source.is_compressed and source != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and "PixelData" in ds:
+        method = lossy_method(ds, source) if lossy_before is None else None
         try:
             with _quiet_decoders():
                 ds.decompress(generate_instance_uid=False)
@@ -377,10 +363,10 @@ def transcode(path: Path, target: str) -> Dataset:
             ) from exc
         if lossy_before is not None:
             ds.LossyImageCompression = lossy_before
-        elif source in LOSSY_METHODS:
+        elif method is not None:
             ds.LossyImageCompression = "01"
             if "LossyImageCompressionMethod" not in ds:
-                ds.LossyImageCompressionMethod = LOSSY_METHODS[source]
+                ds.LossyImageCompressionMethod = method
     elif source == EXPLICIT_VR_BIG_ENDIAN:
         _big_to_little(ds)
     # The data set keeps its original encoding: pydicom's writer sees that it differs from
