@@ -274,7 +274,11 @@ class NodeService:
         files = sorted(study_dir.rglob("*.dcm"))
         with self.store.transaction():
             for path in files:
-                enqueue_delivery(self.store, path, destinations, source="forward")
+                # A corrected copy (same SOP Instance UID, overwritten in place or moved
+                # to another study/series by receive.duplicates = "overwrite") goes again.
+                enqueue_delivery(
+                    self.store, path, destinations, source="forward", resend_changed=True
+                )
         self._wake_delivery(destinations)
         log.info("forwarded study", extra=fields(to=",".join(destinations), objects=len(files)))
 

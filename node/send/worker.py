@@ -61,19 +61,46 @@ def enqueue_delivery(
     source: str = "cli",
     extra: Mapping[str, Any] | None = None,
     replace: bool = False,
+    resend_changed: bool = False,
 ) -> list[int]:
     """Queue ``path`` for each destination; idempotent per (SOP Instance UID, destination).
 
     Returns one job id per destination (the existing one when already queued). With
     ``replace`` an existing job is re-armed with this path (queued, attempts reset; a claimed
-    one runs once more after its attempt). Raises SendError when the file has no usable header.
+    one runs once more after its attempt). With ``resend_changed`` only an existing job
+    whose file is another one is re-armed: another path, or the same path rewritten since
+    (size, modification time and inode recorded in the payload as ``file_version``). Raises
+    SendError when the file has no usable header.
     """
     path = Path(path).absolute()
     header = read_header(path)
     payload: dict[str, Any] = {"path": str(path), **header, "source": source}
     payload.update(extra or {})
-    items = [(payload, dest, header["sop_instance_uid"]) for dest in destinations]
-    return store.enqueue_many(KIND, items, replace=replace)
+    uid = header["sop_instance_uid"]
+    if not resend_changed or replace:
+        items = [(payload, dest, uid) for dest in destinations]
+        return store.enqueue_many(KIND, items, replace=replace)
+    stat = path.stat()
+    payload["file_version"] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    ids: list[int] = []
+    with store.transaction():
+        for dest in destinations:
+            old = store.find(KIND, uid, dest)
+            changed = old is not None and _another_file(old, payload, stat.st_mtime)
+            ids += store.enqueue_many(KIND, [(payload, dest, uid)], replace=changed)
+    return ids
+
+
+def _another_file(job: Job, payload: Mapping[str, Any], mtime: float) -> bool:
+    """``job`` was queued for another file than ``payload`` describes: another path, or
+    the same one rewritten since (a job queued before versions were recorded: modified
+    after the job's last change)."""
+    if job.payload.get("path") != payload["path"]:
+        return True
+    version = job.payload.get("file_version")
+    if version is None:
+        return mtime > job.updated_at
+    return bool(version != payload["file_version"])
 
 
 # --------------------------------------------------------------------------- the worker
