@@ -35,6 +35,7 @@ from node.filemeta import (
     MEDIA_STORAGE_DIRECTORY,
     FileMeta,
     FileMetaError,
+    NotDicom,
     read_file_meta,
     read_file_meta_from,
 )
@@ -80,6 +81,8 @@ def read_header(path: Path) -> dict[str, str]:
         header = read_file_meta(path).as_dict()
     except OSError as exc:  # kept as the cause: a missing file or share is told apart
         raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except NotDicom as exc:
+        raise NotDicomFile(str(exc)) from None
     except FileMetaError as exc:
         raise SendError(str(exc)) from None
     if header["sop_class_uid"] == MEDIA_STORAGE_DIRECTORY:
@@ -89,6 +92,10 @@ def read_header(path: Path) -> dict[str, str]:
             " the files it lists are sent on their own"
         )
     return header
+
+
+class NotDicomFile(SendError):
+    """The file is no DICOM file at all (see :class:`node.filemeta.NotDicom`)."""
 
 
 class FileChanged(SendError):
