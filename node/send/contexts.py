@@ -358,7 +358,8 @@ def transcode(path: Path, target: str) -> Dataset:
     # presentation state archived with its study's syntax) is plain Explicit VR Little
     # Endian inside: nothing to decode, it is only re-encoded.
     if source.is_compressed and source != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and "PixelData" in ds:
-        method = lossy_method(ds, source) if lossy_before is None else None
+        flagged = str(lossy_before or "").strip() == "01"
+        method = None if flagged else lossy_method(ds, source)
         try:
             with _quiet_decoders():
                 ds.decompress(generate_instance_uid=False)
@@ -368,12 +369,22 @@ def transcode(path: Path, target: str) -> Dataset:
                 f"uncompressed ({exc}); the destination accepts no compressed syntax for "
                 f"this SOP class: enable it on the PACS or install a decoder for it"
             ) from exc
-        if lossy_before is not None:
-            ds.LossyImageCompression = lossy_before
-        elif method is not None:
+        # Once lossy, always lossy (PS3.3 C.7.6.1.1.5): a lossy stream makes it 01 even if
+        # the element said 00 (as DCMTK's dcmdjpeg/dcmdjpls do); otherwise it stays as it was.
+        if method is not None:
+            if lossy_before is not None and not flagged:
+                log.warning(
+                    "%s: (0028,2110) LossyImageCompression said %r but its %s pixel data is"
+                    " lossy: sent decoded as 01",
+                    path,
+                    str(lossy_before),
+                    source.name,
+                )
             ds.LossyImageCompression = "01"
             if "LossyImageCompressionMethod" not in ds:
                 ds.LossyImageCompressionMethod = method
+        elif lossy_before is not None:
+            ds.LossyImageCompression = lossy_before
     elif source == EXPLICIT_VR_BIG_ENDIAN:
         _big_to_little(ds)
     # The data set keeps its original encoding: pydicom's writer sees that it differs from
