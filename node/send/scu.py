@@ -311,7 +311,8 @@ class StoreSCU:
                 # Abort, timeout, lost or unexpected response, read error mid-stream:
                 # this association is unusable; the rest goes back to the queue.
                 log.warning(
-                    "association with %s unusable (%s); %d files left for later",
+                    "association of %s with %s unusable (%s); %d files left for later",
+                    self.calling_ae,
                     self.where,
                     outcome.reason,
                     len(items) - n - 1,

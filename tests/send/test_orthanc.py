@@ -161,3 +161,31 @@ def test_refusal_names_a_sop_instance_uid_missing_from_the_data_set(
     out = capsys.readouterr().out
     assert "dead: peer status 0xC000" in out
     assert "has no (0008,0018) SOPInstanceUID" in out
+
+
+def test_a_pacs_aborting_every_store_is_named_in_words(
+    tmp_path: Path, orthanc: Orthanc, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Orthanc that does not know our calling AE (DicomAlwaysAllowStore false) accepts the
+    association and aborts at the first C-STORE; the job said only "the peer aborted the
+    association (source 0, reason 0)". An abort stays a retry (a PACS restarting aborts too),
+    but the reason now says who aborted and what usually causes it, and the log line names
+    our calling AE title."""
+    import json
+
+    orthanc.stop()
+    config = json.loads(orthanc.config_path.read_text())
+    config["DicomAlwaysAllowStore"] = False
+    orthanc.config_path.write_text(json.dumps(config))
+    orthanc.start()
+    f = native_sc(tmp_path / "a.dcm")
+    cfg = _config(tmp_path, orthanc)
+    assert main(["send", "-c", str(cfg), "--dest", "orthanc", "--queue", str(f)]) == 0
+    assert main(["queue", "drain", "-c", str(cfg), "--dest", "orthanc"]) == 1
+    with JobStore(tmp_path / "state") as store:
+        [job] = store.select(limit=10)
+    assert job.state == JobState.RETRY
+    assert "A-ABORT from the PACS application itself" in (job.last_error or "")
+    assert "DicomModalities" in (job.last_error or "")
+    assert "association of DICOMNODE with ORTHANC@" in caplog.text
+    assert orthanc.instances() == []
