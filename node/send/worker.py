@@ -152,6 +152,8 @@ class DeliveryWorker:
         self.retried_before: float | None = None
         self._acks: list[tuple[Job, Outcome]] = []
         self._last_flush = time.monotonic()
+        #: Retry reasons already logged in this batch -> jobs not logged again for them
+        self._repeats: dict[str, int] = {}
 
     # ------------------------------------------------------------------ loop
 
@@ -212,6 +214,7 @@ class DeliveryWorker:
         )
         if not jobs:
             return 0
+        self._repeats = {}
         by_id = {job.id: job for job in jobs}
         decided: set[int] = set()
         items: list[SendItem] = []
@@ -243,6 +246,7 @@ class DeliveryWorker:
             if items:
                 self.sender.send(items, report, self._stop.is_set)
         finally:
+            self._log_repeats()
             try:
                 self._flush_acks()
             finally:  # also when the acks cannot be written: the rest goes back now
@@ -301,6 +305,13 @@ class DeliveryWorker:
             at = next_attempt(job.attempts, job.created_at, now, self.cfg.queue, self.rand)
             if at is not None:
                 self.store.retry(job.id, at, outcome.reason)
+                if outcome.status is None and outcome.reason in self._repeats:
+                    # The PACS down or refusing: one line per batch, not one per job
+                    # (10,000 queued jobs made 10,000 lines every retry round).
+                    self._repeats[outcome.reason] += 1
+                    return
+                if outcome.status is None:
+                    self._repeats[outcome.reason] = 0
                 log.warning(
                     "delivery failed, will retry",
                     extra=fields(
@@ -325,6 +336,17 @@ class DeliveryWorker:
         )
         if self.on_dead is not None:
             self.on_dead(job)
+
+    def _log_repeats(self) -> None:
+        """One line for the jobs of the batch that failed again for an already logged reason."""
+        for reason, n in self._repeats.items():
+            if n:
+                log.warning(
+                    "%d more job(s) of this batch failed for the same reason, will retry",
+                    n,
+                    extra=fields(destination=self.dest.name, jobs=n, reason=reason),
+                )
+        self._repeats = {}
 
     def _flush_acks(self) -> None:
         """Commit the acknowledgements gathered so far (states and counter, one commit).
