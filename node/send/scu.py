@@ -343,9 +343,12 @@ class StoreSCU:
                     )
                 )
             why = ", ".join(sorted({acse.CONTEXT_RESULTS.get(r, str(r)) for r in results.values()}))
+            label = name if name == item.sop_class_uid else f"{name} ({item.sop_class_uid})"
             return st.dead(
-                f"SOP class {name} ({item.sop_class_uid}) not accepted by AE {self.where}"
+                f"SOP class {label} not accepted by AE {self.where}"
                 + (f" ({why})" if why else "")
+                + "; allow it on the PACS (Orthanc: UnknownSopClassAccepted for a class it"
+                " does not know, DCMTK storescp: -pm), then `dicom-node queue retry`"
             )
         got = ", ".join(UID(ts).name for ts in syntaxes)
         return st.dead(

@@ -189,3 +189,19 @@ def test_a_pacs_aborting_every_store_is_named_in_words(
     assert "DicomModalities" in (job.last_error or "")
     assert "association of DICOMNODE with ORTHANC@" in caplog.text
     assert orthanc.instances() == []
+
+
+def test_a_private_sop_class_refused_by_orthanc_says_how_to_allow_it(
+    tmp_path: Path, orthanc: Orthanc, capsys
+) -> None:
+    """Orthanc refuses a SOP class it does not know (UnknownSopClassAccepted false): the
+    line repeated the UID ("SOP class 1.2.3 (1.2.3)") and said nothing of the fix."""
+    f = native_sc(tmp_path / "private.dcm")
+    ds = dcmread(f)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.113619.4.27"
+    ds.save_as(f, enforce_file_format=True)
+    cfg = _config(tmp_path, orthanc)
+    assert main(["send", "-c", str(cfg), "--dest", "orthanc", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "dead: SOP class 1.2.840.113619.4.27 not accepted by AE ORTHANC@" in out
+    assert "UnknownSopClassAccepted" in out

@@ -149,7 +149,9 @@ def test_sop_class_not_accepted_is_dead_not_retried(tmp_path: Path, engine: str)
     why = " (abstract-syntax-not-supported (provider rejection))" if engine == "wire" else ""
     assert job.last_error == (
         "SOP class Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7) "
-        f"not accepted by AE FAKEPACS@{LOOPBACK}:{scp.port}{why}"
+        f"not accepted by AE FAKEPACS@{LOOPBACK}:{scp.port}{why}; allow it on the PACS "
+        "(Orthanc: UnknownSopClassAccepted for a class it does not know, DCMTK storescp: "
+        "-pm), then `dicom-node queue retry`"
     )
 
 
