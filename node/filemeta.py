@@ -86,6 +86,11 @@ class FileMeta:
         }
 
 
+class NotDicom(FileMetaError):
+    """No ``DICM`` prefix and not a bare data set: a file of another kind (a CD's viewer,
+    its ``AUTORUN.INF``), or one damaged beyond recognition."""
+
+
 class _Unusual(Exception):
     """Not a conformant Explicit VR Little Endian meta header: ask pydicom."""
 
@@ -109,7 +114,7 @@ def read_file_meta_from(fp: BinaryIO, path: Path) -> FileMeta:
     if len(head) < PREAMBLE + 4 or head[PREAMBLE : PREAMBLE + 4] != MAGIC:
         if len(head) >= 8 and _TAG_VR.unpack_from(head)[0] == 0x0008:
             return _bare_data_set(head, path)
-        raise FileMetaError(f"{path}: not a DICOM file (no DICM prefix after the preamble)")
+        raise NotDicom(f"{path}: not a DICOM file (no DICM prefix after the preamble)")
     try:
         values, offset = _walk(fp, head, path)
     except _Unusual:

@@ -135,6 +135,7 @@ class NodeService:
                 "leaving the jobs claimed by a running `dicom-node queue drain` to it",
                 extra=fields(owners=",".join(sorted(drains))),
             )
+        self._warn_orphaned_deliveries()
 
         if cfg.export.enabled:
             from node.export.exporter import Exporter
@@ -203,6 +204,29 @@ class NodeService:
 
         self._thread("housekeeping", self._housekeeping)
 
+    def _warn_orphaned_deliveries(self) -> None:
+        """Deliveries waiting for a destination no longer configured are sent by nobody
+        (and a drop-folder claim waiting for them stays in ``ingest.work``): say so at
+        start, once per destination, instead of letting them wait in silence."""
+        from node.send.worker import KIND
+
+        configured = {d.name for d in self.cfg.destinations}
+        waiting: dict[str, int] = {}
+        for kind, dest, state, n in self.store.counts():
+            if kind == KIND and dest not in configured and state in ("queued", "claimed", "retry"):
+                waiting[dest] = waiting.get(dest, 0) + n
+        for dest, n in sorted(waiting.items()):
+            log.warning(
+                "%d delivery job(s) wait for destination %r, which is not in [[destinations]]:"
+                " nothing sends them. Put the entry back (a renamed destination keeps its old"
+                " name for its jobs), or see them with `dicom-node queue list --dest %s"
+                " --state queued` and send their files with `send --queue --dest NAME`",
+                n,
+                dest,
+                dest,
+                extra=fields(destination=dest, jobs=n),
+            )
+
     # ------------------------------------------------------------------ job handlers
 
     def _wake_delivery(self, destinations: list[str]) -> None:
@@ -250,7 +274,11 @@ class NodeService:
         files = sorted(study_dir.rglob("*.dcm"))
         with self.store.transaction():
             for path in files:
-                enqueue_delivery(self.store, path, destinations, source="forward")
+                # A corrected copy (same SOP Instance UID, overwritten in place or moved
+                # to another study/series by receive.duplicates = "overwrite") goes again.
+                enqueue_delivery(
+                    self.store, path, destinations, source="forward", resend_changed=True
+                )
         self._wake_delivery(destinations)
         log.info("forwarded study", extra=fields(to=",".join(destinations), objects=len(files)))
 

@@ -38,6 +38,8 @@ from node.errors import QueueError
 log = logging.getLogger(__name__)
 
 DB_NAME = "queue.sqlite3"
+#: How long a statement waits for another connection's write lock before "database is locked".
+BUSY_SECONDS = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -105,6 +107,13 @@ def boot_clock() -> tuple[str | None, float]:
 
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+
+
+def _locked(exc: BaseException) -> bool:
+    """``exc`` is SQLite's "database is locked" (another connection kept its write lock
+    beyond the busy timeout), not damage."""
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
 
 
 def is_damage(exc: BaseException) -> bool:
@@ -324,7 +333,9 @@ class JobStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error, AttributeError):
                 self._db.close()
-            if reader and self._not_writable(exc):
+            if reader and (self._not_writable(exc) or _locked(exc)):
+                # A reader needs no write: a store locked by another process's long
+                # write transaction is still readable (WAL: the last committed state).
                 self._open_read_only()
                 return
             raise QueueError(
@@ -345,6 +356,12 @@ class JobStore:
                 f"{self.path.parent}: run the command as the node's user, e.g. "
                 "sudo -u dicom-node ..., or fix the owner of node.state_dir)"
             )
+        if _locked(exc):  # not damage: moving the file aside would lose the queue
+            return (
+                f" (another process held a write transaction on it for over {BUSY_SECONDS:g} s:"
+                " close a `sqlite3` shell or backup left open on it, or end a hung dicom-node"
+                " process, then try again)"
+            )
         return (
             " (is node.state_dir the node's state folder? a damaged store is salvaged by "
             "`dicom-node run` at its start)"
@@ -361,10 +378,10 @@ class JobStore:
         uri = f"file:{quote(str(self.path.resolve()))}?{flags}"
         try:
             self._db = sqlite3.connect(
-                uri, uri=True, timeout=30.0, isolation_level=None, check_same_thread=False
+                uri, uri=True, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
             )
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
             self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.Error as exc:
             raise QueueError(
@@ -374,7 +391,7 @@ class JobStore:
 
     def _connect(self) -> None:
         self._db = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
         )
         try:
             self._open(self._durable)
@@ -422,7 +439,7 @@ class JobStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
         with self._tx() as db:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():

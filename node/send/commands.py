@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.config import Config, Destination, check_ae, check_pdu
 from node.errors import ConfigError, SendError
-from node.send.contexts import DicomDirFile, SendItem, read_header
+from node.send.contexts import DicomDirFile, NotDicomFile, SendItem, read_header
 from node.send.scu import StoreSCU
 from node.send.status import Outcome
 from node.service_commands import load_from_args
@@ -147,6 +147,18 @@ def iter_files(paths: Sequence[str]) -> Iterator[Path]:
             raise SendError(f"{path}: no such file or directory")
 
 
+def _foreign(path: Path, exc: SendError, named: set[Path]) -> bool:
+    """``path``, met while walking a folder, is no DICOM file at all (a CD's viewer, its
+    AUTORUN.INF): it is listed and passed over, not a failure, as ``dcmsend --no-halt``
+    does. Named on the command line, or empty (a copy that broke off), it is a failure."""
+    if not isinstance(exc, NotDicomFile) or path in named:
+        return False
+    try:
+        return path.stat().st_size > 0
+    except OSError:
+        return False
+
+
 # --------------------------------------------------------------------------- send
 
 
@@ -177,14 +189,15 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
         )
     from node.queue.store import JobStore  # SQLite: only when queueing
 
-    counts = {"queued": 0, "pending": 0, "bad": 0, "ignored": 0}
+    counts = {"queued": 0, "pending": 0, "bad": 0, "ignored": 0, "foreign": 0}
     files = iter_files(paths)
+    named = {Path(raw) for raw in paths}
     with JobStore(cfg.node.state_dir) as store:
         while True:
             n = 0
             with store.transaction():  # one commit (one fsync) per ENQUEUE_CHUNK files
                 for path in files:
-                    counts[_enqueue_one(store, dest.name, path)] += 1
+                    counts[_enqueue_one(store, dest.name, path, named)] += 1
                     n += 1
                     if n >= ENQUEUE_CHUNK:
                         break
@@ -194,14 +207,15 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
         f"queued {counts['queued']} file(s) for {dest.name} in {cfg.node.state_dir}; "
         f"{counts['pending']} already queued, {counts['bad']} skipped"
         + (f", {counts['ignored']} DICOMDIR ignored" if counts["ignored"] else "")
+        + (f", {counts['foreign']} non-DICOM file(s) ignored" if counts["foreign"] else "")
     )
     bad = counts["bad"]
     return EXIT_OK if bad == 0 else EXIT_FAILED
 
 
-def _enqueue_one(store: JobStore, destination: str, path: Path) -> str:
+def _enqueue_one(store: JobStore, destination: str, path: Path, named: set[Path]) -> str:
     """Queue one file for ``send --queue``: "queued", "pending" (already on its way), "bad",
-    "ignored" (a DICOMDIR).
+    "ignored" (a DICOMDIR), "foreign" (no DICOM file, met in a folder: see ``_foreign``).
 
     A job of the same SOP Instance UID that is still pending is left alone (idempotent);
     one that was delivered or gave up is re-armed with this path, since the user asked for
@@ -219,6 +233,9 @@ def _enqueue_one(store: JobStore, destination: str, path: Path) -> str:
         print(f"ignored  {path}: a DICOMDIR (the index of a medium), not an object")
         return "ignored"
     except (SendError, DicomInputError) as exc:
+        if isinstance(exc, SendError) and _foreign(path, exc, named):
+            print(f"ignored  {path}: not a DICOM file")
+            return "foreign"
         print(f"skipped  {path}: {exc}")
         return "bad"
     old = store.find(KIND, uid, destination)
@@ -250,7 +267,8 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
         reported.add(item.key)
 
     files = iter_files(paths)
-    total = ignored = 0
+    named = {Path(raw) for raw in paths}
+    total = ignored = foreign = 0
     while True:
         batch: list[SendItem] = []
         for path in files:
@@ -261,6 +279,10 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
                 print(f"ignored    {path}: a DICOMDIR (the index of a medium), not an object")
                 continue
             except SendError as exc:
+                if _foreign(path, exc, named):
+                    foreign += 1
+                    print(f"ignored    {path}: not a DICOM file")
+                    continue
                 counts["skipped"] += 1
                 print(f"skipped    {path}: {exc}")
                 continue
@@ -283,7 +305,8 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
         f"{ok} of {total + counts['skipped']} delivered to {scu.where} "
         f"({counts['warning']} with warnings), {counts['retry']} failed transiently, "
         f"{counts['dead']} failed permanently, {counts['skipped']} skipped"
-        f"{f', {ignored} DICOMDIR ignored' if ignored else ''}; "
+        f"{f', {ignored} DICOMDIR ignored' if ignored else ''}"
+        f"{f', {foreign} non-DICOM file(s) ignored' if foreign else ''}; "
         f"{elapsed:.3f} s, {ok / elapsed if elapsed else 0:.1f} files/s, "
         f"{sizes / elapsed / 1e6 if elapsed else 0:.1f} MB/s"
     )

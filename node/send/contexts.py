@@ -11,8 +11,9 @@ A destination's ``transfer_syntaxes`` (when not empty) limits what is proposed t
 list. A file then goes as it is (its bytes straight from disk) when its own syntax was
 accepted; otherwise it is decoded (pydicom with the pylibjpeg/Pillow plugins) and
 re-encoded in an accepted uncompressed syntax, keeping (0028,2110) LossyImageCompression
-and setting it to ``01`` when the source syntax was lossy and the element was missing
-(PS3.3 C.7.6.1.1.5: once lossy, always lossy). The SOP Instance UID does not change.
+and setting it to ``01`` when the element was missing and the source was lossy: an always
+lossy syntax, or a JPEG-LS/JPEG 2000 stream that says so (``lossy``). PS3.3 C.7.6.1.1.5:
+once lossy, always lossy. The SOP Instance UID does not change.
 
 At most 128 contexts fit in one association (PS3.8 9.3.2.2: odd IDs 1..255); the plan splits
 the SOP classes over as many associations as needed.
@@ -34,9 +35,11 @@ from node.filemeta import (
     MEDIA_STORAGE_DIRECTORY,
     FileMeta,
     FileMetaError,
+    NotDicom,
     read_file_meta,
     read_file_meta_from,
 )
+from node.send.lossy import lossy_method
 
 if TYPE_CHECKING:  # pydicom is imported only to transcode: a plain send never needs it
     from pydicom.dataelem import DataElement
@@ -50,23 +53,6 @@ DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 UNCOMPRESSED = (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN)
 #: One proposed presentation context: (abstract syntax, transfer syntax).
 Context = tuple[str, str]
-
-#: Transfer syntaxes that are always lossy -> (0028,2114) LossyImageCompressionMethod
-#: (PS3.3 C.7.6.1.1.5.1). JPEG 2000, JPEG-LS near-lossless and HTJ2K may be reversible, so for
-#: them an absent LossyImageCompression stays absent (we cannot know).
-LOSSY_METHODS: dict[str, str] = {
-    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG Baseline (Process 1)
-    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG Extended (Process 2 & 4)
-    "1.2.840.10008.1.2.4.100": "ISO_13818_2",  # MPEG2 MP@ML
-    "1.2.840.10008.1.2.4.101": "ISO_13818_2",  # MPEG2 MP@HL
-    "1.2.840.10008.1.2.4.102": "ISO_14496_10",  # MPEG-4 AVC/H.264
-    "1.2.840.10008.1.2.4.103": "ISO_14496_10",
-    "1.2.840.10008.1.2.4.104": "ISO_14496_10",
-    "1.2.840.10008.1.2.4.105": "ISO_14496_10",
-    "1.2.840.10008.1.2.4.106": "ISO_14496_10",
-    "1.2.840.10008.1.2.4.107": "ISO_23008_2",  # HEVC/H.265
-    "1.2.840.10008.1.2.4.108": "ISO_23008_2",
-}
 
 
 @dataclass(frozen=True)
@@ -95,6 +81,8 @@ def read_header(path: Path) -> dict[str, str]:
         header = read_file_meta(path).as_dict()
     except OSError as exc:  # kept as the cause: a missing file or share is told apart
         raise SendError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except NotDicom as exc:
+        raise NotDicomFile(str(exc)) from None
     except FileMetaError as exc:
         raise SendError(str(exc)) from None
     if header["sop_class_uid"] == MEDIA_STORAGE_DIRECTORY:
@@ -104,6 +92,10 @@ def read_header(path: Path) -> dict[str, str]:
             " the files it lists are sent on their own"
         )
     return header
+
+
+class NotDicomFile(SendError):
+    """The file is no DICOM file at all (see :class:`node.filemeta.NotDicom`)."""
 
 
 class FileChanged(SendError):
@@ -131,41 +123,90 @@ def check_unchanged(meta: FileMeta, item: SendItem) -> None:
             )
 
 
-def identity_mismatch(item: SendItem) -> str:
-    """Why the peer may have refused ``item``: its data set names another SOP Class or
-    Instance UID than its file meta (which the C-STORE-RQ carries); "" if they agree.
+#: SOP classes of objects that belong to no patient, study or series (Hanging Protocol,
+#: Color Palette, implant templates, defined procedure protocols, inventories): for them an
+#: absent StudyInstanceUID/SeriesInstanceUID is no defect.
+_NON_PATIENT_PREFIXES = (
+    "1.2.840.10008.5.1.4.38.",
+    "1.2.840.10008.5.1.4.39.",
+    "1.2.840.10008.5.1.4.43.",
+    "1.2.840.10008.5.1.4.44.",
+    "1.2.840.10008.5.1.4.45.",
+    "1.2.840.10008.5.1.4.1.1.200.",
+    "1.2.840.10008.5.1.4.1.1.201.",
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What the file's data set says about why a peer refused it (see :func:`why_refused`)."""
+
+    text: str
+    #: The data set lacks an identifying UID: no peer can file it, so retrying is pointless.
+    permanent: bool
+
+
+def why_refused(item: SendItem) -> Refusal | None:
+    """Why the peer may have refused ``item``, from its data set; None if nothing is wrong.
+
+    * its data set names another SOP Class or Instance UID than its file meta (which the
+      C-STORE-RQ carries);
+    * it lacks (or has empty) one of the UIDs every PACS files an object by:
+      (0008,0016) SOPClassUID, (0008,0018) SOPInstanceUID, (0020,000D) StudyInstanceUID,
+      (0020,000E) SeriesInstanceUID (Type 1, PS3.3 C.12.1, C.7.2.1, C.7.3.1). Orthanc
+      answers such a file with 0xA700 "out of resources", which reads as transient and was
+      retried for queue.max_age_seconds; such a refusal is ``permanent``.
 
     Only read after a refusal: a plain send never parses the data set.
     """
     from pydicom import dcmread
 
-    try:
-        ds = dcmread(
-            item.path, force=True, stop_before_pixels=True, specific_tags=[0x00080016, 0x00080018]
-        )
-    except Exception:  # an unreadable file says nothing about the refusal
-        return ""
-    problems = []
-    for tag, keyword, meta, sent in (
-        ("(0008,0016)", "SOPClassUID", "(0002,0002) MediaStorageSOPClassUID", item.sop_class_uid),
-        (
+    wanted = {
+        "SOPClassUID": ("(0008,0016)", "(0002,0002) MediaStorageSOPClassUID", item.sop_class_uid),
+        "SOPInstanceUID": (
             "(0008,0018)",
-            "SOPInstanceUID",
             "(0002,0003) MediaStorageSOPInstanceUID",
             item.sop_instance_uid,
         ),
-    ):
+        "StudyInstanceUID": ("(0020,000D)", "", ""),
+        "SeriesInstanceUID": ("(0020,000E)", "", ""),
+    }
+    if item.sop_class_uid.startswith(_NON_PATIENT_PREFIXES):
+        del wanted["StudyInstanceUID"], wanted["SeriesInstanceUID"]
+    try:
+        ds = dcmread(
+            item.path,
+            force=True,
+            stop_before_pixels=True,
+            specific_tags=[0x00080016, 0x00080018, 0x0020000D, 0x0020000E],
+        )
+    except Exception:  # an unreadable file says nothing about the refusal
+        return None
+    contradictions, missing = [], []
+    for keyword, (tag, meta, sent) in wanted.items():
         value = str(ds.get(keyword, "") or "").strip("\x00 ")
-        if value and value != sent:
-            problems.append(
+        if not value:
+            missing.append(f"{tag} {keyword}")
+        elif meta and value != sent:
+            contradictions.append(
                 f"its {tag} {keyword} is {value}, its {meta} (sent in the command) is {sent}"
             )
-    if not problems:
-        return ""
-    return (
-        f"{item.path} contradicts itself: {'; '.join(problems)}. Fix the file meta "
-        "(e.g. dcmconv, which rebuilds it from the data set) and send it again"
-    )
+    parts = []
+    if contradictions:
+        parts.append(
+            f"{item.path} contradicts itself: {'; '.join(contradictions)}. Fix the file meta "
+            "(e.g. dcmconv, which rebuilds it from the data set) and send it again"
+        )
+    if missing:
+        parts.append(
+            f"{item.path}: its data set has no {', no '.join(missing)} (or an empty one), "
+            "a Type 1 UID a PACS files every object by, so no peer can store it; add the "
+            "missing UID (e.g. dcmodify -i, with the UID of its study or series) and send "
+            "it again"
+        )
+    if not parts:
+        return None
+    return Refusal("; ".join(parts), permanent=bool(missing))
 
 
 def proposed_syntaxes(own: Iterable[str], preferences: Sequence[str] = ()) -> list[str]:
@@ -317,6 +358,8 @@ def transcode(path: Path, target: str) -> Dataset:
     # presentation state archived with its study's syntax) is plain Explicit VR Little
     # Endian inside: nothing to decode, it is only re-encoded.
     if source.is_compressed and source != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and "PixelData" in ds:
+        flagged = str(lossy_before or "").strip() == "01"
+        method = None if flagged else lossy_method(ds, source)
         try:
             with _quiet_decoders():
                 ds.decompress(generate_instance_uid=False)
@@ -326,12 +369,22 @@ def transcode(path: Path, target: str) -> Dataset:
                 f"uncompressed ({exc}); the destination accepts no compressed syntax for "
                 f"this SOP class: enable it on the PACS or install a decoder for it"
             ) from exc
-        if lossy_before is not None:
-            ds.LossyImageCompression = lossy_before
-        elif source in LOSSY_METHODS:
+        # Once lossy, always lossy (PS3.3 C.7.6.1.1.5): a lossy stream makes it 01 even if
+        # the element said 00 (as DCMTK's dcmdjpeg/dcmdjpls do); otherwise it stays as it was.
+        if method is not None:
+            if lossy_before is not None and not flagged:
+                log.warning(
+                    "%s: (0028,2110) LossyImageCompression said %r but its %s pixel data is"
+                    " lossy: sent decoded as 01",
+                    path,
+                    str(lossy_before),
+                    source.name,
+                )
             ds.LossyImageCompression = "01"
             if "LossyImageCompressionMethod" not in ds:
-                ds.LossyImageCompressionMethod = LOSSY_METHODS[source]
+                ds.LossyImageCompressionMethod = method
+        elif lossy_before is not None:
+            ds.LossyImageCompression = lossy_before
     elif source == EXPLICIT_VR_BIG_ENDIAN:
         _big_to_little(ds)
     # The data set keeps its original encoding: pydicom's writer sees that it differs from

@@ -51,9 +51,9 @@ from node.send.contexts import (
     choose_syntax,
     deflated_data_set,
     encode_dataset,
-    identity_mismatch,
     plan_associations,
     transcode,
+    why_refused,
 )
 from node.send.status import Outcome, Verdict
 
@@ -372,7 +372,8 @@ class StoreSCU:
                 # Abort, timeout, lost or unexpected response, read error mid-stream:
                 # this association is unusable; the rest goes back to the queue.
                 log.warning(
-                    "association with %s unusable (%s); %d files left for later",
+                    "association of %s with %s unusable (%s); %d files left for later",
+                    self.calling_ae,
                     self.where,
                     outcome.reason,
                     len(items) - n - 1,
@@ -403,9 +404,12 @@ class StoreSCU:
                     )
                 )
             why = ", ".join(sorted({acse.CONTEXT_RESULTS.get(r, str(r)) for r in results.values()}))
+            label = name if name == item.sop_class_uid else f"{name} ({item.sop_class_uid})"
             return st.dead(
-                f"SOP class {name} ({item.sop_class_uid}) not accepted by AE {self.where}"
+                f"SOP class {label} not accepted by AE {self.where}"
                 + (f" ({why})" if why else "")
+                + "; allow it on the PACS (Orthanc: UnknownSopClassAccepted for a class it"
+                " does not know, DCMTK storescp: -pm), then `dicom-node queue retry`"
             )
         got = ", ".join(UID(ts).name for ts in syntaxes)
         return st.dead(
@@ -452,8 +456,12 @@ class StoreSCU:
             outcome.describe(),
             1000 * (time.perf_counter() - started),
         )
-        if outcome.verdict is Verdict.DEAD and outcome.status is not None:
-            hint = identity_mismatch(item)
-            if hint:
-                outcome = dataclasses.replace(outcome, reason=f"{outcome.reason}; {hint}")
+        if not outcome.delivered and outcome.status is not None:
+            refusal = why_refused(item)
+            if refusal is not None:
+                outcome = dataclasses.replace(
+                    outcome,
+                    verdict=Verdict.DEAD if refusal.permanent else outcome.verdict,
+                    reason=f"{outcome.reason}; {refusal.text}",
+                )
         return outcome

@@ -48,6 +48,31 @@ class WireError(Exception):
     """The association cannot go on (protocol error, abort, timeout, closed socket)."""
 
 
+#: A-ABORT reasons of the service provider (PS3.8 Table 9-26).
+_ABORT_REASONS = {
+    0: "reason not specified",
+    1: "unrecognized PDU",
+    2: "unexpected PDU",
+    4: "unrecognized PDU parameter",
+    5: "unexpected PDU parameter",
+    6: "invalid PDU parameter value",
+}
+
+
+def abort_text(source: int, reason: int) -> str:
+    """An A-ABORT's source and reason (PS3.8 9.3.8) in words, with what usually causes it."""
+    if source == 2:
+        return f"A-ABORT from its DICOM service provider: {_ABORT_REASONS.get(reason, reason)}"
+    if source == 0:
+        return (
+            "A-ABORT from the PACS application itself, no reason given; if it aborts every"
+            " C-STORE it probably refuses our calling AE title or this object (Orthanc"
+            " aborts so for an AE missing from DicomModalities with DicomAlwaysAllowStore"
+            " false): see the PACS's log"
+        )
+    return f"A-ABORT, source {source}, reason {reason}"
+
+
 # --------------------------------------------------------------------------- command sets
 
 
@@ -276,10 +301,8 @@ class Wire:
             kind, body = self._recv_pdu()
             if kind == 0x07:  # A-ABORT
                 source, reason = (body[2], body[3]) if len(body) >= 4 else (0, 0)
-                self._close(released=False)  # nothing to answer (PS3.8 AA-3): just close
-                raise WireError(
-                    f"the peer aborted the association (source {source}, reason {reason})"
-                )
+                self._close(released=False)  # nothing more to say on it: close the socket
+                raise WireError(f"the peer aborted the association ({abort_text(source, reason)})")
             if kind != 0x04:
                 raise WireError(
                     f"unexpected PDU type 0x{kind:02X} while waiting for a DIMSE response"

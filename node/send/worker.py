@@ -61,19 +61,46 @@ def enqueue_delivery(
     source: str = "cli",
     extra: Mapping[str, Any] | None = None,
     replace: bool = False,
+    resend_changed: bool = False,
 ) -> list[int]:
     """Queue ``path`` for each destination; idempotent per (SOP Instance UID, destination).
 
     Returns one job id per destination (the existing one when already queued). With
     ``replace`` an existing job is re-armed with this path (queued, attempts reset; a claimed
-    one runs once more after its attempt). Raises SendError when the file has no usable header.
+    one runs once more after its attempt). With ``resend_changed`` only an existing job
+    whose file is another one is re-armed: another path, or the same path rewritten since
+    (size, modification time and inode recorded in the payload as ``file_version``). Raises
+    SendError when the file has no usable header.
     """
     path = Path(path).absolute()
     header = read_header(path)
     payload: dict[str, Any] = {"path": str(path), **header, "source": source}
     payload.update(extra or {})
-    items = [(payload, dest, header["sop_instance_uid"]) for dest in destinations]
-    return store.enqueue_many(KIND, items, replace=replace)
+    uid = header["sop_instance_uid"]
+    if not resend_changed or replace:
+        items = [(payload, dest, uid) for dest in destinations]
+        return store.enqueue_many(KIND, items, replace=replace)
+    stat = path.stat()
+    payload["file_version"] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    ids: list[int] = []
+    with store.transaction():
+        for dest in destinations:
+            old = store.find(KIND, uid, dest)
+            changed = old is not None and _another_file(old, payload, stat.st_mtime)
+            ids += store.enqueue_many(KIND, [(payload, dest, uid)], replace=changed)
+    return ids
+
+
+def _another_file(job: Job, payload: Mapping[str, Any], mtime: float) -> bool:
+    """``job`` was queued for another file than ``payload`` describes: another path, or
+    the same one rewritten since (a job queued before versions were recorded: modified
+    after the job's last change)."""
+    if job.payload.get("path") != payload["path"]:
+        return True
+    version = job.payload.get("file_version")
+    if version is None:
+        return mtime > job.updated_at
+    return bool(version != payload["file_version"])
 
 
 # --------------------------------------------------------------------------- the worker
@@ -125,6 +152,8 @@ class DeliveryWorker:
         self.retried_before: float | None = None
         self._acks: list[tuple[Job, Outcome]] = []
         self._last_flush = time.monotonic()
+        #: Retry reasons already logged in this batch -> jobs not logged again for them
+        self._repeats: dict[str, int] = {}
 
     # ------------------------------------------------------------------ loop
 
@@ -185,6 +214,7 @@ class DeliveryWorker:
         )
         if not jobs:
             return 0
+        self._repeats = {}
         by_id = {job.id: job for job in jobs}
         decided: set[int] = set()
         items: list[SendItem] = []
@@ -216,6 +246,7 @@ class DeliveryWorker:
             if items:
                 self.sender.send(items, report, self._stop.is_set)
         finally:
+            self._log_repeats()
             try:
                 self._flush_acks()
             finally:  # also when the acks cannot be written: the rest goes back now
@@ -274,6 +305,13 @@ class DeliveryWorker:
             at = next_attempt(job.attempts, job.created_at, now, self.cfg.queue, self.rand)
             if at is not None:
                 self.store.retry(job.id, at, outcome.reason)
+                if outcome.status is None and outcome.reason in self._repeats:
+                    # The PACS down or refusing: one line per batch, not one per job
+                    # (10,000 queued jobs made 10,000 lines every retry round).
+                    self._repeats[outcome.reason] += 1
+                    return
+                if outcome.status is None:
+                    self._repeats[outcome.reason] = 0
                 log.warning(
                     "delivery failed, will retry",
                     extra=fields(
@@ -298,6 +336,17 @@ class DeliveryWorker:
         )
         if self.on_dead is not None:
             self.on_dead(job)
+
+    def _log_repeats(self) -> None:
+        """One line for the jobs of the batch that failed again for an already logged reason."""
+        for reason, n in self._repeats.items():
+            if n:
+                log.warning(
+                    "%d more job(s) of this batch failed for the same reason, will retry",
+                    n,
+                    extra=fields(destination=self.dest.name, jobs=n, reason=reason),
+                )
+        self._repeats = {}
 
     def _flush_acks(self) -> None:
         """Commit the acknowledgements gathered so far (states and counter, one commit).

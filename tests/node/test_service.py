@@ -90,3 +90,26 @@ def test_start_forgets_the_heartbeats_of_ended_processes(tmp_path: Path) -> None
         node.stop(timeout=5.0)
     assert "deliver:oldpacs:0" not in names and "scp" not in names
     assert "deliver:pacs:drain" in names
+
+
+def test_start_names_deliveries_waiting_for_a_destination_no_longer_configured(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A destination removed (or renamed) in the config while jobs were queued for it: no
+    worker claims them and nothing said so; they waited for ever in silence."""
+    from node.queue.store import JobStore
+
+    cfg = queue_only_config(tmp_path)
+    with JobStore(cfg.node.state_dir) as store:
+        for n in range(3):
+            store.enqueue("deliver", {"n": n}, destination="old-pacs", dedup_key=str(n))
+        done = store.enqueue("deliver", {"n": 9}, destination="gone-too", dedup_key="9")
+        store.ack([done])  # nothing waits for this one
+    node = NodeService(cfg)
+    node.start()
+    node.stop(timeout=5)
+    warnings = [
+        r.getMessage() for r in caplog.records if "not in [[destinations]]" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert "3 delivery job(s) wait for destination 'old-pacs'" in warnings[0]

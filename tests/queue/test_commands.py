@@ -72,3 +72,31 @@ def test_list_filters_limit_and_wide_kinds(
             main(["queue", "list", "--state", "dead", "--limit", bad, "-c", str(cfg)])
         assert exited.value.code == 2
         assert "--limit: " in capsys.readouterr().err
+
+
+def test_a_store_locked_by_another_process_is_named_as_such_and_still_listed(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another connection keeping a write transaction open (a `sqlite3` shell, a hung
+    process): `queue retry` said "is node.state_dir the node's state folder? a damaged
+    store is salvaged ..." (advice to treat a healthy queue as damaged) and `queue list`
+    failed though reading needs no lock. Now list reads the last committed state and retry
+    names the lock."""
+    import sqlite3
+
+    cfg, _ = _store_with_jobs(tmp_path)
+    monkeypatch.setattr("node.queue.store.BUSY_SECONDS", 0.2, raising=False)
+    holder = sqlite3.connect(tmp_path / "state" / "queue.sqlite3", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        assert main(["queue", "list", "-c", str(cfg)]) == 0
+        out = capsys.readouterr().out
+        assert "export_instance" in out and "deliver" in out
+        assert main(["queue", "retry", "-c", str(cfg)]) == 2
+    finally:
+        holder.close()
+    assert "another process held a write transaction" in caplog.text
+    assert "damaged" not in caplog.text

@@ -307,6 +307,45 @@ def test_send_a_medium_ignores_its_dicomdir(
     assert len(storescp_any.files()) == 2
 
 
+def _patient_cd(root: Path) -> Path:
+    """A patient CD as modalities burn them: the images and DICOMDIR, plus a viewer."""
+    _medium(root)
+    (root / "AUTORUN.INF").write_text("[autorun]\nopen=VIEWER\\viewer.exe\n")
+    (root / "VIEWER").mkdir()
+    (root / "VIEWER" / "viewer.exe").write_bytes(b"MZ" + bytes(range(256)) * 8)
+    return root
+
+
+@pytest.mark.dcmtk
+def test_send_a_patient_cd_with_its_viewer_exits_0(
+    tmp_path: Path, storescp_any: Storescp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every image delivered, but the CD's AUTORUN.INF and viewer counted as failures: exit
+    1 and "2 of 4 delivered" for every patient CD (dcmsend --no-halt exits 0). Files met in
+    a folder that are no DICOM at all are listed and passed over; an empty one (a copy that
+    broke off) or a non-DICOM file named on the command line is still a failure."""
+    cd = _patient_cd(tmp_path / "cd")
+    target = f"{LOOPBACK}:{storescp_any.port}"
+    assert main(["send", "--aec", storescp_any.aet, target, str(cd)]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 delivered" in out and "2 non-DICOM file(s) ignored" in out
+    assert f"ignored    {cd / 'AUTORUN.INF'}: not a DICOM file" in out
+    assert len(storescp_any.files()) == 2
+
+    (cd / "IMG" / "IM3").write_bytes(b"")  # cut off while copying
+    assert main(["send", "--aec", storescp_any.aet, target, str(cd)]) == 1
+    assert f"skipped    {cd / 'IMG' / 'IM3'}" in capsys.readouterr().out
+    (cd / "IMG" / "IM3").unlink()
+    named = ["send", "--aec", storescp_any.aet, target, str(cd), str(cd / "AUTORUN.INF")]
+    assert main(named) == 1
+    assert "skipped    " in capsys.readouterr().out
+
+    cfg = _cfg(tmp_path, storescp_any.port, storescp_any.aet)
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(cd)]) == 0
+    out = capsys.readouterr().out
+    assert "queued 2 file(s)" in out and "2 non-DICOM file(s) ignored" in out
+
+
 def test_send_queue_ignores_a_dicomdir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cd = _medium(tmp_path / "cd")
     cfg = _cfg(tmp_path, free_port(), "PACS")

@@ -108,3 +108,100 @@ def test_killed_sender_restarts_and_delivers_everything_once(
     # Each job acknowledged once; objects the peer stored just before the kill but that
     # were not yet acked were sent again (same SOP Instance UID: Orthanc keeps one).
     assert delivered == n
+
+
+def test_object_without_series_uid_is_dead_not_retried_for_a_week(
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
+    """Orthanc answers an object it cannot file (no (0020,000E) SeriesInstanceUID, an empty
+    (0020,000D) StudyInstanceUID) with 0xA700 "out of resources": read as transient, the job
+    was retried for queue.max_age_seconds. The data set says why: dead at once, naming the
+    element; a sound file of the same batch is delivered."""
+    src = tmp_path / "in"
+    src.mkdir()
+    good = native_sc(src / "good.dcm")
+    no_series = native_sc(src / "no_series.dcm")
+    ds = dcmread(no_series)
+    del ds.SeriesInstanceUID
+    ds.save_as(no_series, enforce_file_format=True)
+    empty_study = native_sc(src / "empty_study.dcm")
+    ds = dcmread(empty_study)
+    ds.StudyInstanceUID = ""
+    ds.save_as(empty_study, enforce_file_format=True)
+    cfg = _config(tmp_path, orthanc)
+    assert main(["send", "-c", str(cfg), "--dest", "orthanc", "--queue", str(src)]) == 0
+    assert main(["queue", "drain", "-c", str(cfg), "--dest", "orthanc"]) == 1
+
+    with JobStore(tmp_path / "state") as store:
+        jobs = {Path(j.payload["path"]).name: j for j in store.select(limit=10)}
+    assert jobs["good.dcm"].state == JobState.DONE
+    for name, element in (
+        ("no_series.dcm", "(0020,000E) SeriesInstanceUID"),
+        ("empty_study.dcm", "(0020,000D) StudyInstanceUID"),
+    ):
+        job = jobs[name]
+        assert job.state == JobState.DEAD, (name, job.last_error)
+        assert "0xA700" in (job.last_error or "")
+        assert f"has no {element}" in (job.last_error or "")
+        assert job.attempts == 1
+    assert orthanc.sop_instance_uids() == [dcmread(good).SOPInstanceUID]
+
+
+def test_refusal_names_a_sop_instance_uid_missing_from_the_data_set(
+    tmp_path: Path, orthanc: Orthanc, capsys
+) -> None:
+    """Orthanc refuses a data set without (0008,0018) SOPInstanceUID with a bare 0xC000; the
+    line names the missing element (its file meta has the UID, so the send was planned)."""
+    f = native_sc(tmp_path / "no_sop_uid.dcm")
+    ds = dcmread(f)
+    del ds.SOPInstanceUID
+    ds.save_as(f, enforce_file_format=True)
+    cfg = _config(tmp_path, orthanc)
+    assert main(["send", "-c", str(cfg), "--dest", "orthanc", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "dead: peer status 0xC000" in out
+    assert "has no (0008,0018) SOPInstanceUID" in out
+
+
+def test_a_pacs_aborting_every_store_is_named_in_words(
+    tmp_path: Path, orthanc: Orthanc, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Orthanc that does not know our calling AE (DicomAlwaysAllowStore false) accepts the
+    association and aborts at the first C-STORE; the job said only "the peer aborted the
+    association (source 0, reason 0)". An abort stays a retry (a PACS restarting aborts too),
+    but the reason now says who aborted and what usually causes it, and the log line names
+    our calling AE title."""
+    import json
+
+    orthanc.stop()
+    config = json.loads(orthanc.config_path.read_text())
+    config["DicomAlwaysAllowStore"] = False
+    orthanc.config_path.write_text(json.dumps(config))
+    orthanc.start()
+    f = native_sc(tmp_path / "a.dcm")
+    cfg = _config(tmp_path, orthanc)
+    assert main(["send", "-c", str(cfg), "--dest", "orthanc", "--queue", str(f)]) == 0
+    assert main(["queue", "drain", "-c", str(cfg), "--dest", "orthanc"]) == 1
+    with JobStore(tmp_path / "state") as store:
+        [job] = store.select(limit=10)
+    assert job.state == JobState.RETRY
+    assert "A-ABORT from the PACS application itself" in (job.last_error or "")
+    assert "DicomModalities" in (job.last_error or "")
+    assert "association of DICOMNODE with ORTHANC@" in caplog.text
+    assert orthanc.instances() == []
+
+
+def test_a_private_sop_class_refused_by_orthanc_says_how_to_allow_it(
+    tmp_path: Path, orthanc: Orthanc, capsys
+) -> None:
+    """Orthanc refuses a SOP class it does not know (UnknownSopClassAccepted false): the
+    line repeated the UID ("SOP class 1.2.3 (1.2.3)") and said nothing of the fix."""
+    f = native_sc(tmp_path / "private.dcm")
+    ds = dcmread(f)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.113619.4.27"
+    ds.save_as(f, enforce_file_format=True)
+    cfg = _config(tmp_path, orthanc)
+    assert main(["send", "-c", str(cfg), "--dest", "orthanc", str(f)]) == 1
+    out = capsys.readouterr().out
+    assert "dead: SOP class 1.2.840.113619.4.27 not accepted by AE ORTHANC@" in out
+    assert "UnknownSopClassAccepted" in out

@@ -149,7 +149,9 @@ def test_sop_class_not_accepted_is_dead_not_retried(tmp_path: Path, engine: str)
     why = " (abstract-syntax-not-supported (provider rejection))" if engine == "wire" else ""
     assert job.last_error == (
         "SOP class Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7) "
-        f"not accepted by AE FAKEPACS@{LOOPBACK}:{scp.port}{why}"
+        f"not accepted by AE FAKEPACS@{LOOPBACK}:{scp.port}{why}; allow it on the PACS "
+        "(Orthanc: UnknownSopClassAccepted for a class it does not know, DCMTK storescp: "
+        "-pm), then `dicom-node queue retry`"
     )
 
 
@@ -223,6 +225,26 @@ def test_closed_port_retries_with_growing_backoff(tmp_path: Path) -> None:
         delays.append(job.next_attempt_at - job.updated_at)
         _due_now(store)
     assert delays == pytest.approx([2.0, 4.0, 8.0], abs=0.05)
+
+
+@PYNETDICOM_SOCKET_LEAK
+def test_a_pacs_down_is_one_log_line_per_batch_not_one_per_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every job of a batch fails for the same reason when the PACS is down: each logged
+    its own warning, so 10,000 queued jobs wrote 10,000 lines every retry round of a
+    weekend outage. One line names the reason, one more counts the others."""
+    files = [native_sc(tmp_path / f"{i}.dcm") for i in range(5)]
+    worker, store = _worker(tmp_path, _dest(free_port()))
+    for f in files:
+        enqueue_delivery(store, f, ["pacs"])
+    assert worker.run_once() == 5
+    assert [j.state for j in store.select()] == [JobState.RETRY] * 5
+    lines = [r.getMessage() for r in caplog.records if r.name == "node.send.worker"]
+    assert lines == [
+        "delivery failed, will retry",
+        "4 more job(s) of this batch failed for the same reason, will retry",
+    ]
 
 
 @PYNETDICOM_SOCKET_LEAK

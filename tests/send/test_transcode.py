@@ -206,3 +206,87 @@ def test_file_whose_data_set_has_odd_length_is_dead_and_the_batch_goes_on(
     assert outcomes[str(good)] == "delivered"
     assert outcomes[str(odd)].startswith("dead: ")
     assert "odd length" in outcomes[str(odd)]
+
+
+def _compressed(path: Path, syntax: str, flag: str | None = None, **kw: Any) -> Path:
+    """CT_small compressed by pydicom (openjpeg / CharLS encoders), which writes no (0028,2110)
+    LossyImageCompression even for a lossy stream (``flag``: write this one); a fresh SOP
+    Instance UID."""
+    src = get_testdata_file("CT_small.dcm")
+    assert src is not None
+    ds = dcmread(src)
+    ds.compress(syntax, generate_instance_uid=True, **kw)
+    assert "LossyImageCompression" not in ds
+    if flag is not None:
+        ds.LossyImageCompression = flag
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.dcmtk
+def test_lossy_jpeg_ls_and_jpeg_2000_streams_keep_their_lossy_history(tmp_path: Path) -> None:
+    """A near-lossless JPEG-LS (NEAR > 0) or irreversible JPEG 2000 (9-7 wavelet) object
+    without (0028,2110) decoded for an uncompressed-only peer arrived with no trace of its
+    loss (PS3.3 C.7.6.1.1.5: once lossy, always lossy; DCMTK's dcmdjpls sets it). The
+    stream says so: LossyImageCompression 01 and the method; lossless streams stay as they
+    were (a wrong 00 on a lossy stream becomes 01)."""
+    from pydicom.uid import (
+        JPEG2000,
+        JPEG2000Lossless,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+    )
+
+    files = {
+        "j2k_lossy": (_compressed(tmp_path / "a.dcm", JPEG2000, j2k_cr=[10]), "ISO_15444_1"),
+        "jls_near": (
+            _compressed(tmp_path / "b.dcm", JPEGLSNearLossless, jls_error=3),
+            "ISO_14495_1",
+        ),
+        "j2k_lossless": (_compressed(tmp_path / "c.dcm", JPEG2000Lossless), None),
+        "jls_lossless": (_compressed(tmp_path / "d.dcm", JPEGLSLossless), None),
+        # A wrong 00 on a lossy stream: 01 as DCMTK's dcmdjpls/dcmdjpeg make it; on a
+        # lossless one it is kept.
+        "jls_near_said_00": (
+            _compressed(tmp_path / "e.dcm", JPEGLSNearLossless, "00", jls_error=2),
+            "ISO_14495_1",
+        ),
+        "jls_lossless_said_00": (_compressed(tmp_path / "f.dcm", JPEGLSLossless, "00"), "00"),
+    }
+    with run_storescp(tmp_path / "scp") as scp:  # its defaults: uncompressed only
+        dest = Destination(
+            name="scp", host=LOOPBACK, port=scp.port, called_ae=scp.aet, dimse_timeout=30
+        )
+        items = [
+            SendItem(path=f, key=i, **read_header(f)) for i, (f, _) in enumerate(files.values())
+        ]
+        outcomes: list[str] = []
+        StoreSCU(dest, calling_ae="DICOMNODE").send(
+            items, lambda _item, outcome: outcomes.append(outcome.describe())
+        )
+        assert outcomes == ["delivered"] * len(files)
+        received = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in scp.files()}
+    for name, (src, method) in files.items():
+        dump = subprocess.run(
+            [
+                tool("dcmdump"),
+                "+P",
+                "0002,0010",
+                "+P",
+                "0028,2110",
+                "+P",
+                "0028,2114",
+                str(received[dcmread(src).SOPInstanceUID]),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "=LittleEndianExplicit" in dump, name
+        if method is None:
+            assert "LossyImageCompression" not in dump, (name, dump)
+        elif method == "00":
+            assert "(0028,2110) CS [00]" in dump and "(0028,2114)" not in dump, (name, dump)
+        else:
+            assert "(0028,2110) CS [01]" in dump, (name, dump)
+            assert f"(0028,2114) CS [{method}]" in dump, (name, dump)
