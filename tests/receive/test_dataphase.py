@@ -190,6 +190,20 @@ def _wire(port: int, *contexts: str) -> tuple[Wire, dict[str, int]]:
     return wire, ids
 
 
+def _store(
+    wire: Wire, ids: dict[str, int], ds: Any, data: bytes | None = None, msg_id: int = 1
+) -> Any:
+    """C-STORE ``ds`` on its SOP class's context: its encoded data set, or ``data`` (the
+    bytes as a sender puts them on the wire, e.g. damaged on purpose)."""
+    return wire.store(
+        ids[str(ds.SOPClassUID)],
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        msg_id=msg_id,
+        data=_dataset_bytes(ds) if data is None else data,
+    )
+
+
 def _dataset_bytes(ds: Any) -> bytes:
     """The data set encoded Explicit VR Little Endian, as a sender puts it on the wire."""
     fp = DicomBytesIO()
@@ -298,13 +312,7 @@ def test_echo_and_store_responses_on_the_wire(tmp_path: Path) -> None:
         assert struct.unpack("<H", rsp[0x0100])[0] == 0x8030
         assert struct.unpack("<H", rsp[0x0120])[0] == 5
         assert struct.unpack("<H", rsp[0x0900])[0] == 0
-        outcome = wire.store(
-            ids[str(SecondaryCaptureImageStorage)],
-            sop_class_uid=ds.SOPClassUID,
-            sop_instance_uid=ds.SOPInstanceUID,
-            msg_id=9,
-            data=_dataset_bytes(ds),
-        )
+        outcome = _store(wire, ids, ds, msg_id=9)
         assert outcome.delivered and outcome.status == 0, outcome
         wire.release()
         (stored,) = archived(scp.archive_root)

@@ -403,7 +403,7 @@ def test_a_data_set_that_cannot_be_spilled_aborts_cleanly(
     import shutil
 
     from node.receive.guard import SpillBuffer
-    from tests.receive.test_dataphase import _dataset_bytes, _wait_empty, _wire
+    from tests.receive.test_dataphase import _store, _wait_empty, _wire
 
     monkeypatch.setattr(SpillBuffer, "CHECK_EVERY", 64 * 1024)  # instead of every 64 MiB
     ds = image_dataset(1024, 1024, b"\x07" * (1024 * 1024))  # several PDUs
@@ -416,16 +416,11 @@ def test_a_data_set_that_cannot_be_spilled_aborts_cleanly(
     ):
         scp.archive.min_free_bytes = floor
         wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
-        outcome = wire.store(
-            ids[str(SecondaryCaptureImageStorage)],
-            sop_class_uid=ds.SOPClassUID,
-            sop_instance_uid=ds.SOPInstanceUID,
-            msg_id=1,
-            data=_dataset_bytes(ds),
-        )
-        wire.sock.close()
+        outcome = _store(wire, ids, ds)
         assert not outcome.delivered
-        assert "aborted the association (source 2, reason 0)" in outcome.reason, outcome
+        assert wire.closed and wire.sock.fileno() == -1  # our side closed on the A-ABORT
+        reason = "A-ABORT from its DICOM service provider: reason not specified"
+        assert f"aborted the association ({reason})" in outcome.reason, outcome
         lines = [
             r.getMessage() for r in caplog.records if "aborted while receiving" in r.getMessage()
         ]

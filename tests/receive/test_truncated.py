@@ -16,7 +16,7 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[at
 
 from node.receive.header import truncation
 from tests.receive.helpers import archived, echoscu, image_dataset, running_scp
-from tests.receive.test_dataphase import _dataset_bytes, _wait_empty, _wire
+from tests.receive.test_dataphase import _dataset_bytes, _store, _wait_empty, _wire
 
 pytestmark = pytest.mark.dcmtk
 
@@ -127,13 +127,7 @@ def test_data_set_of_odd_length_is_refused(tmp_path: Path, kind: str, fast_path:
     ds, data = {"native": _native, "encapsulated": _encapsulated, "no-pixels": _no_pixels}[kind]()
     with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, store, _):
         wire, ids = _wire(scp.port, SecondaryCaptureImageStorage)
-        outcome = wire.store(
-            ids[str(SecondaryCaptureImageStorage)],
-            sop_class_uid=ds.SOPClassUID,
-            sop_instance_uid=ds.SOPInstanceUID,
-            msg_id=1,
-            data=data + b"\x00",
-        )
+        outcome = _store(wire, ids, ds, data + b"\x00")
         wire.release()
         assert outcome.status == 0xC000, outcome
         assert f"odd length ({len(data) + 1} bytes)" in outcome.comment
