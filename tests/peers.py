@@ -131,6 +131,12 @@ class Storescp:
     def files(self) -> list[Path]:
         return sorted(p for p in self.out_dir.rglob("*") if p.is_file())
 
+    def by_uid(self) -> dict[str, Path]:
+        """The files received, by their SOP Instance UID."""
+        from pydicom import dcmread
+
+        return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in self.files()}
+
 
 @contextlib.contextmanager
 def run_storescp(

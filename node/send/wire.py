@@ -162,7 +162,6 @@ class Wire:
         ssl = sys.modules.get("ssl")  # not imported at all unless some connection uses TLS
         # TLS sockets have no sendmsg (scatter/gather): they get header + fragment joined.
         self._gather = not (ssl is not None and isinstance(sock, ssl.SSLSocket))
-        self.sock.settimeout(self.network_timeout)
         #: Plain TCP: the socket blocks and the kernel keeps the timeouts, which saves a
         #: poll() before every send and recv and an ioctl per switch (~6 system calls per
         #: C-STORE) and a partial send of each large PDU. The data phase only waits for
@@ -171,6 +170,8 @@ class Wire:
         self._kernel_timeouts = self._gather and kernel_timeouts(
             sock, send=self.network_timeout, recv=self.dimse_timeout
         )
+        if not self._kernel_timeouts:
+            self.sock.settimeout(self.network_timeout)
         #: Bytes received and not yet consumed (a response usually comes in one recv).
         self._rbuf = bytearray()
 

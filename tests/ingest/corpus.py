@@ -555,3 +555,28 @@ def template(path: Path, **elements: object) -> Path:
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def watcher_takes(tmp_path: Path, name: str, data: bytes) -> tuple[list[str], list[str]]:
+    """Drop ``data`` as ``name`` into a fresh inbox (stable_seconds 1) and scan with a fake
+    clock: what the watcher hands over once the file was stable, and then once it was
+    unchanged for incomplete_seconds (a file still incomplete goes to quarantine then)."""
+    from node.config import config_from_dict
+    from node.ingest.watcher import DropFolderWatcher
+
+    cfg = config_from_dict(
+        {"node": {"base_dir": str(tmp_path)}, "ingest": {"stable_seconds": 1.0}}, tmp_path
+    )
+    inbox = cfg.ingest.inbox
+    inbox.mkdir(parents=True, exist_ok=True)
+    (inbox / name).write_bytes(data)
+    now = [0.0]
+    taken: list[str] = []
+    watcher = DropFolderWatcher(cfg.ingest, lambda p: taken.append(p.name), clock=lambda: now[0])
+    watcher.scan()
+    now[0] = 2.0
+    watcher.scan()
+    stable = list(taken)
+    now[0] = 2.0 + cfg.ingest.incomplete_seconds
+    watcher.scan()
+    return stable, taken

@@ -21,7 +21,7 @@ from node.cli import main
 from node.config import Config, config_from_dict
 from node.ingest import convert as cv
 from node.ingest.pipeline import IngestPipeline
-from node.ingest.watcher import DropFolderWatcher, looks_complete
+from node.ingest.watcher import looks_complete
 from node.queue import JobStore
 from tests.ingest import corpus
 from tests.peers import dciodvfy, tool
@@ -36,27 +36,6 @@ def _convert(src: Path, out: Path, **options: object) -> cv.ConvertResult:
 def _clean(dcm: Path) -> None:
     report = dciodvfy(dcm)
     assert report.errors == [] and report.warnings == [], report.output
-
-
-def _taken_after(tmp_path: Path, name: str, data: bytes) -> tuple[list[str], list[str]]:
-    """What the watcher hands over once ``name`` was stable for stable_seconds, and then
-    once it was unchanged for incomplete_seconds."""
-    cfg = config_from_dict(
-        {"node": {"base_dir": str(tmp_path)}, "ingest": {"stable_seconds": 1.0}}, tmp_path
-    )
-    inbox = cfg.ingest.inbox
-    inbox.mkdir(parents=True, exist_ok=True)
-    (inbox / name).write_bytes(data)
-    now = [0.0]
-    taken: list[str] = []
-    watcher = DropFolderWatcher(cfg.ingest, lambda p: taken.append(p.name), clock=lambda: now[0])
-    watcher.scan()
-    now[0] = 2.0
-    watcher.scan()
-    stable = list(taken)
-    now[0] = 2.0 + cfg.ingest.incomplete_seconds
-    watcher.scan()
-    return stable, taken
 
 
 # ----------------------------------------------------------------------- phone JPEGs
@@ -75,7 +54,7 @@ def test_a_phone_jpeg_with_data_after_eoi_is_taken_once_stable(
     MP4 video: the watcher took such a file for a copy still in progress (it does not end
     with EOI), held it for incomplete_seconds (60 s) and then logged it as incomplete."""
     data = corpus.jpeg(corpus.rgb(32, 16)) + trailer
-    stable, _ = _taken_after(tmp_path, "phone.jpg", data)
+    stable, _ = corpus.watcher_takes(tmp_path, "phone.jpg", data)
     assert stable == ["phone.jpg"]
     result = _convert(corpus.write(tmp_path, "phone.jpg", data), tmp_path / "p.dcm")
     ds = pydicom.dcmread(result.output)
@@ -89,7 +68,7 @@ def test_a_jpeg_cut_inside_its_image_is_still_waited_for(tmp_path: Path) -> None
     for cut in (eoi - 40, eoi, eoi + 1):  # in the scan, before EOI, half of EOI
         assert not looks_complete(corpus.write(tmp_path, f"cut{cut}.jpg", data[:cut]))
     assert looks_complete(corpus.write(tmp_path, "eoi.jpg", data[: eoi + 2 + 5]))
-    stable, eventually = _taken_after(tmp_path, "cut.jpg", data[: eoi - 40])
+    stable, eventually = corpus.watcher_takes(tmp_path, "cut.jpg", data[: eoi - 40])
     assert (stable, eventually) == ([], ["cut.jpg"])  # then quarantined with a reason
 
 
@@ -123,7 +102,7 @@ def test_a_bigtiff_being_copied_is_waited_for(tmp_path: Path) -> None:
     assert looks_complete(corpus.write(tmp_path, "whole.tif", data))
     for cut in (10, 100, len(data) - 1):  # header, strip data, IFD
         assert not looks_complete(corpus.write(tmp_path, f"cut{cut}.tif", data[:cut]))
-    stable, _ = _taken_after(tmp_path, "scan.tif", data)
+    stable, _ = corpus.watcher_takes(tmp_path, "scan.tif", data)
     assert stable == ["scan.tif"]
 
 

@@ -659,26 +659,13 @@ def test_watcher_waits_for_files_still_being_written(
     paused longer than stable_seconds (a slow share), or a file just created and still
     empty, was taken at once and quarantined as truncated/empty instead of being waited
     for."""
-    from node.ingest.watcher import DropFolderWatcher, looks_complete
+    from node.ingest.watcher import looks_complete
 
-    cfg = config_from_dict(
-        {"node": {"base_dir": str(tmp_path)}, "ingest": {"stable_seconds": 1.0}}, tmp_path
-    )
-    inbox = cfg.ingest.inbox
-    inbox.mkdir(parents=True)
-    (inbox / name).write_bytes(data)
-    assert looks_complete(inbox / name) is complete
-    now = [0.0]
-    taken: list[str] = []
-    watcher = DropFolderWatcher(cfg.ingest, lambda p: taken.append(p.name), clock=lambda: now[0])
-    watcher.scan()
-    now[0] = 2.0
-    watcher.scan()
-    assert taken == ([name] if complete else [])
-    if not complete:  # unchanged that long and still incomplete: handed over for quarantine
-        now[0] = 2.0 + cfg.ingest.incomplete_seconds
-        watcher.scan()
-        assert taken == [name]
+    assert looks_complete(corpus.write(tmp_path / "probe", name, data)) is complete
+    stable, taken = corpus.watcher_takes(tmp_path, name, data)
+    assert stable == ([name] if complete else [])
+    # unchanged that long and still incomplete: handed over for quarantine
+    assert taken == [name]
 
 
 def test_upper_case_sidecar_is_applied_not_skipped(

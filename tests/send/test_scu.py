@@ -270,10 +270,6 @@ def _send_all(dest: Destination, files: list[Path]) -> dict[str, str]:
     return out
 
 
-def _received(scp: Storescp) -> dict[str, Path]:
-    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in scp.files()}
-
-
 @pytest.mark.dcmtk
 def test_storescp_defaults_get_jpeg_decoded_lossy_flag_kept(
     tmp_path: Path, storescp: Storescp
@@ -284,7 +280,7 @@ def test_storescp_defaults_get_jpeg_decoded_lossy_flag_kept(
     dest = _dest(storescp.port, aet=storescp.aet)
     results = _send_all(dest, [with_flag, without_flag, native])
     assert set(results.values()) == {"delivered"}
-    got = _received(storescp)
+    got = storescp.by_uid()
     assert len(got) == 3
     for src in (with_flag, without_flag):
         original = dcmread(src)
@@ -308,7 +304,7 @@ def test_storescp_xa_gets_jpeg_unchanged(tmp_path: Path, storescp_any: Storescp)
     src = jpeg_object(tmp_path / "a.dcm")
     dest = _dest(storescp_any.port, aet=storescp_any.aet)
     assert _send_all(dest, [src]) == {dcmread(src).SOPInstanceUID: "delivered"}
-    [path] = _received(storescp_any).values()
+    [path] = storescp_any.by_uid().values()
     received = dcmread(path)
     assert received.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
     assert received.PixelData == dcmread(src).PixelData
@@ -322,7 +318,7 @@ def test_destination_preference_forces_uncompressed(tmp_path: Path, storescp_any
         _dest(storescp_any.port, aet=storescp_any.aet), transfer_syntaxes=[ExplicitVRLittleEndian]
     )
     _send_all(dest, [src])
-    [path] = _received(storescp_any).values()
+    [path] = storescp_any.by_uid().values()
     assert dcmread(path).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
 
@@ -350,7 +346,7 @@ def test_many_small_pdus_arrive_byte_identical(tmp_path: Path) -> None:
     with run_storescp(tmp_path / "scp", extra=["+xa", "-pdu", "4096"]) as scp:
         results = _send_all(_dest(scp.port, aet=scp.aet), files)
         assert set(results.values()) == {"delivered"}
-        got = _received(scp)
+        got = scp.by_uid()
     assert len(got) == len(files)
     for f in files:
         original = dcmread(f)
@@ -388,7 +384,7 @@ def test_next_file_is_read_while_the_peer_stores(
     # as an encoded data set) and the file after it is read ahead as usual.
     with run_storescp(tmp_path / "scp", extra=["-pdu", "16384"]) as scp:
         results = _send_all(_dest(scp.port, aet=scp.aet), files)
-        got = _received(scp)
+        got = scp.by_uid()
     assert set(results.values()) == {"delivered"}
     assert sent_from == ["file", "memory", "memory", "memory", "memory"]
     for f in files:
@@ -420,7 +416,7 @@ def test_file_gone_before_its_turn_is_reported_on_its_turn(
     results = _send_all(_dest(storescp_any.port, aet=storescp_any.aet), files)
     assert results[uids[0]] == results[uids[2]] == "delivered"
     assert results[uids[1]].startswith("dead: ") and "file is gone" in results[uids[1]]
-    assert sorted(_received(storescp_any)) == sorted([uids[0], uids[2]])
+    assert sorted(storescp_any.by_uid()) == sorted([uids[0], uids[2]])
 
 
 # ----------------------------------------------------------------------------- files rewritten
@@ -454,7 +450,7 @@ def test_file_rewritten_in_another_syntax_after_queueing_is_sent_as_it_is_now(
         [jid] = enqueue_delivery(store, path, ["pacs"])
         (native_sc if compressed_first else jpeg_object)(path, uid=uid)  # rewritten in place
         assert worker.run_once() == 1
-        got = _received(scp)
+        got = scp.by_uid()
     job = store.get(jid)
     assert job is not None and job.state == JobState.DONE, job.last_error
     received = dcmread(got[uid])

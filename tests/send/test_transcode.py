@@ -112,7 +112,7 @@ def test_peer_accepting_only_implicit_gets_sequences_and_words_right(
     files = [_source(n, c, tmp_path) for n, c in SOURCES if (n, c) != ("rtplan.dcm", None)]
     with run_storescp(tmp_path / "scp", extra=["+xi"]) as scp:
         outcomes = _send(scp, files, engine)
-        received = {str(dcmread(p).SOPInstanceUID): p for p in scp.files()}
+        received = scp.by_uid()
     assert set(outcomes.values()) == {"delivered"}, outcomes
     for f in files:
         got = dcmread(received[str(dcmread(f).SOPInstanceUID)])
@@ -139,7 +139,7 @@ def test_deflated_file_of_odd_length_reaches_a_peer_that_accepts_deflate(
     assert any(_data_set_length(f) % 2 for f in files)  # the case under test is present
     with run_storescp(tmp_path / "scp", extra=["+xa"]) as scp:
         outcomes = _send(scp, files, engine)
-        received = {str(dcmread(p).SOPInstanceUID): p for p in scp.files()}
+        received = scp.by_uid()
     assert set(outcomes.values()) == {"delivered"}, outcomes
     for f in files:
         got = dcmread(received[str(dcmread(f).SOPInstanceUID)])
