@@ -45,7 +45,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="send DICOM files to a PACS (C-STORE), now or through the queue",
         description="Send DICOM files (directories recursively) with C-STORE. "
-        "Exit status 0 only if every file was delivered.",
+        "Exit status 0 only if every DICOM file was delivered (a DICOMDIR, and files "
+        "met in a directory that are not DICOM at all, such as a CD's viewer, are listed "
+        "as ignored).",
     )
     _target_options(p)
     p.add_argument(
