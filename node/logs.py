@@ -8,7 +8,6 @@ silent unless a real handler is attached: ``setup_logging`` attaches ours to it 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -34,6 +33,8 @@ class JsonFormatter(logging.Formatter):
             out.update({k: v for k, v in fields.items() if k not in out})
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
+        import json  # here: a short command logging text never needs it (~1.5 ms of imports)
+
         return json.dumps(out, default=str, ensure_ascii=False)
 
 
@@ -57,6 +58,8 @@ def _text_value(value: Any) -> str:
     text = str(value)
     if text and not any(c.isspace() or c in '"=\\' for c in text):
         return text
+    import json
+
     return json.dumps(text, ensure_ascii=False)
 
 

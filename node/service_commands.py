@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from typing import Any
 
@@ -57,6 +56,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     report = collect_status(cfg)
     if args.json:
+        import json  # here: `send` and `convert` load this module too
+
         print(json.dumps(report, indent=2, default=str))
     else:
         print(format_status(report))
@@ -87,5 +88,7 @@ def check_rooms(cfg: Config) -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_from_args(args)
     check_rooms(cfg)
+    import json
+
     print(json.dumps(config_to_dict(cfg), indent=2, sort_keys=False))
     return 0

@@ -198,6 +198,10 @@ from node.cli import main
 code = main(sys.argv[1:])
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"pydicom", "pynetdicom", "numpy"})
 print("HEAVY=" + ",".join(heavy))
+# Start-up the whole command pays for nothing: json (text logging), the idna codec (an
+# IP address or ASCII host name), an editable install's import hook (a .pth path instead).
+slow = {"json", "encodings.idna"}
+print("SLOW=" + ",".join(sorted(m for m in sys.modules if m in slow or "__editable__" in m)))
 sys.exit(code)
 """
 
@@ -225,6 +229,7 @@ def test_send_as_stored_imports_no_pydicom(
     as_stored = send(storescp_any)  # +xa: the JPEG goes as it is
     assert as_stored.returncode == 0, as_stored.stdout + as_stored.stderr
     assert "2 of 2 delivered" in as_stored.stdout and "HEAVY=\n" in as_stored.stdout
+    assert "SLOW=\n" in as_stored.stdout
     assert len(storescp_any.files()) == 2
     decoded = send(storescp)  # uncompressed only: the JPEG is decoded with pydicom
     assert decoded.returncode == 0, decoded.stdout + decoded.stderr
