@@ -310,7 +310,8 @@ def connect(
     in every short ``dicom-node send``.
     """
     address = host.encode("ascii") if host.isascii() else host
-    sock = socket.create_connection((address, port), timeout=timeout)
+    # typeshed allows only str, but the host goes to getaddrinfo as is, and it takes bytes
+    sock = socket.create_connection((address, port), timeout=timeout)  # type: ignore[arg-type]
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:  # server_hostname: SNI, and the name checked if check_hostname
