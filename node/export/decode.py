@@ -156,6 +156,17 @@ class PixelInfo:
         """How far the stored bits sit above bit 0 (High Bit + 1 - Bits Stored)."""
         return max(0, self.high_bit + 1 - self.bits_stored)
 
+    @property
+    def frame_by_frame(self) -> bool:
+        """Whether the frames can be decoded a few at a time (see :func:`_one_by_one`)."""
+        return _one_by_one(self.rows * self.columns * self.samples, self.bits_allocated)
+
+
+def _one_by_one(frame_samples: int, bits_allocated: int) -> bool:
+    """All frames can be decoded one at a time but 1-bit frames that do not end on a byte
+    boundary: pydicom unpacks those all at once (see :func:`_decode`)."""
+    return not (bits_allocated == 1 and frame_samples % 8)
+
 
 def _int(ds: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
     with warnings.catch_warnings(record=True) as caught:
@@ -183,7 +194,7 @@ def pixel_info(
     """Check the Image Pixel module against the data and the cap; raise naming the element.
 
     The cap bounds the samples decoded at once: all frames, or with ``frame_by_frame`` one
-    frame of a colour or palette image (whose frames the caller renders in batches).
+    frame (the caller renders the frames in batches, see :attr:`PixelInfo.frame_by_frame`).
     """
     if "PixelData" not in ds:
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
@@ -223,7 +234,8 @@ def pixel_info(
             f"{_tag('SamplesPerPixel')} {samples}; expected {wanted}"
         )
     total = rows * cols * frames * samples
-    if frame_by_frame and photometric in FRAME_BY_FRAME and rows * cols * samples <= max_pixels:
+    frame_samples = rows * cols * samples
+    if frame_by_frame and _one_by_one(frame_samples, bits_alloc) and frame_samples <= max_pixels:
         pass  # one frame at a time fits
     elif total > max_pixels:
         raise BadPixelData(
@@ -340,9 +352,6 @@ THREE_SAMPLES = (
     "YBR_ICT",
     "YBR_PARTIAL_420",
 )
-#: Photometric interpretations whose frames render independently of each other (no
-#: window spanning all frames): PNG export decodes them a batch of frames at a time.
-FRAME_BY_FRAME = ("PALETTE COLOR", *THREE_SAMPLES)
 #: Native 4:2:2 data: Y1 Y2 Cb Cr for each two pixels of a row.
 SUBSAMPLED = ("YBR_FULL_422", "YBR_PARTIAL_422")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,46 @@ def _inverted(ds: Dataset, photometric: str) -> bool:
     return photometric == "MONOCHROME1"
 
 
+def _is_minmax(view: Dataset, info: PixelInfo, path: Path, choice: VoiChoice) -> bool:
+    signed = output_signed(view, info.signed, info.bits_stored)
+    return plan_voi(view, choice, path, signed).kind == "minmax"
+
+
+def gray_span(
+    ds: Dataset,
+    info: PixelInfo,
+    arrays: Iterable[tuple[int, np.ndarray]],
+    path: Path,
+    choice: VoiChoice,
+) -> tuple[float, float] | None:
+    """The range of the modality values of ``arrays`` (each frame through its own rescale)
+    when min-max is the VOI of any of them, else None.
+
+    Min-max is one window for the whole object: frames rendered a batch at a time (a
+    multi-frame object larger than ``export.max_pixels``) pass this range to
+    :func:`render_gray`, computed over frames read one at a time, and come out as they would
+    decoded whole.
+    """
+    groups = has_groups(ds)
+    if not groups and not _is_minmax(ds, info, path, choice):
+        return None
+    minmax = not groups
+    plans: dict[tuple[object, ...], bool] = {}  # min-max or not, per functional group view
+    lows, highs = [], []
+    for index, arr in arrays:
+        view = ds
+        if groups:
+            view = frame_view(ds, index, path)
+            key = view_key(view)
+            if key not in plans:
+                plans[key] = _is_minmax(view, info, path, choice)
+            minmax = minmax or plans[key]
+        values = modality(view, arr, path, info.signed)
+        lows.append(float(values.min()))
+        highs.append(float(values.max()))
+    return (min(lows), max(highs)) if minmax and lows else None
+
+
 def render_gray(
     ds: Dataset,
     info: PixelInfo,
@@ -81,35 +122,24 @@ def render_gray(
     path: Path,
     choice: VoiChoice,
     bits: int,
+    span: tuple[float, float] | None = None,
 ) -> list[Rendered]:
     """Render grayscale frames (stored values) through modality, VOI and presentation.
 
     Enhanced multi-frame objects take each frame's rescale and windows from its functional
     groups (:mod:`node.export.groups`); frames that share them are rendered together.
+    ``span``: the min-max range of the whole object (:func:`gray_span`) when these are only
+    some of its frames.
     """
     if not has_groups(ds):
-        return _render_gray(ds, info, arrays, path, choice, bits)
+        return _render_gray(ds, info, arrays, path, choice, bits, span)
     batches: dict[tuple[object, ...], tuple[Dataset, list[tuple[int, np.ndarray]]]] = {}
     for index, arr in arrays:
         view = frame_view(ds, index, path)
         batches.setdefault(view_key(view), (view, []))[1].append((index, arr))
-    span = None
-    minmax = any(
-        plan_voi(view, choice, path, output_signed(view, info.signed, info.bits_stored)).kind
-        == "minmax"
-        for view, _ in batches.values()
-    )
-    if len(batches) > 1 and minmax:
-        # min-max is one window for the whole object (as without groups): over the modality
-        # values of all frames, each through its own rescale
-        signed = info.signed
-        lows, highs = [], []
-        for view, group in batches.values():
-            for _, arr in group:
-                values = modality(view, arr, path, signed)
-                lows.append(float(values.min()))
-                highs.append(float(values.max()))
-        span = (min(lows), max(highs))
+    if span is None and len(batches) > 1:
+        # min-max is one window for the whole object (as without groups)
+        span = gray_span(ds, info, arrays, path, choice)
     out: list[Rendered] = []
     for view, group in batches.values():
         out.extend(_render_gray(view, info, group, path, choice, bits, span))
@@ -422,15 +452,17 @@ def render(
     bits: int,
     icc: bool = False,
     overlays: bool = True,
+    span: tuple[float, float] | None = None,
 ) -> list[Rendered]:
-    """Render decoded frames of one object for display, by Photometric Interpretation."""
+    """Render decoded frames of one object for display, by Photometric Interpretation
+    (``span``: see :func:`render_gray`)."""
     if info.photometric in GRAY:
         if info.samples != 1:
             raise BadPixelData(
                 f"{path}: (0028,0004) PhotometricInterpretation {info.photometric} with "
                 f"(0028,0002) SamplesPerPixel {info.samples}; expected 1"
             )
-        frames = render_gray(ds, info, arrays, path, choice, bits)
+        frames = render_gray(ds, info, arrays, path, choice, bits, span)
         return burn_overlays(ds, info, frames, path, bits) if overlays else frames
     if info.photometric == "PALETTE COLOR":
         return render_palette(ds, info, arrays, path, bits)

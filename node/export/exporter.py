@@ -11,9 +11,9 @@ never a name, ID or other text from the object)::
 With ``export.deidentify`` each UID is replaced by ``st-``/``se-``/``im-`` + a SHA-256
 based hash (:func:`node.export.deid.uid_hash`). Each file is written atomically and a bad
 object leaves no output: its frames are rendered before anything is written, except for
-colour and palette multi-frame objects (ultrasound cines), which are decoded, rendered and
-written a batch of frames at a time (``export.max_pixels`` then bounds one frame) and whose
-files already written are removed if a later frame fails. Each file written is one line in
+large multi-frame objects (ultrasound cines, breast tomosynthesis), which are decoded,
+rendered and written to PNG a batch of frames at a time (``export.max_pixels`` then bounds
+one frame) and whose files already written are removed if a later frame fails. Each file written is one line in
 the manifest (:mod:`node.export.manifest`), recorded once the whole object is written.
 """
 
@@ -41,8 +41,9 @@ from node.fsutil import atomic_write, clean_temp_files, safe_join
 log = logging.getLogger(__name__)
 
 SOFTWARE = f"dicom-node {__version__}"
-#: Decoded samples held at once when a colour or palette multi-frame object is exported
-#: frame by frame (16 Mi: a 480 x 640 RGB cine goes 18 frames at a time).
+#: Decoded samples held at once when a multi-frame object is exported to PNG a batch of
+#: frames at a time (16 Mi: a 480 x 640 RGB cine goes 18 frames at a time, a 512 x 512
+#: grayscale one 64).
 _BATCH_SAMPLES = 1 << 24
 
 
@@ -203,7 +204,12 @@ class Exporter:
         return self._render_frames(path, ds, info, indices)
 
     def _render_frames(
-        self, path: Path, ds: Dataset, info: decode.PixelInfo, indices: list[int] | None
+        self,
+        path: Path,
+        ds: Dataset,
+        info: decode.PixelInfo,
+        indices: list[int] | None,
+        span: tuple[float, float] | None = None,
     ) -> Rendering:
         arrays = list(decode.frames(ds, path, info, indices))
         frames = display.render(
@@ -215,6 +221,7 @@ class Exporter:
             self.bits,
             icc=self.cfg.icc,
             overlays=self.cfg.overlays,
+            span=span,
         )
         return Rendering(path, ds, facts(ds, self.policy), frames, info.frames > 1)
 
@@ -308,16 +315,20 @@ class Exporter:
         return [target for target, *_ in pngs]
 
     def _png_batches(self, path: Path, ds: Dataset, info: decode.PixelInfo) -> Iterator[Rendering]:
-        """The wanted frames rendered, all at once or, for a multi-frame colour or palette
-        object (an ultrasound cine), ``_BATCH_SAMPLES`` decoded samples at a time."""
+        """The wanted frames rendered ``_BATCH_SAMPLES`` decoded samples at a time (all at
+        once for most objects; an ultrasound cine or a breast tomosynthesis goes in batches).
+
+        A grayscale object whose window is min-max gets one window for all its frames, as
+        decoded whole: a first pass over the frames, read one at a time, finds the range."""
         wanted = list(range(info.frames)) if self.options.frame is None else [self.options.frame]
         per_frame = info.rows * info.columns * info.samples
-        if info.photometric in decode.FRAME_BY_FRAME:
-            step = max(1, _BATCH_SAMPLES // per_frame)
-        else:
-            step = len(wanted)
+        step = max(1, _BATCH_SAMPLES // per_frame) if info.frame_by_frame else len(wanted)
+        span = None
+        if step < len(wanted) and info.photometric in display.GRAY:
+            every = decode.frames(ds, path, info, list(range(info.frames)))
+            span = display.gray_span(ds, info, every, path, self.options.voi)
         for start in range(0, len(wanted), step):
-            yield self._render_frames(path, ds, info, wanted[start : start + step])
+            yield self._render_frames(path, ds, info, wanted[start : start + step], span)
 
     def export_series_pdf(self, paths: Sequence[Path]) -> list[Path]:
         """The captioned PDF (or its parts, see :meth:`_pdf`) for the instances ``paths`` of

@@ -137,8 +137,7 @@ def test_colour_cine_over_the_cap_is_exported_a_batch_of_frames_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A colour multi-frame object (an ultrasound cine) whose frames together exceed
-    export.max_pixels is decoded and written in batches; grayscale, whose min-max window
-    spans all frames, keeps the cap on all frames."""
+    export.max_pixels is decoded and written in batches."""
     from node.export import exporter as exporter_module
 
     path = data.us_multiframe(tmp_path / "us.dcm", frames=12)  # 12 x 30 x 40 x 3 = 43,200
@@ -160,9 +159,50 @@ def test_colour_cine_over_the_cap_is_exported_a_batch_of_frames_at_a_time(
         assert np.array_equal(np.asarray(Image.open(p)), ds.pixel_array[i])
     assert [e["frame"] for e in ex.manifest.entries()] == list(range(1, 13))
 
-    gray = data.us_gray_multiframe(tmp_path / "gray.dcm", frames=12)
-    with pytest.raises(BadPixelData, match=r"exceeds export.max_pixels"):
-        exporter(tmp_path / "g", max_pixels=24 * 28 * 2).export_instance(gray)
+
+@pytest.mark.dcmtk
+def test_grayscale_multiframe_over_the_cap_is_exported_in_batches_with_one_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A grayscale multi-frame object over export.max_pixels (a breast tomosynthesis) goes
+    a batch of frames at a time, and its min-max window still spans all frames: the PNGs are
+    those of the object decoded whole, and dcmj2pnm's +Wm over all frames (+Fa). Each frame
+    here has its own range, so a window per batch would differ."""
+    import subprocess
+
+    from node.export import exporter as exporter_module
+    from tests.peers import tool
+
+    rng = np.random.default_rng(21)
+    ramps = [rng.integers(100 * i, 100 * i + 60, (24, 28)) for i in range(12)]
+    pix = np.stack(ramps).astype(np.uint16)
+    path = data.write(data.dataset(pix, modality="MG", bits_stored=12), tmp_path / "dbt.dcm")
+    whole = exporter(tmp_path / "whole").export_instance(path)
+    monkeypatch.setattr(exporter_module, "_BATCH_SAMPLES", 5 * 24 * 28)  # 5 frames a batch
+    decoded: list[int] = []
+    real_frames = decode.frames
+
+    def spy(ds: object, p: Path, info: object, indices: list[int] | None = None):  # type: ignore[no-untyped-def]
+        for index, arr in real_frames(ds, p, info, indices):  # type: ignore[arg-type]
+            decoded.append(index)
+            yield index, arr
+
+    monkeypatch.setattr(decode, "frames", spy)
+    ex = exporter(tmp_path / "batched", max_pixels=24 * 28)  # one frame fits, 12 do not
+    batched = ex.export_instance(path)
+    assert decoded == [*range(12), *range(12)]  # the range pass, then the batches
+    assert [p.name for p in batched] == [p.name for p in whole]
+    ref = tmp_path / "ref.png"  # dcmj2pnm writes ref.png.0.png, ref.png.1.png ...
+    subprocess.run(
+        [tool("dcmj2pnm"), "+Wm", "+Fa", "+on", "-il", str(path), str(ref)], check=True, timeout=60
+    )
+    for i, (a, b) in enumerate(zip(whole, batched, strict=True)):
+        ours = np.asarray(Image.open(b))
+        assert np.array_equal(np.asarray(Image.open(a)), ours)
+        dcmtk = np.asarray(Image.open(f"{ref}.{i}.png"))
+        assert np.array_equal(ours, dcmtk), f"frame {i + 1}"
+    assert Image.open(batched[0]).text["Window"].startswith("min-max")
+    assert np.asarray(Image.open(batched[0])).max() < 40  # frame 1 sits low in the range
 
 
 def test_a_cine_failing_in_a_later_batch_leaves_no_png_and_no_manifest_entry(
