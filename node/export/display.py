@@ -20,8 +20,8 @@ are shifted down, narrower ones scaled up. An ICC profile is applied only when a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

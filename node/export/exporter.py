@@ -13,8 +13,9 @@ based hash (:func:`node.export.deid.uid_hash`). Each file is written atomically 
 object leaves no output: its frames are rendered before anything is written, except for
 large multi-frame objects (ultrasound cines, breast tomosynthesis), which are decoded,
 rendered and written to PNG a batch of frames at a time (``export.max_pixels`` then bounds
-one frame) and whose files already written are removed if a later frame fails. Each file written is one line in
-the manifest (:mod:`node.export.manifest`), recorded once the whole object is written.
+one frame) and whose files already written are removed if a later frame fails. Each file
+written is one line in the manifest (:mod:`node.export.manifest`), recorded once the whole
+object is written.
 """
 
 from __future__ import annotations
