@@ -414,7 +414,8 @@ class Exporter:
         self, ds: Dataset, scope: str, count: int, modalities: str = "", part: str = ""
     ) -> tuple[str, list[str]]:
         """Title and header lines; ``modalities`` (e.g. ``CT/PT``) for a whole study,
-        ``part`` (e.g. ``part 2 of 3``) for one part of a split PDF."""
+        ``part`` (e.g. ``part 2 of 3``) for one part of a split PDF. The count line (the
+        last but one) says ``count`` images: :meth:`_tally` writes the final one."""
         f = facts(ds, self.policy)
         modality = modalities or f.modality
         study = " ".join(
@@ -437,16 +438,21 @@ class Exporter:
                 for k, v in ids.items()
             ]
             lines.append("  ".join(shown))
+        lines.append(self._tally(f, scope, f"{count} image(s)", part))
+        lines.append(f"{SOFTWARE}: rendered for review; window as captioned")
+        described = f.series_description if scope == "series" else f.study_description
+        title = " ".join(x for x in (modality, scope, described, f.study_date) if x)
+        return title + (f" ({part})" if part else ""), lines
+
+    @staticmethod
+    def _tally(f: Facts, scope: str, counted: str, part: str) -> str:
+        """The header's count line: ``counted`` (e.g. ``12 image(s)``) of the series or
+        study, and which part of a split PDF this is."""
         of_part = f" ({part})" if part else ""
         if scope == "series":
             desc = f" {f.series_description}" if f.series_description else ""
-            lines.append(f"Series {f.series_number or '?'}{desc}: {count} image(s){of_part}")
-        else:
-            lines.append(f"{count} image(s){of_part}")
-        lines.append(f"{SOFTWARE}: rendered for review; window as captioned")
-        described = f.series_description if scope == "series" else f.study_description
-        title = " ".join(x for x in (modality, scope, described, f.study_date) if x) + of_part
-        return title, lines
+            return f"Series {f.series_number or '?'}{desc}: {counted}{of_part}"
+        return f"{counted}{of_part}"
 
     def _pdf(self, target: Path, items: list[tuple[Path, Dataset]], scope: str) -> list[Path]:
         """``target``, or ``<stem>-partNofM.pdf`` when the images are more than
@@ -505,8 +511,10 @@ class Exporter:
             layout=self.cfg.pdf_layout,
             subject=" ".join(header[1:2]) if self.policy.identifiers_allowed else "",
             keywords="DICOM export",
+            tally=len(header) - 2,
         )
         sources = []
+        frames = 0
         vois = set()
         for path, header_ds in items:
             if not _drawn(header_ds):
@@ -535,8 +543,18 @@ class Exporter:
                     " - ".join(x for x in (f.modality, f.study_date, voi) if x),
                 ]
                 sheet.add(frame.pixels, caption)
+                frames += 1
             sources.append(str(rendering.ds.get("SOPInstanceUID", "")))
-        data = sheet.finish()
+        # what the pages hold: images that could not be rendered are counted apart, and the
+        # frames when a multi-frame image made more pages than images
+        counted = f"{len(sources)} image(s)"
+        if frames > len(sources):
+            counted += f", {frames} frames"
+        if len(sources) < len(images):
+            counted += f"; {len(images) - len(sources)} of {len(images)} not rendered (see log)"
+        with logged_warnings(target):
+            tally = self._tally(facts(first, self.policy), scope, counted, part)
+        data = sheet.finish(tally)
         if data is None:
             return None
         self._write(

@@ -11,6 +11,10 @@ band (study line) and a caption band, so a viewer or ``pdftoppm -r 72`` shows th
 exactly; an image wider or taller than :data:`MAX_SIDE` points is drawn scaled (the
 embedded samples stay native). ``contact`` layout: A4 landscape sheets of a 4 x 3 grid,
 each cell with its caption. Output is deterministic (reportlab ``invariant`` mode).
+
+The header's count line (``tally``) is known only once every image has been rendered or
+refused: each page draws it as a form XObject whose content is written by
+:meth:`Sheet.finish` (a PDF may define an XObject after the pages that use it).
 """
 
 from __future__ import annotations
@@ -39,18 +43,27 @@ MIN_WIDTH = 420.0
 GRID = (4, 3)
 
 
+_TALLY_FORM = "tally"
+
+
 @dataclass
 class Sheet:
-    """A PDF being built: header lines shown on every page, then images with captions."""
+    """A PDF being built: header lines shown on every page, then images with captions.
+
+    ``tally``: the index in ``header`` of the line :meth:`finish` writes (its text in
+    ``header`` is the expected one, used to size the pages); None: every line is fixed.
+    """
 
     title: str
     header: list[str]
     layout: str = "page"
     subject: str = ""
     keywords: str = ""
+    tally: int | None = None
     _buf: io.BytesIO = field(default_factory=io.BytesIO)
     _canvas: canvas.Canvas | None = None
     _cells: int = 0
+    _narrowest: float = MAX_SIDE  # the least room for a header line on any page
     pages: int = 0
 
     def _new_canvas(self) -> canvas.Canvas:
@@ -67,10 +80,18 @@ class Sheet:
 
     def _header(self, c: canvas.Canvas, width: float, height: float) -> None:
         room = width - 2 * MARGIN  # a page layout page is made wide enough for its lines
+        self._narrowest = min(self._narrowest, room)
         first = pdftext.fit(self.header[0] if self.header else "", 11, room, True)
         pdftext.draw(c, MARGIN, height - MARGIN - 10, first, 11, True)
-        for i, line in enumerate(self.header[1:4]):
-            pdftext.draw(c, MARGIN, height - MARGIN - 22 - 9 * i, pdftext.fit(line, 8, room), 8)
+        for i, line in enumerate(self.header[1:4], 1):
+            y = height - MARGIN - 22 - 9 * (i - 1)
+            if i == self.tally:
+                c.saveState()
+                c.translate(MARGIN, y)
+                c.doForm(_TALLY_FORM)  # written by finish()
+                c.restoreState()
+            else:
+                pdftext.draw(c, MARGIN, y, pdftext.fit(line, 8, room), 8)
 
     def _text_width(self, caption: list[str]) -> float:
         """The widest header or caption line of a page layout page, in points."""
@@ -132,11 +153,17 @@ class Sheet:
             pdftext.draw(c, x0, y0 + 11 - 8 * i, pdftext.fit(line, 6.5, cell_w - 4), 6.5)
         self._cells += 1
 
-    def finish(self) -> bytes | None:
-        """The PDF bytes, or None if nothing was added."""
+    def finish(self, tally: str = "") -> bytes | None:
+        """The PDF bytes, or None if nothing was added; ``tally``: the text of the header's
+        count line (see ``Sheet.tally``), cut to fit the narrowest page."""
         if self._canvas is None:
             return None
+        c = self._canvas
         if self.layout == "contact":
-            self._canvas.showPage()
-        self._canvas.save()
+            c.showPage()
+        if self.tally is not None:
+            c.beginForm(_TALLY_FORM)
+            pdftext.draw(c, 0, 0, pdftext.fit(tally, 8, self._narrowest), 8)
+            c.endForm()
+        c.save()
         return self._buf.getvalue()

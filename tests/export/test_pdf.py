@@ -325,3 +325,22 @@ def test_the_header_counts_only_the_images(tmp_path: Path) -> None:
     # "SR/DOC/CT study" for a PDF of CT images
     assert "2 image(s)" in text and "CT study 2024-01-02 10:15 HEAD ROUTINE" in text
     assert "SR" not in text and "DOC" not in text
+
+
+def test_the_header_counts_what_the_pages_hold(tmp_path: Path) -> None:
+    """Three images given, one of them cut short and one a 3-frame cine: the header counted
+    the three images given, a page each. It now says what was drawn, the frames of the cine
+    and the image that could not be rendered, on every page."""
+    files = series(tmp_path, 2)
+    cut = files[1]
+    cut.write_bytes(cut.read_bytes()[:-5000])  # Pixel Data shorter than Rows x Columns
+    pix = np.stack([np.full((16, 16), 100 * i, np.uint16) for i in range(3)])
+    cine = data.dataset(pix, instance=7, WindowCenter=100, WindowWidth=400)
+    files.append(data.write(cine, tmp_path / "in" / "cine.dcm"))
+    ex = exporter(tmp_path)
+    (pdf,) = ex.export_series_pdf(files)
+    assert ex.failures == 1 and pdf_pages(pdf) == 4
+    text = pdftext(pdf)
+    line = "Series 3 AXIAL 5MM: 2 image(s), 4 frames; 1 of 3 not rendered (see log)"
+    assert text.count(line) == 4, text
+    assert "3 image(s)" not in text
