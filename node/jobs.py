@@ -7,6 +7,13 @@ A handler returns normally on success. :class:`PermanentJobError` (or any
 :class:`~node.errors.ExportError`/:class:`~node.errors.ConversionError`) sends the job to
 ``dead`` with the message; any other exception is retried with the queue's backoff policy
 until it gives up.
+
+While a batch is held, a :class:`~node.queue.keepalive.KeepAlive` renews its leases and
+beats for the runner's component, so that a long job (a study PDF of hundreds of images, a
+report waiting on an unreachable requester) is neither taken by another worker nor shown
+as ``NOT RUNNING``. Outcomes are recorded only for jobs the runner still holds: a job whose
+lease was lost (the process was frozen past it) is left to whoever holds it now, with an
+ERROR line.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from node.config import QueueSection
 from node.errors import ConversionError, ExportError, QueueError
 from node.logs import fields
 from node.queue import Job, JobStore
+from node.queue.keepalive import KeepAlive
 from node.queue.retry import give_up_reason, next_attempt
 
 log = logging.getLogger(__name__)
@@ -53,7 +61,12 @@ def _about(job: Job) -> dict[str, Any]:
 
 
 class JobRunner:
-    """Runs handlers for jobs of the given kinds until stopped."""
+    """Runs handlers for jobs of the given kinds until stopped.
+
+    One runner may serve several threads (``export.workers``): each thread claims under
+    its own owner name (``NAME:PID:THREAD``), so that a lease renewed or lost is one
+    thread's.
+    """
 
     def __init__(
         self,
@@ -68,32 +81,51 @@ class JobRunner:
         self.store = store
         self.handlers = dict(handlers)
         self.policy = policy
-        self.owner = f"{name}:{os.getpid()}:{threading.get_ident()}"
+        self.name = name
         self.idle_seconds = idle_seconds
         self.batch = batch
 
-    def run_once(self) -> int:
-        """Claim and run one batch; returns how many jobs were handled."""
+    @property
+    def owner(self) -> str:
+        """The lease owner of the calling thread."""
+        return f"{self.name}:{os.getpid()}:{threading.get_ident()}"
+
+    def run_once(self, heartbeat: str | None = None) -> int:
+        """Claim and run one batch; returns how many jobs were handled.
+
+        While the batch is held its leases are renewed and, with ``heartbeat``, that
+        component beats (see :mod:`node.queue.keepalive`).
+        """
+        owner = self.owner
         jobs = self.store.claim(
-            self.owner,
+            owner,
             kinds=list(self.handlers),
             limit=self.batch,
             lease_seconds=self.policy.lease_seconds,
         )
-        for index, job in enumerate(jobs):
-            try:
-                self._run(job)
-            except BaseException:
-                self.store.release(j.id for j in jobs[index + 1 :])
-                raise
+        if not jobs:
+            return 0
+        with KeepAlive(self.store, owner, self.policy.lease_seconds, heartbeat) as keep:
+            keep.hold(job.id for job in jobs)
+            for index, job in enumerate(jobs):
+                if keep.is_lost(job.id):
+                    continue  # another worker holds it now (logged by the keep-alive)
+                try:
+                    self._run(job, owner)
+                except BaseException:
+                    self.store.release((j.id for j in jobs[index + 1 :]), owner=owner)
+                    raise
+                finally:
+                    keep.drop([job.id])
         return len(jobs)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job, owner: str) -> None:
         try:
             self.handlers[job.kind](job)
         except PERMANENT as exc:
             log.error("%s job failed for good: %s", job.kind, exc, extra=_about(job))
-            self.store.dead(job.id, str(exc))
+            if not self.store.dead(job.id, str(exc), owner=owner):
+                self._not_held(job, owner, "dead")
             return
         except Exception as exc:  # retried: anything else may be transient
             now = time.time()
@@ -104,12 +136,33 @@ class JobRunner:
                     f"{reason}; {give_up_reason(job.attempts, job.created_at, now, self.policy)}"
                 )
                 log.error("%s job dead: %s", job.kind, reason, extra=_about(job))
-                self.store.dead(job.id, reason)
+                if not self.store.dead(job.id, reason, owner=owner):
+                    self._not_held(job, owner, "dead")
             else:
                 log.warning("%s job will be retried: %s", job.kind, reason, extra=_about(job))
-                self.store.retry(job.id, at, reason)
+                if not self.store.retry(job.id, at, reason, owner=owner):
+                    self._not_held(job, owner, "retry")
             return
-        self.store.ack([job.id])
+        if not self.store.ack([job.id], owner=owner):
+            self._not_held(job, owner, "done")
+
+    def _not_held(self, job: Job, owner: str, outcome: str) -> None:
+        """Say that ``job``'s outcome here was not recorded: another worker holds it now."""
+        current = self.store.get(job.id)
+        holder = "deleted" if current is None else str(current.state)
+        if current is not None and current.lease_owner:
+            holder += f" by {current.lease_owner}"
+        about = _about(job)
+        about["fields"]["owner"] = owner
+        log.error(
+            "%s job not recorded as %s: its lease ran out and it is %s now (this runner no"
+            " longer holds it; queue.lease_seconds = %g s)",
+            job.kind,
+            outcome,
+            holder,
+            self.policy.lease_seconds,
+            extra=about,
+        )
 
     def run(self, stop: threading.Event, heartbeat: str | None = None) -> None:
         """Loop until ``stop`` is set; a claimed job always finishes before stopping.
@@ -124,7 +177,7 @@ class JobRunner:
                 if heartbeat is not None and time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
                     self.store.heartbeat(heartbeat)
                     last_beat = time.monotonic()
-                handled = self.run_once()
+                handled = self.run_once(heartbeat)
             except (sqlite3.Error, QueueError) as exc:
                 # One line, then one every 12th attempt (every 6 minutes once the wait has
                 # grown to 30 s): the store comes back when space is freed or the lock

@@ -171,7 +171,7 @@ class NodeService:
             reports = JobRunner(
                 self.store, {REPORT_KIND: self.scp.deliver_report}, cfg.queue, name="commitment"
             )
-            self._thread("commitment", partial(reports.run, self.stop_event))
+            self._thread("commitment", partial(reports.run, self.stop_event, "commitment"))
 
         from node.send.worker import DeliveryWorker
 

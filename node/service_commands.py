@@ -31,6 +31,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="queue depth, last errors, counters and liveness, read from the state DB",
         description="Works from another shell while the node runs (reads node.state_dir).",
+        epilog="exit status (LSB status convention): 0 running and healthy; 1 running but"
+        " degraded (a component NOT RUNNING, dead jobs, or jobs waiting for a retry);"
+        " 3 not running (no component alive, or no state database). The same with --json."
+        " A state database that cannot be read (damaged, locked) is an error: 1 or 2 with"
+        " one line on stderr.",
     )
     p.add_argument("--json", action="store_true", help="JSON output (default: text)")
     p.set_defaults(func=cmd_status)
@@ -51,17 +56,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from node.status import collect_status, format_status
+    from node.status import assess, collect_status, format_status
 
     cfg = load_from_args(args)
     report = collect_status(cfg)
+    code, health, problems = assess(report)
     if args.json:
         import json  # here: `send` and `convert` load this module too
 
+        report = {"health": health, "problems": problems, "exit_status": code, **report}
         print(json.dumps(report, indent=2, default=str))
     else:
         print(format_status(report))
-    return 0
+    return code
 
 
 def check_rooms(cfg: Config) -> None:

@@ -2,6 +2,16 @@
 
 Everything comes from ``node.state_dir/queue.sqlite3`` (jobs, counters, heartbeats), so it
 works from another shell, while the node runs or after it stopped.
+
+The exit status follows the LSB convention for an init script's ``status`` action, with
+one code of its own for a node that runs but needs attention (see :func:`assess`):
+
+* ``0`` running and healthy: every component alive, no dead job, none waiting for a retry;
+* ``1`` running but degraded: a component ``NOT RUNNING`` (a stage stuck or restarting),
+  dead jobs, or jobs waiting for a retry (a destination refusing or unreachable);
+* ``3`` not running: no component alive, or no state database at all.
+
+A store that cannot be read (damaged, locked) is an error of the command, as before.
 """
 
 from __future__ import annotations
@@ -16,6 +26,11 @@ from node.queue.store import DB_NAME
 
 #: A component is alive if it wrote a heartbeat within this many seconds.
 ALIVE_SECONDS = 10.0
+
+#: ``dicom-node status`` exit statuses (LSB: 0 running, 3 not running; 1 degraded)
+EXIT_RUNNING = 0
+EXIT_DEGRADED = 1
+EXIT_NOT_RUNNING = 3
 
 
 def pid_alive(pid: int) -> bool:
@@ -83,11 +98,34 @@ def collect_status(cfg: Config) -> dict[str, Any]:
         }
 
 
-def format_status(report: dict[str, Any]) -> str:
-    """Human-readable rendering of :func:`collect_status`."""
-    lines = [f"state: {report['state_db']}"]
+def assess(report: dict[str, Any]) -> tuple[int, str, list[str]]:
+    """``(exit status, health word, problems)`` of a :func:`collect_status` report."""
     if not report.get("state_db_exists", True):
-        lines[0] += (
+        return EXIT_NOT_RUNNING, "not running", ["no state database: no node has run"]
+    components = report["components"]
+    if not any(comp["alive"] for comp in components.values()):
+        return EXIT_NOT_RUNNING, "not running", ["no component wrote a heartbeat lately"]
+    problems = [
+        f"{name} NOT RUNNING" for name, comp in sorted(components.items()) if not comp["alive"]
+    ]
+    for state, what in (("dead", "dead job(s)"), ("retry", "job(s) waiting for a retry")):
+        n = sum(
+            states.get(state, 0) for dests in report["queue"].values() for states in dests.values()
+        )
+        if n:
+            problems.append(f"{n} {what}")
+    if problems:
+        return EXIT_DEGRADED, "degraded", problems
+    return EXIT_RUNNING, "running", []
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """Human-readable rendering of :func:`collect_status` (with its :func:`assess` line)."""
+    _, health, problems = assess(report)
+    lines = [f"health: {health}" + (f" ({'; '.join(problems)})" if problems else "")]
+    lines.append(f"state: {report['state_db']}")
+    if not report.get("state_db_exists", True):
+        lines[1] += (
             " (does not exist: no node has run with this config; "
             "check -c FILE and node.state_dir / node.base_dir)"
         )

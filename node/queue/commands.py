@@ -231,7 +231,9 @@ def cmd_drain(args: argparse.Namespace) -> int:
             log.warning("took back %d job(s) claimed by a crashed drain", taken_back)
         before = store.counters()
         before_dead = len(store.select(state=JobState.DEAD, destination=dest.name, limit=10**9))
-        worker = DeliveryWorker(cfg, dest, store, owner=owner)
+        # No heartbeat: a drain is no component of a node, and its row would show as
+        # NOT RUNNING (a degraded node for `status`) once the drain has ended.
+        worker = DeliveryWorker(cfg, dest, store, owner=owner, heartbeat=False)
         # One attempt per job: with a short backoff (or retry_multiplier = 1) a failed job
         # was due again at once and a drain against a failing peer never ended.
         worker.retried_before = time.time()

@@ -675,18 +675,25 @@ class JobStore:
             ).fetchall()
         return [Job.from_row(r) for r in claimed]
 
-    def ack(self, job_ids: Iterable[int], *, note: str | None = None) -> None:
+    def ack(
+        self, job_ids: Iterable[int], *, note: str | None = None, owner: str | None = None
+    ) -> list[int]:
         """Mark jobs done (``note`` keeps e.g. a warning status the peer returned).
 
         A job replaced while it was claimed (``enqueue(..., replace=True)``) is queued again
         instead, due at the ``not_before`` of that replacement, with attempts reset.
+
+        With ``owner`` (a worker recording its own work), only the jobs ``owner`` still holds
+        are changed: a job whose lease ran out and was claimed by another worker is that
+        worker's now. Returns the ids changed.
         """
         ids = list(job_ids)
         if not ids:
-            return
+            return []
         now = time.time()
-        marks = ",".join("?" * len(ids))
         with self._tx() as db:
+            ids = self._held(db, ids, owner)
+            marks = ",".join("?" * len(ids))
             self._set_state(ids, JobState.DONE, error=note, only_if="rerun_at IS NULL")
             db.execute(
                 "UPDATE jobs SET state='queued', attempts=0, next_attempt_at=rerun_at,"
@@ -694,50 +701,89 @@ class JobStore:
                 f" updated_at=? WHERE rerun_at IS NOT NULL AND id IN ({marks})",
                 (now, *ids),
             )
+        return ids
 
-    def retry(self, job_id: int, at: float, error: str) -> None:
-        """Schedule another attempt at ``at`` (epoch seconds), recording why."""
+    def retry(self, job_id: int, at: float, error: str, *, owner: str | None = None) -> bool:
+        """Schedule another attempt at ``at`` (epoch seconds), recording why.
+
+        With ``owner``, only if ``owner`` still holds the job (see :meth:`ack`); returns
+        whether the job was changed.
+        """
         now = time.time()
         with self._tx() as db:
+            if not self._held(db, [job_id], owner):
+                return False
             db.execute(
                 "UPDATE jobs SET state='retry', next_attempt_at=?, last_error=?,"
                 " lease_owner=NULL, lease_expires=NULL, updated_at=? WHERE id=?",
                 (at, error, now, job_id),
             )
+        return True
 
-    def dead(self, job_id: int, reason: str) -> None:
-        """Give up on a job: it stays visible in state ``dead`` with the reason."""
-        self._set_state([job_id], JobState.DEAD, error=reason)
+    def dead(self, job_id: int, reason: str, *, owner: str | None = None) -> bool:
+        """Give up on a job: it stays visible in state ``dead`` with the reason.
 
-    def release(self, job_ids: Iterable[int]) -> None:
-        """Give claimed jobs back untouched (graceful shutdown): the attempt is not counted."""
+        With ``owner``, only if ``owner`` still holds the job (see :meth:`ack`); returns
+        whether the job was changed.
+        """
+        with self._tx() as db:
+            if not self._held(db, [job_id], owner):
+                return False
+            self._set_state([job_id], JobState.DEAD, error=reason)
+        return True
+
+    def release(self, job_ids: Iterable[int], *, owner: str | None = None) -> None:
+        """Give claimed jobs back untouched (graceful shutdown): the attempt is not counted.
+
+        With ``owner``, jobs another worker holds now (their lease ran out here) are left
+        to it.
+        """
         ids = list(job_ids)
         if not ids:
             return
         now = time.time()
-        marks = ",".join("?" * len(ids))
         with self._tx() as db:
+            ids = self._held(db, ids, owner)
+            marks = ",".join("?" * len(ids))
             db.execute(
                 "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), lease_owner=NULL,"
                 f" lease_expires=NULL, updated_at=? WHERE state='claimed' AND id IN ({marks})",
                 (now, *ids),
             )
 
-    def extend_lease(self, job_ids: Iterable[int], owner: str, lease_seconds: float) -> int:
-        """Push back the lease of jobs ``owner`` still holds (a long batch is still running)."""
+    def _held(self, db: sqlite3.Connection, ids: list[int], owner: str | None) -> list[int]:
+        """Those of ``ids`` claimed by ``owner`` (all of them when ``owner`` is None)."""
+        if owner is None or not ids:
+            return ids
+        marks = ",".join("?" * len(ids))
+        rows = db.execute(
+            f"SELECT id FROM jobs WHERE state='claimed' AND lease_owner=? AND id IN ({marks})",
+            (owner, *ids),
+        ).fetchall()
+        held = {r[0] for r in rows}
+        return [i for i in ids if i in held]
+
+    def extend_lease(self, job_ids: Iterable[int], owner: str, lease_seconds: float) -> list[int]:
+        """Push back the lease of jobs ``owner`` still holds (a long job is still running).
+
+        Returns the ids renewed: a job missing from it is not ``owner``'s any more (its
+        lease ran out, e.g. while the process was frozen, and another worker claimed it, or
+        ``queue`` commands changed it).
+        """
         ids = list(job_ids)
         if not ids:
-            return 0
+            return []
         now = time.time()
         boot_id, boot_now = boot_clock()
         marks = ",".join("?" * len(ids))
         with self._tx() as db:
-            cur = db.execute(
+            rows = db.execute(
                 "UPDATE jobs SET lease_expires=?, lease_boot=?, lease_boot_id=?"
-                f" WHERE state='claimed' AND lease_owner=? AND id IN ({marks})",
+                f" WHERE state='claimed' AND lease_owner=? AND id IN ({marks}) RETURNING id",
                 (now + lease_seconds, boot_now + lease_seconds, boot_id, owner, *ids),
-            )
-        return cur.rowcount
+            ).fetchall()
+        renewed = {r[0] for r in rows}
+        return [i for i in ids if i in renewed]
 
     def requeue_claimed(self, owner_prefix: str | None = None, *, keep: Iterable[str] = ()) -> int:
         """On start-up: every claimed job (of a dead process) goes back to queued.

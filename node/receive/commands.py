@@ -111,7 +111,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
         # jobs: retried here too (on new associations, with the [queue] backoff).
         reports = JobRunner(store, {REPORT_KIND: scp.deliver_report}, cfg.queue, name="commitment")
         retrying = threading.Thread(
-            target=reports.run, args=(stop,), name="commitment", daemon=True
+            target=reports.run, args=(stop, "commitment"), name="commitment", daemon=True
         )
         retrying.start()
         # A line a supervisor (or a test) can wait for.

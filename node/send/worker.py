@@ -16,6 +16,14 @@ Acks whose commit fails (a full state disk) stay pending and are written before 
 new is claimed.
 Jobs claimed but never started (stop requested, association lost) are released without
 counting the attempt.
+
+While a batch is held, a :class:`~node.queue.keepalive.KeepAlive` renews the leases of its
+undecided jobs (every third of ``queue.lease_seconds``) and beats for the worker's
+component, so that one object taking longer than the lease (a multi-GB multi-frame object,
+a slow PACS) is not claimed and sent again by a second worker, and ``status`` shows the
+worker alive. Every outcome is recorded only while this worker still holds the job; if a
+lease was lost nevertheless (the process frozen past it), the rest of the batch is not
+started and the lost job's outcome here is logged, not recorded.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from typing import Any
 from node.config import Config, Destination
 from node.errors import SendError
 from node.logs import fields
+from node.queue.keepalive import KeepAlive
 from node.queue.retry import give_up_reason, next_attempt
 from node.queue.store import Job, JobStore
 from node.send.contexts import SendItem, read_header
@@ -46,8 +55,6 @@ KIND = "deliver"
 ACK_EVERY = 50
 ACK_SECONDS = 0.5
 IDLE_POLL_SECONDS = 1.0
-#: During a batch, beat at most this often (`status`: alive = a beat in the last 10 s).
-HEARTBEAT_SECONDS = 2.0
 
 
 # --------------------------------------------------------------------------- enqueueing
@@ -135,6 +142,7 @@ class DeliveryWorker:
         clock: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
         wake: threading.Event | None = None,
+        heartbeat: bool = True,
     ) -> None:
         self.cfg = cfg
         self.wake = wake  # set by whoever enqueues (and on stop): no idle-poll delay
@@ -142,6 +150,8 @@ class DeliveryWorker:
         self.store = store
         self.owner = owner
         self.component = heartbeat_name(destination.name, owner)
+        #: write heartbeats (``dicom-node run``); ``queue drain`` is no component of a node
+        self.beats = heartbeat
         self.on_delivered = on_delivered
         self.on_dead = on_dead
         self.sender: Sender = sender or StoreSCU(destination, calling_ae=cfg.node.ae_title)
@@ -164,7 +174,8 @@ class DeliveryWorker:
         while not stop.is_set():
             try:
                 done = self.run_once()
-                self.store.heartbeat(self.component)
+                if self.beats:
+                    self.store.heartbeat(self.component)
             except sqlite3.OperationalError as exc:  # full or locked job store: no traceback
                 log.error(
                     "delivery worker cannot use the job store, retrying: %s (free space on"
@@ -214,6 +225,14 @@ class DeliveryWorker:
         )
         if not jobs:
             return 0
+        lease = self.cfg.queue.lease_seconds
+        keep = KeepAlive(self.store, self.owner, lease, self.component if self.beats else None)
+        keep.hold(job.id for job in jobs)
+        with keep:
+            return self._deliver(jobs, keep)
+
+    def _deliver(self, jobs: list[Job], keep: KeepAlive) -> int:
+        """Deliver a claimed batch while ``keep`` holds it; the number of jobs decided."""
         self._repeats = {}
         by_id = {job.id: job for job in jobs}
         decided: set[int] = set()
@@ -223,28 +242,23 @@ class DeliveryWorker:
             if isinstance(item, Outcome):
                 self._record(job, item)
                 decided.add(job.id)
+                keep.drop([job.id])
             else:
                 items.append(item)
 
-        lease = self.cfg.queue.lease_seconds
-        renew_at = time.monotonic() + lease / 3
-        beat_at = time.monotonic() + HEARTBEAT_SECONDS
-
         def report(item: SendItem, outcome: Outcome) -> None:
-            nonlocal renew_at, beat_at
             decided.add(item.key)
+            keep.drop([item.key])
             self._record(by_id[item.key], outcome)
-            if time.monotonic() >= beat_at:  # a long batch: `status` must still see us alive
-                beat_at = time.monotonic() + HEARTBEAT_SECONDS
-                self.store.heartbeat(self.component)
-            if time.monotonic() > renew_at:  # a slow PACS: keep the rest of the batch ours
-                renew_at = time.monotonic() + lease / 3
-                left = [job.id for job in jobs if job.id not in decided]
-                self.store.extend_lease(left, self.owner, lease)
+
+        def stopping() -> bool:
+            # A lease lost means this process was frozen past it: another worker may hold
+            # the rest of the batch too. Start nothing more; what is still ours goes back.
+            return self._stop.is_set() or bool(keep.lost)
 
         try:
             if items:
-                self.sender.send(items, report, self._stop.is_set)
+                self.sender.send(items, report, stopping)
         finally:
             self._log_repeats()
             try:
@@ -252,7 +266,7 @@ class DeliveryWorker:
             finally:  # also when the acks cannot be written: the rest goes back now
                 unstarted = [job.id for job in jobs if job.id not in decided]
                 if unstarted:
-                    self.store.release(unstarted)
+                    self.store.release(unstarted, owner=self.owner)
         return len(decided)
 
     # ------------------------------------------------------------------ per job
@@ -304,7 +318,9 @@ class DeliveryWorker:
             now = self.clock()
             at = next_attempt(job.attempts, job.created_at, now, self.cfg.queue, self.rand)
             if at is not None:
-                self.store.retry(job.id, at, outcome.reason)
+                if not self.store.retry(job.id, at, outcome.reason, owner=self.owner):
+                    self._not_held(job, f"retry ({outcome.reason})")
+                    return
                 if outcome.status is None and outcome.reason in self._repeats:
                     # The PACS down or refusing: one line per batch, not one per job
                     # (10,000 queued jobs made 10,000 lines every retry round).
@@ -328,14 +344,39 @@ class DeliveryWorker:
         else:
             reason = outcome.reason
         with self.store.transaction():
-            self.store.dead(job.id, reason)
-            self.store.bump("delivery_failed")
+            held = self.store.dead(job.id, reason, owner=self.owner)
+            if held:
+                self.store.bump("delivery_failed")
+        if not held:
+            self._not_held(job, f"dead ({reason})")
+            return
         log.error(
             "delivery failed permanently",
             extra=fields(destination=self.dest.name, sop=uid, job=job.id, reason=reason),
         )
         if self.on_dead is not None:
             self.on_dead(job)
+
+    def _not_held(self, job: Job, outcome: str) -> None:
+        """Say that ``job``'s outcome here was not recorded: another worker holds it now
+        (this worker's lease ran out, e.g. while the process was frozen)."""
+        current = self.store.get(job.id)
+        holder = "deleted" if current is None else str(current.state)
+        if current is not None and current.lease_owner:
+            holder += f" by {current.lease_owner}"
+        log.error(
+            "delivery not recorded as %s: the job's lease ran out and it is %s now (this"
+            " worker no longer holds it; queue.lease_seconds = %g s)",
+            outcome,
+            holder,
+            self.cfg.queue.lease_seconds,
+            extra=fields(
+                destination=self.dest.name,
+                sop=job.payload.get("sop_instance_uid"),
+                job=job.id,
+                owner=self.owner,
+            ),
+        )
 
     def _log_repeats(self) -> None:
         """One line for the jobs of the batch that failed again for an already logged reason."""
@@ -359,16 +400,20 @@ class DeliveryWorker:
         self._last_flush = time.monotonic()
         if not self._acks:
             return
-        acks = list(self._acks)
-        plain = [job.id for job, outcome in acks if not outcome.warning]
+        pending = list(self._acks)
+        plain = [job.id for job, outcome in pending if not outcome.warning]
         with self.store.transaction():  # states and counter in one commit (one fsync)
-            if plain:
-                self.store.ack(plain)
-            for job, outcome in acks:
+            acked = set(self.store.ack(plain, owner=self.owner))
+            for job, outcome in pending:
                 if outcome.warning:
-                    self.store.ack([job.id], note=outcome.reason)
-            self.store.bump("delivered", len(acks))
-        del self._acks[: len(acks)]
+                    acked.update(self.store.ack([job.id], note=outcome.reason, owner=self.owner))
+            if acked:
+                self.store.bump("delivered", len(acked))
+        del self._acks[: len(pending)]
+        acks = [(job, outcome) for job, outcome in pending if job.id in acked]
+        for job, _ in pending:
+            if job.id not in acked:
+                self._not_held(job, "done")
         for job, outcome in acks:
             log.info(
                 "delivered",

@@ -73,3 +73,69 @@ def test_a_failing_job_store_is_one_log_line_then_quiet_and_recovers(
     assert waits[:5] == sorted(waits[:5]) and waits[4] > waits[0]
     assert any("available again" in r.getMessage() for r in caplog.records)
     store.close()
+
+
+def test_a_long_job_keeps_its_lease_and_its_component_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A study PDF of hundreds of images outlasts the lease: the lease was pushed back only
+    between jobs, so a second export thread took the same job (two PDFs, two acks), and
+    the runner's heartbeat stopped (`status`: NOT RUNNING while it was busy)."""
+    import threading
+
+    from node.queue import keepalive
+    from tests.send.peers import until
+
+    monkeypatch.setattr(keepalive, "HEARTBEAT_SECONDS", 0.01)
+    store = JobStore(tmp_path, durable=False)
+    job = store.enqueue("study_complete", {"study_uid": "1.2", "archive_dir": "/a/1.2"})
+    runs: list[int] = []
+    policy = QueueSection(lease_seconds=0.2)
+    other = JobRunner(store, {"study_complete": runs.append}, policy, name="second")
+
+    def long_export(job: Job) -> None:
+        runs.append(job.id)
+        seen = {store.get(job.id).lease_expires}  # type: ignore[union-attr]
+
+        def renewed_and_beaten() -> bool:
+            # meanwhile a second export thread polls for work, as export.workers = 2 does
+            other.run_once()
+            seen.add(store.get(job.id).lease_expires)  # type: ignore[union-attr]
+            return len(seen) > 5 and "export-0" in store.heartbeats()
+
+        # five renewals of a 0.2 s lease: the job has outlasted its lease twice over
+        until(renewed_and_beaten, timeout=20)
+
+    runner = JobRunner(store, {"study_complete": long_export}, policy, name="export")
+    thread = threading.Thread(target=runner.run_once, args=("export-0",))
+    thread.start()
+    thread.join(30)
+    assert runs == [job]  # run once, by one runner
+    assert store.get(job).state == JobState.DONE  # type: ignore[union-attr]
+    store.close()
+
+
+def test_a_runner_that_lost_its_lease_records_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Frozen past its lease (SIGSTOP, a paused VM), the runner came back and acked a job
+    another runner was working on; now the outcome is logged, not recorded."""
+    from tests.queue.test_clock import Boot
+
+    boot = Boot(monkeypatch)
+    store = JobStore(tmp_path, durable=False)
+    job = store.enqueue("export_instance", {"sop_instance_uid": "1.2.3"}, dedup_key="1.2.3")
+
+    def frozen(job: Job) -> None:
+        boot.offset += 600
+        assert [j.id for j in store.claim("other", lease_seconds=300)] == [job.id]
+        raise OSError("export folder unavailable")  # would be retried: pulled from "other"
+
+    runner = JobRunner(store, {"export_instance": frozen}, QueueSection(lease_seconds=300))
+    with caplog.at_level("ERROR"):
+        assert runner.run_once() == 1
+    held = store.get(job)
+    assert held is not None and held.state == JobState.CLAIMED and held.lease_owner == "other"
+    assert "export_instance job not recorded as retry" in caplog.text
+    assert "claimed by other" in caplog.text
+    store.close()

@@ -31,16 +31,20 @@ def test_status_reports_backlog_errors_counters_and_liveness(
     store.heartbeat("watcher")
     store.close()
 
-    assert cli.main(["status", "-c", str(config), "--json"]) == 0
+    # degraded (exit 1): a dead job waits for the admin
+    assert cli.main(["status", "-c", str(config), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
+    assert report["health"] == "degraded" and report["exit_status"] == 1
+    assert report["problems"] == ["1 dead job(s)"]
     assert report["pending"] == 1
     assert report["queue"]["deliver"]["pacs"] == {"claimed": 1, "dead": 1}
     assert report["counters"] == {"ingested": 2}
     assert report["components"]["watcher"]["alive"] is True
     assert report["recent_errors"][0]["error"] == "0xC000: cannot understand"
 
-    assert cli.main(["status", "-c", str(config)]) == 0
+    assert cli.main(["status", "-c", str(config)]) == 1
     text = capsys.readouterr().out
+    assert text.startswith("health: degraded (1 dead job(s))\n")
     assert "watcher    alive" in text
     assert "deliver          pacs         claimed=1, dead=1" in text
     assert "0xC000: cannot understand" in text
@@ -49,8 +53,9 @@ def test_status_reports_backlog_errors_counters_and_liveness(
 def test_status_of_a_node_that_never_ran(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert cli.main(["status", "-c", str(write_config(tmp_path))]) == 0
+    assert cli.main(["status", "-c", str(write_config(tmp_path))]) == 3  # LSB: not running
     out = capsys.readouterr().out
+    assert out.startswith("health: not running (no state database: no node has run)")
     assert "(none has run yet)" in out
     assert "does not exist: no node has run with this config" in out
     assert not (tmp_path / "var").exists()  # status reads; it never creates a store
@@ -162,3 +167,88 @@ def test_a_store_this_user_may_not_write_is_not_called_damaged(
     with JobStore(tmp_path, reader=True) as store:  # status: read-only, nothing created
         assert store.counters() == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["queue.sqlite3"]
+
+
+def _beat(store: JobStore, component: str, seconds_ago: float, pid: int | None = None) -> None:
+    store.heartbeat(component)
+    with store.transaction() as db:
+        db.execute(
+            "UPDATE heartbeats SET seen_at = seen_at - ?, pid = COALESCE(?, pid)"
+            " WHERE component = ?",
+            (seconds_ago, pid, component),
+        )
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_status_exit_codes_follow_the_lsb_status_convention(
+    tmp_path: Path, json_output: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Monitoring (Nagios/Icinga, systemd ExecCondition, scripts) reads the exit status:
+    it was 0 whatever the report said."""
+    from tests.node.helpers import ended_pid
+
+    config = write_config(tmp_path)
+    argv = ["status", "-c", str(config), *(["--json"] if json_output else [])]
+    store = JobStore(tmp_path / "var" / "state")
+    for name in ("node", "watcher", "deliver:pacs:0"):
+        _beat(store, name, 0.0)
+    assert cli.main(argv) == 0  # running and healthy
+
+    _beat(store, "deliver:pacs:0", 60.0)  # a stage stuck or restarting
+    assert cli.main(argv) == 1
+    assert "deliver:pacs:0 NOT RUNNING" in capsys.readouterr().out
+    _beat(store, "deliver:pacs:0", 0.0)
+
+    job = store.enqueue("deliver", {"path": "/x.dcm"}, destination="pacs", dedup_key="1")
+    store.claim("w")
+    store.retry(job, 0.0, "connection refused")  # the PACS is down
+    assert cli.main(argv) == 1
+    assert "1 job(s) waiting for a retry" in capsys.readouterr().out
+    store.ack([job])
+    assert cli.main(argv) == 0
+
+    gone = ended_pid()
+    for name in ("node", "watcher", "deliver:pacs:0"):
+        _beat(store, name, 0.0, pid=gone)  # the node was killed a moment ago
+    assert cli.main(argv) == 3
+    assert "not running" in capsys.readouterr().out
+    store.close()
+
+
+def test_a_long_job_keeps_its_component_alive_in_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export of a 250-image study PDF outlasts the 10 s of a heartbeat: the export
+    runner beat only between jobs, so `status` called it NOT RUNNING (and, with exit
+    codes, the node degraded) while it was busy and healthy."""
+    import threading
+
+    from node import status
+    from node.config import QueueSection, load_config
+    from node.jobs import JobRunner
+    from node.queue import keepalive
+    from tests.send.peers import until
+
+    monkeypatch.setattr(keepalive, "HEARTBEAT_SECONDS", 0.02)
+    monkeypatch.setattr(status, "ALIVE_SECONDS", 0.3)
+    cfg = load_config(write_config(tmp_path))
+    store = JobStore(cfg.node.state_dir)
+    store.enqueue("study_complete", {"study_uid": "1.2", "archive_dir": "/a/1.2"})
+    reports: list[dict] = []
+
+    def long_pdf(job: object) -> None:
+        started = store.heartbeats()["export-0"][1]
+        # busy for longer than a component may go without a heartbeat
+        until(lambda: store.heartbeats()["export-0"][1] > started + 3 * status.ALIVE_SECONDS)
+        reports.append(status.collect_status(cfg))
+
+    runner = JobRunner(store, {"study_complete": long_pdf}, QueueSection(), idle_seconds=0.01)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop, "export-0"))
+    thread.start()
+    until(lambda: bool(reports), timeout=30)
+    stop.set()
+    thread.join(10)
+    assert reports[0]["components"]["export-0"]["alive"] is True
+    assert status.assess(reports[0])[0] == status.EXIT_RUNNING
+    store.close()

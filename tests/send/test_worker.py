@@ -18,6 +18,7 @@ from node.send.scu import Report
 from node.send.status import Outcome
 from node.send.worker import DeliveryWorker, enqueue_delivery, read_header
 from tests.send.data import native_sc
+from tests.send.peers import until
 
 DEST = Destination(name="pacs", host="127.0.0.1", port=1)
 
@@ -297,10 +298,10 @@ def test_acks_a_full_state_disk_refused_are_written_later_not_resent(
     real_ack = store.ack
     failures = [sqlite3.OperationalError("database or disk is full")]
 
-    def ack(job_ids, *, note=None):  # type: ignore[no-untyped-def]
+    def ack(job_ids, *, note=None, owner=None):  # type: ignore[no-untyped-def]
         if failures:
             raise failures.pop()
-        real_ack(job_ids, note=note)
+        return real_ack(job_ids, note=note, owner=owner)
 
     monkeypatch.setattr(store, "ack", ack)
     sender = FakeSender(lambda i: st.DELIVERED)
@@ -322,7 +323,7 @@ def test_unstarted_jobs_are_released_when_the_acks_cannot_be_written(
     for f in _files(tmp_path, 3):
         enqueue_delivery(store, f, ["pacs"])
 
-    def ack(job_ids, *, note=None):  # type: ignore[no-untyped-def]
+    def ack(job_ids, *, note=None, owner=None):  # type: ignore[no-untyped-def]
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(store, "ack", ack)
@@ -336,20 +337,52 @@ def test_a_long_batch_keeps_the_worker_alive_in_status(
     tmp_path: Path, store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """200 objects to a slow PACS take minutes: the worker beat only between batches, so
-    `dicom-node status` showed it NOT RUNNING while it was sending."""
-    from node.send import worker as worker_module
+    `dicom-node status` showed it NOT RUNNING while it was sending. Its keep-alive beats
+    while one C-STORE is still under way."""
+    from node.queue import keepalive
 
-    monkeypatch.setattr(worker_module, "HEARTBEAT_SECONDS", 0.0, raising=False)
-    for f in _files(tmp_path, 3):
+    monkeypatch.setattr(keepalive, "HEARTBEAT_SECONDS", 0.01)
+    for f in _files(tmp_path, 2):
         enqueue_delivery(store, f, ["pacs"])
-    seen: list[float] = []
 
     def slow_pacs(item: SendItem) -> Outcome:
-        beats = store.heartbeats()
-        seen.append(beats["deliver:pacs:t"][1] if "deliver:pacs:t" in beats else 0.0)
+        # the first C-STORE does not end before the worker has beaten meanwhile
+        until(lambda: "deliver:pacs:t" in store.heartbeats(), timeout=10)
         return Outcome(st.Verdict.DELIVERED, "ok")
 
     worker = _worker(store, FakeSender(slow_pacs))
-    assert worker.run_once() == 3
-    # the third object was sent after the worker had beaten during this batch
-    assert seen[0] == 0.0 and seen[2] > 0.0, seen
+    assert worker.run_once() == 2
+
+
+def test_a_lease_lost_mid_batch_records_nothing_and_starts_nothing_more(
+    tmp_path: Path,
+    store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The process was frozen past its lease (SIGSTOP, a VM paused) and another worker
+    claimed the batch: this one neither acks the object it was sending (the other worker
+    holds it) nor starts the rest of the batch."""
+    from tests.queue.test_clock import Boot
+
+    boot = Boot(monkeypatch)
+    for f in _files(tmp_path, 3):
+        enqueue_delivery(store, f, ["pacs"])
+
+    def frozen_then_delivered(item: SendItem) -> Outcome:
+        if not store.claim_owners() - {"t"}:
+            boot.offset += 60  # frozen for a minute: the lease (10 s) ran out
+            assert len(store.claim("other", destination="pacs", limit=3, lease_seconds=10)) == 3
+            # the keep-alive finds out at its next renewal
+            until(lambda: "lease of job" in caplog.text, timeout=10)
+        return st.DELIVERED
+
+    sender = FakeSender(frozen_then_delivered)
+    w = _worker(store, sender, _cfg(lease_seconds=0.3))
+    with caplog.at_level("ERROR"):
+        w.run_once()
+    assert len(sender.sent) == 1  # the rest of the batch was not started
+    assert {j.state for j in store.select()} == {JobState.CLAIMED}
+    assert {j.lease_owner for j in store.select()} == {"other"}
+    assert store.counters().get("delivered", 0) == 0
+    assert "delivery not recorded as done" in caplog.text
