@@ -115,9 +115,17 @@ def associate(
     calling_ae: str,
     contexts: Sequence[tuple[str, str]],
     tls: tuple[ssl.SSLContext, str] | None,
+    refusals: dict[tuple[str, str], int] | None = None,
+    strays: dict[tuple[str, str], tuple[int, str]] | None = None,
 ) -> tuple[Channel | None, Outcome | None]:
     """A :class:`Channel` on an established association, or None and the outcome for every
-    file (None when the peer accepted none of the contexts: pynetdicom then aborts)."""
+    file (None when the peer accepted none of the contexts).
+
+    The answered contexts are sorted as our own engine sorts them (``acse.sort_context``):
+    pynetdicom takes a context "accepted" with a transfer syntax we did not propose in it
+    as accepted in that syntax; here it counts as not accepted, with the same warning.
+    ``refusals`` and ``strays`` receive what ``acse.sort_context`` files there.
+    """
     where = f"{dest.called_ae}@{dest.host}:{dest.port}"
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = dest.acse_timeout
@@ -135,10 +143,24 @@ def associate(
         evt_handlers=neg.handlers,
         tls_args=tls,
     )
+    refusals = {} if refusals is None else refusals
+    strays = {} if strays is None else strays
+    accepted: dict[tuple[str, str], int] = {}
+    answered = neg.accept.presentation_context_definition_results_list if neg.accept else []
+    for cx in answered:
+        n = (int(cx.context_id or 0) - 1) // 2  # pynetdicom numbers them 1, 3, 5 ... in order
+        if 0 <= n < len(contexts):
+            syntax = str(cx.transfer_syntax[0]) if cx.transfer_syntax else ""
+            acse.sort_context(
+                int(cx.context_id or 0), contexts[n], cx.result, syntax, accepted, refusals, strays
+            )
     if assoc.is_established:
+        if not accepted:  # only contexts answered in a syntax we did not propose
+            assoc.release()
+            return None, None
         assoc.unbind(evt.EVT_PDU_RECV, neg.on_pdu)  # not called for every P-DATA PDU
         assoc.dul._run_loop_delay = REACTOR_DELAY
-        return Channel(assoc, where, dest.dimse_timeout), st.DELIVERED
+        return Channel(assoc, where, dest.dimse_timeout, accepted), st.DELIVERED
     if neg.reject is not None:
         pdu = neg.reject
         rj = acse.Rejected(pdu.result, pdu.source, pdu.reason_diagnostic)
@@ -159,14 +181,24 @@ def associate(
 class Channel:
     """An established pynetdicom association carrying one batch (see ``scu.Channel``)."""
 
-    def __init__(self, assoc: Association, where: str, dimse_timeout: float) -> None:
+    def __init__(
+        self,
+        assoc: Association,
+        where: str,
+        dimse_timeout: float,
+        contexts: dict[tuple[str, str], int] | None = None,
+    ) -> None:
         self.assoc = assoc
         self.where = where
         self.timeout = dimse_timeout if dimse_timeout > 0 else None
-        self.contexts = {
-            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0)
-            for cx in assoc.accepted_contexts
-        }
+        self.contexts = (
+            contexts
+            if contexts is not None
+            else {
+                (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0)
+                for cx in assoc.accepted_contexts
+            }
+        )
         self.paused: PausedReactor | None = None
         if fast_path_available(assoc):
             self.paused = PausedReactor(assoc).__enter__()
