@@ -108,3 +108,18 @@ def test_no_response_within_the_dimse_timeout(tmp_path: Path, engine: str) -> No
         finally:
             os.kill(scp.proc.pid, signal.SIGCONT)
     assert out == ["delivered", "retry: no C-STORE response within the DIMSE timeout (0.5 s)"]
+
+
+@ENGINES
+@PYNETDICOM_REFUSED_SOCKET
+def test_refused_connections_leave_no_descriptor_open(tmp_path: Path, engine: str) -> None:
+    """An unreachable PACS retried for hours must not cost a descriptor per attempt.
+    pynetdicom 3.0.4 leaves the refused socket to the garbage collector (a ResourceWarning);
+    CPython's reference counting closes it at once, so the count stays flat."""
+    dest = _dest(free_port())
+    files = [native_sc(tmp_path / "a.dcm")]
+    _send(dest, engine, files)  # imports, logging handlers: opened once
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        _send(dest, engine, files)
+    assert len(os.listdir("/proc/self/fd")) == before
