@@ -6,7 +6,9 @@ the user information (maximum length, implementation class UID and version name)
 the peer's answer:
 
 * A-ASSOCIATE-AC (PS3.8 9.3.3): the result of every proposed context and the peer's
-  maximum PDU length, as an :class:`Association` for ``wire`` to run the data phase on;
+  maximum PDU length, as an :class:`Association` for ``wire`` to run the data phase on
+  (a context "accepted" with a transfer syntax we did not propose in it counts as not
+  accepted: :func:`sort_context`);
 * A-ASSOCIATE-RJ (PS3.8 9.3.4): :class:`Rejected`, with the result, source and reason in
   the words of PS3.8 Table 9-21 (the same words pynetdicom uses);
 * anything else (A-ABORT, another PDU, a malformed answer, a timeout, a closed socket):
@@ -70,6 +72,10 @@ CONTEXT_RESULTS = {
     3: "abstract-syntax-not-supported (provider rejection)",
     4: "transfer-syntaxes-not-supported (provider rejection)",
 }
+#: Not a PS3.8 result: the peer answered "acceptance" with a transfer syntax that was not
+#: proposed in that context, which PS3.8 9.3.3.2 does not allow (the acceptor picks one of
+#: the proposed syntaxes). Such a context is treated as not accepted.
+OTHER_SYNTAX = 0x100
 
 
 class AssociationError(Exception):
@@ -103,8 +109,11 @@ class Association:
     #: The peer's maximum P-DATA-TF length (0: no limit).
     peer_max_pdu: int
     peer_implementation: str = ""
-    #: (abstract syntax, transfer syntax) -> result of each refused context (PS3.8 9-18).
+    #: (abstract syntax, transfer syntax) -> result of each refused context (PS3.8 9-18,
+    #: or :data:`OTHER_SYNTAX`).
     refused: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Contexts "accepted" with a syntax we did not propose: -> (context ID, that syntax).
+    strays: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- encoding
@@ -184,12 +193,15 @@ def decode_accept(
     body: bytes,
     proposed: Sequence[tuple[str, str]],
     refusals: dict[tuple[str, str], int] | None = None,
+    strays: dict[tuple[str, str], tuple[int, str]] | None = None,
 ) -> tuple[dict[tuple[str, str], int], int, str]:
     """From an A-ASSOCIATE-AC body: accepted contexts, the peer's max PDU, its implementation.
 
     A context counts as accepted only when its result is 0 and the peer named the transfer
-    syntax we proposed in it (each of our contexts carries exactly one). ``refusals``, when
-    given, receives the result (PS3.8 Table 9-18) of every refused context.
+    syntax we proposed in it (each of our contexts carries exactly one); see
+    :func:`sort_context`. ``refusals``, when given, receives the result (PS3.8 Table 9-18,
+    or :data:`OTHER_SYNTAX`) of every context not accepted, ``strays`` the context ID and
+    the syntax of each one accepted with a syntax we did not propose.
     """
     if len(body) < 68:
         raise AssociationError(f"malformed A-ASSOCIATE-AC: {len(body)} bytes, at least 68 needed")
@@ -209,16 +221,16 @@ def decode_accept(
                 )
             if result != 0:
                 refused.append(f"{cx_id}: {CONTEXT_RESULTS.get(result, result)}")
-                if refusals is not None:
-                    refusals[proposed[n]] = result
-                continue
             syntaxes = [_uid(v) for k, v in _items(value, 4) if k == 0x40]
-            if syntaxes[:1] != [proposed[n][1]]:
-                raise AssociationError(
-                    f"A-ASSOCIATE-AC accepts context {cx_id} with transfer syntax "
-                    f"{syntaxes[:1]}, which was not proposed in it ({proposed[n][1]})"
-                )
-            accepted[proposed[n]] = cx_id
+            sort_context(
+                cx_id,
+                proposed[n],
+                result,
+                syntaxes[0] if syntaxes else "",
+                accepted,
+                refusals if refusals is not None else {},
+                strays if strays is not None else {},
+            )
         elif kind == 0x50:
             for sub, sub_value in _items(value, 0):
                 if sub == 0x51 and len(sub_value) == 4:
@@ -230,6 +242,50 @@ def decode_accept(
     if refused:
         log.debug("presentation contexts refused: %s", "; ".join(refused))
     return accepted, peer_max, implementation
+
+
+def sort_context(
+    cx_id: int,
+    proposed: tuple[str, str],
+    result: int,
+    syntax: str,
+    accepted: dict[tuple[str, str], int],
+    refusals: dict[tuple[str, str], int],
+    strays: dict[tuple[str, str], tuple[int, str]],
+) -> None:
+    """File one answered presentation context (shared by both SCU engines).
+
+    Accepted (result 0 with the transfer syntax we proposed in it) goes to ``accepted``;
+    refused to ``refusals`` with its result. A context "accepted" with another syntax
+    breaks PS3.8 9.3.3.2 (the acceptor picks one of the proposed syntaxes): the peer would
+    decode our data set in a syntax we did not write it in. It is treated as not accepted
+    (``refusals`` gets :data:`OTHER_SYNTAX`, ``strays`` the ID and the syntax), with a
+    warning, and the association goes on with the other contexts.
+    """
+    if result != 0:
+        refusals[proposed] = result
+    elif syntax != proposed[1]:
+        refusals[proposed] = OTHER_SYNTAX
+        strays[proposed] = (cx_id, syntax)
+        log.warning(
+            "the peer accepted presentation context %d (%s) with transfer syntax %s, "
+            "which was not proposed in it (proposed: %s): the peer is not conformant "
+            "(PS3.8 9.3.3.2); the context is treated as not accepted",
+            cx_id,
+            uid_name(proposed[0]),
+            uid_name(syntax) if syntax else "none",
+            uid_name(proposed[1]),
+        )
+    else:
+        accepted[proposed] = cx_id
+
+
+def uid_name(uid: str) -> str:
+    """``Name (uid)`` for a UID pydicom knows, else the UID (pydicom imported only here)."""
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return uid if name == uid else f"{name} ({uid})"
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -274,8 +330,9 @@ def negotiate(
         body = _recv_exact(sock, length)
         if kind == 0x02:
             refusals: dict[tuple[str, str], int] = {}
-            accepted, peer_max, implementation = decode_accept(body, contexts, refusals)
-            return Association(sock, accepted, peer_max, implementation, refusals)
+            strays: dict[tuple[str, str], tuple[int, str]] = {}
+            accepted, peer_max, implementation = decode_accept(body, contexts, refusals, strays)
+            return Association(sock, accepted, peer_max, implementation, refusals, strays)
         if kind == 0x03 and len(body) >= 4:
             raise Rejected(body[1], body[2], body[3])
         if kind == 0x07:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.config import Config, Destination, check_ae, check_pdu
 from node.errors import ConfigError, SendError
+from node.send import duplicates
 from node.send.contexts import DicomDirFile, NotDicomFile, SendItem, read_header
 from node.send.scu import StoreSCU
 from node.send.status import Outcome
@@ -242,8 +243,20 @@ def _enqueue_one(store: JobStore, destination: str, path: Path, named: set[Path]
         return "bad"
     old = store.find(KIND, uid, destination)
     if old is not None and old.state in PENDING:
-        print(f"already queued  {path}: job {old.id} is {old.state}")
-        return "pending"
+        queued = Path(old.payload.get("path", ""))
+        if duplicates.same_file(path, queued):
+            print(f"already queued  {path}: job {old.id} is {old.state}")
+            return "pending"
+        why = duplicates.difference(queued, path)
+        if why is None:
+            print(
+                f"already queued  {path}: the same content as {queued}, queued under "
+                f"(0008,0018) SOPInstanceUID {uid} as job {old.id} ({old.state})"
+            )
+            return "pending"
+        how = f"queued for {destination} as job {old.id} ({old.state})"
+        print(f"skipped  {path}: {duplicates.conflict(uid, queued, how, why)}")
+        return "bad"
     enqueue_delivery(store, path, [destination], source="cli", replace=True)
     if old is not None:
         print(f"re-queued  {path}: job {old.id} was {old.state}")
@@ -270,7 +283,8 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
 
     files = iter_files(paths)
     named = {Path(raw) for raw in paths}
-    total = ignored = foreign = 0
+    total = ignored = foreign = repeated = 0
+    seen: dict[str, Path] = {}  # SOP Instance UID -> the file sent under it in this run
     while True:
         batch: list[SendItem] = []
         for path in files:
@@ -287,6 +301,21 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
                     continue
                 counts["skipped"] += 1
                 print(f"skipped    {path}: {exc}")
+                continue
+            uid = header["sop_instance_uid"]
+            first = seen.setdefault(uid, path)
+            if first is not path:
+                why = duplicates.difference(first, path)
+                if why is None:  # the same object twice: sent once, as --queue queues it once
+                    repeated += 1
+                    print(
+                        f"ignored    {path}: the same content as {first}, sent under "
+                        f"(0008,0018) SOPInstanceUID {uid} in this run"
+                    )
+                else:
+                    counts["skipped"] += 1
+                    text = duplicates.conflict(uid, first, "sent in this run", why)
+                    print(f"skipped    {path}: {text}")
                 continue
             batch.append(SendItem(path=path, key=total + len(batch), **header))
             if len(batch) >= BATCH:
@@ -308,7 +337,8 @@ def _send_now(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
         f"({counts['warning']} with warnings), {counts['retry']} failed transiently, "
         f"{counts['dead']} failed permanently, {counts['skipped']} skipped"
         f"{f', {ignored} DICOMDIR ignored' if ignored else ''}"
-        f"{f', {foreign} non-DICOM file(s) ignored' if foreign else ''}; "
+        f"{f', {foreign} non-DICOM file(s) ignored' if foreign else ''}"
+        f"{f', {repeated} identical copies ignored' if repeated else ''}; "
         f"{elapsed:.3f} s, {ok / elapsed if elapsed else 0:.1f} files/s, "
         f"{sizes / elapsed / 1e6 if elapsed else 0:.1f} MB/s"
     )

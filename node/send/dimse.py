@@ -32,7 +32,7 @@ import queue
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,13 +42,13 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ
 from pynetdicom.presentation import build_context
 
 from node.config import Destination
 from node.errors import SendError
 from node.filemeta import FileMetaError, read_file_meta
-from node.send import acse
+from node.send import acse, wire
 from node.send import status as st
 from node.send.contexts import SendItem, check_even, check_unchanged, encode_dataset
 from node.send.status import Outcome
@@ -86,6 +86,7 @@ class _Negotiation:
 
     connected: bool = False
     reject: Any = None  # the A-ASSOCIATE-RJ PDU, when rejected
+    abort: Any = None  # the peer's A-ABORT PDU, once one came (source and reason)
     accept: Any = None  # the A-ASSOCIATE-AC primitive, when accepted
     handlers: list[Any] = field(default_factory=list)
 
@@ -101,8 +102,18 @@ class _Negotiation:
         _nodelay(event)
 
     def on_pdu(self, event: Any) -> None:
-        if isinstance(event.pdu, A_ASSOCIATE_RJ):
-            self.reject = event.pdu
+        pdu = event.pdu
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            self.reject = pdu
+        elif isinstance(pdu, A_ABORT_RQ):
+            self.abort = pdu
+
+    def lost(self) -> Outcome:
+        """The association ended under a C-STORE: the peer's A-ABORT, or the connection
+        lost, in the words of the ``wire`` engine."""
+        if self.abort is not None:
+            return st.retry(wire.peer_abort_text(self.abort.source, self.abort.reason_diagnostic))
+        return st.retry(f"association failed during the C-STORE: {wire.CONNECTION_LOST}")
 
     def _on_acse(self, event: Any) -> None:
         prim = event.primitive
@@ -115,9 +126,17 @@ def associate(
     calling_ae: str,
     contexts: Sequence[tuple[str, str]],
     tls: tuple[ssl.SSLContext, str] | None,
+    refusals: dict[tuple[str, str], int] | None = None,
+    strays: dict[tuple[str, str], tuple[int, str]] | None = None,
 ) -> tuple[Channel | None, Outcome | None]:
     """A :class:`Channel` on an established association, or None and the outcome for every
-    file (None when the peer accepted none of the contexts: pynetdicom then aborts)."""
+    file (None when the peer accepted none of the contexts).
+
+    The answered contexts are sorted as our own engine sorts them (``acse.sort_context``):
+    pynetdicom takes a context "accepted" with a transfer syntax we did not propose in it
+    as accepted in that syntax; here it counts as not accepted, with the same warning.
+    ``refusals`` and ``strays`` receive what ``acse.sort_context`` files there.
+    """
     where = f"{dest.called_ae}@{dest.host}:{dest.port}"
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = dest.acse_timeout
@@ -135,10 +154,25 @@ def associate(
         evt_handlers=neg.handlers,
         tls_args=tls,
     )
+    refusals = {} if refusals is None else refusals
+    strays = {} if strays is None else strays
+    accepted: dict[tuple[str, str], int] = {}
+    answered = neg.accept.presentation_context_definition_results_list if neg.accept else []
+    for cx in answered:
+        n = (int(cx.context_id or 0) - 1) // 2  # pynetdicom numbers them 1, 3, 5 ... in order
+        if 0 <= n < len(contexts):
+            syntax = str(cx.transfer_syntax[0]) if cx.transfer_syntax else ""
+            acse.sort_context(
+                int(cx.context_id or 0), contexts[n], cx.result, syntax, accepted, refusals, strays
+            )
     if assoc.is_established:
-        assoc.unbind(evt.EVT_PDU_RECV, neg.on_pdu)  # not called for every P-DATA PDU
+        if not accepted:  # only contexts answered in a syntax we did not propose
+            assoc.release()
+            return None, None
+        # EVT_PDU_RECV stays bound: one call per PDU received (a response per C-STORE),
+        # and it is how the peer's A-ABORT (source, reason) reaches us.
         assoc.dul._run_loop_delay = REACTOR_DELAY
-        return Channel(assoc, where, dest.dimse_timeout), st.DELIVERED
+        return Channel(assoc, where, dest.dimse_timeout, accepted, neg), st.DELIVERED
     if neg.reject is not None:
         pdu = neg.reject
         rj = acse.Rejected(pdu.result, pdu.source, pdu.reason_diagnostic)
@@ -159,14 +193,26 @@ def associate(
 class Channel:
     """An established pynetdicom association carrying one batch (see ``scu.Channel``)."""
 
-    def __init__(self, assoc: Association, where: str, dimse_timeout: float) -> None:
+    def __init__(
+        self,
+        assoc: Association,
+        where: str,
+        dimse_timeout: float,
+        contexts: dict[tuple[str, str], int] | None = None,
+        negotiation: _Negotiation | None = None,
+    ) -> None:
         self.assoc = assoc
+        self.negotiation = negotiation or _Negotiation()
         self.where = where
         self.timeout = dimse_timeout if dimse_timeout > 0 else None
-        self.contexts = {
-            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0)
-            for cx in assoc.accepted_contexts
-        }
+        self.contexts = (
+            contexts
+            if contexts is not None
+            else {
+                (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0)
+                for cx in assoc.accepted_contexts
+            }
+        )
         self.paused: PausedReactor | None = None
         if fast_path_available(assoc):
             self.paused = PausedReactor(assoc).__enter__()
@@ -210,6 +256,7 @@ class Channel:
                 offset=offset,
                 data=data,
                 timeout=self.timeout,
+                lost=self.negotiation.lost,
             )
         # pynetdicom's public path (when the batch path's internals are missing).
         try:
@@ -292,6 +339,7 @@ def store(
     offset: int = 0,
     data: bytes | None = None,
     timeout: float | None = None,
+    lost: Callable[[], Outcome] | None = None,
 ) -> Outcome:
     """One C-STORE of ``path`` (as stored, its data set at ``offset``) or ``data`` (an
     encoded data set); its Outcome.
@@ -310,11 +358,15 @@ def store(
         req.DataSet = io.BytesIO(data or b"")
     a: Any = assoc
     a.dimse.send_msg(req, context_id)
-    return _wait_response(assoc, msg_id, sop_instance_uid, timeout)
+    return _wait_response(assoc, msg_id, sop_instance_uid, timeout, lost or _Negotiation().lost)
 
 
 def _wait_response(
-    assoc: Association, msg_id: int, sop_instance_uid: str, timeout: float | None
+    assoc: Association,
+    msg_id: int,
+    sop_instance_uid: str,
+    timeout: float | None,
+    lost: Callable[[], Outcome],
 ) -> Outcome:
     a: Any = assoc
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -323,14 +375,14 @@ def _wait_response(
             _cx, rsp = a.dimse.msg_queue.get(block=True, timeout=POLL_SECONDS)
         except queue.Empty:
             if a.is_aborted or a.acse.is_aborted() or not a.dul.is_alive():
-                return st.retry("association aborted while waiting for the C-STORE response")
+                return lost()
             if deadline is not None and time.monotonic() > deadline:
                 log.error("no C-STORE response within the DIMSE timeout: aborting")
                 assoc.abort()
-                return st.retry(f"no C-STORE response within {timeout:.0f} s (DIMSE timeout)")
+                return st.retry(wire.dimse_timeout_text(timeout))
             continue
         if rsp is None:  # the provider gave up on the association (abort, closed socket)
-            return st.retry("association aborted while waiting for the C-STORE response")
+            return lost()
         if not isinstance(rsp, C_STORE) or rsp.MessageIDBeingRespondedTo != msg_id:
             log.error(
                 "unexpected DIMSE message %s (responding to %s) while waiting for message %d",

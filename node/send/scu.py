@@ -250,9 +250,11 @@ class StoreSCU:
         if engine not in ENGINES:
             raise ValueError(f"unknown SCU engine {engine!r} (known: {', '.join(ENGINES)})")
         self.engine = engine
-        #: Results of the contexts the last association refused (``wire`` engine): they
-        #: tell "SOP class not supported" from "none of these transfer syntaxes".
+        #: Results of the contexts the last association refused: they tell "SOP class not
+        #: supported" from "none of these transfer syntaxes".
         self._refused: dict[Context, int] = {}
+        #: Contexts of the last association "accepted" with a syntax we did not propose.
+        self._strays: dict[Context, tuple[int, str]] = {}
 
     # ------------------------------------------------------------------ associations
 
@@ -262,12 +264,14 @@ class StoreSCU:
         The outcome is None when the peer accepted the association but none of the
         presentation contexts: each file's SOP class was refused.
         """
-        self._refused = {}
+        self._refused, self._strays = {}, {}
         if self.engine == "pynetdicom":
             from node.send import dimse
 
             tls = (self._tls, self.dest.host) if self._tls is not None else None
-            return dimse.associate(self.dest, self.calling_ae, contexts, tls)
+            return dimse.associate(
+                self.dest, self.calling_ae, contexts, tls, self._refused, self._strays
+            )
         host, port = self.dest.host, self.dest.port
         try:
             sock = acse.connect(host, port, timeout=self.dest.acse_timeout, tls=self._tls)
@@ -297,7 +301,7 @@ class StoreSCU:
         except ValueError as exc:  # our side: e.g. an AE title given on the command line
             return None, st.dead(f"cannot request an association with {self.where}: {exc}")
         channel = WireChannel(assoc, self.dest)
-        self._refused = assoc.refused
+        self._refused, self._strays = assoc.refused, assoc.strays
         if not assoc.contexts:
             channel.release()
             return None, None
@@ -385,6 +389,23 @@ class StoreSCU:
         from pydicom.uid import UID  # names for the message only
 
         name = UID(item.sop_class_uid).name
+        strays = {
+            ts: answer for (cls, ts), answer in self._strays.items() if cls == item.sop_class_uid
+        }
+        if not syntaxes and strays:
+            answers = "; ".join(
+                f"context {cx_id} proposed with {UID(ts).name}, answered "
+                f"{acse.uid_name(chosen) if chosen else 'without a transfer syntax'}"
+                for ts, (cx_id, chosen) in strays.items()
+            )
+            return st.dead(
+                f"{name} ({item.sop_class_uid}): AE {self.where} accepted no presentation "
+                f"context for it with a transfer syntax we proposed ({answers}): the peer "
+                "is not conformant (PS3.8 9.3.3.2: the acceptor picks one of the proposed "
+                "transfer syntaxes), so these contexts count as not accepted; have the "
+                "PACS's transfer syntax settings corrected (or report it to its vendor), "
+                "then `dicom-node queue retry`"
+            )
         if not syntaxes:
             results = {
                 ts: result

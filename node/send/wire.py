@@ -48,6 +48,34 @@ class WireError(Exception):
     """The association cannot go on (protocol error, abort, timeout, closed socket)."""
 
 
+#: A connection that went away under an association, worded alike by both SCU engines.
+CONNECTION_LOST = (
+    "the connection was lost (the peer closed or reset it: a PACS that stopped or"
+    " crashed, or a firewall cutting the connection; see the PACS's log)"
+)
+
+
+def dimse_timeout_text(timeout: float | None) -> str:
+    """No response within the DIMSE timeout, worded alike by both SCU engines."""
+    return f"no C-STORE response within the DIMSE timeout ({timeout:g} s)"
+
+
+def peer_abort_text(source: int, reason: int) -> str:
+    """The peer's A-ABORT during a C-STORE, worded alike by both SCU engines."""
+    return (
+        "association failed during the C-STORE: the peer aborted the association "
+        f"({abort_text(source, reason)})"
+    )
+
+
+class PeerAborted(WireError):
+    """The peer sent A-ABORT (PS3.8 9.3.8): its source and reason."""
+
+    def __init__(self, source: int, reason: int) -> None:
+        self.source, self.reason = source, reason
+        super().__init__(f"the peer aborted the association ({abort_text(source, reason)})")
+
+
 #: A-ABORT reasons of the service provider (PS3.8 Table 9-26).
 _ABORT_REASONS = {
     0: "reason not specified",
@@ -209,7 +237,7 @@ class Wire:
             except BlockingIOError:  # SO_RCVTIMEO ran out
                 raise TimeoutError("nothing received within the timeout") from None
             if not chunk:
-                raise WireError("the peer closed the connection")
+                raise ConnectionResetError("the peer closed the connection")
             buf += chunk
         out = bytes(buf[:n])
         del buf[:n]
@@ -262,11 +290,15 @@ class Wire:
                 raise
             if isinstance(exc, TimeoutError):
                 reason = (
-                    "no C-STORE response within the DIMSE timeout"
+                    dimse_timeout_text(self.dimse_timeout)
                     if waiting
                     else "association failed during the C-STORE: the peer stopped reading "
                     "(sending timed out after the network timeout)"
                 )
+            elif isinstance(exc, ConnectionError):  # reset, broken pipe, closed (EOF)
+                reason = f"association failed during the C-STORE: {CONNECTION_LOST} [{exc}]"
+            elif isinstance(exc, PeerAborted):
+                reason = peer_abort_text(exc.source, exc.reason)
             else:
                 reason = f"association failed during the C-STORE: {exc}"
             self.abort()
@@ -303,7 +335,7 @@ class Wire:
             if kind == 0x07:  # A-ABORT
                 source, reason = (body[2], body[3]) if len(body) >= 4 else (0, 0)
                 self._close(released=False)  # nothing more to say on it: close the socket
-                raise WireError(f"the peer aborted the association ({abort_text(source, reason)})")
+                raise PeerAborted(source, reason)
             if kind != 0x04:
                 raise WireError(
                     f"unexpected PDU type 0x{kind:02X} while waiting for a DIMSE response"

@@ -140,3 +140,22 @@ def until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached")
         time.sleep(0.02)
+
+
+def answer_in_unproposed_syntax(monkeypatch: Any, answers: dict[str, str]) -> None:
+    """Make pynetdicom's acceptor (our in-process SCPs) non-conformant: a context proposed
+    with a transfer syntax in ``answers`` is accepted with the syntax it maps to, which was
+    not proposed in it (PS3.8 9.3.3.2 forbids this; no real tool we have does it)."""
+    import pynetdicom.acse
+
+    negotiate = pynetdicom.acse.negotiate_as_acceptor
+
+    def non_conformant(rq: Any, supported: Any, roles: Any = None) -> Any:
+        result, ac_roles = negotiate(rq, supported, roles)
+        proposed = {cx.context_id: cx.transfer_syntax[0] for cx in rq}
+        for cx in result:
+            if cx.result == 0 and proposed[cx.context_id] in answers:
+                cx.transfer_syntax = [answers[proposed[cx.context_id]]]
+        return result, ac_roles
+
+    monkeypatch.setattr(pynetdicom.acse, "negotiate_as_acceptor", non_conformant)

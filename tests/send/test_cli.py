@@ -379,3 +379,60 @@ def test_drain_tries_each_job_once_against_a_failing_peer(
     assert main(["queue", "list", "-c", cfg, "--state", "retry", "--json"]) == 0
     [job] = json.loads(capsys.readouterr().out)
     assert job["attempts"] == 1
+
+
+def _one_uid_three_files(tmp_path: Path) -> tuple[Path, Path, Path, str]:
+    """``a``, ``copy`` (the same bytes) and ``other`` (another object), all one SOP
+    Instance UID: a CD copied twice, and a converter copying a template's UID."""
+    import shutil
+
+    uid = "1.2.826.0.1.3680043.10.1234.77"
+    d = tmp_path / "in"
+    d.mkdir()
+    a = native_sc(d / "a.dcm", uid=uid)
+    copy = d / "b-copy.dcm"
+    shutil.copy(a, copy)
+    other = native_sc(d / "c-other.dcm", uid=uid, size=64)
+    return a, copy, other, uid
+
+
+def _conflict(uid: str, first: Path, how: str) -> str:
+    return f"(0008,0018) SOPInstanceUID {uid} is already {how} for another file, {first} ("
+
+
+def test_send_queue_names_the_file_queued_under_the_same_uid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "already queued" for a different file too, without naming the other file:
+    the second object was silently never sent."""
+    a, copy, other, uid = _one_uid_three_files(tmp_path)
+    cfg = _cfg(tmp_path, free_port(), "PACS")
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(a)]) == 0
+    capsys.readouterr()
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(copy), str(other)]) == 1
+    out = capsys.readouterr().out
+    assert f"already queued  {copy}: the same content as {a}, queued under (0008,0018)" in out
+    line = next(x for x in out.splitlines() if x.startswith("skipped"))
+    assert line.startswith(
+        f"skipped  {other}: " + _conflict(uid, a, "queued for pacs as job 1 (queued)")
+    )
+    assert " bytes there, " in line
+    assert "new SOP Instance UID at the source" in line and "receive.duplicates" in line
+    assert "queued 0 file(s) for pacs" in out and "1 already queued, 1 skipped" in out
+
+
+@pytest.mark.dcmtk
+def test_send_now_sends_one_uid_once_and_refuses_another_file_under_it(
+    tmp_path: Path, storescp: Storescp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --queue both went out, and the PACS kept one of two different objects
+    (storescp writes one file per UID): now as with --queue."""
+    a, copy, other, uid = _one_uid_three_files(tmp_path)
+    cfg = _cfg(tmp_path, storescp.port, storescp.aet)
+    assert main(["send", "-c", cfg, "--dest", "pacs", str(tmp_path / "in")]) == 1
+    out = capsys.readouterr().out
+    assert f"delivered  {a}" in out
+    assert f"ignored    {copy}: the same content as {a}, sent under (0008,0018)" in out
+    assert f"skipped    {other}: " + _conflict(uid, a, "sent in this run") in out
+    assert "1 of 2 delivered" in out and "1 identical copies ignored" in out
+    assert list(storescp.by_uid()) == [uid]

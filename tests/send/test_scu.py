@@ -23,7 +23,7 @@ from node.send.scu import StoreSCU
 from node.send.worker import DeliveryWorker, enqueue_delivery
 from tests.peers import LOOPBACK, Storescp, free_port
 from tests.send.data import jpeg_object, native_sc
-from tests.send.peers import rejecting_server, scripted_scp
+from tests.send.peers import answer_in_unproposed_syntax, rejecting_server, scripted_scp
 
 # pynetdicom 3.0.4 leaks the socket of a refused connection (transport.py: shutdown() raises
 # ENOTCONN before close()); the GC closes it with a ResourceWarning. Not ours to fix here.
@@ -145,14 +145,69 @@ def test_sop_class_not_accepted_is_dead_not_retried(tmp_path: Path, engine: str)
         worker.run_once()
     job = store.get(jid)
     assert job is not None and job.state == JobState.DEAD
-    # The wire engine also names the peer's result from the A-ASSOCIATE-AC.
-    why = " (abstract-syntax-not-supported (provider rejection))" if engine == "wire" else ""
+    # Both engines name the peer's result from the A-ASSOCIATE-AC.
     assert job.last_error == (
         "SOP class Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7) "
-        f"not accepted by AE FAKEPACS@{LOOPBACK}:{scp.port}{why}; allow it on the PACS "
+        f"not accepted by AE FAKEPACS@{LOOPBACK}:{scp.port} "
+        "(abstract-syntax-not-supported (provider rejection)); allow it on the PACS "
         "(Orthanc: UnknownSopClassAccepted for a class it does not know, DCMTK storescp: "
         "-pm), then `dicom-node queue retry`"
     )
+
+
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.70"
+
+
+def test_context_accepted_in_an_unproposed_syntax_is_left_out_and_the_rest_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A non-conformant peer accepts our JPEG Baseline context with JPEG Lossless, which we
+    did not propose in it: the wire engine failed the whole association (retried for
+    days). That context is now left out with a warning, and the file goes decompressed on
+    the Explicit VR context the peer accepted as proposed."""
+    answer_in_unproposed_syntax(monkeypatch, {JPEGBaseline8Bit: JPEG_LOSSLESS})
+    f = jpeg_object(tmp_path / "j.dcm")
+    with scripted_scp() as scp:
+        worker, store = _worker(tmp_path, _dest(scp.port))
+        [jid] = enqueue_delivery(store, f, ["pacs"])
+        worker.run_once()
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DONE, job.last_error
+    assert [str(ds.file_meta.TransferSyntaxUID) for ds in scp.datasets] == [ExplicitVRLittleEndian]
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "node.send.acse"]
+    assert warning == (
+        "the peer accepted presentation context 1 (Secondary Capture Image Storage "
+        "(1.2.840.10008.5.1.4.1.1.7)) with transfer syntax JPEG Lossless, Non-Hierarchical, "
+        "First-Order Prediction (Process 14 [Selection Value 1]) (1.2.840.10008.1.2.4.70), "
+        "which was not proposed in it (proposed: JPEG Baseline (Process 1) "
+        "(1.2.840.10008.1.2.4.50)): the peer is not conformant (PS3.8 9.3.3.2); the "
+        "context is treated as not accepted"
+    )
+
+
+def test_no_context_accepted_in_a_proposed_syntax_is_dead_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every context answered in a syntax we did not propose: nothing can go, and the job
+    says the peer is not conformant (dead, as any other context not accepted)."""
+    answer_in_unproposed_syntax(
+        monkeypatch, {ExplicitVRLittleEndian: JPEG_LOSSLESS, ImplicitVRLittleEndian: JPEG_LOSSLESS}
+    )
+    f = native_sc(tmp_path / "a.dcm")
+    with scripted_scp() as scp:
+        worker, store = _worker(tmp_path, _dest(scp.port))
+        [jid] = enqueue_delivery(store, f, ["pacs"])
+        worker.run_once()
+        assert scp.received == []
+    job = store.get(jid)
+    assert job is not None and job.state == JobState.DEAD
+    assert (job.last_error or "").startswith(
+        "Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7): AE "
+        f"FAKEPACS@{LOOPBACK}:{scp.port} accepted no presentation context for it with a "
+        "transfer syntax we proposed (context 1 proposed with Explicit VR Little Endian, "
+        "answered JPEG Lossless"
+    )
+    assert "the peer is not conformant (PS3.8 9.3.3.2" in (job.last_error or "")
 
 
 def test_missing_response_is_retried_never_counted(tmp_path: Path) -> None:
