@@ -46,6 +46,7 @@ from node.receive.header import (
     truncation_file,
 )
 from node.receive.ledger import Instance, Ledger
+from node.receive.sopclasses import STORAGE_CLASS_UIDS
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ class StoreContext:
     ledger: Ledger
     chunk_threshold: int
     pdu_cap: int
+    #: The storage SOP classes accepted (standard and ``receive.extra_sop_classes``).
+    storage_classes: frozenset[str] = frozenset(STORAGE_CLASS_UIDS)
     uid_locks: UidLocks = field(default_factory=UidLocks, compare=False)
 
 
@@ -170,6 +173,23 @@ def handle_store(event: Any, ctx: StoreContext) -> int | Dataset:
     buf = request.DataSet
     ts = event.context.transfer_syntax
     calling_ae = str(event.assoc.requestor.ae_title).strip()
+    if command_class not in ctx.storage_classes:
+        # pynetdicom routes a C-STORE by its (0000,0002), not by its context: an extra
+        # class registered for another SCP of this process must not be stored here.
+        buf = request.DataSet
+        if isinstance(buf, SpillBuffer):
+            buf.discard()
+        log.error(
+            "C-STORE from %s refused: (0000,0002) AffectedSOPClassUID %s is not a storage "
+            "SOP class this SCP accepts (add it to receive.extra_sop_classes to store it)",
+            calling_ae,
+            command_class,
+            extra=fields(sop_instance_uid=command_sop, calling_ae=calling_ae),
+        )
+        return _failure(
+            StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+            "(0000,0002) AffectedSOPClassUID: SOP class not supported",
+        )
     source: memoryview | Path | None = None
     try:
         if isinstance(buf, SpillBuffer) and buf.spilled:

@@ -1,6 +1,7 @@
 """The Storage SCP application entity: contexts, access control, TLS, limits.
 
-:class:`StorageSCP` accepts C-ECHO, C-STORE for every storage SOP class pynetdicom knows,
+:class:`StorageSCP` accepts C-ECHO, C-STORE for every storage SOP class pynetdicom knows (and
+the retired ones and ``receive.extra_sop_classes``, see :mod:`node.receive.sopclasses`),
 and Storage Commitment Push Model. For each proposed context it picks the first syntax of
 :data:`TRANSFER_SYNTAXES` the sender offers: the sender's compressed syntax as it is (no
 decompression), then Explicit VR LE, Implicit VR LE, and Explicit VR Big Endian last.
@@ -65,7 +66,7 @@ from node.receive.handlers import (
     set_nodelay,
 )
 from node.receive.ledger import Ledger
-from node.receive.sopclasses import STORAGE_CLASS_UIDS
+from node.receive.sopclasses import accepted_storage_classes, check_extra_classes
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ def check_access_config(cfg: ReceiveSection) -> None:
         raise ReceiveError("receive.chunk_threshold_bytes must be positive (bytes kept in memory)")
     if cfg.max_associations <= 0:
         raise ReceiveError("receive.max_associations must be at least 1")
+    check_extra_classes(cfg.extra_sop_classes)
     if is_loopback(cfg.host):
         return
     if not cfg.allowed_networks and not cfg.allowed_calling_aes:
@@ -266,6 +268,7 @@ class StorageSCP:
         self._servers: list[tuple[_Server, threading.Thread]] = []
         self._ae: AE | None = None
         self._commit_ctx: CommitContext | None = None
+        self._storage_classes: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ set-up
 
@@ -281,7 +284,7 @@ class StorageSCP:
         ae.network_timeout = r.network_timeout
         ae.require_called_aet = r.require_called_ae
         ae.require_calling_aet = [a.strip() for a in r.allowed_calling_aes]
-        for sop_class in STORAGE_CLASS_UIDS:
+        for sop_class in self._storage_classes:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, UNCOMPRESSED)
         ae.add_supported_context(StorageCommitmentPushModel, UNCOMPRESSED)
@@ -294,6 +297,7 @@ class StorageSCP:
             ledger=ledger,
             chunk_threshold=r.chunk_threshold_bytes,
             pdu_cap=pdu_cap(r.max_pdu),
+            storage_classes=frozenset(self._storage_classes),
         )
         peers = {
             d.called_ae.strip(): Peer(
@@ -359,6 +363,7 @@ class StorageSCP:
             return
         r = self.rcfg
         check_access_config(r)
+        self._storage_classes = accepted_storage_classes(r.extra_sop_classes)
         tls = server_tls_context(r.tls) if r.tls.enabled else None
         self.archive.prepare()
         ledger = Ledger(
