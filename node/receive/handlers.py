@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from node.errors import UnsafePath
 from node.logs import fields
+from node.receive.aetitles import screen_ae_titles
 from node.receive.archive import Archive, OutOfSpace, Staged, file_meta_bytes
 from node.receive.guard import (
     SentCounter,
@@ -121,10 +122,12 @@ def handle_echo(event: Any) -> int:
 
 
 def handle_conn_open(event: Any, ctx: StoreContext) -> None:
-    """Install the per-connection guards (PDU cap, spill to disk, event-driven DUL)."""
+    """Install the per-connection guards (PDU cap, AE titles, spill to disk, event-driven
+    DUL)."""
     assoc = event.assoc
     peer = f"{event.address[0]}:{event.address[1]}"
     guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
+    screen_ae_titles(assoc, peer)
     free_slot_when_closed(assoc)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker

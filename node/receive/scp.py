@@ -13,8 +13,10 @@ Access, in the order a connection meets it:
    connection before any DICOM is read;
 2. concurrent connections: at most ``max_associations`` + 4 open sockets; above
    ``max_associations`` pynetdicom rejects with "local limit exceeded" (transient);
-3. called AE title must be ours (``require_called_ae``): A-ASSOCIATE-RJ reason 7;
-4. calling AE title in ``receive.allowed_calling_aes`` (empty = any): RJ reason 3.
+3. AE titles outside the DICOM default repertoire (or spaces only): A-ASSOCIATE-RJ reason
+   7 or 3 before pynetdicom decodes the request (:mod:`node.receive.aetitles`);
+4. called AE title must be ours (``require_called_ae``): A-ASSOCIATE-RJ reason 7;
+5. calling AE title in ``receive.allowed_calling_aes`` (empty = any): RJ reason 3.
 
 Binding to a non-loopback address with neither list set refuses to start. TLS (TLS 1.2+,
 optional client-certificate verification) runs on its own port, with the handshake done
