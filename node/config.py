@@ -161,6 +161,10 @@ class ReceiveSection:
     forward: list[ForwardRule] = field(default_factory=list)
     fsync: bool = True
     fast_path: bool = True
+    #: Storage SOP classes accepted beyond the standard ones (private classes such as
+    #: Siemens CSA Non-Image 1.3.12.2.1107.5.9.1), as storescp's association profile or
+    #: Orthanc's AcceptedSopClasses.
+    extra_sop_classes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -409,6 +413,28 @@ def _is_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and all(p.isascii() and p.isdigit() for p in parts)
 
 
+def check_uid(value: str, key: str, example: str) -> str:
+    """``value`` if it is a valid UID (PS3.5 9.1: 1-64 characters, digits and dots, no
+    empty component, no component with a leading zero); ConfigError naming ``key``."""
+    parts = value.split(".")
+    if not 0 < len(value) <= 64 or any(
+        not (p.isascii() and p.isdigit()) or (len(p) > 1 and p[0] == "0") for p in parts
+    ):
+        if len(value) > 64:
+            why = f"{len(value)} characters"
+        elif any(not p for p in parts):
+            why = "an empty component"
+        elif any(not (p.isascii() and p.isdigit()) for p in parts):
+            why = "a character other than digits and dots"
+        else:
+            why = "a component with a leading zero"
+        raise ConfigError(
+            f"{key}: {value!r} is not a valid UID ({why}; PS3.5 9.1: at most 64 characters, "
+            f"digits separated by dots, no leading zero in a component), e.g. {example}"
+        )
+    return value
+
+
 def _host(value: str, key: str) -> None:
     if not value.strip() or any(c.isspace() for c in value) or not value.isprintable():
         raise ConfigError(
@@ -481,6 +507,12 @@ def _validate_receive(cfg: Config) -> None:
         )
     if r.min_free_bytes < 0:
         raise ConfigError(f"receive.min_free_bytes: {r.min_free_bytes} must be 0 or more")
+    for i, uid in enumerate(r.extra_sop_classes):
+        check_uid(
+            uid,
+            f"receive.extra_sop_classes[{i}]",
+            "1.3.12.2.1107.5.9.1 for Siemens CSA Non-Image",
+        )
 
 
 def _validate_ports(cfg: Config) -> None:

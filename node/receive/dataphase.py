@@ -52,7 +52,6 @@ from node.receive.archive import OutOfSpace, Staged, check_uid, file_meta_bytes
 from node.receive.guard import PDU_MIN_RATE
 from node.receive.handlers import StoreContext, StoreStatus, store_object
 from node.receive.header import read_header_prefix
-from node.receive.sopclasses import STORAGE_CLASS_UIDS
 from node.sockopts import kernel_timeouts
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,6 @@ _PDV_HEADER = struct.Struct(">IBB")
 _ELEM = struct.Struct("<HHI")
 
 VERIFICATION = str(Verification)
-STORAGE_CLASSES = frozenset(STORAGE_CLASS_UIDS)
 
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
@@ -162,13 +160,14 @@ def response_command(
 # ------------------------------------------------------------------ eligibility
 
 
-def eligible(assoc: Any) -> bool:
-    """True if every accepted context is storage or Verification with us as the SCP."""
+def eligible(assoc: Any, storage_classes: frozenset[str]) -> bool:
+    """True if every accepted context is storage (one of ``storage_classes``) or
+    Verification, with us as the SCP."""
     contexts = list(getattr(assoc, "accepted_contexts", []) or [])
     if not contexts:
         return False
     for cx in contexts:
-        if str(cx.abstract_syntax) not in STORAGE_CLASSES and cx.abstract_syntax != VERIFICATION:
+        if str(cx.abstract_syntax) not in storage_classes and cx.abstract_syntax != VERIFICATION:
             return False
         if cx.as_scp is False:  # role selection made us the SCU of this context
             return False
@@ -501,7 +500,7 @@ class DataPhase:
                 )  # fmt: skip
                 msg.refusal = (StoreStatus.CANNOT_UNDERSTAND, f"{tag} {keyword} is not a valid UID")
                 return
-        if sop_class not in STORAGE_CLASSES:
+        if sop_class not in self.ctx.storage_classes:
             # Sent on a context negotiated for another class: a private or unknown class
             # refused at negotiation must not be stored through a CT context (PS3.7 10.1:
             # a DIMSE-C command's SOP class is its presentation context's abstract syntax).
@@ -704,7 +703,7 @@ def install(
 
     def reactor() -> None:
         sent = accepted.wait(settings.accept_timeout)
-        if not sent or not eligible(assoc) or sock.socket is None:
+        if not sent or not eligible(assoc, ctx.storage_classes) or sock.socket is None:
             sock._node_hold = False
             sock.wake()
             original_reactor()

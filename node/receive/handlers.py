@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from node.errors import UnsafePath
 from node.logs import fields
+from node.receive.aetitles import screen_ae_titles
 from node.receive.archive import Archive, OutOfSpace, Staged, file_meta_bytes
 from node.receive.guard import (
     SentCounter,
@@ -46,6 +47,7 @@ from node.receive.header import (
     truncation_file,
 )
 from node.receive.ledger import Instance, Ledger
+from node.receive.sopclasses import STORAGE_CLASS_UIDS
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,8 @@ class StoreContext:
     ledger: Ledger
     chunk_threshold: int
     pdu_cap: int
+    #: The storage SOP classes accepted (standard and ``receive.extra_sop_classes``).
+    storage_classes: frozenset[str] = frozenset(STORAGE_CLASS_UIDS)
     uid_locks: UidLocks = field(default_factory=UidLocks, compare=False)
 
 
@@ -118,10 +122,12 @@ def handle_echo(event: Any) -> int:
 
 
 def handle_conn_open(event: Any, ctx: StoreContext) -> None:
-    """Install the per-connection guards (PDU cap, spill to disk, event-driven DUL)."""
+    """Install the per-connection guards (PDU cap, AE titles, spill to disk, event-driven
+    DUL)."""
     assoc = event.assoc
     peer = f"{event.address[0]}:{event.address[1]}"
     guard_recv(assoc.dul.socket, ctx.pdu_cap, peer)
+    screen_ae_titles(assoc, peer)
     free_slot_when_closed(assoc)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
@@ -170,6 +176,23 @@ def handle_store(event: Any, ctx: StoreContext) -> int | Dataset:
     buf = request.DataSet
     ts = event.context.transfer_syntax
     calling_ae = str(event.assoc.requestor.ae_title).strip()
+    if command_class not in ctx.storage_classes:
+        # pynetdicom routes a C-STORE by its (0000,0002), not by its context: an extra
+        # class registered for another SCP of this process must not be stored here.
+        buf = request.DataSet
+        if isinstance(buf, SpillBuffer):
+            buf.discard()
+        log.error(
+            "C-STORE from %s refused: (0000,0002) AffectedSOPClassUID %s is not a storage "
+            "SOP class this SCP accepts (add it to receive.extra_sop_classes to store it)",
+            calling_ae,
+            command_class,
+            extra=fields(sop_instance_uid=command_sop, calling_ae=calling_ae),
+        )
+        return _failure(
+            StoreStatus.SOP_CLASS_NOT_SUPPORTED,
+            "(0000,0002) AffectedSOPClassUID: SOP class not supported",
+        )
     source: memoryview | Path | None = None
     try:
         if isinstance(buf, SpillBuffer) and buf.spilled:

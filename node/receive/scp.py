@@ -1,6 +1,7 @@
 """The Storage SCP application entity: contexts, access control, TLS, limits.
 
-:class:`StorageSCP` accepts C-ECHO, C-STORE for every storage SOP class pynetdicom knows,
+:class:`StorageSCP` accepts C-ECHO, C-STORE for every storage SOP class pynetdicom knows (and
+the retired ones and ``receive.extra_sop_classes``, see :mod:`node.receive.sopclasses`),
 and Storage Commitment Push Model. For each proposed context it picks the first syntax of
 :data:`TRANSFER_SYNTAXES` the sender offers: the sender's compressed syntax as it is (no
 decompression), then Explicit VR LE, Implicit VR LE, and Explicit VR Big Endian last.
@@ -12,8 +13,10 @@ Access, in the order a connection meets it:
    connection before any DICOM is read;
 2. concurrent connections: at most ``max_associations`` + 4 open sockets; above
    ``max_associations`` pynetdicom rejects with "local limit exceeded" (transient);
-3. called AE title must be ours (``require_called_ae``): A-ASSOCIATE-RJ reason 7;
-4. calling AE title in ``receive.allowed_calling_aes`` (empty = any): RJ reason 3.
+3. AE titles outside the DICOM default repertoire (or spaces only): A-ASSOCIATE-RJ reason
+   7 or 3 before pynetdicom decodes the request (:mod:`node.receive.aetitles`);
+4. called AE title must be ours (``require_called_ae``): A-ASSOCIATE-RJ reason 7;
+5. calling AE title in ``receive.allowed_calling_aes`` (empty = any): RJ reason 3.
 
 Binding to a non-loopback address with neither list set refuses to start. TLS (TLS 1.2+,
 optional client-certificate verification) runs on its own port, with the handshake done
@@ -65,7 +68,7 @@ from node.receive.handlers import (
     set_nodelay,
 )
 from node.receive.ledger import Ledger
-from node.receive.sopclasses import STORAGE_CLASS_UIDS
+from node.receive.sopclasses import accepted_storage_classes, check_extra_classes
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,7 @@ def check_access_config(cfg: ReceiveSection) -> None:
         raise ReceiveError("receive.chunk_threshold_bytes must be positive (bytes kept in memory)")
     if cfg.max_associations <= 0:
         raise ReceiveError("receive.max_associations must be at least 1")
+    check_extra_classes(cfg.extra_sop_classes)
     if is_loopback(cfg.host):
         return
     if not cfg.allowed_networks and not cfg.allowed_calling_aes:
@@ -266,6 +270,7 @@ class StorageSCP:
         self._servers: list[tuple[_Server, threading.Thread]] = []
         self._ae: AE | None = None
         self._commit_ctx: CommitContext | None = None
+        self._storage_classes: tuple[str, ...] = ()
 
     # ------------------------------------------------------------------ set-up
 
@@ -281,7 +286,7 @@ class StorageSCP:
         ae.network_timeout = r.network_timeout
         ae.require_called_aet = r.require_called_ae
         ae.require_calling_aet = [a.strip() for a in r.allowed_calling_aes]
-        for sop_class in STORAGE_CLASS_UIDS:
+        for sop_class in self._storage_classes:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, UNCOMPRESSED)
         ae.add_supported_context(StorageCommitmentPushModel, UNCOMPRESSED)
@@ -294,6 +299,7 @@ class StorageSCP:
             ledger=ledger,
             chunk_threshold=r.chunk_threshold_bytes,
             pdu_cap=pdu_cap(r.max_pdu),
+            storage_classes=frozenset(self._storage_classes),
         )
         peers = {
             d.called_ae.strip(): Peer(
@@ -359,6 +365,7 @@ class StorageSCP:
             return
         r = self.rcfg
         check_access_config(r)
+        self._storage_classes = accepted_storage_classes(r.extra_sop_classes)
         tls = server_tls_context(r.tls) if r.tls.enabled else None
         self.archive.prepare()
         ledger = Ledger(

@@ -11,17 +11,25 @@ pydicom's dictionary to both: 25, see tests/receive/test_sop_classes.py); they a
 registered with pynetdicom's storage service so its own path (Storage Commitment
 associations, ``fast_path = false``) serves them too.
 
-Private SOP classes (Siemens CSA Non-Image, GE, Philips ...) are refused, as storescp
-and Orthanc do by default.
+Private SOP classes (Siemens CSA Non-Image, GE, Philips ...) are refused by default, as
+storescp and Orthanc do. ``receive.extra_sop_classes`` lists those a site wants stored
+(storescp's association profile, Orthanc's ``AcceptedSopClasses``):
+:func:`accepted_storage_classes` checks them, registers them with pynetdicom's storage
+service as :data:`EXTRA_STORAGE_CLASSES` are, and returns the SCP's whole list. They are
+accepted with the same transfer syntaxes as every storage class, stored as received and
+recorded the same way; the export finds no pixels in them and skips them.
 """
 
 from __future__ import annotations
 
 import logging
 
+from pydicom.uid import UID_dictionary
 from pynetdicom import AllStoragePresentationContexts
-from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.service_class import ServiceClass, StorageServiceClass
 from pynetdicom.sop_class import register_uid, uid_to_service_class
+
+from node.errors import ReceiveError
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +79,54 @@ STORAGE_CLASS_UIDS: tuple[str, ...] = tuple(
         + list(EXTRA_STORAGE_CLASSES)
     )
 )
+
+
+def check_extra_classes(extra: list[str]) -> list[str]:
+    """The ``receive.extra_sop_classes`` not already accepted, in order, without repeats.
+
+    ReceiveError for a UID DICOM defines as something other than a storage SOP class (a
+    transfer syntax, Verification, Storage Commitment, a query/retrieve model ...):
+    accepting it as storage would misroute its messages. Syntax was checked by the config.
+    """
+    standard = set(STORAGE_CLASS_UIDS)
+    added: list[str] = []
+    for i, uid in enumerate(extra):
+        if uid in standard or uid in added:
+            continue
+        service = uid_to_service_class(uid)
+        entry = UID_dictionary.get(uid)
+        not_storage = entry is not None and (
+            entry[1] != "SOP Class" or "Storage" not in entry[0] or "Commitment" in entry[0]
+        )
+        if not_storage or service not in (ServiceClass, StorageServiceClass):
+            what = f"{entry[0]} ({entry[1]})" if entry is not None else service.__name__
+            raise ReceiveError(
+                f"receive.extra_sop_classes[{i}]: {uid} is {what}, not a storage SOP class: "
+                "remove it (the list takes the SOP Class UIDs of objects to store, e.g. "
+                "1.3.12.2.1107.5.9.1 for Siemens CSA Non-Image)"
+            )
+        added.append(uid)
+    return added
+
+
+def accepted_storage_classes(extra: list[str]) -> tuple[str, ...]:
+    """:data:`STORAGE_CLASS_UIDS` plus the ``receive.extra_sop_classes`` ``extra``.
+
+    Each extra UID is checked (:func:`check_extra_classes`) and registered with
+    pynetdicom's storage service, so its own path serves it too; one already accepted is
+    logged and ignored.
+    """
+    added = check_extra_classes(extra)
+    for i, uid in enumerate(extra):
+        if uid in STORAGE_CLASS_UIDS:
+            log.warning(
+                "receive.extra_sop_classes[%d]: %s (%s) is a storage class accepted anyway: "
+                "the entry changes nothing",
+                i,
+                uid,
+                UID_dictionary.get(uid, (uid,))[0],
+            )
+    for uid in added:
+        if uid_to_service_class(uid) is not StorageServiceClass:
+            register_uid(uid, "ExtraStorage_" + uid.replace(".", "_"), StorageServiceClass)
+    return STORAGE_CLASS_UIDS + tuple(added)

@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from node.receive import guard
 from node.receive.dataphase import eligible, parse_command, response_command
+from node.receive.sopclasses import STORAGE_CLASS_UIDS
 from node.send import acse
 from node.send.wire import Wire, store_rq_command
 from tests.peers import LOOPBACK, peer_env, tool
@@ -363,13 +364,19 @@ def _cx(abstract: str, as_scp: bool | None = True) -> Any:
 
 def test_eligibility() -> None:
     ct, sc = str(CTImageStorage), str(SecondaryCaptureImageStorage)
-    assert eligible(SimpleNamespace(accepted_contexts=[_cx(ct), _cx(str(Verification))]))
-    assert eligible(SimpleNamespace(accepted_contexts=[_cx(sc, None)]))
-    assert not eligible(SimpleNamespace(accepted_contexts=[]))
-    assert not eligible(
-        SimpleNamespace(accepted_contexts=[_cx(ct), _cx(str(StorageCommitmentPushModel))])
-    )
-    assert not eligible(SimpleNamespace(accepted_contexts=[_cx(ct, False)]))
+    private = "1.3.12.2.1107.5.9.1"
+    classes = frozenset(STORAGE_CLASS_UIDS)
+
+    def ok(*contexts: Any, storage: frozenset[str] = classes) -> bool:
+        return eligible(SimpleNamespace(accepted_contexts=list(contexts)), storage)
+
+    assert ok(_cx(ct), _cx(str(Verification)))
+    assert ok(_cx(sc, None))
+    assert not ok()
+    assert not ok(_cx(ct), _cx(str(StorageCommitmentPushModel)))
+    assert not ok(_cx(ct, False))
+    assert not ok(_cx(private))  # a private class: storage only where configured
+    assert ok(_cx(private), storage=classes | {private})
 
 
 def test_header_from_the_first_bytes_only_when_they_settle_it() -> None:

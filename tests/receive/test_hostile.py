@@ -7,26 +7,30 @@ import logging
 import os
 import socket
 import struct
+import subprocess
 import time
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import SecondaryCaptureImageStorage  # type: ignore[attr-defined]
 
 from node.receive.archive import INCOMING
-from tests.peers import LOOPBACK, run_storescp
+from tests.peers import LOOPBACK, peer_env, run_storescp, tool
 from tests.receive.helpers import (
     AET,
+    archive_target,
     archived,
     dcmsend,
     echoscu,
     image_dataset,
     quiet_build,
+    renamed_copy,
     running_scp,
 )
 
@@ -429,3 +433,65 @@ def test_a_data_set_that_cannot_be_spilled_aborts_cleanly(
         assert store.select(kind="export_instance") == []
         _wait_empty(scp.archive_root / ".incoming")
         assert echoscu(scp.port).returncode == 0
+
+
+def _request_with_titles(called: bytes, calling: bytes) -> bytes:
+    """An A-ASSOCIATE-RQ (Verification) with these raw 16-byte AE title fields."""
+    request = _odd_request(1, [b"1.2.840.10008.1.2"])
+    return request[:10] + called.ljust(16) + calling.ljust(16) + request[42:]
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize(
+    ("called", "calling", "reason", "shown"),
+    [
+        (b"DICOMNOD\xe9", b"MODALITY", 7, "0xE9"),  # Latin-1 e-acute in the called title
+        (AET.encode(), b"MOD\xc3\xa9", 3, "0xA9 0xC3"),  # UTF-8 e-acute
+        (AET.encode(), b"MOD\x1bX", 3, "0x1B"),  # a control character (ESC)
+        (AET.encode(), b"MOD\\X", 3, "backslash"),
+        (AET.encode(), b" " * 16, 3, "spaces only"),
+    ],
+)
+def test_an_ae_title_outside_the_repertoire_is_rejected_cleanly(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    fast_path: bool,
+    called: bytes,
+    calling: bytes,
+    reason: int,
+    shown: str,
+) -> None:
+    """pynetdicom decodes the request's AE titles while parsing it: a byte outside the
+    default repertoire logged a traceback (UnicodeDecodeError, then ValueError) and the
+    requestor got an A-ABORT. Now A-ASSOCIATE-RJ (PS3.8 9.3.4: rejected-permanent, service
+    user, reason 7 called / 3 calling AE title not recognized), one log line naming the
+    peer, no traceback, the slot freed, and a storescu store goes through afterwards."""
+    caplog.set_level(logging.DEBUG)
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, _store, cfg):
+        with socket.create_connection((LOOPBACK, scp.port), timeout=10) as s:
+            s.sendall(_request_with_titles(called, calling))
+            assert s.recv(10) == bytes((0x03, 0, 0, 0, 0, 4, 0, 1, 1, reason))
+            assert s.recv(10) == b""  # closed by the SCP
+        assert scp._ae is not None
+        deadline = time.monotonic() + 5
+        while scp._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not scp._ae.active_associations
+        lines = [r for r in caplog.records if r.name == "node.receive.aetitles"]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        message = lines[0].getMessage()
+        which = "called" if reason == 7 else "calling"
+        assert f"from {LOOPBACK}:" in message and f"{which} AE title" in message, message
+        assert shown in message, message
+        assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+        src = renamed_copy(get_testdata_file("CT_small.dcm"), tmp_path / "ct.dcm")
+        result = subprocess.run(
+            [tool("storescu"), "-aet", "MODALITY", "-aec", AET, LOOPBACK, str(scp.port)]
+            + [str(src)],
+            env=peer_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert archive_target(cfg.receive.archive, src)[1].is_file()

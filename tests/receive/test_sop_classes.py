@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -179,11 +180,17 @@ def test_a_private_class_sent_on_a_ct_context_is_not_stored(
 ) -> None:
     """A private SOP class is refused at negotiation; sent on a context negotiated for CT
     (PS3.7 10.1: a DIMSE-C command's SOP class is its context's abstract syntax), our data
-    phase stored it all the same. Now 0x0122 (SOP class not supported); pynetdicom's path
-    aborts the association. A CT object on the same context is still stored."""
+    phase stored it all the same. Now 0x0122 (SOP class not supported), and a CT object on
+    the same context is still stored.
+
+    pynetdicom routes a C-STORE by its (0000,0002) and aborts on a class it does not know;
+    once another SCP of the process registered the class (receive.extra_sop_classes, as
+    here), its path stored it. Our handler now answers 0x0122 there too."""
+    from node.receive.sopclasses import accepted_storage_classes
     from tests.receive.helpers import archived, image_dataset
     from tests.receive.test_dataphase import _dataset_bytes, _wire
 
+    accepted_storage_classes([PRIVATE[0]])  # registered with pynetdicom, process-wide
     ct = "1.2.840.10008.5.1.4.1.1.2"
     private = image_dataset(2, 2, b"\x01\x02\x03\x04")
     private.SOPClassUID = PRIVATE[0]
@@ -196,24 +203,127 @@ def test_a_private_class_sent_on_a_ct_context_is_not_stored(
             msg_id=1,
             data=_dataset_bytes(private),
         )
-        if fast_path:
-            assert outcome.status == 0x0122, outcome
-            assert "SOP class not supported" in outcome.comment
-            ct_object = image_dataset(2, 2, b"\x05\x06\x07\x08")
-            ct_object.SOPClassUID = ct
-            outcome = wire.store(
-                ids[ct],
-                sop_class_uid=ct,
-                sop_instance_uid=ct_object.SOPInstanceUID,
-                msg_id=2,
-                data=_dataset_bytes(ct_object),
-            )
-            assert outcome.status == 0, outcome
-            wire.release()
-            assert [p.stem for p in archived(scp.archive_root)] == [ct_object.SOPInstanceUID]
-        else:
-            assert not outcome.delivered, outcome  # pynetdicom aborts
-            wire.sock.close()  # Wire leaves it open after the peer's A-ABORT
-            assert archived(scp.archive_root) == []
+        assert outcome.status == 0x0122, outcome
+        assert "SOP class not supported" in outcome.comment
+        ct_object = image_dataset(2, 2, b"\x05\x06\x07\x08")
+        ct_object.SOPClassUID = ct
+        outcome = wire.store(
+            ids[ct],
+            sop_class_uid=ct,
+            sop_instance_uid=ct_object.SOPInstanceUID,
+            msg_id=2,
+            data=_dataset_bytes(ct_object),
+        )
+        assert outcome.status == 0, outcome
+        wire.release()
+        assert [p.stem for p in archived(scp.archive_root)] == [ct_object.SOPInstanceUID]
         classes = [j.payload["sop_class_uid"] for j in store.select(kind="export_instance")]
         assert PRIVATE[0] not in classes
+
+
+#: A storescu association profile proposing the Siemens CSA Non-Image class, which
+#: DCMTK's own lists do not hold (storescu -xf FILE Private).
+STORESCU_PRIVATE_PROFILE = """\
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LittleEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+
+[[PresentationContexts]]
+[Private]
+PresentationContext1 = 1.3.12.2.1107.5.9.1\\Uncompressed
+
+[[Profiles]]
+[Private]
+PresentationContexts = Private
+"""
+
+
+def _csa_non_image(path: Path) -> Path:
+    """A Siemens CSA Non-Image object: no pixels, a private CSA header blob."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = PRIVATE[0]
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID = "CSA1"
+    ds.Modality = "MR"
+    block = ds.private_block(0x0029, "SIEMENS CSA NON-IMAGE", create=True)
+    block.add_new(0x10, "OB", b"SV10\x04\x03\x02\x01" + bytes(200))
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _storescu_profile(port: int, profile: Path, src: Path) -> Any:
+    return subprocess.run(
+        [tool("storescu"), "-aet", "MODALITY", "-aec", AET, "-xf", str(profile), "Private"]
+        + [LOOPBACK, str(port), str(src)],
+        env=peer_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_extra_sop_classes_accepts_a_private_class(tmp_path: Path, fast_path: bool) -> None:
+    """Siemens CSA Non-Image objects (sent by every Siemens MR/CT with its images) were
+    refused at negotiation with no way to accept them. With receive.extra_sop_classes they
+    are stored as received, recorded and queued like any object, on both paths; the export
+    skips them (no pixels). Sent by storescu with an association profile (-xf)."""
+    from node.config import ExportSection
+    from node.export.exporter import Exporter
+
+    src = dcmtk_encoded(_csa_non_image(tmp_path / "csa.dcm"))
+    profile = tmp_path / "private.cfg"
+    profile.write_text(STORESCU_PRIVATE_PROFILE)
+    with running_scp(tmp_path / "plain", fast_path=fast_path) as (scp, store, cfg):
+        refused = _storescu_profile(scp.port, profile, src)
+        assert refused.returncode != 0
+        assert "No Acceptable Presentation Contexts" in refused.stderr, refused.stderr
+        probe = AE(ae_title="PROBE")
+        probe.add_requested_context(PRIVATE[0])
+        probe.add_requested_context("1.2.840.10008.1.1")
+        assoc = probe.associate(LOOPBACK, scp.port, ae_title=AET)
+        assert [cx.result for cx in assoc.rejected_contexts] == [0x03]  # abstract syntax
+        assoc.release()  # not supported (PS3.8 9.3.3.2)
+        assert not archive_target(cfg.receive.archive, src)[1].exists()
+    extra = {"extra_sop_classes": [PRIVATE[0]], "fast_path": fast_path}
+    with running_scp(tmp_path / "extra", **extra) as (scp, store, cfg):
+        result = _storescu_profile(scp.port, profile, src)
+        assert result.returncode == 0, result.stdout + result.stderr
+        ds, target = archive_target(cfg.receive.archive, src)
+        assert dataset_bytes(target) == dataset_bytes(src)
+        dump = subprocess.run(
+            [tool("dcmdump"), "+P", "0002,0002", "+P", "0008,0016", str(target)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert dump.count(f"[{PRIVATE[0]}]") == 2, dump  # file meta and data set agree
+        jobs = [j.payload for j in store.select(kind="export_instance")]
+        assert [j["sop_class_uid"] for j in jobs] == [PRIVATE[0]]
+    export = ExportSection(dir=tmp_path / "export")
+    assert Exporter(export, fsync=False).export_instance(target) == []
+
+
+def test_extra_sop_classes_are_checked(tmp_path: Path) -> None:
+    """A malformed UID is refused at config load naming the key; a UID DICOM defines as
+    something else than a storage class (a transfer syntax, Storage Commitment) when the
+    SCP is checked; a standard storage class listed is harmless."""
+    from node.errors import ConfigError, ReceiveError
+    from node.receive.scp import check_access_config
+    from tests.receive.helpers import make_config
+
+    for bad in ("1.3.12.2.1107.05.9.1", "1.3.12..2", "1.3.12.2.1107.5.9.1 ", "9" * 65):
+        with pytest.raises(ConfigError, match=r"receive\.extra_sop_classes\[1\]"):
+            make_config(tmp_path, extra_sop_classes=[PRIVATE[1], bad])
+    for other in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.20.1", "1.2.840.10008.1.1"):
+        cfg = make_config(tmp_path, extra_sop_classes=[other])
+        with pytest.raises(ReceiveError, match=r"extra_sop_classes\[0\]: .* not a storage"):
+            check_access_config(cfg.receive)
+    check_access_config(make_config(tmp_path, extra_sop_classes=STANDARD[:1]).receive)
