@@ -122,4 +122,5 @@ def test_refused_connections_leave_no_descriptor_open(tmp_path: Path, engine: st
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(50):
         _send(dest, engine, files)
-    assert len(os.listdir("/proc/self/fd")) == before
+    # not growing: a descriptor an earlier test left to the collector may close meanwhile
+    assert len(os.listdir("/proc/self/fd")) <= before
