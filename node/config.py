@@ -406,13 +406,6 @@ def _resolve_paths(obj: Any, base: Path) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
-def _is_uid(value: str) -> bool:
-    """Digits and dots, 1-64 characters, no empty component (as ``fsutil.is_valid_uid``,
-    without importing ``re`` at start-up)."""
-    parts = value.split(".")
-    return 0 < len(value) <= 64 and all(p.isascii() and p.isdigit() for p in parts)
-
-
 def check_uid(value: str, key: str, example: str) -> str:
     """``value`` if it is a valid UID (PS3.5 9.1: 1-64 characters, digits and dots, no
     empty component, no component with a leading zero); ConfigError naming ``key``."""
@@ -574,11 +567,11 @@ def _validate(cfg: Config) -> None:
         check_pdu(dest.max_pdu, f"{key}.max_pdu")
         _timeouts(dest, key)
         for j, uid in enumerate(dest.transfer_syntaxes):
-            if not _is_uid(uid):
-                raise ConfigError(
-                    f"{key}.transfer_syntaxes[{j}]: {uid!r} is not a UID "
-                    "(e.g. 1.2.840.10008.1.2.1 for Explicit VR Little Endian)"
-                )
+            check_uid(
+                uid,
+                f"{key}.transfer_syntaxes[{j}]",
+                "1.2.840.10008.1.2.1 for Explicit VR Little Endian",
+            )
         _validate_self_destination(cfg, i, dest)
     for name in cfg.ingest.destinations:
         if name not in names:
