@@ -179,7 +179,6 @@ def handle_store(event: Any, ctx: StoreContext) -> int | Dataset:
     if command_class not in ctx.storage_classes:
         # pynetdicom routes a C-STORE by its (0000,0002), not by its context: an extra
         # class registered for another SCP of this process must not be stored here.
-        buf = request.DataSet
         if isinstance(buf, SpillBuffer):
             buf.discard()
         log.error(
