@@ -31,6 +31,14 @@ def store(tmp_path: Path) -> JobStore:
     return JobStore(tmp_path, durable=False)
 
 
+def _claimed(store: JobStore, owner: str, lease_seconds: float = 300) -> int:
+    """One delivery job, claimed by ``owner``; its id."""
+    job = store.enqueue("deliver", {}, destination="pacs", dedup_key="1")
+    [claimed] = store.claim(owner, lease_seconds=lease_seconds)
+    assert claimed.id == job
+    return job
+
+
 def _taken_over(store: JobStore, boot: Boot, job: int) -> None:
     """The first worker was frozen past its lease; "other" claims the job."""
     boot.offset += 301
@@ -45,8 +53,7 @@ def test_a_worker_cannot_record_a_job_another_worker_holds_now(
     late ack marked done a job the other worker was sending (or its retry pulled it from
     under it)."""
     boot = Boot(monkeypatch)
-    job = store.enqueue("deliver", {}, destination="pacs", dedup_key="1")
-    store.claim("frozen", lease_seconds=300)
+    job = _claimed(store, "frozen")
     _taken_over(store, boot, job)
 
     assert store.ack([job], owner="frozen") == []
@@ -64,8 +71,7 @@ def test_an_expired_lease_nobody_took_is_still_its_workers(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     boot = Boot(monkeypatch)
-    job = store.enqueue("deliver", {}, destination="pacs", dedup_key="1")
-    store.claim("slow", lease_seconds=300)
+    job = _claimed(store, "slow")
     boot.offset += 301
     assert store.extend_lease([job], "slow", 300) == [job]
     assert store.claim("other", lease_seconds=300) == []
@@ -76,8 +82,7 @@ def test_the_lease_is_renewed_after_a_third_of_it_not_on_every_round(
     store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     boot = Boot(monkeypatch)
-    job = store.enqueue("deliver", {}, destination="pacs", dedup_key="1")
-    store.claim("w", lease_seconds=30)
+    job = _claimed(store, "w", 30)
     renewals: list[list[int]] = []
     extend = store.extend_lease
 

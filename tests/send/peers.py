@@ -57,6 +57,17 @@ class ScriptedSCP:
 
 
 @contextlib.contextmanager
+def serving(ae: AE, handlers: list[Any], port: int = 0, **kw: Any) -> Iterator[int]:
+    """``ae`` serving on 127.0.0.1 (``port``, or a free one) with ``handlers``; its port."""
+    port = port or free_port()
+    server = ae.start_server((LOOPBACK, port), block=False, evt_handlers=handlers, **kw)
+    try:
+        yield port
+    finally:
+        server.shutdown()
+
+
+@contextlib.contextmanager
 def scripted_scp(
     statuses: list[int] | None = None,
     *,
@@ -74,13 +85,8 @@ def scripted_scp(
             uid, [JPEGBaseline8Bit, ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         )
     ae.add_supported_context(Verification)
-    server = ae.start_server(
-        (LOOPBACK, scp.port), block=False, evt_handlers=[(evt.EVT_C_STORE, scp.handle)]
-    )
-    try:
+    with serving(ae, [(evt.EVT_C_STORE, scp.handle)], scp.port):
         yield scp
-    finally:
-        server.shutdown()
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from node.send.wire import VERIFICATION, Wire
 from node.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.peers import LOOPBACK, run_storescp
 from tests.send.data import native_sc
-from tests.send.peers import answering_server, scripted_scp
+from tests.send.peers import answering_server, scripted_scp, serving
 
 SC = "1.2.840.10008.5.1.4.1.1.7"
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -305,8 +305,6 @@ def test_pdv_fragments_are_capped_when_the_peer_announces_a_huge_maximum(tmp_pat
     from pynetdicom import AE, evt
     from pynetdicom.pdu import P_DATA_TF
 
-    from tests.peers import free_port
-
     src = native_sc(tmp_path / "big.dcm", size=2200, bits=16)  # ~9.7 MB of pixels
     sizes: list[int] = []
     received: list[bytes] = []
@@ -322,19 +320,11 @@ def test_pdv_fragments_are_capped_when_the_peer_announces_a_huge_maximum(tmp_pat
     ae = AE(ae_title="BIGPDU")
     ae.maximum_pdu_size = 1 << 30
     ae.add_supported_context(SC, [EXPLICIT])
-    port = free_port()
-    server = ae.start_server(
-        (LOOPBACK, port),
-        block=False,
-        evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), (evt.EVT_C_STORE, on_store)],
-    )
-    try:
+    outcomes = []
+    with serving(ae, [(evt.EVT_PDU_RECV, on_pdu), (evt.EVT_C_STORE, on_store)]) as port:
         dest = Destination(name="big", host=LOOPBACK, port=port, called_ae="BIGPDU")
         item = SendItem(path=src, **read_header(src))
-        outcomes = []
         StoreSCU(dest, calling_ae="ME", engine="wire").send([item], lambda i, o: outcomes.append(o))
-    finally:
-        server.shutdown()
     assert [o.describe() for o in outcomes] == ["delivered"]
     assert received == [dcmread(src).PixelData]
     assert max(sizes) <= 4 * 1024 * 1024 + 6  # as for a peer announcing no limit

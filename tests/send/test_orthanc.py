@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from node.cli import main
 from node.queue.store import JobState, JobStore
@@ -147,18 +149,26 @@ def test_object_without_series_uid_is_dead_not_retried_for_a_week(
     assert orthanc.sop_instance_uids() == [dcmread(good).SOPInstanceUID]
 
 
+def _send_refused(
+    tmp_path: Path, orthanc: Orthanc, capsys: pytest.CaptureFixture[str], edit: Callable[..., None]
+) -> str:
+    """``send`` of one SC object changed by ``edit`` (its Dataset), which Orthanc refuses for
+    good (exit 1): the command's output."""
+    f = native_sc(tmp_path / "edited.dcm")
+    ds = dcmread(f)
+    edit(ds)
+    ds.save_as(f, enforce_file_format=True)
+    cfg = _config(tmp_path, orthanc)
+    assert main(["send", "-c", str(cfg), "--dest", "orthanc", str(f)]) == 1
+    return capsys.readouterr().out
+
+
 def test_refusal_names_a_sop_instance_uid_missing_from_the_data_set(
     tmp_path: Path, orthanc: Orthanc, capsys
 ) -> None:
     """Orthanc refuses a data set without (0008,0018) SOPInstanceUID with a bare 0xC000; the
     line names the missing element (its file meta has the UID, so the send was planned)."""
-    f = native_sc(tmp_path / "no_sop_uid.dcm")
-    ds = dcmread(f)
-    del ds.SOPInstanceUID
-    ds.save_as(f, enforce_file_format=True)
-    cfg = _config(tmp_path, orthanc)
-    assert main(["send", "-c", str(cfg), "--dest", "orthanc", str(f)]) == 1
-    out = capsys.readouterr().out
+    out = _send_refused(tmp_path, orthanc, capsys, lambda ds: delattr(ds, "SOPInstanceUID"))
     assert "dead: peer status 0xC000" in out
     assert "has no (0008,0018) SOPInstanceUID" in out
 
@@ -196,12 +206,10 @@ def test_a_private_sop_class_refused_by_orthanc_says_how_to_allow_it(
 ) -> None:
     """Orthanc refuses a SOP class it does not know (UnknownSopClassAccepted false): the
     line repeated the UID ("SOP class 1.2.3 (1.2.3)") and said nothing of the fix."""
-    f = native_sc(tmp_path / "private.dcm")
-    ds = dcmread(f)
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.113619.4.27"
-    ds.save_as(f, enforce_file_format=True)
-    cfg = _config(tmp_path, orthanc)
-    assert main(["send", "-c", str(cfg), "--dest", "orthanc", str(f)]) == 1
-    out = capsys.readouterr().out
+
+    def private(ds: Dataset) -> None:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.113619.4.27"
+
+    out = _send_refused(tmp_path, orthanc, capsys, private)
     assert "dead: SOP class 1.2.840.113619.4.27 not accepted by AE ORTHANC@" in out
     assert "UnknownSopClassAccepted" in out

@@ -19,8 +19,9 @@ from node.config import Destination, TLSSettings
 from node.send.contexts import SendItem
 from node.send.scu import StoreSCU
 from node.send.worker import read_header
-from tests.peers import LOOPBACK, free_port
+from tests.peers import LOOPBACK
 from tests.send.data import native_sc
+from tests.send.peers import serving
 
 
 def _openssl(*args: str) -> None:
@@ -94,14 +95,8 @@ def tls_scp(pki: Path, *, require_client_cert: bool) -> Iterator[tuple[int, list
 
     ae = AE(ae_title="TLSPACS")
     ae.add_supported_context("1.2.840.10008.5.1.4.1.1.7", [ExplicitVRLittleEndian])
-    port = free_port()
-    server = ae.start_server(
-        (LOOPBACK, port), block=False, ssl_context=ctx, evt_handlers=[(evt.EVT_C_STORE, handle)]
-    )
-    try:
+    with serving(ae, [(evt.EVT_C_STORE, handle)], ssl_context=ctx) as port:
         yield port, received
-    finally:
-        server.shutdown()
 
 
 def _send(dest: Destination, files: list[Path]) -> list[str]:
@@ -179,16 +174,8 @@ def test_more_than_128_contexts_use_several_associations(tmp_path: Path) -> None
     ae = AE(ae_title="MANY")
     for uid in classes:
         ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    port = free_port()
-    server = ae.start_server(
-        (LOOPBACK, port),
-        block=False,
-        evt_handlers=[(evt.EVT_ACCEPTED, on_accept), (evt.EVT_C_STORE, on_store)],
-    )
-    try:
+    with serving(ae, [(evt.EVT_ACCEPTED, on_accept), (evt.EVT_C_STORE, on_store)]) as port:
         dest = Destination(name="m", host=LOOPBACK, port=port, called_ae="MANY")
         assert _send(dest, files) == ["delivered"] * len(files)
-    finally:
-        server.shutdown()
     assert len(associations) == 2
     assert sorted(received) == sorted(classes)
