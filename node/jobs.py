@@ -32,6 +32,7 @@ from node.logs import fields
 from node.queue import Job, JobStore
 from node.queue.keepalive import KeepAlive
 from node.queue.retry import give_up_reason, next_attempt
+from node.queue.store import HEARTBEAT_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 STORE_RETRY_MAX_SECONDS = 30.0
 
 Handler = Callable[[Job], None]
-HEARTBEAT_SECONDS = 2.0
 
 
 class PermanentJobError(Exception):

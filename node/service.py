@@ -30,12 +30,12 @@ from node.logs import fields
 from node.metrics import Metrics
 from node.queue import Job, JobStore
 from node.queue.owners import live_drains
+from node.queue.store import HEARTBEAT_SECONDS
 from node.receive.studies import forward_destinations
 from node.statelock import StateLock
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 2.0
 SWEEP_SECONDS = 5.0
 RESTART_MIN_SECONDS = 1.0  # first pause before a crashed stage is started again
 RESTART_MAX_SECONDS = 30.0  # longest pause (doubling in between)
@@ -117,13 +117,10 @@ class NodeService:
 
     def _start(self) -> None:
         cfg = self.cfg
-        # Heartbeats of ended processes: components of an earlier run (a destination since
-        # renamed, fewer workers, the SCP since disabled) would otherwise show as "NOT
-        # RUNNING" in `dicom-node status` for ever. This run's components beat at once.
-        from node.status import pid_alive
+        # This run's components beat at once; an earlier run's are forgotten.
+        from node.status import forget_ended_components
 
-        ended = {pid for pid, _, _ in self.store.heartbeats().values() if not pid_alive(pid)}
-        self.store.forget_heartbeats(ended - {os.getpid()})
+        forget_ended_components(self.store)
         # Claims of the previous node process go back to the queue; those of a `queue
         # drain` still running are its own (taking them made it and us send them both).
         drains = live_drains(self.store)

@@ -24,7 +24,8 @@ from node.config import Config
 from node.queue import JobState, JobStore
 from node.queue.store import DB_NAME
 
-#: A component is alive if it wrote a heartbeat within this many seconds.
+#: A component is alive if it wrote a heartbeat within this many seconds (it beats every
+#: ``HEARTBEAT_SECONDS``, 2 s).
 ALIVE_SECONDS = 10.0
 
 #: ``dicom-node status`` exit statuses (LSB: 0 running, 3 not running; 1 degraded)
@@ -42,6 +43,17 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def forget_ended_components(store: JobStore) -> int:
+    """Delete the heartbeats of processes that have ended; how many went.
+
+    Components of an earlier run (a destination since renamed, fewer workers, a watcher
+    when only ``dicom-node receive`` runs now) would otherwise show as ``NOT RUNNING`` in
+    ``status`` for ever. Called when a node process starts; its own beats are kept.
+    """
+    ended = {pid for pid, _, _ in store.heartbeats().values() if not pid_alive(pid)}
+    return store.forget_heartbeats(ended - {os.getpid()})
 
 
 def collect_status(cfg: Config) -> dict[str, Any]:

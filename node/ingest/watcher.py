@@ -40,11 +40,10 @@ from watchdog.observers import Observer
 
 from node.config import IngestSection
 from node.ingest.ignored import is_ignored
+from node.queue.store import HEARTBEAT_SECONDS
 
 log = logging.getLogger(__name__)
 
-#: Beat at least this often while idle (as the node's other stages, node.jobs).
-HEARTBEAT_SECONDS = 2.0
 SIDECAR_SUFFIXES = (".json", ".JSON")  # as node.ingest.metadata.SIDECAR_SUFFIXES
 
 Signature = tuple[object, ...]

@@ -35,12 +35,10 @@ from types import TracebackType
 
 from node.errors import QueueError
 from node.logs import fields
-from node.queue.store import JobStore
+from node.queue.store import HEARTBEAT_SECONDS, JobStore
 
 log = logging.getLogger(__name__)
 
-#: How often a busy runner writes its heartbeat (``status``: alive = a beat in the last 10 s).
-HEARTBEAT_SECONDS = 2.0
 #: A lease is renewed once this fraction of it has elapsed since it was taken or renewed.
 RENEW_FRACTION = 1 / 3
 

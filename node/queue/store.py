@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 DB_NAME = "queue.sqlite3"
 #: How long a statement waits for another connection's write lock before "database is locked".
 BUSY_SECONDS = 30.0
+#: How often a running component writes its heartbeat (:meth:`JobStore.heartbeat`);
+#: ``dicom-node status`` calls it alive while its last beat is under
+#: ``node.status.ALIVE_SECONDS`` old.
+HEARTBEAT_SECONDS = 2.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -77,11 +77,12 @@ def apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 def cmd_receive(args: argparse.Namespace) -> int:
     from node.jobs import JobRunner
     from node.logs import setup_logging
-    from node.queue.store import JobStore
+    from node.queue.store import HEARTBEAT_SECONDS, JobStore
     from node.receive.commitment import REPORT_KIND
     from node.receive.scp import StorageSCP
     from node.service_commands import load_from_args
     from node.statelock import StateLock
+    from node.status import forget_ended_components
 
     cfg = apply_overrides(load_from_args(args), args)
     setup_logging(
@@ -105,6 +106,9 @@ def cmd_receive(args: argparse.Namespace) -> int:
         StateLock(cfg.node.state_dir, "dicom-node receive"),
         JobStore(cfg.node.state_dir, durable=cfg.receive.fsync, repair=True) as store,
     ):
+        # `dicom-node status` shows this process's components only (scp, commitment), not
+        # those of an earlier `run` (watcher, send workers) as NOT RUNNING.
+        forget_ended_components(store)
         scp = StorageSCP(cfg, store)
         scp.start()
         # Storage commitment reports the requester could not take at once are queued
@@ -117,8 +121,11 @@ def cmd_receive(args: argparse.Namespace) -> int:
         # A line a supervisor (or a test) can wait for.
         print(f"listening on {cfg.receive.host}:{scp.port}", flush=True)
         try:
-            while not stop.wait(1.0):
-                pass
+            while True:
+                if scp.alive:  # a dead listener stops beating: `status` says NOT RUNNING
+                    store.heartbeat("scp", f"port {scp.port}")
+                if stop.wait(HEARTBEAT_SECONDS):
+                    break
         finally:
             stop.set()
             scp.stop()

@@ -252,3 +252,46 @@ def test_a_long_job_keeps_its_component_alive_in_status(
     assert reports[0]["components"]["export-0"]["alive"] is True
     assert status.assess(reports[0])[0] == status.EXIT_RUNNING
     store.close()
+
+
+def test_receive_alone_shows_its_own_components_in_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dicom-node receive` wrote no `scp` heartbeat and kept those of an earlier `run`
+    (watcher, send workers): `status` said degraded, "watcher NOT RUNNING", while the SCP
+    it runs was not listed at all."""
+    import signal
+
+    from tests.node.helpers import ended_pid
+    from tests.receive.helpers import start_receive
+    from tests.send.peers import until
+
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[node]\nstate_dir = "state"\n[receive]\narchive = "archive"\nmin_free_bytes = 0\n'
+    )
+    store = JobStore(tmp_path / "state")
+    gone = ended_pid()
+    for name in ("node", "watcher", "deliver:pacs:0"):
+        _beat(store, name, 30.0, pid=gone)  # an earlier `dicom-node run`, stopped
+    store.close()
+
+    proc, port = start_receive(config)
+    try:
+        argv = ["status", "-c", str(config), "--json"]
+
+        def reported() -> dict:
+            cli.main(argv)
+            return json.loads(capsys.readouterr().out)
+
+        until(lambda: {"scp", "commitment"} <= set(reported()["components"]), timeout=30)
+        assert cli.main(argv) == 0  # running and healthy
+        report = json.loads(capsys.readouterr().out)
+        assert set(report["components"]) == {"scp", "commitment"}
+        assert report["components"]["scp"]["detail"] == f"port {port}"
+        assert all(comp["alive"] for comp in report["components"].values())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
