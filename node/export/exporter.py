@@ -35,6 +35,7 @@ from node import __version__
 from node.config import ExportSection
 from node.errors import ConfigError, ExportError
 from node.export import decode, display, png
+from node.export.aspect import pixel_aspect
 from node.export.deid import Facts, Policy, facts
 from node.export.manifest import Manifest, sha256
 from node.fsutil import atomic_write, clean_temp_files, safe_join
@@ -531,6 +532,7 @@ class Exporter:
                 self.failures += 1
                 continue
             f = rendering.facts
+            aspect = pixel_aspect(rendering.ds)
             for frame in rendering.frames:
                 voi = self._voi_label(frame.voi)
                 vois.add(voi)
@@ -542,7 +544,7 @@ class Exporter:
                     f"Series {f.series_number or '?'}{desc} - {where}",
                     " - ".join(x for x in (f.modality, f.study_date, voi) if x),
                 ]
-                sheet.add(frame.pixels, caption)
+                sheet.add(frame.pixels, caption, aspect)
                 frames += 1
             sources.append(str(rendering.ds.get("SOPInstanceUID", "")))
         # what the pages hold: images that could not be rendered are counted apart, and the

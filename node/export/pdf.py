@@ -9,7 +9,9 @@ field ourselves, which is what keeps patient identifiers out of the document inf
 ``page`` layout: each page is sized to its image at 1 pixel = 1 point (72 dpi) plus a header
 band (study line) and a caption band, so a viewer or ``pdftoppm -r 72`` shows the pixels
 exactly; an image wider or taller than :data:`MAX_SIDE` points is drawn scaled (the
-embedded samples stay native). ``contact`` layout: A4 landscape sheets of a 4 x 3 grid,
+embedded samples stay native). Pixels that are not square (:mod:`node.export.aspect`) are
+drawn with their physical proportions: the image is stretched along its shorter pixel
+side, in both layouts. ``contact`` layout: A4 landscape sheets of a 4 x 3 grid,
 each cell with its caption. Output is deterministic (reportlab ``invariant`` mode).
 
 The header's count line (``tally``) is known only once every image has been rendered or
@@ -44,6 +46,13 @@ GRID = (4, 3)
 
 
 _TALLY_FORM = "tally"
+
+
+def _shown(image: Image.Image, aspect: float) -> tuple[float, float]:
+    """Width and height in points at one point per pixel along the pixel's longer side:
+    a pixel twice as tall as wide makes the image twice as tall, not half as wide."""
+    w, h = float(image.width), float(image.height)
+    return (w, h * aspect) if aspect >= 1.0 else (w / aspect, h)
 
 
 @dataclass
@@ -99,20 +108,23 @@ class Sheet:
         lines = [pdftext.width(line, 8) for line in self.header[1:4] + caption[:3]]
         return max(first + lines, default=0.0)
 
-    def add(self, pixels: np.ndarray, caption: list[str]) -> None:
-        """Add one rendered frame (uint8 gray or RGB; uint16 is reduced to its top 8 bits)."""
+    def add(self, pixels: np.ndarray, caption: list[str], aspect: float = 1.0) -> None:
+        """Add one rendered frame (uint8 gray or RGB; uint16 is reduced to its top 8 bits);
+        ``aspect``: how many times taller than wide one pixel is shown."""
         if pixels.dtype != np.uint8:
             pixels = (pixels >> 8).astype(np.uint8)
         image = Image.fromarray(np.ascontiguousarray(pixels))  # L or RGB
         if self._canvas is None:
             self._canvas = self._new_canvas()
         if self.layout == "contact":
-            self._add_cell(self._canvas, image, caption)
+            self._add_cell(self._canvas, image, caption, aspect)
         else:
-            self._add_page(self._canvas, image, caption)
+            self._add_page(self._canvas, image, caption, aspect)
 
-    def _add_page(self, c: canvas.Canvas, image: Image.Image, caption: list[str]) -> None:
-        w, h = float(image.width), float(image.height)
+    def _add_page(
+        self, c: canvas.Canvas, image: Image.Image, caption: list[str], aspect: float
+    ) -> None:
+        w, h = _shown(image, aspect)
         scale = min(1.0, MAX_SIDE / w, MAX_SIDE / h)
         dw, dh = w * scale, h * scale
         # as wide as the image, or as its header and caption lines (a narrow image with long
@@ -129,7 +141,9 @@ class Sheet:
         c.showPage()
         self.pages += 1
 
-    def _add_cell(self, c: canvas.Canvas, image: Image.Image, caption: list[str]) -> None:
+    def _add_cell(
+        self, c: canvas.Canvas, image: Image.Image, caption: list[str], aspect: float
+    ) -> None:
         page_w, page_h = landscape(A4)
         cols, rows = GRID
         per_page = cols * rows
@@ -144,8 +158,9 @@ class Sheet:
         cell_h = (page_h - 2 * MARGIN - HEADER) / rows
         col, row = slot % cols, slot // cols
         box_w, box_h = cell_w - 8, cell_h - 8 - 20
-        scale = min(box_w / image.width, box_h / image.height)
-        dw, dh = image.width * scale, image.height * scale
+        w, h = _shown(image, aspect)
+        scale = min(box_w / w, box_h / h)
+        dw, dh = w * scale, h * scale
         x0 = MARGIN + col * cell_w + 4
         y0 = page_h - MARGIN - HEADER - (row + 1) * cell_h + 4
         c.drawImage(ImageReader(image), x0 + (box_w - dw) / 2, y0 + 20 + (box_h - dh) / 2, dw, dh)

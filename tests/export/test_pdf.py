@@ -344,3 +344,75 @@ def test_the_header_counts_what_the_pages_hold(tmp_path: Path) -> None:
     line = "Series 3 AXIAL 5MM: 2 image(s), 4 frames; 1 of 3 not rendered (see log)"
     assert text.count(line) == 4, text
     assert "3 image(s)" not in text
+
+
+def _black_box(page: np.ndarray, rows: slice, cols: slice) -> tuple[int, int]:
+    """Width and height of the black area of ``page`` within ``rows`` x ``cols``."""
+    ys, xs = np.nonzero(page[rows, cols] < 64)
+    return int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "drawn"),
+    [
+        ({}, (64, 64)),  # no spacing: square
+        ({"PixelSpacing": [1.0, 0.5]}, (64, 128)),  # rows 1 mm apart, columns 0.5 mm
+        ({"PixelAspectRatio": [3, 4]}, (85, 64)),  # 3 high for 4 wide: 64 x 4/3 wide
+        ({"ImagerPixelSpacing": [0.2, 0.1], "PixelAspectRatio": [1, 1]}, (64, 128)),
+    ],
+)
+def test_pdf_pages_draw_pixels_that_are_not_square_in_their_proportions(
+    tmp_path: Path, spacing: dict, drawn: tuple[int, int]
+) -> None:
+    """An ultrasound or scanned film with pixels twice as tall as wide was drawn one sample
+    per point: the anatomy squeezed to half its height on the page."""
+    black = data.dataset(np.zeros((64, 64), np.int16), RescaleIntercept=-1024, **spacing)
+    src = data.write(black, tmp_path / "in" / "black.dcm")  # -1024 HU: black in any window
+    (target,) = exporter(tmp_path).export_series_pdf([src])
+    listing = subprocess.run(
+        [tool("pdfimages"), "-list", str(target)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[2:]
+    assert [line.split()[3:5] for line in listing] == [["64", "64"]]  # samples stay native
+    (tmp_path / "page").mkdir()
+    (page,) = raster(target, tmp_path / "page")
+    top = int(pdf_mod.MARGIN + pdf_mod.HEADER)  # the image band, between header and caption
+    band = slice(top, page.shape[0] - int(pdf_mod.MARGIN + pdf_mod.CAPTION))
+    assert _black_box(page, band, slice(None)) == drawn
+
+    sheet_cfg = dataclasses.replace(ExportSection(), dir=tmp_path / "c", pdf_layout="contact")
+    (sheet,) = Exporter(sheet_cfg, fsync=False).export_series_pdf([src])
+    (tmp_path / "sheet").mkdir()
+    (page,) = raster(sheet, tmp_path / "sheet")
+    cols, rows = pdf_mod.GRID  # the first cell's image box (its caption is below it)
+    cell_w = (page.shape[1] - 2 * pdf_mod.MARGIN) / cols
+    cell_h = (page.shape[0] - 2 * pdf_mod.MARGIN - pdf_mod.HEADER) / rows
+    box = (
+        slice(int(top + 4), int(top + cell_h - 24)),
+        slice(int(pdf_mod.MARGIN + 4), int(pdf_mod.MARGIN + cell_w - 4)),
+    )
+    w, h = _black_box(page, *box)
+    assert w / h == pytest.approx(drawn[0] / drawn[1], rel=0.03)
+
+
+def test_pixel_aspect_follows_the_standard_precedence() -> None:
+    from pydicom.dataset import Dataset
+
+    from node.export.aspect import pixel_aspect
+
+    def ds(**kw: object) -> Dataset:
+        d = Dataset()
+        for k, v in kw.items():
+            setattr(d, k, v)
+        return d
+
+    assert pixel_aspect(ds()) == 1.0
+    assert pixel_aspect(ds(PixelSpacing=[0.6, 0.3], PixelAspectRatio=[1, 1])) == 2.0
+    assert pixel_aspect(ds(NominalScannedPixelSpacing=[0.1, 0.2])) == 0.5
+    assert pixel_aspect(ds(PixelAspectRatio=[4, 3])) == pytest.approx(4 / 3)
+    # an enhanced object: Pixel Measures in the Shared Functional Groups
+    measures = ds(PixelSpacing=[0.5, 0.25])
+    shared = ds(PixelMeasuresSequence=[measures])
+    assert pixel_aspect(ds(SharedFunctionalGroupsSequence=[shared])) == 2.0
+    # unusable values go to the next source; an absurd ratio is drawn square
+    assert pixel_aspect(ds(PixelSpacing=[0, 0.5], PixelAspectRatio=[2, 1])) == 2.0
+    assert pixel_aspect(ds(PixelSpacing=[100, 1])) == 1.0
