@@ -512,6 +512,12 @@ class JobStore:
         """
         return self._tx()
 
+    def reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """Run queries without taking the write lock or committing: ``with store.reading()
+        as db`` (a room's look-up in its side tables on the hot path; a read inside
+        :meth:`transaction` sees that transaction's writes)."""
+        return self._read()
+
     def _now(self) -> float:
         """The wall clock for a claim; when it went back since the last one, the times of
         waiting jobs are moved back with it first (:meth:`rebase_clock`)."""

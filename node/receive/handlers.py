@@ -412,7 +412,8 @@ def _truncation(
     """Why the received data set is cut short, or None (see :func:`header.truncation`).
 
     Native Pixel Data ending exactly at the end of the data set (the usual image) is
-    settled from the header alone; anything else is walked element by element. ``size`` is
+    settled from the header alone; anything else is walked element by element, from Pixel
+    Data on when the header's walk reached it (an encapsulated image: its fragments). ``size`` is
     the data set's length (:func:`_size`, taken once per object).
     """
     if header.pixel_end is not None:
@@ -423,11 +424,12 @@ def _truncation(
                 f"the data set ends inside (7FE0,0010) PixelData "
                 f"({header.pixel_end - size} bytes missing)"
             )
+    start = header.pixel_pos or 0  # the elements before Pixel Data were walked already
     if isinstance(source, Staged):
-        return truncation_file(source.path, implicit, little, source.data_offset)
+        return truncation_file(source.path, implicit, little, source.data_offset, start)
     if isinstance(source, Path):
-        return truncation_file(source, implicit, little)
-    return truncation(source, implicit, little)
+        return truncation_file(source, implicit, little, start=start)
+    return truncation(source, implicit, little, start)
 
 
 def _check_identity(

@@ -77,6 +77,9 @@ class Header:
     pixel_length: int | None = None  # None: no Pixel Data; -1: encapsulated (undefined length)
     #: Offset just past the Pixel Data value (defined length, fast walker only), else None.
     pixel_end: int | None = field(default=None, compare=False)
+    #: Offset of the (7FE0,0010) element itself (fast walker only), else None: every
+    #: element before it was walked already, so :func:`truncation` may start there.
+    pixel_pos: int | None = field(default=None, compare=False)
     flags: list[str] = field(default_factory=list)
     #: Keywords of the identifying UIDs (:data:`IDENTIFYING`) the data set does not have at
     #: all, as opposed to present with an empty value: storescp and Orthanc answer the first
@@ -154,6 +157,7 @@ class _Walker:
         self.e = "<" if little else ">"
         self.stopped = False  # top_level() met an element at or past Pixel Data
         self.pixel_end: int | None = None  # set by top_level() at a defined-length Pixel Data
+        self.pixel_pos: int | None = None  # set by top_level() at Pixel Data
 
     def element(self, pos: int) -> tuple[int, bytes | None, int, int]:
         """(tag, VR, value length, header length) of the element at ``pos``."""
@@ -233,6 +237,7 @@ class _Walker:
                 self.stopped = True
                 if tag != PIXEL_DATA:
                     return found, None
+                self.pixel_pos = pos
                 if length != _UNDEFINED:
                     self.pixel_end = pos + hdr + length
                 return found, (-1 if length == _UNDEFINED else length)
@@ -249,14 +254,14 @@ class _Walker:
             raise _Truncated(f"ends inside the value of ({tag >> 16:04X},{tag & 0xFFFF:04X})")
         return found, None
 
-    def truncation(self) -> str | None:
+    def truncation(self, start: int = 0) -> str | None:
         """Why this (complete) data set ends inside an element, or None if it ends cleanly.
 
-        Walks every top-level element by its length, through Pixel Data (native, or
-        encapsulated fragments as items) and what follows it. Something the walker does
-        not handle proves nothing: None.
+        Walks every top-level element by its length from ``start`` (an element's offset),
+        through Pixel Data (native, or encapsulated fragments as items) and what follows
+        it. Something the walker does not handle proves nothing: None.
         """
-        pos = 0
+        pos = start
         try:
             while pos < self.n:
                 tag, vr, length, hdr = self.element(pos)
@@ -286,21 +291,27 @@ class _Walker:
 def _fast_header(buf: bytes | memoryview, implicit: bool, little: bool) -> Header:
     walker = _Walker(buf, implicit, little)
     found, pixel_length = walker.top_level()
-    return _header_from(found, pixel_length, little, walker.pixel_end)
+    return _header_from(found, pixel_length, little, walker.pixel_end, walker.pixel_pos)
 
 
-def truncation(data: bytes | bytearray | memoryview, implicit: bool, little: bool) -> str | None:
+def truncation(
+    data: bytes | bytearray | memoryview, implicit: bool, little: bool, start: int = 0
+) -> str | None:
     """Why ``data`` (a whole encoded data set) ends inside an element; None if it does not.
 
     A sender whose file was cut short (a copy that failed, a disk that filled) still marks
     its last fragment as the last: storing and acknowledging that object would lose the
-    rest of it without anyone knowing.
+    rest of it without anyone knowing. ``start``: the offset of an element the walk may
+    begin at (:attr:`Header.pixel_pos`: the elements before it were walked already).
     """
-    return _Walker(data, implicit, little).truncation()
+    return _Walker(data, implicit, little).truncation(start)
 
 
-def truncation_file(path: Path, implicit: bool, little: bool, offset: int = 0) -> str | None:
-    """:func:`truncation` for the data set in ``path`` from ``offset`` on (mapped, not read)."""
+def truncation_file(
+    path: Path, implicit: bool, little: bool, offset: int = 0, start: int = 0
+) -> str | None:
+    """:func:`truncation` for the data set in ``path`` from ``offset`` on (mapped, not read);
+    ``start`` is relative to the data set, as for :func:`truncation`."""
     with open(path, "rb") as fp:
         try:
             mapped = mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ)
@@ -310,7 +321,7 @@ def truncation_file(path: Path, implicit: bool, little: bool, offset: int = 0) -
             whole = memoryview(mapped)
             view = whole[offset:]
             try:
-                return truncation(view, implicit, little)
+                return truncation(view, implicit, little, start)
             finally:
                 view.release()
                 whole.release()
@@ -332,13 +343,17 @@ def read_header_prefix(
         return None
     if not complete and not walker.stopped:
         return None
-    header = _header_from(found, pixel_length, little, walker.pixel_end)
+    header = _header_from(found, pixel_length, little, walker.pixel_end, walker.pixel_pos)
     header.flags.extend(pixel_flags(header))
     return header
 
 
 def _header_from(
-    found: dict[int, bytes], pixel_length: int | None, little: bool, pixel_end: int | None = None
+    found: dict[int, bytes],
+    pixel_length: int | None,
+    little: bool,
+    pixel_end: int | None = None,
+    pixel_pos: int | None = None,
 ) -> Header:
     e = "<" if little else ">"
 
@@ -370,6 +385,7 @@ def _header_from(
         frames=frames,
         pixel_length=pixel_length,
         pixel_end=pixel_end,
+        pixel_pos=pixel_pos,
         absent=frozenset(kw for tag, kw in IDENTIFYING.items() if tag not in found),
     )
 

@@ -94,7 +94,7 @@ class Ledger:
 
     def lookup(self, sop_instance_uid: str) -> tuple[str, Path] | None:
         """``(sop_class_uid, path)`` of a recorded instance, or None."""
-        with self.store.transaction() as db:
+        with self.store.reading() as db:
             row = db.execute(
                 "SELECT sop_class_uid, path FROM received_instances WHERE sop_instance_uid=?",
                 (sop_instance_uid,),

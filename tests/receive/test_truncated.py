@@ -116,6 +116,26 @@ def test_truncation_walk() -> None:
     assert truncation(b"\x01\x02\x03\x04AB" + struct.pack("<H", 2) + b"xx", False, True) is None
 
 
+def test_truncation_walk_from_pixel_data_agrees_with_the_whole_walk() -> None:
+    """The handler starts the walk at Pixel Data (the header's walk covered what precedes
+    it): for every kind and cut, the same verdict as a walk from the first element."""
+    from node.receive.header import read_header_prefix
+
+    compared = 0
+    for make in KINDS.values():
+        _, data = make()
+        for cut in (0, 1, 7, 9, 500, len(data) // 2):
+            part = data[: len(data) - cut]
+            header = read_header_prefix(part, False, True, complete=True)
+            if header is None or header.pixel_pos is None:
+                continue
+            assert truncation(part, False, True, header.pixel_pos) == truncation(
+                part, False, True
+            ), (make.__name__, cut)
+            compared += 1
+    assert compared >= 10  # native and encapsulated, each cut
+
+
 @pytest.mark.parametrize("fast_path", [True, False])
 @pytest.mark.parametrize("kind", ["native", "encapsulated", "no-pixels"])
 def test_data_set_of_odd_length_is_refused(tmp_path: Path, kind: str, fast_path: bool) -> None:
