@@ -14,6 +14,12 @@ DICOM UL service-user, reason 7 "called-AE-title-not-recognized" or 3
 "calling-AE-title-not-recognized"), logged once with the peer's address, and the
 connection closed; pynetdicom sees the transport closed before any request (Sta2 ->
 Sta1), so its association thread ends at once and the slot is free.
+
+A title padded with NUL bytes instead of spaces (``b"CT01\\0\\0..."``, written by C code
+that copies a string into the 16-byte field) is not conformant either, but DCMTK (and so
+Orthanc and storescp) reads the field as a C string and accepts it: the NULs are turned
+into the spaces they stand for (:func:`pad_with_spaces`) before pynetdicom decodes the
+request, so such a modality can store here as it can there.
 """
 
 from __future__ import annotations
@@ -46,6 +52,23 @@ def title_problem(raw: bytes) -> str | None:
     return None
 
 
+def pad_with_spaces(pdu: bytearray) -> list[str]:
+    """Turn the NUL padding of an A-ASSOCIATE-RQ's AE titles into spaces, in place.
+
+    Only padding: a title with something other than NULs and spaces after its first NUL
+    is left for :func:`rejection`. Returns which titles ("called", "calling") changed.
+    """
+    changed = []
+    if len(pdu) < 42 or pdu[0] != _ASSOCIATE_RQ:
+        return changed
+    for which, start, end, _ in _TITLES:
+        head, nul, tail = bytes(pdu[start:end]).partition(b"\x00")
+        if nul and head.strip(b" ") and not tail.strip(b"\x00 "):
+            pdu[start:end] = head.ljust(end - start)
+            changed.append(which)
+    return changed
+
+
 def rejection(pdu: bytes) -> tuple[str, int, str] | None:
     """(which title, A-ASSOCIATE-RJ reason, problem) for an A-ASSOCIATE-RQ ``pdu`` with
     an unusable AE title, or None."""
@@ -70,6 +93,8 @@ def screen_ae_titles(assoc: Any, peer: str) -> None:
     original = dul._decode_pdu
 
     def decode_pdu(bytestream: bytearray) -> Any:
+        for which in pad_with_spaces(bytestream):
+            log.debug("%s AE title from %s padded with NUL bytes: read as spaces", which, peer)
         refused = rejection(bytes(bytestream[:42]))
         if refused is None:
             return original(bytestream)

@@ -450,6 +450,7 @@ def _request_with_titles(called: bytes, calling: bytes) -> bytes:
         (AET.encode(), b"MOD\x1bX", 3, "0x1B"),  # a control character (ESC)
         (AET.encode(), b"MOD\\X", 3, "backslash"),
         (AET.encode(), b" " * 16, 3, "spaces only"),
+        (AET.encode(), b"MOD\x00X", 3, "0x00"),  # a NUL inside the title, not padding
     ],
 )
 def test_an_ae_title_outside_the_repertoire_is_rejected_cleanly(
@@ -495,3 +496,36 @@ def test_an_ae_title_outside_the_repertoire_is_rejected_cleanly(
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert archive_target(cfg.receive.archive, src)[1].is_file()
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize(
+    ("called", "calling"),
+    [
+        (AET.encode().ljust(16, b"\x00"), b"MODALITY"),
+        (AET.encode(), b"MODALITY".ljust(16, b"\x00")),
+        (AET.encode() + b"\x00", b"MODALITY\x00   \x00"),  # NULs and spaces after it
+    ],
+)
+def test_an_ae_title_padded_with_nul_bytes_is_accepted_as_dcmtk_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fast_path: bool, called: bytes, calling: bytes
+) -> None:
+    """C code copying a string into the 16-byte field pads it with NULs. DCMTK (storescp,
+    Orthanc) reads the field as a C string and accepts it; we refused it A-ASSOCIATE-RJ,
+    so such a modality could store anywhere but here."""
+    caplog.set_level(logging.DEBUG)
+    with running_scp(tmp_path / "node", fast_path=fast_path) as (scp, _store, _cfg):
+        with socket.create_connection((LOOPBACK, scp.port), timeout=10) as s:
+            s.sendall(_request_with_titles(called, calling))
+            assert s.recv(1) == b"\x02"  # A-ASSOCIATE-AC
+            head = s.recv(5)
+            length = struct.unpack(">L", head[1:5])[0]
+            body = b""
+            while len(body) < length:
+                body += s.recv(length - len(body))
+            # the AC echoes the titles, as the SCP read them (PS3.8 9.3.3: not tested)
+            assert body[4:20].rstrip(b" ") == AET.encode()
+            assert body[20:36].rstrip(b" ") == b"MODALITY"
+            s.sendall(bytes((0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0)))  # A-RELEASE-RQ
+            assert s.recv(1) == b"\x06"  # A-RELEASE-RP
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
