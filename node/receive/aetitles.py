@@ -58,7 +58,7 @@ def pad_with_spaces(pdu: bytearray) -> list[str]:
     Only padding: a title with something other than NULs and spaces after its first NUL
     is left for :func:`rejection`. Returns which titles ("called", "calling") changed.
     """
-    changed = []
+    changed: list[str] = []
     if len(pdu) < 42 or pdu[0] != _ASSOCIATE_RQ:
         return changed
     for which, start, end, _ in _TITLES:
