@@ -21,7 +21,9 @@ HEADER = (
     "# dicom-node benchmarks\n\n"
     "Produced by `scripts/bench`: each workload runs ours and the peers interleaved "
     "(A B A B ...) in one run, on 127.0.0.1. Ratios are ours/peer from the same run "
-    "(higher is better for us). Re-running one workload replaces only its section.\n\n"
+    "(higher is better for us). Each timed run starts after `sync`, so no run pays for "
+    "the writeback of the one before. Re-running one workload replaces only its "
+    "section.\n\n"
 )
 
 
