@@ -56,7 +56,10 @@ CONNECTION_LOST = (
 
 
 def dimse_timeout_text(timeout: float | None) -> str:
-    """No response within the DIMSE timeout, worded alike by both SCU engines."""
+    """No response within the DIMSE timeout, worded alike by both SCU engines (without a
+    timeout, the kernel's own ETIMEDOUT ended the wait)."""
+    if not timeout or timeout <= 0:
+        return "no C-STORE response: the connection timed out (no DIMSE timeout set)"
     return f"no C-STORE response within the DIMSE timeout ({timeout:g} s)"
 
 

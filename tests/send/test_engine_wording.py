@@ -124,3 +124,13 @@ def test_refused_connections_leave_no_descriptor_open(tmp_path: Path, engine: st
         _send(dest, engine, files)
     # not growing: a descriptor an earlier test left to the collector may close meanwhile
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_the_dimse_timeout_wording_without_a_timeout() -> None:
+    """`Wire` allows no DIMSE timeout; a kernel ETIMEDOUT then formatted None with :g and
+    raised TypeError out of the error path, leaving the association open."""
+    from node.send.wire import dimse_timeout_text
+
+    assert dimse_timeout_text(30.0) == "no C-STORE response within the DIMSE timeout (30 s)"
+    assert "connection timed out" in dimse_timeout_text(None)
+    assert "connection timed out" in dimse_timeout_text(0)
