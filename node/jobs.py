@@ -111,7 +111,7 @@ class JobRunner:
                 if keep.is_lost(job.id):
                     continue  # another worker holds it now (logged by the keep-alive)
                 try:
-                    self._run(job, owner)
+                    self._run(job, owner, keep)
                 except BaseException:
                     self.store.release((j.id for j in jobs[index + 1 :]), owner=owner)
                     raise
@@ -119,13 +119,13 @@ class JobRunner:
                     keep.drop([job.id])
         return len(jobs)
 
-    def _run(self, job: Job, owner: str) -> None:
+    def _run(self, job: Job, owner: str, keep: KeepAlive) -> None:
         try:
             self.handlers[job.kind](job)
         except PERMANENT as exc:
             log.error("%s job failed for good: %s", job.kind, exc, extra=_about(job))
             if not self.store.dead(job.id, str(exc), owner=owner):
-                self._not_held(job, owner, "dead")
+                self._not_held(job, owner, "dead", keep)
             return
         except Exception as exc:  # retried: anything else may be transient
             now = time.time()
@@ -137,32 +137,20 @@ class JobRunner:
                 )
                 log.error("%s job dead: %s", job.kind, reason, extra=_about(job))
                 if not self.store.dead(job.id, reason, owner=owner):
-                    self._not_held(job, owner, "dead")
+                    self._not_held(job, owner, "dead", keep)
             else:
                 log.warning("%s job will be retried: %s", job.kind, reason, extra=_about(job))
                 if not self.store.retry(job.id, at, reason, owner=owner):
-                    self._not_held(job, owner, "retry")
+                    self._not_held(job, owner, "retry", keep)
             return
         if not self.store.ack([job.id], owner=owner):
-            self._not_held(job, owner, "done")
+            self._not_held(job, owner, "done", keep)
 
-    def _not_held(self, job: Job, owner: str, outcome: str) -> None:
+    def _not_held(self, job: Job, owner: str, outcome: str, keep: KeepAlive) -> None:
         """Say that ``job``'s outcome here was not recorded: another worker holds it now."""
-        current = self.store.get(job.id)
-        holder = "deleted" if current is None else str(current.state)
-        if current is not None and current.lease_owner:
-            holder += f" by {current.lease_owner}"
         about = _about(job)
         about["fields"]["owner"] = owner
-        log.error(
-            "%s job not recorded as %s: its lease ran out and it is %s now (this runner no"
-            " longer holds it; queue.lease_seconds = %g s)",
-            job.kind,
-            outcome,
-            holder,
-            self.policy.lease_seconds,
-            extra=about,
-        )
+        keep.not_recorded(job.id, f"{job.kind} job", outcome, about)
 
     def run(self, stop: threading.Event, heartbeat: str | None = None) -> None:
         """Loop until ``stop`` is set; a claimed job always finishes before stopping.

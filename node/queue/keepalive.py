@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any
 
 from node.errors import QueueError
 from node.logs import fields
@@ -155,20 +156,28 @@ class KeepAlive:
             self._held.difference_update(gone)
             self.lost.update(gone)
         for job_id in gone:
-            job = self.store.get(job_id)
-            now_with = (
-                f"now {job.state} by {job.lease_owner}"
-                if job is not None and job.lease_owner
-                else f"now {job.state}"
-                if job is not None
-                else "deleted"
-            )
+            holder = self.store.holder(job_id)
             log.error(
                 "lease of job %d lost (%s): its lease ran out before it could be renewed (was"
                 " this process frozen or starved for over queue.lease_seconds = %g s?); this"
                 " runner will not record an outcome for it",
                 job_id,
-                now_with,
+                holder if holder == "deleted" else f"now {holder}",
                 self.lease_seconds,
                 extra=fields(job=job_id, owner=self.owner),
             )
+
+    def not_recorded(self, job_id: int, what: str, outcome: str, extra: dict[str, Any]) -> None:
+        """Log that ``what``'s outcome (``outcome``) was not recorded: the store refused it
+        because another worker holds the job now. An ERROR, unless a renewal already
+        reported that lease lost (then the outcome is only noted, at INFO)."""
+        log.log(
+            logging.INFO if self.is_lost(job_id) else logging.ERROR,
+            "%s not recorded as %s: its lease ran out and it is %s now (this runner no"
+            " longer holds it; queue.lease_seconds = %g s)",
+            what,
+            outcome,
+            self.store.holder(job_id),
+            self.lease_seconds,
+            extra=extra,
+        )

@@ -883,6 +883,14 @@ class JobStore:
             row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         return Job.from_row(row) if row else None
 
+    def holder(self, job_id: int) -> str:
+        """Where ``job_id`` is now, for a log line: ``claimed by OWNER``, ``queued``,
+        ``deleted`` ..."""
+        job = self.get(job_id)
+        if job is None:
+            return "deleted"
+        return f"{job.state} by {job.lease_owner}" if job.lease_owner else str(job.state)
+
     def find(self, kind: str, dedup_key: str, destination: str = "") -> Job | None:
         with self._read() as db:
             row = db.execute(

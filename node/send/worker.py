@@ -164,6 +164,7 @@ class DeliveryWorker:
         self._last_flush = time.monotonic()
         #: Retry reasons already logged in this batch -> jobs not logged again for them
         self._repeats: dict[str, int] = {}
+        self._keep: KeepAlive | None = None  # the current batch's (see _not_held)
 
     # ------------------------------------------------------------------ loop
 
@@ -228,6 +229,7 @@ class DeliveryWorker:
         lease = self.cfg.queue.lease_seconds
         keep = KeepAlive(self.store, self.owner, lease, self.component if self.beats else None)
         keep.hold(job.id for job in jobs)
+        self._keep = keep  # for acks flushed later: was the loss reported already?
         with keep:
             return self._deliver(jobs, keep)
 
@@ -360,23 +362,14 @@ class DeliveryWorker:
     def _not_held(self, job: Job, outcome: str) -> None:
         """Say that ``job``'s outcome here was not recorded: another worker holds it now
         (this worker's lease ran out, e.g. while the process was frozen)."""
-        current = self.store.get(job.id)
-        holder = "deleted" if current is None else str(current.state)
-        if current is not None and current.lease_owner:
-            holder += f" by {current.lease_owner}"
-        log.error(
-            "delivery not recorded as %s: the job's lease ran out and it is %s now (this"
-            " worker no longer holds it; queue.lease_seconds = %g s)",
-            outcome,
-            holder,
-            self.cfg.queue.lease_seconds,
-            extra=fields(
-                destination=self.dest.name,
-                sop=job.payload.get("sop_instance_uid"),
-                job=job.id,
-                owner=self.owner,
-            ),
+        extra = fields(
+            destination=self.dest.name,
+            sop=job.payload.get("sop_instance_uid"),
+            job=job.id,
+            owner=self.owner,
         )
+        keep = self._keep or KeepAlive(self.store, self.owner, self.cfg.queue.lease_seconds)
+        keep.not_recorded(job.id, "delivery", outcome, extra)
 
     def _log_repeats(self) -> None:
         """One line for the jobs of the batch that failed again for an already logged reason."""
