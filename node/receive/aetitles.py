@@ -24,11 +24,11 @@ request, so such a modality can store here as it can there.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import struct
 from typing import Any
+
+from node.receive.guard import send_and_shut
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,13 @@ def reject_pdu(reason: int) -> bytes:
 
 def screen_ae_titles(assoc: Any, peer: str) -> None:
     """Refuse an A-ASSOCIATE-RQ of ``assoc`` with an unusable AE title before pynetdicom
-    decodes it (see the module doc). Wraps this association's ``dul._decode_pdu``."""
+    decodes it (see the module doc). Wraps this association's ``dul._decode_pdu`` for its
+    first PDU only (the request: every later PDU goes to pynetdicom untouched)."""
     dul = assoc.dul
     original = dul._decode_pdu
 
     def decode_pdu(bytestream: bytearray) -> Any:
+        dul._decode_pdu = original
         for which in pad_with_spaces(bytestream):
             log.debug("%s AE title from %s padded with NUL bytes: read as spaces", which, peer)
         refused = rejection(bytes(bytestream[:42]))
@@ -109,13 +111,7 @@ def screen_ae_titles(assoc: Any, peer: str) -> None:
             problem,
             which,
         )
-        raw = getattr(dul.socket, "socket", None)
-        if raw is not None:
-            with contextlib.suppress(OSError, ValueError):
-                raw.settimeout(2.0)
-                raw.sendall(reject_pdu(reason))
-            with contextlib.suppress(OSError, ValueError):
-                raw.shutdown(socket.SHUT_RDWR)
+        send_and_shut(getattr(dul.socket, "socket", None), reject_pdu(reason))
         # Evt17 (transport connection closed): Sta2 -> Sta1 without a request, which
         # ends the association thread (see guard.free_slot_when_closed).
         return None, "Evt17"

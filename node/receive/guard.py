@@ -376,10 +376,9 @@ def free_slot_when_closed(assoc: Any) -> None:
             # pynetdicom's state machine raised on the request (e.g. an even presentation
             # context ID): its DUL thread dies with this exception. Answer A-ABORT and wake
             # the association thread rather than leave the peer waiting acse_timeout.
-            if not requested:
-                requested = True
-                _abort_and_shut(getattr(assoc.dul.socket, "socket", None))
-                assoc.dul.to_user_queue.put(None)
+            requested = True
+            send_and_shut(getattr(assoc.dul.socket, "socket", None))
+            assoc.dul.to_user_queue.put(None)
             raise
         state = machine.current_state
         if state == "Sta3":  # A-ASSOCIATE-RQ received
@@ -413,16 +412,16 @@ def _abort_established(assoc: Any, exc: Exception) -> None:
     )
     if not isinstance(exc, OSError | ReceiveError):
         log.debug("traceback", exc_info=exc)
-    _abort_and_shut(getattr(assoc.dul.socket, "socket", None), _ABORT_PROVIDER)
+    send_and_shut(getattr(assoc.dul.socket, "socket", None), _ABORT_PROVIDER)
     assoc.is_aborted = True
     assoc.is_established = False
     assoc._kill = True
     assoc.dul._kill_thread = True
 
 
-def _abort_and_shut(raw: socket.socket | None, pdu: bytes = _ABORT_INVALID) -> None:
-    """Send A-ABORT (``pdu``: service provider, invalid PDU parameter) and shut the
-    connection."""
+def send_and_shut(raw: socket.socket | None, pdu: bytes = _ABORT_INVALID) -> None:
+    """Send ``pdu`` (by default A-ABORT: service provider, invalid PDU parameter; an
+    A-ASSOCIATE-RJ from :mod:`node.receive.aetitles`) and shut the connection."""
     if raw is None:
         return
     with contextlib.suppress(OSError, ValueError):
@@ -475,7 +474,7 @@ def _abort_connection(assoc: Any) -> None:
     assoc._kill = True
     dul = assoc.dul
     assoc_socket = dul.socket
-    _abort_and_shut(getattr(assoc_socket, "socket", None))
+    send_and_shut(getattr(assoc_socket, "socket", None))
     dul.kill_dul()
     wake = getattr(assoc_socket, "wake", None)
     if callable(wake):
