@@ -20,7 +20,7 @@ are shifted down, narrower ones scaled up. An ICC profile is applied only when a
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,36 +83,39 @@ def _is_minmax(view: Dataset, info: PixelInfo, path: Path, choice: VoiChoice) ->
 def gray_span(
     ds: Dataset,
     info: PixelInfo,
-    arrays: Iterable[tuple[int, np.ndarray]],
+    indices: Sequence[int],
+    arrays: Callable[[], Iterable[tuple[int, np.ndarray]]],
     path: Path,
     choice: VoiChoice,
 ) -> tuple[float, float] | None:
-    """The range of the modality values of ``arrays`` (each frame through its own rescale)
-    when min-max is the VOI of any of them, else None.
+    """The range of the modality values of the frames ``indices`` (each through its own
+    rescale) when min-max is the VOI of any of them, else None.
 
     Min-max is one window for the whole object: frames rendered a batch at a time (a
     multi-frame object larger than ``export.max_pixels``) pass this range to
     :func:`render_gray`, computed over frames read one at a time, and come out as they would
-    decoded whole.
+    decoded whole. Whether min-max applies is decided from the headers (each frame's
+    functional groups) first: ``arrays`` (the frames, decoded) is called only then.
     """
-    groups = has_groups(ds)
-    if not groups and not _is_minmax(ds, info, path, choice):
-        return None
-    minmax = not groups
-    plans: dict[tuple[object, ...], bool] = {}  # min-max or not, per functional group view
-    lows, highs = [], []
-    for index, arr in arrays:
-        view = ds
-        if groups:
-            view = frame_view(ds, index, path)
+    views: dict[int, Dataset] = {}
+    if has_groups(ds):
+        plans: dict[tuple[object, ...], bool] = {}  # min-max or not, per group view
+        for index in indices:
+            view = views[index] = frame_view(ds, index, path)
             key = view_key(view)
             if key not in plans:
                 plans[key] = _is_minmax(view, info, path, choice)
-            minmax = minmax or plans[key]
-        values = modality(view, arr, path, info.signed)
+        minmax = any(plans.values())
+    else:
+        minmax = _is_minmax(ds, info, path, choice)
+    if not minmax:
+        return None
+    lows, highs = [], []
+    for index, arr in arrays():
+        values = modality(views.get(index, ds), arr, path, info.signed)
         lows.append(float(values.min()))
         highs.append(float(values.max()))
-    return (min(lows), max(highs)) if minmax and lows else None
+    return (min(lows), max(highs)) if lows else None
 
 
 def render_gray(
@@ -139,7 +142,7 @@ def render_gray(
         batches.setdefault(view_key(view), (view, []))[1].append((index, arr))
     if span is None and len(batches) > 1:
         # min-max is one window for the whole object (as without groups)
-        span = gray_span(ds, info, arrays, path, choice)
+        span = gray_span(ds, info, [i for i, _ in arrays], lambda: arrays, path, choice)
     out: list[Rendered] = []
     for view, group in batches.values():
         out.extend(_render_gray(view, info, group, path, choice, bits, span))

@@ -318,17 +318,29 @@ class Exporter:
 
     def _png_batches(self, path: Path, ds: Dataset, info: decode.PixelInfo) -> Iterator[Rendering]:
         """The wanted frames rendered ``_BATCH_SAMPLES`` decoded samples at a time (all at
-        once for most objects; an ultrasound cine or a breast tomosynthesis goes in batches).
+        once for most objects; an ultrasound cine goes in batches, and a grayscale object
+        only when it is over ``export.max_pixels``: a breast tomosynthesis).
 
         A grayscale object whose window is min-max gets one window for all its frames, as
-        decoded whole: a first pass over the frames, read one at a time, finds the range."""
+        decoded whole: a first pass over the frames, read one at a time, finds the range
+        (only when some frame's window is min-max)."""
         wanted = list(range(info.frames)) if self.options.frame is None else [self.options.frame]
         per_frame = info.rows * info.columns * info.samples
+        gray = info.photometric in display.GRAY
         step = max(1, _BATCH_SAMPLES // per_frame) if info.frame_by_frame else len(wanted)
+        if gray and per_frame * len(wanted) <= self.cfg.max_pixels:
+            step = len(wanted)  # decoded whole: no second pass for a min-max range
         span = None
-        if step < len(wanted) and info.photometric in display.GRAY:
-            every = decode.frames(ds, path, info, list(range(info.frames)))
-            span = display.gray_span(ds, info, every, path, self.options.voi)
+        if step < len(wanted) and gray:
+            every = list(range(info.frames))
+            span = display.gray_span(
+                ds,
+                info,
+                every,
+                lambda: decode.frames(ds, path, info, every),
+                path,
+                self.options.voi,
+            )
         for start in range(0, len(wanted), step):
             yield self._render_frames(path, ds, info, wanted[start : start + step], span)
 

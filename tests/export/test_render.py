@@ -205,6 +205,46 @@ def test_grayscale_multiframe_over_the_cap_is_exported_in_batches_with_one_windo
     assert np.asarray(Image.open(batched[0])).max() < 40  # frame 1 sits low in the range
 
 
+@pytest.mark.parametrize(
+    ("max_pixels", "window", "passes"),
+    [
+        (12 * 24 * 28, {}, [*range(12)]),  # fits the cap: decoded whole, once
+        (24 * 28, {"WindowCenter": 600, "WindowWidth": 1200}, [*range(12)]),  # no min-max
+    ],
+)
+def test_grayscale_multiframe_is_decoded_once_when_no_range_pass_is_needed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    max_pixels: int,
+    window: dict,
+    passes: list[int],
+) -> None:
+    """Batching made every grayscale object over 16 Mi samples (a 512 x 512 x 100 cine) be
+    decoded twice, range pass then batches, though it fitted export.max_pixels whole; and
+    the range pass ran before anyone asked whether a window was min-max."""
+    from node.export import exporter as exporter_module
+
+    rng = np.random.default_rng(22)
+    pix = rng.integers(0, 1200, (12, 24, 28)).astype(np.uint16)
+    ds = data.dataset(pix, modality="MG", bits_stored=12, **window)
+    path = data.write(ds, tmp_path / "mf.dcm")
+    whole = exporter(tmp_path / "whole").export_instance(path)
+    monkeypatch.setattr(exporter_module, "_BATCH_SAMPLES", 5 * 24 * 28)  # 5 frames a batch
+    decoded: list[int] = []
+    real_frames = decode.frames
+
+    def spy(ds: object, p: Path, info: object, indices: list[int] | None = None):  # type: ignore[no-untyped-def]
+        for index, arr in real_frames(ds, p, info, indices):  # type: ignore[arg-type]
+            decoded.append(index)
+            yield index, arr
+
+    monkeypatch.setattr(decode, "frames", spy)
+    out = exporter(tmp_path / "out", max_pixels=max_pixels).export_instance(path)
+    assert decoded == passes
+    for a, b in zip(whole, out, strict=True):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
 def test_a_cine_failing_in_a_later_batch_leaves_no_png_and_no_manifest_entry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
