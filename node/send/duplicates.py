@@ -9,23 +9,12 @@ and what differs. ``send`` and ``send --queue`` share these words.
 
 from __future__ import annotations
 
+import filecmp
 import logging
 import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 1024 * 1024
-
-
-def _digest(path: Path) -> bytes:
-    import hashlib  # OpenSSL (~7 ms): only when two files share a UID
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fp:
-        while chunk := fp.read(_CHUNK):
-            h.update(chunk)
-    return h.digest()
 
 
 def difference(first: Path, second: Path) -> str | None:
@@ -36,9 +25,9 @@ def difference(first: Path, second: Path) -> str | None:
             return None
         if a.st_size != b.st_size:
             return f"{a.st_size} bytes there, {b.st_size} here"
-        if _digest(first) == _digest(second):
+        if filecmp.cmp(first, second, shallow=False):  # stops at the first difference
             return None
-        return f"both {a.st_size} bytes, other content (SHA-256 differs)"
+        return f"both {a.st_size} bytes, other content"
     except OSError as exc:
         return f"cannot compare them: {exc.strerror or exc}"
 

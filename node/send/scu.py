@@ -389,6 +389,7 @@ class StoreSCU:
         from pydicom.uid import UID  # names for the message only
 
         name = UID(item.sop_class_uid).name
+        label = acse.uid_name(item.sop_class_uid)  # "Name (uid)", or the UID alone
         strays = {
             ts: answer for (cls, ts), answer in self._strays.items() if cls == item.sop_class_uid
         }
@@ -399,7 +400,7 @@ class StoreSCU:
                 for ts, (cx_id, chosen) in strays.items()
             )
             return st.dead(
-                f"{name} ({item.sop_class_uid}): AE {self.where} accepted no presentation "
+                f"{label}: AE {self.where} accepted no presentation "
                 f"context for it with a transfer syntax we proposed ({answers}): the peer "
                 "is not conformant (PS3.8 9.3.3.2: the acceptor picks one of the proposed "
                 "transfer syntaxes), so these contexts count as not accepted; have the "
@@ -415,7 +416,7 @@ class StoreSCU:
             if results and set(results.values()) == {4}:  # transfer-syntaxes-not-supported
                 proposed = ", ".join(UID(ts).name for ts in results)
                 return st.dead(
-                    f"{name} ({item.sop_class_uid}): AE {self.where} accepts none of the "
+                    f"{label}: AE {self.where} accepts none of the "
                     f"transfer syntaxes proposed for it ({proposed}: "
                     f"{acse.CONTEXT_RESULTS[4]}); enable one of them on the PACS"
                     + (
@@ -425,7 +426,6 @@ class StoreSCU:
                     )
                 )
             why = ", ".join(sorted({acse.CONTEXT_RESULTS.get(r, str(r)) for r in results.values()}))
-            label = name if name == item.sop_class_uid else f"{name} ({item.sop_class_uid})"
             return st.dead(
                 f"SOP class {label} not accepted by AE {self.where}"
                 + (f" ({why})" if why else "")
