@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from node.errors import ConfigError, NodeError
 from node.tomllines import key_line
-from node.uids import DEFAULT_ROOT, validate_root
+from node.uids import DEFAULT_ROOT, uid_problem, validate_root
 
 
 def check_ae(value: str, key: str) -> str:
@@ -409,18 +409,8 @@ def _resolve_paths(obj: Any, base: Path) -> Any:
 def check_uid(value: str, key: str, example: str) -> str:
     """``value`` if it is a valid UID (PS3.5 9.1: 1-64 characters, digits and dots, no
     empty component, no component with a leading zero); ConfigError naming ``key``."""
-    parts = value.split(".")
-    if not 0 < len(value) <= 64 or any(
-        not (p.isascii() and p.isdigit()) or (len(p) > 1 and p[0] == "0") for p in parts
-    ):
-        if len(value) > 64:
-            why = f"{len(value)} characters"
-        elif any(not p for p in parts):
-            why = "an empty component"
-        elif any(not (p.isascii() and p.isdigit()) for p in parts):
-            why = "a character other than digits and dots"
-        else:
-            why = "a component with a leading zero"
+    why = uid_problem(value)
+    if why is not None:
         raise ConfigError(
             f"{key}: {value!r} is not a valid UID ({why}; PS3.5 9.1: at most 64 characters, "
             f"digits separated by dots, no leading zero in a component), e.g. {example}"

@@ -20,12 +20,27 @@ IMPLEMENTATION_CLASS_UID = "2.25.245786319764920577254962932873934185947"
 IMPLEMENTATION_VERSION_NAME = f"DICOMNODE_{__version__}"[:16]
 
 
+def uid_problem(value: str, max_length: int | None = 64) -> str | None:
+    """Why ``value`` is not a valid UID (PS3.5 9.1: at most 64 characters, digits separated
+    by dots, no empty component, no component with a leading zero), or None; ``max_length``
+    None leaves the length to the caller (a root is checked against its own limit)."""
+    if not value:
+        return "empty"
+    if max_length is not None and len(value) > max_length:
+        return f"{len(value)} characters"
+    parts = value.split(".")
+    if any(not p for p in parts):
+        return "an empty component"
+    if any(not (p.isascii() and p.isdigit()) for p in parts):
+        return "a character other than digits and dots"
+    if any(len(p) > 1 and p[0] == "0" for p in parts):
+        return "a component with a leading zero"
+    return None
+
+
 def validate_root(root: str) -> str:
     """Check a UID root: digits and dots, no empty or zero-padded component, short enough."""
-    parts = root.split(".")
-    if not root or any(
-        not (p.isascii() and p.isdigit()) or (len(p) > 1 and p[0] == "0") for p in parts
-    ):
+    if uid_problem(root, max_length=None) is not None:
         raise ConfigError(
             f"uid_root {root!r} is not a valid UID root: use digits separated by dots, "
             "no component with a leading zero (e.g. 1.2.826.0.1.3680043.10.123)"
