@@ -32,6 +32,7 @@ from node.ingest import encoder, iods, metadata, modules
 from node.ingest import exif as exif_mod
 from node.ingest.elements import Elements
 from node.ingest.images import (
+    IMAGE_MAGIC,
     Pixels,
     apply_orientation,
     check_pixel_cap,
@@ -64,16 +65,6 @@ __all__ = [
     "sidecar_for",
 ]
 
-_MAGIC = (
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-    (b"II+\x00", "tiff"),  # BigTIFF
-    (b"MM\x00+", "tiff"),
-)
-
 
 def detect_format(head: bytes) -> str | None:
     """``jpeg``, ``png``, ``bmp``, ``tiff`` from the first bytes, or None.
@@ -84,7 +75,7 @@ def detect_format(head: bytes) -> str | None:
     """
     if head[128:132] == b"DICM":
         return None
-    for magic, kind in _MAGIC:
+    for magic, kind, _ in IMAGE_MAGIC:
         if head.startswith(magic):
             return kind
     return None

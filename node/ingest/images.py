@@ -238,21 +238,26 @@ def open_image(
     return im
 
 
+#: The first bytes of each image format converted: (magic, format, what a message calls it).
+IMAGE_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "png", "PNG"),
+    (b"BM", "bmp", "BMP"),
+    (b"II*\x00", "tiff", "TIFF"),
+    (b"MM\x00*", "tiff", "TIFF"),
+    (b"II+\x00", "tiff", "BigTIFF"),  # scanners, microscopes: files over 4 GB
+    (b"MM\x00+", "tiff", "BigTIFF"),
+)
+#: Classic TIFF and BigTIFF, both byte orders.
+TIFF_MAGIC = tuple(magic for magic, kind, _ in IMAGE_MAGIC if kind == "tiff")
+
 _AGAIN = ": the file is damaged or incomplete; copy or export it again"
 
 
 def _kind_of(data: bytes) -> str:
-    for magic, kind in (
-        (b"\x89PNG\r\n\x1a\n", "PNG"),
-        (b"II*\x00", "TIFF"),
-        (b"MM\x00*", "TIFF"),
-        (b"II+\x00", "BigTIFF"),
-        (b"MM\x00+", "BigTIFF"),
-        (b"BM", "BMP"),
-        (b"\xff\xd8\xff", "JPEG"),
-    ):
+    for magic, _, label in IMAGE_MAGIC:
         if data.startswith(magic):
-            return kind
+            return label
     return ""
 
 

@@ -40,6 +40,7 @@ from watchdog.observers import Observer
 
 from node.config import IngestSection
 from node.ingest.ignored import is_ignored
+from node.ingest.images import TIFF_MAGIC
 from node.queue.store import HEARTBEAT_SECONDS
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def file_complete(path: Path) -> bool:
         if head.startswith(b"\x89PNG"):
             fh.seek(max(0, size - 4096))
             return _PNG_END in fh.read()  # data appended after IEND is tolerated
-        if head[:4] in _TIFF_MAGIC:
+        if head[:4] in TIFF_MAGIC:
             try:
                 return tiff_complete(fh, size)
             except (struct.error, ValueError, OverflowError):
@@ -163,8 +164,6 @@ def _dicom_complete(path: Path) -> bool:
     return True
 
 
-#: Classic TIFF and BigTIFF (scanners, microscopes: files over 4 GB, or written so anyway).
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _TIFF_TYPES = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8
 _TIFF_DATA = ((273, 279), (324, 325))  # StripOffsets/StripByteCounts, Tile...
 
