@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from node import __version__
 from node.errors import NodeError
-from node.logs import setup_logging
+from node.logs import FORMATS, LEVELS, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +107,13 @@ def common_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--log-level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        choices=list(LEVELS),
         default=argparse.SUPPRESS,
         help="log verbosity (default: the config's node.log_level, INFO)",
     )
     group.add_argument(
         "--log-format",
-        choices=["text", "json"],
+        choices=list(FORMATS),
         default=argparse.SUPPRESS,
         help="log line format (default: the config's node.log_format, text)",
     )
@@ -157,9 +157,9 @@ def _log_settings(args: argparse.Namespace) -> tuple[str, str]:
             # when that part of it is readable (a log shipper parsing JSON lines would
             # otherwise drop the one line that says why the node did not start).
             node = _raw_node_table(config)
-            if level is None and node.get("log_level") in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            if level is None and node.get("log_level") in LEVELS:
                 level = node["log_level"]
-            if fmt is None and node.get("log_format") in ("text", "json"):
+            if fmt is None and node.get("log_format") in FORMATS:
                 fmt = node["log_format"]
         else:
             level = level or cfg.node.log_level

@@ -13,6 +13,11 @@ import sys
 import time
 from typing import Any
 
+#: ``node.log_level`` / ``--log-level`` and ``node.log_format`` / ``--log-format`` values
+#: (``node.config`` spells the same as Literal types; a test keeps them equal).
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+FORMATS = ("text", "json")
+
 _HANDLER_NAME = "dicom-node"
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 

@@ -110,3 +110,14 @@ def test_help_wraps_at_the_width_argparse_would_use(
     else:
         monkeypatch.setenv("COLUMNS", columns)
     assert _Formatter("x")._width == argparse.HelpFormatter("x")._width
+
+
+def test_log_levels_and_formats_are_spelled_alike_in_the_cli_and_the_config() -> None:
+    import typing
+
+    from node import logs
+    from node.config import NodeSection
+
+    hints = typing.get_type_hints(NodeSection)
+    assert typing.get_args(hints["log_level"]) == logs.LEVELS
+    assert typing.get_args(hints["log_format"]) == logs.FORMATS
