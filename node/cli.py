@@ -225,15 +225,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _store_hint(exc: BaseException) -> str:
     """What to do about a job store error, for the one line the CLI prints."""
-    text = str(exc)
-    if "malformed" in text or "not a database" in text:
+    from node.queue.store import BUSY_SECONDS, is_damage, is_locked
+
+    if is_damage(exc) or "not a database" in str(exc):
         return "the database is damaged: `dicom-node run` salvages it at its next start"
-    if "locked" in text or "busy" in text:
+    if is_locked(exc):
         return (
-            "another process held a write transaction for over 30 s: close a `sqlite3` "
-            "shell left open on it, then try again"
+            f"another process held a write transaction for over {BUSY_SECONDS:g} s: close a "
+            "`sqlite3` shell left open on it, then try again"
         )
-    if "full" in text:
+    if "full" in str(exc):
         return "free space on the file system of node.state_dir"
     return "--log-level DEBUG shows where"
 

@@ -30,7 +30,7 @@ from node.logs import fields
 from node.metrics import Metrics
 from node.queue import Job, JobStore
 from node.queue.owners import live_drains
-from node.queue.store import HEARTBEAT_SECONDS
+from node.queue.store import HEARTBEAT_SECONDS, PENDING_STATES
 from node.receive.studies import forward_destinations
 from node.statelock import StateLock
 
@@ -210,7 +210,7 @@ class NodeService:
         configured = {d.name for d in self.cfg.destinations}
         waiting: dict[str, int] = {}
         for kind, dest, state, n in self.store.counts():
-            if kind == KIND and dest not in configured and state in ("queued", "claimed", "retry"):
+            if kind == KIND and dest not in configured and state in PENDING_STATES:
                 waiting[dest] = waiting.get(dest, 0) + n
         for dest, n in sorted(waiting.items()):
             log.warning(

@@ -113,7 +113,7 @@ _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 
 
-def _locked(exc: BaseException) -> bool:
+def is_locked(exc: BaseException) -> bool:
     """``exc`` is SQLite's "database is locked" (another connection kept its write lock
     beyond the busy timeout), not damage."""
     text = str(exc).lower()
@@ -223,6 +223,10 @@ class JobState(StrEnum):
     RETRY = "retry"
     DONE = "done"
     DEAD = "dead"
+
+
+#: The states of a job still to be done (queued, being worked on, waiting for a retry).
+PENDING_STATES = frozenset((JobState.QUEUED, JobState.CLAIMED, JobState.RETRY))
 
 
 @dataclass(frozen=True)
@@ -337,7 +341,7 @@ class JobStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error, AttributeError):
                 self._db.close()
-            if reader and (self._not_writable(exc) or _locked(exc)):
+            if reader and (self._not_writable(exc) or is_locked(exc)):
                 # A reader needs no write: a store locked by another process's long
                 # write transaction is still readable (WAL: the last committed state).
                 self._open_read_only()
@@ -360,7 +364,7 @@ class JobStore:
                 f"{self.path.parent}: run the command as the node's user, e.g. "
                 "sudo -u dicom-node ..., or fix the owner of node.state_dir)"
             )
-        if _locked(exc):  # not damage: moving the file aside would lose the queue
+        if is_locked(exc):  # not damage: moving the file aside would lose the queue
             return (
                 f" (another process held a write transaction on it for over {BUSY_SECONDS:g} s:"
                 " close a `sqlite3` shell or backup left open on it, or end a hung dicom-node"

@@ -34,10 +34,6 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BATCH = 1000
 ENQUEUE_CHUNK = 500
-#: Job states in which `send --queue` leaves an existing job alone (it is on its way);
-#: JobState's values as text, so that a send without --queue does not import the queue
-#: (and sqlite3).
-PENDING = ("queued", "claimed", "retry")
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -242,7 +238,9 @@ def _enqueue_one(store: JobStore, destination: str, path: Path, named: set[Path]
         print(f"skipped  {path}: {exc}")
         return "bad"
     old = store.find(KIND, uid, destination)
-    if old is not None and old.state in PENDING:
+    from node.queue.store import PENDING_STATES  # loaded by _enqueue already
+
+    if old is not None and old.state in PENDING_STATES:
         queued = Path(old.payload.get("path", ""))
         if duplicates.same_file(path, queued):
             print(f"already queued  {path}: job {old.id} is {old.state}")
