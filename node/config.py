@@ -12,6 +12,7 @@ directory holding the config file (default: that directory).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress  # loaded with pathlib (urllib.parse) anyway
 import math
 import types
 import typing
@@ -449,10 +450,8 @@ def _timeouts(section: Any, prefix: str) -> None:
 
 def is_loopback(host: str) -> bool:
     """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
-    if host in ("localhost", "127.0.0.1", "::1"):
+    if host == "localhost":
         return True
-    import ipaddress  # ~1 ms: only for the hosts the fast path above does not know
-
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -574,8 +573,6 @@ def _validate(cfg: Config) -> None:
                 f"receive.forward[{i}].destination: unknown {rule.destination!r} (known: {known})"
             )
     for i, net in enumerate(cfg.receive.allowed_networks):
-        import ipaddress  # only when an allow-list is configured
-
         try:
             ipaddress.ip_network(net, strict=False)
         except ValueError as exc:
