@@ -162,6 +162,7 @@ def _log_settings(args: argparse.Namespace) -> tuple[str, str]:
             if fmt is None and node.get("log_format") in FORMATS:
                 fmt = node["log_format"]
         else:
+            args.loaded_config = cfg  # the command's load_from_args takes it
             level = level or cfg.node.log_level
             fmt = fmt or cfg.node.log_format
     return level or "INFO", fmt or "text"

@@ -13,8 +13,10 @@ log = logging.getLogger(__name__)
 
 
 def load_from_args(args: argparse.Namespace) -> Config:
-    """The config named by ``--config`` (or the built-in defaults)."""
-    return load_config(getattr(args, "config", None))
+    """The config named by ``--config`` (or the built-in defaults); the one the CLI already
+    loaded for its log settings when it did (``args.loaded_config``): not parsed twice."""
+    loaded = getattr(args, "loaded_config", None)
+    return loaded if loaded is not None else load_config(getattr(args, "config", None))
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -121,3 +121,24 @@ def test_log_levels_and_formats_are_spelled_alike_in_the_cli_and_the_config() ->
     hints = typing.get_type_hints(NodeSection)
     assert typing.get_args(hints["log_level"]) == logs.LEVELS
     assert typing.get_args(hints["log_format"]) == logs.FORMATS
+
+
+def test_the_config_is_parsed_once_per_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI loaded --config for its log settings, then the command loaded it again."""
+    from node import cli, config
+
+    cfg_file = tmp_path / "node.toml"
+    cfg_file.write_text('[node]\nstate_dir = "state"\n')
+    loads: list[object] = []
+    real = config.load_config
+
+    def counting(path: object = None) -> object:
+        loads.append(path)
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(config, "load_config", counting)
+    monkeypatch.setattr("node.service_commands.load_config", counting)
+    assert cli.main(["check-config", "-c", str(cfg_file)]) == 0
+    assert len(loads) == 1
