@@ -160,6 +160,20 @@ def test_colour_cine_over_the_cap_is_exported_a_batch_of_frames_at_a_time(
     assert [e["frame"] for e in ex.manifest.entries()] == list(range(1, 13))
 
 
+def _decoded_frames(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The indices of the frames decode.frames yields from now on, in order."""
+    decoded: list[int] = []
+    real_frames = decode.frames
+
+    def spy(ds: object, p: Path, info: object, indices: list[int] | None = None):  # type: ignore[no-untyped-def]
+        for index, arr in real_frames(ds, p, info, indices):  # type: ignore[arg-type]
+            decoded.append(index)
+            yield index, arr
+
+    monkeypatch.setattr(decode, "frames", spy)
+    return decoded
+
+
 @pytest.mark.dcmtk
 def test_grayscale_multiframe_over_the_cap_is_exported_in_batches_with_one_window(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -179,15 +193,7 @@ def test_grayscale_multiframe_over_the_cap_is_exported_in_batches_with_one_windo
     path = data.write(data.dataset(pix, modality="MG", bits_stored=12), tmp_path / "dbt.dcm")
     whole = exporter(tmp_path / "whole").export_instance(path)
     monkeypatch.setattr(exporter_module, "_BATCH_SAMPLES", 5 * 24 * 28)  # 5 frames a batch
-    decoded: list[int] = []
-    real_frames = decode.frames
-
-    def spy(ds: object, p: Path, info: object, indices: list[int] | None = None):  # type: ignore[no-untyped-def]
-        for index, arr in real_frames(ds, p, info, indices):  # type: ignore[arg-type]
-            decoded.append(index)
-            yield index, arr
-
-    monkeypatch.setattr(decode, "frames", spy)
+    decoded = _decoded_frames(monkeypatch)
     ex = exporter(tmp_path / "batched", max_pixels=24 * 28)  # one frame fits, 12 do not
     batched = ex.export_instance(path)
     assert decoded == [*range(12), *range(12)]  # the range pass, then the batches
@@ -230,15 +236,7 @@ def test_grayscale_multiframe_is_decoded_once_when_no_range_pass_is_needed(
     path = data.write(ds, tmp_path / "mf.dcm")
     whole = exporter(tmp_path / "whole").export_instance(path)
     monkeypatch.setattr(exporter_module, "_BATCH_SAMPLES", 5 * 24 * 28)  # 5 frames a batch
-    decoded: list[int] = []
-    real_frames = decode.frames
-
-    def spy(ds: object, p: Path, info: object, indices: list[int] | None = None):  # type: ignore[no-untyped-def]
-        for index, arr in real_frames(ds, p, info, indices):  # type: ignore[arg-type]
-            decoded.append(index)
-            yield index, arr
-
-    monkeypatch.setattr(decode, "frames", spy)
+    decoded = _decoded_frames(monkeypatch)
     out = exporter(tmp_path / "out", max_pixels=max_pixels).export_instance(path)
     assert decoded == passes
     for a, b in zip(whole, out, strict=True):
