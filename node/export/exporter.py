@@ -529,6 +529,7 @@ class Exporter:
         sources = []
         frames = 0
         vois = set()
+        warned: set[str] = set()  # unusable pixel shapes, logged once per document
         for path, header_ds in items:
             if not _drawn(header_ds):
                 continue
@@ -544,8 +545,8 @@ class Exporter:
                 self.failures += 1
                 continue
             f = rendering.facts
-            aspect = pixel_aspect(rendering.ds)
             for frame in rendering.frames:
+                aspect = pixel_aspect(rendering.ds, frame.frame, warned)
                 voi = self._voi_label(frame.voi)
                 vois.add(voi)
                 where = f"Image {f.instance_number or '?'}"

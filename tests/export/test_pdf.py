@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -413,6 +414,40 @@ def test_pixel_aspect_follows_the_standard_precedence() -> None:
     measures = ds(PixelSpacing=[0.5, 0.25])
     shared = ds(PixelMeasuresSequence=[measures])
     assert pixel_aspect(ds(SharedFunctionalGroupsSequence=[shared])) == 2.0
+    # ... or only in each frame's Per-Frame Functional Groups item (they may differ)
+    frames = [shared, ds(PixelMeasuresSequence=[ds(PixelSpacing=[0.2, 0.6])])]
+    enhanced = ds(PerFrameFunctionalGroupsSequence=frames)
+    assert [pixel_aspect(enhanced, i) for i in (0, 1, 2)] == [2.0, pytest.approx(1 / 3), 1.0]
+    enhanced.SharedFunctionalGroupsSequence = [ds(FrameContentSequence=[ds()])]
+    assert pixel_aspect(enhanced, 1) == pytest.approx(1 / 3)  # shared groups without measures
+    enhanced.SharedFunctionalGroupsSequence = [ds(PixelMeasuresSequence=[measures])]
+    assert pixel_aspect(enhanced, 1) == 2.0  # shared groups apply to every frame
     # unusable values go to the next source; an absurd ratio is drawn square
     assert pixel_aspect(ds(PixelSpacing=[0, 0.5], PixelAspectRatio=[2, 1])) == 2.0
     assert pixel_aspect(ds(PixelSpacing=[100, 1])) == 1.0
+
+
+def test_an_absurd_pixel_shape_is_logged_once_per_document(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 40-frame object with Pixel Spacing 100\\1 logged the same warning for every frame
+    of every image in the PDF."""
+    from pydicom.dataset import Dataset
+
+    from node.export.aspect import pixel_aspect
+
+    bad = Dataset()
+    bad.PixelSpacing = ["100", "1"]
+    odd = Dataset()
+    odd.PixelAspectRatio = ["1", "40"]
+    warned: set[str] = set()
+    with caplog.at_level(logging.WARNING, logger="node.export.aspect"):
+        ratios = [pixel_aspect(d, i, warned) for d in (bad, odd, bad) for i in range(40)]
+    assert set(ratios) == {1.0}
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "(0028,0030) PixelSpacing 100\\1 gives pixels 100 times taller than wide: ignored, "
+        "drawn square",
+        "(0028,0034) PixelAspectRatio 1\\40 gives pixels 0.025 times taller than wide: "
+        "ignored, drawn square",
+    ]
