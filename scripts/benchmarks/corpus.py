@@ -3,7 +3,10 @@
 - :func:`ct_series`: 512×512 16-bit (12 stored) CT, Rescale Intercept -1024, window 40/400,
   a water disk with a bone ring and moving lung-like holes plus noise (renders like a CT);
 - :func:`jpeg_sc`: Secondary Capture with an encapsulated baseline JPEG (Pillow, 4:2:2),
-  each object's pixels different.
+  each object's pixels different;
+- :func:`camera_sc`: the issue's camera corpus (:mod:`camera`, 1280×960, 150–300 KB,
+  4:2:0) wrapped as Secondary Capture objects with pydicom, each JPEG's bytes as they are
+  (no converter of ours in the peers' input).
 
 Both are reused when already present (same count) so repeated runs skip generation.
 """
@@ -111,6 +114,37 @@ def jpeg_sc(out: Path, count: int = 200, size: tuple[int, int] = (512, 384)) -> 
         ds.PixelData = encapsulate([buf.getvalue()])
         ds["PixelData"].VR = "OB"
         path = out / f"sc{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def camera_sc(out: Path, count: int = 240) -> list[Path]:
+    """SC objects holding the camera-like JPEGs of :mod:`camera`, byte for byte."""
+    from camera import camera_jpegs
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
+
+    out.mkdir(parents=True, exist_ok=True)
+    existing = sorted(out.glob("cam*.dcm"))
+    if len(existing) == count:
+        return existing
+    paths = []
+    for i, jpeg in enumerate(camera_jpegs(out.parent / f"{out.name}-jpegs", count)):
+        ds = _meta_ds(SecondaryCaptureImageStorage, JPEGBaseline8Bit, i)
+        ds.Modality = "XC"
+        ds.ConversionType = "DI"
+        ds.Rows, ds.Columns = 960, 1280
+        ds.SamplesPerPixel = 3
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        ds.PixelRepresentation = 0
+        ds.LossyImageCompression = "01"
+        ds.PixelData = encapsulate([jpeg.read_bytes()])
+        ds["PixelData"].VR = "OB"
+        path = out / f"cam{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

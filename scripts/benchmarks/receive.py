@@ -3,7 +3,9 @@
 DCMTK ``storescu`` (TCP_NODELAY=1, 128 KiB max PDU, one association) sends
 
 - 200 CT objects, 512×512 16-bit, Explicit VR Little Endian (~513 KB each), and
-- 200 Secondary Capture objects, JPEG Baseline, 1024×768 RGB (~100 KB each, ``-xy``)
+- 200 Secondary Capture objects, JPEG Baseline, 1024×768 RGB (~100 KB each, ``-xy``), and
+- 240 Secondary Capture objects holding the camera-like JPEGs of the convert corpus
+  (1280×960, 150–300 KB each, ``-xy``: the issue's corpus)
 
 to each receiver, started fresh with an empty output directory for every run (the last
 row: storescu and storescp both with DCMTK's defaults, Nagle on, 16 KiB PDU); and 50 of
@@ -36,15 +38,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from corpus import ct_series, jpeg_sc  # noqa: E402
+from corpus import camera_sc, ct_series, jpeg_sc  # noqa: E402
 
 COUNT = 200
+CAMERA = 240
 PER_OBJECT = 50
 PDU = 131072
 AET = "BENCHSCP"
-
-
-# ------------------------------------------------------------------------------ data
 
 
 # ------------------------------------------------------------------------------ servers
@@ -163,6 +163,7 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     sets = {
         "receive CT 512² 16-bit": (ct, False, False),
         "receive JPEG SC": (jpeg_sc(workdir / "jpeg", COUNT, (1024, 768)), True, False),
+        f"receive camera JPEG SC ×{CAMERA}": (camera_sc(workdir / "camera", CAMERA), True, False),
         # Many modalities open one association per image: negotiation cost dominates.
         f"receive CT, 1 association per object ×{PER_OBJECT}": (ct[:PER_OBJECT], False, True),
     }

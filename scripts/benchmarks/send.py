@@ -3,7 +3,9 @@
 Workloads (made once, in the work directory):
 
 - 200 Secondary Capture objects, JPEG Baseline, 512×384 RGB (~30-40 KB each);
-- 200 CT objects, 512×512 16-bit, Explicit VR Little Endian (~513 KB each).
+- 200 CT objects, 512×512 16-bit, Explicit VR Little Endian (~513 KB each);
+- 240 Secondary Capture objects holding the camera-like JPEGs of the convert corpus
+  (1280×960, 150–300 KB each, as the issue's corpus asks).
 
 Receiver: ``/usr/bin/storescp +xa -pdu 131072`` with TCP_NODELAY=1, writing into a scratch
 directory that is emptied between runs. Senders, both one process and one association for
@@ -33,16 +35,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-from corpus import ct_series, jpeg_sc  # noqa: E402
+from corpus import camera_sc, ct_series, jpeg_sc  # noqa: E402
 
 COUNT = 200
+CAMERA = 240
 PDU = 131072
 AET = "BENCHSCP"
 TRANSFER = "dicom-node send (transfer only, start-up excluded)"
 DEFAULTS = "DCMTK storescu (defaults, into storescp defaults)"
-
-
-# ------------------------------------------------------------------------------ data
 
 
 # ------------------------------------------------------------------------------ running
@@ -102,6 +102,7 @@ def run(workdir: Path, repeats: int) -> list[dict[str, Any]]:
     workloads = {
         "send JPEG SC 512x384 ×200": (jpeg_sc(workdir / "jpeg", COUNT), ["-xy"]),
         "send CT 512x512 16-bit ×200": (ct_series(workdir / "ct", COUNT), []),
+        f"send camera JPEG SC 1280x960 ×{CAMERA}": (camera_sc(workdir / "camera", CAMERA), ["-xy"]),
     }
     rows: list[dict[str, Any]] = []
     receiver = Receiver(workdir)
