@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import shutil
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 INCOMING = ".incoming"
 _PREAMBLE = b"\x00" * 128 + b"DICM"
+_incoming_names = itertools.count()
 
 
 class OutOfSpace(ReceiveError):
@@ -211,6 +213,24 @@ class Archive:
             if self.fsync:
                 with contextlib.suppress(OSError):
                     fsync_dir(directory.parent)
+
+    def new_incoming_file(self, kind: str) -> tuple[int, Path]:
+        """Create a new empty file in ``.incoming`` for writing: ``(fd, path)``; ``kind``
+        names its use ("rx" for a staged object, "spill" for a spill buffer).
+
+        The name is unique within the archive (process, thread, counter) and hidden from
+        readers (:data:`TMP_PREFIX`); the mode is the archive's (0644 less the umask).
+        If a clean-up job removed ``.incoming``, it is recreated (:meth:`restore_dirs`).
+        """
+        name = f"{TMP_PREFIX}{kind}-{os.getpid()}-{threading.get_ident()}-{next(_incoming_names)}"
+        path = self.incoming / name
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            self.restore_dirs()
+            fd = os.open(path, flags, 0o644)
+        return fd, path
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
         """The final path of an object; :class:`UnsafePath` for any invalid UID."""

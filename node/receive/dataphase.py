@@ -29,7 +29,6 @@ stay entirely on pynetdicom's path. ``receive.fast_path = false`` turns this mod
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import socket
@@ -46,7 +45,6 @@ from pydicom.uid import UID
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.errors import UnsafePath
-from node.fsutil import TMP_PREFIX
 from node.logs import fields
 from node.receive.archive import OutOfSpace, Staged, check_uid, file_meta_bytes
 from node.receive.guard import PDU_MIN_RATE
@@ -74,8 +72,6 @@ MAX_COMMAND = 64 << 10
 HEAD_BYTES = 64 << 10
 #: Free-space checks while a big data set streams in, every this many bytes.
 CHECK_EVERY = 64 << 20
-
-_counter = itertools.count()
 
 
 class ProtocolError(Exception):
@@ -543,15 +539,7 @@ class DataPhase:
         return spare if spare is not None else self._new_staging_file()
 
     def _new_staging_file(self) -> tuple[int, Path]:
-        name = f"{TMP_PREFIX}rx-{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
-        staged = self.ctx.archive.incoming / name
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        try:
-            fd = os.open(staged, flags, 0o644)
-        except FileNotFoundError:  # .incoming removed under us (a clean-up job)
-            self.ctx.archive.restore_dirs()
-            fd = os.open(staged, flags, 0o644)
-        return fd, staged
+        return self.ctx.archive.new_incoming_file("rx")
 
     def _prepare_spare(self) -> None:
         """Create the next staging file now: creating a file costs ~0.1-0.3 ms on ext4,

@@ -40,7 +40,6 @@ import os
 import select
 import socket
 import ssl
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +51,6 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.transport import AssociationSocket
 
 from node.errors import ReceiveError
-from node.fsutil import TMP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +128,13 @@ class SpillBuffer(BytesIO):
     def __init__(
         self,
         threshold: int,
-        directory: Path,
+        create: Callable[[], tuple[int, Path]],
         on_spill: Callable[[SpillBuffer], None],
         check_space: Callable[[int], None] | None = None,
-        restore_dir: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self._threshold = threshold
-        self._dir = directory
-        self._restore_dir = restore_dir
+        self._create = create
         self._on_spill = on_spill
         self._check_space = check_space
         self._file: Any = None
@@ -165,15 +161,8 @@ class SpillBuffer(BytesIO):
         return n
 
     def _spill(self) -> None:
-        try:
-            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "spill-", dir=self._dir)
-        except FileNotFoundError:  # .incoming removed under us (a clean-up job)
-            if self._restore_dir is None:
-                raise
-            self._restore_dir()
-            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX + "spill-", dir=self._dir)
+        fd, self.path = self._create()
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
-        self.path = Path(name)
         self._on_spill(self)
         with super().getbuffer() as view:
             self._file.write(view)
@@ -221,22 +210,19 @@ class SpillTracker:
 def install_spill(
     assoc: Any,
     threshold: int,
-    directory: Path,
+    create: Callable[[], tuple[int, Path]],
     tracker: SpillTracker,
     check_space: Callable[[int], None] | None = None,
-    restore_dir: Callable[[], None] | None = None,
 ) -> None:
-    """Make each DIMSE message of ``assoc`` collect its data set in a :class:`SpillBuffer`;
-    ``restore_dir`` recreates ``directory`` if it was removed."""
+    """Make each DIMSE message of ``assoc`` collect its data set in a :class:`SpillBuffer`
+    (``create`` makes its file: :meth:`Archive.new_incoming_file`)."""
     dimse = assoc.dimse
     original = dimse.receive_primitive
 
     def receive_primitive(primitive: Any) -> None:
         if dimse.message is None:
             message = DIMSEMessage()
-            message.data_set = SpillBuffer(
-                threshold, directory, tracker.add, check_space, restore_dir
-            )
+            message.data_set = SpillBuffer(threshold, create, tracker.add, check_space)
             dimse.message = message
         original(primitive)
 

@@ -131,13 +131,13 @@ def handle_conn_open(event: Any, ctx: StoreContext) -> None:
     free_slot_when_closed(assoc)
     tracker = SpillTracker()
     assoc._dicom_node_spills = tracker
+    archive = ctx.archive
     install_spill(
         assoc,
         ctx.chunk_threshold,
-        ctx.archive.incoming,
+        lambda: archive.new_incoming_file("spill"),
         tracker,
-        ctx.archive.check_space,
-        ctx.archive.restore_dirs,
+        archive.check_space,
     )
     assoc._dicom_node_sent = SentCounter()
     close_wakeup = install_wakeup(assoc, assoc._dicom_node_sent)

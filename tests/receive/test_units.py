@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import os
+import shutil
 import warnings
 from io import BytesIO
 from pathlib import Path
@@ -129,14 +131,16 @@ def test_archive_refuses_unsafe_uids(tmp_path: Path, bad: str) -> None:
 
 def test_spill_buffer_moves_to_disk_past_threshold(tmp_path: Path) -> None:
     spilled: list[SpillBuffer] = []
-    buf = SpillBuffer(1000, tmp_path, spilled.append)
+    archive = Archive(tmp_path)
+    archive.prepare()
+    buf = SpillBuffer(1000, lambda: archive.new_incoming_file("spill"), spilled.append)
     buf.write(b"a" * 600)
     assert not buf.spilled and spilled == []
     buf.write(b"b" * 600)
     assert buf.spilled and spilled == [buf]
     buf.write(b"c" * 10)
     path = buf.finish()
-    assert path.parent == tmp_path and path.name.startswith(".tmp-")
+    assert path.parent == tmp_path / ".incoming" and path.name.startswith(".tmp-spill-")
     assert path.read_bytes() == b"a" * 600 + b"b" * 600 + b"c" * 10
     assert len(buf.getbuffer()) == 0  # nothing left in memory
     buf.discard()
@@ -147,13 +151,40 @@ def test_spill_buffer_stops_a_stream_that_would_fill_the_disk(tmp_path: Path) ->
     from node.receive.archive import OutOfSpace
 
     archive = Archive(tmp_path, min_free_bytes=1 << 62)
-    buf = SpillBuffer(10, tmp_path, lambda b: None, archive.check_space)
+    archive.prepare()
+    buf = SpillBuffer(
+        10, lambda: archive.new_incoming_file("spill"), lambda b: None, archive.check_space
+    )
     buf.CHECK_EVERY = 100
     buf.write(b"x" * 20)  # spilled
     with pytest.raises(OutOfSpace):
         for _ in range(10):
             buf.write(b"y" * 50)
     buf.discard()
+
+
+def test_incoming_files_are_new_and_survive_a_removed_incoming_directory(tmp_path: Path) -> None:
+    """Staging and spill files come from one place: a new name each time (O_EXCL), the
+    archive's mode, and ``.incoming`` recreated if a clean-up job deleted it."""
+    archive = Archive(tmp_path / "archive")
+    archive.prepare()
+    made = [archive.new_incoming_file(kind) for kind in ("rx", "spill", "rx")]
+    for fd, _ in made:
+        os.close(fd)
+    paths = [path for _, path in made]
+    assert len(set(paths)) == 3 and all(p.parent == archive.incoming for p in paths)
+    assert [p.name.split("-")[1] for p in paths] == ["rx", "spill", "rx"]
+    assert all(p.stat().st_mode & 0o777 == 0o644 & ~_umask() for p in paths)
+    shutil.rmtree(archive.root)
+    fd, path = archive.new_incoming_file("rx")
+    os.close(fd)
+    assert path.parent == archive.incoming and path.is_file()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_pdu_cap() -> None:
