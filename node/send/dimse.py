@@ -126,8 +126,8 @@ def associate(
     calling_ae: str,
     contexts: Sequence[tuple[str, str]],
     tls: tuple[ssl.SSLContext, str] | None,
-    refusals: dict[tuple[str, str], int] | None = None,
-    strays: dict[tuple[str, str], tuple[int, str]] | None = None,
+    refusals: dict[tuple[str, str], int],
+    strays: dict[tuple[str, str], tuple[int, str]],
 ) -> tuple[Channel | None, Outcome | None]:
     """A :class:`Channel` on an established association, or None and the outcome for every
     file (None when the peer accepted none of the contexts).
@@ -154,8 +154,6 @@ def associate(
         evt_handlers=neg.handlers,
         tls_args=tls,
     )
-    refusals = {} if refusals is None else refusals
-    strays = {} if strays is None else strays
     accepted: dict[tuple[str, str], int] = {}
     answered = neg.accept.presentation_context_definition_results_list if neg.accept else []
     for cx in answered:
@@ -198,21 +196,14 @@ class Channel:
         assoc: Association,
         where: str,
         dimse_timeout: float,
-        contexts: dict[tuple[str, str], int] | None = None,
-        negotiation: _Negotiation | None = None,
+        contexts: dict[tuple[str, str], int],
+        negotiation: _Negotiation,
     ) -> None:
         self.assoc = assoc
-        self.negotiation = negotiation or _Negotiation()
+        self.negotiation = negotiation
         self.where = where
         self.timeout = dimse_timeout if dimse_timeout > 0 else None
-        self.contexts = (
-            contexts
-            if contexts is not None
-            else {
-                (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0)
-                for cx in assoc.accepted_contexts
-            }
-        )
+        self.contexts = contexts
         self.paused: PausedReactor | None = None
         if fast_path_available(assoc):
             self.paused = PausedReactor(assoc).__enter__()
