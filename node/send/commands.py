@@ -53,6 +53,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="enqueue for the node's delivery workers (needs a configured --dest NAME) "
         "instead of sending now (default: send now)",
     )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --queue: a file whose SOP Instance UID is still queued (e.g. waiting for a "
+        "PACS that is down) for another file replaces that file in its job (default: refused)",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or directories")
     p.set_defaults(func=cmd_send)
 
@@ -176,11 +182,16 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise SendError("nothing to send: give at least one file or directory")
     dest = resolve_destination(cfg, args, target)
     if args.queue:
-        return _enqueue(cfg, dest, paths)
+        return _enqueue(cfg, dest, paths, replace=args.replace)
+    if args.replace:
+        raise ConfigError(
+            "--replace works with --queue (it changes the file of a queued job); "
+            "without --queue the files are sent now, each one once"
+        )
     return _send_now(cfg, dest, paths)
 
 
-def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
+def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str], *, replace: bool) -> int:
     if not any(d.name == dest.name for d in cfg.destinations):
         raise ConfigError(
             f"--queue needs a destination configured in [[destinations]] (got {dest.name!r}): "
@@ -188,7 +199,7 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
         )
     from node.queue.store import JobStore  # SQLite: only when queueing
 
-    counts = {"queued": 0, "pending": 0, "bad": 0, "ignored": 0, "foreign": 0}
+    counts = {"queued": 0, "pending": 0, "replaced": 0, "bad": 0, "ignored": 0, "foreign": 0}
     files = iter_files(paths)
     named = {Path(raw) for raw in paths}
     with JobStore(cfg.node.state_dir) as store:
@@ -196,7 +207,7 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
             n = 0
             with store.transaction():  # one commit (one fsync) per ENQUEUE_CHUNK files
                 for path in files:
-                    counts[_enqueue_one(store, dest.name, path, named)] += 1
+                    counts[_enqueue_one(store, dest.name, path, named, replace)] += 1
                     n += 1
                     if n >= ENQUEUE_CHUNK:
                         break
@@ -205,6 +216,11 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
     print(
         f"queued {counts['queued']} file(s) for {dest.name} in {cfg.node.state_dir}; "
         f"{counts['pending']} already queued, {counts['bad']} skipped"
+        + (
+            f", {counts['replaced']} replaced the file of a queued job"
+            if counts["replaced"]
+            else ""
+        )
         + (f", {counts['ignored']} DICOMDIR ignored" if counts["ignored"] else "")
         + (f", {counts['foreign']} non-DICOM file(s) ignored" if counts["foreign"] else "")
     )
@@ -212,12 +228,17 @@ def _enqueue(cfg: Config, dest: Destination, paths: Sequence[str]) -> int:
     return EXIT_OK if bad == 0 else EXIT_FAILED
 
 
-def _enqueue_one(store: JobStore, destination: str, path: Path, named: set[Path]) -> str:
-    """Queue one file for ``send --queue``: "queued", "pending" (already on its way), "bad",
-    "ignored" (a DICOMDIR), "foreign" (no DICOM file, met in a folder: see ``_foreign``).
+def _enqueue_one(
+    store: JobStore, destination: str, path: Path, named: set[Path], replace: bool
+) -> str:
+    """Queue one file for ``send --queue``: "queued", "pending" (already on its way),
+    "replaced", "bad", "ignored" (a DICOMDIR), "foreign" (no DICOM file, met in a folder:
+    see ``_foreign``).
 
-    A job of the same SOP Instance UID that is still pending is left alone (idempotent);
-    one that was delivered or gave up is re-armed with this path, since the user asked for
+    A job of the same SOP Instance UID that is still pending is left alone (idempotent)
+    when it sends the same content; for another file it is refused, or with ``replace``
+    switched to this file (a corrected file while the PACS is down), attempts reset. One
+    that was delivered or gave up is re-armed with this path, since the user asked for
     this file to be sent (e.g. the PACS lost it, or the file was fixed).
     """
     from node.ingest.dicom_inputs import DicomInputError, check_complete
@@ -253,8 +274,16 @@ def _enqueue_one(store: JobStore, destination: str, path: Path, named: set[Path]
             )
             return "pending"
         how = f"queued for {destination} as job {old.id} ({old.state})"
-        print(f"skipped  {path}: {duplicates.conflict(uid, queued, how, why)}")
-        return "bad"
+        if not replace:
+            text = duplicates.conflict(uid, queued, how, why, queued_hint=True)
+            print(f"skipped  {path}: {text}")
+            return "bad"
+        enqueue_delivery(store, path, [destination], source="cli", replace=True)
+        if old.state == "claimed":  # a worker is sending the old file: this one goes next
+            print(f"replaced  {path}: job {old.id} is sending {queued} now, then this file")
+        else:
+            print(f"replaced  {path}: job {old.id} ({old.state}) sends this file, not {queued}")
+        return "replaced"
     enqueue_delivery(store, path, [destination], source="cli", replace=True)
     if old is not None:
         print(f"re-queued  {path}: job {old.id} was {old.state}")

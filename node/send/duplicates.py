@@ -32,16 +32,22 @@ def difference(first: Path, second: Path) -> str | None:
         return f"cannot compare them: {exc.strerror or exc}"
 
 
-def conflict(uid: str, first: Path, how: str, why: str) -> str:
+def conflict(uid: str, first: Path, how: str, why: str, *, queued_hint: bool = False) -> str:
     """The message for a second, different file under ``uid``; ``how`` says where the
-    first one is (e.g. "queued for pacs as job 12 (retry)", "sent in this run")."""
+    first one is (e.g. "queued for pacs as job 12 (retry)", "sent in this run");
+    ``queued_hint``: the first one waits in the queue, where ``--replace`` can swap it."""
+    if queued_hint:
+        instead = "queue it again with --replace: the job then sends this file instead"
+    else:
+        instead = (
+            "send it again once that one is done (a dicom-node PACS keeps the first copy "
+            'unless its receive.duplicates is "overwrite")'
+        )
     return (
         f"(0008,0018) SOPInstanceUID {uid} is already {how} for another file, "
         f"{first} ({why}): one UID must name one object, and the PACS would keep only "
         "one of them. Give one of them a new SOP Instance UID at the source (e.g. "
-        "`dcmodify -gin FILE` on a copy), or, if this file replaces the other, send it "
-        "again once that one is done (a dicom-node PACS keeps the first copy unless its "
-        'receive.duplicates is "overwrite")'
+        f"`dcmodify -gin FILE` on a copy), or, if this file replaces the other, {instead}"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -417,8 +418,49 @@ def test_send_queue_names_the_file_queued_under_the_same_uid(
         f"skipped  {other}: " + _conflict(uid, a, "queued for pacs as job 1 (queued)")
     )
     assert " bytes there, " in line
-    assert "new SOP Instance UID at the source" in line and "receive.duplicates" in line
+    assert "new SOP Instance UID at the source" in line and "again with --replace" in line
     assert "queued 0 file(s) for pacs" in out and "1 already queued, 1 skipped" in out
+
+
+@pytest.mark.dcmtk
+def test_send_queue_replace_swaps_the_file_of_a_waiting_job(
+    tmp_path: Path, storescp: Storescp, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file corrected while its first version waited for a PACS that was down could only
+    be queued once that version was delivered (or given up): hours later. With --replace
+    the waiting job sends the corrected file, attempts reset, and only that one arrives."""
+    from pydicom import dcmread
+
+    from node.queue.store import JobStore
+    from node.send.worker import KIND
+
+    a, copy, other, uid = _one_uid_three_files(tmp_path)
+    cfg = _cfg(tmp_path, storescp.port, storescp.aet)
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--queue", str(a)]) == 0
+    with JobStore(tmp_path / "state") as store:
+        (job,) = store.select(kind=KIND)
+        store.retry(job.id, time.time() + 3600, "PACS down")  # waiting for an hour
+    capsys.readouterr()
+    argv = ["send", "-c", cfg, "--dest", "pacs", "--queue", "--replace"]
+    assert main([*argv, str(copy)]) == 0  # the same content: nothing to replace
+    assert main([*argv, str(other)]) == 0
+    out = capsys.readouterr().out
+    assert f"already queued  {copy}: the same content as {a}" in out
+    assert f"replaced  {other}: job 1 (retry) sends this file, not {a}" in out
+    assert "1 replaced the file of a queued job" in out
+    with JobStore(tmp_path / "state") as store:
+        (job,) = store.select(kind=KIND)
+    assert (job.state, job.attempts, job.payload["path"]) == ("queued", 0, str(other))
+    assert main(["queue", "drain", "-c", cfg, "--dest", "pacs"]) == 0
+    (received,) = storescp.by_uid().values()
+    assert dcmread(received).PixelData == dcmread(other).PixelData != dcmread(a).PixelData
+
+
+def test_send_replace_needs_queue(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    a, _, _, _ = _one_uid_three_files(tmp_path)
+    cfg = _cfg(tmp_path, free_port(), "PACS")
+    assert main(["send", "-c", cfg, "--dest", "pacs", "--replace", str(a)]) == 2
+    assert "--replace works with --queue" in caplog.text
 
 
 @pytest.mark.dcmtk
