@@ -446,20 +446,40 @@ class IngestPipeline:
             "never came. Copy the sidecar before its image (or drop both in a folder)",
         )
 
-    def finish_if_delivered(self, claim_dir: Path) -> bool:
-        """If every object of the claim is acknowledged by every destination, finish it."""
-        record_path = claim_dir / CLAIM_FILE
+    def finish_if_delivered(self, claim_dir: Path, *, requeue_missing: bool = False) -> bool:
+        """If every object of the claim is acknowledged by every destination, finish it.
+
+        With ``requeue_missing``, the delivery jobs of an unfinished claim that are gone
+        from the store (``dicom-node queue purge --state done`` run while some of its
+        objects were still on their way) are queued again: without them the claim could
+        never finish and would sit in ``work/`` until the next start-up, which re-queues
+        them the same way.
+        """
         try:
-            record: dict[str, Any] = json.loads(record_path.read_bytes())
+            record: dict[str, Any] = json.loads((claim_dir / CLAIM_FILE).read_bytes())
         except FileNotFoundError:
             return False
-        for item in record["items"]:
-            for dest in record["destinations"]:
-                job = self.store.find("deliver", item["sop_instance_uid"], dest)
-                if job is None or job.state != JobState.DONE:
-                    return False
-        self._finish(claim_dir, record)
-        return True
+        jobs = [
+            self.store.find("deliver", item["sop_instance_uid"], dest)
+            for item in record["items"]
+            for dest in record["destinations"]
+        ]
+        if all(job is not None and job.state == JobState.DONE for job in jobs):
+            self._finish(claim_dir, record)
+            return True
+        missing = sum(job is None for job in jobs)
+        if requeue_missing and missing:
+            log.warning(
+                "%d delivery job(s) of an unfinished claim are gone from the queue (purged?): "
+                "queued again so that the claim can finish; the PACS receives those objects "
+                "again under the same UIDs",
+                missing,
+                extra=fields(claim=claim_dir.name),
+            )
+            self._enqueue(record, rearm=False)
+            if self.on_enqueued is not None:
+                self.on_enqueued(list(record["destinations"]))
+        return False
 
     def _finish(self, claim_dir: Path, record: Mapping[str, Any]) -> None:
         claim_id = claim_dir.name
@@ -539,35 +559,7 @@ class IngestPipeline:
         for claim_dir in sorted(self.ing.work.iterdir()):
             if (claim_dir / CLAIM_FILE).exists():
                 with self._lock:
-                    if not self.finish_if_delivered(claim_dir):
-                        self._requeue_missing(claim_dir)
-
-    def _requeue_missing(self, claim_dir: Path) -> None:
-        """Queue again the delivery jobs of an unfinished claim that are gone from the
-        store (``dicom-node queue purge --state done`` run while some of its objects were
-        still on their way): without them the claim could never finish and would sit in
-        ``work/`` until the next start-up, which re-queues them the same way."""
-        try:
-            record: dict[str, Any] = json.loads((claim_dir / CLAIM_FILE).read_bytes())
-        except FileNotFoundError:
-            return
-        missing = sum(
-            1
-            for item in record["items"]
-            for dest in record["destinations"]
-            if self.store.find("deliver", item["sop_instance_uid"], dest) is None
-        )
-        if missing:
-            log.warning(
-                "%d delivery job(s) of an unfinished claim are gone from the queue (purged?): "
-                "queued again so that the claim can finish; the PACS receives those objects "
-                "again under the same UIDs",
-                missing,
-                extra=fields(claim=claim_dir.name),
-            )
-            self._enqueue(record, rearm=False)
-            if self.on_enqueued is not None:
-                self.on_enqueued(list(record["destinations"]))
+                    self.finish_if_delivered(claim_dir, requeue_missing=True)
 
 
 def _digest(path: Path) -> str:
