@@ -33,6 +33,7 @@ from node.ingest import exif as exif_mod
 from node.ingest.elements import Elements
 from node.ingest.images import (
     IMAGE_MAGIC,
+    TURNED_BY_PILLOW,
     Pixels,
     apply_orientation,
     check_pixel_cap,
@@ -459,6 +460,10 @@ def _raster_pixels(
         exif = exif_mod.ExifValues(problem=f"EXIF unreadable ({exc})")
         notes.append(f"warning: {exif.problem}")
     icc = im.info.get("icc_profile") or None
+    turned = im.info.get(TURNED_BY_PILLOW)
+    if turned is not None:  # upright already; the object records it like any other turn
+        exif = dataclasses.replace(exif, orientation=turned)
+        notes.append(f"EXIF Orientation {turned} applied (image turned upright)")
     aspect = pixel_aspect(raster_density(im), exif.orientation)
     count = int(getattr(im, "n_frames", 1))
     frames = []
@@ -473,9 +478,10 @@ def _raster_pixels(
         # Each page has its own Compression: one JPEG page makes the whole object lossy.
         if "jpeg" in str(im.info.get("compression", "")).lower():
             lossy_pages.append(index + 1)
+        page = im if turned else apply_orientation(im, exif.orientation, [] if index else notes)
         frames.append(
             decoded(
-                apply_orientation(im, exif.orientation, notes if index == 0 else []),
+                page,
                 name,
                 lossy=False,
                 ratio=None,

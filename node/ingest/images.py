@@ -177,6 +177,23 @@ def _let_the_cap_decide(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
 
 
+#: ``im.info`` key :func:`open_image` sets when Pillow turned the image upright while
+#: loading it (Pillow 13 does so for a TIFF Orientation 2-8, and then forgets the tag): the
+#: orientation it applied, which the object still has to record (DERIVED, pixel shape).
+TURNED_BY_PILLOW = "dicom-node:turned-by-pillow"
+
+
+def _tiff_orientation(im: Image.Image) -> int:
+    """A TIFF's Orientation (0112) as Pillow holds it now, 1 for any other image or value."""
+    if im.format != "TIFF":
+        return 1
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - an unreadable tag is the EXIF reader's to report
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
 def open_image(
     data: bytes,
     name: str,
@@ -206,7 +223,10 @@ def open_image(
                     "--sop-class nsc (one multi-frame object) or split it into one image per file"
                 )
             check_pixel_cap(name, im.width, im.height * frames, max_pixels)
+            before = _tiff_orientation(im)
             im.load()
+            if before != 1 and _tiff_orientation(im) == 1:
+                im.info[TURNED_BY_PILLOW] = before
         for w in caught:
             text = str(w.message)
             if "runcated" in text or "orrupt" in text and "EXIF" not in text:
@@ -299,7 +319,11 @@ def decoded(
         im = im.convert("L")
     elif mode in ("P", "PA"):
         notes.append("palette image expanded to RGB")
-        im = im.convert("RGB")
+        with warnings.catch_warnings():
+            # "Palette images with Transparency expressed in bytes should be converted to
+            # RGBA": the transparency is dropped on purpose, and noted above.
+            warnings.simplefilter("ignore", UserWarning)
+            im = im.convert("RGB")
     elif mode in ("CMYK", "YCbCr", "RGBA", "RGBa", "RGBX"):
         if mode == "CMYK":
             notes.append("warning: CMYK converted to RGB (colours approximate, no ICC transform)")

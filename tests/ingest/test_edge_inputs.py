@@ -161,6 +161,39 @@ def test_sixteen_bit_white_is_zero_tiff_is_not_shown_inverted(tmp_path: Path) ->
     np.testing.assert_array_equal(pydicom.dcmread(tmp_path / "w8.dcm").pixel_array, 255 - raw8)
 
 
+@pytest.mark.dciodvfy
+@pytest.mark.parametrize("orientation", [2, 6, 8])
+def test_a_tiff_orientation_is_recorded_like_a_jpeg_or_png_one(
+    tmp_path: Path, orientation: int
+) -> None:
+    """Pillow 13 turns a TIFF upright while loading it and then forgets the tag: the pixels
+    were right but the object did not say so (VL Photographic ImageType ORIGINAL, no note)
+    and a non-square pixel kept its stored shape (PixelAspectRatio 1\\2 for a pixel turned
+    to 2\\1). The same picture as PNG, with the same EXIF, is the reference."""
+    rgb = (np.arange(24 * 40 * 3).reshape(24, 40, 3) % 251).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    made = {}
+    for fmt, suffix in (("TIFF", "tif"), ("PNG", "png")):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, fmt, exif=exif, dpi=(72, 144))
+        made[fmt] = corpus.write(tmp_path, f"pic.{suffix}", buf.getvalue())
+    for kind in ("sc", "vlp"):
+        out = {fmt: tmp_path / f"{fmt}-{kind}.dcm" for fmt in made}
+        notes = {fmt: _convert(src, out[fmt], sop_class=kind).notes for fmt, src in made.items()}
+        tif, png = (pydicom.dcmread(out[fmt]) for fmt in ("TIFF", "PNG"))
+        turned = f"EXIF Orientation {orientation} applied (image turned upright)"
+        assert turned in notes["TIFF"] and turned in notes["PNG"], notes
+        want = np.asarray(ImageOps.exif_transpose(Image.open(made["PNG"])))
+        np.testing.assert_array_equal(tif.pixel_array, want)
+        np.testing.assert_array_equal(png.pixel_array, want)
+        shape = [1, 2] if orientation < 5 else [2, 1]  # 1/144 in high, 1/72 in wide
+        assert list(map(int, tif.PixelAspectRatio)) == list(map(int, png.PixelAspectRatio)) == shape
+        if kind == "vlp":
+            assert list(tif.ImageType) == list(png.ImageType) == ["DERIVED", "PRIMARY"]
+        _clean(out["TIFF"])
+
+
 # ----------------------------------------------------------------------- metadata values
 
 #: Values pydicom's validation accepts but dciodvfy flags as errors (measured): they used to
@@ -345,6 +378,24 @@ def test_png_transparency_dropped_is_noted(tmp_path: Path, mode: str) -> None:
     src = corpus.write(tmp_path, "clip.png", buf.getvalue())
     notes = _convert(src, tmp_path / "clip.dcm").notes
     assert any(note.startswith("transparency dropped (PNG tRNS)") for note in notes), notes
+
+
+def test_palette_transparency_as_bytes_raises_no_library_warning(tmp_path: Path) -> None:
+    """A palette PNG with several tRNS entries made Pillow warn "Palette images with
+    Transparency expressed in bytes should be converted to RGBA images" into the node's log
+    (py.warnings) on every file, though the drop is intended and noted."""
+    import warnings
+
+    im = corpus.rgb(16, 8).convert("P")
+    buf = io.BytesIO()
+    im.save(buf, "PNG", transparency=bytes([0, 128, 255] + [255] * 13))
+    src = corpus.write(tmp_path, "pal.png", buf.getvalue())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        notes = _convert(src, tmp_path / "pal.dcm").notes
+    assert [str(w.message) for w in caught] == []
+    assert "transparency dropped (PNG tRNS): transparent pixels keep their colour" in notes
+    assert not any("Pillow" in note for note in notes), notes
 
 
 def test_single_value_refusals_known_without_pydicom_match_its_dictionary() -> None:
