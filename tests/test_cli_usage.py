@@ -36,6 +36,8 @@ PEER = "127.0.0.1:1"  # nothing listens there; none of these commands gets that 
         (["render", CT, "-o", "{out}", "-j", "-1"], "--jobs: -1 must be 0"),
         (["render", CT, "-o", "{out}", "--window", "nan", "40"], "--window: CENTER and WIDTH"),
         (["render", CT, "-o", "{out}", "--window", "40", "inf"], "--window: CENTER and WIDTH"),
+        (["render", CT, "-o", "{out}", "--window", "40", "0.5"], "--window: WIDTH must be at"),
+        (["render", CT, "-o", "{out}", "--window", "40", "-3"], "--window: WIDTH must be at"),
         (["render", CT, "-o", "{out}", "--date-shift", "3"], "--date-shift: dates are shifted"),
         (["convert", "{file}", "-o", "{out}", "--max-pixels", "0"], "--max-pixels: 0 must be"),
         (["convert", "{file}", "-o", "{out}", "--max-pixels", "-5"], "--max-pixels: -5 must be"),

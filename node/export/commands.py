@@ -133,8 +133,10 @@ def _voi(args: argparse.Namespace) -> VoiChoice:
     if args.window is not None:
         if not all(math.isfinite(v) for v in args.window):
             raise ConfigError(f"--window: CENTER and WIDTH must be numbers, got {args.window}")
-        if args.window[1] <= 0:
-            raise ConfigError(f"--window: WIDTH must be positive, got {args.window[1]:g}")
+        if args.window[1] < 1:
+            # PS3.3 C.11.2.1.2: a width under 1 is no window (dcm2pnm +Ww refuses it too;
+            # the same value in the file is refused as unusable)
+            raise ConfigError(f"--window: WIDTH must be at least 1, got {args.window[1]:g}")
         return VoiChoice("user", center=args.window[0], width=args.window[1])
     if args.voi_lut is not None:
         if args.voi_lut < 1:
