@@ -88,6 +88,17 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream: Any = None) ->
     # pynetdicom is chatty at INFO/DEBUG; keep its warnings and errors visible.
     pnd = logging.getLogger("pynetdicom")
     pnd.setLevel(logging.WARNING if root.level <= logging.WARNING else root.level)
+    pydicom_log = logging.getLogger("pydicom")
+    if _said_as_warning not in pydicom_log.filters:
+        pydicom_log.addFilter(_said_as_warning)
+
+
+def _said_as_warning(record: logging.LogRecord) -> bool:
+    """Drop pydicom's log copy of a message it also raises as a Python warning
+    (``pydicom.misc.warn_and_log``): the warning is logged anyway, by the exporter with
+    the file it is about, or as ``py.warnings``; the copy made every such line appear twice.
+    """
+    return record.funcName != "warn_and_log"
 
 
 def fields(**kwargs: Any) -> dict[str, Any]:

@@ -479,6 +479,7 @@ def frames(
     """
     wanted = list(range(info.frames)) if indices is None else indices
     cache: dict[str, np.ndarray] = {}
+    said: set[str] = set()  # pydicom repeats a warning for every frame: logged once
     for index in wanted:
         if not 0 <= index < info.frames:
             raise ExportError(
@@ -506,8 +507,10 @@ def frames(
                 f"{path}: {_tag('PixelData')} frame {index + 1}: the decoder for "
                 f"{UID(info.transfer_syntax).name} failed on this data ({exc}); it is corrupt"
             ) from None
-        for w in caught:
-            log.warning("%s: %s", path, w.message)
+        for text in (str(w.message) for w in caught):
+            if text not in said:
+                said.add(text)
+                log.warning("%s: %s", path, text)
         if info.frames == 1 and arr.ndim == (3 if info.samples == 1 else 4):
             # more frames in the encapsulated data than (0028,0008) NumberOfFrames (absent:
             # 1) says; pydicom warns and returns them all: the object's one frame is the first

@@ -648,3 +648,18 @@ def test_bad_lut_descriptor_and_overlay_values_are_named(
     with caplog.at_level("WARNING", logger="node.export.overlays"):
         assert len(exporter(tmp_path).export_instance(path)) == 1
     assert "overlay group 6000 not shown: (6000,0015) cannot be read" in caplog.text
+
+
+def test_a_pydicom_warning_is_logged_once_with_its_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """pydicom logs a warning and raises it as a Python warning too (``warn_and_log``), and
+    repeats it for every frame decoded: a 3-frame object with 100 bytes of padding after its
+    pixels printed the line four times, three of them without the file's name."""
+    pix = np.stack([np.full((8, 8), 100 * i, np.uint16) for i in range(3)])
+    ds = data.dataset(pix, WindowCenter=100, WindowWidth=400)
+    ds.PixelData = ds.PixelData + b"\0" * 100
+    src = data.write(ds, tmp_path / "in" / "padded.dcm")
+    assert main(["render", str(src), "-o", str(tmp_path / "out"), "--no-fsync"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "excess padding" in line]
+    assert len(lines) == 1 and f"node.export.decode: {src}: " in lines[0], lines
