@@ -459,16 +459,20 @@ class IngestPipeline:
             record: dict[str, Any] = json.loads((claim_dir / CLAIM_FILE).read_bytes())
         except FileNotFoundError:
             return False
-        jobs = [
-            self.store.find("deliver", item["sop_instance_uid"], dest)
-            for item in record["items"]
-            for dest in record["destinations"]
-        ]
-        if all(job is not None and job.state == JobState.DONE for job in jobs):
+        complete, missing = True, 0
+        for item in record["items"]:
+            for dest in record["destinations"]:
+                job = self.store.find("deliver", item["sop_instance_uid"], dest)
+                if job is not None and job.state == JobState.DONE:
+                    continue
+                if not requeue_missing:
+                    return False  # called after each delivery of the claim: stop here
+                complete = False
+                missing += job is None
+        if complete:
             self._finish(claim_dir, record)
             return True
-        missing = sum(job is None for job in jobs)
-        if requeue_missing and missing:
+        if missing:
             log.warning(
                 "%d delivery job(s) of an unfinished claim are gone from the queue (purged?): "
                 "queued again so that the claim can finish; the PACS receives those objects "
