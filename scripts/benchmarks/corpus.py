@@ -81,11 +81,31 @@ def _meta_ds(sop_class: str, ts: str, i: int) -> Any:
     return ds
 
 
+def _jpeg_sc(i: int, jpeg: bytes, shape: tuple[int, int], modality: str, conversion: str) -> Any:
+    """Object ``i``: Secondary Capture holding ``jpeg`` (baseline, YCbCr) as its one fragment;
+    ``shape`` = (rows, columns)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
+
+    ds = _meta_ds(SecondaryCaptureImageStorage, JPEGBaseline8Bit, i)
+    ds.Modality = modality
+    ds.ConversionType = conversion
+    ds.Rows, ds.Columns = shape
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.LossyImageCompression = "01"
+    ds.PixelData = encapsulate([jpeg])
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
 def jpeg_sc(out: Path, count: int = 200, size: tuple[int, int] = (512, 384)) -> list[Path]:
     """SC objects with encapsulated baseline JPEG (Pillow, 4:2:2), ``size`` = (width, height)."""
     from PIL import Image
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
     out.mkdir(parents=True, exist_ok=True)
     existing = sorted(out.glob("sc*.dcm"))
@@ -100,19 +120,7 @@ def jpeg_sc(out: Path, count: int = 200, size: tuple[int, int] = (512, 384)) -> 
         arr = (base + rng.integers(-12, 12, base.shape)).clip(0, 255).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(arr, "RGB").save(buf, "JPEG", quality=85, subsampling=1)
-        ds = _meta_ds(SecondaryCaptureImageStorage, JPEGBaseline8Bit, i)
-        ds.Modality = "OT"
-        ds.ConversionType = "WSD"
-        ds.Rows, ds.Columns = height, width
-        ds.SamplesPerPixel = 3
-        ds.PhotometricInterpretation = "YBR_FULL_422"
-        ds.PlanarConfiguration = 0
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit = 7
-        ds.PixelRepresentation = 0
-        ds.LossyImageCompression = "01"
-        ds.PixelData = encapsulate([buf.getvalue()])
-        ds["PixelData"].VR = "OB"
+        ds = _jpeg_sc(i, buf.getvalue(), (height, width), "OT", "WSD")
         path = out / f"sc{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -122,8 +130,6 @@ def jpeg_sc(out: Path, count: int = 200, size: tuple[int, int] = (512, 384)) -> 
 def camera_sc(out: Path, count: int = 240) -> list[Path]:
     """SC objects holding the camera-like JPEGs of :mod:`camera`, byte for byte."""
     from camera import camera_jpegs
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
     out.mkdir(parents=True, exist_ok=True)
     existing = sorted(out.glob("cam*.dcm"))
@@ -131,19 +137,7 @@ def camera_sc(out: Path, count: int = 240) -> list[Path]:
         return existing
     paths = []
     for i, jpeg in enumerate(camera_jpegs(out.parent / f"{out.name}-jpegs", count)):
-        ds = _meta_ds(SecondaryCaptureImageStorage, JPEGBaseline8Bit, i)
-        ds.Modality = "XC"
-        ds.ConversionType = "DI"
-        ds.Rows, ds.Columns = 960, 1280
-        ds.SamplesPerPixel = 3
-        ds.PhotometricInterpretation = "YBR_FULL_422"
-        ds.PlanarConfiguration = 0
-        ds.BitsAllocated = ds.BitsStored = 8
-        ds.HighBit = 7
-        ds.PixelRepresentation = 0
-        ds.LossyImageCompression = "01"
-        ds.PixelData = encapsulate([jpeg.read_bytes()])
-        ds["PixelData"].VR = "OB"
+        ds = _jpeg_sc(i, jpeg.read_bytes(), (960, 1280), "XC", "DI")
         path = out / f"cam{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
