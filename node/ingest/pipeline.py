@@ -4,6 +4,7 @@ Every input ends in exactly one visible state, and the file system plus the job 
 the whole record (a SIGKILL at any point loses nothing)::
 
     inbox/NAME ──rename──> work/ID/src/NAME            claimed (ID.claim.json absent)
+       inbox/NAME.json ──rename──> work/ID/src/         (work/ID/sidecar.pending between)
        convert / validate ──> outgoing/ID/*.dcm         written atomically
        enqueue "deliver" jobs (one transaction) ──> work/ID/claim.json    queued
        every destination acknowledged ──> done/ID/ (source + DICOM), or deleted
@@ -52,6 +53,8 @@ CLAIM_FILE = "claim.json"
 COPYING = ".copying"  # suffix of a cross-device claim's copy until it is complete
 ERROR_SUFFIX = ".error.txt"  # the reason file beside a quarantined input
 SRC = "src"
+#: in a claim folder while its image is claimed and its sidecar is not yet
+SIDECAR_PENDING = "sidecar.pending"
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,11 @@ class IngestPipeline:
         claim_dir = self.ing.work / claim_id
         (claim_dir / SRC).mkdir(parents=True)
         sidecar = None if path.is_dir() else sidecar_for(path)
+        if sidecar is not None:
+            # The image and its sidecar are two renames: a kill between them must not leave
+            # a claim that converts the image without its patient data (and the sidecar
+            # quarantined as an orphan). The marker makes the resumed claim fetch it.
+            (claim_dir / SIDECAR_PENDING).touch()
         try:
             _move(path, claim_dir / SRC / path.name)
         except FileNotFoundError:
@@ -118,19 +126,38 @@ class IngestPipeline:
             return None
         # From here the input is ours: an error with its sidecar must not undo the claim.
         if sidecar is not None:
-            try:
-                if _shared_sidecar(path, sidecar):
-                    # photo.json also belongs to photo.png still in the inbox (as in the
-                    # CLI): take a copy and leave it for the last image of that name.
-                    atomic_write(claim_dir / SRC / sidecar.name, sidecar.read_bytes())
-                else:
-                    _move(sidecar, claim_dir / SRC / sidecar.name)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.error("sidecar %s stays in the inbox: %s", sidecar.name, exc)
+            self._take_sidecar(path, sidecar, claim_dir)
         log.info("claimed %s", path.name, extra=fields(claim=claim_id))
         return claim_dir
+
+    def _take_sidecar(self, image: Path, sidecar: Path, claim_dir: Path) -> None:
+        """Bring the inbox's ``sidecar`` of ``image`` (claimed already) into the claim."""
+        try:
+            if _shared_sidecar(image, sidecar):
+                # photo.json also belongs to photo.png still in the inbox (as in the CLI):
+                # take a copy and leave it for the last image of that name.
+                atomic_write(claim_dir / SRC / sidecar.name, sidecar.read_bytes())
+            else:
+                _move(sidecar, claim_dir / SRC / sidecar.name)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("sidecar %s stays in the inbox: %s", sidecar.name, exc)
+        (claim_dir / SIDECAR_PENDING).unlink(missing_ok=True)
+
+    def _fetch_pending_sidecar(self, claim_dir: Path) -> None:
+        """A claim cut short between its image and its sidecar: take the sidecar now."""
+        if not (claim_dir / SIDECAR_PENDING).exists():
+            return
+        for entry in (claim_dir / SRC).iterdir() if (claim_dir / SRC).exists() else []:
+            if is_sidecar_name(entry.name) or is_ignored(entry.name) or entry.is_dir():
+                continue
+            if sidecar_for(entry) is None:  # not moved yet (else it is there already)
+                left = sidecar_for(self.ing.inbox / entry.name)
+                if left is not None:
+                    log.info("taking %s left in the inbox by a claim cut short", left.name)
+                    self._take_sidecar(self.ing.inbox / entry.name, left, claim_dir)
+        (claim_dir / SIDECAR_PENDING).unlink(missing_ok=True)
 
     def take(self, path: Path) -> None:
         """The watcher's callback: claim, then process."""
@@ -169,6 +196,7 @@ class IngestPipeline:
         """Convert or validate every input of a claim, enqueue deliveries, record the claim."""
         claim_id = claim_dir.name
         src_root = claim_dir / SRC
+        self._fetch_pending_sidecar(claim_dir)
         entries = sorted(src_root.iterdir()) if src_root.exists() else []
         for entry in entries:
             if entry.name.startswith(".") and entry.name.endswith(COPYING):

@@ -278,6 +278,46 @@ def test_recover_processes_a_claim_cut_short_by_a_crash(cfg: Config) -> None:
     assert {j.state for j in deliver_jobs(store)} == {JobState.QUEUED}
 
 
+@pytest.mark.parametrize("sidecar_name", ["12345_ACC9_cut.jpg.json", "12345_ACC9_cut.json"])
+def test_a_kill_between_image_and_sidecar_keeps_the_sidecar(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch, sidecar_name: str
+) -> None:
+    """The image is claimed and the node dies before its sidecar follows: the resumed
+    claim converts it with its sidecar (not with empty patient data, the sidecar ending
+    in quarantine as an orphan)."""
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    image = drop(cfg, "12345_ACC9_cut.jpg", jpeg(8))
+    (cfg.ingest.inbox / sidecar_name).write_text(json.dumps({"PatientName": "Cut^Short"}))
+    monkeypatch.setattr(IngestPipeline, "_take_sidecar", lambda *args: None)  # "killed"
+    claim = pipeline.claim(image)
+    monkeypatch.undo()
+    assert claim is not None and (cfg.ingest.inbox / sidecar_name).exists()
+    IngestPipeline(cfg, JobStore(cfg.node.state_dir)).recover()
+    assert not any(cfg.ingest.inbox.iterdir())
+    assert sorted(p.name for p in (claim / "src").iterdir()) == sorted(
+        ["12345_ACC9_cut.jpg", sidecar_name]
+    )
+    assert not (claim / "sidecar.pending").exists()
+    ds = pydicom.dcmread(deliver_jobs(store)[0].payload["path"])
+    assert str(ds.PatientName) == "Cut^Short"
+
+
+def test_a_sidecar_dropped_after_the_claim_is_not_taken_on_resume(cfg: Config) -> None:
+    """Only a claim cut short between its two renames fetches a sidecar from the inbox: a
+    later NAME.json (for a new drop of that name) stays where it is."""
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    claim = pipeline.claim(drop(cfg, "12345_ACC9_new.jpg", jpeg(9)))
+    assert claim is not None  # "killed" before processing
+    later = cfg.ingest.inbox / "12345_ACC9_new.jpg.json"
+    later.write_text(json.dumps({"PatientName": "Next^Drop"}))
+    IngestPipeline(cfg, JobStore(cfg.node.state_dir)).recover()
+    assert later.exists()
+    ds = pydicom.dcmread(deliver_jobs(store)[0].payload["path"])
+    assert str(ds.PatientName) == ""
+
+
 def test_claim_resumed_after_a_crash_neither_recounts_nor_resends(cfg: Config) -> None:
     store = JobStore(cfg.node.state_dir)
     pipeline = IngestPipeline(cfg, store)
