@@ -87,6 +87,8 @@ class IngestPipeline:
         self.on_enqueued = on_enqueued
         self._lock = threading.Lock()
         self._names: dict[str, set[str]] = {}
+        #: claim.json of claims in work/, read once (not once per delivery of the claim)
+        self._records: dict[str, dict[str, Any]] = {}
         # Held while a claim is processed: the watcher and the periodic sweep (which
         # retries deferred claims) never convert at the same time.
         self._processing = threading.Lock()
@@ -240,6 +242,7 @@ class IngestPipeline:
             # between leaves no record, and the claim is processed again (idempotently).
             self._enqueue(record)
             atomic_write(claim_dir / CLAIM_FILE, json.dumps(record, indent=1).encode())
+            self._records[claim_id] = record
         if items and self.destinations and self.on_enqueued is not None:
             self.on_enqueued(self.destinations)
         with self._lock:  # a delivery acknowledged before the record existed is caught here
@@ -483,12 +486,19 @@ class IngestPipeline:
         never finish and would sit in ``work/`` until the next start-up, which re-queues
         them the same way.
         """
-        try:
-            record: dict[str, Any] = json.loads((claim_dir / CLAIM_FILE).read_bytes())
-        except FileNotFoundError:
-            return False
+        record = self._records.get(claim_dir.name)
+        if record is None:
+            try:
+                record = json.loads((claim_dir / CLAIM_FILE).read_bytes())
+            except FileNotFoundError:
+                return False
+            self._records[claim_dir.name] = record
         complete, missing = True, 0
-        for item in record["items"]:
+        items = record["items"]
+        # Called after each delivery: objects go out in claim order, so the last ones are
+        # the ones still on their way, and looking from the end stops at once (from the
+        # start, a folder of n images cost n²/2 look-ups).
+        for item in items if requeue_missing else reversed(items):
             for dest in record["destinations"]:
                 job = self.store.find("deliver", item["sop_instance_uid"], dest)
                 if job is not None and job.state == JobState.DONE:
@@ -515,6 +525,7 @@ class IngestPipeline:
 
     def _finish(self, claim_dir: Path, record: Mapping[str, Any]) -> None:
         claim_id = claim_dir.name
+        self._records.pop(claim_id, None)
         outgoing = self.ing.outgoing / claim_id
         if not record["items"]:  # everything was quarantined: nothing left to keep
             shutil.rmtree(outgoing, ignore_errors=True)
