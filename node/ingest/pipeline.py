@@ -212,6 +212,16 @@ class IngestPipeline:
             for e in entries
             if not is_ignored(e.name) and not (e.is_file() and is_sidecar_name(e.name))
         ]
+        if not inputs:
+            for entry in entries:
+                if entry.is_file() and is_sidecar_name(entry.name):
+                    # A sidecar alone in a claim: the node stopped between quarantining the
+                    # image and its sidecar. Finishing the empty claim would delete it.
+                    self.quarantine(
+                        entry,
+                        "its image was quarantined (see the image's .error.txt) and the node "
+                        "stopped before this sidecar followed it; drop both again once fixed",
+                    )
         items: list[Claimed] = []
         # Output names already given in this claim: flattening "a/x.jpg" and "a_x.jpg" of
         # one folder gives the same name, and the second output replaced the first (which

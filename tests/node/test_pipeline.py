@@ -341,6 +341,29 @@ def test_a_kill_between_image_and_sidecar_keeps_the_sidecar(
     assert str(ds.PatientName) == "Cut^Short"
 
 
+def test_a_kill_between_quarantining_an_image_and_its_sidecar_keeps_the_sidecar(
+    cfg: Config,
+) -> None:
+    """The image went to quarantine and the node died before its sidecar followed: the
+    resumed claim holds only the sidecar, which must not be deleted with the empty claim."""
+    store = JobStore(cfg.node.state_dir)
+    pipeline = IngestPipeline(cfg, store)
+    image = drop(cfg, "bad.jpg", jpeg(10)[:200])
+    (cfg.ingest.inbox / "bad.jpg.json").write_text(json.dumps({"PatientName": "Keep^Me"}))
+    claim = pipeline.claim(image)
+    assert claim is not None
+    cfg.ingest.quarantine.mkdir(parents=True, exist_ok=True)
+    (claim / "src" / "bad.jpg").rename(cfg.ingest.quarantine / "bad.jpg")  # "killed" here
+    IngestPipeline(cfg, JobStore(cfg.node.state_dir)).recover()
+    assert not any(cfg.ingest.work.iterdir())
+    kept = cfg.ingest.quarantine / "bad.jpg.json"
+    assert json.loads(kept.read_text()) == {"PatientName": "Keep^Me"}
+    assert (
+        "its image was quarantined"
+        in (cfg.ingest.quarantine / "bad.jpg.json.error.txt").read_text()
+    )
+
+
 def test_a_sidecar_dropped_after_the_claim_is_not_taken_on_resume(cfg: Config) -> None:
     """Only a claim cut short between its two renames fetches a sidecar from the inbox: a
     later NAME.json (for a new drop of that name) stays where it is."""
