@@ -90,7 +90,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         nargs=2,
         type=float,
         metavar=("CENTER", "WIDTH"),
-        help="this window centre and width (applied to modality values, e.g. HU)",
+        help="this window centre and width (applied to modality values, e.g. HU; WIDTH >= 1, "
+        "as dcm2pnm +Ww)",
     )
     v.add_argument("--voi-lut", type=int, metavar="N", help="the N-th VOI LUT of the file")
     v.add_argument("--minmax", action="store_true", help="window from the image min and max")
